@@ -1,0 +1,27 @@
+# Two entry points on a fresh machine: `make demo` and `make test` (see README).
+# torch is installed first and pinned, so that no multi-GB CUDA build is pulled in.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN := torch==2.13.0
+OUT ?= scoresde-out
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m scoresde toys --out $(OUT) --force
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2
+
+clean:
+	rm -rf $(VENV) $(OUT)

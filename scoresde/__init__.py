@@ -1,0 +1,27 @@
+"""scoresde: score-based generative modelling with stochastic differential equations.
+
+The public API lives here; module layout behind it may change, these names may not.
+"""
+
+from .analytic import GaussianMixture, MixtureScore, entropy_by_quadrature
+from .datasets import ToyDataset, register_toy, toy_dataset, toy_datasets
+from .sde import SDE, ReverseSDE, ScoreFn, SubVPSDE, VESDE, VPSDE, evaluate_score
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "ReverseSDE",
+    "ScoreFn",
+    "evaluate_score",
+    "GaussianMixture",
+    "MixtureScore",
+    "entropy_by_quadrature",
+    "ToyDataset",
+    "register_toy",
+    "toy_dataset",
+    "toy_datasets",
+]

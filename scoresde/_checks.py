@@ -1,0 +1,83 @@
+"""Input validation shared by the public boundaries of the package.
+
+Every check raises ``ValueError`` (or ``TypeError`` for a wrong kind of object) with one line that names
+the argument, the offending value and what was expected, as torchsde's ``check_contract`` does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_finite",
+    "check_positive",
+    "check_positive_int",
+    "check_probability_vector",
+    "check_in_registry",
+    "expand_to",
+]
+
+
+def check_positive(name: str, value: float, *, strict: bool = True) -> float:
+    """Return ``value`` as a float if it is finite and ``> 0`` (``>= 0`` when ``strict=False``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    ok = number > 0 if strict else number >= 0
+    if not math.isfinite(number) or not ok:
+        bound = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return number
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """Return ``value`` if it is an integer ``>= 1``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value}")
+    return value
+
+
+def check_finite(name: str, x: Tensor) -> Tensor:
+    """Raise if the tensor ``x`` holds a NaN or an infinity."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} holds {n_bad} non-finite value(s) (NaN or inf); pass finite values")
+    return x
+
+
+def check_probability_vector(name: str, w: Tensor, *, atol: float = 1e-6) -> Tensor:
+    """Raise unless ``w`` is a 1-D vector of positive numbers summing to 1 (within ``atol``)."""
+    check_finite(name, w)
+    if w.ndim != 1 or w.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D tensor, got shape {tuple(w.shape)}")
+    if bool((w <= 0).any()):
+        raise ValueError(f"{name} must be > 0 everywhere, got min {float(w.min()):.3g}")
+    total = float(w.sum())
+    if abs(total - 1.0) > atol:
+        raise ValueError(f"{name} must sum to 1 (within {atol:g}), got sum {total:.8g}; normalise them")
+    return w
+
+
+def check_in_registry(kind: str, name: str, valid: Sequence[str]) -> str:
+    """Raise ``ValueError`` listing the valid names if ``name`` is not one of them."""
+    if name not in valid:
+        listing = ", ".join(sorted(valid))
+        raise ValueError(f"unknown {kind} {name!r}; valid names are: {listing}")
+    return name
+
+
+def expand_to(v: Tensor, x: Tensor) -> Tensor:
+    """Pad a per-sample tensor ``v`` of shape ``[B]`` with trailing unit axes to broadcast against ``x [B, ...]``.
+
+    The one broadcasting helper of the package (like improved-diffusion's ``_extract_into_tensor``).
+    """
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))

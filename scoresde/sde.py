@@ -1,0 +1,474 @@
+r"""Forward noising processes: the VP, sub-VP and VE SDEs of Song et al. (2021).
+
+Every process here is a *linear* Itô SDE
+
+.. math::  dx = f(t)\, x\, dt + g(t)\, dW, \qquad t \in [0, T],
+
+whose perturbation kernel is Gaussian, :math:`x_t = \alpha(t) x_0 + \sigma(t)\,\epsilon`,
+:math:`\epsilon \sim \mathcal N(0, I)`.  Each class owns its closed forms for
+:math:`\log\alpha(t)`, :math:`\log\sigma(t)`, :math:`f(t)`, :math:`g(t)^2` and the inverse of the log
+signal-to-noise ratio :math:`\lambda(t) = 2\log(\alpha/\sigma)`; everything derived from them (marginals,
+the discrete forward step, the reverse SDE and the probability-flow ODE) lives once in :class:`SDE`.
+
+Symbols: ``t`` time, ``alpha`` mean coefficient, ``sigma`` noise std, ``beta`` VP rate
+:math:`\beta(t) = -2 f(t)`, ``g2`` :math:`g(t)^2`, ``score`` :math:`\nabla_x \log p_t(x)`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ._checks import check_finite, check_positive, check_positive_int, expand_to
+
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "ScoreFn", "evaluate_score"]
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+"""The one protocol between models, samplers and likelihoods: ``score_fn(x [B, ...], t [B]) -> [B, ...]``."""
+
+_T_SLACK = 1e-6
+"""Relative slack when checking ``t <= T``, so that a grid ending at ``T`` in float32 is accepted."""
+
+
+def evaluate_score(score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
+    """Call ``score_fn(x, t)`` and check that it returned a finite tensor shaped like ``x``.
+
+    The error names the time at which the score went wrong, so a user can tell an unstable model from
+    an unstable sampler.
+    """
+    score = score_fn(x, t)
+    when = f"t={float(t.reshape(-1)[0]):.6g}" if t.numel() else "t=?"
+    if not isinstance(score, Tensor):
+        raise TypeError(f"score_fn must return a torch.Tensor, got {type(score).__name__} at {when}")
+    if score.shape != x.shape:
+        raise ValueError(
+            f"score_fn returned shape {tuple(score.shape)} at {when}, expected the shape of x {tuple(x.shape)}"
+        )
+    if not bool(torch.isfinite(score).all()):
+        raise ValueError(f"score_fn returned non-finite values (NaN or inf) at {when}")
+    return score
+
+
+class SDE(abc.ABC):
+    r"""Abstract linear forward SDE :math:`dx = f(t) x\,dt + g(t)\,dW` on :math:`[0, T]`.
+
+    Subclasses implement the closed forms ``_log_alpha``, ``_log_sigma``, ``_f``, ``_g2`` and
+    ``_t_from_log_snr`` on plain time tensors, and set ``prior_std`` (the prior is
+    :math:`\mathcal N(0, \text{prior\_std}^2 I)`).  Public methods validate their input and work in the
+    dtype and on the device of that input.
+
+    Attributes:
+        T: end time of the process.
+        N: number of steps of the discrete chain (DDPM / SMLD) that :meth:`discretize` takes.
+    """
+
+    prior_std: float = 1.0
+
+    def __init__(self, N: int, T: float = 1.0) -> None:
+        self._N = check_positive_int("N", N)
+        self._T = check_positive("T", T)
+
+    # ------------------------------------------------------------------ closed forms (per class)
+    @abc.abstractmethod
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        """:math:`\\log\\alpha(t)`."""
+
+    @abc.abstractmethod
+    def _log_sigma(self, t: Tensor) -> Tensor:
+        """:math:`\\log\\sigma(t)`."""
+
+    @abc.abstractmethod
+    def _f(self, t: Tensor) -> Tensor:
+        """Drift coefficient :math:`f(t) = d\\log\\alpha/dt`."""
+
+    @abc.abstractmethod
+    def _g2(self, t: Tensor) -> Tensor:
+        """Squared diffusion :math:`g(t)^2 = d\\sigma^2/dt - 2 f(t)\\sigma^2`."""
+
+    @abc.abstractmethod
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """Closed-form inverse of :math:`\\lambda(t)`."""
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def T(self) -> float:
+        """End time of the forward process."""
+        return self._T
+
+    @property
+    def N(self) -> int:
+        """Number of discrete steps of the DDPM / SMLD chain."""
+        return self._N
+
+    # ------------------------------------------------------------------ validation
+    def check_time(self, t: Tensor | float, like: Tensor | None = None, name: str = "t") -> Tensor:
+        """Return ``t`` as a tensor (on ``like``'s device and dtype), checked to be finite and in ``[0, T]``.
+
+        With ``like`` (a batch ``x [B, ...]``) a 0-d ``t`` is broadcast to ``[B]`` and a 1-d ``t`` must have
+        length ``B``.
+        """
+        if like is not None:
+            t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+        elif not isinstance(t, Tensor):
+            t = torch.as_tensor(t, dtype=torch.get_default_dtype())
+        if not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        check_finite(name, t)
+        lo, hi = (float(v) for v in t.detach().aminmax()) if t.numel() else (0.0, 0.0)
+        if lo < 0.0 or hi > self.T * (1 + _T_SLACK):
+            raise ValueError(f"{name} must lie in [0, T] = [0, {self.T:g}], got values in [{lo:.6g}, {hi:.6g}]")
+        if like is not None:
+            if like.ndim == 0:
+                raise ValueError("x must have a batch dimension: shape [B, ...], got a 0-d tensor")
+            batch = like.shape[0]
+            if t.ndim == 0:
+                t = t.expand(batch)
+            elif t.shape != (batch,):
+                raise ValueError(f"{name} must have shape [B] = [{batch}] to match x, got {tuple(t.shape)}")
+        return t
+
+    def _check_x(self, name: str, x: Tensor) -> Tensor:
+        check_finite(name, x)
+        if x.ndim < 1:
+            raise ValueError(f"{name} must have a batch dimension: shape [B, ...], got a 0-d tensor")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        return x
+
+    # ------------------------------------------------------------------ Gaussian-perturbation view
+    def alpha(self, t: Tensor | float) -> Tensor:
+        r"""Mean coefficient :math:`\alpha(t)` of :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon`."""
+        return torch.exp(self._log_alpha(self.check_time(t)))
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        r"""Noise standard deviation :math:`\sigma(t)` of :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon`."""
+        return torch.exp(self._log_sigma(self.check_time(t)))
+
+    def log_snr(self, t: Tensor | float) -> Tensor:
+        r"""Log signal-to-noise ratio :math:`\lambda(t) = \log(\alpha(t)^2 / \sigma(t)^2)`, decreasing in t."""
+        t = self.check_time(t)
+        return 2.0 * (self._log_alpha(t) - self._log_sigma(t))
+
+    def t_from_log_snr(self, lam: Tensor | float) -> Tensor:
+        r"""Inverse of :meth:`log_snr`: the time :math:`t \in [0, T]` with :math:`\lambda(t) = \text{lam}`."""
+        if not isinstance(lam, Tensor):
+            lam = torch.as_tensor(lam, dtype=torch.get_default_dtype())
+        if not lam.is_floating_point():
+            lam = lam.to(torch.get_default_dtype())
+        check_finite("lam", lam)
+        t = self._t_from_log_snr(lam)
+        slack = _T_SLACK * self.T
+        if t.numel() and not (bool(torch.isfinite(t).all()) and float(t.min()) >= -slack and float(t.max()) <= self.T + slack):
+            ends = self.log_snr(torch.tensor([self.T, 0.0], dtype=torch.float64))
+            raise ValueError(
+                f"lam must lie in this SDE's log-SNR range [lambda(T), lambda(0)] = [{float(ends[0]):.6g}, {float(ends[1]):.6g}],"
+                f" got values in [{float(lam.min()):.6g}, {float(lam.max()):.6g}]"
+            )
+        return t.clamp(0.0, self.T)
+
+    def beta(self, t: Tensor | float) -> Tensor:
+        r""":math:`\beta(t) = -2 f(t)`, the rate of the VP family (zero for VE)."""
+        return -2.0 * self._f(self.check_time(t))
+
+    # ------------------------------------------------------------------ SDE interface
+    def sde(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        r"""Drift and diffusion of the forward SDE: :math:`(f(t)\,x,\ g(t))`.
+
+        Args:
+            x: states ``[B, ...]``.
+            t: times ``[B]`` (or a scalar, broadcast).
+        Returns:
+            ``drift [B, ...]`` and ``diffusion [B]``.
+        """
+        x = self._check_x("x", x)
+        t = self.check_time(t, x)
+        return expand_to(self._f(t), x) * x, torch.sqrt(self._g2(t))
+
+    def marginal_prob(self, x0: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        r"""Mean and std of the perturbation kernel :math:`p_{0t}(x_t|x_0) = \mathcal N(\alpha(t) x_0, \sigma(t)^2 I)`.
+
+        Returns ``mean [B, ...]`` and ``std [B]``.
+        """
+        x0 = self._check_x("x0", x0)
+        t = self.check_time(t, x0)
+        return expand_to(torch.exp(self._log_alpha(t)), x0) * x0, torch.exp(self._log_sigma(t))
+
+    def prior_sampling(
+        self,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        r"""Draw :math:`z \sim \mathcal N(0, \text{prior\_std}^2 I)` of the given ``shape`` ``[B, ...]``."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 1 or any(s < 1 for s in shape):
+            raise ValueError(f"shape must be a non-empty tuple of positive sizes [B, ...], got {shape}")
+        if device is None and generator is not None:
+            device = generator.device
+        return self.prior_std * torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        r"""Log density of the prior, summed over all but the batch axis:
+        :math:`\log \mathcal N(z; 0, s^2 I) = -\tfrac{D}{2}\log(2\pi s^2) - \|z\|^2 / (2 s^2)`, ``[B]``."""
+        z = self._check_x("z", z)
+        dim = z[0].numel()
+        sq = z.reshape(z.shape[0], -1).pow(2).sum(dim=1)
+        return -0.5 * dim * math.log(2 * math.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
+
+    def discretize(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        r"""One step of the discrete forward chain, :math:`x_{i} = x_{i-1} + f_i + G_i z`, over
+        :math:`\Delta t = T/N` ending at ``t``.
+
+        The step is the exact Gaussian transition from :math:`s = \max(t - \Delta t, 0)` to ``t``:
+
+        .. math::  f = \Big(\frac{\alpha(t)}{\alpha(s)} - 1\Big) x, \qquad
+                   G = \sqrt{\sigma(t)^2 - \frac{\alpha(t)^2}{\alpha(s)^2}\sigma(s)^2}.
+
+        For VP this is DDPM's step with :math:`\beta_i = 1 - \bar\alpha_i / \bar\alpha_{i-1}`
+        (:math:`f = (\sqrt{1-\beta_i} - 1) x`, :math:`G = \sqrt{\beta_i}`); for VE it is SMLD's
+        :math:`f = 0`, :math:`G = \sqrt{\sigma_i^2 - \sigma_{i-1}^2}`.  To first order in :math:`1/N`,
+        :math:`f \approx f(t) x \Delta t` and :math:`G \approx g(t)\sqrt{\Delta t}`.
+
+        Returns ``f [B, ...]`` and ``G [B]``.
+        """
+        x = self._check_x("x", x)
+        t = self.check_time(t, x)
+        s = (t - self.T / self.N).clamp(min=0.0)
+        log_ratio = self._log_alpha(t) - self._log_alpha(s)
+        var = torch.exp(2 * self._log_sigma(t)) - torch.exp(2 * (log_ratio + self._log_sigma(s)))
+        return expand_to(torch.expm1(log_ratio), x) * x, torch.sqrt(var.clamp(min=0.0))
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+        r"""The reverse-time SDE (or, with ``probability_flow=True``, the probability-flow ODE) driven by ``score_fn``."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._repr_fields().items())
+        return f"{type(self).__name__}({fields})"
+
+    def _repr_fields(self) -> dict:
+        return {"N": self.N}
+
+
+class ReverseSDE:
+    r"""Reverse-time process of a forward :class:`SDE`, integrated from ``T`` down to 0 (``dt < 0``).
+
+    .. math::  dx = [f(t) x - g(t)^2 \nabla\log p_t(x)]\,dt + g(t)\,d\bar W
+               \quad\text{(Anderson 1982; Song et al. 2021, Eq. 6)}
+
+    or, with ``probability_flow=True``, the deterministic probability-flow ODE with the same marginals
+
+    .. math::  dx = [f(t) x - \tfrac12 g(t)^2 \nabla\log p_t(x)]\,dt \quad\text{(Eq. 13)}.
+
+    It has the interface of the forward SDE: :meth:`sde` and :meth:`discretize` (the reverse-diffusion
+    step :math:`x_{i-1} = x_i - f_i + G_i^2 s + G_i z` of Song et al., Eq. 47).
+    """
+
+    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False) -> None:
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")
+        self.forward = forward
+        self.score_fn = score_fn
+        self.probability_flow = bool(probability_flow)
+
+    @property
+    def T(self) -> float:
+        return self.forward.T
+
+    @property
+    def N(self) -> int:
+        return self.forward.N
+
+    @property
+    def _score_weight(self) -> float:
+        return 0.5 if self.probability_flow else 1.0
+
+    def sde(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Reverse drift :math:`f x - w g^2 s` (``w`` = 1, or 1/2 for the ODE) and diffusion (``g``, or 0)."""
+        drift, diffusion = self.forward.sde(x, t)
+        t = self.forward.check_time(t, x)
+        score = evaluate_score(self.score_fn, x, t)
+        drift = drift - expand_to(diffusion**2, x) * score * self._score_weight
+        return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
+
+    def discretize(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Reverse discrete step: ``rev_f = f - w G^2 s`` and ``rev_G = G`` (0 for the ODE)."""
+        f, G = self.forward.discretize(x, t)
+        t = self.forward.check_time(t, x)
+        score = evaluate_score(self.score_fn, x, t)
+        rev_f = f - expand_to(G**2, x) * score * self._score_weight
+        return rev_f, torch.zeros_like(G) if self.probability_flow else G
+
+    def __repr__(self) -> str:
+        return f"ReverseSDE({self.forward!r}, probability_flow={self.probability_flow})"
+
+
+# ---------------------------------------------------------------------- the VP family
+def _check_betas(beta_min: float, beta_max: float) -> tuple[float, float]:
+    beta_min = check_positive("beta_min", beta_min, strict=False)
+    beta_max = check_positive("beta_max", beta_max)
+    if beta_max <= beta_min:
+        raise ValueError(f"beta_max must be > beta_min = {beta_min:g}, got {beta_max:g}")
+    return beta_min, beta_max
+
+
+def _int_beta_linear(t: Tensor, beta_min: float, beta_max: float) -> Tensor:
+    r""":math:`\int_0^t \beta(s) ds = \beta_{min} t + \tfrac12 (\beta_{max} - \beta_{min}) t^2`."""
+    return beta_min * t + 0.5 * (beta_max - beta_min) * t**2
+
+
+def _t_from_int_beta_linear(c: Tensor, beta_min: float, beta_max: float) -> Tensor:
+    r"""Positive root of :math:`\tfrac12\Delta t^2 + \beta_{min} t = c`, written without cancellation:
+    :math:`t = 2c / (\beta_{min} + \sqrt{\beta_{min}^2 + 2\Delta c})`."""
+    delta = beta_max - beta_min
+    return 2 * c / (beta_min + torch.sqrt(beta_min**2 + 2 * delta * c))
+
+
+COSINE_S = 0.008
+"""Offset s of the cosine schedule (Nichol & Dhariwal 2021), keeping beta small near t = 0."""
+
+COSINE_T = 0.9946
+r"""End time of the cosine schedule, the one DPM-Solver (Lu et al. 2022) uses: the continuous schedule is
+singular at t = 1 (:math:`\alpha = 0`, :math:`\beta = \infty`); at 0.9946, :math:`\lambda(T) \approx -9.6`,
+near the linear schedule's :math:`-10.05`, with :math:`\beta(T) \approx 370`."""
+
+
+class VPSDE(SDE):
+    r"""Variance-preserving SDE (DDPM in continuous time): :math:`dx = -\tfrac12\beta(t) x\,dt + \sqrt{\beta(t)}\,dW`.
+
+    Schedules:
+
+    * ``"linear"``: :math:`\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})` on ``[0, 1]``, so
+      :math:`\log\alpha(t) = -\tfrac14 t^2(\beta_{max}-\beta_{min}) - \tfrac12 t\beta_{min}`.
+    * ``"cosine"`` (Nichol & Dhariwal 2021, s = 0.008): :math:`\alpha(t)^2 = \cos^2\theta(t)/\cos^2\theta(0)`,
+      :math:`\theta(t) = \tfrac{\pi}{2}\tfrac{t+s}{1+s}`, so :math:`\beta(t) = \tfrac{\pi}{1+s}\tan\theta(t)`;
+      ``beta_min`` / ``beta_max`` are not used and ``T`` = 0.9946 (see :data:`COSINE_T`).
+
+    In both, :math:`\sigma(t)^2 = 1 - \alpha(t)^2` and the prior is :math:`\mathcal N(0, I)`.
+    """
+
+    SCHEDULES = ("linear", "cosine")
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000, schedule: str = "linear") -> None:
+        if schedule not in self.SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; valid schedules are: {', '.join(self.SCHEDULES)}")
+        self.beta_min, self.beta_max = _check_betas(beta_min, beta_max)
+        self.schedule = schedule
+        super().__init__(N=N, T=COSINE_T if schedule == "cosine" else 1.0)
+
+    def _theta(self, t: Tensor) -> Tensor:
+        return 0.5 * math.pi * (t + COSINE_S) / (1 + COSINE_S)
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        if self.schedule == "cosine":
+            # the same torch ops at t and at 0, so that log alpha(0) is exactly 0 (and never > 0)
+            log_cos = torch.log(torch.cos(self._theta(torch.stack([t, torch.zeros_like(t)]))))
+            return (log_cos[0] - log_cos[1]).clamp(max=0.0)
+        return -0.5 * _int_beta_linear(t, self.beta_min, self.beta_max)
+
+    def _log_sigma(self, t: Tensor) -> Tensor:
+        # sigma^2 = 1 - alpha^2 = -expm1(2 log alpha): no cancellation near t = 0.
+        return 0.5 * torch.log(-torch.expm1(2 * self._log_alpha(t)))
+
+    def _f(self, t: Tensor) -> Tensor:
+        if self.schedule == "cosine":
+            return -0.5 * math.pi / (1 + COSINE_S) * torch.tan(self._theta(t))
+        return -0.5 * (self.beta_min + t * (self.beta_max - self.beta_min))
+
+    def _g2(self, t: Tensor) -> Tensor:
+        return -2.0 * self._f(t)  # g^2 = beta(t)
+
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        # -log alpha^2 = log(1 + e^{-lam}) (softplus, written with logaddexp to stay exact for all lam)
+        c = torch.logaddexp(torch.zeros_like(lam), -lam)
+        if self.schedule == "cosine":
+            cos0 = math.cos(0.5 * math.pi * COSINE_S / (1 + COSINE_S))
+            return 2 * (1 + COSINE_S) / math.pi * torch.acos(torch.exp(-0.5 * c) * cos0) - COSINE_S
+        return _t_from_int_beta_linear(c, self.beta_min, self.beta_max)
+
+    def _repr_fields(self) -> dict:
+        if self.schedule == "cosine":
+            return {"N": self.N, "schedule": "cosine"}
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max, "N": self.N, "schedule": self.schedule}
+
+
+class SubVPSDE(SDE):
+    r"""Sub-VP SDE (Song et al. 2021, Eq. 11), whose variance stays below the VP one:
+
+    .. math::  dx = -\tfrac12\beta(t) x\,dt + \sqrt{\beta(t)\big(1 - e^{-2\int_0^t\beta(s)ds}\big)}\,dW,
+
+    with the linear :math:`\beta(t)`.  Then :math:`\alpha(t) = e^{-\frac12\int_0^t\beta}` as for VP, and
+    :math:`\sigma(t) = 1 - \alpha(t)^2`.  Prior :math:`\mathcal N(0, I)`.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
+        self.beta_min, self.beta_max = _check_betas(beta_min, beta_max)
+        super().__init__(N=N, T=1.0)
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        return -0.5 * _int_beta_linear(t, self.beta_min, self.beta_max)
+
+    def _log_sigma(self, t: Tensor) -> Tensor:
+        return torch.log(-torch.expm1(2 * self._log_alpha(t)))
+
+    def _f(self, t: Tensor) -> Tensor:
+        return -0.5 * (self.beta_min + t * (self.beta_max - self.beta_min))
+
+    def _g2(self, t: Tensor) -> Tensor:
+        # beta(t) (1 - alpha^4)
+        return -2.0 * self._f(t) * -torch.expm1(4 * self._log_alpha(t))
+
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        # alpha^2 / (1 - alpha^2)^2 = e^lam  <=>  -log alpha^2 = 2 asinh(e^{-lam/2} / 2)
+        c = 2 * torch.asinh(0.5 * torch.exp(-0.5 * lam))
+        return _t_from_int_beta_linear(c, self.beta_min, self.beta_max)
+
+    def _repr_fields(self) -> dict:
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max, "N": self.N}
+
+
+class VESDE(SDE):
+    r"""Variance-exploding SDE (SMLD in continuous time), Song et al. (2021) Eq. 9:
+
+    .. math::  dx = \sigma(t)\sqrt{2\log(\sigma_{max}/\sigma_{min})}\,dW, \qquad
+               \sigma(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t,
+
+    with :math:`\alpha = 1`.  As in Song et al., the marginal std is :math:`\sigma(t)` itself, i.e. the
+    process starts from :math:`x(0) = x_0 + \sigma_{min} z`.  Prior :math:`\mathcal N(0, \sigma_{max}^2 I)`.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
+        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_max = check_positive("sigma_max", sigma_max)
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max must be > sigma_min = {self.sigma_min:g}, got {self.sigma_max:g}")
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        super().__init__(N=N, T=1.0)
+
+    @property
+    def prior_std(self) -> float:  # type: ignore[override]
+        return self.sigma_max
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def _log_sigma(self, t: Tensor) -> Tensor:
+        return math.log(self.sigma_min) + t * self._log_ratio
+
+    def _f(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def _g2(self, t: Tensor) -> Tensor:
+        return 2 * self._log_ratio * torch.exp(2 * self._log_sigma(t))
+
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        return (-0.5 * lam - math.log(self.sigma_min)) / self._log_ratio
+
+    def _repr_fields(self) -> dict:
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "N": self.N}
