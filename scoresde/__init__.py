@@ -5,6 +5,19 @@ The public API lives here; module layout behind it may change, these names may n
 
 from .analytic import GaussianMixture, MixtureScore, entropy_by_quadrature
 from .datasets import ToyDataset, register_toy, toy_dataset, toy_datasets
+from .metrics import energy_distance, mmd, sliced_wasserstein
+from .samplers import (
+    SampleResult,
+    correctors,
+    predictors,
+    register_corrector,
+    register_predictor,
+    register_sampler,
+    sample,
+    sampler_options,
+    samplers,
+    time_grid,
+)
 from .sde import SDE, ReverseSDE, ScoreFn, SubVPSDE, VESDE, VPSDE, evaluate_score
 
 __version__ = "0.1.0"
@@ -24,4 +37,17 @@ __all__ = [
     "register_toy",
     "toy_dataset",
     "toy_datasets",
+    "sample",
+    "SampleResult",
+    "samplers",
+    "sampler_options",
+    "predictors",
+    "correctors",
+    "register_sampler",
+    "register_predictor",
+    "register_corrector",
+    "time_grid",
+    "energy_distance",
+    "mmd",
+    "sliced_wasserstein",
 ]

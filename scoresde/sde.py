@@ -64,9 +64,12 @@ class SDE(abc.ABC):
     Attributes:
         T: end time of the process.
         N: number of steps of the discrete chain (DDPM / SMLD) that :meth:`discretize` takes.
+        sampling_eps: default smallest time of samplers and likelihoods (Song et al. 2021 use 1e-3 for
+            VP / sub-VP and 1e-5 for VE).
     """
 
     prior_std: float = 1.0
+    sampling_eps: float = 1e-3
 
     def __init__(self, N: int, T: float = 1.0) -> None:
         self._N = check_positive_int("N", N)
@@ -221,9 +224,9 @@ class SDE(abc.ABC):
         sq = z.reshape(z.shape[0], -1).pow(2).sum(dim=1)
         return -0.5 * dim * math.log(2 * math.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
 
-    def discretize(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+    def discretize(self, x: Tensor, t: Tensor | float, dt: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
         r"""One step of the discrete forward chain, :math:`x_{i} = x_{i-1} + f_i + G_i z`, over
-        :math:`\Delta t = T/N` ending at ``t``.
+        :math:`\Delta t` (default ``T/N``; a float or per-sample ``[B]`` tensor) ending at ``t``.
 
         The step is the exact Gaussian transition from :math:`s = \max(t - \Delta t, 0)` to ``t``:
 
@@ -239,7 +242,7 @@ class SDE(abc.ABC):
         """
         x = self._check_x("x", x)
         t = self.check_time(t, x)
-        s = (t - self.T / self.N).clamp(min=0.0)
+        s = (t - (self.T / self.N if dt is None else dt)).clamp(min=0.0)
         log_ratio = self._log_alpha(t) - self._log_alpha(s)
         var = torch.exp(2 * self._log_sigma(t)) - torch.exp(2 * (log_ratio + self._log_sigma(s)))
         return expand_to(torch.expm1(log_ratio), x) * x, torch.sqrt(var.clamp(min=0.0))
@@ -297,9 +300,9 @@ class ReverseSDE:
         drift = drift - expand_to(diffusion**2, x) * score * self._score_weight
         return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
 
-    def discretize(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        """Reverse discrete step: ``rev_f = f - w G^2 s`` and ``rev_G = G`` (0 for the ODE)."""
-        f, G = self.forward.discretize(x, t)
+    def discretize(self, x: Tensor, t: Tensor | float, dt: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Reverse discrete step over ``dt`` (default ``T/N``): ``rev_f = f - w G^2 s`` and ``rev_G = G`` (0 for the ODE)."""
+        f, G = self.forward.discretize(x, t, dt)
         t = self.forward.check_time(t, x)
         score = evaluate_score(self.score_fn, x, t)
         rev_f = f - expand_to(G**2, x) * score * self._score_weight
@@ -442,6 +445,8 @@ class VESDE(SDE):
     with :math:`\alpha = 1`.  As in Song et al., the marginal std is :math:`\sigma(t)` itself, i.e. the
     process starts from :math:`x(0) = x_0 + \sigma_{min} z`.  Prior :math:`\mathcal N(0, \sigma_{max}^2 I)`.
     """
+
+    sampling_eps = 1e-5
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
         self.sigma_min = check_positive("sigma_min", sigma_min)

@@ -1,7 +1,13 @@
 """Shared fixtures: the SDEs every test is parametrised over."""
 
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per xdist worker: the tests' small tensors run faster without oversubscription
+    torch.set_num_threads(1)
 
 from scoresde import VESDE, VPSDE, SubVPSDE
 

@@ -1,0 +1,148 @@
+r"""What every sampler shares: the result type, the counted score, the sampler registry and the helpers
+for noise, trajectories, progress and the final denoising step.
+
+Symbols: ``x`` state ``[B, ...]``, ``t`` time ``[B]``, ``score`` :math:`\nabla_x\log p_t(x)`,
+``x0_hat`` the denoised estimate :math:`\hat x_0 = (x + \sigma(t)^2\,\text{score})/\alpha(t)` (Tweedie).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .._checks import check_in_registry, expand_to
+from ..sde import SDE, ScoreFn, evaluate_score
+
+__all__ = ["SampleResult", "CountingScore", "Sampling", "register_sampler", "samplers", "get_sampler"]
+
+
+@dataclass
+class SampleResult:
+    """Output of :func:`scoresde.sample`.
+
+    Attributes:
+        x: the samples ``[B, ...]``.
+        nfe: number of score evaluations, every one counted (rejected adaptive steps, corrector steps and
+            the final denoising step included).
+        trajectory: the states on the time grid ``[K, B, ...]`` (first the prior draw at ``T``, last the
+            returned samples), when ``return_trajectory=True``; else ``None``.
+        times: the times ``[K]`` of ``trajectory`` (the final denoised state is reported at ``t = 0``).
+        sampler: the sampler's registered name.
+        settings: every option that produced the samples (defaults filled in), JSON-safe.
+    """
+
+    x: Tensor
+    nfe: int
+    trajectory: Tensor | None = None
+    times: Tensor | None = None
+    sampler: str = ""
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-safe summary (no tensors): sampler, nfe, shape and settings."""
+        return {"sampler": self.sampler, "nfe": self.nfe, "shape": list(self.x.shape), "settings": self.settings}
+
+
+class CountingScore:
+    """Wraps a ``score_fn``: counts every call and checks each output (shape, finiteness) with the time."""
+
+    def __init__(self, score_fn: ScoreFn) -> None:
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")
+        self.score_fn = score_fn
+        self.calls = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.calls += 1
+        return evaluate_score(self.score_fn, x, t)
+
+
+class Sampling:
+    """The context a sampler runs in: the SDE, the counted score, randomness, progress and the trajectory.
+
+    A sampler is a function ``fn(run: Sampling, x: Tensor, **options) -> Tensor`` taking the prior draw
+    ``x`` at ``T`` and returning the samples; it reports states with :meth:`record`.
+    """
+
+    def __init__(self, sde: SDE, score: CountingScore, generator: torch.Generator | None, progress: bool, record: bool):
+        self.sde = sde
+        self.score = score
+        self.generator = generator
+        self.progress = progress
+        self._times: list[float] | None = [] if record else None
+        self._states: list[Tensor] = []
+
+    def batch_time(self, t: float | Tensor, x: Tensor) -> Tensor:
+        """``t`` as a ``[B]`` tensor in the dtype and on the device of ``x``."""
+        return torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(()).expand(x.shape[0])
+
+    def noise_like(self, x: Tensor) -> Tensor:
+        r""":math:`z \sim \mathcal N(0, I)` shaped like ``x``, from the run's generator."""
+        return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+
+    def x0_hat(self, x: Tensor, t: Tensor) -> Tensor:
+        r"""Tweedie's denoised estimate :math:`\hat x_0 = (x + \sigma(t)^2\,s_\theta(x, t)) / \alpha(t)` (one NFE)."""
+        score = self.score(x, t)
+        return (x + expand_to(self.sde.sigma(t) ** 2, x) * score) / expand_to(self.sde.alpha(t), x)
+
+    def steps(self, n: int, desc: str) -> Iterable[int]:
+        """``range(n)``, with a tqdm progress bar when the run asked for one."""
+        return tqdm(range(n), desc=desc, leave=False) if self.progress else range(n)
+
+    def record(self, t: float, x: Tensor) -> None:
+        """Keep the state ``x`` at time ``t`` for the trajectory (a no-op unless it was asked for)."""
+        if self._times is not None:
+            self._times.append(float(t))
+            self._states.append(x.detach().clone())
+
+    def finish(self, x: Tensor, t_end: float, denoise: bool) -> Tensor:
+        r"""The last step: with ``denoise``, Tweedie's :math:`\hat x_0` at ``t_end`` (one NFE), recorded at t = 0."""
+        if denoise:
+            x = self.x0_hat(x, self.batch_time(t_end, x))
+            self.record(0.0, x)
+        return x
+
+    def trajectory(self) -> tuple[Tensor | None, Tensor | None]:
+        if self._times is None or not self._states:
+            return None, None
+        return torch.stack(self._states), torch.tensor(self._times, dtype=torch.float64)
+
+
+SamplerFn = Callable[..., Tensor]
+_SAMPLERS: dict[str, SamplerFn] = {}
+
+
+def register_sampler(name: str) -> Callable[[SamplerFn], SamplerFn]:
+    """Decorator adding a sampler ``fn(run: Sampling, x, *, steps, ..., **options) -> Tensor`` to the registry.
+
+    Its keyword-only parameters (with defaults) are the options :func:`scoresde.sample` accepts for it.
+    """
+
+    def add(fn: SamplerFn) -> SamplerFn:
+        if name in _SAMPLERS:
+            raise ValueError(f"a sampler named {name!r} is already registered")
+        _SAMPLERS[name] = fn
+        return fn
+
+    return add
+
+
+def samplers() -> list[str]:
+    """Names of the registered samplers, sorted."""
+    return sorted(_SAMPLERS)
+
+
+def get_sampler(name: str) -> SamplerFn:
+    """The sampler registered as ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
+    return _SAMPLERS[check_in_registry("sampler", name, list(_SAMPLERS))]
+
+
+def sampler_options(name: str) -> dict[str, Any]:
+    """The options of a sampler and their defaults."""
+    params = inspect.signature(get_sampler(name)).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}

@@ -1,0 +1,167 @@
+r"""Few-step solvers through the Gaussian-perturbation view :math:`x_t = \alpha(t)x_0 + \sigma(t)\epsilon`.
+
+They need only ``alpha``, ``sigma``, ``log_snr`` and ``t_from_log_snr`` of the SDE, so they run unchanged
+on VP, sub-VP and VE. Each model evaluation is turned into a data prediction (Tweedie)
+
+.. math::  \hat x_0(x, t) = \frac{x + \sigma(t)^2 s_\theta(x, t)}{\alpha(t)}, \qquad
+           \hat\epsilon = \frac{x - \alpha(t)\hat x_0}{\sigma(t)} = -\sigma(t)\, s_\theta(x, t).
+
+Grids have ``steps + 1`` times from ``T`` to ``eps``; ``denoise`` adds Tweedie's :math:`\hat x_0` at ``eps``
+(one NFE, the same final step as EDM's Euler step to :math:`\sigma = 0`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._checks import check_in_registry, check_positive
+from .base import Sampling, register_sampler
+from .grids import time_grid
+
+__all__ = ["ddim", "heun", "dpm_solver"]
+
+
+def _coefficients(run: Sampling, grid: Tensor) -> tuple[list[float], list[float]]:
+    """:math:`\\alpha(t_i)` and :math:`\\sigma(t_i)` on the grid, as Python floats computed in float64."""
+    return run.sde.alpha(grid).tolist(), run.sde.sigma(grid).tolist()
+
+
+@register_sampler("ddim")
+def ddim(run: Sampling, x: Tensor, *, steps: int = 50, eta: float = 0.0, eps: float | None = None, denoise: bool = True, schedule: str = "uniform") -> Tensor:
+    r"""DDIM (Song, Meng & Ermon 2021, Eq. 12) from ``t`` to ``s < t``:
+
+    .. math::  x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\epsilon + c z, \qquad
+               c = \eta\,\frac{\sigma_s}{\sigma_t}\sqrt{\sigma_t^2 - \alpha_t^2\sigma_s^2/\alpha_s^2},
+
+    deterministic (the probability-flow ODE's first-order exponential integrator) at ``eta = 0``,
+    DDPM ancestral sampling at ``eta = 1``. NFE = ``steps + denoise``."""
+    eta = check_positive("eta", eta, strict=False)
+    grid = time_grid(run.sde, steps, schedule, eps)
+    steps = len(grid) - 1
+    alphas, sigmas = _coefficients(run, grid)
+    run.record(grid[0], x)
+    for i in run.steps(steps, "ddim"):
+        x0 = run.x0_hat(x, run.batch_time(grid[i], x))
+        eps_hat = (x - alphas[i] * x0) / sigmas[i]
+        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+        c = eta * s_s / s_t * math.sqrt(max(s_t**2 - (a_t * s_s / a_s) ** 2, 0.0))
+        c = min(c, s_s)
+        x = a_s * x0 + math.sqrt(s_s**2 - c**2) * eps_hat
+        if c > 0:
+            x = x + c * run.noise_like(x)
+        run.record(grid[i + 1], x)
+    return run.finish(x, float(grid[-1]), denoise)
+
+
+@register_sampler("heun")
+def heun(
+    run: Sampling,
+    x: Tensor,
+    *,
+    steps: int = 18,
+    eps: float | None = None,
+    denoise: bool = True,
+    schedule: str = "edm",
+    rho: float = 7.0,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
+) -> Tensor:
+    r"""EDM's second-order sampler (Karras et al. 2022, Algorithm 2) in the scaled variables
+    :math:`\tilde x = x/\alpha`, :math:`\tilde\sigma = \sigma/\alpha`, where the probability-flow ODE is
+    :math:`d\tilde x/d\tilde\sigma = (\tilde x - \hat x_0)/\tilde\sigma` for every SDE:
+
+    .. math::  d_i = \frac{\tilde x_i - \hat x_0(\tilde x_i, \hat\sigma_i)}{\hat\sigma_i}, \quad
+               \tilde x' = \tilde x_i + (\tilde\sigma_{i+1} - \hat\sigma_i)\, d_i, \quad
+               \tilde x_{i+1} = \tilde x_i + (\tilde\sigma_{i+1} - \hat\sigma_i)\,\tfrac12 (d_i + d'),
+
+    with stochastic churn :math:`\hat\sigma_i = \tilde\sigma_i(1 + \gamma_i)`,
+    :math:`\gamma_i = \min(S_{churn}/N, \sqrt2 - 1)` for :math:`\tilde\sigma_i \in [S_{tmin}, S_{tmax}]`
+    and fresh noise of std :math:`S_{noise}\sqrt{\hat\sigma_i^2 - \tilde\sigma_i^2}` (``s_churn = 0``:
+    deterministic). NFE = ``2 * steps + denoise``."""
+    for name, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)):
+        check_positive(name, value, strict=False)
+    if not s_tmax >= s_tmin:
+        raise ValueError(f"s_tmax must be >= s_tmin = {s_tmin:g}, got {s_tmax!r}")
+    sde = run.sde
+    grid = time_grid(sde, steps, schedule, eps, rho)
+    steps = len(grid) - 1
+    alphas, _ = _coefficients(run, grid)
+    sig = torch.exp(-0.5 * sde.log_snr(grid)).tolist()  # sigma tilde = sigma / alpha
+    gamma_max = min(s_churn / steps, math.sqrt(2.0) - 1.0)
+
+    def slope(x_scaled: Tensor, t: Tensor, alpha: float, sigma_tilde: float) -> Tensor:
+        return (x_scaled - run.x0_hat(alpha * x_scaled, run.batch_time(t, x_scaled))) / sigma_tilde
+
+    run.record(grid[0], x)
+    xs = x / alphas[0]
+    for i in run.steps(steps, "heun"):
+        t_hat, a_hat, sig_hat = grid[i], alphas[i], sig[i]
+        if gamma_max > 0 and s_tmin <= sig[i] <= s_tmax:
+            sig_hat = min(sig[i] * (1 + gamma_max), sig[0])
+            t_hat = sde.t_from_log_snr(torch.tensor(-2.0 * math.log(sig_hat), dtype=torch.float64))
+            a_hat = float(sde.alpha(t_hat))
+            xs = xs + s_noise * math.sqrt(max(sig_hat**2 - sig[i] ** 2, 0.0)) * run.noise_like(xs)
+        d = slope(xs, t_hat, a_hat, sig_hat)
+        x_euler = xs + (sig[i + 1] - sig_hat) * d
+        d_next = slope(x_euler, grid[i + 1], alphas[i + 1], sig[i + 1])
+        xs = xs + (sig[i + 1] - sig_hat) * 0.5 * (d + d_next)
+        run.record(grid[i + 1], alphas[i + 1] * xs)
+    return run.finish(alphas[-1] * xs, float(grid[-1]), denoise)
+
+
+@register_sampler("dpm_solver")
+def dpm_solver(
+    run: Sampling,
+    x: Tensor,
+    *,
+    steps: int = 20,
+    order: int = 2,
+    eps: float | None = None,
+    denoise: bool = True,
+    schedule: str = "log_snr",
+    lower_order_final: bool = True,
+) -> Tensor:
+    r"""DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++", Algorithm 2 and its third-order variant)
+    with data prediction, in :math:`\lambda = \log(\alpha/\sigma)` (half the log-SNR),
+    :math:`h_i = \lambda_{i+1} - \lambda_i`, :math:`\varphi_1 = e^{-h} - 1`:
+
+    .. math::  x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - \alpha_{i+1}\varphi_1 D_i, \qquad
+               D_i = \hat x_0^{(i)} + \frac{1}{2r}\big(\hat x_0^{(i)} - \hat x_0^{(i-1)}\big),\ r = h_{i-1}/h_i
+
+    for ``order = 2`` (2M); ``order = 1`` is DDIM; ``order = 3`` adds the second divided difference
+    (3M). The first steps warm up with lower orders; with ``lower_order_final`` the last steps drop to the
+    order the remaining steps allow, which keeps few-step runs stable. NFE = ``steps + denoise``."""
+    check_in_registry("dpm_solver order", str(order), ["1", "2", "3"])
+    grid = time_grid(run.sde, steps, schedule, eps)
+    steps = len(grid) - 1
+    alphas, sigmas = _coefficients(run, grid)
+    lam = (0.5 * run.sde.log_snr(grid)).tolist()
+    x0s: list[Tensor] = []
+    run.record(grid[0], x)
+    for i in run.steps(steps, f"dpm_solver++ {order}M"):
+        x0s = (x0s + [run.x0_hat(x, run.batch_time(grid[i], x))])[-3:]
+        k = min(order, i + 1, steps - i if lower_order_final else order)
+        h = lam[i + 1] - lam[i]
+        phi1 = math.expm1(-h)
+        x_next = (sigmas[i + 1] / sigmas[i]) * x - alphas[i + 1] * phi1 * x0s[-1]
+        if k >= 2:
+            r0 = (lam[i] - lam[i - 1]) / h
+            d1_0 = (x0s[-1] - x0s[-2]) / r0
+            if k == 2:
+                x_next = x_next - 0.5 * alphas[i + 1] * phi1 * d1_0
+            else:
+                r1 = (lam[i - 1] - lam[i - 2]) / h
+                d1_1 = (x0s[-2] - x0s[-3]) / r1
+                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi2 = phi1 / h + 1.0
+                phi3 = phi2 / h - 0.5
+                x_next = x_next + alphas[i + 1] * phi2 * d1 - alphas[i + 1] * phi3 * d2
+        x = x_next
+        run.record(grid[i + 1], x)
+    return run.finish(x, float(grid[-1]), denoise)

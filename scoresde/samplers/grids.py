@@ -1,0 +1,72 @@
+r"""Time grids for reverse-time samplers: ``steps + 1`` decreasing times from ``T`` down to ``eps``.
+
+* ``"uniform"``: uniform in t (Song et al. 2021; DDIM's "time uniform").
+* ``"log_snr"``: uniform in the log signal-to-noise ratio :math:`\lambda = \log(\alpha^2/\sigma^2)`
+  (DPM-Solver's "logSNR" grid).
+* ``"edm"``: Karras et al. (2022), Eq. 5, in the noise-to-signal ratio :math:`\tilde\sigma = \sigma/\alpha`:
+  :math:`\tilde\sigma_i = \big(\tilde\sigma_{\max}^{1/\rho} + \tfrac{i}{N}(\tilde\sigma_{\min}^{1/\rho}
+  - \tilde\sigma_{\max}^{1/\rho})\big)^\rho`, ``rho = 7``.
+
+Every grid is built in float64 through the SDE's ``log_snr`` / ``t_from_log_snr``, so it means the same
+for VP, sub-VP and VE.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import check_in_registry, check_positive, check_positive_int
+from ..sde import SDE
+
+__all__ = ["time_grid", "check_eps", "GRIDS"]
+
+GRIDS = ("uniform", "log_snr", "edm")
+
+
+def check_eps(sde: SDE, eps: float | None) -> float:
+    """The smallest time of a sampler: ``sde.sampling_eps`` by default, else a number in (0, T)."""
+    if eps is None:
+        return sde.sampling_eps
+    eps = check_positive("eps", eps)
+    if eps >= sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps!r}")
+    return eps
+
+
+def custom_grid(sde: SDE, times) -> Tensor:
+    """A user's grid: a strictly decreasing 1-D sequence of at least two times in ``(0, T]``, as float64."""
+    grid = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
+    if grid.ndim != 1 or grid.numel() < 2 or not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"a custom time grid must be a strictly decreasing 1-D sequence of >= 2 times, got {times!r}")
+    if float(grid[-1]) <= 0 or float(grid[0]) > sde.T:
+        raise ValueError(f"a custom time grid must lie in (0, T] = (0, {sde.T:g}], got [{float(grid[-1]):.6g}, {float(grid[0]):.6g}]")
+    return grid
+
+
+def time_grid(sde: SDE, steps: int, schedule="uniform", eps: float | None = None, rho: float = 7.0) -> Tensor:
+    r"""``steps + 1`` times ``[T = t_0 > t_1 > ... > t_steps = eps]`` (float64) on the named grid.
+
+    ``schedule`` may also be a decreasing sequence of times (a custom grid): it is returned as is, and
+    ``steps`` and ``eps`` are then ignored.
+    """
+    if not isinstance(schedule, str):
+        return custom_grid(sde, schedule)
+    steps = check_positive_int("steps", steps)
+    check_in_registry("time grid", schedule, GRIDS)
+    eps = check_eps(sde, eps)
+    ends = torch.tensor([sde.T, eps], dtype=torch.float64)
+    if schedule == "uniform":
+        return torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
+    lam_T, lam_eps = sde.log_snr(ends).tolist()
+    if schedule == "log_snr":
+        lam = torch.linspace(lam_T, lam_eps, steps + 1, dtype=torch.float64)
+    else:
+        rho = check_positive("rho", rho)
+        # sigma_tilde = sigma / alpha = exp(-lambda / 2)
+        s_max, s_min = torch.exp(-0.5 * torch.tensor([lam_T, lam_eps], dtype=torch.float64)) ** (1.0 / rho)
+        ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+        lam = -2.0 * rho * torch.log(s_max + ramp * (s_min - s_max))
+    t = sde.t_from_log_snr(lam)
+    t[0], t[-1] = sde.T, eps  # exact end points despite the round trip
+    return t

@@ -1,0 +1,207 @@
+r"""Predictor–corrector sampling (Song et al. 2021, Section 4.2 and Algorithms 2–5).
+
+A *predictor* takes one reverse-time step ``t -> t_next`` of a numerical solver of the reverse SDE (or of
+the probability-flow ODE); a *corrector* then runs ``n_steps`` of score-based MCMC (Langevin dynamics)
+targeting :math:`p_{t_{next}}`. Both return ``(x, x_mean)``: the new state and its noise-free part.
+
+Symbols: ``t`` current time ``[B]``, ``t_next < t`` the next one, ``score`` :math:`s_\theta(x, t)`,
+:math:`\alpha_{t|s} = \alpha(t)/\alpha(s)` and :math:`\sigma_{t|s}^2 = \sigma(t)^2 - \alpha_{t|s}^2\sigma(s)^2`
+the coefficients of the exact forward transition from ``s`` to ``t``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .._checks import check_in_registry, check_positive, check_positive_int, expand_to
+from ..sde import SDE, ScoreFn
+from .base import Sampling, register_sampler
+from .grids import time_grid
+
+__all__ = [
+    "register_predictor",
+    "register_corrector",
+    "predictors",
+    "correctors",
+    "euler_maruyama",
+    "reverse_diffusion",
+    "ancestral_sampling",
+    "langevin",
+    "annealed_langevin",
+    "pc_sampler",
+]
+
+Predictor = Callable[..., tuple[Tensor, Tensor]]
+Corrector = Callable[..., tuple[Tensor, Tensor]]
+_PREDICTORS: dict[str, Predictor] = {}
+_CORRECTORS: dict[str, Corrector] = {}
+
+
+def _registrar(table: dict, kind: str):
+    def register(name: str):
+        def add(fn):
+            if name in table:
+                raise ValueError(f"a {kind} named {name!r} is already registered")
+            table[name] = fn
+            return fn
+
+        return add
+
+    return register
+
+
+register_predictor = _registrar(_PREDICTORS, "predictor")
+register_predictor.__doc__ = """Decorator registering ``fn(sde, score_fn, x, t, t_next, *, probability_flow, generator) -> (x, x_mean)``."""
+register_corrector = _registrar(_CORRECTORS, "corrector")
+register_corrector.__doc__ = """Decorator registering ``fn(sde, score_fn, x, t, *, snr, n_steps, generator) -> (x, x_mean)``."""
+
+
+def predictors() -> list[str]:
+    """Names of the registered predictors."""
+    return sorted(_PREDICTORS)
+
+
+def correctors() -> list[str]:
+    """Names of the registered correctors."""
+    return sorted(_CORRECTORS)
+
+
+def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+# ---------------------------------------------------------------------- predictors
+@register_predictor("euler_maruyama")
+def euler_maruyama(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
+    r"""Reverse Euler–Maruyama (Song et al. 2021, Eq. 6) with :math:`\Delta t = t_{next} - t < 0`:
+    :math:`x' = x + [f(t)x - g^2 s]\Delta t + g\sqrt{|\Delta t|}\,z` (no noise, and :math:`\tfrac12 g^2 s`, for the ODE)."""
+    drift, diffusion = sde.reverse(score_fn, probability_flow).sde(x, t)
+    dt = expand_to(t_next - t, x)
+    x_mean = x + drift * dt
+    return x_mean + expand_to(diffusion, x) * torch.sqrt(-dt) * _noise(x, generator), x_mean
+
+
+@register_predictor("reverse_diffusion")
+def reverse_diffusion(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
+    r"""Reverse diffusion (Song et al. 2021, Eq. 47): the forward discrete step ``(f, G)`` from ``t_next`` to
+    ``t`` run backwards, :math:`x' = x - f + G^2 s + G z`."""
+    rev_f, rev_G = sde.reverse(score_fn, probability_flow).discretize(x, t, t - t_next)
+    x_mean = x - rev_f
+    return x_mean + expand_to(rev_G, x) * _noise(x, generator), x_mean
+
+
+@register_predictor("ancestral_sampling")
+def ancestral_sampling(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
+    r"""Ancestral sampling: draw from the exact Gaussian posterior :math:`q(x_s | x_t, \hat x_0)`, ``s = t_next``,
+
+    .. math::  x_s = \frac{x_t + \sigma_{t|s}^2\, s_\theta(x_t, t)}{\alpha_{t|s}}
+               + \frac{\sigma_{t|s}\,\sigma(s)}{\sigma(t)}\, z .
+
+    For VP this is DDPM's step :math:`(x + \beta_i s)/\sqrt{1-\beta_i}` with the posterior variance
+    :math:`\tilde\beta_i`; for VE, SMLD's :math:`x + (\sigma_i^2 - \sigma_{i-1}^2)s` with variance
+    :math:`\sigma_{i-1}^2(\sigma_i^2 - \sigma_{i-1}^2)/\sigma_i^2` (Song et al. 2021, Eqs. 45–46).
+    """
+    if probability_flow:
+        raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion' or 'euler_maruyama'")
+    alpha_ts = sde.alpha(t) / sde.alpha(t_next)
+    sigma_t, sigma_s = sde.sigma(t), sde.sigma(t_next)
+    var_ts = (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0.0)
+    score = score_fn(x, t)
+    x_mean = (x + expand_to(var_ts, x) * score) / expand_to(alpha_ts, x)
+    std = torch.sqrt(var_ts) * sigma_s / sigma_t
+    return x_mean + expand_to(std, x) * _noise(x, generator), x_mean
+
+
+@register_predictor("none")
+def no_predictor(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
+    """No predictor: the state is carried to ``t_next`` unchanged (corrector-only sampling)."""
+    return x, x
+
+
+# ---------------------------------------------------------------------- correctors
+def _langevin_alpha(sde: SDE, t: Tensor) -> Tensor:
+    r""":math:`\alpha_i = (\alpha(t)/\alpha(t - T/N))^2`: DDPM's :math:`1 - \beta_i` for VP, 1 for VE."""
+    return (sde.alpha(t) / sde.alpha((t - sde.T / sde.N).clamp(min=0.0))) ** 2
+
+
+def _langevin_update(x: Tensor, score: Tensor, step: Tensor, generator) -> tuple[Tensor, Tensor]:
+    r""":math:`x' = x + \epsilon\, s + \sqrt{2\epsilon}\, z` with a per-sample step size :math:`\epsilon` ``[B]``."""
+    x_mean = x + expand_to(step, x) * score
+    return x_mean + expand_to(torch.sqrt(2 * step), x) * _noise(x, generator), x_mean
+
+
+@register_corrector("langevin")
+def langevin(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, *, snr: float, n_steps: int, generator=None):
+    r"""Langevin corrector (Song et al. 2021, Algorithm 5): ``n_steps`` of
+    :math:`x \leftarrow x + \epsilon s + \sqrt{2\epsilon} z` with
+    :math:`\epsilon = 2\alpha_i (r \|z\| / \|s\|)^2`, ``r = snr``; the norms are averaged over the batch
+    as in the reference implementation."""
+    alpha_i = _langevin_alpha(sde, t)
+    x_mean = x
+    for _ in range(n_steps):
+        score = score_fn(x, t)
+        grad_norm = score.reshape(score.shape[0], -1).norm(dim=-1).mean()
+        noise_norm = _noise(x, generator).reshape(x.shape[0], -1).norm(dim=-1).mean()
+        step = 2 * alpha_i * (snr * noise_norm / grad_norm) ** 2
+        x, x_mean = _langevin_update(x, score, step, generator)
+    return x, x_mean
+
+
+@register_corrector("annealed_langevin")
+def annealed_langevin(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, *, snr: float, n_steps: int, generator=None):
+    r"""Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1, as in Song et al. 2021): step size
+    :math:`\epsilon = 2\alpha_i (r\,\sigma(t))^2`, ``r = snr``."""
+    step = 2 * _langevin_alpha(sde, t) * (snr * sde.sigma(t)) ** 2
+    x_mean = x
+    for _ in range(n_steps):
+        x, x_mean = _langevin_update(x, score_fn(x, t), step, generator)
+    return x, x_mean
+
+
+@register_corrector("none")
+def no_corrector(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, *, snr: float, n_steps: int, generator=None):
+    """No corrector."""
+    return x, x
+
+
+# ---------------------------------------------------------------------- the sampler
+@register_sampler("pc")
+def pc_sampler(
+    run: Sampling,
+    x: Tensor,
+    *,
+    steps: int = 1000,
+    predictor: str = "reverse_diffusion",
+    corrector: str = "langevin",
+    corrector_steps: int = 1,
+    snr: float = 0.16,
+    eps: float | None = None,
+    denoise: bool = True,
+    probability_flow: bool = False,
+    schedule: str = "uniform",
+) -> Tensor:
+    r"""Predictor–corrector sampling (Song et al. 2021, Algorithm 1): on a grid ``T = t_0 > ... > t_N = eps``,
+    for each i a predictor step :math:`t_i \to t_{i+1}`, then ``corrector_steps`` corrector steps at
+    :math:`t_{i+1}`; finally Tweedie's :math:`\hat x_0` at ``eps`` when ``denoise``.
+    NFE = ``steps * (1 + corrector_steps) + denoise`` (predictor ``none`` or corrector ``none`` cost nothing)."""
+    predict = _PREDICTORS[check_in_registry("predictor", predictor, list(_PREDICTORS))]
+    correct = _CORRECTORS[check_in_registry("corrector", corrector, list(_CORRECTORS))]
+    if predictor == "none" and corrector == "none":
+        raise ValueError("predictor and corrector cannot both be 'none': nothing would move the prior sample")
+    corrector_steps = check_positive_int("corrector_steps", corrector_steps)
+    snr = check_positive("snr", snr)
+    if predictor == "ancestral_sampling" and probability_flow:
+        raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion' or 'euler_maruyama'")
+    grid = time_grid(run.sde, steps, schedule, eps)
+    steps = len(grid) - 1
+    run.record(grid[0], x)
+    for i in run.steps(steps, f"pc {predictor}+{corrector}"):
+        t, t_next = run.batch_time(grid[i], x), run.batch_time(grid[i + 1], x)
+        x, _ = predict(run.sde, run.score, x, t, t_next, probability_flow=probability_flow, generator=run.generator)
+        x, _ = correct(run.sde, run.score, x, t_next, snr=snr, n_steps=corrector_steps, generator=run.generator)
+        run.record(grid[i + 1], x)
+    return run.finish(x, float(grid[-1]), denoise)
+
