@@ -57,6 +57,7 @@ GENEROUS = {  # (sampler, options): generous settings for 2D
     "heun-churn": {"steps": 60, "s_churn": 20.0},
     "dpm_solver": {"steps": 30},
     "dpm_solver-3m": {"steps": 30, "order": 3},
+    "unipc": {"steps": 30},
 }
 
 
@@ -111,7 +112,7 @@ def test_probability_flow_predictor_and_subvp(floor_tolerance):
 ALL_RUNS = [("pc", {"steps": 5, "corrector_steps": 2}), ("pc", {"steps": 5, "predictor": "ancestral_sampling", "corrector": "annealed_langevin"}),
             ("ode", {}), ("ode", {"method": "rk4", "steps": 4}), ("ode", {"backend": "scipy", "method": "RK45"}),
             ("sde", {"steps": 6}), ("sde", {"steps": 3, "method": "srk"}), ("ddim", {"steps": 5, "eta": 0.5}),
-            ("heun", {"steps": 4, "s_churn": 5.0}), ("dpm_solver", {"steps": 5, "order": 3})]
+            ("heun", {"steps": 4, "s_churn": 5.0}), ("dpm_solver", {"steps": 5, "order": 3}), ("unipc", {"steps": 6})]
 
 
 @pytest.mark.parametrize("sampler, options", ALL_RUNS)
@@ -137,6 +138,7 @@ def test_nfe_formulas_of_the_fixed_step_samplers():
     assert run("ddim", steps=9) == 10
     assert run("dpm_solver", steps=9) == 10
     assert run("heun", steps=9) == 19
+    assert run("unipc", steps=9) == 10
     assert run("ode", method="euler", steps=9) == 10
 
 
@@ -151,23 +153,24 @@ def test_same_seed_same_samples(sampler, options):
 
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_deterministic_solvers_converge_to_the_probability_flow_ode_at_their_order(sde_name):
-    """From the same x_T, ddim (order 1), heun and dpm_solver 2M (order 2) approach a tight dopri5 solve:
-    doubling the steps divides the error by ~2 and ~4 (accepted: > 1.6 and > 3.0)."""
+    """From the same x_T, ddim (order 1), heun and dpm_solver 2M (order 2) and unipc-3 (order 3 plus the
+    corrector's one) approach a tight dopri5 solve: doubling the steps divides the error by ~2, ~4 and
+    ~8-16 (accepted: > 1.6, > 3.0 and > 6.0)."""
     sde = SDES[sde_name]()
     score = MIXTURE.score_fn(sde)
     x_T = sde.prior_sampling((200, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
     ref = sample(sde, score, (200, 2), "ode", x_T=x_T, rtol=1e-10, atol=1e-10, denoise=False).x
-    for name, order_ratio in (("ddim", 1.6), ("heun", 3.0), ("dpm_solver", 3.0)):
+    for name, order_ratio in (("ddim", 1.6), ("heun", 3.0), ("dpm_solver", 3.0), ("unipc", 6.0)):
         errors = [float((sample(sde, score, (200, 2), name, x_T=x_T, steps=s, denoise=False).x - ref).norm(dim=1).mean())
                   for s in (40, 80, 160)]
         assert errors[0] / errors[1] > order_ratio and errors[1] / errors[2] > order_ratio, (name, errors)
-    assert errors[-1] < 1e-3
+        assert errors[-1] < 1e-2, (name, errors)  # mean displacement at 160 steps; the data has scale ~1.5
 
 
 def test_few_step_solvers_stay_finite_at_5_nfe():
     for sde in (VPSDE(), VESDE(), SubVPSDE()):
         score = MIXTURE.score_fn(sde)
-        for name, steps in (("dpm_solver", 4), ("heun", 2)):
+        for name, steps in (("dpm_solver", 4), ("heun", 2), ("unipc", 4)):
             result = sample(sde, score, (N_SAMPLES, 2), name, steps=steps, generator=torch.Generator().manual_seed(0))
             assert result.nfe == 5 and torch.isfinite(result.x).all()
             # the figure itself is reported by benchmarks/samplers.py; here it must at least be finite
@@ -186,7 +189,7 @@ def test_trajectory_holds_the_states_on_the_grid():
 
 
 def test_registries_list_their_names():
-    assert samplers() == ["ddim", "dpm_solver", "heun", "ode", "pc", "sde"]
+    assert samplers() == ["ddim", "dpm_solver", "heun", "ode", "pc", "sde", "unipc"]
     assert predictors() == ["ancestral_sampling", "euler_maruyama", "none", "reverse_diffusion"]
     assert correctors() == ["annealed_langevin", "langevin", "none"]
 
@@ -199,7 +202,7 @@ def _bad(message, sde=None, score=None, shape=(4, 2), sampler="pc", **options):
 
 
 def test_bad_input_gets_clear_errors():
-    _bad("unknown sampler 'euler'; valid names are: ddim, dpm_solver, heun, ode, pc, sde", sampler="euler")
+    _bad("unknown sampler .euler.; valid names are: ddim, dpm_solver, heun, ode, pc, sde, unipc", sampler="euler")
     _bad("unknown predictor 'em'; valid names are: ancestral_sampling, euler_maruyama", predictor="em")
     _bad("unknown corrector 'mala'; valid names are: annealed_langevin, langevin, none", corrector="mala")
     _bad("unknown option\\(s\\) order for sampler 'pc'; valid options are: steps, predictor", order=2)
@@ -210,7 +213,7 @@ def test_bad_input_gets_clear_errors():
     _bad("eps must lie in \\(0, T\\) = \\(0, 1\\), got 1.5", eps=1.5)
     _bad("eps must be a finite number > 0", eps=-1e-3, sampler="ode")
     _bad("unknown torchdiffeq method 'rk45'", sampler="ode", method="rk45")
-    _bad("unknown time grid 'cosine'; valid names are: edm, log_snr, uniform", sampler="ddim", schedule="cosine")
+    _bad("unknown time grid .cosine.; valid names are: edm, log_snr, log_snr_warped, uniform", sampler="ddim", schedule="cosine")
     _bad("'ancestral_sampling' has no probability-flow form", predictor="ancestral_sampling", probability_flow=True)
 
 

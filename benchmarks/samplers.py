@@ -1,0 +1,148 @@
+"""Sample quality against NFE for every sampler, on the exact oracle (the `gmm` toy: 2D, 8 anisotropic
+components), under VP and VE.
+
+For each sampler and NFE budget: energy distance (and sliced Wasserstein) of n samples to n fresh true
+samples, averaged over seeds, divided by the true-vs-true floor (the same statistic between two true
+sample sets, averaged over the same number of seeds); wall time per 10,000 samples. Reports, per sampler,
+the smallest NFE within 1.5x of the floor.
+
+Usage: python benchmarks/samplers.py [--n 10000] [--seeds 3] [--out benchmarks/results] [--quick]
+Writes samplers.json, samplers.md and samplers.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from scoresde import VESDE, VPSDE, energy_distance, sample, sliced_wasserstein, toy_dataset  # noqa: E402
+
+LADDER = (5, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 2000)
+
+# name -> (sampler, options for a target NFE or None when the NFE cannot be hit, largest NFE worth running)
+Config = tuple[str, Callable[[int], dict | None], int]
+CONFIGS: dict[str, Config] = {
+    "pc (reverse_diffusion + langevin)": ("pc", lambda n: {"steps": (n - 1) // 2} if n >= 5 else None, 2000),
+    "pc (euler_maruyama)": ("pc", lambda n: {"steps": n - 1, "predictor": "euler_maruyama", "corrector": "none"}, 1000),
+    "pc (ancestral_sampling)": ("pc", lambda n: {"steps": n - 1, "predictor": "ancestral_sampling", "corrector": "none"}, 1000),
+    "sde (torchsde euler)": ("sde", lambda n: {"steps": n - 2}, 500),
+    "ode (rk4, log-SNR)": ("ode", lambda n: {"method": "rk4", "variable": "log_snr", "schedule": "log_snr", "steps": (n - 1) // 4} if n >= 9 else None, 500),
+    "ddim": ("ddim", lambda n: {"steps": n - 1}, 500),
+    "heun (EDM)": ("heun", lambda n: {"steps": (n - 1) // 2}, 500),
+    "dpm_solver (2M, log-SNR grid)": ("dpm_solver", lambda n: {"steps": n - 1}, 200),
+    "dpm_solver (3M, log-SNR grid)": ("dpm_solver", lambda n: {"steps": n - 1, "order": 3}, 200),
+    "dpm_solver (3M, warped log-SNR)": ("dpm_solver", lambda n: {"steps": n - 1, "order": 3, "schedule": "log_snr_warped"}, 200),
+    "unipc (2, warped log-SNR)": ("unipc", lambda n: {"steps": n - 1, "order": 2}, 200),
+    "unipc (3, warped log-SNR)": ("unipc", lambda n: {"steps": n - 1, "order": 3}, 200),
+}
+ADAPTIVE_RTOL = (1e-2, 1e-3, 1e-4, 1e-5)
+
+
+def evaluate(sde, score, sampler: str, options: dict, n: int, seeds: int, mixture) -> dict:
+    energies, slices, nfe, wall = [], [], 0, 0.0
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        result = sample(sde, score, (n, 2), sampler, generator=g, **options)
+        wall += time.perf_counter() - start
+        truth = mixture.sample(n, torch.Generator().manual_seed(10_000 + seed))
+        finite = bool(torch.isfinite(result.x).all())
+        energies.append(energy_distance(result.x, truth) if finite else float("inf"))
+        slices.append(sliced_wasserstein(result.x, truth) if finite else float("inf"))
+        nfe = result.nfe
+    return {"nfe": nfe, "energy": sum(energies) / seeds, "sliced_w2": sum(slices) / seeds,
+            "seconds_per_10k": wall / seeds * 10_000 / n}
+
+
+def floor(mixture, n: int, seeds: int) -> dict:
+    e, s = [], []
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(50_000 + seed)
+        a, b = mixture.sample(n, g), mixture.sample(n, g)
+        e.append(energy_distance(a, b))
+        s.append(sliced_wasserstein(a, b))
+    return {"energy": sum(e) / seeds, "sliced_w2": sum(s) / seeds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--quick", action="store_true", help="n=2000, 1 seed, NFE <= 50 (a smoke run)")
+    args = parser.parse_args()
+    n, seeds, ladder = (2000, 1, [k for k in LADDER if k <= 50]) if args.quick else (args.n, args.seeds, LADDER)
+    toy = toy_dataset("gmm")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"n": n, "seeds": seeds, "threads": torch.get_num_threads(), "sdes": {}}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    lines = []
+    for ax, (sde_name, sde) in zip(axes, (("VP", VPSDE()), ("VE", VESDE()))):
+        score = toy.mixture.score_fn(sde)
+        base = floor(toy.mixture, n, seeds)
+        rows: dict[str, list[dict]] = {}
+        for label, (sampler, options_for, max_nfe) in CONFIGS.items():
+            rows[label] = []
+            for target in ladder:
+                options = options_for(target) if target <= max_nfe else None
+                if options is None or min(v for k, v in options.items() if k == "steps") < 1:
+                    continue
+                row = evaluate(sde, score, sampler, options, n, seeds, toy.mixture)
+                row["ratio"] = row["energy"] / base["energy"]
+                rows[label].append(row)
+                print(f"{sde_name} {label:36s} NFE {row['nfe']:5d}  E/floor {row['ratio']:8.2f}  {row['seconds_per_10k']:.2f} s/10k", flush=True)
+        rows["ode (dopri5, adaptive)"] = []
+        for rtol in ADAPTIVE_RTOL if not args.quick else ADAPTIVE_RTOL[:2]:
+            row = evaluate(sde, score, "ode", {"rtol": rtol, "atol": rtol}, n, seeds, toy.mixture)
+            row["ratio"], row["rtol"] = row["energy"] / base["energy"], rtol
+            rows["ode (dopri5, adaptive)"].append(row)
+            print(f"{sde_name} ode dopri5 rtol={rtol:g}  NFE {row['nfe']:5d}  E/floor {row['ratio']:8.2f}", flush=True)
+        best = {label: next((r["nfe"] for r in sorted(rs, key=lambda r: r["nfe"]) if r["ratio"] <= 1.5), None) for label, rs in rows.items()}
+        report["sdes"][sde_name] = {"floor": base, "rows": rows, "smallest_nfe_within_1.5x_floor": best}
+        for label, rs in rows.items():
+            rs = sorted(rs, key=lambda r: r["nfe"])
+            ax.loglog([r["nfe"] for r in rs], [r["ratio"] for r in rs], "o-", ms=3, label=label)
+        ax.axhline(1.5, color="k", ls="--", lw=1, label="1.5 x floor")
+        ax.axhline(1.0, color="grey", ls=":", lw=1)
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("energy distance / true-vs-true floor")
+        ax.set_title(f"{sde_name}: gmm oracle, n = {n}, {seeds} seed(s)")
+        lines += _markdown(sde_name, rows, best, ladder)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "samplers.png", dpi=120)
+    (out / "samplers.json").write_text(json.dumps(report, indent=2))
+    (out / "samplers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _markdown(sde_name: str, rows: dict, best: dict, ladder) -> list[str]:
+    head = f"| {sde_name}: E / floor at NFE | " + " | ".join(str(k) for k in ladder) + " | smallest NFE <= 1.5x | s / 10k samples (largest NFE) |"
+    lines = [head, "|---" * (len(ladder) + 3) + "|"]
+    for label, rs in rows.items():
+        if label.startswith("ode (dopri5"):
+            continue
+        by_nfe = {r["nfe"]: r for r in rs}
+        cells = []
+        for k in ladder:
+            match = [r for nfe, r in by_nfe.items() if abs(nfe - k) <= 3]
+            cells.append(f"{match[0]['ratio']:.2f}" if match else "")
+        wall = f"{rs[-1]['seconds_per_10k']:.2f}" if rs else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {best[label] or '> max'} | {wall} |")
+    adaptive = ", ".join(f"rtol {r['rtol']:g}: NFE {r['nfe']}, {r['ratio']:.2f}x" for r in rows["ode (dopri5, adaptive)"])
+    lines.append(f"\n{sde_name} ode (dopri5, adaptive): {adaptive}\n")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
