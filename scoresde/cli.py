@@ -60,7 +60,16 @@ def cmd_toys(args: argparse.Namespace) -> dict:
 
 def cmd_list(args: argparse.Namespace) -> dict:
     """List the registered names."""
-    return {"sdes": list(SDES), "toy_datasets": toy_datasets()}
+    from .samplers import GRIDS, correctors, predictors, samplers
+
+    return {
+        "sdes": list(SDES),
+        "samplers": samplers(),
+        "predictors": predictors(),
+        "correctors": correctors(),
+        "time_grids": list(GRIDS),
+        "toy_datasets": toy_datasets(),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     toys.add_argument("--force", action="store_true", help="overwrite existing files")
     toys.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     toys.set_defaults(run=cmd_toys)
-    lst = sub.add_parser("list", help="list SDEs and data sets", description="Example: scoresde list --json")
+    lst = sub.add_parser("list", help="list SDEs, samplers and data sets", description="Example: scoresde list --json")
     lst.add_argument("--json", action="store_true", help="print as JSON")
     lst.set_defaults(run=cmd_list)
     return parser

@@ -37,3 +37,11 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
     assert not (tmp_path / "o").exists()
     proc = subprocess.run([sys.executable, "-m", "scoresde", "toys", "--sde", "xx", "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2 and "valid names are: vp, vp-cosine, subvp, ve" in proc.stderr
+
+
+def test_list_names_every_registry(capsys):
+    assert main(["list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert "dpm_solver" in listing["samplers"] and "langevin" in listing["correctors"]
+    assert "ancestral_sampling" in listing["predictors"] and "log_snr" in listing["time_grids"]
+    assert "gmm" in listing["toy_datasets"] and "ve" in listing["sdes"]

@@ -108,7 +108,7 @@ def solve_flow(flow: ProbabilityFlow, x: Tensor, us: Tensor, method: str, rtol: 
         return _solve_scipy(flow, x, us, method, rtol, atol)
     from torchdiffeq import odeint
 
-    return odeint(func or flow.velocity, x, us.to(x.dtype), method=method, rtol=rtol, atol=atol)
+    return odeint(func or flow.velocity, x, us.to(device=x.device, dtype=x.dtype), method=method, rtol=rtol, atol=atol)
 
 
 @register_sampler("ode")
