@@ -3,7 +3,8 @@ components), under VP and VE.
 
 For each sampler and NFE budget: energy distance (and sliced Wasserstein) of n samples to n fresh true
 samples, averaged over seeds, divided by the true-vs-true floor (the same statistic between two true
-sample sets, averaged over the same number of seeds); wall time per 10,000 samples. Reports, per sampler,
+sample sets, averaged over --floor-seeds pairs: the statistic is heavy-tailed, and a floor from a few
+pairs is off by +-50%); wall time per 10,000 samples. Reports, per sampler,
 the smallest NFE within 1.5x of the floor.
 
 Usage: python benchmarks/samplers.py [--n 10000] [--seeds 3] [--out benchmarks/results] [--quick]
@@ -47,14 +48,21 @@ CONFIGS: dict[str, Config] = {
 ADAPTIVE_RTOL = (1e-2, 1e-3, 1e-4, 1e-5)
 
 
-def evaluate(sde, score, sampler: str, options: dict, n: int, seeds: int, mixture) -> dict:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def evaluate(sde, score, sampler: str, options: dict, n: int, seeds: int, mixture, device: str = "cpu") -> dict:
     energies, slices, nfe, wall = [], [], 0, 0.0
     for seed in range(seeds):
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator(device=device).manual_seed(seed)
+        _sync(device)
         start = time.perf_counter()
         result = sample(sde, score, (n, 2), sampler, generator=g, **options)
+        _sync(device)
         wall += time.perf_counter() - start
-        truth = mixture.sample(n, torch.Generator().manual_seed(10_000 + seed))
+        truth = mixture.sample(n, torch.Generator(device=device).manual_seed(10_000 + seed))
         finite = bool(torch.isfinite(result.x).all())
         energies.append(energy_distance(result.x, truth) if finite else float("inf"))
         slices.append(sliced_wasserstein(result.x, truth) if finite else float("inf"))
@@ -63,10 +71,10 @@ def evaluate(sde, score, sampler: str, options: dict, n: int, seeds: int, mixtur
             "seconds_per_10k": wall / seeds * 10_000 / n}
 
 
-def floor(mixture, n: int, seeds: int) -> dict:
+def floor(mixture, n: int, seeds: int, device: str = "cpu") -> dict:
     e, s = [], []
     for seed in range(seeds):
-        g = torch.Generator().manual_seed(50_000 + seed)
+        g = torch.Generator(device=device).manual_seed(50_000 + seed)
         a, b = mixture.sample(n, g), mixture.sample(n, g)
         e.append(energy_distance(a, b))
         s.append(sliced_wasserstein(a, b))
@@ -79,17 +87,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="n=2000, 1 seed, NFE <= 50 (a smoke run)")
+    parser.add_argument("--device", default="cpu", help="where to sample and measure (cpu, cuda, ...)")
+    parser.add_argument("--floor-seeds", type=int, default=20, help="true-vs-true pairs averaged for the floor")
     args = parser.parse_args()
     n, seeds, ladder = (2000, 1, [k for k in LADDER if k <= 50]) if args.quick else (args.n, args.seeds, LADDER)
     toy = toy_dataset("gmm")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"n": n, "seeds": seeds, "threads": torch.get_num_threads(), "sdes": {}}
+    device = args.device
+    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    report: dict = {"n": n, "seeds": seeds, "device": where, "sdes": {}}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     lines = []
     for ax, (sde_name, sde) in zip(axes, (("VP", VPSDE()), ("VE", VESDE()))):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
         score = toy.mixture.score_fn(sde)
-        base = floor(toy.mixture, n, seeds)
+        base = floor(toy.mixture, n, max(args.floor_seeds, seeds), device)
         rows: dict[str, list[dict]] = {}
         for label, (sampler, options_for, max_nfe) in CONFIGS.items():
             rows[label] = []
@@ -97,13 +110,14 @@ def main() -> None:
                 options = options_for(target) if target <= max_nfe else None
                 if options is None or min(v for k, v in options.items() if k == "steps") < 1:
                     continue
-                row = evaluate(sde, score, sampler, options, n, seeds, toy.mixture)
+                row = evaluate(sde, score, sampler, options, n, seeds, toy.mixture, device)
                 row["ratio"] = row["energy"] / base["energy"]
                 rows[label].append(row)
+                row["options"] = options
                 print(f"{sde_name} {label:36s} NFE {row['nfe']:5d}  E/floor {row['ratio']:8.2f}  {row['seconds_per_10k']:.2f} s/10k", flush=True)
         rows["ode (dopri5, adaptive)"] = []
         for rtol in ADAPTIVE_RTOL if not args.quick else ADAPTIVE_RTOL[:2]:
-            row = evaluate(sde, score, "ode", {"rtol": rtol, "atol": rtol}, n, seeds, toy.mixture)
+            row = evaluate(sde, score, "ode", {"rtol": rtol, "atol": rtol}, n, seeds, toy.mixture, device)
             row["ratio"], row["rtol"] = row["energy"] / base["energy"], rtol
             rows["ode (dopri5, adaptive)"].append(row)
             print(f"{sde_name} ode dopri5 rtol={rtol:g}  NFE {row['nfe']:5d}  E/floor {row['ratio']:8.2f}", flush=True)
@@ -117,6 +131,7 @@ def main() -> None:
         ax.set_xlabel("NFE")
         ax.set_ylabel("energy distance / true-vs-true floor")
         ax.set_title(f"{sde_name}: gmm oracle, n = {n}, {seeds} seed(s)")
+        lines.append(f"\n{sde_name}, n = {n}, {seeds} seed(s), {where}; floor (true vs true) = {base['energy']:.3g}\n")
         lines += _markdown(sde_name, rows, best, ladder)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
