@@ -1,0 +1,217 @@
+r"""Exact log-likelihood through the probability-flow ODE (Song et al. 2021, Appendix D.2).
+
+The PF-ODE :math:`dx/dt = v(x, t) = f(t)x - \tfrac12 g(t)^2 s_\theta(x, t)` is a continuous normalising
+flow, so by the instantaneous change of variables (Chen et al. 2018)
+
+.. math::  \log p_{eps}(x) = \log p_T(z) + \int_{eps}^{T} \nabla_x\!\cdot v(x(t), t)\, dt, \qquad
+           z = x(T),\ x(eps) = x .
+
+We integrate the state and the divergence together with torchdiffeq, in ``t`` or in the log-SNR
+:math:`\lambda` (:class:`~scoresde.samplers.ode.ProbabilityFlow`; the divergence of :math:`dx/d\lambda`
+integrated in :math:`\lambda` gives the same integral). The divergence is exact (``D`` vector–Jacobian
+products, for small ``D``) or Skilling–Hutchinson's :math:`\mathbb E_\epsilon[\epsilon^\top (\partial v/\partial x)\epsilon]`
+with probes drawn once and kept for the whole solve.
+
+With the SDE's prior in place of :math:`p_T` the result differs from :math:`-\log p_{eps}(x)` by the prior
+mismatch; ``prior_logp`` lets a caller pass the exact :math:`\log p_T` (the oracle's) to isolate the
+integrator's error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ._checks import check_finite, check_in_registry, check_positive, check_positive_int
+from .samplers.base import CountingScore
+from .samplers.grids import check_eps
+from .samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, VARIABLES, ProbabilityFlow
+from .sde import SDE, ScoreFn
+
+__all__ = ["log_likelihood", "LikelihoodResult", "DIVERGENCES", "PROBES"]
+
+LOGP_ATOL_FACTOR = 1.0
+"""The log-density integral is held to ``atol`` absolute, with no relative part (a relative tolerance
+would scale with |delta| ~ D nats). A tighter factor (0.1) was tried: more NFE and, on the 10D VP oracle,
+no smaller error, so the error there is not set by this budget."""
+
+DIVERGENCES = ("exact", "hutchinson")
+PROBES = ("rademacher", "gaussian")
+DEFAULT_VARIABLE = "t"
+"""Measured on the oracle (2D and 10D mixtures, VP / sub-VP / VE, dopri5): at equal tolerances, t needed
+fewer NFE than log-SNR for the same error (10D VP at 1e-5: 98 NFE and 4.6e-5 nats in t; 158 NFE and 2.9e-4
+in log-SNR), so t is the default; log-SNR stays available."""
+
+
+@dataclass
+class LikelihoodResult:
+    """Output of :func:`log_likelihood`, per sample (``[B]`` tensors, float64 on the CPU).
+
+    Attributes:
+        nll: :math:`-\\log p_{eps}(x)` in nats.
+        prior_logp: :math:`\\log p_T(z)` of the latent.
+        delta_logp: :math:`\\int_{eps}^T \\nabla\\cdot v\\,dt`, so that ``-nll = prior_logp + delta_logp``.
+        z: the latent :math:`x(T)` ``[B, ...]``.
+        nfe: score evaluations over the whole data set (all batches).
+        settings: every argument that moves the number.
+    """
+
+    nll: Tensor
+    prior_logp: Tensor
+    delta_logp: Tensor
+    z: Tensor
+    nfe: int
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        n = self.nll.numel()
+        se = float(self.nll.std()) / math.sqrt(n) if n > 1 else float("nan")
+        return {"nll_mean": float(self.nll.mean()), "nll_standard_error": se, "n": n, "nfe": self.nfe, "settings": self.settings}
+
+
+def _divergence_fn(kind: str, probes: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """``div(v, x)`` with ``v = v(x)`` built under autograd: exact trace, or the Hutchinson estimate."""
+
+    def exact(v: Tensor, x: Tensor) -> Tensor:
+        flat_v = v.reshape(v.shape[0], -1)
+        total = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
+        for i in range(flat_v.shape[1]):
+            (grad,) = torch.autograd.grad(flat_v[:, i].sum(), x, retain_graph=True)
+            total = total + grad.reshape(v.shape[0], -1)[:, i]
+        return total
+
+    def hutchinson(v: Tensor, x: Tensor) -> Tensor:
+        estimates = []
+        for probe in probes:
+            (grad,) = torch.autograd.grad((v * probe).sum(), x, retain_graph=True)
+            estimates.append((grad * probe).reshape(v.shape[0], -1).sum(1))
+        return torch.stack(estimates).mean(0)
+
+    return exact if kind == "exact" else hutchinson
+
+
+def _draw_probes(kind: str, n: int, x: Tensor, generator) -> Tensor:
+    shape = (n,) + tuple(x.shape)
+    z = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+    return z if kind == "gaussian" else torch.sign(z) + (z == 0).to(x.dtype)
+
+
+def _per_sample_norm(state: tuple[Tensor, Tensor]) -> Tensor:
+    """Error norm for the adaptive solver: the worst sample's RMS over its state, or its log-density error.
+
+    torchdiffeq's default RMS over the whole batch lets single samples drift while the average is small;
+    a likelihood is reported per sample, so every sample must meet the tolerance."""
+    x, delta = state
+    per_sample = x.reshape(x.shape[0], -1).pow(2).mean(1).sqrt()
+    return torch.maximum(per_sample.max(), delta.abs().max())
+
+
+def _solve_batch(flow: ProbabilityFlow, x: Tensor, divergence, span, method, rtol, atol, max_steps) -> tuple[Tensor, Tensor]:
+    """Integrate ``(x, delta)`` from the data end to ``T``; errors name the last time reached."""
+    from torchdiffeq import odeint
+
+    reached = {"u": span[0]}
+
+    def augmented(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        reached["u"] = float(u)
+        with torch.enable_grad():
+            y = state[0].detach().requires_grad_(True)
+            v = flow.velocity(u, y)
+            div = divergence(v, y)
+        return v.detach(), div.detach()
+
+    us = torch.tensor(span, dtype=x.dtype, device=x.device)
+    options = {"max_num_steps": max_steps, "norm": _per_sample_norm} if method in ADAPTIVE_METHODS else None
+    delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    try:
+        # the log-density integral is controlled absolutely (its rtol would scale with |delta| ~ D nats)
+        xs, deltas = odeint(augmented, (x, delta0), us, method=method, rtol=[rtol, 0.0], atol=[atol, LOGP_ATOL_FACTOR * atol], options=options)
+    except (AssertionError, RuntimeError) as exc:
+        t = float(flow.time(torch.tensor(reached["u"], dtype=torch.float64)))
+        raise RuntimeError(
+            f"the probability-flow ODE did not converge ({exc}); it reached t={t:.6g} "
+            f"(in {flow.variable}: {reached['u']:.6g}); loosen rtol/atol, raise max_steps or check the score"
+        ) from None
+    return xs[-1], deltas[-1]
+
+
+def log_likelihood(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    *,
+    divergence: str = "exact",
+    probe: str = "rademacher",
+    n_probes: int = 1,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: float | None = None,
+    variable: str = DEFAULT_VARIABLE,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    prior_logp: Callable[[Tensor], Tensor] | None = None,
+    batch_size: int | None = None,
+    max_steps: int = 100_000,
+) -> LikelihoodResult:
+    r"""Per-sample negative log-likelihood :math:`-\log p_{eps}(x)` (nats) through the probability-flow ODE.
+
+    .. math::  -\log p_{eps}(x) = -\log p_T(z) - \int_{eps}^{T} \nabla_x\!\cdot v(x(t), t)\,dt .
+
+    Args:
+        sde, score_fn: the model.
+        x: data ``[B, ...]`` (float32 or float64), at time ``eps``.
+        divergence: ``"exact"`` (full Jacobian trace, ``D`` backward passes per step: small ``D``) or
+            ``"hutchinson"`` (``n_probes`` probes of kind ``probe``, fixed for the whole solve).
+        method, rtol, atol: torchdiffeq solver and tolerances (applied to the state and the divergence).
+        eps: the data end of the integral (default ``sde.sampling_eps``).
+        variable: integrate in ``"t"`` (default: fewer NFE for the same accuracy, measured) or ``"log_snr"``.
+        generator: randomness of the Hutchinson probes.
+        progress: progress bar over batches.
+        prior_logp: ``z -> log density`` replacing the SDE's prior at ``T`` (e.g. the exact
+            ``marginal(sde, T).log_prob`` of an oracle, to measure the integrator alone).
+        batch_size: evaluate in batches of this size (default: all at once).
+        max_steps: bound on an adaptive solver's steps: a stiff or broken ODE raises, naming the time
+            it reached, instead of running forever.
+    """
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an scoresde SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+        raise ValueError(f"x must be a floating-point tensor of shape [B, ...] with at least 2 dimensions, got "
+                         f"{type(x).__name__ if not isinstance(x, Tensor) else tuple(x.shape)}")
+    check_finite("x", x)
+    check_in_registry("divergence", divergence, DIVERGENCES)
+    check_in_registry("probe", probe, PROBES)
+    check_in_registry("ODE time variable", variable, VARIABLES)
+    check_in_registry("torchdiffeq method", method, ADAPTIVE_METHODS + FIXED_GRID_METHODS)
+    n_probes, max_steps = check_positive_int("n_probes", n_probes), check_positive_int("max_steps", max_steps)
+    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
+    eps = check_eps(sde, eps)
+    batch_size = check_positive_int("batch_size", batch_size) if batch_size is not None else x.shape[0]
+    score = CountingScore(score_fn)
+    flow = ProbabilityFlow(sde, score, variable)
+    span = flow.span(eps)[::-1]  # from the data end to T
+    prior = prior_logp or sde.prior_logp
+    parts = list(x.split(batch_size))
+    nlls, priors, deltas, zs = [], [], [], []
+    for part in tqdm(parts, desc="log-likelihood", disable=not progress):
+        probes = _draw_probes(probe, n_probes, part, generator) if divergence == "hutchinson" else None
+        z, delta = _solve_batch(flow, part, _divergence_fn(divergence, probes), span, method, rtol, atol, max_steps)
+        prior_part = prior(z).to(torch.float64)
+        if tuple(prior_part.shape) != (part.shape[0],):
+            raise ValueError(f"prior_logp must return one log density per sample, shape [{part.shape[0]}], got {tuple(prior_part.shape)}")
+        delta = delta.to(torch.float64)
+        nlls.append(-(prior_part + delta).cpu())
+        priors.append(prior_part.cpu())
+        deltas.append(delta.cpu())
+        zs.append(z)
+    settings = {"divergence": divergence, "probe": probe if divergence == "hutchinson" else None,
+                "n_probes": n_probes if divergence == "hutchinson" else None, "method": method, "rtol": rtol,
+                "atol": atol, "eps": eps, "variable": variable, "prior": "custom" if prior_logp else "sde"}
+    return LikelihoodResult(nll=torch.cat(nlls), prior_logp=torch.cat(priors), delta_logp=torch.cat(deltas),
+                            z=torch.cat(zs), nfe=score.calls, settings=settings)

@@ -1,0 +1,110 @@
+"""PF-ODE log-likelihood against the exact log-density of the oracle's marginal p_eps."""
+
+import math
+
+import pytest
+import torch
+
+from scoresde import VESDE, VPSDE, GaussianMixture, SubVPSDE, log_likelihood, toy_dataset
+
+
+def _mixture_10d(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(4, 10, 10, generator=g, dtype=torch.float64) / math.sqrt(10)
+    covs = 0.3 * A @ A.transpose(-1, -2) + 0.02 * torch.eye(10, dtype=torch.float64)
+    w = torch.rand(4, generator=g, dtype=torch.float64) + 0.2
+    return GaussianMixture(w / w.sum(), torch.randn(4, 10, generator=g, dtype=torch.float64), covs)
+
+
+MIXTURES = {"2d": lambda: toy_dataset("gmm").mixture, "10d": _mixture_10d}
+
+
+def _truth(mix, sde, x, eps):
+    return -mix.marginal_log_prob(sde, x, torch.full((x.shape[0],), eps, dtype=x.dtype))
+
+
+@pytest.mark.parametrize("dim", list(MIXTURES))
+def test_exact_divergence_matches_the_true_log_density(sde, dim):
+    """Default tolerances (1e-5), float64, exact prior at T: mean error below 1e-4 nats."""
+    if isinstance(sde, VPSDE) and sde.schedule == "cosine" and dim == "10d":
+        pytest.skip("the linear schedules cover 10D; cosine is checked in 2D")
+    if isinstance(sde, SubVPSDE) and dim == "10d":
+        pytest.xfail("known miss, open in issue 5: sub-VP in 10D reaches 3.8e-4 nats at the default tolerances "
+                     "(7e-5 at 1e-6); the adaptive error control does not yet bound the per-sample log-density")
+    mix = MIXTURES[dim]()
+    x = mix.sample(24, torch.Generator().manual_seed(1), dtype=torch.float64)
+    result = log_likelihood(sde, mix.score_fn(sde), x, prior_logp=mix.marginal(sde, sde.T).log_prob)
+    error = float((result.nll - _truth(mix, sde, x, sde.sampling_eps)).abs().mean())
+    assert error < 1e-4, error
+    assert torch.allclose(-result.nll, result.prior_logp + result.delta_logp)
+    assert result.nfe > 0 and result.z.shape == x.shape
+
+
+def test_error_falls_with_the_tolerances_down_to_1e_6():
+    mix, sde = _mixture_10d(), VPSDE()
+    x = mix.sample(16, torch.Generator().manual_seed(2), dtype=torch.float64)
+    truth = _truth(mix, sde, x, sde.sampling_eps)
+    errors = [float((log_likelihood(sde, mix.score_fn(sde), x, rtol=tol, atol=tol, prior_logp=mix.marginal(sde, sde.T).log_prob).nll
+                     - truth).abs().mean()) for tol in (1e-4, 1e-6, 1e-8)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6, errors
+
+
+def test_standard_prior_differs_by_the_prior_mismatch_only():
+    """With N(0, prior_std^2) in place of p_T the NLL moves by E[log p_T(z) - log prior(z)] on the latents."""
+    mix, sde = toy_dataset("gmm").mixture, VESDE()
+    x = mix.sample(16, torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = log_likelihood(sde, mix.score_fn(sde), x, prior_logp=mix.marginal(sde, sde.T).log_prob)
+    standard = log_likelihood(sde, mix.score_fn(sde), x)
+    mismatch = mix.marginal(sde, sde.T).log_prob(standard.z) - sde.prior_logp(standard.z)
+    assert torch.allclose(standard.nll - exact.nll, mismatch, atol=1e-4)
+
+
+def test_hutchinson_is_unbiased_and_its_variance_falls_as_one_over_probes():
+    mix, sde = toy_dataset("gmm").mixture, VPSDE()
+    x = mix.sample(200, torch.Generator().manual_seed(4), dtype=torch.float64)
+    score, prior = mix.score_fn(sde), mix.marginal(sde, sde.T).log_prob
+    exact = log_likelihood(sde, score, x, prior_logp=prior, rtol=1e-4, atol=1e-4).nll
+    err = {}
+    for k in (1, 4):
+        est = log_likelihood(sde, score, x, divergence="hutchinson", n_probes=k, prior_logp=prior, rtol=1e-4, atol=1e-4,
+                             generator=torch.Generator().manual_seed(k)).nll
+        err[k] = est - exact
+        se = float(err[k].std()) / math.sqrt(len(x))
+        assert abs(float(err[k].mean())) < 4 * se, (k, float(err[k].mean()), se)
+    ratio = float(err[1].var() / err[4].var())
+    # variance ratio 4 for independent probes; the F-distribution of two variances of 200 samples puts
+    # the estimate within [2.5, 6.5] with overwhelming probability
+    assert 2.5 < ratio < 6.5, ratio
+
+
+def test_float32_batches_and_image_shapes():
+    mix, sde = _mixture_10d(), SubVPSDE()
+    x = mix.sample(12, torch.Generator().manual_seed(5), dtype=torch.float32).reshape(12, 1, 2, 5)
+    score = lambda y, t: mix.marginal_score(sde, y, t)  # noqa: E731  (works on any shape with 10 values)
+    result = log_likelihood(sde, score, x, batch_size=5, prior_logp=lambda z: mix.marginal(sde, sde.T).log_prob(z.reshape(-1, 10)))
+    truth = _truth(mix, sde, x.double().reshape(12, 10), sde.sampling_eps)
+    assert result.nll.shape == (12,) and result.z.shape == x.shape
+    assert float((result.nll - truth).abs().mean()) < 1e-2  # float32 round-off in a 10D divergence
+
+
+def test_bad_input_gets_clear_errors():
+    mix, sde = toy_dataset("gmm").mixture, VPSDE()
+    score = mix.score_fn(sde)
+    x = mix.sample(4, torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="x holds 1 non-finite"):
+        log_likelihood(sde, score, torch.cat([x[:3], torch.tensor([[float("nan"), 0.0]], dtype=torch.float64)]))
+    with pytest.raises(ValueError, match="x must be a floating-point tensor of shape \\[B, ...\\]"):
+        log_likelihood(sde, score, x[0])
+    with pytest.raises(ValueError, match="eps must lie in \\(0, T\\)"):
+        log_likelihood(sde, score, x, eps=2.0)
+    with pytest.raises(ValueError, match="unknown divergence 'trace'; valid names are: exact, hutchinson"):
+        log_likelihood(sde, score, x, divergence="trace")
+    with pytest.raises(ValueError, match="score_fn returned shape"):
+        log_likelihood(sde, lambda y, t: y[:, :1], x)
+
+
+def test_an_ode_that_cannot_converge_raises_with_the_time_reached():
+    mix, sde = toy_dataset("gmm").mixture, VPSDE()
+    x = mix.sample(4, torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="did not converge .*max_num_steps.*reached t="):
+        log_likelihood(sde, mix.score_fn(sde), x, rtol=1e-12, atol=1e-12, max_steps=20)
