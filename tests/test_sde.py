@@ -38,8 +38,10 @@ class _ForwardSDE(torch.nn.Module):
 
 
 def test_marginal_prob_matches_monte_carlo_of_the_sde(sde):
-    # 10,000 Euler paths with dt = 2e-3: the Euler bias in the std (about beta*dt/8 <= 0.5 %) is well below
-    # the 4-standard-error band (4 std / sqrt(2n) ~ 2.8 % of the std).
+    # 10,000 Euler paths with dt = 2e-3. Tolerance: 4 standard errors (std / sqrt(n) for the mean,
+    # std / sqrt(2n) for the std) plus Euler's bias on the std, at most dt / (2t) relative: the left-point
+    # sum of an increasing g(t)^2 (sub-VP: g^2 ~ t near 0) misses that fraction of the variance, and the
+    # drift's O(beta dt) error is smaller still. The Brownian motion is seeded, so the test is deterministic.
     n, dt = 10_000, 2e-3
     x0 = torch.tensor([1.5, -0.7], dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
@@ -47,15 +49,16 @@ def test_marginal_prob_matches_monte_carlo_of_the_sde(sde):
     # VE starts from x(0) = x0 + sigma_min z, the convention under which sigma(t) is the marginal std.
     y0 = y0 + sde.sigma(torch.tensor(0.0, dtype=torch.float64)) * torch.randn(n, 2, generator=g, dtype=torch.float64)
     ts = torch.tensor([0.0, 0.1, 0.3, 0.6, 0.9], dtype=torch.float64) * sde.T
-    torch.manual_seed(0)
-    ys = torchsde.sdeint(_ForwardSDE(sde), y0, ts, method="euler", dt=dt)
+    bm = torchsde.BrownianInterval(t0=0.0, t1=float(ts[-1]), size=(n, 2), dtype=torch.float64, entropy=0)
+    ys = torchsde.sdeint(_ForwardSDE(sde), y0, ts, method="euler", dt=dt, bm=bm)
     for i in range(1, len(ts)):
         mean, std = sde.marginal_prob(x0[None], ts[i : i + 1])
         mc_mean, mc_std = ys[i].mean(0), ys[i].std(0)
         se_mean = std / math.sqrt(n)
         se_std = std / math.sqrt(2 * n)
+        euler_bias = std * dt / (2 * float(ts[i]))
         assert ((mc_mean - mean[0]).abs() < 4 * se_mean).all(), (float(ts[i]), mc_mean, mean)
-        assert ((mc_std - std).abs() < 4 * se_std).all(), (float(ts[i]), mc_std, std)
+        assert ((mc_std - std).abs() < 4 * se_std + euler_bias).all(), (float(ts[i]), mc_std, std)
 
 
 @pytest.mark.parametrize("D", [2, 5])
