@@ -111,7 +111,8 @@ def _per_sample_norm(state: tuple[Tensor, Tensor]) -> Tensor:
     return torch.maximum(per_sample.max(), delta.abs().max())
 
 
-def _solve_batch(flow: ProbabilityFlow, x: Tensor, divergence, span, method, rtol, atol, max_steps) -> tuple[Tensor, Tensor]:
+def _solve_batch(flow: ProbabilityFlow, x: Tensor, divergence, span, method, rtol, atol, max_steps, steps,
+                 error_control) -> tuple[Tensor, Tensor]:
     """Integrate ``(x, delta)`` from the data end to ``T``; errors name the last time reached."""
     from torchdiffeq import odeint
 
@@ -125,12 +126,22 @@ def _solve_batch(flow: ProbabilityFlow, x: Tensor, divergence, span, method, rto
             div = divergence(v, y)
         return v.detach(), div.detach()
 
-    us = torch.tensor(span, dtype=x.dtype, device=x.device)
-    options = {"max_num_steps": max_steps, "norm": _per_sample_norm} if method in ADAPTIVE_METHODS else None
+    if method in ADAPTIVE_METHODS:
+        us = torch.tensor(span, dtype=x.dtype, device=x.device)
+        options = {"max_num_steps": max_steps}
+        if error_control == "per_sample":
+            options["norm"] = _per_sample_norm
+    else:  # fixed grid: `steps` equal steps in the chosen time variable
+        us = torch.linspace(span[0], span[1], steps + 1, dtype=x.dtype, device=x.device)
+        options = None
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     try:
         # the log-density integral is controlled absolutely (its rtol would scale with |delta| ~ D nats)
-        xs, deltas = odeint(augmented, (x, delta0), us, method=method, rtol=[rtol, 0.0], atol=[atol, LOGP_ATOL_FACTOR * atol], options=options)
+        if error_control == "per_sample":
+            rtols, atols = [rtol, 0.0], [atol, LOGP_ATOL_FACTOR * atol]
+        else:  # torchdiffeq's default: one RMS over the whole batch, rtol on the log-density too
+            rtols, atols = rtol, atol
+        xs, deltas = odeint(augmented, (x, delta0), us, method=method, rtol=rtols, atol=atols, options=options)
     except (AssertionError, RuntimeError) as exc:
         t = float(flow.time(torch.tensor(reached["u"], dtype=torch.float64)))
         raise RuntimeError(
@@ -158,6 +169,8 @@ def log_likelihood(
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     batch_size: int | None = None,
     max_steps: int = 100_000,
+    steps: int = 100,
+    error_control: str = "per_sample",
 ) -> LikelihoodResult:
     r"""Per-sample negative log-likelihood :math:`-\log p_{eps}(x)` (nats) through the probability-flow ODE.
 
@@ -178,6 +191,9 @@ def log_likelihood(
         batch_size: evaluate in batches of this size (default: all at once).
         max_steps: bound on an adaptive solver's steps: a stiff or broken ODE raises, naming the time
             it reached, instead of running forever.
+        steps: number of equal steps (in ``variable``) of a fixed-grid method (``rk4``, ``euler``, ...).
+        error_control: ``"per_sample"`` (default: every sample meets the tolerance) or ``"batch"``
+            (torchdiffeq's RMS over the batch, as the reference implementation's flattened solve).
     """
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an scoresde SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
@@ -190,6 +206,8 @@ def log_likelihood(
     check_in_registry("ODE time variable", variable, VARIABLES)
     check_in_registry("torchdiffeq method", method, ADAPTIVE_METHODS + FIXED_GRID_METHODS)
     n_probes, max_steps = check_positive_int("n_probes", n_probes), check_positive_int("max_steps", max_steps)
+    steps = check_positive_int("steps", steps)
+    check_in_registry("error control", error_control, ("per_sample", "batch"))
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     eps = check_eps(sde, eps)
     batch_size = check_positive_int("batch_size", batch_size) if batch_size is not None else x.shape[0]
@@ -201,7 +219,8 @@ def log_likelihood(
     nlls, priors, deltas, zs = [], [], [], []
     for part in tqdm(parts, desc="log-likelihood", disable=not progress):
         probes = _draw_probes(probe, n_probes, part, generator) if divergence == "hutchinson" else None
-        z, delta = _solve_batch(flow, part, _divergence_fn(divergence, probes), span, method, rtol, atol, max_steps)
+        z, delta = _solve_batch(flow, part, _divergence_fn(divergence, probes), span, method, rtol, atol, max_steps,
+                                steps, error_control)
         prior_part = prior(z).to(torch.float64)
         if tuple(prior_part.shape) != (part.shape[0],):
             raise ValueError(f"prior_logp must return one log density per sample, shape [{part.shape[0]}], got {tuple(prior_part.shape)}")
@@ -212,7 +231,8 @@ def log_likelihood(
         zs.append(z)
     settings = {"divergence": divergence, "probe": probe if divergence == "hutchinson" else None,
                 "n_probes": n_probes if divergence == "hutchinson" else None, "method": method, "rtol": rtol,
-                "atol": atol, "eps": eps, "variable": variable, "prior": "custom" if prior_logp else "sde"}
+                "atol": atol, "eps": eps, "variable": variable, "prior": "custom" if prior_logp else "sde",
+                "steps": steps if method in FIXED_GRID_METHODS else None, "error_control": error_control}
     return LikelihoodResult(nll=torch.cat(nlls), prior_logp=torch.cat(priors), delta_logp=torch.cat(deltas),
                             z=torch.cat(zs), nfe=score.calls, settings=settings)
 

@@ -186,3 +186,26 @@ def test_elbo_is_tight_for_the_exact_score_and_loosens_as_the_score_degrades(sde
         d = bounds[worse].bound - bounds[better].bound
         assert float(d.mean()) > 4 * float(d.std()) / math.sqrt(n), (worse, better, float(d.mean()), float(d.std()))
     assert bounds[1.0].nfe == 128
+
+
+def test_fixed_step_rk4_converges_at_fourth_order_and_counts_its_nfe():
+    mix, sde = toy_dataset("gmm").mixture, VESDE()
+    x = mix.sample(32, torch.Generator().manual_seed(6), dtype=torch.float64)
+    truth = _truth(mix, sde, x, sde.sampling_eps)
+    prior = mix.marginal(sde, sde.T).log_prob
+    errors = []
+    for steps in (40, 80):
+        result = log_likelihood(sde, mix.score_fn(sde), x, method="rk4", steps=steps, variable="log_snr", prior_logp=prior)
+        assert result.nfe == 4 * steps
+        errors.append(float((result.nll - truth).abs().mean()))
+    assert errors[0] / errors[1] > 8, errors  # 16 for a fourth-order method; > 8 allows pre-asymptotic steps
+
+
+def test_per_sample_error_control_bounds_the_worst_sample_better_than_a_batch_norm():
+    mix, sde = _mixture_10d(), VPSDE()
+    x = mix.sample(64, torch.Generator().manual_seed(7), dtype=torch.float64)
+    truth = _truth(mix, sde, x, sde.sampling_eps)
+    prior = mix.marginal(sde, sde.T).log_prob
+    worst = {c: float((log_likelihood(sde, mix.score_fn(sde), x, prior_logp=prior, error_control=c).nll - truth).abs().max())
+             for c in ("per_sample", "batch")}
+    assert worst["per_sample"] < worst["batch"], worst
