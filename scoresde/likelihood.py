@@ -57,7 +57,7 @@ class LikelihoodResult:
         prior_logp: :math:`\\log p_T(z)` of the latent.
         delta_logp: :math:`\\int_{eps}^T \\nabla\\cdot v\\,dt`, so that ``-nll = prior_logp + delta_logp``.
         z: the latent :math:`x(T)` ``[B, ...]``.
-        nfe: score evaluations over the whole data set (all batches).
+        nfe: score evaluations over the whole data set (all batches; all processes under torchrun).
         settings: every argument that moves the number.
     """
 
@@ -189,6 +189,8 @@ def log_likelihood(
         prior_logp: ``z -> log density`` replacing the SDE's prior at ``T`` (e.g. the exact
             ``marginal(sde, T).log_prob`` of an oracle, to measure the integrator alone).
         batch_size: evaluate in batches of this size (default: all at once).
+            Under torchrun (an initialised process group), each process evaluates every world-size-th point
+            and the results are all-gathered in data order; every process returns the whole result.
         max_steps: bound on an adaptive solver's steps: a stiff or broken ODE raises, naming the time
             it reached, instead of running forever.
         steps: number of equal steps (in ``variable``) of a fixed-grid method (``rk4``, ``euler``, ...).
@@ -215,7 +217,11 @@ def log_likelihood(
     flow = ProbabilityFlow(sde, score, variable)
     span = flow.span(eps)[::-1]  # from the data end to T
     prior = prior_logp or sde.prior_logp
-    parts = list(x.split(batch_size))
+    shard = _distributed_shard(x.shape[0])
+    full_batch = x.shape[0]
+    if shard is not None:
+        x = x[shard]
+    parts = list(x.split(batch_size)) if x.shape[0] else []
     nlls, priors, deltas, zs = [], [], [], []
     for part in tqdm(parts, desc="log-likelihood", disable=not progress):
         probes = _draw_probes(probe, n_probes, part, generator) if divergence == "hutchinson" else None
@@ -233,8 +239,38 @@ def log_likelihood(
                 "n_probes": n_probes if divergence == "hutchinson" else None, "method": method, "rtol": rtol,
                 "atol": atol, "eps": eps, "variable": variable, "prior": "custom" if prior_logp else "sde",
                 "steps": steps if method in FIXED_GRID_METHODS else None, "error_control": error_control}
-    return LikelihoodResult(nll=torch.cat(nlls), prior_logp=torch.cat(priors), delta_logp=torch.cat(deltas),
-                            z=torch.cat(zs), nfe=score.calls, settings=settings)
+    empty = torch.zeros(0, dtype=torch.float64)
+    local = (torch.cat(nlls) if nlls else empty, torch.cat(priors) if priors else empty,
+             torch.cat(deltas) if deltas else empty, torch.cat(zs).cpu() if zs else x.new_zeros((0,) + x.shape[1:]).cpu())
+    nfe = score.calls
+    if shard is not None:
+        local, nfe = _gather(shard, local, nfe, full_batch)
+        settings["processes"] = torch.distributed.get_world_size()
+    nll, prior_lp, delta, z = local
+    return LikelihoodResult(nll=nll, prior_logp=prior_lp, delta_logp=delta, z=z, nfe=nfe, settings=settings)
+
+
+def _distributed_shard(batch: int) -> Tensor | None:
+    """Under torchrun (an initialised process group of several processes): the indices this rank evaluates."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    return torch.arange(batch)[dist.get_rank() :: dist.get_world_size()]
+
+
+def _gather(shard: Tensor, local: tuple[Tensor, ...], nfe: int, batch: int) -> tuple[tuple[Tensor, ...], int]:
+    """All-gather every rank's share (CPU tensors, one collective after all solves, so ranks whose adaptive
+    solvers took different numbers of steps never wait on each other mid-solve) and restore the data order."""
+    import torch.distributed as dist
+
+    shares: list = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, (shard, local, nfe))
+    out = [torch.zeros((batch,) + t.shape[1:], dtype=t.dtype) for t in local]
+    for idx, tensors, _ in shares:
+        for target, part in zip(out, tensors):
+            target[idx] = part
+    return tuple(out), sum(share[2] for share in shares)
 
 
 @dataclass(frozen=True)
