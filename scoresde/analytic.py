@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_finite, check_positive_int, check_probability_vector
-from .sde import SDE
+from .sde import SDE, check_sde
 
 __all__ = ["GaussianMixture", "MixtureScore", "entropy_by_quadrature"]
 
@@ -192,9 +192,7 @@ class GaussianMixture:
 
     def score_fn(self, sde: SDE) -> "MixtureScore":
         """The exact score of the SDE's marginals as a ``score_fn(x, t)`` (the package's score protocol)."""
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be an scoresde SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
-        return MixtureScore(self, sde)
+        return MixtureScore(self, check_sde(sde))
 
     # ------------------------------------------------------------------ entropy
     def entropy(self, points_per_dim: int | None = None) -> float:

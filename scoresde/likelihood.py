@@ -28,10 +28,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import check_finite, check_in_registry, check_positive, check_positive_int, expand_to
-from .samplers.base import CountingScore
+from .samplers.base import CountingScore, standard_normal_like
 from .samplers.grids import check_eps
 from .samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, VARIABLES, ProbabilityFlow
-from .sde import SDE, ScoreFn
+from .sde import SDE, ScoreFn, check_sde
 
 __all__ = ["log_likelihood", "LikelihoodResult", "bits_per_dim", "BitsPerDimResult", "DataTransform", "elbo", "ELBOResult", "DIVERGENCES", "PROBES"]
 
@@ -74,16 +74,19 @@ class LikelihoodResult:
         return {"nll_mean": float(self.nll.mean()), "nll_standard_error": se, "n": n, "nfe": self.nfe, "settings": self.settings}
 
 
+def exact_divergence(v: Tensor, x: Tensor) -> Tensor:
+    r""":math:`\nabla_x\cdot v(x)` per sample ``[B]``, for ``v [B, ...]`` built from ``x`` under autograd:
+    the Jacobian's trace from ``D`` vector–Jacobian products (samples are independent)."""
+    flat_v = v.reshape(v.shape[0], -1)
+    total = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
+    for i in range(flat_v.shape[1]):
+        (grad,) = torch.autograd.grad(flat_v[:, i].sum(), x, retain_graph=True)
+        total = total + grad.reshape(v.shape[0], -1)[:, i]
+    return total
+
+
 def _divergence_fn(kind: str, probes: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
     """``div(v, x)`` with ``v = v(x)`` built under autograd: exact trace, or the Hutchinson estimate."""
-
-    def exact(v: Tensor, x: Tensor) -> Tensor:
-        flat_v = v.reshape(v.shape[0], -1)
-        total = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
-        for i in range(flat_v.shape[1]):
-            (grad,) = torch.autograd.grad(flat_v[:, i].sum(), x, retain_graph=True)
-            total = total + grad.reshape(v.shape[0], -1)[:, i]
-        return total
 
     def hutchinson(v: Tensor, x: Tensor) -> Tensor:
         estimates = []
@@ -92,13 +95,21 @@ def _divergence_fn(kind: str, probes: Tensor | None) -> Callable[[Tensor, Tensor
             estimates.append((grad * probe).reshape(v.shape[0], -1).sum(1))
         return torch.stack(estimates).mean(0)
 
-    return exact if kind == "exact" else hutchinson
+    return exact_divergence if kind == "exact" else hutchinson
 
 
 def _draw_probes(kind: str, n: int, x: Tensor, generator) -> Tensor:
     shape = (n,) + tuple(x.shape)
     z = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
     return z if kind == "gaussian" else torch.sign(z) + (z == 0).to(x.dtype)
+
+
+def _check_data(x: Tensor) -> Tensor:
+    """Data for a likelihood: a finite floating-point tensor ``[B, ...]`` with at least 2 dimensions."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+        raise ValueError(f"x must be a floating-point tensor of shape [B, ...] with at least 2 dimensions, got "
+                         f"{type(x).__name__ if not isinstance(x, Tensor) else tuple(x.shape)}")
+    return check_finite("x", x)
 
 
 def _per_sample_norm(state: tuple[Tensor, Tensor]) -> Tensor:
@@ -197,12 +208,8 @@ def log_likelihood(
         error_control: ``"per_sample"`` (default: every sample meets the tolerance) or ``"batch"``
             (torchdiffeq's RMS over the batch, as the reference implementation's flattened solve).
     """
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an scoresde SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f"x must be a floating-point tensor of shape [B, ...] with at least 2 dimensions, got "
-                         f"{type(x).__name__ if not isinstance(x, Tensor) else tuple(x.shape)}")
-    check_finite("x", x)
+    check_sde(sde)
+    _check_data(x)
     check_in_registry("divergence", divergence, DIVERGENCES)
     check_in_registry("probe", probe, PROBES)
     check_in_registry("ODE time variable", variable, VARIABLES)
@@ -425,11 +432,8 @@ def elbo(
     ``prior_logp`` replaces the SDE's Gaussian prior (then :math:`\mathbb E\log\pi(x_T)` is estimated
     with ``n_prior_draws`` draws; for the Gaussian prior it is closed-form).
     """
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an scoresde SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f"x must be a floating-point tensor of shape [B, ...], got {getattr(x, 'shape', type(x).__name__)}")
-    check_finite("x", x)
+    check_sde(sde)
+    _check_data(x)
     n_times = check_positive_int("n_times", n_times)
     eps = check_eps(sde, eps)
     score = CountingScore(score_fn)
@@ -438,10 +442,7 @@ def elbo(
 
     def kernel(t: Tensor) -> tuple[Tensor, Tensor]:
         """alpha_{t|eps} and sigma_{t|eps} for times t [B]."""
-        t_eps = torch.full_like(t, eps)
-        a = sde.alpha(t) / sde.alpha(t_eps)
-        var = sde.sigma(t) ** 2 - a**2 * sde.sigma(t_eps) ** 2
-        return a, var.clamp(min=0.0).sqrt()
+        return sde.transition(t, torch.full_like(t, eps))
 
     # prior term
     a_T, s_T = kernel(torch.full((B,), sde.T, **opts))
@@ -450,7 +451,7 @@ def elbo(
         sq = x.reshape(B, -1).pow(2).sum(1) * a_T**2 + dim * s_T**2
         prior_term = 0.5 * dim * math.log(2 * math.pi * p2) + 0.5 * sq / p2
     else:
-        draws = [prior_logp(expand_to(a_T, x) * x + expand_to(s_T, x) * torch.randn(x.shape, generator=generator, **opts))
+        draws = [prior_logp(expand_to(a_T, x) * x + expand_to(s_T, x) * standard_normal_like(x, generator))
                  for _ in range(check_positive_int("n_prior_draws", n_prior_draws))]
         prior_term = -torch.stack(draws).mean(0)
     # diffusion term, stratified in t
@@ -459,14 +460,11 @@ def elbo(
     for k in range(n_times):
         t = eps + width * (k + torch.rand(B, generator=generator, **opts)) / n_times
         a, s = kernel(t)
-        xt = (expand_to(a, x) * x + expand_to(s, x) * torch.randn(x.shape, generator=generator, **opts)).requires_grad_(True)
+        xt = (expand_to(a, x) * x + expand_to(s, x) * standard_normal_like(x, generator)).requires_grad_(True)
         with torch.enable_grad():
             s_theta = score(xt, t)
-            flat = s_theta.reshape(B, -1)
-            div = torch.zeros(B, **opts)
-            for i in range(dim):
-                (grad,) = torch.autograd.grad(flat[:, i].sum(), xt, retain_graph=i < dim - 1)
-                div = div + grad.reshape(B, -1)[:, i]
+            div = exact_divergence(s_theta, xt)
+        flat = s_theta.reshape(B, -1)
         f, g = sde.sde(torch.ones(B, 1, **opts), t)
         values.append(0.5 * (g**2 * (flat.detach().pow(2).sum(1) + 2 * div.detach()) - 2 * dim * f[:, 0]) * width)
     values = torch.stack(values)  # [n_times, B]: each an unbiased estimate of the integral

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ._checks import check_finite, check_positive, check_positive_int, expand_to
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "ScoreFn", "evaluate_score"]
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "ScoreFn", "evaluate_score", "check_sde"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """The one protocol between models, samplers and likelihoods: ``score_fn(x [B, ...], t [B]) -> [B, ...]``."""
@@ -51,6 +51,13 @@ def evaluate_score(score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
     if not bool(torch.isfinite(score).all()):
         raise ValueError(f"score_fn returned non-finite values (NaN or inf) at {when}")
     return score
+
+
+def check_sde(sde: object) -> "SDE":
+    """Return ``sde`` if it is one of the package's SDEs, else raise ``TypeError`` naming what was passed."""
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an scoresde SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    return sde
 
 
 class SDE(abc.ABC):
@@ -224,6 +231,22 @@ class SDE(abc.ABC):
         sq = z.reshape(z.shape[0], -1).pow(2).sum(dim=1)
         return -0.5 * dim * math.log(2 * math.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
 
+    def _log_transition(self, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        r""":math:`\log\alpha_{t|s}` and :math:`\sigma_{t|s}^2` for checked times ``s <= t``."""
+        log_ratio = self._log_alpha(t) - self._log_alpha(s)
+        var = torch.exp(2 * self._log_sigma(t)) - torch.exp(2 * (log_ratio + self._log_sigma(s)))
+        return log_ratio, var.clamp(min=0.0)
+
+    def transition(self, t: Tensor | float, s: Tensor | float) -> tuple[Tensor, Tensor]:
+        r"""The exact forward transition from ``s`` to ``t >= s``:
+        :math:`x_t \mid x_s \sim \mathcal N(\alpha_{t|s} x_s, \sigma_{t|s}^2 I)` with
+        :math:`\alpha_{t|s} = \alpha(t)/\alpha(s)` and :math:`\sigma_{t|s}^2 = \sigma(t)^2 - \alpha_{t|s}^2\sigma(s)^2`.
+
+        Returns ``(alpha_ts, sigma_ts)`` shaped like the broadcast of ``t`` and ``s``.
+        """
+        log_ratio, var = self._log_transition(self.check_time(t), self.check_time(s, name="s"))
+        return torch.exp(log_ratio), torch.sqrt(var)
+
     def discretize(self, x: Tensor, t: Tensor | float, dt: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
         r"""One step of the discrete forward chain, :math:`x_{i} = x_{i-1} + f_i + G_i z`, over
         :math:`\Delta t` (default ``T/N``; a float or per-sample ``[B]`` tensor) ending at ``t``.
@@ -243,9 +266,8 @@ class SDE(abc.ABC):
         x = self._check_x("x", x)
         t = self.check_time(t, x)
         s = (t - (self.T / self.N if dt is None else dt)).clamp(min=0.0)
-        log_ratio = self._log_alpha(t) - self._log_alpha(s)
-        var = torch.exp(2 * self._log_sigma(t)) - torch.exp(2 * (log_ratio + self._log_sigma(s)))
-        return expand_to(torch.expm1(log_ratio), x) * x, torch.sqrt(var.clamp(min=0.0))
+        log_ratio, var = self._log_transition(t, s)
+        return expand_to(torch.expm1(log_ratio), x) * x, torch.sqrt(var)
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
         r"""The reverse-time SDE (or, with ``probability_flow=True``, the probability-flow ODE) driven by ``score_fn``."""

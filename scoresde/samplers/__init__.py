@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from .._checks import check_finite
-from ..sde import SDE, ScoreFn
+from ..sde import SDE, ScoreFn, check_sde
 from . import fast, ode, pc, reverse_sde  # noqa: F401  (registration)
 from .base import CountingScore, SampleResult, Sampling, get_sampler, register_sampler, sampler_options, samplers
 from .grids import GRIDS, time_grid
@@ -92,8 +92,7 @@ def sample(
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {sampler!r}; valid options are: {', '.join(valid)}")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an scoresde SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    check_sde(sde)
     if steps is not None:
         options["steps"] = steps
     if x_T is None:

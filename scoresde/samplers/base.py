@@ -18,7 +18,12 @@ from tqdm.auto import tqdm
 from .._checks import check_in_registry, expand_to
 from ..sde import SDE, ScoreFn, evaluate_score
 
-__all__ = ["SampleResult", "CountingScore", "Sampling", "register_sampler", "samplers", "get_sampler"]
+__all__ = ["SampleResult", "CountingScore", "Sampling", "register_sampler", "samplers", "get_sampler", "standard_normal_like"]
+
+
+def standard_normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    r""":math:`z \sim \mathcal N(0, I)` shaped like ``x`` (its dtype and device), drawn from ``generator``."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 @dataclass
@@ -83,7 +88,7 @@ class Sampling:
 
     def noise_like(self, x: Tensor) -> Tensor:
         r""":math:`z \sim \mathcal N(0, I)` shaped like ``x``, from the run's generator."""
-        return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        return standard_normal_like(x, self.generator)
 
     def x0_hat(self, x: Tensor, t: Tensor) -> Tensor:
         r"""Tweedie's denoised estimate :math:`\hat x_0 = (x + \sigma(t)^2\,s_\theta(x, t)) / \alpha(t)` (one NFE)."""

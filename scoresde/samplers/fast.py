@@ -29,6 +29,20 @@ def _coefficients(run: Sampling, grid: Tensor) -> tuple[list[float], list[float]
     return run.sde.alpha(grid).tolist(), run.sde.sigma(grid).tolist()
 
 
+def _multistep_grid(run: Sampling, steps: int, schedule, eps) -> tuple[Tensor, list[float], list[float], list[float]]:
+    r"""The grid of a multistep solver and, on it, :math:`\alpha_i`, :math:`\sigma_i` and
+    :math:`\lambda_i = \log(\alpha_i/\sigma_i)` (half the log-SNR), as Python floats from float64."""
+    grid = time_grid(run.sde, steps, schedule, eps)
+    alphas, sigmas = _coefficients(run, grid)
+    return grid, alphas, sigmas, (0.5 * run.sde.log_snr(grid)).tolist()
+
+
+def _multistep_order(order: int, i: int, steps: int, lower_order_final: bool) -> int:
+    """Order of step ``i``: warm-up (no more than the ``i + 1`` predictions so far) and, with
+    ``lower_order_final``, no more than the steps left."""
+    return min(order, i + 1, steps - i if lower_order_final else order)
+
+
 @register_sampler("ddim")
 def ddim(run: Sampling, x: Tensor, *, steps: int = 50, eta: float = 0.0, eps: float | None = None, denoise: bool = True, schedule: str = "uniform") -> Tensor:
     r"""DDIM (Song, Meng & Ermon 2021, Eq. 12) from ``t`` to ``s < t``:
@@ -42,14 +56,14 @@ def ddim(run: Sampling, x: Tensor, *, steps: int = 50, eta: float = 0.0, eps: fl
     grid = time_grid(run.sde, steps, schedule, eps)
     steps = len(grid) - 1
     alphas, sigmas = _coefficients(run, grid)
+    sigmas_ts = run.sde.transition(grid[:-1], grid[1:])[1].tolist()  # sigma_{t|s} of each step
     run.record(grid[0], x)
     for i in run.steps(steps, "ddim"):
         x0 = run.x0_hat(x, run.batch_time(grid[i], x))
         eps_hat = (x - alphas[i] * x0) / sigmas[i]
-        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        c = eta * s_s / s_t * math.sqrt(max(s_t**2 - (a_t * s_s / a_s) ** 2, 0.0))
-        c = min(c, s_s)
-        x = a_s * x0 + math.sqrt(s_s**2 - c**2) * eps_hat
+        s_s = sigmas[i + 1]
+        c = min(eta * sigmas_ts[i] * s_s / sigmas[i], s_s)
+        x = alphas[i + 1] * x0 + math.sqrt(s_s**2 - c**2) * eps_hat
         if c > 0:
             x = x + c * run.noise_like(x)
         run.record(grid[i + 1], x)
@@ -137,15 +151,13 @@ def dpm_solver(
     (3M). The first steps warm up with lower orders; with ``lower_order_final`` the last steps drop to the
     order the remaining steps allow, which keeps few-step runs stable. NFE = ``steps + denoise``."""
     check_in_registry("dpm_solver order", str(order), ["1", "2", "3"])
-    grid = time_grid(run.sde, steps, schedule, eps)
+    grid, alphas, sigmas, lam = _multistep_grid(run, steps, schedule, eps)
     steps = len(grid) - 1
-    alphas, sigmas = _coefficients(run, grid)
-    lam = (0.5 * run.sde.log_snr(grid)).tolist()
     x0s: list[Tensor] = []
     run.record(grid[0], x)
     for i in run.steps(steps, f"dpm_solver++ {order}M"):
         x0s = (x0s + [run.x0_hat(x, run.batch_time(grid[i], x))])[-3:]
-        k = min(order, i + 1, steps - i if lower_order_final else order)
+        k = _multistep_order(order, i, steps, lower_order_final)
         h = lam[i + 1] - lam[i]
         phi1 = math.expm1(-h)
         x_next = (sigmas[i + 1] / sigmas[i]) * x - alphas[i + 1] * phi1 * x0s[-1]
@@ -209,10 +221,8 @@ def unipc(
     ``order`` is UniP's order (1–3); warm-up and ``lower_order_final`` as in :func:`dpm_solver`.
     NFE = ``steps + denoise``."""
     check_in_registry("unipc order", str(order), ["1", "2", "3"])
-    grid = time_grid(run.sde, steps, schedule, eps)
+    grid, alphas, sigmas, lam = _multistep_grid(run, steps, schedule, eps)
     steps = len(grid) - 1
-    alphas, sigmas = _coefficients(run, grid)
-    lam = (0.5 * run.sde.log_snr(grid)).tolist()
     x0s: list[Tensor] = []  # data predictions at grid points i - len + 1 ... i
     x_prev, k_prev = x, 1
     run.record(grid[0], x)
@@ -221,7 +231,7 @@ def unipc(
         if i > 0 and corrector:
             x = _unic(x_prev, x0s, x0_new, lam, alphas, sigmas, i, k_prev)
         x0s = (x0s + [x0_new])[-order:]
-        k = min(order, i + 1, steps - i if lower_order_final else order)
+        k = _multistep_order(order, i, steps, lower_order_final)
         x_prev, k_prev = x, k
         x = _unip(x, x0s, lam, alphas, sigmas, i, k)
         run.record(grid[i + 1], x)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .._checks import check_in_registry, check_positive, check_positive_int, expand_to
 from ..sde import SDE, ScoreFn
-from .base import Sampling, register_sampler
+from .base import Sampling, register_sampler, standard_normal_like
 from .grids import time_grid
 
 __all__ = [
@@ -69,10 +69,6 @@ def correctors() -> list[str]:
     return sorted(_CORRECTORS)
 
 
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
 # ---------------------------------------------------------------------- predictors
 @register_predictor("euler_maruyama")
 def euler_maruyama(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
@@ -81,7 +77,7 @@ def euler_maruyama(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Te
     drift, diffusion = sde.reverse(score_fn, probability_flow).sde(x, t)
     dt = expand_to(t_next - t, x)
     x_mean = x + drift * dt
-    return x_mean + expand_to(diffusion, x) * torch.sqrt(-dt) * _noise(x, generator), x_mean
+    return x_mean + expand_to(diffusion, x) * torch.sqrt(-dt) * standard_normal_like(x, generator), x_mean
 
 
 @register_predictor("reverse_diffusion")
@@ -90,7 +86,7 @@ def reverse_diffusion(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next:
     ``t`` run backwards, :math:`x' = x - f + G^2 s + G z`."""
     rev_f, rev_G = sde.reverse(score_fn, probability_flow).discretize(x, t, t - t_next)
     x_mean = x - rev_f
-    return x_mean + expand_to(rev_G, x) * _noise(x, generator), x_mean
+    return x_mean + expand_to(rev_G, x) * standard_normal_like(x, generator), x_mean
 
 
 @register_predictor("ancestral_sampling")
@@ -106,13 +102,11 @@ def ancestral_sampling(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next
     """
     if probability_flow:
         raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion' or 'euler_maruyama'")
-    alpha_ts = sde.alpha(t) / sde.alpha(t_next)
-    sigma_t, sigma_s = sde.sigma(t), sde.sigma(t_next)
-    var_ts = (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0.0)
+    alpha_ts, sigma_ts = sde.transition(t, t_next)
     score = score_fn(x, t)
-    x_mean = (x + expand_to(var_ts, x) * score) / expand_to(alpha_ts, x)
-    std = torch.sqrt(var_ts) * sigma_s / sigma_t
-    return x_mean + expand_to(std, x) * _noise(x, generator), x_mean
+    x_mean = (x + expand_to(sigma_ts**2, x) * score) / expand_to(alpha_ts, x)
+    std = sigma_ts * sde.sigma(t_next) / sde.sigma(t)
+    return x_mean + expand_to(std, x) * standard_normal_like(x, generator), x_mean
 
 
 @register_predictor("none")
@@ -130,7 +124,7 @@ def _langevin_alpha(sde: SDE, t: Tensor) -> Tensor:
 def _langevin_update(x: Tensor, score: Tensor, step: Tensor, generator) -> tuple[Tensor, Tensor]:
     r""":math:`x' = x + \epsilon\, s + \sqrt{2\epsilon}\, z` with a per-sample step size :math:`\epsilon` ``[B]``."""
     x_mean = x + expand_to(step, x) * score
-    return x_mean + expand_to(torch.sqrt(2 * step), x) * _noise(x, generator), x_mean
+    return x_mean + expand_to(torch.sqrt(2 * step), x) * standard_normal_like(x, generator), x_mean
 
 
 @register_corrector("langevin")
@@ -144,7 +138,7 @@ def langevin(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, *, snr: float, n
     for _ in range(n_steps):
         score = score_fn(x, t)
         grad_norm = score.reshape(score.shape[0], -1).norm(dim=-1).mean()
-        noise_norm = _noise(x, generator).reshape(x.shape[0], -1).norm(dim=-1).mean()
+        noise_norm = standard_normal_like(x, generator).reshape(x.shape[0], -1).norm(dim=-1).mean()
         step = 2 * alpha_i * (snr * noise_norm / grad_norm) ** 2
         x, x_mean = _langevin_update(x, score, step, generator)
     return x, x_mean
