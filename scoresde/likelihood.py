@@ -139,7 +139,9 @@ def _solve_batch(flow: ProbabilityFlow, x: Tensor, divergence, span, method, rto
 
     if method in ADAPTIVE_METHODS:
         us = torch.tensor(span, dtype=x.dtype, device=x.device)
-        options = {"max_num_steps": max_steps}
+        # the last step must end exactly at T: a step past it would integrate the field's clamped
+        # (kinked) extension and interpolate back, an error the step's estimate does not see
+        options = {"max_num_steps": max_steps, "step_t": us[-1:]}
         if error_control == "per_sample":
             options["norm"] = _per_sample_norm
     else:  # fixed grid: `steps` equal steps in the chosen time variable

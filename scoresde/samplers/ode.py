@@ -108,7 +108,10 @@ def solve_flow(flow: ProbabilityFlow, x: Tensor, us: Tensor, method: str, rtol: 
         return _solve_scipy(flow, x, us, method, rtol, atol)
     from torchdiffeq import odeint
 
-    return odeint(func or flow.velocity, x, us.to(device=x.device, dtype=x.dtype), method=method, rtol=rtol, atol=atol)
+    us = us.to(device=x.device, dtype=x.dtype)
+    # adaptive steps end exactly at the last time instead of stepping past it and interpolating back
+    options = {"step_t": us[-1:]} if method in ADAPTIVE_METHODS else None
+    return odeint(func or flow.velocity, x, us, method=method, rtol=rtol, atol=atol, options=options)
 
 
 @register_sampler("ode")
