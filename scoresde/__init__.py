@@ -5,7 +5,7 @@ The public API lives here; module layout behind it may change, these names may n
 
 from .analytic import GaussianMixture, MixtureScore, entropy_by_quadrature
 from .datasets import ToyDataset, register_toy, toy_dataset, toy_datasets
-from .likelihood import BitsPerDimResult, DataTransform, ELBOResult, LikelihoodResult, bits_per_dim, elbo, log_likelihood
+from .likelihood import BitsPerDimResult, DataTransform, ELBOResult, LikelihoodResult, bits_per_dim, ddpm_bound, elbo, log_likelihood
 from .metrics import energy_distance, mmd, sliced_wasserstein
 from .samplers import (
     SampleResult,
@@ -57,5 +57,6 @@ __all__ = [
     "BitsPerDimResult",
     "DataTransform",
     "elbo",
+    "ddpm_bound",
     "ELBOResult",
 ]

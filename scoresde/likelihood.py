@@ -33,7 +33,7 @@ from .samplers.grids import check_eps
 from .samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, VARIABLES, ProbabilityFlow
 from .sde import SDE, ScoreFn, check_sde
 
-__all__ = ["log_likelihood", "LikelihoodResult", "bits_per_dim", "BitsPerDimResult", "DataTransform", "elbo", "ELBOResult", "DIVERGENCES", "PROBES"]
+__all__ = ["log_likelihood", "LikelihoodResult", "bits_per_dim", "BitsPerDimResult", "DataTransform", "elbo", "ddpm_bound", "ELBOResult", "TIME_SAMPLINGS", "DIVERGENCES", "PROBES"]
 
 LOGP_ATOL_FACTOR = 1.0
 """The log-density integral is held to ``atol`` absolute, with no relative part (a relative tolerance
@@ -346,6 +346,7 @@ def bits_per_dim(
     transform: DataTransform,
     *,
     n_dequantizations: int = 1,
+    estimator: str = "ode",
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     **likelihood_options,
@@ -359,9 +360,13 @@ def bits_per_dim(
 
     averaged over ``n_dequantizations`` draws of ``u`` (a variational bound on the discrete model's
     :math:`-\log_2 P(x)/D`: it can only overestimate the discrete entropy). ``bpd_raw`` drops the
-    log-determinant term. ``likelihood_options`` go to :func:`log_likelihood` (divergence, tolerances,
-    eps, prior_logp, ...) and are recorded in ``settings``.
+    log-determinant term. ``estimator`` picks the per-sample :math:`-\log p_{model}`: ``"ode"`` (exact,
+    :func:`log_likelihood`), ``"elbo"`` (the continuous bound, :func:`elbo`) or ``"ddpm"`` (the discrete
+    chain's bound, :func:`ddpm_bound`), so that NLL and bounds are reported on the same footing;
+    ``likelihood_options`` go to that function (divergence, tolerances, eps, prior_logp, n_times, ...) and
+    are recorded in ``settings``.
     """
+    check_in_registry("bits/dim estimator", estimator, tuple(ESTIMATORS))
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError(f"x must be a tensor of integer levels with shape [B, ...], got {getattr(x, 'shape', type(x).__name__)}")
     check_finite("x", x.to(torch.float64))
@@ -376,15 +381,15 @@ def bits_per_dim(
     for _ in range(n_dequantizations):
         u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
         x_model = transform.to_model(levels + u).to(dtype)
-        result = log_likelihood(sde, score_fn, x_model, generator=generator, **likelihood_options)
-        nfe += result.nfe
-        raw.append(result.nll / (dim * math.log(2)))
-        per_draw.append((result.nll - dim * log_det) / (dim * math.log(2)))
+        nll, calls = ESTIMATORS[estimator](sde, score_fn, x_model, generator=generator, **likelihood_options)
+        nfe += calls
+        raw.append(nll / (dim * math.log(2)))
+        per_draw.append((nll - dim * log_det) / (dim * math.log(2)))
     per_sample = torch.stack(per_draw).mean(0)
     n = per_sample.numel()
     se = float(per_sample.std()) / math.sqrt(n) if n > 1 else float("nan")
     settings = {"levels": transform.levels, "range": [transform.low, transform.high], "n_dequantizations": n_dequantizations,
-                "dequantization": "uniform", **{k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+                "dequantization": "uniform", "estimator": estimator, **{k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
                                                 for k, v in likelihood_options.items()}}
     return BitsPerDimResult(bpd=float(per_sample.mean()), bpd_standard_error=se, bpd_raw=float(torch.stack(raw).mean()),
                             offset=-log_det / math.log(2), nats_per_sample=float(per_sample.mean()) * dim * math.log(2),
@@ -407,6 +412,50 @@ class ELBOResult:
         return self.bound / (dim * math.log(2))
 
 
+TIME_SAMPLINGS = ("uniform", "log_snr")
+
+
+def _time_draws(sde: SDE, eps: float, n_times: int, sampling: str, generator, B: int, opts: dict):
+    r"""Stratified draws of t on ``[eps, T]`` with their importance weights :math:`1/p(t)`, ``n_times`` of ``[B]``.
+
+    ``"uniform"``: :math:`p(t) = 1/(T - eps)`. ``"log_snr"``: uniform in the log-SNR,
+    :math:`p(t) = |d\lambda/dt| / (\lambda(eps) - \lambda(T)) = g(t)^2 / (\sigma(t)^2 \Lambda)`, the density
+    proportional to the likelihood weighting :math:`g^2/\sigma^2` (Song, Durkan, Murray & Ermon 2021, Sec. 5)."""
+    if sampling == "uniform":
+        width = sde.T - eps
+        for k in range(n_times):
+            t = eps + width * (k + torch.rand(B, generator=generator, **opts)) / n_times
+            yield t, torch.full_like(t, width)
+        return
+    lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
+    span = lam_eps - lam_T
+    for k in range(n_times):
+        lam = lam_T + span * (k + torch.rand(B, generator=generator, dtype=torch.float64)) / n_times
+        t = sde.t_from_log_snr(lam).clamp(eps, sde.T).to(**opts)
+        g2 = sde.sde(torch.ones(B, 1, **opts), t)[1] ** 2
+        yield t, span * sde.sigma(t) ** 2 / g2
+
+
+def _gaussian_prior_term(sde: SDE, x: Tensor, a_T: Tensor, s_T: Tensor) -> Tensor:
+    r""":math:`-\mathbb E\log\mathcal N(x_T; 0, \sigma_p^2 I)` for :math:`x_T \sim \mathcal N(a_T x, s_T^2 I)`, in closed form."""
+    B, dim = x.shape[0], x[0].numel()
+    p2 = sde.prior_std**2
+    sq = x.reshape(B, -1).pow(2).sum(1) * a_T**2 + dim * s_T**2
+    return 0.5 * dim * math.log(2 * math.pi * p2) + 0.5 * sq / p2
+
+
+def _prior_term(sde: SDE, x: Tensor, t0: float, prior_logp, n_prior_draws: int, generator) -> Tensor:
+    r""":math:`-\mathbb E_{x_T \sim q(x_T|x_{t_0})}\log\pi(x_T)`: closed form for the SDE's Gaussian prior,
+    ``n_prior_draws`` draws for a custom ``prior_logp``."""
+    B = x.shape[0]
+    a_T, s_T = sde.transition(torch.full((B,), sde.T, dtype=x.dtype, device=x.device), torch.full((B,), t0, dtype=x.dtype, device=x.device))
+    if prior_logp is None:
+        return _gaussian_prior_term(sde, x, a_T, s_T)
+    draws = [prior_logp(expand_to(a_T, x) * x + expand_to(s_T, x) * standard_normal_like(x, generator))
+             for _ in range(check_positive_int("n_prior_draws", n_prior_draws))]
+    return -torch.stack(draws).mean(0)
+
+
 def elbo(
     sde: SDE,
     score_fn: ScoreFn,
@@ -414,6 +463,7 @@ def elbo(
     *,
     n_times: int = 64,
     eps: float | None = None,
+    time_sampling: str = "uniform",
     generator: torch.Generator | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     n_prior_draws: int = 16,
@@ -428,9 +478,10 @@ def elbo(
 
     :math:`x_t = \alpha_{t|eps} x + \sigma_{t|eps}\epsilon`. The implicit form (Stein's identity turns the
     denoising form's :math:`1/\sigma` terms into :math:`\nabla\cdot s`) has no singularity at ``eps``.
-    The time integral is estimated with ``n_times`` stratified uniform draws per sample (one
-    :math:`x_t` each); the divergence is exact (autograd, small ``D``). With the exact score and
-    :math:`\pi = p_T` the bound is tight: it equals :math:`-\log p_{eps}(x)`.
+    The time integral is estimated with ``n_times`` stratified draws per sample (one :math:`x_t` each),
+    ``time_sampling="uniform"`` in t or ``"log_snr"`` (importance sampling, uniform in the log-SNR: density
+    :math:`\propto g^2/\sigma^2`, weights :math:`1/p(t)`); the divergence is exact (autograd, small ``D``).
+    With the exact score and :math:`\pi = p_T` the bound is tight: it equals :math:`-\log p_{eps}(x)`.
     ``prior_logp`` replaces the SDE's Gaussian prior (then :math:`\mathbb E\log\pi(x_T)` is estimated
     with ``n_prior_draws`` draws; for the Gaussian prior it is closed-form).
     """
@@ -438,40 +489,141 @@ def elbo(
     _check_data(x)
     n_times = check_positive_int("n_times", n_times)
     eps = check_eps(sde, eps)
+    check_in_registry("time sampling", time_sampling, TIME_SAMPLINGS)
     score = CountingScore(score_fn)
     B, dim = x.shape[0], x[0].numel()
     opts = {"dtype": x.dtype, "device": x.device}
-
-    def kernel(t: Tensor) -> tuple[Tensor, Tensor]:
-        """alpha_{t|eps} and sigma_{t|eps} for times t [B]."""
-        return sde.transition(t, torch.full_like(t, eps))
-
-    # prior term
-    a_T, s_T = kernel(torch.full((B,), sde.T, **opts))
-    if prior_logp is None:
-        p2 = sde.prior_std**2
-        sq = x.reshape(B, -1).pow(2).sum(1) * a_T**2 + dim * s_T**2
-        prior_term = 0.5 * dim * math.log(2 * math.pi * p2) + 0.5 * sq / p2
-    else:
-        draws = [prior_logp(expand_to(a_T, x) * x + expand_to(s_T, x) * standard_normal_like(x, generator))
-                 for _ in range(check_positive_int("n_prior_draws", n_prior_draws))]
-        prior_term = -torch.stack(draws).mean(0)
-    # diffusion term, stratified in t
-    width = sde.T - eps
+    prior_term = _prior_term(sde, x, eps, prior_logp, n_prior_draws, generator)
     values = []
-    for k in range(n_times):
-        t = eps + width * (k + torch.rand(B, generator=generator, **opts)) / n_times
-        a, s = kernel(t)
+    for t, weight in _time_draws(sde, eps, n_times, time_sampling, generator, B, opts):
+        a, s = sde.transition(t, torch.full_like(t, eps))
         xt = (expand_to(a, x) * x + expand_to(s, x) * standard_normal_like(x, generator)).requires_grad_(True)
         with torch.enable_grad():
             s_theta = score(xt, t)
             div = exact_divergence(s_theta, xt)
         flat = s_theta.reshape(B, -1)
         f, g = sde.sde(torch.ones(B, 1, **opts), t)
-        values.append(0.5 * (g**2 * (flat.detach().pow(2).sum(1) + 2 * div.detach()) - 2 * dim * f[:, 0]) * width)
+        values.append(0.5 * (g**2 * (flat.detach().pow(2).sum(1) + 2 * div.detach()) - 2 * dim * f[:, 0]) * weight)
     values = torch.stack(values)  # [n_times, B]: each an unbiased estimate of the integral
     bound = prior_term + values.mean(0)
     se = values.std(0) / math.sqrt(n_times) if n_times > 1 else torch.full_like(bound, float("nan"))
-    settings = {"n_times": n_times, "eps": eps, "prior": "custom" if prior_logp else "sde", "sampling": "stratified uniform t"}
-    return ELBOResult(bound=bound.detach().to(torch.float64).cpu(), standard_error=se.detach().to(torch.float64).cpu(),
-                      prior_term=prior_term.detach().to(torch.float64).cpu(), nfe=score.calls, settings=settings)
+    settings = {"n_times": n_times, "eps": eps, "prior": "custom" if prior_logp else "sde",
+                "time_sampling": f"stratified {time_sampling}"}
+    return _elbo_result(bound, se, prior_term, score.calls, settings)
+
+
+def _elbo_result(bound: Tensor, se: Tensor, prior_term: Tensor, nfe: int, settings: dict) -> ELBOResult:
+    def cpu(v: Tensor) -> Tensor:
+        return v.detach().to(torch.float64).cpu()
+
+    return ELBOResult(bound=cpu(bound), standard_error=cpu(se), prior_term=cpu(prior_term), nfe=nfe, settings=settings)
+
+
+def ddpm_bound(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    *,
+    n_steps: int = 1000,
+    n_terms: int | None = None,
+    eps: float | None = None,
+    generator: torch.Generator | None = None,
+    prior_logp: Callable[[Tensor], Tensor] | None = None,
+    n_prior_draws: int = 16,
+) -> ELBOResult:
+    r"""The discrete-chain variational bound of DDPM (Ho et al. 2020, Eq. 5) on :math:`-\log p_\theta(x)`,
+
+    .. math::  L = \underbrace{D_{KL}(q(x_N|x_0)\,\|\,\pi)}_{L_T}
+               + \sum_{i=2}^{N} \underbrace{\mathbb E_q D_{KL}(q(x_{i-1}|x_i, x_0)\,\|\,p_\theta(x_{i-1}|x_i))}_{L_{i-1}}
+               \underbrace{- \mathbb E_q\log p_\theta(x_0|x_1)}_{L_0},
+
+    on the chain :math:`t_i = eps + i(T - eps)/N` (for VP: DDPM's linear-beta chain; any SDE's exact
+    transitions, so SMLD's chain for VE). :math:`x_0 = x` is the data at ``eps``. With
+    :math:`a = \alpha_{t_i|t_{i-1}}, s^2 = \sigma^2_{t_i|t_{i-1}}, A = \alpha_{t_{i-1}|t_0}, S^2 = \sigma^2_{t_{i-1}|t_0}`
+    and :math:`\sigma_i^2 = a^2S^2 + s^2`, the posterior is
+    :math:`\mathcal N\big((aS^2 x_i + s^2 A x_0)/\sigma_i^2,\ s^2S^2/\sigma_i^2\big)`, and the model is the
+    same Gaussian with :math:`x_0` replaced by the Tweedie estimate
+    :math:`\hat x_0 = (x_i + \sigma_i^2 s_\theta(x_i, t_i))/\alpha_{t_i|t_0}` (DDPM's eps-parameterisation
+    with the posterior variance :math:`\tilde\beta`), so
+    :math:`L_{i-1} = (s^2A/\sigma_i^2)^2\|x_0 - \hat x_0\|^2 / (2 s^2S^2/\sigma_i^2)`. The decoder is
+    :math:`p_\theta(x_0|x_1) = \mathcal N(\hat x_0(x_1), \sigma_{t_1|t_0}^2 I)` (DDPM's :math:`\beta_1`) and
+    :math:`L_T` is closed-form for the Gaussian prior (``prior_logp`` replaces it, as in :func:`elbo`).
+
+    Each term uses one draw :math:`x_i \sim q(x_i|x_0)`. ``n_terms=None`` sums all ``N`` terms (``N`` score
+    evaluations per sample; ``standard_error`` is then NaN: one draw per term gives no spread); an integer
+    estimates the sum from that many stratified indices (unbiased, with its standard error).
+    """
+    check_sde(sde)
+    _check_data(x)
+    n_steps = check_positive_int("n_steps", n_steps)
+    if n_steps < 2:
+        raise ValueError(f"n_steps must be at least 2 (one decoder step and one KL term), got {n_steps}")
+    if n_terms is not None:
+        n_terms = check_positive_int("n_terms", n_terms)
+        if n_terms > n_steps - 1:
+            raise ValueError(f"n_terms must be at most n_steps - 1 = {n_steps - 1}, got {n_terms}; pass None to sum all terms")
+    eps = check_eps(sde, eps)
+    score = CountingScore(score_fn)
+    B, dim = x.shape[0], x[0].numel()
+    opts = {"dtype": x.dtype, "device": x.device}
+    times = torch.linspace(eps, sde.T, n_steps + 1, dtype=torch.float64).to(**opts)
+    t0 = torch.full((B,), eps, **opts)
+
+    def tweedie(i: Tensor, x_i: Tensor, alpha_i0: Tensor, sigma_i0: Tensor) -> Tensor:
+        return (x_i + expand_to(sigma_i0**2, x) * score(x_i, times[i])) / expand_to(alpha_i0, x)
+
+    def draw(i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        alpha_i0, sigma_i0 = sde.transition(times[i], t0)
+        return expand_to(alpha_i0, x) * x + expand_to(sigma_i0, x) * standard_normal_like(x, generator), alpha_i0, sigma_i0
+
+    # L_T: cross-entropy of the prior minus the entropy of q(x_T | x_0)
+    sigma_T0 = sde.transition(times[-1].expand(B), t0)[1]
+    prior_term = (_prior_term(sde, x, eps, prior_logp, n_prior_draws, generator)
+                  - 0.5 * dim * (1 + torch.log(2 * math.pi * sigma_T0**2)))
+    # decoder term L_0
+    one = torch.ones(B, dtype=torch.long, device=x.device)
+    x_1, alpha_10, sigma_10 = draw(one)
+    residual = (x - tweedie(one, x_1, alpha_10, sigma_10)).reshape(B, -1).pow(2).sum(1)
+    decoder = 0.5 * dim * torch.log(2 * math.pi * sigma_10**2) + 0.5 * residual / sigma_10**2
+    # KL terms L_{i-1}, i = 2..N (per-sample indices when sampled)
+    terms = []
+    for i in _term_indices(n_steps, n_terms, generator, B, x.device):
+        x_i, alpha_i0, sigma_i0 = draw(i)
+        a, s = sde.transition(times[i], times[i - 1])
+        A, S = sde.transition(times[i - 1], t0)
+        coef = s**2 * A / sigma_i0**2
+        post_var = s**2 * S**2 / sigma_i0**2
+        err = (x - tweedie(i, x_i, alpha_i0, sigma_i0)).reshape(B, -1).pow(2).sum(1)
+        terms.append(coef**2 * err / (2 * post_var))
+    terms = torch.stack(terms)  # [n, B]
+    scale = n_steps - 1
+    total = terms.sum(0) if n_terms is None else scale * terms.mean(0)
+    if n_terms is None or n_terms < 2:
+        se = torch.full((B,), float("nan"), **opts)
+    else:
+        se = scale * terms.std(0) / math.sqrt(n_terms)
+    bound = prior_term + decoder + total
+    settings = {"n_steps": n_steps, "n_terms": n_terms, "eps": eps, "prior": "custom" if prior_logp else "sde",
+                "grid": "uniform t", "decoder_variance": "sigma_{t1|t0}^2 (DDPM beta_1)",
+                "posterior_variance": "tilde beta"}
+    return _elbo_result(bound, se, prior_term, score.calls, settings)
+
+
+def _term_indices(n_steps: int, n_terms: int | None, generator, batch: int, device) -> list[Tensor]:
+    """Index tensors ``[B]``: every ``i = 2..N`` in turn, or ``n_terms`` stratified draws per sample."""
+    if n_terms is None:
+        return [torch.full((batch,), i, dtype=torch.long, device=device) for i in range(2, n_steps + 1)]
+    n = n_steps - 1
+    out = []
+    for k in range(n_terms):
+        u = (k + torch.rand(batch, generator=generator, dtype=torch.float64)) * n / n_terms
+        out.append((2 + u.floor().clamp(max=n - 1)).long().to(device))
+    return out
+
+
+ESTIMATORS: dict[str, Callable[..., tuple[Tensor, int]]] = {
+    "ode": lambda *args, **kw: (lambda r: (r.nll, r.nfe))(log_likelihood(*args, **kw)),
+    "elbo": lambda *args, **kw: (lambda r: (r.bound, r.nfe))(elbo(*args, **kw)),
+    "ddpm": lambda *args, **kw: (lambda r: (r.bound, r.nfe))(ddpm_bound(*args, **kw)),
+}
+"""Per-sample ``-log p_model`` (nats) and NFE for :func:`bits_per_dim`: the exact NLL or one of the bounds."""
