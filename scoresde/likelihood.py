@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import check_finite, check_in_registry, check_positive, check_positive_int, expand_to
+from .datasets.scalers import DataTransform
 from .samplers.base import CountingScore, standard_normal_like
 from .samplers.grids import check_eps
 from .samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, VARIABLES, ProbabilityFlow
@@ -280,34 +281,6 @@ def _gather(shard: Tensor, local: tuple[Tensor, ...], nfe: int, batch: int) -> t
         for target, part in zip(out, tensors):
             target[idx] = part
     return tuple(out), sum(share[2] for share in shares)
-
-
-@dataclass(frozen=True)
-class DataTransform:
-    r"""How discrete data with ``levels`` values per dimension (``0 .. levels-1``) maps to the model's range.
-
-    Dequantised data :math:`y = x + u \in [0, K)^D`, :math:`u \sim U[0,1)^D`, is scaled affinely to
-    :math:`x_{model} = a + (b - a)\,y / K \in [a, b)^D`; the map adds the log-determinant
-    :math:`D\log((b - a)/K)` to every log-density. Images: ``levels = 256``, range ``[-1, 1]``;
-    scikit-learn digits: ``levels = 17``.
-    """
-
-    levels: int = 256
-    low: float = -1.0
-    high: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_positive_int("levels", self.levels)
-        if not self.high > self.low:
-            raise ValueError(f"the model range must have high > low, got [{self.low}, {self.high}]")
-
-    def to_model(self, y: Tensor) -> Tensor:
-        """Dequantised data in ``[0, levels)`` -> model range ``[low, high)``."""
-        return self.low + (self.high - self.low) * y / self.levels
-
-    def log_det_per_dim(self) -> float:
-        r""":math:`\log((b - a)/K)`: the log-Jacobian of :meth:`to_model` per dimension (nats)."""
-        return math.log((self.high - self.low) / self.levels)
 
 
 @dataclass

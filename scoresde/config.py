@@ -1,0 +1,320 @@
+"""Typed run configs: frozen dataclasses per concern, composed into :class:`RunConfig`, with named presets.
+
+Every field is validated when a config is built (an invalid value names its field); configs load from
+and save to YAML or TOML, and ``override(config, "train.lr=1e-3", ...)`` changes fields one by one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._checks import check_in_registry
+from .losses import WEIGHTINGS
+from .models.parameterization import PARAMETERIZATIONS
+from .models.registry import models
+from .sde import SDE, SubVPSDE, VESDE, VPSDE
+
+__all__ = ["SDEConfig", "ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "preset", "presets", "register_preset",
+           "override", "load_config", "save_config", "config_from_dict", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """An invalid config field or value; the message names the field."""
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid config field {name!r}: {message}")
+
+
+SDE_NAMES = ("vp", "subvp", "ve")
+
+
+@dataclass(frozen=True)
+class SDEConfig:
+    """The forward SDE: ``name`` ``vp`` (``schedule`` linear | cosine), ``subvp`` or ``ve``."""
+
+    name: str = "vp"
+    schedule: str = "linear"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    N: int = 1000
+
+    def __post_init__(self) -> None:
+        _require(self.name in SDE_NAMES, "sde.name", f"{self.name!r} is not one of {', '.join(SDE_NAMES)}")
+        _require(self.schedule in VPSDE.SCHEDULES, "sde.schedule", f"{self.schedule!r} is not one of {', '.join(VPSDE.SCHEDULES)}")
+        _require(0 < self.beta_min < self.beta_max, "sde.beta_min", f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+        _require(0 < self.sigma_min < self.sigma_max, "sde.sigma_min", f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        _require(isinstance(self.N, int) and self.N > 0, "sde.N", f"must be a positive integer, got {self.N!r}")
+
+    def build(self) -> SDE:
+        if self.name == "vp":
+            return VPSDE(self.beta_min, self.beta_max, self.N, schedule=self.schedule)
+        if self.name == "subvp":
+            return SubVPSDE(self.beta_min, self.beta_max, self.N)
+        return VESDE(self.sigma_min, self.sigma_max, self.N)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The score network: a registered ``name`` (mlp, ddpm_unet, ncsn), its ``parameterization`` and constructor ``kwargs``."""
+
+    name: str = "mlp"
+    parameterization: str = "eps"
+    kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.name in models(), "model.name", f"{self.name!r} is not one of {', '.join(models())}")
+        _require(self.parameterization in PARAMETERIZATIONS, "model.parameterization",
+                 f"{self.parameterization!r} is not one of {', '.join(PARAMETERIZATIONS)}")
+        _require(isinstance(self.kwargs, dict), "model.kwargs", "must be a mapping of constructor arguments")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data: a 2D toy (``kind="toy"``, an infinite stream) or an image set (``kind="image"``: digits, mnist, cifar10)."""
+
+    kind: str = "toy"
+    name: str = "8gaussians"
+    data_dir: str | None = None
+    split_seed: int = 0
+    low: float = -1.0
+    high: float = 1.0
+    dequantize: bool = True
+
+    def __post_init__(self) -> None:
+        from .datasets import image_datasets, toy_datasets
+
+        _require(self.kind in ("toy", "image"), "data.kind", f"{self.kind!r} is not one of toy, image")
+        valid = toy_datasets() if self.kind == "toy" else image_datasets()
+        _require(self.name in valid, "data.name", f"{self.name!r} is not a {self.kind} data set; valid: {', '.join(valid)}")
+        _require(self.high > self.low, "data.low", f"the model range needs high > low, got [{self.low}, {self.high}]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: AdamW with linear warm-up, gradient clipping, EMA; DSM loss settings; logging cadence."""
+
+    steps: int = 10_000
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    weighting: str = "sigma2"
+    importance_sampling: bool = False
+    n_steps: int | None = None
+    eps: float | None = None
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    eval_every: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"train.{name}", f"must be a positive integer, got {value!r}")
+        for name in ("warmup", "log_every", "checkpoint_every", "eval_every", "seed"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 0, f"train.{name}", f"must be a non-negative integer, got {value!r}")
+        _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a positive number, got {self.lr!r}")
+        _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
+        _require(0 <= self.ema_decay < 1, "train.ema_decay", f"must lie in [0, 1), got {self.ema_decay!r}")
+        _require(self.weighting in WEIGHTINGS, "train.weighting", f"{self.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+        _require(self.n_steps is None or (isinstance(self.n_steps, int) and self.n_steps > 1), "train.n_steps",
+                 f"must be null (continuous time) or an integer > 1, got {self.n_steps!r}")
+        _require(self.eps is None or self.eps > 0, "train.eps", f"must be null or positive, got {self.eps!r}")
+        _require(not self.importance_sampling or self.weighting == "likelihood", "train.importance_sampling",
+                 "applies to weighting 'likelihood' only")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: SDE, model, data and optimisation."""
+
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build a :class:`RunConfig` from nested mappings; an unknown section or field is an error naming it."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections ({', '.join(_SECTIONS)}), got {type(data).__name__}")
+    parts = {}
+    for section, values in data.items():
+        _require(section in _SECTIONS, section, f"unknown section; valid sections are {', '.join(_SECTIONS)}")
+        cls = _SECTION_TYPES[section]
+        names = {f.name for f in dataclasses.fields(cls)}
+        _require(isinstance(values, dict), section, "must be a mapping of fields")
+        for key in values:
+            _require(key in names, f"{section}.{key}", f"unknown field; valid fields are {', '.join(sorted(names))}")
+        try:
+            parts[section] = cls(**_coerce_floats(cls, values))
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid config section {section!r}: {exc}") from None
+    return RunConfig(**parts)
+
+
+def _coerce_floats(cls: type, values: dict) -> dict:
+    """YAML 1.1 reads ``1e-3`` as a string: turn numeric strings into floats for float fields."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for key, value in values.items():
+        if isinstance(value, str) and "float" in kinds[key]:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"invalid config field '{cls.__name__.removesuffix('Config').lower()}.{key}': "
+                                  f"{value!r} is not a number") from None
+    return out
+
+
+_SECTION_TYPES = {"sde": SDEConfig, "model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def override(config: RunConfig, *assignments: str) -> RunConfig:
+    """A copy of ``config`` with ``"section.field=value"`` assignments applied (values parsed as YAML scalars;
+    ``model.kwargs.width=128`` sets one constructor argument)."""
+    data = config.to_dict()
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        path = key.strip().split(".")
+        if not sep or len(path) < 2:
+            raise ConfigError(f"override {assignment!r} must look like section.field=value (e.g. train.lr=1e-3)")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        target = data
+        for part in path[:-1]:
+            _require(isinstance(target, dict) and part in target, key, f"unknown section or field {part!r}")
+            target = target[part]
+        _require(path[0] == "model" and path[1] == "kwargs" or path[-1] in target, key, "unknown field")
+        target[path[-1]] = value
+    return config_from_dict(data)
+
+
+def save_config(config: RunConfig, path: str | Path) -> Path:
+    """Write ``config`` as YAML (``.yaml`` / ``.yml``) or TOML (``.toml``)."""
+    path = Path(path)
+    data = config.to_dict()
+    if path.suffix == ".toml":
+        import tomli_w
+
+        path.write_text(tomli_w.dumps(_drop_none(data)))
+    elif path.suffix in (".yaml", ".yml"):
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    else:
+        raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml")
+    return path
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML or TOML config (unknown or invalid fields raise :class:`ConfigError` naming them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml")
+    except (yaml.YAMLError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    return config_from_dict(data)
+
+
+def _drop_none(data: Any) -> Any:
+    """TOML has no null: absent keys take their defaults (which are the None ones)."""
+    if isinstance(data, dict):
+        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+    return data
+
+
+# ---------------------------------------------------------------------- presets
+_PRESETS: dict[str, dict] = {}
+
+
+def register_preset(name: str, config: dict) -> None:
+    """Make the nested-mapping ``config`` available as preset ``name`` (validated when built)."""
+    if name in _PRESETS:
+        raise ValueError(f"preset {name!r} is already registered")
+    _PRESETS[name] = json.loads(json.dumps(config))
+
+
+def presets() -> list[str]:
+    """Names of the presets."""
+    return sorted(_PRESETS)
+
+
+def preset(name: str) -> RunConfig:
+    """The named preset as a :class:`RunConfig`."""
+    check_in_registry("preset", name, tuple(_PRESETS))
+    return config_from_dict(json.loads(json.dumps(_PRESETS[name])))
+
+
+_TOY_MODEL = {"name": "mlp", "parameterization": "eps", "kwargs": {"dim": 2, "width": 256, "depth": 4, "embedding": "fourier"}}
+_TOY_TRAIN = {"steps": 6000, "batch_size": 1024, "lr": 2e-3, "warmup": 200, "ema_decay": 0.999, "weighting": "likelihood",
+              "importance_sampling": True, "checkpoint_every": 1000}
+register_preset("toy-vp", {"sde": {"name": "vp"}, "model": _TOY_MODEL, "data": {"kind": "toy", "name": "8gaussians"}, "train": _TOY_TRAIN})
+register_preset("toy-ve", {"sde": {"name": "ve", "sigma_min": 0.01, "sigma_max": 10.0}, "model": _TOY_MODEL,
+                           "data": {"kind": "toy", "name": "8gaussians"}, "train": _TOY_TRAIN})
+_DIGITS_UNET = {"in_channels": 1, "image_size": 8, "ch": 64, "ch_mult": [1, 2], "num_res_blocks": 2, "attn_resolutions": [4],
+                "dropout": 0.1, "groups": 16}
+register_preset("digits-ddpm", {"sde": {"name": "vp"}, "model": {"name": "ddpm_unet", "parameterization": "eps", "kwargs": _DIGITS_UNET},
+                                "data": {"kind": "image", "name": "digits"},
+                                "train": {"steps": 4000, "batch_size": 128, "lr": 1e-3, "warmup": 200, "ema_decay": 0.999,
+                                          "weighting": "eps", "checkpoint_every": 500}})
+register_preset("digits-ncsn", {"sde": {"name": "ve", "sigma_min": 0.01, "sigma_max": 20.0},
+                                "model": {"name": "ncsn", "parameterization": "eps", "kwargs": {"in_channels": 1, "image_size": 8, "ch": 32, "groups": 8}},
+                                "data": {"kind": "image", "name": "digits"},
+                                "train": {"steps": 4000, "batch_size": 128, "lr": 1e-3, "warmup": 200, "ema_decay": 0.999,
+                                          "weighting": "sigma2", "checkpoint_every": 500}})
+register_preset("mnist-ddpm", {"sde": {"name": "vp"},
+                               "model": {"name": "ddpm_unet", "parameterization": "eps",
+                                         "kwargs": {"in_channels": 1, "image_size": 28, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 2,
+                                                    "attn_resolutions": [7], "dropout": 0.1, "groups": 8}},
+                               "data": {"kind": "image", "name": "mnist"},
+                               "train": {"steps": 50_000, "batch_size": 128, "lr": 2e-4, "warmup": 1000, "ema_decay": 0.9999,
+                                         "weighting": "eps", "checkpoint_every": 5000}})
+register_preset("cifar10-ddpmpp-small", {"sde": {"name": "vp"},
+                                         "model": {"name": "ddpm_unet", "parameterization": "eps",
+                                                   "kwargs": {"in_channels": 3, "image_size": 32, "ch": 64, "ch_mult": [1, 2, 2], "num_res_blocks": 2,
+                                                              "attn_resolutions": [16], "dropout": 0.1, "groups": 32}},
+                                         "data": {"kind": "image", "name": "cifar10"},
+                                         "train": {"steps": 200_000, "batch_size": 128, "lr": 2e-4, "warmup": 5000, "ema_decay": 0.9999,
+                                                   "weighting": "eps", "checkpoint_every": 10_000}})
+register_preset("cifar10-ddpm", {"sde": {"name": "vp"},
+                                 "model": {"name": "ddpm_unet", "parameterization": "eps",
+                                           "kwargs": {"in_channels": 3, "image_size": 32, "ch": 128, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 2,
+                                                      "attn_resolutions": [16], "dropout": 0.1, "groups": 32}},
+                                 "data": {"kind": "image", "name": "cifar10"},
+                                 "train": {"steps": 800_000, "batch_size": 128, "lr": 2e-4, "warmup": 5000, "ema_decay": 0.9999,
+                                           "weighting": "eps", "checkpoint_every": 10_000}})

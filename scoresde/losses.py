@@ -1,0 +1,120 @@
+r"""Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7), continuous and on the N-step chains.
+
+For :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon` the per-sample loss is
+
+.. math::  \ell(x_0) = \tfrac12\,\lambda(t)\,\big\|s_\theta(x_t, t) + \epsilon/\sigma(t)\big\|^2
+                     = \tfrac12\,\frac{\lambda(t)}{\sigma(t)^2}\,\big\|\sigma s_\theta + \epsilon\big\|^2,
+
+computed from :math:`\sigma s_\theta` (``ScoreModel.scaled_score``) so that no small :math:`\sigma` is
+divided by. Weightings :math:`\lambda`:
+
+- ``"sigma2"``: :math:`\lambda = \sigma^2` (Song et al. 2021's default; NCSN's for VE);
+- ``"likelihood"``: :math:`\lambda = g^2` (Song, Durkan, Murray & Ermon 2021: the loss then bounds the
+  KL, so it trains for likelihood); with ``importance_sampling`` t is drawn uniformly in the log-SNR,
+  density :math:`p(t) \propto g^2/\sigma^2`, and reweighted by :math:`1/((T-\epsilon)p(t))`, which leaves
+  the expectation unchanged and removes most of its variance;
+- ``"eps"``: DDPM's :math:`L_{simple} = \|\hat\epsilon - \epsilon\|^2` (mean over dimensions, no 1/2).
+
+By default t is uniform on ``[eps, T]`` and the loss is an unbiased estimate of
+:math:`\mathbb E_{t \sim U}\,\ell`. With ``n_steps = N`` t is uniform on the N-step chain
+:math:`t_i = eps + (T - eps)(i - 1)/(N - 1)` (DDPM's linear-beta chain for VP, SMLD's geometric
+sigmas for VE): :func:`ddpm_loss` and :func:`smld_loss` are those discrete losses.
+
+Since :math:`\mathbb E\|\sigma s_\theta + \epsilon\|^2 = \sigma^2\mathbb E\|s_\theta - \nabla\log p_t\|^2
++ D - \sigma^2\mathbb E\|\nabla\log p_t\|^2`, the loss at the exact score is its irreducible minimum.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import check_finite, check_in_registry, check_positive_int, expand_to
+from .samplers.base import standard_normal_like
+from .samplers.grids import check_eps
+from .sde import SDE, ScoreFn, check_sde
+
+__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "WEIGHTINGS", "REDUCTIONS"]
+
+WEIGHTINGS = ("sigma2", "likelihood", "eps")
+REDUCTIONS = ("sum", "mean")
+
+
+def _scaled_score(model: ScoreFn, x: Tensor, t: Tensor, sigma: Tensor) -> Tensor:
+    """:math:`\\sigma s_\\theta(x, t)`: the model's own (``scaled_score``) when it has one, else by multiplication."""
+    scaled = getattr(model, "scaled_score", None)
+    return scaled(x, t) if scaled is not None else expand_to(sigma, x) * model(x, t)
+
+
+def _draw_times(sde: SDE, eps: float, B: int, importance: bool, n_steps: int | None, generator, opts) -> tuple[Tensor, Tensor]:
+    """Times ``t [B]`` and per-sample factors multiplying :math:`\\lambda(t)` (1 unless importance sampled)."""
+    if n_steps is not None:
+        i = torch.randint(0, n_steps, (B,), generator=generator, device="cpu").to(opts["device"])
+        return eps + (sde.T - eps) * i.to(opts["dtype"]) / max(n_steps - 1, 1), torch.ones(B, **opts)
+    if not importance:
+        return eps + (sde.T - eps) * torch.rand(B, generator=generator, **opts), torch.ones(B, **opts)
+    lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
+    lam = lam_T + (lam_eps - lam_T) * torch.rand(B, generator=generator, dtype=torch.float64)
+    t = sde.t_from_log_snr(lam).clamp(eps, sde.T).to(**opts)
+    g2 = sde.sde(torch.ones(B, 1, **opts), t)[1] ** 2
+    # 1 / ((T - eps) p(t)) with p(t) = g^2 / (sigma^2 (lam_eps - lam_T))
+    return t, (lam_eps - lam_T) * sde.sigma(t) ** 2 / (g2 * (sde.T - eps))
+
+
+def dsm_loss(
+    model: ScoreFn,
+    sde: SDE,
+    x0: Tensor,
+    *,
+    weighting: str = "sigma2",
+    importance_sampling: bool = False,
+    eps: float | None = None,
+    n_steps: int | None = None,
+    reduce: str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Per-sample denoising score-matching loss ``[B]`` (see the module docstring for the equations).
+
+    Args:
+        model: a score function; a :class:`~scoresde.models.ScoreModel` is used through its
+            ``scaled_score`` (stable at small sigma).
+        x0: data ``[B, ...]`` in the model's range.
+        weighting: ``"sigma2"``, ``"likelihood"`` or ``"eps"``.
+        importance_sampling: draw t uniformly in the log-SNR (``"likelihood"`` weighting only).
+        eps: smallest time (default ``sde.sampling_eps``). n_steps: draw t from the N-step chain.
+        reduce: ``"sum"`` over dimensions (default) or ``"mean"`` (default for ``"eps"``).
+    """
+    check_sde(sde)
+    if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.ndim < 2:
+        raise ValueError(f"x0 must be a floating-point tensor [B, ...] with at least 2 dimensions, got {getattr(x0, 'shape', type(x0).__name__)}")
+    check_finite("x0", x0)
+    check_in_registry("weighting", weighting, WEIGHTINGS)
+    reduce = check_in_registry("reduction", reduce or ("mean" if weighting == "eps" else "sum"), REDUCTIONS)
+    if importance_sampling and (weighting != "likelihood" or n_steps is not None):
+        raise ValueError("importance_sampling applies to the continuous 'likelihood' weighting only")
+    if n_steps is not None:
+        n_steps = check_positive_int("n_steps", n_steps)
+    eps = check_eps(sde, eps)
+    B, opts = x0.shape[0], {"dtype": x0.dtype, "device": x0.device}
+    t, factor = _draw_times(sde, eps, B, importance_sampling, n_steps, generator, opts)
+    alpha, sigma = sde.alpha(t), sde.sigma(t)
+    noise = standard_normal_like(x0, generator)
+    xt = expand_to(alpha, x0) * x0 + expand_to(sigma, x0) * noise
+    residual = (_scaled_score(model, xt, t, sigma) + noise).reshape(B, -1).pow(2)
+    residual = residual.sum(1) if reduce == "sum" else residual.mean(1)
+    if weighting == "eps":
+        return residual
+    if weighting == "sigma2":
+        return 0.5 * residual
+    g2 = sde.sde(torch.ones(B, 1, **opts), t)[1] ** 2
+    return 0.5 * factor * g2 / sigma**2 * residual
+
+
+def ddpm_loss(model: ScoreFn, sde: SDE, x0: Tensor, *, n_steps: int = 1000, generator: torch.Generator | None = None) -> Tensor:
+    r"""DDPM's :math:`L_{simple}` on the N-step chain: :math:`\|\hat\epsilon(x_{t_i}, t_i) - \epsilon\|^2`, i uniform."""
+    return dsm_loss(model, sde, x0, weighting="eps", n_steps=n_steps, generator=generator)
+
+
+def smld_loss(model: ScoreFn, sde: SDE, x0: Tensor, *, n_steps: int = 1000, generator: torch.Generator | None = None) -> Tensor:
+    r"""SMLD / NCSN's loss on the N noise levels: :math:`\tfrac12\sigma_i^2\|s_\theta(x, \sigma_i) + \epsilon/\sigma_i\|^2`, i uniform."""
+    return dsm_loss(model, sde, x0, weighting="sigma2", n_steps=n_steps, generator=generator)

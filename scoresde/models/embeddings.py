@@ -1,0 +1,62 @@
+r"""Time embeddings for score networks.
+
+Sinusoidal (Vaswani et al. 2017; DDPM): :math:`e(t) = [\sin(\omega_k s t), \cos(\omega_k s t)]`,
+:math:`\omega_k = 10000^{-k/(d/2 - 1)}`, with ``s = scale`` (1000 turns continuous t in [0, 1] into
+DDPM's step index). Gaussian Fourier features (Tancik et al. 2020; score_sde's NCSN++):
+:math:`e(t) = [\sin(2\pi W t), \cos(2\pi W t)]`, :math:`W \sim \mathcal N(0, s^2)` fixed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierEmbedding", "TimeMLP"]
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
+    r"""``[B, dim]`` features :math:`[\sin(\omega_k s t), \cos(\omega_k s t)]` of times ``t [B]`` (zero-padded to odd ``dim``)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / max(half - 1, 1))
+    args = scale * t[:, None] * freqs[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return nn.functional.pad(emb, (0, dim % 2))
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Module form of :func:`sinusoidal_embedding`."""
+
+    def __init__(self, dim: int, scale: float = 1000.0) -> None:
+        super().__init__()
+        self.dim, self.scale = dim, scale
+
+    def forward(self, t: Tensor) -> Tensor:
+        return sinusoidal_embedding(t, self.dim, self.scale)
+
+
+class GaussianFourierEmbedding(nn.Module):
+    r"""Random Fourier features :math:`[\sin 2\pi W t, \cos 2\pi W t]` with fixed :math:`W \sim \mathcal N(0, s^2)`
+    (a buffer: saved with the model, never trained)."""
+
+    def __init__(self, dim: int, scale: float = 16.0, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("W", torch.randn(dim // 2, generator=g) * scale)
+
+    def forward(self, t: Tensor) -> Tensor:
+        args = 2 * math.pi * t[:, None] * self.W[None].to(t.dtype)
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class TimeMLP(nn.Module):
+    """Embedding followed by DDPM's two-layer MLP (Linear, SiLU, Linear): ``t [B] -> [B, out_dim]``."""
+
+    def __init__(self, embedding: nn.Module, emb_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.mlp = nn.Sequential(nn.Linear(emb_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(self.embedding(t).to(self.mlp[0].weight.dtype))

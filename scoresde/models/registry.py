@@ -1,0 +1,36 @@
+"""Score-network registry: ``@register_model(name)`` on a class; :func:`create_model` builds one by name."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .._checks import check_in_registry
+
+__all__ = ["register_model", "create_model", "models"]
+
+_MODELS: dict[str, type[nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a score network available to :func:`create_model` and configs as ``name``."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = cls
+        return cls
+
+    return wrap
+
+
+def models() -> list[str]:
+    """Names of the registered score networks."""
+    return sorted(_MODELS)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build the registered network ``name`` with keyword arguments (its constructor's)."""
+    check_in_registry("model", name, tuple(_MODELS))
+    return _MODELS[name](**kwargs)

@@ -1,0 +1,424 @@
+"""Training: a trainer that never loses work, on one process or many (torchrun / DDP).
+
+- AdamW with linear learning-rate warm-up, gradient-norm clipping, an EMA of the weights (the EMA model
+  is the one evaluated, sampled and returned), periodic evaluation hooks, a progress bar with the running
+  loss, CSV logging (and TensorBoard when it is installed).
+- Deterministic: every step's randomness (data draws, dequantisation, t, noise, dropout) comes from a
+  generator seeded by ``(seed, rank, step)``, so a run is a function of its config and nothing else.
+- Checkpoints (``checkpoint.safetensors``) hold model, EMA, optimiser state, step and the full config;
+  they are written atomically (temporary file, fsync, rename) and loaded with safetensors, which stores
+  tensors and JSON text only: a checkpoint cannot run code. Resume is exact: 100 + 100 steps with a
+  restart give the same weights as 200 in one run.
+- SIGINT / SIGTERM finish the current step, save a checkpoint and return (``interrupted=True``). A
+  non-finite loss stops training with :class:`TrainingDiverged`, keeping the last good checkpoint.
+- Under torchrun (``torchrun --nproc_per_node=K``) the network is wrapped in DDP (gloo on CPU, NCCL on
+  GPU), finite data sets are split with ``DistributedSampler``, and only rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .config import RunConfig, config_from_dict
+from .datasets import DataTransform, image_dataset, toy_dataset
+from .losses import dsm_loss
+from .models import ScoreModel, create_model
+from .sde import SDE
+
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "EMA", "save_checkpoint", "load_checkpoint", "CheckpointError",
+           "build_model", "DataStream", "init_distributed"]
+
+CHECKPOINT = "checkpoint.safetensors"
+FORMAT = "scoresde-checkpoint-1"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; the last good checkpoint is kept."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or from a different run."""
+
+
+def build_model(config: RunConfig, sde: SDE, device: torch.device | str = "cpu") -> ScoreModel:
+    """The score model of ``config`` (network initialised from ``train.seed``), on ``device``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        net = create_model(config.model.name, **config.model.kwargs)
+    return ScoreModel(net.to(device), sde, config.model.parameterization)
+
+
+class EMA:
+    r"""Exponential moving average of parameters and buffers, :math:`\bar\theta \leftarrow d\,\bar\theta + (1 - d)\theta`,
+    with the warm-up :math:`d_k = \min(d, (1 + k)/(10 + k))` so early averages are not dominated by the initialisation."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for ema, p in zip(self.model.parameters(), model.parameters()):
+            ema.lerp_(p.detach(), 1 - d)
+        for ema, b in zip(self.model.buffers(), model.buffers()):
+            ema.copy_(b)
+
+
+def init_distributed(device: torch.device | str) -> tuple[int, int]:
+    """``(rank, world_size)``: joins the torchrun process group (gloo on CPU, NCCL on CUDA) when launched by torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The generator of one step on one process: a function of ``(seed, rank, step)`` only."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1))
+
+
+class DataStream:
+    """Batches of model-range data for step ``k``: a deterministic function of ``(seed, rank, k)``.
+
+    Toys are infinite streams; image sets are finite, split across processes by ``DistributedSampler``
+    (reshuffled each epoch from the seed), dequantised uniformly and scaled by the :class:`DataTransform`."""
+
+    def __init__(self, config: RunConfig, rank: int, world: int, device: torch.device) -> None:
+        self.cfg, self.rank, self.world, self.device = config, rank, world, device
+        batch = config.train.batch_size
+        if batch % world:
+            raise ValueError(f"train.batch_size {batch} must be divisible by the number of processes {world}")
+        self.local_batch = batch // world
+        data = config.data
+        self.transform: DataTransform | None = None
+        if data.kind == "toy":
+            self.toy = toy_dataset(data.name)
+            self.shape = (2,)
+        else:
+            images = image_dataset(data.name, "train", data.data_dir, data.split_seed)
+            self.images = images.x
+            self.shape = images.shape
+            self.transform = images.transform(data.low, data.high)
+            from torch.utils.data import DistributedSampler
+
+            self.sampler = DistributedSampler(range(len(images)), num_replicas=world, rank=rank, shuffle=True,
+                                              seed=config.train.seed, drop_last=True)
+            self.per_epoch = len(self.sampler) // self.local_batch
+            if self.per_epoch == 0:
+                raise ValueError(f"{data.name}: {len(images)} images are fewer than one batch per process ({self.local_batch})")
+            self._epoch, self._order = -1, None
+
+    def batch(self, step: int, generator: torch.Generator) -> Tensor:
+        if self.transform is None:
+            return self.toy.sample(self.local_batch, generator).to(self.device)
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch, self._order = epoch, torch.tensor(list(self.sampler))
+        idx = self._order[k * self.local_batch : (k + 1) * self.local_batch]
+        x = self.images[idx]
+        x = self.transform.dequantize(x, generator) if self.cfg.data.dequantize else self.transform.to_model(x + 0.5)
+        return x.to(self.device)
+
+
+@dataclass
+class TrainResult:
+    """What a call to :meth:`Trainer.train` did: steps reached, last logged loss, wall time, throughput."""
+
+    step: int
+    loss: float
+    seconds: float
+    steps_per_second: float
+    interrupted: bool = False
+    checkpoint: str | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("step", "loss", "seconds", "steps_per_second", "interrupted", "checkpoint")}
+
+
+class Trainer:
+    """Train the score model of ``config`` into ``out_dir`` (checkpoint, config.yaml, metrics.csv).
+
+    Args:
+        config: the run (see :mod:`scoresde.config`).
+        out_dir: where checkpoints and logs go; an existing checkpoint there is resumed when ``resume``.
+        device: where to train. progress: show a progress bar (rank 0).
+        eval_fn: ``eval_fn(trainer, step) -> dict`` called every ``train.eval_every`` steps (rank 0, EMA model);
+            its figures go to ``evals.csv`` and :attr:`evals`.
+    """
+
+    def __init__(self, config: RunConfig, out_dir: str | Path, *, device: torch.device | str = "cpu", progress: bool = True,
+                 resume: bool = True, eval_fn: Callable[["Trainer", int], dict] | None = None) -> None:
+        self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
+        self.rank, self.world = init_distributed(self.device)
+        self.progress, self.eval_fn = progress, eval_fn
+        self.sde = config.sde.build()
+        self.model = build_model(config, self.sde, self.device)
+        self.ema = EMA(self.model, config.train.ema_decay)
+        tc = config.train
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.data = DataStream(config, self.rank, self.world, self.device)
+        self.step = 0
+        self.evals: list[dict] = []
+        self._stop = False
+        if resume and (self.out_dir / CHECKPOINT).is_file():
+            self._restore(self.out_dir / CHECKPOINT)
+        self._train_model = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(self.model.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self._train_model = ScoreModel(net, self.sde, config.model.parameterization)
+
+    # ------------------------------------------------------------------ public
+    @property
+    def score_fn(self) -> ScoreModel:
+        """The EMA model as a score function (eval mode)."""
+        return self.ema.model
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def train(self, steps: int | None = None) -> TrainResult:
+        """Train up to step ``steps`` (default ``train.steps``); returns early, after a checkpoint, on SIGINT / SIGTERM."""
+        tc = self.config.train
+        target = tc.steps if steps is None else min(int(steps), tc.steps)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            from .config import save_config
+
+            save_config(self.config, self.out_dir / "config.yaml")
+        restore = self._install_signal_handlers()
+        start, start_step, history, running = time.perf_counter(), self.step, [], []
+        bar = tqdm(total=target, initial=self.step, desc="train", disable=not (self.progress and self.is_main), dynamic_ncols=True)
+        last_loss = float("nan")
+        try:
+            while self.step < target and not self._stop:
+                loss = self._train_step()
+                running.append(loss)
+                self.step += 1
+                bar.update(1)
+                if tc.log_every and (self.step % tc.log_every == 0 or self.step == target):
+                    last_loss = sum(running) / len(running)
+                    row = {"step": self.step, "loss": last_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                           "seconds": time.perf_counter() - start}
+                    history.append(row)
+                    running = []
+                    bar.set_postfix(loss=f"{last_loss:.4g}")
+                    self._log(row)
+                if tc.eval_every and self.step % tc.eval_every == 0 and self.eval_fn is not None and self.is_main:
+                    self._evaluate()
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+            restore()
+        if running:
+            last_loss = sum(running) / len(running)
+        path = self.save()
+        seconds = time.perf_counter() - start
+        done = self.step - start_step
+        return TrainResult(step=self.step, loss=last_loss, seconds=seconds, steps_per_second=done / seconds if seconds > 0 else 0.0,
+                           interrupted=self._stop, checkpoint=str(path) if path else None, history=history)
+
+    def save(self) -> Path | None:
+        """Write the checkpoint (rank 0 only; atomic)."""
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.out_dir / CHECKPOINT, self.model, self.ema.model, self.optimizer, self.step, self.config)
+
+    # ------------------------------------------------------------------ internals
+    def _train_step(self) -> float:
+        tc = self.config.train
+        generator = _step_generator(tc.seed, self.rank, self.step)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))  # dropout
+        for group in self.optimizer.param_groups:
+            group["lr"] = tc.lr * min(1.0, (self.step + 1) / tc.warmup) if tc.warmup else tc.lr
+        self.model.train()
+        x0 = self.data.batch(self.step, generator)
+        loss = dsm_loss(self._train_model, self.sde, x0, weighting=tc.weighting, importance_sampling=tc.importance_sampling,
+                        eps=tc.eps, n_steps=tc.n_steps, generator=generator).mean()
+        if not torch.isfinite(loss):
+            last = self.out_dir / CHECKPOINT
+            kept = f"the last good checkpoint {last} (step {_checkpoint_step(last)}) is kept" if last.is_file() else "no checkpoint was written"
+            raise TrainingDiverged(f"the loss became {float(loss)} at step {self.step}; {kept}; lower train.lr, "
+                                   f"raise train.warmup or set train.grad_clip")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.model, self.step)
+        return float(loss.detach())
+
+    def _evaluate(self) -> None:
+        figures = {"step": self.step, **self.eval_fn(self, self.step)}
+        self.evals.append(figures)
+        _append_csv(self.out_dir / "evals.csv", figures)
+
+    def _log(self, row: dict) -> None:
+        if not self.is_main:
+            return
+        _append_csv(self.out_dir / "metrics.csv", row)
+        writer = self._tensorboard()
+        if writer is not None:
+            for k, v in row.items():
+                if k != "step":
+                    writer.add_scalar(k, v, row["step"])
+
+    def _tensorboard(self):
+        if not hasattr(self, "_tb"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed: CSV only
+                self._tb = None
+        return self._tb
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path, device=self.device)
+        if state["config"] != self.config:
+            ours, theirs = self.config.to_dict(), state["config"].to_dict()
+            diff = [f"{s}.{k}" for s in ours for k in ours[s] if ours[s][k] != theirs[s].get(k)]
+            raise CheckpointError(f"{path} was written by a run with a different config ({', '.join(diff)}); "
+                                  f"use another out_dir or resume=False (--no-resume)")
+        self.model.load_state_dict(state["model"])
+        self.ema.model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            self._stop = True
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._stop = False
+        return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+# ---------------------------------------------------------------------- checkpoint I/O
+def save_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                    config: RunConfig) -> Path:
+    """Write model, EMA, optimiser state, step and config to one safetensors file, atomically: a temporary
+    file in the same directory is written, flushed to disk and renamed over ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()})
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    metadata = {"format": FORMAT, "step": str(int(step)), "config": json.dumps(config.to_dict()),
+                "param_groups": json.dumps(opt["param_groups"])}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _checkpoint_step(path: Path) -> str:
+    try:
+        return str(load_checkpoint(path)["step"])
+    except CheckpointError:
+        return "?"
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint safely (safetensors: tensors and JSON text, no code): a dict with ``model``, ``ema``,
+    ``optimizer`` state dicts, ``step`` and ``config`` (a :class:`RunConfig`)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train first (scoresde train) or pass the run's directory")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as fh:
+            metadata = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); it may be truncated "
+                              f"or not a scoresde checkpoint") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a scoresde checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    try:
+        config = config_from_dict(json.loads(metadata["config"]))
+        param_groups = json.loads(metadata["param_groups"])
+        step = int(metadata["step"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} has corrupt metadata ({exc})") from None
+    out = {"model": {}, "ema": {}, "step": step, "config": config}
+    optim_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        kind, _, rest = key.partition(".")
+        if kind in ("model", "ema"):
+            out[kind][rest] = value
+        elif kind == "optim":
+            index, _, name = rest.partition(".")
+            optim_state.setdefault(int(index), {})[name] = value
+    out["optimizer"] = {"state": optim_state, "param_groups": param_groups}
+    return out
+
+
+def load_score_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ScoreModel, RunConfig, int]:
+    """The EMA score model of a checkpoint (eval mode), its config and its step."""
+    state = load_checkpoint(path, device)
+    config = state["config"]
+    model = build_model(config, config.sde.build(), device)
+    model.load_state_dict(state["ema"])
+    return model.eval(), config, state["step"]
+
+
+__all__.append("load_score_model")
