@@ -265,7 +265,7 @@ class Trainer:
         if not torch.isfinite(loss):
             last = self.out_dir / CHECKPOINT
             kept = f"the last good checkpoint {last} (step {_checkpoint_step(last)}) is kept" if last.is_file() else "no checkpoint was written"
-            raise TrainingDiverged(f"the loss became {float(loss)} at step {self.step}; {kept}; lower train.lr, "
+            raise TrainingDiverged(f"the loss became {float(loss.detach())} at step {self.step}; {kept}; lower train.lr, "
                                    f"raise train.warmup or set train.grad_clip")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
