@@ -4,8 +4,10 @@ The public API lives here; module layout behind it may change, these names may n
 """
 
 from .analytic import GaussianMixture, MixtureScore, entropy_by_quadrature
-from .datasets import ToyDataset, register_toy, toy_dataset, toy_datasets
-from .likelihood import BitsPerDimResult, DataTransform, ELBOResult, LikelihoodResult, bits_per_dim, ddpm_bound, elbo, log_likelihood
+from .config import ConfigError, DataConfig, ModelConfig, RunConfig, SDEConfig, TrainConfig, load_config, override, preset, presets, save_config
+from .datasets import DataTransform, ImageDataset, ToyDataset, image_dataset, image_datasets, register_toy, toy_dataset, toy_datasets
+from .likelihood import BitsPerDimResult, ELBOResult, LikelihoodResult, bits_per_dim, ddpm_bound, elbo, log_likelihood
+from .losses import ddpm_loss, dsm_loss, smld_loss
 from .metrics import energy_distance, mmd, sliced_wasserstein
 from .samplers import (
     SampleResult,
@@ -19,11 +21,17 @@ from .samplers import (
     samplers,
     time_grid,
 )
+from .models import NCSN, DDPMUNet, ScoreMLP, ScoreModel, create_model, models, register_model
 from .sde import SDE, ReverseSDE, ScoreFn, SubVPSDE, VESDE, VPSDE, evaluate_score
+from .training import CheckpointError, Trainer, TrainingDiverged, TrainResult, load_checkpoint, load_score_model, save_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "SDEConfig", "TrainConfig", "load_config", "override", "preset",
+    "presets", "save_config", "ImageDataset", "image_dataset", "image_datasets", "ddpm_loss", "dsm_loss", "smld_loss",
+    "NCSN", "DDPMUNet", "ScoreMLP", "ScoreModel", "create_model", "models", "register_model", "CheckpointError", "Trainer",
+    "TrainingDiverged", "TrainResult", "load_checkpoint", "load_score_model", "save_checkpoint",
     "SDE",
     "VPSDE",
     "SubVPSDE",

@@ -35,6 +35,7 @@ def _require(ok: bool, name: str, message: str) -> None:
 
 
 SDE_NAMES = ("vp", "subvp", "ve")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation: AdamW with linear warm-up, gradient clipping, EMA; DSM loss settings; logging cadence."""
+    """Optimisation: AdamW with linear warm-up then a constant or cosine (to 0 at ``steps``) learning rate,
+    gradient clipping, EMA; DSM loss settings; logging cadence."""
 
     steps: int = 10_000
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup: int = 200
+    lr_schedule: str = "constant"
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     weighting: str = "sigma2"
@@ -128,6 +131,7 @@ class TrainConfig:
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 0, f"train.{name}", f"must be a non-negative integer, got {value!r}")
         _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a positive number, got {self.lr!r}")
+        _require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"{self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
         _require(0 <= self.ema_decay < 1, "train.ema_decay", f"must lie in [0, 1), got {self.ema_decay!r}")

@@ -43,6 +43,8 @@ __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "EMA", "save_checkpoint
            "build_model", "DataStream", "init_distributed"]
 
 CHECKPOINT = "checkpoint.safetensors"
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every", "data.data_dir")
+"""Fields a resumed run may change (train longer, log differently, data moved); any other change is refused."""
 FORMAT = "scoresde-checkpoint-1"
 
 
@@ -92,6 +94,15 @@ def init_distributed(device: torch.device | str) -> tuple[int, int]:
         dist.init_process_group(backend)
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def learning_rate(tc, step: int) -> float:
+    r"""Linear warm-up over ``warmup`` steps, then constant or cosine :math:`\tfrac12(1 + \cos(\pi k/K))` to 0 at ``steps``."""
+    warm = min(1.0, (step + 1) / tc.warmup) if tc.warmup else 1.0
+    if tc.lr_schedule == "cosine" and step >= tc.warmup:
+        progress = (step - tc.warmup) / max(tc.steps - tc.warmup, 1)
+        return tc.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return tc.lr * warm
 
 
 def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -257,7 +268,7 @@ class Trainer:
         generator = _step_generator(tc.seed, self.rank, self.step)
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))  # dropout
         for group in self.optimizer.param_groups:
-            group["lr"] = tc.lr * min(1.0, (self.step + 1) / tc.warmup) if tc.warmup else tc.lr
+            group["lr"] = learning_rate(tc, self.step)
         self.model.train()
         x0 = self.data.batch(self.step, generator)
         loss = dsm_loss(self._train_model, self.sde, x0, weighting=tc.weighting, importance_sampling=tc.importance_sampling,
@@ -302,9 +313,9 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path, device=self.device)
-        if state["config"] != self.config:
-            ours, theirs = self.config.to_dict(), state["config"].to_dict()
-            diff = [f"{s}.{k}" for s in ours for k in ours[s] if ours[s][k] != theirs[s].get(k)]
+        ours, theirs = self.config.to_dict(), state["config"].to_dict()
+        diff = [f"{s}.{k}" for s in ours for k in ours[s] if ours[s][k] != theirs[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES]
+        if diff:
             raise CheckpointError(f"{path} was written by a run with a different config ({', '.join(diff)}); "
                                   f"use another out_dir or resume=False (--no-resume)")
         self.model.load_state_dict(state["model"])

@@ -45,3 +45,23 @@ def test_list_names_every_registry(capsys):
     assert "dpm_solver" in listing["samplers"] and "langevin" in listing["correctors"]
     assert "ancestral_sampling" in listing["predictors"] and "log_snr" in listing["time_grids"]
     assert "gmm" in listing["toy_datasets"] and "ve" in listing["sdes"]
+
+
+def test_train_writes_a_run_folder_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--set", "model.kwargs.width=16", "--set", "model.kwargs.depth=1", "--set", "train.batch_size=32",
+            "--json"]
+    assert main(args + ["--steps", "6"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["step"] == 6 and {p.name for p in out.iterdir()} == {"checkpoint.safetensors", "config.yaml", "metrics.csv"}
+    assert main(args + ["--steps", "9"]) == 0  # resumes from step 6: a longer run is allowed
+    assert json.loads(capsys.readouterr().out)["step"] == 9
+
+
+def test_train_user_errors_are_one_line(tmp_path):
+    for extra, message in [(["--set", "train.lr=-1"], "invalid config field 'train.lr'"),
+                           (["--preset", "mnist-ddpm"], "MNIST needs --data-dir"),
+                           (["--preset", "nope"], "unknown preset 'nope'; valid names are: cifar10-ddpm")]:
+        proc = subprocess.run([sys.executable, "-m", "scoresde", "train", "--out", str(tmp_path / "o"), *extra], capture_output=True, text=True)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr

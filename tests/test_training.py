@@ -178,10 +178,15 @@ def test_two_process_ddp_training_keeps_identical_weights(tmp_path, preset_name,
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(out),
-                           preset_name, *extra], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("MAXDIFF"))
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(out),
+                             preset_name, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:  # never leave workers behind, even on a hang
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr[-3000:]
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("MAXDIFF"))
     assert float(line.split()[1]) == 0.0
     assert load_checkpoint(out)["step"] == int(line.split()[3])
     names = sorted(p.name for p in out.iterdir())
