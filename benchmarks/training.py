@@ -11,7 +11,7 @@ bits/dim, and training throughput of every preset on this machine.
 3. Throughput: training steps per second of every preset (MNIST / CIFAR-10 on random files in their
    formats, which cost the same per step as the real ones).
 
-Usage: python benchmarks/training.py [--out benchmarks/results] [--quick] [--skip-digits] [--threads 2]
+Usage: python benchmarks/training.py [--out benchmarks/results] [--quick] [--parts toys,digits,throughput] [--threads 2]
 Writes training.json, training.md, training_toys.png and digits_samples.png.
 """
 
@@ -71,7 +71,7 @@ def digits_run(out: Path, quick: bool) -> dict:
     cfg = override(preset("digits-ddpm"), "train.checkpoint_every=0", "train.log_every=100")
     if quick:
         cfg = override(cfg, "train.steps=50")
-    trainer = Trainer(cfg, out / "digits-ddpm", progress=True, resume=False)
+    trainer = Trainer(cfg, out / "training_runs" / "digits-ddpm", progress=True, resume=False)
     result = trainer.train()
     print(f"digits-ddpm: {result.step} steps in {result.seconds / 60:.1f} min, final loss {result.loss:.4f}", flush=True)
     model = trainer.score_fn
@@ -138,7 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--parts", default="toys,digits,throughput", help="comma-separated subset of toys, digits, throughput")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--evals", type=int, default=6)
     args = parser.parse_args()
@@ -146,16 +146,27 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "training_runs"
-    report = {"threads": args.threads, "quick": args.quick, "toys": {}}
+    parts = set(args.parts.split(","))
+    report_path = out / "training.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}  # parts not rerun keep their figures
+    report.update({"threads": args.threads, "quick": args.quick})
     targets = {"8gaussians": 0.02, "checkerboard": 0.15}
-    for name in targets:
-        report["toys"][name] = toy_run(name, 180.0, 2 if args.quick else args.evals, runs, args.quick)
-        report["toys"][name]["target_nats"] = targets[name]
-    if not args.skip_digits:
+    if "toys" in parts:
+        report["toys"] = {}
+        for name in targets:
+            report["toys"][name] = toy_run(name, 180.0, 2 if args.quick else args.evals, runs, args.quick)
+            report["toys"][name]["target_nats"] = targets[name]
+    if "digits" in parts:
         report["digits"] = digits_run(out, args.quick)
-    report["throughput"] = throughput(out, 3 if args.quick else 20)
+    if "throughput" in parts:
+        report["throughput"] = throughput(out, 3 if args.quick else 20)
+    report_path.write_text(json.dumps(report, indent=2))
+    write_report(report, targets, out)
+
+
+def write_report(report: dict, targets: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, run in report["toys"].items():
+    for name, run in report.get("toys", {}).items():
         curve = run["curve"]
         ax.errorbar([p["train_seconds"] for p in curve], [p["gap_nats"] for p in curve], yerr=[2 * p["standard_error"] for p in curve],
                     marker="o", capsize=3, label=f"{name} (target {targets[name]})")
@@ -169,7 +180,7 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out / "training_toys.png", dpi=110)
     lines = ["| toy (toy-vp) | steps | training time (s) | NLL gap (nats) | standard error | target |", "|---|---|---|---|---|---|"]
-    for name, run in report["toys"].items():
+    for name, run in report.get("toys", {}).items():
         f = run["final"]
         lines.append(f"| {name} | {f['step']} | {f['train_seconds']:.0f} | {f['gap_nats']:+.4f} | {f['standard_error']:.4f} | {targets[name]} |")
     if "digits" in report:
@@ -179,8 +190,7 @@ def main() -> None:
                   f"| test bits/dim (continuous ELBO) | {d['test_elbo_bits_per_dim']['bpd']:.4f} +- {d['test_elbo_bits_per_dim']['bpd_standard_error']:.4f} |"]
     lines += ["", "| preset | steps/s | batch | samples/s | parameters |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {r['steps_per_second']:.2f} | {r['batch_size']} | {r['samples_per_second']:.0f} | {r['parameters'] / 1e6:.2f}M |"
-              for k, r in report["throughput"].items()]
-    (out / "training.json").write_text(json.dumps(report, indent=2))
+              for k, r in report.get("throughput", {}).items()]
     (out / "training.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -7,7 +7,7 @@ the argument, the offending value and what was expected, as torchsde's ``check_c
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -73,6 +73,18 @@ def check_in_registry(kind: str, name: str, valid: Sequence[str]) -> str:
         listing = ", ".join(sorted(valid))
         raise ValueError(f"unknown {kind} {name!r}; valid names are: {listing}")
     return name
+
+
+def registering(kind: str, table: dict, name: str) -> Callable:
+    """A decorator that adds its argument to ``table`` under ``name`` (refusing a second ``name``)."""
+
+    def add(obj):
+        if name in table:
+            raise ValueError(f"a {kind} named {name!r} is already registered")
+        table[name] = obj
+        return obj
+
+    return add
 
 
 def expand_to(v: Tensor, x: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_in_registry
+from .._checks import check_in_registry, registering
 from .scalers import DataTransform
 
 __all__ = ["ImageDataset", "image_dataset", "image_datasets", "register_image_dataset", "SPLITS"]
@@ -57,11 +57,7 @@ class ImageDataset:
 def register_image_dataset(name: str):
     """Decorator: ``loader(split, data_dir, seed) -> ImageDataset`` available as ``name``."""
 
-    def wrap(fn):
-        _LOADERS[name] = fn
-        return fn
-
-    return wrap
+    return registering("image data set", _LOADERS, name)
 
 
 def image_datasets() -> list[str]:

@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch import nn
 
-from .._checks import check_in_registry
+from .._checks import check_in_registry, registering
 
 __all__ = ["register_model", "create_model", "models"]
 
@@ -16,13 +16,7 @@ _MODELS: dict[str, type[nn.Module]] = {}
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make a score network available to :func:`create_model` and configs as ``name``."""
 
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = cls
-        return cls
-
-    return wrap
+    return registering("model", _MODELS, name)
 
 
 def models() -> list[str]:
