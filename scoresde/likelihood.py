@@ -437,6 +437,7 @@ def elbo(
     n_times: int = 64,
     eps: float | None = None,
     time_sampling: str = "uniform",
+    divergence: str = "exact",
     generator: torch.Generator | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     n_prior_draws: int = 16,
@@ -453,7 +454,8 @@ def elbo(
     denoising form's :math:`1/\sigma` terms into :math:`\nabla\cdot s`) has no singularity at ``eps``.
     The time integral is estimated with ``n_times`` stratified draws per sample (one :math:`x_t` each),
     ``time_sampling="uniform"`` in t or ``"log_snr"`` (importance sampling, uniform in the log-SNR: density
-    :math:`\propto g^2/\sigma^2`, weights :math:`1/p(t)`); the divergence is exact (autograd, small ``D``).
+    :math:`\propto g^2/\sigma^2`, weights :math:`1/p(t)`); the divergence is ``"exact"`` (``D`` vector-Jacobian
+    products: small ``D``) or ``"hutchinson"`` (one Rademacher probe per draw: unbiased, for images).
     With the exact score and :math:`\pi = p_T` the bound is tight: it equals :math:`-\log p_{eps}(x)`.
     ``prior_logp`` replaces the SDE's Gaussian prior (then :math:`\mathbb E\log\pi(x_T)` is estimated
     with ``n_prior_draws`` draws; for the Gaussian prior it is closed-form).
@@ -463,6 +465,7 @@ def elbo(
     n_times = check_positive_int("n_times", n_times)
     eps = check_eps(sde, eps)
     check_in_registry("time sampling", time_sampling, TIME_SAMPLINGS)
+    check_in_registry("divergence", divergence, DIVERGENCES)
     score = CountingScore(score_fn)
     B, dim = x.shape[0], x[0].numel()
     opts = {"dtype": x.dtype, "device": x.device}
@@ -471,9 +474,10 @@ def elbo(
     for t, weight in _time_draws(sde, eps, n_times, time_sampling, generator, B, opts):
         a, s = sde.transition(t, torch.full_like(t, eps))
         xt = (expand_to(a, x) * x + expand_to(s, x) * standard_normal_like(x, generator)).requires_grad_(True)
+        probes = _draw_probes("rademacher", 1, x, generator) if divergence == "hutchinson" else None
         with torch.enable_grad():
             s_theta = score(xt, t)
-            div = exact_divergence(s_theta, xt)
+            div = _divergence_fn(divergence, probes)(s_theta, xt)
         flat = s_theta.reshape(B, -1)
         f, g = sde.sde(torch.ones(B, 1, **opts), t)
         values.append(0.5 * (g**2 * (flat.detach().pow(2).sum(1) + 2 * div.detach()) - 2 * dim * f[:, 0]) * weight)
@@ -481,7 +485,7 @@ def elbo(
     bound = prior_term + values.mean(0)
     se = values.std(0) / math.sqrt(n_times) if n_times > 1 else torch.full_like(bound, float("nan"))
     settings = {"n_times": n_times, "eps": eps, "prior": "custom" if prior_logp else "sde",
-                "time_sampling": f"stratified {time_sampling}"}
+                "time_sampling": f"stratified {time_sampling}", "divergence": divergence}
     return _elbo_result(bound, se, prior_term, score.calls, settings)
 
 

@@ -5,7 +5,7 @@
   loss, CSV logging (and TensorBoard when it is installed).
 - Deterministic: every step's randomness (data draws, dequantisation, t, noise, dropout) comes from a
   generator seeded by ``(seed, rank, step)``, so a run is a function of its config and nothing else.
-- Checkpoints (``checkpoint.safetensors``) hold model, EMA, optimiser state, step and the full config;
+- Checkpoints (``checkpoint.safetensors``) hold model, EMA, optimiser state, step, torch's RNG state and the full config;
   they are written atomically (temporary file, fsync, rename) and loaded with safetensors, which stores
   tensors and JSON text only: a checkpoint cannot run code. Resume is exact: 100 + 100 steps with a
   restart give the same weights as 200 in one run.
@@ -40,7 +40,7 @@ from .models import ScoreModel, create_model
 from .sde import SDE
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "EMA", "save_checkpoint", "load_checkpoint", "CheckpointError",
-           "build_model", "DataStream", "init_distributed"]
+           "build_model", "DataStream", "init_distributed", "load_score_model", "learning_rate"]
 
 CHECKPOINT = "checkpoint.safetensors"
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every", "data.data_dir")
@@ -322,6 +322,8 @@ class Trainer:
         self.ema.model.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
+        if state["rng"] is not None:
+            torch.set_rng_state(state["rng"].cpu())
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -332,7 +334,12 @@ class Trainer:
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         self._stop = False
-        return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
 
 
 def _append_csv(path: Path, row: dict) -> None:
@@ -359,6 +366,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module, optimize
     for index, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    tensors["rng.torch"] = torch.get_rng_state()  # each step reseeds from (seed, rank, step); kept for code around the trainer
     metadata = {"format": FORMAT, "step": str(int(step)), "config": json.dumps(config.to_dict()),
                 "param_groups": json.dumps(opt["param_groups"])}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -410,7 +418,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         step = int(metadata["step"])
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path} has corrupt metadata ({exc})") from None
-    out = {"model": {}, "ema": {}, "step": step, "config": config}
+    out = {"model": {}, "ema": {}, "step": step, "config": config, "rng": tensors.get("rng.torch")}
     optim_state: dict[int, dict] = {}
     for key, value in tensors.items():
         kind, _, rest = key.partition(".")
@@ -431,5 +439,3 @@ def load_score_model(path: str | Path, device: torch.device | str = "cpu") -> tu
     model.load_state_dict(state["ema"])
     return model.eval(), config, state["step"]
 
-
-__all__.append("load_score_model")
