@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._checks import check_in_registry, expand_to
+from .._checks import check_in_registry, expand_to, registering
 from ..sde import SDE, ScoreFn, evaluate_score
 
 __all__ = ["SampleResult", "CountingScore", "Sampling", "register_sampler", "samplers", "get_sampler", "standard_normal_like"]
@@ -128,13 +128,7 @@ def register_sampler(name: str) -> Callable[[SamplerFn], SamplerFn]:
     Its keyword-only parameters (with defaults) are the options :func:`scoresde.sample` accepts for it.
     """
 
-    def add(fn: SamplerFn) -> SamplerFn:
-        if name in _SAMPLERS:
-            raise ValueError(f"a sampler named {name!r} is already registered")
-        _SAMPLERS[name] = fn
-        return fn
-
-    return add
+    return registering("sampler", _SAMPLERS, name)
 
 
 def samplers() -> list[str]:

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._checks import check_in_registry, check_positive, check_positive_int, expand_to
+from .._checks import check_in_registry, check_positive, check_positive_int, expand_to, registering
 from ..sde import SDE, ScoreFn
 from .base import Sampling, register_sampler, standard_normal_like
 from .grids import time_grid
@@ -42,13 +42,7 @@ _CORRECTORS: dict[str, Corrector] = {}
 
 def _registrar(table: dict, kind: str):
     def register(name: str):
-        def add(fn):
-            if name in table:
-                raise ValueError(f"a {kind} named {name!r} is already registered")
-            table[name] = fn
-            return fn
-
-        return add
+        return registering(kind, table, name)
 
     return register
 
