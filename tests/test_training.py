@@ -112,7 +112,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == good
 
 
-def test_sigint_saves_a_checkpoint_and_returns(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_returns(tmp_path, signum):
     cfg = _toy(10_000)
     trainer = Trainer(cfg, tmp_path, progress=False)
     original = trainer._train_step
@@ -120,14 +121,28 @@ def test_sigint_saves_a_checkpoint_and_returns(tmp_path):
     def step_then_interrupt():
         loss = original()
         if trainer.step == 6:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return loss
 
     trainer._train_step = step_then_interrupt
     result = trainer.train()
     assert result.interrupted and result.step == 7
     assert load_checkpoint(tmp_path)["step"] == 7
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_eval_hook_runs_on_the_ema_model_every_eval_every_steps(tmp_path):
+    seen = []
+
+    def hook(trainer, step):
+        seen.append((step, trainer.score_fn is trainer.ema.model, trainer.score_fn.training))
+        return {"ema_norm": float(sum(p.norm() for p in trainer.score_fn.parameters()))}
+
+    trainer = Trainer(_toy(12, "train.eval_every=5"), tmp_path, progress=False, eval_fn=hook)
+    trainer.train()
+    assert seen == [(5, True, False), (10, True, False)]
+    rows = (tmp_path / "evals.csv").read_text().splitlines()
+    assert rows[0] == "step,ema_norm" and len(rows) == 3 and [e["step"] for e in trainer.evals] == [5, 10]
 
 
 def test_configs_presets_and_errors(tmp_path):
