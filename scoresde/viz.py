@@ -16,7 +16,7 @@ from .analytic import GaussianMixture, grid_cells  # noqa: E402
 from .datasets import toy_dataset, toy_datasets  # noqa: E402
 from .sde import SDE  # noqa: E402
 
-__all__ = ["plot_toy_datasets", "plot_forward_process"]
+__all__ = ["plot_toy_datasets", "plot_forward_process", "plot_samples"]
 
 
 def plot_toy_datasets(names: Sequence[str] | None = None, n: int = 2000, seed: int = 0) -> Figure:
@@ -86,4 +86,39 @@ def plot_forward_process(
     axes[1, 0].set_ylabel("$x_2$")
     fig.suptitle(f"Forward process of {sde!r}")
     fig.tight_layout()
+    return fig
+
+
+def plot_samples(x: torch.Tensor, title: str = "samples", levels: int | None = None, extent: float | None = None) -> Figure:
+    """Samples at a glance: a scatter plot for 2D data ``[N, 2]``, an image grid (up to 10 x 10) for images
+    ``[N, C, H, W]`` (integer ``levels`` or values in ``[-1, 1]``)."""
+    x = x.detach().cpu().float()
+    if x.ndim == 2 and x.shape[1] == 2:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5)
+        if extent is not None:
+            ax.set_xlim(-extent, extent)
+            ax.set_ylim(-extent, extent)
+        ax.set_aspect("equal")
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+        ax.set_title(title)
+        fig.tight_layout()
+        return fig
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"plot_samples draws 2D points [N, 2] or images [N, 1|3, H, W], got shape {tuple(x.shape)}")
+    n = min(len(x), 100)
+    cols = min(n, 10)
+    rows = math.ceil(n / cols)
+    low, high = (0.0, float(levels - 1)) if levels is not None else (-1.0, 1.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.7 * cols + 0.4, 0.7 * rows + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img in zip(axes.flat, x[:n]):
+        img = ((img - low) / (high - low)).clamp(0, 1)
+        if img.shape[0] == 1:
+            ax.imshow(img[0], cmap="gray_r", vmin=0, vmax=1)
+        else:
+            ax.imshow(img.permute(1, 2, 0))
+    fig.suptitle(title)
     return fig

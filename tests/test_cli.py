@@ -65,3 +65,27 @@ def test_train_user_errors_are_one_line(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "scoresde", "train", "--out", str(tmp_path / "o"), *extra], capture_output=True, text=True)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
+
+
+def test_train_then_sample_writes_npz_and_picture(tmp_path):
+    """As a user would: train a tiny run, sample it twice (the second refused without --force, nothing changed)."""
+    import numpy as np
+
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "scoresde"]
+    train = base + ["train", "--out", str(run), "--steps", "5", "--set", "model.kwargs.width=16", "--set", "train.batch_size=32", "--json"]
+    assert subprocess.run(train, capture_output=True, text=True).returncode == 0
+    out = tmp_path / "samples" / "s.npz"
+    cmd = base + ["sample", "--checkpoint", str(run), "--sampler", "ddim", "--steps", "4", "-n", "50", "--out", str(out), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["nfe"] == 5 and summary["checkpoint_step"] == 5
+    data = np.load(out)
+    assert data["x"].shape == (50, 2) and np.isfinite(data["x"]).all()
+    assert out.with_suffix(".png").stat().st_size > 1000
+    before = out.read_bytes()
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists; pass --force" in again.stderr and out.read_bytes() == before
+    bad = subprocess.run(cmd[:-1] + ["--force", "--sampler", "euler"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown sampler 'euler'; valid names are: ddim" in bad.stderr and "Traceback" not in bad.stderr
