@@ -89,3 +89,19 @@ def test_train_then_sample_writes_npz_and_picture(tmp_path):
     assert again.returncode == 2 and "already exists; pass --force" in again.stderr and out.read_bytes() == before
     bad = subprocess.run(cmd[:-1] + ["--force", "--sampler", "euler"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown sampler 'euler'; valid names are: ddim" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_likelihood_reports_nll_gap_and_elbo(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--steps", "5", "--set", "model.kwargs.width=16", "--set", "train.batch_size=32", "--json"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "lik.json"
+    assert main(["likelihood", "--checkpoint", str(run), "-n", "20", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    saved = json.loads(out.read_text())
+    assert saved["n"] == 20 and saved["data"] == "8gaussians" and saved["nfe"] > 0
+    assert abs(saved["nll_gap_nats"] - (saved["nll_nats"] - saved["true_nll_nats"])) < 1e-9
+    assert abs(saved["bits_per_dim"] - saved["nll_nats"] / (2 * 0.6931471805599453)) < 1e-9
+    assert "elbo_nats" in saved and summary["out"] == str(out)
+    assert main(["likelihood", "--checkpoint", str(run), "-n", "20", "--out", str(out)]) == 2  # exists, no --force
+    assert main(["likelihood", "--checkpoint", str(tmp_path / "nope"), "-n", "20", "--out", str(tmp_path / "x.json")]) == 2
