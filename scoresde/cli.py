@@ -239,6 +239,15 @@ def cmd_list(args: argparse.Namespace) -> dict:
     }
 
 
+def _checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command on a trained checkpoint takes."""
+    parser.add_argument("--checkpoint", required=True, help="run folder (or checkpoint file) written by scoresde train")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scoresde", description="Score-based generative modelling with SDEs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -281,16 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Example: scoresde sample --checkpoint runs/toy --sampler dpm_solver --steps 20 -n 2000 --out runs/toy/samples.npz",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    smp.add_argument("--checkpoint", required=True, help="run folder (or checkpoint file) written by scoresde train")
+    _checkpoint_options(smp)
     smp.add_argument("--sampler", default="dpm_solver", help="a sampler name (scoresde list)")
     smp.add_argument("--steps", type=int, help="steps of the sampler's grid (its own default if omitted)")
     smp.add_argument("--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)")
     smp.add_argument("-n", type=int, default=2000, help="number of samples")
     smp.add_argument("--out", required=True, help="samples file (.npz); the picture goes next to it (.png)")
-    smp.add_argument("--seed", type=int, default=0, help="random seed")
-    smp.add_argument("--device", default="cpu", help="torch device")
-    smp.add_argument("--force", action="store_true", help="overwrite existing files")
-    smp.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     smp.set_defaults(run=cmd_sample)
     lik = sub.add_parser(
         "likelihood",
@@ -300,14 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Example: scoresde likelihood --checkpoint runs/toy -n 2000 --out runs/toy/likelihood.json",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    lik.add_argument("--checkpoint", required=True, help="run folder (or checkpoint file) written by scoresde train")
+    _checkpoint_options(lik)
     lik.add_argument("--data", help="data set name or .npz file (default: the run's data set)")
     lik.add_argument("-n", type=int, default=1000, help="number of points (images: the first n of the test split)")
     lik.add_argument("--out", required=True, help="result file (.json)")
-    lik.add_argument("--seed", type=int, default=0, help="random seed (held-out draws, dequantisation, probes)")
-    lik.add_argument("--device", default="cpu", help="torch device")
-    lik.add_argument("--force", action="store_true", help="overwrite an existing file")
-    lik.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     lik.set_defaults(run=cmd_likelihood)
     lst = sub.add_parser("list", help="list SDEs, samplers and data sets", description="Example: scoresde list --json")
     lst.add_argument("--json", action="store_true", help="print as JSON")
