@@ -130,15 +130,9 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         result = sample(model.sde, model, (args.n, *shape), args.sampler, steps=args.steps, device=args.device,
                         generator=torch.Generator(device=args.device).manual_seed(args.seed), **options)
     x = result.x.cpu()
-    arrays = {"x_model": x.numpy()}
-    levels = None
-    if config.data.kind == "image":
-        from .datasets import DataTransform
-
-        levels = {"digits": 17}.get(config.data.name, 256)
-        arrays["x"] = DataTransform(levels, config.data.low, config.data.high).from_model(x).numpy().astype(np.uint8)
-    else:
-        arrays["x"] = x.numpy()
+    transform = config.data.transform()
+    levels = transform.levels if transform else None
+    arrays = {"x_model": x.numpy(), "x": transform.from_model(x).numpy().astype(np.uint8) if transform else x.numpy()}
     np.savez(out, **arrays)
     extent = getattr(toy_dataset(config.data.name), "extent", None) if config.data.kind == "toy" else None
     fig = plot_samples(torch.as_tensor(arrays["x"]).float(), f"{args.sampler}: {args.n} samples, {result.nfe} NFE (step {step})",
@@ -177,7 +171,6 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
 
     import torch
 
-    from .datasets import DataTransform
     from .likelihood import bits_per_dim, elbo, log_likelihood
     from .training import load_score_model
 
@@ -191,9 +184,8 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
     x, true_nll = _load_points(args.data or config.data.name, args.n, args.seed, config)
     generator = torch.Generator().manual_seed(args.seed)
     summary = {"checkpoint_step": step, "n": int(x.shape[0]), "data": args.data or config.data.name}
-    if config.data.kind == "image":
-        levels = {"digits": 17}.get(config.data.name, 256)
-        transform = DataTransform(levels, config.data.low, config.data.high)
+    transform = config.data.transform()
+    if transform is not None:
         exact = bits_per_dim(model.sde, model, x.float(), transform, divergence="hutchinson", generator=generator, dtype=torch.float32,
                              batch_size=128, progress=not args.json)
         bound = bits_per_dim(model.sde, model, x.float(), transform, estimator="elbo", divergence="hutchinson", n_times=16,

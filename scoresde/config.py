@@ -100,6 +100,14 @@ class DataConfig:
         _require(self.name in valid, "data.name", f"{self.name!r} is not a {self.kind} data set; valid: {', '.join(valid)}")
         _require(self.high > self.low, "data.low", f"the model range needs high > low, got [{self.low}, {self.high}]")
 
+    def transform(self):
+        """The :class:`~scoresde.datasets.DataTransform` between an image set's levels and the model range
+        (``None`` for toys, which the model sees as they are)."""
+        from .datasets import DataTransform
+        from .datasets.images import LEVELS
+
+        return DataTransform(LEVELS[self.name], self.low, self.high) if self.kind == "image" else None
+
 
 @dataclass(frozen=True)
 class TrainConfig:

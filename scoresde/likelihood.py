@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ._checks import check_finite, check_in_registry, check_positive, check_positive_int, expand_to
 from .datasets.scalers import DataTransform
 from .samplers.base import CountingScore, standard_normal_like
-from .samplers.grids import check_eps
+from .samplers.grids import check_eps, log_snr_times
 from .samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, VARIABLES, ProbabilityFlow
 from .sde import SDE, ScoreFn, check_sde
 
@@ -339,7 +339,7 @@ def bits_per_dim(
     ``likelihood_options`` go to that function (divergence, tolerances, eps, prior_logp, n_times, ...) and
     are recorded in ``settings``.
     """
-    check_in_registry("bits/dim estimator", estimator, tuple(ESTIMATORS))
+    check_in_registry("bits/dim estimator", estimator, ESTIMATORS)
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError(f"x must be a tensor of integer levels with shape [B, ...], got {getattr(x, 'shape', type(x).__name__)}")
     check_finite("x", x.to(torch.float64))
@@ -354,7 +354,7 @@ def bits_per_dim(
     for _ in range(n_dequantizations):
         u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
         x_model = transform.to_model(levels + u).to(dtype)
-        nll, calls = ESTIMATORS[estimator](sde, score_fn, x_model, generator=generator, **likelihood_options)
+        nll, calls = _per_sample_nll(estimator, sde, score_fn, x_model, generator=generator, **likelihood_options)
         nfe += calls
         raw.append(nll / (dim * math.log(2)))
         per_draw.append((nll - dim * log_det) / (dim * math.log(2)))
@@ -391,22 +391,16 @@ TIME_SAMPLINGS = ("uniform", "log_snr")
 def _time_draws(sde: SDE, eps: float, n_times: int, sampling: str, generator, B: int, opts: dict):
     r"""Stratified draws of t on ``[eps, T]`` with their importance weights :math:`1/p(t)`, ``n_times`` of ``[B]``.
 
-    ``"uniform"``: :math:`p(t) = 1/(T - eps)`. ``"log_snr"``: uniform in the log-SNR,
-    :math:`p(t) = |d\lambda/dt| / (\lambda(eps) - \lambda(T)) = g(t)^2 / (\sigma(t)^2 \Lambda)`, the density
-    proportional to the likelihood weighting :math:`g^2/\sigma^2` (Song, Durkan, Murray & Ermon 2021, Sec. 5)."""
+    ``"uniform"``: :math:`p(t) = 1/(T - eps)`. ``"log_snr"``: uniform in the log-SNR
+    (:func:`~scoresde.samplers.grids.log_snr_times`, density :math:`\propto g^2/\sigma^2`)."""
     if sampling == "uniform":
         width = sde.T - eps
         for k in range(n_times):
             t = eps + width * (k + torch.rand(B, generator=generator, **opts)) / n_times
             yield t, torch.full_like(t, width)
         return
-    lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
-    span = lam_eps - lam_T
     for k in range(n_times):
-        lam = lam_T + span * (k + torch.rand(B, generator=generator, dtype=torch.float64)) / n_times
-        t = sde.t_from_log_snr(lam).clamp(eps, sde.T).to(**opts)
-        g2 = sde.sde(torch.ones(B, 1, **opts), t)[1] ** 2
-        yield t, span * sde.sigma(t) ** 2 / g2
+        yield log_snr_times(sde, eps, (k + torch.rand(B, generator=generator, dtype=torch.float64)) / n_times, **opts)
 
 
 def _gaussian_prior_term(sde: SDE, x: Tensor, a_T: Tensor, s_T: Tensor) -> Tensor:
@@ -566,7 +560,7 @@ def ddpm_bound(
     terms = []
     for i in _term_indices(n_steps, n_terms, generator, B, x.device):
         x_i, alpha_i0, sigma_i0 = draw(i)
-        a, s = sde.transition(times[i], times[i - 1])
+        s = sde.transition(times[i], times[i - 1])[1]
         A, S = sde.transition(times[i - 1], t0)
         coef = s**2 * A / sigma_i0**2
         post_var = s**2 * S**2 / sigma_i0**2
@@ -598,9 +592,14 @@ def _term_indices(n_steps: int, n_terms: int | None, generator, batch: int, devi
     return out
 
 
-ESTIMATORS: dict[str, Callable[..., tuple[Tensor, int]]] = {
-    "ode": lambda *args, **kw: (lambda r: (r.nll, r.nfe))(log_likelihood(*args, **kw)),
-    "elbo": lambda *args, **kw: (lambda r: (r.bound, r.nfe))(elbo(*args, **kw)),
-    "ddpm": lambda *args, **kw: (lambda r: (r.bound, r.nfe))(ddpm_bound(*args, **kw)),
-}
-"""Per-sample ``-log p_model`` (nats) and NFE for :func:`bits_per_dim`: the exact NLL or one of the bounds."""
+ESTIMATORS = ("ode", "elbo", "ddpm")
+"""How :func:`bits_per_dim` gets each sample's ``-log p_model``: the exact NLL or one of the bounds."""
+
+
+def _per_sample_nll(estimator: str, *args, **kwargs) -> tuple[Tensor, int]:
+    """Per-sample ``-log p_model`` (nats) and NFE from :func:`log_likelihood`, :func:`elbo` or :func:`ddpm_bound`."""
+    if estimator == "ode":
+        result = log_likelihood(*args, **kwargs)
+        return result.nll, result.nfe
+    result = (elbo if estimator == "elbo" else ddpm_bound)(*args, **kwargs)
+    return result.bound, result.nfe

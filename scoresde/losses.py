@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ._checks import check_finite, check_in_registry, check_positive_int, expand_to
 from .samplers.base import standard_normal_like
-from .samplers.grids import check_eps
+from .samplers.grids import check_eps, log_snr_times
 from .sde import SDE, ScoreFn, check_sde
 
 __all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "WEIGHTINGS", "REDUCTIONS"]
@@ -53,12 +53,8 @@ def _draw_times(sde: SDE, eps: float, B: int, importance: bool, n_steps: int | N
         return eps + (sde.T - eps) * i.to(opts["dtype"]) / max(n_steps - 1, 1), torch.ones(B, **opts)
     if not importance:
         return eps + (sde.T - eps) * torch.rand(B, generator=generator, **opts), torch.ones(B, **opts)
-    lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
-    lam = lam_T + (lam_eps - lam_T) * torch.rand(B, generator=generator, dtype=torch.float64)
-    t = sde.t_from_log_snr(lam).clamp(eps, sde.T).to(**opts)
-    g2 = sde.sde(torch.ones(B, 1, **opts), t)[1] ** 2
-    # 1 / ((T - eps) p(t)) with p(t) = g^2 / (sigma^2 (lam_eps - lam_T))
-    return t, (lam_eps - lam_T) * sde.sigma(t) ** 2 / (g2 * (sde.T - eps))
+    t, inverse_density = log_snr_times(sde, eps, torch.rand(B, generator=generator, dtype=torch.float64), **opts)
+    return t, inverse_density / (sde.T - eps)  # 1 / ((T - eps) p(t)): the same expectation as uniform t
 
 
 def dsm_loss(

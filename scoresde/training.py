@@ -123,7 +123,7 @@ class DataStream:
             raise ValueError(f"train.batch_size {batch} must be divisible by the number of processes {world}")
         self.local_batch = batch // world
         data = config.data
-        self.transform: DataTransform | None = None
+        self.transform: DataTransform | None = config.data.transform()
         if data.kind == "toy":
             self.toy = toy_dataset(data.name)
             self.shape = (2,)
@@ -131,7 +131,6 @@ class DataStream:
             images = image_dataset(data.name, "train", data.data_dir, data.split_seed)
             self.images = images.x
             self.shape = images.shape
-            self.transform = images.transform(data.low, data.high)
             from torch.utils.data import DistributedSampler
 
             self.sampler = DistributedSampler(range(len(images)), num_replicas=world, rank=rank, shuffle=True,

@@ -26,9 +26,11 @@ from torch import Tensor
 from .._checks import check_in_registry, registering
 from .scalers import DataTransform
 
-__all__ = ["ImageDataset", "image_dataset", "image_datasets", "register_image_dataset", "SPLITS"]
+__all__ = ["LEVELS", "ImageDataset", "image_dataset", "image_datasets", "register_image_dataset", "SPLITS"]
 
 SPLITS = ("train", "test")
+LEVELS = {"digits": 17, "mnist": 256, "cifar10": 256}
+"""Grey / colour levels per pixel of each image data set."""
 _LOADERS: dict[str, Callable[..., "ImageDataset"]] = {}
 
 
@@ -82,7 +84,7 @@ def _digits(split: str, data_dir: Path | None, seed: int, test_fraction: float =
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(test_fraction * len(x)))
     idx = perm[n_test:] if split == "train" else perm[:n_test]
-    return ImageDataset("digits", split, x[idx], labels[idx], levels=17)
+    return ImageDataset("digits", split, x[idx], labels[idx], levels=LEVELS["digits"])
 
 
 def _find(data_dir: Path | None, candidates: list[str], what: str, how: str) -> Path:
@@ -123,7 +125,7 @@ def _mnist(split: str, data_dir: Path | None, seed: int) -> ImageDataset:
     y = torch.as_tensor(_read_idx(labels, 1).astype(np.int64))
     if len(x) != len(y):
         raise ValueError(f"MNIST: {len(x)} images but {len(y)} labels in {images.parent}")
-    return ImageDataset("mnist", split, x, y, levels=256)
+    return ImageDataset("mnist", split, x, y, levels=LEVELS["mnist"])
 
 
 @register_image_dataset("cifar10")
@@ -140,4 +142,4 @@ def _cifar10(split: str, data_dir: Path | None, seed: int) -> ImageDataset:
         records = raw.reshape(-1, 3073)
         ys.append(records[:, 0].astype(np.int64))
         xs.append(records[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32))
-    return ImageDataset("cifar10", split, torch.as_tensor(np.concatenate(xs)), torch.as_tensor(np.concatenate(ys)), levels=256)
+    return ImageDataset("cifar10", split, torch.as_tensor(np.concatenate(xs)), torch.as_tensor(np.concatenate(ys)), levels=LEVELS["cifar10"])

@@ -23,7 +23,7 @@ from torch import Tensor
 from .._checks import check_in_registry, check_positive, check_positive_int
 from ..sde import SDE
 
-__all__ = ["time_grid", "check_eps", "GRIDS"]
+__all__ = ["time_grid", "check_eps", "log_snr_times", "GRIDS"]
 
 GRIDS = ("uniform", "log_snr", "log_snr_warped", "edm")
 LOG_SNR_WARP = 0.6
@@ -38,6 +38,20 @@ def check_eps(sde: SDE, eps: float | None) -> float:
     if eps >= sde.T:
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps!r}")
     return eps
+
+
+def log_snr_times(sde: SDE, eps: float, u: Tensor, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
+    r"""Times uniform in the log-SNR on ``[eps, T]`` from uniforms ``u`` in ``[0, 1)``, with :math:`1/p(t)`.
+
+    :math:`\lambda = \lambda(T) + u\,\Lambda`, :math:`\Lambda = \lambda(eps) - \lambda(T)`, so
+    :math:`p(t) = |d\lambda/dt|/\Lambda = g(t)^2/(\sigma(t)^2\Lambda)`: the density proportional to the
+    likelihood weighting :math:`g^2/\sigma^2` (Song, Durkan, Murray & Ermon 2021), used to importance-sample
+    t in the ELBO and the likelihood-weighted DSM loss."""
+    lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
+    span = lam_eps - lam_T
+    t = sde.t_from_log_snr(lam_T + span * u.to(torch.float64)).clamp(eps, sde.T).to(dtype=dtype, device=device)
+    g2 = sde.sde(torch.ones(t.shape[0], 1, dtype=dtype, device=device), t)[1] ** 2
+    return t, span * sde.sigma(t) ** 2 / g2
 
 
 def custom_grid(sde: SDE, times) -> Tensor:
