@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m scoresde toys --out $(OUT) --force
+	$(PY) -m scoresde demo --out $(OUT) --force
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2

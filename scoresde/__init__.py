@@ -1,10 +1,12 @@
 """scoresde: score-based generative modelling with stochastic differential equations.
 
-The public API lives here; module layout behind it may change, these names may not.
+The public API lives here; module layout behind it may change, these names may not. The figures live in
+:mod:`scoresde.viz` (imported on demand: it loads matplotlib).
 """
 
 from .analytic import GaussianMixture, MixtureScore, entropy_by_quadrature
 from .config import ConfigError, DataConfig, ModelConfig, RunConfig, SDEConfig, TrainConfig, load_config, override, preset, presets, save_config
+from .evaluation import Comparison, HeldOut, SamplerRun, SamplerSpec, compare_samplers, default_lineup, held_out
 from .datasets import DataTransform, ImageDataset, ToyDataset, image_dataset, image_datasets, register_toy, toy_dataset, toy_datasets
 from .likelihood import BitsPerDimResult, ELBOResult, LikelihoodResult, bits_per_dim, ddpm_bound, elbo, log_likelihood
 from .losses import ddpm_loss, dsm_loss, smld_loss
@@ -23,6 +25,7 @@ from .samplers import (
 )
 from .models import NCSN, DDPMUNet, ScoreMLP, ScoreModel, create_model, models, register_model
 from .sde import SDE, ReverseSDE, ScoreFn, SubVPSDE, VESDE, VPSDE, evaluate_score
+from .report import likelihood_summary, run_demo, write_comparison
 from .training import CheckpointError, Trainer, TrainingDiverged, TrainResult, load_checkpoint, load_score_model, save_checkpoint
 
 __version__ = "0.1.0"
@@ -67,4 +70,14 @@ __all__ = [
     "elbo",
     "ddpm_bound",
     "ELBOResult",
+    "compare_samplers",
+    "default_lineup",
+    "SamplerSpec",
+    "SamplerRun",
+    "Comparison",
+    "held_out",
+    "HeldOut",
+    "likelihood_summary",
+    "write_comparison",
+    "run_demo",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,10 +29,14 @@ def _prepare_out(out: str, force: bool, names: list[str]) -> Path:
     clash = [name for name in names if (folder / name).exists()]
     if clash and not force:
         raise UserError(f"{folder / clash[0]} already exists; pass --force to overwrite or choose another --out")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"output folder {folder} is a file; choose another --out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output folder {folder}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"output folder {folder} is not writable; choose another --out")
     return folder
 
 
@@ -59,28 +64,53 @@ def cmd_toys(args: argparse.Namespace) -> dict:
     return summary
 
 
-def cmd_train(args: argparse.Namespace) -> dict:
-    """Train a preset or config file (with ``--set`` overrides) into ``--out``; resumes a checkpoint found there."""
+def _train_config(args: argparse.Namespace, checkpoint: Path):
+    """The run config: a preset or file, or with ``--resume`` and neither, the run's own ``config.yaml``."""
     from .config import load_config, override, preset
-    from .training import Trainer, TrainingDiverged
 
     if args.config and args.preset:
         raise UserError("pass either --preset or --config, not both")
-    config = load_config(args.config) if args.config else preset(args.preset or "toy-vp")
+    if args.config:
+        config = load_config(args.config)
+    elif args.resume and not args.preset and (checkpoint.parent / "config.yaml").is_file():
+        config = load_config(checkpoint.parent / "config.yaml")
+    else:
+        config = preset(args.preset or "toy-vp")
     sets = list(args.set or [])
     if args.data_dir:
         sets.append(f"data.data_dir={args.data_dir}")
     if args.steps is not None:
         sets.append(f"train.steps={args.steps}")
-    config = override(config, *sets)
+    if args.seed is not None:
+        sets.append(f"train.seed={args.seed}")
+    return override(config, *sets)
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    """Train a preset or config file (with ``--set`` overrides) into ``--out``; ``--resume`` continues a run there."""
+    from .training import CHECKPOINT, Trainer, TrainingDiverged
+    from .viz import plot_training_curve
+
+    out = Path(args.out)
+    checkpoint = out / CHECKPOINT
+    if args.resume and not checkpoint.is_file():
+        raise UserError(f"--resume: no checkpoint in {out}; train without --resume first")
+    if checkpoint.is_file() and not (args.resume or args.force):
+        raise UserError(f"{out} already holds a run (checkpoint.safetensors); pass --resume to continue it or --force to start afresh")
+    config = _train_config(args, checkpoint)
+    _prepare_out(str(out), True, [])
     try:
-        trainer = Trainer(config, args.out, device=args.device, progress=not args.json, resume=not args.no_resume)
+        trainer = Trainer(config, out, device=args.device, progress=not args.json, resume=args.resume)
         result = trainer.train()
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, TrainingDiverged) as exc:
         raise UserError(str(exc)) from None
-    except TrainingDiverged as exc:
-        raise UserError(str(exc)) from None
-    summary = {**result.to_dict(), "out": str(args.out), "config": config.to_dict()}
+    if not trainer.is_main:
+        return {}
+    summary = {**result.to_dict(), "out": str(out), "config": config.to_dict()}
+    if (out / "metrics.csv").is_file():
+        fig = plot_training_curve(out / "metrics.csv")
+        fig.savefig(out / "loss.png", dpi=100)
+        summary["loss_plot"] = str(out / "loss.png")
     if result.interrupted:
         summary["exit_status"] = 130
     return summary
@@ -115,17 +145,12 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     from .viz import plot_samples
 
     check_in_registry("sampler", args.sampler, samplers())  # before anything is written
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        raise UserError(f"--out must name a .npz file, got {out}")
-    picture = out.with_suffix(".png")
-    _prepare_out(str(out.parent), args.force, [out.name, picture.name])
-    if args.n < 1:
-        raise UserError(f"-n must be >= 1, got {args.n}")
+    options = _parse_options(args.option)
     model, config, step = load_score_model(args.checkpoint, device=args.device)
+    out = _out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
+    picture = out.with_suffix(".png")
     net = model.net
     shape = (net.dim,) if hasattr(net, "dim") else (net.in_channels, net.image_size, net.image_size)
-    options = _parse_options(args.option)
     with torch.no_grad():
         result = sample(model.sde, model, (args.n, *shape), args.sampler, steps=args.steps, device=args.device,
                         generator=torch.Generator(device=args.device).manual_seed(args.seed), **options)
@@ -143,11 +168,14 @@ def cmd_sample(args: argparse.Namespace) -> dict:
 
 
 def _load_points(source: str, n: int, seed: int, config) -> tuple:
-    """Evaluation data: a ``.npz`` file (array ``x``), an image set's test split, or held-out draws of a toy."""
+    """Evaluation data: a ``.npz`` file (array ``x``), an image set's test split (integer levels), or held-out
+    draws of a toy (with their true NLL where the toy has a density)."""
     import numpy as np
     import torch
 
+    from .config import DataConfig
     from .datasets import image_dataset
+    from .evaluation import held_out
 
     if source.endswith(".npz"):
         path = Path(source)
@@ -158,57 +186,93 @@ def _load_points(source: str, n: int, seed: int, config) -> tuple:
                 raise UserError(f"--data file {path} has no array 'x' (found: {', '.join(data.files)})")
             return torch.as_tensor(data["x"])[:n], None
     if config.data.kind == "image":
-        test = image_dataset(source, "test", config.data.data_dir, config.data.split_seed)
-        return test.x[:n], None
-    toy = toy_dataset(source)
-    x = toy.sample(n, torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return x, (-toy.log_prob(x) if toy.has_density else None)
+        return image_dataset(source, "test", config.data.data_dir, config.data.split_seed).x[:n], None
+    data = held_out(DataConfig(kind="toy", name=source), n, seed)
+    return data.x, (-data.log_prob(data.x.double()) if data.log_prob is not None else None)
+
+
+def _out_file(path: str, suffix: str, force: bool, *also: str) -> Path:
+    """``--out`` naming a ``suffix`` file, its folder creatable and writable, nothing overwritten without ``--force``."""
+    out = Path(path)
+    if out.suffix != suffix:
+        raise UserError(f"--out must name a {suffix} file, got {out}")
+    _prepare_out(str(out.parent), force, [out.name, *also])
+    return out
 
 
 def cmd_likelihood(args: argparse.Namespace) -> dict:
     """Exact NLL (PF-ODE) and bits/dim of held-out data under a checkpoint, with the ELBO beside it; JSON to --out."""
-    import math
-
-    import torch
-
-    from .likelihood import bits_per_dim, elbo, log_likelihood
+    from .report import likelihood_summary
     from .training import load_score_model
 
-    out = Path(args.out)
-    if out.suffix != ".json":
-        raise UserError(f"--out must name a .json file, got {out}")
-    _prepare_out(str(out.parent), args.force, [out.name])
     if args.n < 2:
         raise UserError(f"-n must be >= 2 (a standard error needs two points), got {args.n}")
     model, config, step = load_score_model(args.checkpoint, device=args.device)
+    out = _out_file(args.out, ".json", args.force)
     x, true_nll = _load_points(args.data or config.data.name, args.n, args.seed, config)
-    generator = torch.Generator().manual_seed(args.seed)
-    summary = {"checkpoint_step": step, "n": int(x.shape[0]), "data": args.data or config.data.name}
-    transform = config.data.transform()
-    if transform is not None:
-        exact = bits_per_dim(model.sde, model, x.float(), transform, divergence="hutchinson", generator=generator, dtype=torch.float32,
-                             batch_size=128, progress=not args.json)
-        bound = bits_per_dim(model.sde, model, x.float(), transform, estimator="elbo", divergence="hutchinson", n_times=16,
-                             generator=generator, dtype=torch.float32)
-        summary.update({"bits_per_dim": exact.bpd, "bits_per_dim_standard_error": exact.bpd_standard_error,
-                        "nll_nats": exact.nats_per_sample, "nfe": exact.nfe, "elbo_bits_per_dim": bound.bpd,
-                        "elbo_bits_per_dim_standard_error": bound.bpd_standard_error, "settings": exact.settings})
-    else:
-        model = model.double()
-        x = x.to(torch.float64)
-        result = log_likelihood(model.sde, model, x, progress=not args.json, batch_size=1000)
-        bound = elbo(model.sde, model, x, generator=generator)
-        dim, n = x[0].numel(), x.shape[0]
-        summary.update({"nll_nats": float(result.nll.mean()), "nll_standard_error": float(result.nll.std()) / math.sqrt(n),
-                        "bits_per_dim": float(result.nll.mean()) / (dim * math.log(2)), "nfe": result.nfe,
-                        "elbo_nats": float(bound.bound.mean()), "elbo_standard_error": float(bound.bound.std()) / math.sqrt(n),
-                        "settings": result.settings})
-        if true_nll is not None:
-            gap = result.nll - true_nll
-            summary.update({"true_nll_nats": float(true_nll.mean()), "nll_gap_nats": float(gap.mean()),
-                            "nll_gap_standard_error": float(gap.std()) / math.sqrt(n)})
+    summary = {"checkpoint_step": step, "data": args.data or config.data.name}
+    summary.update(likelihood_summary(model.sde, model, x.to(args.device), transform=config.data.transform(), true_nll=true_nll,
+                                      seed=args.seed, progress=not args.json))
     out.write_text(json.dumps(summary, indent=2))
     return {**summary, "out": str(out)}
+
+
+def cmd_compare(args: argparse.Namespace) -> dict:
+    """PC against ODE against the few-step solvers on one checkpoint: a table, a JSON and one figure."""
+    from .evaluation import compare_samplers, default_lineup, held_out
+    from .report import COMPARE_FILES, write_comparison
+    from .training import load_score_model
+
+    model, config, step = load_score_model(args.checkpoint, device=args.device)
+    folder = _prepare_out(args.out or str(_run_folder(args.checkpoint)), args.force, list(COMPARE_FILES))
+    data = held_out(config.data, args.n, args.seed)
+    transform = config.data.transform()
+    quantise = (lambda x: transform.to_model(transform.from_model(x) + 0.5)) if transform is not None else None
+    comparison = compare_samplers(model.sde, model, data.x, lineup=default_lineup(args.quick), n=len(data.x), floor_reference=data.floor,
+                                  true_log_prob=data.log_prob, entropy=data.entropy, postprocess=quantise, seed=args.seed,
+                                  device=args.device, progress=not args.json)
+    extent = toy_dataset(config.data.name).extent if config.data.kind == "toy" else None
+    paths = write_comparison(comparison, data.x, folder, extent=extent)
+    if not args.json:
+        print(comparison.markdown())
+    best = comparison.best()
+    return {"checkpoint_step": step, "n": comparison.n, "best": best.spec.label, "best_nfe": best.nfe, "noise_floor": comparison.floor,
+            "files": [str(p) for p in paths], **({"runs": comparison.to_dict()["runs"]} if args.json else {})}
+
+
+def _run_folder(checkpoint: str) -> Path:
+    path = Path(checkpoint)
+    return path.parent if path.suffix == ".safetensors" else path
+
+
+def cmd_demo(args: argparse.Namespace) -> dict:
+    """Train on a 2D toy with a known density, compare samplers, measure the likelihood, write a report."""
+    from .report import DEMO_FILES, run_demo
+
+    folder = _prepare_out(args.out, args.force, list(DEMO_FILES))
+    metrics = run_demo(folder, quick=args.quick, device=args.device, seed=args.seed, progress=not args.json)
+    if args.json:
+        return metrics
+    print(_demo_summary(metrics, folder))
+    return {}
+
+
+def _demo_summary(metrics: dict, folder: Path) -> str:
+    """The one-screen summary the demo prints."""
+    lik, train, compare = metrics["likelihood"], metrics["train"], metrics["compare"]
+    floor = compare["noise_floor"]["energy_distance"]
+    lines = [f"scoresde demo: {metrics['data']} under {metrics['sde']}" + (" (quick settings)" if metrics["quick"] else ""),
+             f"  trained {train['steps']} steps in {train['seconds']:.0f} s ({train['parameters']:,} parameters), final loss {train['final_loss']:.4g}",
+             f"  exact NLL {lik['nll_nats']:.4f} +- {lik['nll_standard_error']:.4f} nats ({lik['bits_per_dim']:.4f} bits/dim, {lik['nfe']} NFE)",
+             f"  true NLL  {lik['true_nll_nats']:.4f} nats; gap {lik['nll_gap_nats']:.4f} +- {lik['nll_gap_standard_error']:.4f}; "
+             f"ELBO {lik['elbo_nats']:.4f} +- {lik['elbo_standard_error']:.4f}",
+             f"  samplers ({compare['n']} samples; energy distance, noise floor {floor:.2e}):"]
+    for run in compare["runs"]:
+        lines.append(f"    {run['label']:<46} NFE {run['nfe']:>4}  ED {run['energy_distance']:.2e} ({run['energy_distance'] / floor:5.1f} x floor)"
+                     f"  {run['seconds']:5.2f} s")
+    lines += [f"  report: {folder / 'report.md'}  (figures and metrics.json beside it)",
+              f"  total time {metrics['timings_seconds']['total']:.0f} s"]
+    return "\n".join(lines)
 
 
 def cmd_list(args: argparse.Namespace) -> dict:
@@ -231,81 +295,97 @@ def cmd_list(args: argparse.Namespace) -> dict:
     }
 
 
-def _checkpoint_options(parser: argparse.ArgumentParser) -> None:
-    """The options every command on a trained checkpoint takes."""
-    parser.add_argument("--checkpoint", required=True, help="run folder (or checkpoint file) written by scoresde train")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help (where it has one), and the description's example kept on its own lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        shown = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+        if shown and action.option_strings and "%(default)" not in help:
+            help += " (default: %(default)s)"
+        return help
+
+
+def _command(sub, name: str, run, help: str, example: str, *, seed: int | None = 0, force: bool = True) -> argparse.ArgumentParser:
+    """A sub-command with the options every command takes: --device, --seed, --json (and --force where it writes)."""
+    parser = sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}.\n\nexample:\n  {example}",
+                            formatter_class=_HelpFormatter)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--force", action="store_true", help="overwrite existing files")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    parser.add_argument("--seed", type=int, default=seed, help="random seed" + (" (default: the config's train.seed)" if seed is None else ""))
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout (no progress bars)")
+    if force:
+        parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    parser.set_defaults(run=run)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scoresde", description="Score-based generative modelling with SDEs.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    toys = sub.add_parser(
-        "toys",
-        help="sample the 2D toy data sets and draw the forward process",
-        description="Sample the 2D toys, draw the forward SDE on the gmm toy. Example: scoresde toys --out out/",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog="scoresde", description="Score-based generative modelling with SDEs.\n\n"
+                                     "example:\n  scoresde demo --out scoresde-out", formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = _command(sub, "demo", cmd_demo, "train on a 2D toy with a known density, compare samplers, measure the likelihood and "
+                    "write a report", "scoresde demo --out scoresde-out")
+    demo.add_argument("--out", default="scoresde-out", help="output folder: report.md, metrics.json, figures, run/")
+    demo.add_argument("--quick", action="store_true", help="small model and few points (under 30 s; for tests, not for quality)")
+    toys = _command(sub, "toys", cmd_toys, "sample the 2D toy data sets and draw the forward process of the gmm toy",
+                    "scoresde toys moons 8gaussians --out out/ --sde ve")
     toys.add_argument("names", nargs="*", help="toy data sets to draw (default: all)")
     toys.add_argument("--out", default="scoresde-out", help="output folder")
     toys.add_argument("-n", type=int, default=2000, help="samples per data set")
     toys.add_argument("--sde", default="vp", help=f"forward SDE: {', '.join(SDES)}")
-    toys.add_argument("--seed", type=int, default=0, help="random seed")
-    toys.add_argument("--force", action="store_true", help="overwrite existing files")
-    toys.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    toys.set_defaults(run=cmd_toys)
-    train = sub.add_parser(
-        "train",
-        help="train a score model from a preset or config file",
-        description="Train a score model; an existing checkpoint in --out is resumed. "
-        "Example: scoresde train --preset toy-vp --out runs/toy --set train.steps=2000. "
-        "Several processes: torchrun --nproc_per_node=2 -m scoresde train ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    train = _command(sub, "train", cmd_train, "train a score model from a preset or config file",
+                     "scoresde train --preset toy-vp --out runs/toy --set train.steps=2000\n"
+                     "  scoresde train --out runs/toy --resume --steps 4000\n"
+                     "  torchrun --nproc_per_node=2 -m scoresde train --preset digits-ddpm --out runs/digits", seed=None)
     train.add_argument("--preset", help="named preset (scoresde list shows them; default toy-vp)")
     train.add_argument("--config", help="YAML or TOML config file")
     train.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one config field (repeatable)")
-    train.add_argument("--out", required=True, help="run folder: checkpoint.safetensors, config.yaml, metrics.csv")
-    train.add_argument("--steps", type=int, help="train.steps")
+    train.add_argument("--out", required=True, help="run folder: checkpoint.safetensors, config.yaml, metrics.csv, loss.png")
+    train.add_argument("--steps", type=int, help="train.steps (the total, counted from step 0)")
     train.add_argument("--data-dir", help="folder with MNIST / CIFAR-10 files (data.data_dir)")
-    train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    train.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
-    train.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (no progress bar)")
-    train.set_defaults(run=cmd_train)
-    smp = sub.add_parser(
-        "sample",
-        help="sample a trained checkpoint",
-        description="Draw samples from a checkpoint's EMA model; writes FILE.npz and FILE.png. "
-        "Example: scoresde sample --checkpoint runs/toy --sampler dpm_solver --steps 20 -n 2000 --out runs/toy/samples.npz",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _checkpoint_options(smp)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out (its config.yaml unless --preset/--config)")
+    smp = _command(sub, "sample", cmd_sample, "draw samples from a checkpoint's EMA model; writes FILE.npz and FILE.png",
+                   "scoresde sample --checkpoint runs/toy --sampler dpm_solver --steps 20 -n 2000 --out runs/toy/samples.npz")
+    _checkpoint_option(smp)
     smp.add_argument("--sampler", default="dpm_solver", help="a sampler name (scoresde list)")
     smp.add_argument("--steps", type=int, help="steps of the sampler's grid (its own default if omitted)")
     smp.add_argument("--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)")
     smp.add_argument("-n", type=int, default=2000, help="number of samples")
     smp.add_argument("--out", required=True, help="samples file (.npz); the picture goes next to it (.png)")
-    smp.set_defaults(run=cmd_sample)
-    lik = sub.add_parser(
-        "likelihood",
-        help="NLL and bits/dim of held-out data under a checkpoint, with the ELBO beside it",
-        description="Exact NLL through the probability-flow ODE (and the ELBO) of held-out data: a toy's fresh draws "
-        "(with the true NLL where the toy has a density), an image set's test split, or an .npz file with array x. "
-        "Example: scoresde likelihood --checkpoint runs/toy -n 2000 --out runs/toy/likelihood.json",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _checkpoint_options(lik)
-    lik.add_argument("--data", help="data set name or .npz file (default: the run's data set)")
+    lik = _command(sub, "likelihood", cmd_likelihood, "exact NLL and bits/dim of held-out data through the probability-flow ODE, "
+                   "with the ELBO beside it", "scoresde likelihood --checkpoint runs/toy -n 2000 --out runs/toy/likelihood.json")
+    _checkpoint_option(lik)
+    lik.add_argument("--data", help="data set name or .npz file with array x (default: the run's data set; toys: fresh draws "
+                     "with their true NLL; images: the test split)")
     lik.add_argument("-n", type=int, default=1000, help="number of points (images: the first n of the test split)")
     lik.add_argument("--out", required=True, help="result file (.json)")
-    lik.set_defaults(run=cmd_likelihood)
-    lst = sub.add_parser("list", help="list SDEs, samplers and data sets", description="Example: scoresde list --json")
-    lst.add_argument("--json", action="store_true", help="print as JSON")
-    lst.set_defaults(run=cmd_list)
+    cmp = _command(sub, "compare", cmd_compare, "compare predictor-corrector, ODE and few-step samplers on one checkpoint "
+                   "(NFE, wall time, distance to held-out data)", "scoresde compare --checkpoint runs/toy --quick")
+    _checkpoint_option(cmp)
+    cmp.add_argument("-n", type=int, default=2000, help="samples per sampler (and held-out points; images: at most the test split)")
+    cmp.add_argument("--quick", action="store_true", help="fewer samplers and step counts")
+    cmp.add_argument("--out", help="output folder for compare.json, compare.md, compare.png (default: the checkpoint's folder)")
+    _command(sub, "list", cmd_list, "list the SDEs, samplers (predictors, correctors, solvers), data sets, models and presets",
+             "scoresde list --json", force=False)
     return parser
+
+
+def _checkpoint_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="run folder (or checkpoint file) written by scoresde train")
+
+
+def _check_device(name: str) -> None:
+    """A device torch knows and this machine has, else a one-line error."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available here; use --device cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,11 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "n", 1) < 1:
             raise UserError(f"-n must be >= 1, got {args.n}")
+        _check_device(args.device)
         result = args.run(args)
     except (UserError, ValueError, TypeError) as exc:
         print(f"scoresde {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
+    if args.json and result:
         print(json.dumps(result, indent=2))
     else:
         for key, value in result.items():

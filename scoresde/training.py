@@ -219,6 +219,9 @@ class Trainer:
         target = tc.steps if steps is None else min(int(steps), tc.steps)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.step == 0:  # a fresh run: logs of an earlier run in out_dir do not continue
+                for log in ("metrics.csv", "evals.csv"):
+                    (self.out_dir / log).unlink(missing_ok=True)
             from .config import save_config
 
             save_config(self.config, self.out_dir / "config.yaml")
@@ -316,7 +319,7 @@ class Trainer:
         diff = [f"{s}.{k}" for s in ours for k in ours[s] if ours[s][k] != theirs[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES]
         if diff:
             raise CheckpointError(f"{path} was written by a run with a different config ({', '.join(diff)}); "
-                                  f"use another out_dir or resume=False (--no-resume)")
+                                  f"use another out_dir, or resume=False (scoresde train --force) to start afresh")
         self.model.load_state_dict(state["model"])
         self.ema.model.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import csv
 import math
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.animation import FuncAnimation  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .analytic import GaussianMixture, grid_cells  # noqa: E402
 from .datasets import toy_dataset, toy_datasets  # noqa: E402
-from .sde import SDE  # noqa: E402
+from .sde import SDE, ScoreFn  # noqa: E402
 
-__all__ = ["plot_toy_datasets", "plot_forward_process", "plot_samples"]
+__all__ = [
+    "plot_toy_datasets",
+    "plot_forward_process",
+    "plot_samples",
+    "plot_score_field",
+    "plot_trajectories",
+    "plot_model_density",
+    "plot_quality_vs_nfe",
+    "plot_comparison",
+    "plot_training_curve",
+    "animate_reverse_process",
+]
 
 
 def plot_toy_datasets(names: Sequence[str] | None = None, n: int = 2000, seed: int = 0) -> Figure:
@@ -28,16 +42,8 @@ def plot_toy_datasets(names: Sequence[str] | None = None, n: int = 2000, seed: i
     generator = torch.Generator().manual_seed(seed)
     for ax, name in zip(axes.flat, names):
         data = toy_dataset(name)
-        x = data.sample(n, generator).numpy()
-        ax.scatter(x[:, 0], x[:, 1], s=1.5, alpha=0.5, color="C0", rasterized=True)
         title = name + (f"\nH = {data.entropy():.3f} nats" if data.has_density else "")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlim(-data.extent, data.extent)
-        ax.set_ylim(-data.extent, data.extent)
-        ax.set_aspect("equal")
-        ax.set_xlabel("$x_1$", fontsize=8)
-        ax.set_ylabel("$x_2$", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _scatter(ax, data.sample(n, generator), data.extent, title)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle(f"2D toy data sets ({n} samples each)")
@@ -89,36 +95,342 @@ def plot_forward_process(
     return fig
 
 
+def _scatter(ax, x: torch.Tensor, extent: float | None, title: str, color: str = "C0") -> None:
+    """2D points on ``ax`` with labelled axes, an equal aspect and an optional square window."""
+    x = x.detach().cpu().float()
+    ax.scatter(x[:, 0], x[:, 1], s=1.5, alpha=0.5, color=color, rasterized=True)
+    _square(ax, extent, title)
+
+
+def _mosaic(x: torch.Tensor, low: float, high: float, cols: int) -> torch.Tensor:
+    """Images ``[N, C, H, W]`` tiled into one ``[rows*(H+1), cols*(W+1), C]`` picture in ``[0, 1]`` (1-pixel gaps)."""
+    x = ((x.detach().cpu().float() - low) / (high - low)).clamp(0, 1)
+    n, c, h, w = x.shape
+    rows = math.ceil(n / cols)
+    canvas = torch.ones(rows * (h + 1) - 1, cols * (w + 1) - 1, c)
+    for i, img in enumerate(x):
+        r, q = divmod(i, cols)
+        canvas[r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w] = img.permute(1, 2, 0)
+    return canvas
+
+
+def _show_images(ax, x: torch.Tensor, low: float, high: float, cols: int, title: str) -> None:
+    picture = _mosaic(x, low, high, cols)
+    picture = picture.numpy()
+    if picture.shape[2] == 1:
+        ax.imshow(1 - picture[:, :, 0], cmap="gray", vmin=0, vmax=1)  # ink dark on white, like the digits
+    else:
+        ax.imshow(picture)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
+
+
+def _check_samples(x: torch.Tensor) -> None:
+    if not (x.ndim == 2 and x.shape[1] == 2) and not (x.ndim == 4 and x.shape[1] in (1, 3)):
+        raise ValueError(f"expected 2D points [N, 2] or images [N, 1|3, H, W], got shape {tuple(x.shape)}")
+
+
 def plot_samples(x: torch.Tensor, title: str = "samples", levels: int | None = None, extent: float | None = None) -> Figure:
     """Samples at a glance: a scatter plot for 2D data ``[N, 2]``, an image grid (up to 10 x 10) for images
     ``[N, C, H, W]`` (integer ``levels`` or values in ``[-1, 1]``)."""
-    x = x.detach().cpu().float()
-    if x.ndim == 2 and x.shape[1] == 2:
+    _check_samples(x)
+    if x.ndim == 2:
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5)
-        if extent is not None:
-            ax.set_xlim(-extent, extent)
-            ax.set_ylim(-extent, extent)
-        ax.set_aspect("equal")
-        ax.set_xlabel("$x_1$")
-        ax.set_ylabel("$x_2$")
-        ax.set_title(title)
+        _scatter(ax, x, extent, title)
         fig.tight_layout()
         return fig
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"plot_samples draws 2D points [N, 2] or images [N, 1|3, H, W], got shape {tuple(x.shape)}")
     n = min(len(x), 100)
     cols = min(n, 10)
-    rows = math.ceil(n / cols)
     low, high = (0.0, float(levels - 1)) if levels is not None else (-1.0, 1.0)
-    fig, axes = plt.subplots(rows, cols, figsize=(0.7 * cols + 0.4, 0.7 * rows + 0.6), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img in zip(axes.flat, x[:n]):
-        img = ((img - low) / (high - low)).clamp(0, 1)
-        if img.shape[0] == 1:
-            ax.imshow(img[0], cmap="gray_r", vmin=0, vmax=1)
-        else:
-            ax.imshow(img.permute(1, 2, 0))
-    fig.suptitle(title)
+    fig, ax = plt.subplots(figsize=(0.55 * cols + 0.6, 0.55 * math.ceil(n / cols) + 0.8))
+    _show_images(ax, x[:n], low, high, cols, title)
+    fig.tight_layout()
     return fig
+
+
+def _grid(extent: float, points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``points x points`` grid over ``[-extent, extent]^2``: the axis ``[points]`` and the cells ``[points^2, 2]`` (float64)."""
+    axis = torch.linspace(-extent, extent, points, dtype=torch.float64)
+    xx, yy = torch.meshgrid(axis, axis, indexing="xy")
+    return axis, torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+
+
+def _model_dtype(score_fn: ScoreFn) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of a module's parameters (float64 / cpu for plain functions such as the oracle)."""
+    params = list(score_fn.parameters()) if isinstance(score_fn, torch.nn.Module) else []
+    return (params[0].dtype, params[0].device) if params else (torch.float64, torch.device("cpu"))
+
+
+def _evaluate_score(score_fn: ScoreFn, x: torch.Tensor, t: float) -> torch.Tensor:
+    dtype, device = _model_dtype(score_fn)
+    with torch.no_grad():
+        out = score_fn(x.to(device=device, dtype=dtype), torch.full((len(x),), t, dtype=dtype, device=device))
+    return out.detach().cpu().to(torch.float64)
+
+
+def plot_score_field(
+    sde: SDE,
+    score_fn: ScoreFn,
+    times: Sequence[float] = (0.02, 0.1, 0.3, 1.0),
+    *,
+    mixture: GaussianMixture | None = None,
+    extent: float = 4.5,
+    arrows: int = 21,
+    grid: int = 150,
+) -> Figure:
+    r"""The score field :math:`s_\theta(x, t) \approx \nabla_x \log p_t(x)` as arrows at several times
+    (fractions of ``sde.T``), drawn over the closed-form density :math:`p_t` when ``mixture`` (the data's
+    Gaussian mixture) is given, with a second row of the exact score :math:`\nabla_x \log p_t` for comparison.
+
+    Arrows show :math:`\sigma(t)\,s(x, t)` (= :math:`-\hat\epsilon`), whose size does not blow up as
+    :math:`t \to 0`; learned and exact arrows at the same ``t`` share one scale.
+    """
+    rows = 2 if mixture is not None else 1
+    fig, axes = plt.subplots(rows, len(times), figsize=(2.9 * len(times), 3.0 * rows), squeeze=False)
+    axis, cells = _grid(extent, arrows)
+    dense_axis, dense = _grid(extent, grid)
+    for j, frac in enumerate(times):
+        t = frac * sde.T
+        sigma = float(sde.sigma(torch.tensor([t], dtype=torch.float64)))
+        fields = [("learned", _evaluate_score(score_fn, cells, t))]
+        if mixture is not None:
+            fields.append(("exact", mixture.marginal_score(sde, cells, t)))
+        scale = max(float((sigma * f).norm(dim=1).max()) for _, f in fields) / (1.6 * extent / arrows) + 1e-12
+        for i, (name, field) in enumerate(fields):
+            ax = axes[i, j]
+            if mixture is not None:
+                density = mixture.marginal(sde, t).log_prob(dense).exp().reshape(grid, grid)
+                ax.imshow(density.numpy(), origin="lower", extent=(-extent, extent, -extent, extent), cmap="Blues")
+            v = (sigma * field).numpy()
+            ax.quiver(cells[:, 0].numpy(), cells[:, 1].numpy(), v[:, 0], v[:, 1], angles="xy", scale_units="xy", scale=scale,
+                      color="C1" if name == "learned" else "C3", width=0.004)
+            ax.set_xlim(-extent, extent)
+            ax.set_ylim(-extent, extent)
+            ax.set_aspect("equal")
+            ax.set_title(f"{name} score, t = {t:.3g}", fontsize=9)
+            ax.set_xlabel("$x_1$", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[0, j].set_ylabel("$x_2$", fontsize=8)
+        if rows == 2:
+            axes[1, j].set_ylabel("$x_2$", fontsize=8)
+    note = " over the closed-form $p_t$" if mixture is not None else ""
+    fig.suptitle(rf"Score field $\sigma(t)\,s(x, t)$ of {sde!r}{note}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_trajectories(
+    sde: SDE,
+    score_fn: ScoreFn,
+    n: int = 12,
+    *,
+    steps: int = 200,
+    seed: int = 0,
+    extent: float = 4.5,
+    data: torch.Tensor | None = None,
+) -> Figure:
+    r"""Reverse paths from the *same* prior draws :math:`x_T`: the reverse SDE (Euler–Maruyama)
+    :math:`dx = [f - g^2 s_\theta]dt + g\,d\bar w` and the probability-flow ODE
+    :math:`dx/dt = f - \tfrac12 g^2 s_\theta` (RK4), both on ``steps`` uniform steps. Left and middle:
+    the paths in the plane over ``data`` (optional, grey); right: the first coordinate against ``t``.
+    The ODE's paths are smooth and deterministic; the SDE's jitter yet end on the same distribution."""
+    from .samplers import sample
+
+    dtype, device = _model_dtype(score_fn)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x_T = sde.prior_sampling((n, 2), generator, device=device, dtype=dtype)
+    runs = {
+        "reverse SDE (Euler–Maruyama)": sample(sde, score_fn, (n, 2), "pc", steps=steps, predictor="euler_maruyama", corrector="none",
+                                               x_T=x_T, generator=generator, return_trajectory=True),
+        "probability-flow ODE (RK4)": sample(sde, score_fn, (n, 2), "ode", method="rk4", steps=steps // 4, x_T=x_T,
+                                             return_trajectory=True),
+    }
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
+    for ax, (name, result), color in zip(axes[:2], runs.items(), ("C0", "C1")):
+        path = result.trajectory.cpu().double()
+        if data is not None:
+            ax.scatter(data[:, 0].cpu(), data[:, 1].cpu(), s=1, color="0.8", rasterized=True, label="data")
+        for k in range(n):
+            ax.plot(path[:, k, 0], path[:, k, 1], color=color, lw=0.7, alpha=0.8)
+        ax.scatter(path[0, :, 0], path[0, :, 1], marker="o", s=14, color="k", label="start $x_T$", zorder=3)
+        ax.scatter(path[-1, :, 0], path[-1, :, 1], marker="*", s=40, color="C3", label="end $x_0$", zorder=3)
+        _square(ax, extent, f"{name}, NFE {result.nfe}")
+        ax.legend(fontsize=7, loc="upper right")
+    for (name, result), color in zip(runs.items(), ("C0", "C1")):
+        path = result.trajectory.cpu().double()
+        times = result.times.double()
+        for k in range(min(n, 6)):
+            axes[2].plot(times, path[:, k, 0], color=color, lw=0.8, label=name if k == 0 else None)
+    axes[2].set_xlabel("t (the reverse process runs right to left)")
+    axes[2].set_ylabel("$x_1(t)$")
+    axes[2].invert_xaxis()
+    axes[2].set_title("first coordinate against time (same $x_T$)", fontsize=9)
+    axes[2].legend(fontsize=7)
+    fig.suptitle(f"Reverse-time paths of {sde!r} from the same starting noise", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _square(ax, extent: float | None, title: str) -> None:
+    """Labelled axes with an equal aspect over ``[-extent, extent]^2`` (``None``: matplotlib's own limits)."""
+    if extent is not None:
+        ax.set_xlim(-extent, extent)
+        ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_xlabel("$x_1$", fontsize=8)
+    ax.set_ylabel("$x_2$", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=9)
+
+
+def plot_model_density(
+    sde: SDE,
+    score_fn: ScoreFn,
+    *,
+    extent: float = 4.5,
+    grid: int = 64,
+    true_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    rtol: float = 1e-4,
+    atol: float = 1e-4,
+    progress: bool = False,
+) -> Figure:
+    r"""The model's density :math:`p_\theta(x) = \exp(-\mathrm{NLL}(x))` from the exact likelihood
+    (:func:`scoresde.log_likelihood`, probability-flow ODE, exact divergence) on a ``grid x grid`` grid,
+    next to the true density and the pointwise log-ratio :math:`\log p_\theta - \log p` where
+    ``true_log_prob`` is given. Costs one ODE solve of ``grid**2`` points."""
+    from .likelihood import log_likelihood
+
+    axis, cells = _grid(extent, grid)
+    dtype, device = _model_dtype(score_fn)
+    result = log_likelihood(sde, score_fn, cells.to(device=device, dtype=dtype), rtol=rtol, atol=atol, progress=progress,
+                            batch_size=4096)
+    model_logp = -result.nll.detach().cpu().double().reshape(grid, grid)
+    panels = [(f"model density (PF-ODE, {result.nfe} NFE)", model_logp.exp(), "viridis")]
+    if true_log_prob is not None:
+        true_logp = true_log_prob(cells).reshape(grid, grid)
+        vmax = float(true_logp.exp().max())
+        panels.append(("true density", true_logp.exp(), "viridis"))
+        ratio = (model_logp - true_logp).clamp(-3, 3)
+        panels.append((r"$\log p_\theta - \log p$ (clipped to $\pm 3$)", ratio, "RdBu_r"))
+    else:
+        vmax = float(model_logp.exp().max())
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    for ax, (title, values, cmap) in zip(axes[0], panels):
+        limits = {"vmin": -3, "vmax": 3} if cmap == "RdBu_r" else {"vmin": 0, "vmax": vmax}
+        image = ax.imshow(values.numpy(), origin="lower", extent=(-extent, extent, -extent, extent), cmap=cmap, **limits)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        _square(ax, extent, title)
+    fig.suptitle(f"Density of the model against the truth ({grid}x{grid} grid)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_quality_vs_nfe(comparison, ax=None, metric: str = "energy_distance") -> Figure:
+    """Quality against NFE for a :class:`~scoresde.evaluation.Comparison`: one line per sampler family
+    (log-log), with the noise floor as a dashed line. ``metric``: ``energy_distance`` or ``sliced_wasserstein``."""
+    if metric not in ("energy_distance", "sliced_wasserstein"):
+        raise ValueError(f"metric must be energy_distance or sliced_wasserstein, got {metric!r}")
+    fig = ax.figure if ax is not None else plt.figure(figsize=(6, 4.2))
+    ax = ax if ax is not None else fig.add_subplot()
+    families: dict[str, list] = {}
+    for run in comparison.runs:
+        families.setdefault(run.spec.family, []).append(run)
+    for i, (family, runs) in enumerate(families.items()):
+        runs = sorted(runs, key=lambda r: r.nfe)
+        ax.plot([r.nfe for r in runs], [getattr(r, metric) for r in runs], marker="o", ms=4, label=family, color=f"C{i % 10}")
+    if metric in comparison.floor:
+        ax.axhline(comparison.floor[metric], color="k", ls="--", lw=1, label=f"noise floor (n = {comparison.n})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (score evaluations per sample)")
+    ax.set_ylabel(metric.replace("_", " ") + " to held-out data")
+    ax.set_title("Sample quality against NFE", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_comparison(comparison, reference: torch.Tensor, *, extent: float | None = None, levels: tuple[float, float] = (-1.0, 1.0)) -> Figure:
+    """One figure for :func:`~scoresde.evaluation.compare_samplers`: held-out data and each sampler family's
+    samples side by side (its largest NFE; scatter plots for 2D, image grids for images), and quality against NFE.
+    ``levels``: the value range of images (model range by default)."""
+    _check_samples(reference)
+    best: dict[str, object] = {}
+    for run in comparison.runs:
+        if run.spec.family not in best or run.nfe > best[run.spec.family].nfe:
+            best[run.spec.family] = run
+    panels = [("held-out data", reference[: comparison.n])] + [
+        (f"{run.spec.label}\nNFE {run.nfe}, ED {run.energy_distance:.1e}", run.x) for run in best.values()]
+    cols = min(len(panels), 4)
+    rows = math.ceil(len(panels) / cols)
+    fig = plt.figure(figsize=(3.1 * cols, 3.2 * rows + 4.2))
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[3.2] * rows + [4.2])
+    for k, (title, x) in enumerate(panels):
+        ax = fig.add_subplot(grid[k // cols, k % cols])
+        if x.ndim == 2:
+            _scatter(ax, x, extent, title, color="0.3" if k == 0 else "C0")
+        else:
+            _show_images(ax, x[:36], levels[0], levels[1], 6, title)
+    plot_quality_vs_nfe(comparison, ax=fig.add_subplot(grid[rows, :]))
+    fig.suptitle(f"Samplers on one model ({comparison.n} samples each, same prior draw)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curve(history: str | Path | Sequence[dict]) -> Figure:
+    """Loss (log scale) and learning rate against the step, from a run's ``metrics.csv`` or rows of
+    ``{"step", "loss", "lr"}`` (e.g. :attr:`TrainResult.history`)."""
+    if isinstance(history, (str, Path)):
+        with open(history, newline="") as fh:
+            history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+    rows = [r for r in history if "step" in r and "loss" in r]
+    if not rows:
+        raise ValueError("the training history holds no rows with step and loss; train for at least train.log_every steps")
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    steps = [r["step"] for r in rows]
+    loss = [r["loss"] for r in rows]
+    ax.plot(steps, loss, color="C0", label="training loss (mean over the logging interval)")
+    if all(v > 0 for v in loss):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    if all("lr" in r for r in rows):
+        twin = ax.twinx()
+        twin.plot(steps, [r["lr"] for r in rows], color="C1", lw=1, ls="--", label="learning rate")
+        twin.set_ylabel("learning rate")
+        lines = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
+        ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], fontsize=8)
+    else:
+        ax.legend(fontsize=8)
+    ax.set_title("Training curve")
+    fig.tight_layout()
+    return fig
+
+
+def animate_reverse_process(
+    trajectory: torch.Tensor,
+    times: torch.Tensor,
+    *,
+    extent: float = 4.5,
+    frames: int = 40,
+    title: str = "reverse process",
+    interval: int = 100,
+) -> FuncAnimation:
+    """An animation of 2D samples along the reverse process (``trajectory [K, N, 2]`` at ``times [K]``, e.g.
+    ``sample(..., return_trajectory=True)``), ``frames`` states evenly spaced; save it with
+    ``anim.save("reverse.gif", writer="pillow")``. Its figure is ``anim._fig`` (labelled axes, time in the title)."""
+    if trajectory.ndim != 3 or trajectory.shape[2] != 2 or times.shape[0] != trajectory.shape[0]:
+        raise ValueError(f"trajectory must be [K, N, 2] with times [K], got {tuple(trajectory.shape)} and {tuple(times.shape)}")
+    path = trajectory.detach().cpu().float()
+    picks = torch.linspace(0, len(path) - 1, min(frames, len(path))).round().long().tolist()
+    fig, ax = plt.subplots(figsize=(4.5, 4.7))
+    dots = ax.scatter(path[0, :, 0], path[0, :, 1], s=2, alpha=0.5)
+    _square(ax, extent, title)
+
+    def update(k: int):
+        dots.set_offsets(path[picks[k]].numpy())
+        ax.set_title(f"{title}: t = {float(times[picks[k]]):.3f}", fontsize=9)
+        return (dots,)
+
+    return FuncAnimation(fig, update, frames=len(picks), interval=interval, blit=False)

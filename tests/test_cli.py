@@ -51,11 +51,23 @@ def test_train_writes_a_run_folder_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--out", str(out), "--set", "model.kwargs.width=16", "--set", "model.kwargs.depth=1", "--set", "train.batch_size=32",
             "--json"]
-    assert main(args + ["--steps", "6"]) == 0
+    assert main(args + ["--steps", "6", "--set", "train.log_every=2"]) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["step"] == 6 and {p.name for p in out.iterdir()} == {"checkpoint.safetensors", "config.yaml", "metrics.csv"}
-    assert main(args + ["--steps", "9"]) == 0  # resumes from step 6: a longer run is allowed
-    assert json.loads(capsys.readouterr().out)["step"] == 9
+    assert first["step"] == 6 and {p.name for p in out.iterdir()} == {"checkpoint.safetensors", "config.yaml", "metrics.csv", "loss.png"}
+    before = (out / "checkpoint.safetensors").read_bytes()
+    assert main(args + ["--steps", "9"]) == 2  # a run is there: neither --resume nor --force
+    assert "pass --resume to continue it or --force to start afresh" in capsys.readouterr().err
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+    assert main(["train", "--out", str(out), "--resume", "--steps", "9", "--json"]) == 0  # the run's own config.yaml
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["step"] == 9 and resumed["config"]["model"]["kwargs"]["width"] == 16 and resumed["config"]["train"]["log_every"] == 2
+    assert [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]] == [2, 4, 6, 8, 9]
+    assert main(args + ["--steps", "4", "--force", "--seed", "3"]) == 0  # afresh: step 4, the old log gone
+    fresh = json.loads(capsys.readouterr().out)
+    assert fresh["step"] == 4 and fresh["config"]["train"]["seed"] == 3
+    assert (out / "metrics.csv").read_text().splitlines()[-1].startswith("4,")
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "--resume: no checkpoint in" in capsys.readouterr().err
 
 
 def test_train_user_errors_are_one_line(tmp_path):

@@ -1,0 +1,136 @@
+"""The command line as a user drives it (subprocess): train -> sample -> likelihood -> compare on quick settings,
+the demo, every command's --help, and user errors (status 2, one line, nothing changed on disk)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scoresde.cli import _demo_summary, build_parser, main
+from scoresde.report import DEMO_FILES
+
+COMMANDS = ["demo", "toys", "train", "sample", "likelihood", "compare", "list"]
+
+
+def scoresde(*args, check_rc: int | None = 0):
+    proc = subprocess.run([sys.executable, "-m", "scoresde", *map(str, args)], capture_output=True, text=True)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stderr[-2000:]
+    return proc
+
+
+def one_line_error(proc, message: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A small toy run (8 Gaussians, VP): 300 steps of a width-32 MLP, a couple of seconds."""
+    folder = tmp_path_factory.mktemp("cli") / "run"
+    proc = scoresde("train", "--out", folder, "--steps", 300, "--set", "model.kwargs.width=32", "--set", "train.batch_size=256",
+                    "--set", "train.log_every=20", "--seed", 1, "--json")
+    summary = json.loads(proc.stdout)
+    assert summary["step"] == 300 and summary["config"]["train"]["seed"] == 1
+    assert {p.name for p in folder.iterdir()} >= {"checkpoint.safetensors", "config.yaml", "metrics.csv", "loss.png"}
+    return folder
+
+
+def test_sample_likelihood_compare_on_a_trained_run(run, tmp_path):
+    import numpy as np
+
+    out = tmp_path / "samples.npz"
+    sampled = json.loads(scoresde("sample", "--checkpoint", run, "--sampler", "pc", "--steps", 10, "--option", "predictor=euler_maruyama",
+                                  "--option", "corrector=none", "-n", 64, "--seed", 3, "--out", out, "--json").stdout)
+    assert sampled["nfe"] == 11 and sampled["settings"]["predictor"] == "euler_maruyama"
+    assert np.load(out)["x"].shape == (64, 2) and out.with_suffix(".png").stat().st_size > 1000
+
+    lik = tmp_path / "lik.json"
+    summary = json.loads(scoresde("likelihood", "--checkpoint", run, "-n", 50, "--out", lik, "--json").stdout)
+    saved = json.loads(lik.read_text())
+    assert {k: saved[k] for k in saved} == {k: summary[k] for k in saved}
+    for key in ("nll_nats", "nll_standard_error", "bits_per_dim", "nfe", "elbo_nats", "elbo_standard_error", "true_nll_nats",
+                "nll_gap_nats", "nll_gap_standard_error"):
+        assert isinstance(saved[key], (int, float)), key
+    assert saved["nll_standard_error"] > 0 and saved["nfe"] > 20
+    # the paired gap is the difference of the means, and an under-trained model is worse than the truth
+    assert abs(saved["nll_gap_nats"] - (saved["nll_nats"] - saved["true_nll_nats"])) < 1e-9 and saved["nll_gap_nats"] > 0
+
+    folder = tmp_path / "cmp"
+    result = json.loads(scoresde("compare", "--checkpoint", run, "--quick", "-n", 300, "--out", folder, "--json").stdout)
+    table = json.loads((folder / "compare.json").read_text())
+    families = {r["family"] for r in table["runs"]}
+    assert {"pc (reverse diffusion + Langevin)", "ode (dopri5, adaptive)", "ddim", "heun (EDM)", "dpm_solver (3M)"} <= families
+    for row in table["runs"]:
+        assert row["nfe"] > 0 and row["seconds"] > 0 and row["energy_distance"] > 0 and row["true_nll"] is not None
+    assert table["noise_floor"]["energy_distance"] > 0 and abs(table["entropy"] - 2.8324) < 1e-3
+    assert result["best"] in {r["label"] for r in table["runs"]}
+    assert (folder / "compare.png").stat().st_size > 10_000 and "| sampler | NFE |" in (folder / "compare.md").read_text()
+    before = (folder / "compare.json").read_bytes()
+    again = scoresde("compare", "--checkpoint", run, "--quick", "-n", 300, "--out", folder, check_rc=None)
+    one_line_error(again, "compare.json already exists; pass --force")
+    assert (folder / "compare.json").read_bytes() == before
+
+
+def test_demo_quick_writes_the_report(tmp_path):
+    out = tmp_path / "demo"
+    metrics = json.loads(scoresde("demo", "--quick", "--out", out, "--json").stdout)
+    for name in DEMO_FILES:
+        assert (out / name).exists(), name
+    report = (out / "report.md").read_text()
+    for name in ("forward.png", "score_field.png", "trajectories.png", "compare.png", "density.png", "run/loss.png", "reverse.gif"):
+        assert f"({name})" in report and (out / name).stat().st_size > 5_000, name
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    lik = metrics["likelihood"]
+    assert lik["n"] == 200 and abs(lik["true_nll_nats"] - 2.83) < 0.3 and lik["nll_gap_nats"] > -0.2
+    assert metrics["train"]["steps"] == 400 and len(metrics["compare"]["runs"]) == 9
+    summary = _demo_summary(metrics, out)
+    assert len(summary.splitlines()) <= 24 and "gap" in summary and "report.md" in summary
+    from PIL import Image
+
+    with Image.open(out / "reverse.gif") as gif:
+        assert gif.n_frames == 15
+    proc = scoresde("demo", "--quick", "--out", out, check_rc=None)  # refuses: nothing overwritten
+    one_line_error(proc, "already exists; pass --force")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example_and_the_common_options(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "example:" in text and f"scoresde {command}" in text
+    for option in ("--device", "--seed", "--json"):
+        assert option in text, option
+    if command not in ("list",):
+        assert "(default:" in text
+
+
+def test_user_errors_are_one_line_with_status_2(run, tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint at all")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["sample", "--checkpoint", tmp_path / "missing", "--out", tmp_path / "s.npz"], "no checkpoint at"),
+        (["compare", "--checkpoint", bad, "--out", tmp_path / "c"], "is not a readable checkpoint"),
+        (["sample", "--checkpoint", run, "--sampler", "nope", "--out", tmp_path / "s.npz"], "valid names are: ddim, dpm_solver"),
+        (["sample", "--checkpoint", run, "--option", "order=7", "--out", tmp_path / "s.npz"], "unknown dpm_solver order '7'"),
+        (["sample", "--checkpoint", run, "--option", "colour=red", "--out", tmp_path / "s.npz"], "unknown option(s) colour"),
+        (["sample", "--checkpoint", run, "--out", tmp_path / "s.txt"], "--out must name a .npz file"),
+        (["likelihood", "--checkpoint", run, "--out", a_file / "x.json"], "is a file; choose another --out"),
+        (["likelihood", "--checkpoint", run, "--data", tmp_path / "none.npz", "--out", tmp_path / "l.json"], "does not exist"),
+        (["compare", "--checkpoint", run, "--device", "cuda:7", "--out", tmp_path / "c"], "no such CUDA device here"),
+        (["train", "--out", tmp_path / "t", "--set", "sde.name=vq"], "invalid config field 'sde.name'"),
+        (["demo", "--out", a_file], "is a file; choose another --out"),
+    ]
+    for args, message in cases[2:]:  # in-process (an escaping exception would fail the test), fast
+        assert main([str(a) for a in args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and message in err, err
+    for args, message in cases[:2]:  # and as a user sees it: no traceback
+        one_line_error(scoresde(*args, check_rc=None), message)
+    assert not (tmp_path / "s.npz").exists() and not (tmp_path / "c").exists() and not (tmp_path / "t").exists()
