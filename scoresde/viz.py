@@ -107,7 +107,7 @@ def _mosaic(x: torch.Tensor, low: float, high: float, cols: int) -> torch.Tensor
     x = ((x.detach().cpu().float() - low) / (high - low)).clamp(0, 1)
     n, c, h, w = x.shape
     rows = math.ceil(n / cols)
-    canvas = torch.ones(rows * (h + 1) - 1, cols * (w + 1) - 1, c)
+    canvas = torch.full((rows * (h + 1) - 1, cols * (w + 1) - 1, c), 0.0 if c == 1 else 1.0)  # blank gaps (grey: drawn inverted)
     for i, img in enumerate(x):
         r, q = divmod(i, cols)
         canvas[r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w] = img.permute(1, 2, 0)
