@@ -1,7 +1,7 @@
 """scoresde: score-based generative modelling with stochastic differential equations.
 
 The public API lives here; module layout behind it may change, these names may not. The figures live in
-:mod:`scoresde.viz` (imported on demand: it loads matplotlib).
+`scoresde.viz` (imported on demand: it loads matplotlib).
 """
 
 from .analytic import GaussianMixture, MixtureScore, entropy_by_quadrature

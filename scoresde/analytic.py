@@ -1,15 +1,13 @@
 r"""The exact oracle: a Gaussian mixture whose every SDE marginal, score and log-density is closed-form.
 
-If :math:`p_0 = \sum_k w_k \mathcal N(\mu_k, S_k)` and :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon`, then
+If $p_0 = \sum_k w_k \mathcal N(\mu_k, S_k)$ and $x_t = \alpha(t) x_0 + \sigma(t)\epsilon$, then
 
-.. math::  p_t = \sum_k w_k\, \mathcal N\big(\alpha(t)\mu_k,\ C_k(t)\big), \qquad
-           C_k(t) = \alpha(t)^2 S_k + \sigma(t)^2 I,
+$$p_t = \sum_k w_k\, \mathcal N\big(\alpha(t)\mu_k,\ C_k(t)\big), \qquad C_k(t) = \alpha(t)^2 S_k + \sigma(t)^2 I,$$
 
-.. math::  \nabla_x \log p_t(x) = -\sum_k r_k(x)\, C_k(t)^{-1}(x - \alpha(t)\mu_k), \qquad
-           r_k = \operatorname{softmax}_k\big(\log w_k + \log\mathcal N(x; \alpha\mu_k, C_k)\big).
+$$\nabla_x \log p_t(x) = -\sum_k r_k(x)\, C_k(t)^{-1}(x - \alpha(t)\mu_k), \qquad r_k = \operatorname{softmax}_k\big(\log w_k + \log\mathcal N(x; \alpha\mu_k, C_k)\big).$$
 
-Numerics: with the eigendecomposition :math:`S_k = U_k \operatorname{diag}(\ell_k) U_k^\top`, every
-:math:`C_k(t) = U_k \operatorname{diag}(\alpha^2\ell_k + \sigma^2) U_k^\top` is diagonal in the same basis,
+Numerics: with the eigendecomposition $S_k = U_k \operatorname{diag}(\ell_k) U_k^\top$, every
+$C_k(t) = U_k \operatorname{diag}(\alpha^2\ell_k + \sigma^2) U_k^\top$ is diagonal in the same basis,
 so a batch with a different ``t`` per sample costs one projection instead of one factorisation per sample;
 responsibilities use log-sum-exp, so points far in the tails keep a finite, exact score in any dimension.
 """
@@ -40,7 +38,7 @@ def _as_float64(name: str, value) -> Tensor:
 
 
 class GaussianMixture:
-    r"""Mixture :math:`p(x) = \sum_{k=1}^K w_k\,\mathcal N(x; \mu_k, S_k)` in dimension ``D``.
+    r"""Mixture $p(x) = \sum_{k=1}^K w_k\,\mathcal N(x; \mu_k, S_k)$ in dimension ``D``.
 
     Args:
         weights: ``[K]``, positive, summing to 1.
@@ -51,7 +49,7 @@ class GaussianMixture:
     input ``x`` (or of the ``dtype`` / ``device`` / ``generator`` it is given).
     """
 
-    def __init__(self, weights, means, covs) -> None:
+    def __init__(self, weights: Tensor | Sequence[float], means: Tensor | Sequence, covs: Tensor | Sequence) -> None:
         weights = _as_float64("weights", weights)
         means = _as_float64("means", means)
         covs = _as_float64("covs", covs)
@@ -91,11 +89,11 @@ class GaussianMixture:
         return self.means.shape[1]
 
     def mean(self) -> Tensor:
-        r"""Mixture mean :math:`\sum_k w_k \mu_k`, ``[D]`` (float64)."""
+        r"""Mixture mean $\sum_k w_k \mu_k$, ``[D]`` (float64)."""
         return self.weights @ self.means
 
     def covariance(self) -> Tensor:
-        r"""Mixture covariance :math:`\sum_k w_k (S_k + \mu_k\mu_k^\top) - m m^\top`, ``[D, D]`` (float64)."""
+        r"""Mixture covariance $\sum_k w_k (S_k + \mu_k\mu_k^\top) - m m^\top$, ``[D, D]`` (float64)."""
         m = self.mean()
         second = torch.einsum("k,kij->ij", self.weights, self.covs + self.means[:, :, None] * self.means[:, None, :])
         return second - torch.outer(m, m)
@@ -112,7 +110,7 @@ class GaussianMixture:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        r"""Draw ``n`` samples ``[n, D]``: :math:`k \sim \text{Cat}(w)`, :math:`x = \mu_k + L_k z`, :math:`S_k = L_k L_k^\top`.
+        r"""Draw ``n`` samples ``[n, D]``: $k \sim \text{Cat}(w)$, $x = \mu_k + L_k z$, $S_k = L_k L_k^\top$.
 
         Random numbers are drawn in float64 on the generator's device, then cast to ``dtype``
         (default: torch's default dtype) and moved to ``device``.
@@ -135,7 +133,7 @@ class GaussianMixture:
         return x.reshape(x.shape[0], self.D)
 
     def _log_prob_and_score(self, x: Tensor, alpha: Tensor, sigma: Tensor, with_score: bool) -> tuple[Tensor, Tensor | None]:
-        r"""Log-density ``[B]`` and score ``[B, D]`` of :math:`\sum_k w_k \mathcal N(\alpha\mu_k, \alpha^2 S_k + \sigma^2 I)`
+        r"""Log-density ``[B]`` and score ``[B, D]`` of $\sum_k w_k \mathcal N(\alpha\mu_k, \alpha^2 S_k + \sigma^2 I)$
         for per-sample ``alpha [B]``, ``sigma [B]`` and ``x [B, D]``."""
         opts = {"dtype": x.dtype, "device": x.device}
         U, ell, mu = self._eigvecs.to(**opts), self._eigvals.to(**opts), self.means.to(**opts)
@@ -153,20 +151,20 @@ class GaussianMixture:
         return log_p, torch.einsum("bk,bkd->bd", resp, component_score)
 
     def log_prob(self, x: Tensor) -> Tensor:
-        r""":math:`\log p(x) = \operatorname{logsumexp}_k [\log w_k + \log\mathcal N(x; \mu_k, S_k)]`, ``x [B, D] -> [B]``."""
+        r"""$\log p(x) = \operatorname{logsumexp}_k [\log w_k + \log\mathcal N(x; \mu_k, S_k)]$, ``x [B, D] -> [B]``."""
         flat = self._flat(x)
         ones = torch.ones(flat.shape[0], dtype=x.dtype, device=x.device)
         return self._log_prob_and_score(flat, ones, torch.zeros_like(ones), with_score=False)[0]
 
     def score(self, x: Tensor) -> Tensor:
-        r"""Data score :math:`\nabla_x \log p(x)`, shaped like ``x``."""
+        r"""Data score $\nabla_x \log p(x)$, shaped like ``x``."""
         flat = self._flat(x)
         ones = torch.ones(flat.shape[0], dtype=x.dtype, device=x.device)
         return self._log_prob_and_score(flat, ones, torch.zeros_like(ones), with_score=True)[1].reshape(x.shape)
 
     # ------------------------------------------------------------------ SDE marginals
     def marginal(self, sde: SDE, t: float | Tensor) -> "GaussianMixture":
-        r"""The mixture :math:`p_t = \sum_k w_k \mathcal N(\alpha(t)\mu_k, \alpha(t)^2 S_k + \sigma(t)^2 I)` at one time ``t``."""
+        r"""The mixture $p_t = \sum_k w_k \mathcal N(\alpha(t)\mu_k, \alpha(t)^2 S_k + \sigma(t)^2 I)$ at one time ``t``."""
         t = sde.check_time(torch.as_tensor(t, dtype=torch.float64))
         if t.numel() != 1:
             raise ValueError(f"t must be a single time for marginal(); got shape {tuple(t.shape)} (use marginal_log_prob for a batch)")
@@ -179,13 +177,13 @@ class GaussianMixture:
         return sde.alpha(t), sde.sigma(t)
 
     def marginal_log_prob(self, sde: SDE, x: Tensor, t: Tensor | float) -> Tensor:
-        r""":math:`\log p_t(x)` with a time per sample: ``x [B, ...]``, ``t [B]`` -> ``[B]``. Differentiable in x and t."""
+        r"""$\log p_t(x)$ with a time per sample: ``x [B, ...]``, ``t [B]`` -> ``[B]``. Differentiable in x and t."""
         flat = self._flat(x)
         alpha, sigma = self._alpha_sigma(sde, x, t)
         return self._log_prob_and_score(flat, alpha, sigma, with_score=False)[0]
 
     def marginal_score(self, sde: SDE, x: Tensor, t: Tensor | float) -> Tensor:
-        r"""Exact score :math:`\nabla_x \log p_t(x)` with a time per sample, shaped like ``x``."""
+        r"""Exact score $\nabla_x \log p_t(x)$ with a time per sample, shaped like ``x``."""
         flat = self._flat(x)
         alpha, sigma = self._alpha_sigma(sde, x, t)
         return self._log_prob_and_score(flat, alpha, sigma, with_score=True)[1].reshape(x.shape)
@@ -196,7 +194,7 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ entropy
     def entropy(self, points_per_dim: int | None = None) -> float:
-        r"""Differential entropy :math:`H = -\int p \log p\,dx` in nats, by quadrature (D = 1 or 2).
+        r"""Differential entropy $H = -\int p \log p\,dx$ in nats, by quadrature (D = 1 or 2).
 
         The integrand is smooth and decays like a Gaussian, so the rectangle rule on a box reaching 12
         standard deviations past every component converges spectrally; the default grid spacing is a
@@ -214,7 +212,7 @@ class GaussianMixture:
 
 
 class MixtureScore:
-    """``score_fn(x, t)`` returning the exact :math:`\\nabla_x\\log p_t(x)` of a :class:`GaussianMixture` under an SDE."""
+    """``score_fn(x, t)`` returning the exact $\\nabla_x\\log p_t(x)$ of a `GaussianMixture` under an SDE."""
 
     def __init__(self, mixture: GaussianMixture, sde: SDE) -> None:
         self.mixture = mixture
@@ -242,9 +240,9 @@ def entropy_by_quadrature(
     points_per_dim: int,
     chunk: int = 1 << 18,
 ) -> float:
-    r""":math:`H = -\int_{box} p(x)\log p(x)\,dx` by the midpoint rule on a regular grid (float64).
+    r"""$H = -\int_{box} p(x)\log p(x)\,dx$ by the midpoint rule on a regular grid (float64).
 
-    Cells where :math:`p = 0` contribute 0 (the limit of :math:`p\log p`).
+    Cells where $p = 0$ contribute 0 (the limit of $p\log p$).
     """
     cells, volume = grid_cells(lo, hi, points_per_dim)
     total = torch.zeros((), dtype=torch.float64)

@@ -320,6 +320,7 @@ def _command(sub, name: str, run, help: str, example: str, *, seed: int | None =
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command (``scoresde COMMAND --help`` prints one)."""
     parser = argparse.ArgumentParser(prog="scoresde", description="Score-based generative modelling with SDEs.\n\n"
                                      "example:\n  scoresde demo --out scoresde-out", formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -389,6 +390,8 @@ def _check_device(name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``scoresde`` command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status
+    (0, 2 for a user error with its one-line message on stderr, 130 for an interrupted training run)."""
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "n", 1) < 1:

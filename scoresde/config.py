@@ -1,4 +1,4 @@
-"""Typed run configs: frozen dataclasses per concern, composed into :class:`RunConfig`, with named presets.
+"""Typed run configs: frozen dataclasses per concern, composed into `RunConfig`, with named presets.
 
 Every field is validated when a config is built (an invalid value names its field); configs load from
 and save to YAML or TOML, and ``override(config, "train.lr=1e-3", ...)`` changes fields one by one.
@@ -101,7 +101,7 @@ class DataConfig:
         _require(self.high > self.low, "data.low", f"the model range needs high > low, got [{self.low}, {self.high}]")
 
     def transform(self):
-        """The :class:`~scoresde.datasets.DataTransform` between an image set's levels and the model range
+        """The `DataTransform` between an image set's levels and the model range
         (``None`` for toys, which the model sees as they are)."""
         from .datasets import DataTransform
         from .datasets.images import LEVELS
@@ -168,7 +168,7 @@ _SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
 def config_from_dict(data: dict) -> RunConfig:
-    """Build a :class:`RunConfig` from nested mappings; an unknown section or field is an error naming it."""
+    """Build a `RunConfig` from nested mappings; an unknown section or field is an error naming it."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections ({', '.join(_SECTIONS)}), got {type(data).__name__}")
     parts = {}
@@ -240,7 +240,7 @@ def save_config(config: RunConfig, path: str | Path) -> Path:
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML or TOML config (unknown or invalid fields raise :class:`ConfigError` naming them)."""
+    """Read a YAML or TOML config (unknown or invalid fields raise `ConfigError` naming them)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -287,7 +287,7 @@ def presets() -> list[str]:
 
 
 def preset(name: str) -> RunConfig:
-    """The named preset as a :class:`RunConfig`."""
+    """The named preset as a `RunConfig`."""
     check_in_registry("preset", name, tuple(_PRESETS))
     return config_from_dict(json.loads(json.dumps(_PRESETS[name])))
 

@@ -45,7 +45,7 @@ class SamplerSpec:
 
 
 def default_lineup(quick: bool = False) -> list[SamplerSpec]:
-    """The samplers :func:`compare_samplers` runs by default: predictor–corrector (reverse diffusion +
+    """The samplers `compare_samplers` runs by default: predictor–corrector (reverse diffusion +
     Langevin, and Euler–Maruyama alone), the reverse SDE (torchsde), the adaptive probability-flow ODE, and the
     few-step solvers DDIM, EDM's Heun and DPM-Solver++ 3M, each at several step counts (NFE budgets).
     ``quick``: one or two budgets each, for tests and the quick demo."""
@@ -74,11 +74,11 @@ def default_lineup(quick: bool = False) -> list[SamplerSpec]:
 
 @dataclass
 class SamplerRun:
-    """The outcome of one :class:`SamplerSpec`: samples, NFE, wall time and quality figures.
+    """The outcome of one `SamplerSpec`: samples, NFE, wall time and quality figures.
 
     Attributes:
-        energy_distance, sliced_wasserstein: to the held-out reference (V-statistics, see :mod:`scoresde.metrics`).
-        true_nll, true_nll_standard_error: mean of :math:`-\\log p_{data}(x)` over the samples (nats), when the
+        energy_distance, sliced_wasserstein: to the held-out reference (V-statistics, see `scoresde.metrics`).
+        true_nll, true_nll_standard_error: mean of $-\\log p_{data}(x)$ over the samples (nats), when the
             data set has a density; a perfect sampler scores the data's entropy in expectation.
         n_nonfinite: samples that were NaN or infinite (dropped before scoring).
     """
@@ -102,7 +102,7 @@ class SamplerRun:
 
 @dataclass
 class Comparison:
-    """Every :class:`SamplerRun` of :func:`compare_samplers`, with the noise floor and the data's entropy."""
+    """Every `SamplerRun` of `compare_samplers`, with the noise floor and the data's entropy."""
 
     runs: list[SamplerRun]
     n: int
@@ -158,21 +158,23 @@ def compare_samplers(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> Comparison:
-    r"""Run every sampler of ``lineup`` (default :func:`default_lineup`) from the same prior draw
-    :math:`x_T \sim p_T` of ``n`` points and score each against held-out data.
+    r"""Run every sampler of ``lineup`` (default `default_lineup`) from the same prior draw
+    $x_T \sim p_T$ of ``n`` points and score each against held-out data.
 
-    Quality figures per run: energy distance :math:`2\overline{\|x-y\|} - \overline{\|x-x'\|} - \overline{\|y-y'\|}`
+    Quality figures per run: energy distance $2\overline{\|x-y\|} - \overline{\|x-x'\|} - \overline{\|y-y'\|}$
     and sliced Wasserstein-2 to ``reference``; with ``true_log_prob``, the mean true NLL
-    :math:`-\frac1n\sum_i \log p_{data}(x_i)` (against ``entropy``, the value of a perfect sampler).
+    $-\frac1n\sum_i \log p_{data}(x_i)$ (against ``entropy``, the value of a perfect sampler).
     The noise floor is the same statistics between ``reference`` and ``floor_reference`` (two independent
     held-out sets; omitted if ``floor_reference`` is None).
 
     Args:
-        sde, score_fn: the model.
+        sde: the forward process of the model.
+        score_fn: the model's score ``score_fn(x, t)``.
         reference: held-out data ``[m, ...]`` in the model's range.
         postprocess: applied to each sampler's output before scoring (e.g. quantising images to the data's levels).
         seed: seeds the prior draw (shared by every run) and each run's own noise.
-        device, dtype: of the sampling.
+        device: where to sample.
+        dtype: of the prior draw and the samples.
         progress: one progress bar over the line-up.
     """
     check_finite("reference", reference)
@@ -235,7 +237,7 @@ HELD_OUT_SEED = 1_000_003
 
 
 def held_out(data, n: int, seed: int = 0) -> HeldOut:
-    """Held-out data for a :class:`~scoresde.config.DataConfig`: fresh draws of a toy (``x`` and ``floor``
+    """Held-out data for a `DataConfig`: fresh draws of a toy (``x`` and ``floor``
     from two generators), or an image set's test split (``x``, first ``n``) with the first ``n`` training
     images as ``floor``, both at the centres of their quantisation bins in the model's range."""
     from .datasets import image_dataset, toy_dataset

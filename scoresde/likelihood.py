@@ -1,19 +1,18 @@
 r"""Exact log-likelihood through the probability-flow ODE (Song et al. 2021, Appendix D.2).
 
-The PF-ODE :math:`dx/dt = v(x, t) = f(t)x - \tfrac12 g(t)^2 s_\theta(x, t)` is a continuous normalising
+The PF-ODE $dx/dt = v(x, t) = f(t)x - \tfrac12 g(t)^2 s_\theta(x, t)$ is a continuous normalising
 flow, so by the instantaneous change of variables (Chen et al. 2018)
 
-.. math::  \log p_{eps}(x) = \log p_T(z) + \int_{eps}^{T} \nabla_x\!\cdot v(x(t), t)\, dt, \qquad
-           z = x(T),\ x(eps) = x .
+$$\log p_{eps}(x) = \log p_T(z) + \int_{eps}^{T} \nabla_x\!\cdot v(x(t), t)\, dt, \qquad z = x(T),\ x(eps) = x .$$
 
 We integrate the state and the divergence together with torchdiffeq, in ``t`` or in the log-SNR
-:math:`\lambda` (:class:`~scoresde.samplers.ode.ProbabilityFlow`; the divergence of :math:`dx/d\lambda`
-integrated in :math:`\lambda` gives the same integral). The divergence is exact (``D`` vector–Jacobian
-products, for small ``D``) or Skilling–Hutchinson's :math:`\mathbb E_\epsilon[\epsilon^\top (\partial v/\partial x)\epsilon]`
+$\lambda$ (`ProbabilityFlow`; the divergence of $dx/d\lambda$
+integrated in $\lambda$ gives the same integral). The divergence is exact (``D`` vector–Jacobian
+products, for small ``D``) or Skilling–Hutchinson's $\mathbb E_\epsilon[\epsilon^\top (\partial v/\partial x)\epsilon]$
 with probes drawn once and kept for the whole solve.
 
-With the SDE's prior in place of :math:`p_T` the result differs from :math:`-\log p_{eps}(x)` by the prior
-mismatch; ``prior_logp`` lets a caller pass the exact :math:`\log p_T` (the oracle's) to isolate the
+With the SDE's prior in place of $p_T$ the result differs from $-\log p_{eps}(x)$ by the prior
+mismatch; ``prior_logp`` lets a caller pass the exact $\log p_T$ (the oracle's) to isolate the
 integrator's error.
 """
 
@@ -51,13 +50,13 @@ in log-SNR), so t is the default; log-SNR stays available."""
 
 @dataclass
 class LikelihoodResult:
-    """Output of :func:`log_likelihood`, per sample (``[B]`` tensors, float64 on the CPU).
+    """Output of `log_likelihood`, per sample (``[B]`` tensors, float64 on the CPU).
 
     Attributes:
-        nll: :math:`-\\log p_{eps}(x)` in nats.
-        prior_logp: :math:`\\log p_T(z)` of the latent.
-        delta_logp: :math:`\\int_{eps}^T \\nabla\\cdot v\\,dt`, so that ``-nll = prior_logp + delta_logp``.
-        z: the latent :math:`x(T)` ``[B, ...]``.
+        nll: $-\\log p_{eps}(x)$ in nats.
+        prior_logp: $\\log p_T(z)$ of the latent.
+        delta_logp: $\\int_{eps}^T \\nabla\\cdot v\\,dt$, so that ``-nll = prior_logp + delta_logp``.
+        z: the latent $x(T)$ ``[B, ...]``.
         nfe: score evaluations over the whole data set (all batches; all processes under torchrun).
         settings: every argument that moves the number.
     """
@@ -76,7 +75,7 @@ class LikelihoodResult:
 
 
 def exact_divergence(v: Tensor, x: Tensor) -> Tensor:
-    r""":math:`\nabla_x\cdot v(x)` per sample ``[B]``, for ``v [B, ...]`` built from ``x`` under autograd:
+    r"""$\nabla_x\cdot v(x)$ per sample ``[B]``, for ``v [B, ...]`` built from ``x`` under autograd:
     the Jacobian's trace from ``D`` vector–Jacobian products (samples are independent)."""
     flat_v = v.reshape(v.shape[0], -1)
     total = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
@@ -186,16 +185,19 @@ def log_likelihood(
     steps: int = 100,
     error_control: str = "per_sample",
 ) -> LikelihoodResult:
-    r"""Per-sample negative log-likelihood :math:`-\log p_{eps}(x)` (nats) through the probability-flow ODE.
+    r"""Per-sample negative log-likelihood $-\log p_{eps}(x)$ (nats) through the probability-flow ODE.
 
-    .. math::  -\log p_{eps}(x) = -\log p_T(z) - \int_{eps}^{T} \nabla_x\!\cdot v(x(t), t)\,dt .
+    $$-\log p_{eps}(x) = -\log p_T(z) - \int_{eps}^{T} \nabla_x\!\cdot v(x(t), t)\,dt .$$
 
     Args:
-        sde, score_fn: the model.
+        sde: the forward process of the model.
+        score_fn: the model's score ``score_fn(x, t)``.
         x: data ``[B, ...]`` (float32 or float64), at time ``eps``.
         divergence: ``"exact"`` (full Jacobian trace, ``D`` backward passes per step: small ``D``) or
             ``"hutchinson"`` (``n_probes`` probes of kind ``probe``, fixed for the whole solve).
-        method, rtol, atol: torchdiffeq solver and tolerances (applied to the state and the divergence).
+        method: the torchdiffeq solver (``dopri5``, ``rk4``, ...).
+        rtol: relative tolerance (applied to the state and the divergence).
+        atol: absolute tolerance.
         eps: the data end of the integral (default ``sde.sampling_eps``).
         variable: integrate in ``"t"`` (default: fewer NFE for the same accuracy, measured) or ``"log_snr"``.
         generator: randomness of the Hutchinson probes.
@@ -285,15 +287,15 @@ def _gather(shard: Tensor, local: tuple[Tensor, ...], nfe: int, batch: int) -> t
 
 @dataclass
 class BitsPerDimResult:
-    """Output of :func:`bits_per_dim`.
+    """Output of `bits_per_dim`.
 
     Attributes:
-        bpd: bits per dimension of the discrete data, :math:`-\\log_2 p(y)/D` with the scaling's
+        bpd: bits per dimension of the discrete data, $-\\log_2 p(y)/D$ with the scaling's
             log-determinant (the figure the literature reports), mean over samples and draws.
         bpd_standard_error: its standard error over samples (after averaging the draws of each sample).
-        bpd_raw: :math:`-\\log_2 p_{model}(x_{model})/D` in the model's range, without the offset.
-        offset: ``bpd - bpd_raw`` = :math:`-\\log_2((b - a)/K)` (e.g. 7 for 256 levels on [-1, 1]).
-        nats_per_sample: mean :math:`-\\log p(y)` in nats.
+        bpd_raw: $-\\log_2 p_{model}(x_{model})/D$ in the model's range, without the offset.
+        offset: ``bpd - bpd_raw`` = $-\\log_2((b - a)/K)$ (e.g. 7 for 256 levels on [-1, 1]).
+        nats_per_sample: mean $-\\log p(y)$ in nats.
         per_sample: per-sample bits/dim ``[B]`` (mean over draws).
         nfe: score evaluations over all draws.
         settings: every argument that moves the number.
@@ -326,16 +328,16 @@ def bits_per_dim(
 ) -> BitsPerDimResult:
     r"""Bits per dimension of integer data ``x [B, ...]`` (values ``0 .. levels-1``) under the model.
 
-    With uniform dequantisation :math:`y = x + u` and the affine map to the model's range
-    (:class:`DataTransform`),
+    With uniform dequantisation $y = x + u$ and the affine map to the model's range
+    (`DataTransform`),
 
-    .. math::  \mathrm{bpd}(x) = \frac{-\log p_{model}(x_{model}) - D\log\frac{b - a}{K}}{D \ln 2},
+    $$\mathrm{bpd}(x) = \frac{-\log p_{model}(x_{model}) - D\log\frac{b - a}{K}}{D \ln 2},$$
 
     averaged over ``n_dequantizations`` draws of ``u`` (a variational bound on the discrete model's
-    :math:`-\log_2 P(x)/D`: it can only overestimate the discrete entropy). ``bpd_raw`` drops the
-    log-determinant term. ``estimator`` picks the per-sample :math:`-\log p_{model}`: ``"ode"`` (exact,
-    :func:`log_likelihood`), ``"elbo"`` (the continuous bound, :func:`elbo`) or ``"ddpm"`` (the discrete
-    chain's bound, :func:`ddpm_bound`), so that NLL and bounds are reported on the same footing;
+    $-\log_2 P(x)/D$: it can only overestimate the discrete entropy). ``bpd_raw`` drops the
+    log-determinant term. ``estimator`` picks the per-sample $-\log p_{model}$: ``"ode"`` (exact,
+    `log_likelihood`), ``"elbo"`` (the continuous bound, `elbo`) or ``"ddpm"`` (the discrete
+    chain's bound, `ddpm_bound`), so that NLL and bounds are reported on the same footing;
     ``likelihood_options`` go to that function (divergence, tolerances, eps, prior_logp, n_times, ...) and
     are recorded in ``settings``.
     """
@@ -371,7 +373,7 @@ def bits_per_dim(
 
 @dataclass
 class ELBOResult:
-    """Output of :func:`elbo`: the per-sample bound ``bound [B]`` on :math:`-\\log p(x)` (nats), its Monte-Carlo
+    """Output of `elbo`: the per-sample bound ``bound [B]`` on $-\\log p(x)$ (nats), its Monte-Carlo
     standard error over t ``standard_error [B]``, the prior term, NFE and settings."""
 
     bound: Tensor
@@ -389,10 +391,10 @@ TIME_SAMPLINGS = ("uniform", "log_snr")
 
 
 def _time_draws(sde: SDE, eps: float, n_times: int, sampling: str, generator, B: int, opts: dict):
-    r"""Stratified draws of t on ``[eps, T]`` with their importance weights :math:`1/p(t)`, ``n_times`` of ``[B]``.
+    r"""Stratified draws of t on ``[eps, T]`` with their importance weights $1/p(t)$, ``n_times`` of ``[B]``.
 
-    ``"uniform"``: :math:`p(t) = 1/(T - eps)`. ``"log_snr"``: uniform in the log-SNR
-    (:func:`~scoresde.samplers.grids.log_snr_times`, density :math:`\propto g^2/\sigma^2`)."""
+    ``"uniform"``: $p(t) = 1/(T - eps)$. ``"log_snr"``: uniform in the log-SNR
+    (`log_snr_times`, density $\propto g^2/\sigma^2$)."""
     if sampling == "uniform":
         width = sde.T - eps
         for k in range(n_times):
@@ -404,7 +406,7 @@ def _time_draws(sde: SDE, eps: float, n_times: int, sampling: str, generator, B:
 
 
 def _gaussian_prior_term(sde: SDE, x: Tensor, a_T: Tensor, s_T: Tensor) -> Tensor:
-    r""":math:`-\mathbb E\log\mathcal N(x_T; 0, \sigma_p^2 I)` for :math:`x_T \sim \mathcal N(a_T x, s_T^2 I)`, in closed form."""
+    r"""$-\mathbb E\log\mathcal N(x_T; 0, \sigma_p^2 I)$ for $x_T \sim \mathcal N(a_T x, s_T^2 I)$, in closed form."""
     B, dim = x.shape[0], x[0].numel()
     p2 = sde.prior_std**2
     sq = x.reshape(B, -1).pow(2).sum(1) * a_T**2 + dim * s_T**2
@@ -412,7 +414,7 @@ def _gaussian_prior_term(sde: SDE, x: Tensor, a_T: Tensor, s_T: Tensor) -> Tenso
 
 
 def _prior_term(sde: SDE, x: Tensor, t0: float, prior_logp, n_prior_draws: int, generator) -> Tensor:
-    r""":math:`-\mathbb E_{x_T \sim q(x_T|x_{t_0})}\log\pi(x_T)`: closed form for the SDE's Gaussian prior,
+    r"""$-\mathbb E_{x_T \sim q(x_T|x_{t_0})}\log\pi(x_T)$: closed form for the SDE's Gaussian prior,
     ``n_prior_draws`` draws for a custom ``prior_logp``."""
     B = x.shape[0]
     a_T, s_T = sde.transition(torch.full((B,), sde.T, dtype=x.dtype, device=x.device), torch.full((B,), t0, dtype=x.dtype, device=x.device))
@@ -436,22 +438,20 @@ def elbo(
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     n_prior_draws: int = 16,
 ) -> ELBOResult:
-    r"""Continuous-time variational bound on :math:`-\log q_{eps}(x)` for the reverse-SDE model
+    r"""Continuous-time variational bound on $-\log q_{eps}(x)$ for the reverse-SDE model
     (Song, Durkan, Murray & Ermon 2021, Theorem 1, in its implicit score-matching form; Huang et al. 2021),
     with the forward process started from the data at ``eps``:
 
-    .. math::  -\log q_{eps}(x) \le -\mathbb E\log\pi(x_T)
-               + \tfrac12\int_{eps}^{T} \mathbb E_{x_t \sim p(x_t|x)}\Big[g^2\big(\|s_\theta\|^2
-               + 2\nabla\!\cdot s_\theta\big) - 2 D f\Big] dt,
+    $$-\log q_{eps}(x) \le -\mathbb E\log\pi(x_T) + \tfrac12\int_{eps}^{T} \mathbb E_{x_t \sim p(x_t|x)}\Big[g^2\big(\|s_\theta\|^2 + 2\nabla\!\cdot s_\theta\big) - 2 D f\Big] dt,$$
 
-    :math:`x_t = \alpha_{t|eps} x + \sigma_{t|eps}\epsilon`. The implicit form (Stein's identity turns the
-    denoising form's :math:`1/\sigma` terms into :math:`\nabla\cdot s`) has no singularity at ``eps``.
-    The time integral is estimated with ``n_times`` stratified draws per sample (one :math:`x_t` each),
+    $x_t = \alpha_{t|eps} x + \sigma_{t|eps}\epsilon$. The implicit form (Stein's identity turns the
+    denoising form's $1/\sigma$ terms into $\nabla\cdot s$) has no singularity at ``eps``.
+    The time integral is estimated with ``n_times`` stratified draws per sample (one $x_t$ each),
     ``time_sampling="uniform"`` in t or ``"log_snr"`` (importance sampling, uniform in the log-SNR: density
-    :math:`\propto g^2/\sigma^2`, weights :math:`1/p(t)`); the divergence is ``"exact"`` (``D`` vector-Jacobian
+    $\propto g^2/\sigma^2$, weights $1/p(t)$); the divergence is ``"exact"`` (``D`` vector-Jacobian
     products: small ``D``) or ``"hutchinson"`` (one Rademacher probe per draw: unbiased, for images).
-    With the exact score and :math:`\pi = p_T` the bound is tight: it equals :math:`-\log p_{eps}(x)`.
-    ``prior_logp`` replaces the SDE's Gaussian prior (then :math:`\mathbb E\log\pi(x_T)` is estimated
+    With the exact score and $\pi = p_T$ the bound is tight: it equals $-\log p_{eps}(x)$.
+    ``prior_logp`` replaces the SDE's Gaussian prior (then $\mathbb E\log\pi(x_T)$ is estimated
     with ``n_prior_draws`` draws; for the Gaussian prior it is closed-form).
     """
     check_sde(sde)
@@ -502,25 +502,23 @@ def ddpm_bound(
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     n_prior_draws: int = 16,
 ) -> ELBOResult:
-    r"""The discrete-chain variational bound of DDPM (Ho et al. 2020, Eq. 5) on :math:`-\log p_\theta(x)`,
+    r"""The discrete-chain variational bound of DDPM (Ho et al. 2020, Eq. 5) on $-\log p_\theta(x)$,
 
-    .. math::  L = \underbrace{D_{KL}(q(x_N|x_0)\,\|\,\pi)}_{L_T}
-               + \sum_{i=2}^{N} \underbrace{\mathbb E_q D_{KL}(q(x_{i-1}|x_i, x_0)\,\|\,p_\theta(x_{i-1}|x_i))}_{L_{i-1}}
-               \underbrace{- \mathbb E_q\log p_\theta(x_0|x_1)}_{L_0},
+    $$L = \underbrace{D_{KL}(q(x_N|x_0)\,\|\,\pi)}_{L_T} + \sum_{i=2}^{N} \underbrace{\mathbb E_q D_{KL}(q(x_{i-1}|x_i, x_0)\,\|\,p_\theta(x_{i-1}|x_i))}_{L_{i-1}} \underbrace{- \mathbb E_q\log p_\theta(x_0|x_1)}_{L_0},$$
 
-    on the chain :math:`t_i = eps + i(T - eps)/N` (for VP: DDPM's linear-beta chain; any SDE's exact
-    transitions, so SMLD's chain for VE). :math:`x_0 = x` is the data at ``eps``. With
-    :math:`a = \alpha_{t_i|t_{i-1}}, s^2 = \sigma^2_{t_i|t_{i-1}}, A = \alpha_{t_{i-1}|t_0}, S^2 = \sigma^2_{t_{i-1}|t_0}`
-    and :math:`\sigma_i^2 = a^2S^2 + s^2`, the posterior is
-    :math:`\mathcal N\big((aS^2 x_i + s^2 A x_0)/\sigma_i^2,\ s^2S^2/\sigma_i^2\big)`, and the model is the
-    same Gaussian with :math:`x_0` replaced by the Tweedie estimate
-    :math:`\hat x_0 = (x_i + \sigma_i^2 s_\theta(x_i, t_i))/\alpha_{t_i|t_0}` (DDPM's eps-parameterisation
-    with the posterior variance :math:`\tilde\beta`), so
-    :math:`L_{i-1} = (s^2A/\sigma_i^2)^2\|x_0 - \hat x_0\|^2 / (2 s^2S^2/\sigma_i^2)`. The decoder is
-    :math:`p_\theta(x_0|x_1) = \mathcal N(\hat x_0(x_1), \sigma_{t_1|t_0}^2 I)` (DDPM's :math:`\beta_1`) and
-    :math:`L_T` is closed-form for the Gaussian prior (``prior_logp`` replaces it, as in :func:`elbo`).
+    on the chain $t_i = eps + i(T - eps)/N$ (for VP: DDPM's linear-beta chain; any SDE's exact
+    transitions, so SMLD's chain for VE). $x_0 = x$ is the data at ``eps``. With
+    $a = \alpha_{t_i|t_{i-1}}, s^2 = \sigma^2_{t_i|t_{i-1}}, A = \alpha_{t_{i-1}|t_0}, S^2 = \sigma^2_{t_{i-1}|t_0}$
+    and $\sigma_i^2 = a^2S^2 + s^2$, the posterior is
+    $\mathcal N\big((aS^2 x_i + s^2 A x_0)/\sigma_i^2,\ s^2S^2/\sigma_i^2\big)$, and the model is the
+    same Gaussian with $x_0$ replaced by the Tweedie estimate
+    $\hat x_0 = (x_i + \sigma_i^2 s_\theta(x_i, t_i))/\alpha_{t_i|t_0}$ (DDPM's eps-parameterisation
+    with the posterior variance $\tilde\beta$), so
+    $L_{i-1} = (s^2A/\sigma_i^2)^2\|x_0 - \hat x_0\|^2 / (2 s^2S^2/\sigma_i^2)$. The decoder is
+    $p_\theta(x_0|x_1) = \mathcal N(\hat x_0(x_1), \sigma_{t_1|t_0}^2 I)$ (DDPM's $\beta_1$) and
+    $L_T$ is closed-form for the Gaussian prior (``prior_logp`` replaces it, as in `elbo`).
 
-    Each term uses one draw :math:`x_i \sim q(x_i|x_0)`. ``n_terms=None`` sums all ``N`` terms (``N`` score
+    Each term uses one draw $x_i \sim q(x_i|x_0)$. ``n_terms=None`` sums all ``N`` terms (``N`` score
     evaluations per sample; ``standard_error`` is then NaN: one draw per term gives no spread); an integer
     estimates the sum from that many stratified indices (unbiased, with its standard error).
     """
@@ -593,11 +591,11 @@ def _term_indices(n_steps: int, n_terms: int | None, generator, batch: int, devi
 
 
 ESTIMATORS = ("ode", "elbo", "ddpm")
-"""How :func:`bits_per_dim` gets each sample's ``-log p_model``: the exact NLL or one of the bounds."""
+"""How `bits_per_dim` gets each sample's ``-log p_model``: the exact NLL or one of the bounds."""
 
 
 def _per_sample_nll(estimator: str, *args, **kwargs) -> tuple[Tensor, int]:
-    """Per-sample ``-log p_model`` (nats) and NFE from :func:`log_likelihood`, :func:`elbo` or :func:`ddpm_bound`."""
+    """Per-sample ``-log p_model`` (nats) and NFE from `log_likelihood`, `elbo` or `ddpm_bound`."""
     if estimator == "ode":
         result = log_likelihood(*args, **kwargs)
         return result.nll, result.nfe

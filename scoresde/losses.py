@@ -1,27 +1,26 @@
 r"""Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7), continuous and on the N-step chains.
 
-For :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon` the per-sample loss is
+For $x_t = \alpha(t) x_0 + \sigma(t)\epsilon$ the per-sample loss is
 
-.. math::  \ell(x_0) = \tfrac12\,\lambda(t)\,\big\|s_\theta(x_t, t) + \epsilon/\sigma(t)\big\|^2
-                     = \tfrac12\,\frac{\lambda(t)}{\sigma(t)^2}\,\big\|\sigma s_\theta + \epsilon\big\|^2,
+$$\ell(x_0) = \tfrac12\,\lambda(t)\,\big\|s_\theta(x_t, t) + \epsilon/\sigma(t)\big\|^2 = \tfrac12\,\frac{\lambda(t)}{\sigma(t)^2}\,\big\|\sigma s_\theta + \epsilon\big\|^2,$$
 
-computed from :math:`\sigma s_\theta` (``ScoreModel.scaled_score``) so that no small :math:`\sigma` is
-divided by. Weightings :math:`\lambda`:
+computed from $\sigma s_\theta$ (``ScoreModel.scaled_score``) so that no small $\sigma$ is
+divided by. Weightings $\lambda$:
 
-- ``"sigma2"``: :math:`\lambda = \sigma^2` (Song et al. 2021's default; NCSN's for VE);
-- ``"likelihood"``: :math:`\lambda = g^2` (Song, Durkan, Murray & Ermon 2021: the loss then bounds the
+- ``"sigma2"``: $\lambda = \sigma^2$ (Song et al. 2021's default; NCSN's for VE);
+- ``"likelihood"``: $\lambda = g^2$ (Song, Durkan, Murray & Ermon 2021: the loss then bounds the
   KL, so it trains for likelihood); with ``importance_sampling`` t is drawn uniformly in the log-SNR,
-  density :math:`p(t) \propto g^2/\sigma^2`, and reweighted by :math:`1/((T-\epsilon)p(t))`, which leaves
+  density $p(t) \propto g^2/\sigma^2$, and reweighted by $1/((T-\epsilon)p(t))$, which leaves
   the expectation unchanged and removes most of its variance;
-- ``"eps"``: DDPM's :math:`L_{simple} = \|\hat\epsilon - \epsilon\|^2` (mean over dimensions, no 1/2).
+- ``"eps"``: DDPM's $L_{simple} = \|\hat\epsilon - \epsilon\|^2$ (mean over dimensions, no 1/2).
 
 By default t is uniform on ``[eps, T]`` and the loss is an unbiased estimate of
-:math:`\mathbb E_{t \sim U}\,\ell`. With ``n_steps = N`` t is uniform on the N-step chain
-:math:`t_i = eps + (T - eps)(i - 1)/(N - 1)` (DDPM's linear-beta chain for VP, SMLD's geometric
-sigmas for VE): :func:`ddpm_loss` and :func:`smld_loss` are those discrete losses.
+$\mathbb E_{t \sim U}\,\ell$. With ``n_steps = N`` t is uniform on the N-step chain
+$t_i = eps + (T - eps)(i - 1)/(N - 1)$ (DDPM's linear-beta chain for VP, SMLD's geometric
+sigmas for VE): `ddpm_loss` and `smld_loss` are those discrete losses.
 
-Since :math:`\mathbb E\|\sigma s_\theta + \epsilon\|^2 = \sigma^2\mathbb E\|s_\theta - \nabla\log p_t\|^2
-+ D - \sigma^2\mathbb E\|\nabla\log p_t\|^2`, the loss at the exact score is its irreducible minimum.
+Since $\mathbb E\|\sigma s_\theta + \epsilon\|^2 = \sigma^2\mathbb E\|s_\theta - \nabla\log p_t\|^2
++ D - \sigma^2\mathbb E\|\nabla\log p_t\|^2$, the loss at the exact score is its irreducible minimum.
 """
 
 from __future__ import annotations
@@ -41,13 +40,13 @@ REDUCTIONS = ("sum", "mean")
 
 
 def _scaled_score(model: ScoreFn, x: Tensor, t: Tensor, sigma: Tensor) -> Tensor:
-    """:math:`\\sigma s_\\theta(x, t)`: the model's own (``scaled_score``) when it has one, else by multiplication."""
+    """$\\sigma s_\\theta(x, t)$: the model's own (``scaled_score``) when it has one, else by multiplication."""
     scaled = getattr(model, "scaled_score", None)
     return scaled(x, t) if scaled is not None else expand_to(sigma, x) * model(x, t)
 
 
 def _draw_times(sde: SDE, eps: float, B: int, importance: bool, n_steps: int | None, generator, opts) -> tuple[Tensor, Tensor]:
-    """Times ``t [B]`` and per-sample factors multiplying :math:`\\lambda(t)` (1 unless importance sampled)."""
+    """Times ``t [B]`` and per-sample factors multiplying $\\lambda(t)$ (1 unless importance sampled)."""
     if n_steps is not None:
         i = torch.randint(0, n_steps, (B,), generator=generator, device="cpu").to(opts["device"])
         return eps + (sde.T - eps) * i.to(opts["dtype"]) / max(n_steps - 1, 1), torch.ones(B, **opts)
@@ -72,7 +71,7 @@ def dsm_loss(
     r"""Per-sample denoising score-matching loss ``[B]`` (see the module docstring for the equations).
 
     Args:
-        model: a score function; a :class:`~scoresde.models.ScoreModel` is used through its
+        model: a score function; a `ScoreModel` is used through its
             ``scaled_score`` (stable at small sigma).
         x0: data ``[B, ...]`` in the model's range.
         weighting: ``"sigma2"``, ``"likelihood"`` or ``"eps"``.
@@ -107,10 +106,10 @@ def dsm_loss(
 
 
 def ddpm_loss(model: ScoreFn, sde: SDE, x0: Tensor, *, n_steps: int = 1000, generator: torch.Generator | None = None) -> Tensor:
-    r"""DDPM's :math:`L_{simple}` on the N-step chain: :math:`\|\hat\epsilon(x_{t_i}, t_i) - \epsilon\|^2`, i uniform."""
+    r"""DDPM's $L_{simple}$ on the N-step chain: $\|\hat\epsilon(x_{t_i}, t_i) - \epsilon\|^2$, i uniform."""
     return dsm_loss(model, sde, x0, weighting="eps", n_steps=n_steps, generator=generator)
 
 
 def smld_loss(model: ScoreFn, sde: SDE, x0: Tensor, *, n_steps: int = 1000, generator: torch.Generator | None = None) -> Tensor:
-    r"""SMLD / NCSN's loss on the N noise levels: :math:`\tfrac12\sigma_i^2\|s_\theta(x, \sigma_i) + \epsilon/\sigma_i\|^2`, i uniform."""
+    r"""SMLD / NCSN's loss on the N noise levels: $\tfrac12\sigma_i^2\|s_\theta(x, \sigma_i) + \epsilon/\sigma_i\|^2$, i uniform."""
     return dsm_loss(model, sde, x0, weighting="sigma2", n_steps=n_steps, generator=generator)

@@ -59,7 +59,7 @@ def _pairwise_mean(x: Tensor, y: Tensor, kernel: Callable[[Tensor], Tensor], exc
 def energy_distance(x: Tensor, y: Tensor) -> float:
     r"""Energy distance (Székely & Rizzo) between samples ``x [n, ...]`` and ``y [m, ...]``:
 
-    .. math::  \mathcal E(x, y) = 2\,\overline{\|x_i - y_j\|} - \overline{\|x_i - x_{i'}\|} - \overline{\|y_j - y_{j'}\|},
+    $$\mathcal E(x, y) = 2\,\overline{\|x_i - y_j\|} - \overline{\|x_i - x_{i'}\|} - \overline{\|y_j - y_{j'}\|},$$
 
     averages over all pairs (V-statistic, always >= 0, zero iff the empirical laws coincide).
     Flattens trailing dimensions.
@@ -71,9 +71,9 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
 
 def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] | None = None, *, unbiased: bool = False) -> float:
     r"""Squared maximum mean discrepancy with a sum of RBF kernels
-    :math:`k(a, b) = \sum_\ell \exp(-\|a - b\|^2 / (2 h_\ell^2))`:
+    $k(a, b) = \sum_\ell \exp(-\|a - b\|^2 / (2 h_\ell^2))$:
 
-    .. math::  \mathrm{MMD}^2 = \overline{k(x_i, x_{i'})} + \overline{k(y_j, y_{j'})} - 2\,\overline{k(x_i, y_j)}.
+    $$\mathrm{MMD}^2 = \overline{k(x_i, x_{i'})} + \overline{k(y_j, y_{j'})} - 2\,\overline{k(x_i, y_j)}.$$
 
     ``bandwidths`` default to the median pairwise distance of the pooled sample times
     (1/4, 1/2, 1, 2, 4), a standard multi-scale choice. ``unbiased=True`` drops the i = i' terms
@@ -106,10 +106,10 @@ def _quantiles(projected: Tensor, levels: Tensor) -> Tensor:
 def sliced_wasserstein(
     x: Tensor, y: Tensor, n_projections: int = 256, *, p: int = 2, generator: torch.Generator | None = None
 ) -> float:
-    r"""Sliced Wasserstein distance :math:`\big(\mathbb E_\theta\, W_p^p(\theta^\top x, \theta^\top y)\big)^{1/p}`
-    over ``n_projections`` random directions :math:`\theta` on the unit sphere.
+    r"""Sliced Wasserstein distance $\big(\mathbb E_\theta\, W_p^p(\theta^\top x, \theta^\top y)\big)^{1/p}$
+    over ``n_projections`` random directions $\theta$ on the unit sphere.
 
-    Each 1D :math:`W_p` compares quantile functions on a common grid of ``max(n, m)`` levels, so ``x``
+    Each 1D $W_p$ compares quantile functions on a common grid of ``max(n, m)`` levels, so ``x``
     and ``y`` may have different sizes. ``generator`` fixes the directions (default: seed 0, so that
     repeated calls on the same samples agree).
     """

@@ -1,11 +1,11 @@
 r"""What the ``compare``, ``likelihood`` and ``demo`` commands compute and write, as plain functions:
 a Python user gets the same files and figures as the command line.
 
-- :func:`likelihood_summary`: exact NLL (probability-flow ODE) with its standard error, bits/dim, NFE and
+- `likelihood_summary`: exact NLL (probability-flow ODE) with its standard error, bits/dim, NFE and
   the ELBO beside it, and for data with a known density the paired gap to the true NLL.
-- :func:`write_comparison`: a :class:`~scoresde.evaluation.Comparison` as ``compare.json``, ``compare.md``
+- `write_comparison`: a `Comparison` as ``compare.json``, ``compare.md``
   and ``compare.png`` (samples side by side and quality against NFE).
-- :func:`run_demo`: train a score model on a 2D toy with a known density, compare the samplers, measure the
+- `run_demo`: train a score model on a 2D toy with a known density, compare the samplers, measure the
   likelihood, draw the teaching figures and write ``report.md`` and ``metrics.json``.
 """
 
@@ -45,10 +45,10 @@ def likelihood_summary(
 ) -> dict:
     r"""NLL and bits/dim of held-out ``x`` with standard errors over points, NFE and the ELBO on the same points.
 
-    Continuous data (``transform`` None): :math:`-\log p_\theta(x)` in nats through the probability-flow ODE
-    (exact divergence, float64), bits/dim :math:`= \mathrm{NLL}/(D\ln 2)`, the continuous ELBO, and with
-    ``true_nll`` the paired gap :math:`\overline{\mathrm{NLL}_\theta - \mathrm{NLL}}` and its standard error.
-    Discrete images (a :class:`~scoresde.datasets.DataTransform`): :func:`~scoresde.bits_per_dim` (uniform
+    Continuous data (``transform`` None): $-\log p_\theta(x)$ in nats through the probability-flow ODE
+    (exact divergence, float64), bits/dim $= \mathrm{NLL}/(D\ln 2)$, the continuous ELBO, and with
+    ``true_nll`` the paired gap $\overline{\mathrm{NLL}_\theta - \mathrm{NLL}}$ and its standard error.
+    Discrete images (a `DataTransform`): `bits_per_dim` (uniform
     dequantisation, Hutchinson divergence, float32 as the reference code) and its ELBO counterpart.
     """
     from .likelihood import bits_per_dim, elbo, log_likelihood
@@ -82,7 +82,7 @@ COMPARE_FILES = ("compare.json", "compare.md", "compare.png")
 
 def write_comparison(comparison: Comparison, reference: Tensor, folder: str | Path, *, extent: float | None = None) -> list[Path]:
     """Write ``compare.json`` (every run's figures), ``compare.md`` (the table) and ``compare.png``
-    (:func:`~scoresde.viz.plot_comparison`) into ``folder``; returns the paths."""
+    (`plot_comparison`) into ``folder``; returns the paths."""
     import matplotlib.pyplot as plt
 
     from .viz import plot_comparison
@@ -99,7 +99,7 @@ def write_comparison(comparison: Comparison, reference: Tensor, folder: str | Pa
 
 DEMO_FILES = ("report.md", "metrics.json", "run", "forward.png", "score_field.png", "trajectories.png", "density.png",
               "reverse.gif", *COMPARE_FILES)
-"""What :func:`run_demo` writes into its folder (``run`` is the training run's folder)."""
+"""What `run_demo` writes into its folder (``run`` is the training run's folder)."""
 
 DEMO_DATA = "8gaussians"
 
@@ -121,7 +121,7 @@ def _demo_config(quick: bool, seed: int):
 def run_demo(out: str | Path, *, quick: bool = False, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True) -> dict:
     """The end-to-end demo on a 2D toy whose density is known (8 Gaussians, VP SDE): train, compare the
     samplers, measure the likelihood against the truth, draw the teaching figures, and write
-    ``out/report.md``, ``out/metrics.json`` and the figures (:data:`DEMO_FILES`). Returns the metrics.
+    ``out/report.md``, ``out/metrics.json`` and the figures (`DEMO_FILES`). Returns the metrics.
 
     ``quick``: small model, short training, few points (under 30 s; for tests). The full demo takes about
     2.5 minutes on 2 CPU cores.

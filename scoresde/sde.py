@@ -2,16 +2,16 @@ r"""Forward noising processes: the VP, sub-VP and VE SDEs of Song et al. (2021).
 
 Every process here is a *linear* Itô SDE
 
-.. math::  dx = f(t)\, x\, dt + g(t)\, dW, \qquad t \in [0, T],
+$$dx = f(t)\, x\, dt + g(t)\, dW, \qquad t \in [0, T],$$
 
-whose perturbation kernel is Gaussian, :math:`x_t = \alpha(t) x_0 + \sigma(t)\,\epsilon`,
-:math:`\epsilon \sim \mathcal N(0, I)`.  Each class owns its closed forms for
-:math:`\log\alpha(t)`, :math:`\log\sigma(t)`, :math:`f(t)`, :math:`g(t)^2` and the inverse of the log
-signal-to-noise ratio :math:`\lambda(t) = 2\log(\alpha/\sigma)`; everything derived from them (marginals,
-the discrete forward step, the reverse SDE and the probability-flow ODE) lives once in :class:`SDE`.
+whose perturbation kernel is Gaussian, $x_t = \alpha(t) x_0 + \sigma(t)\,\epsilon$,
+$\epsilon \sim \mathcal N(0, I)$.  Each class owns its closed forms for
+$\log\alpha(t)$, $\log\sigma(t)$, $f(t)$, $g(t)^2$ and the inverse of the log
+signal-to-noise ratio $\lambda(t) = 2\log(\alpha/\sigma)$; everything derived from them (marginals,
+the discrete forward step, the reverse SDE and the probability-flow ODE) lives once in `SDE`.
 
 Symbols: ``t`` time, ``alpha`` mean coefficient, ``sigma`` noise std, ``beta`` VP rate
-:math:`\beta(t) = -2 f(t)`, ``g2`` :math:`g(t)^2`, ``score`` :math:`\nabla_x \log p_t(x)`.
+$\beta(t) = -2 f(t)$, ``g2`` $g(t)^2$, ``score`` $\nabla_x \log p_t(x)$.
 """
 
 from __future__ import annotations
@@ -61,16 +61,16 @@ def check_sde(sde: object) -> "SDE":
 
 
 class SDE(abc.ABC):
-    r"""Abstract linear forward SDE :math:`dx = f(t) x\,dt + g(t)\,dW` on :math:`[0, T]`.
+    r"""Abstract linear forward SDE $dx = f(t) x\,dt + g(t)\,dW$ on $[0, T]$.
 
     Subclasses implement the closed forms ``_log_alpha``, ``_log_sigma``, ``_f``, ``_g2`` and
     ``_t_from_log_snr`` on plain time tensors, and set ``prior_std`` (the prior is
-    :math:`\mathcal N(0, \text{prior\_std}^2 I)`).  Public methods validate their input and work in the
+    $\mathcal N(0, \text{prior\_std}^2 I)$).  Public methods validate their input and work in the
     dtype and on the device of that input.
 
     Attributes:
         T: end time of the process.
-        N: number of steps of the discrete chain (DDPM / SMLD) that :meth:`discretize` takes.
+        N: number of steps of the discrete chain (DDPM / SMLD) that `discretize` takes.
         sampling_eps: default smallest time of samplers and likelihoods (Song et al. 2021 use 1e-3 for
             VP / sub-VP and 1e-5 for VE).
     """
@@ -85,23 +85,23 @@ class SDE(abc.ABC):
     # ------------------------------------------------------------------ closed forms (per class)
     @abc.abstractmethod
     def _log_alpha(self, t: Tensor) -> Tensor:
-        """:math:`\\log\\alpha(t)`."""
+        """$\\log\\alpha(t)$."""
 
     @abc.abstractmethod
     def _log_sigma(self, t: Tensor) -> Tensor:
-        """:math:`\\log\\sigma(t)`."""
+        """$\\log\\sigma(t)$."""
 
     @abc.abstractmethod
     def _f(self, t: Tensor) -> Tensor:
-        """Drift coefficient :math:`f(t) = d\\log\\alpha/dt`."""
+        """Drift coefficient $f(t) = d\\log\\alpha/dt$."""
 
     @abc.abstractmethod
     def _g2(self, t: Tensor) -> Tensor:
-        """Squared diffusion :math:`g(t)^2 = d\\sigma^2/dt - 2 f(t)\\sigma^2`."""
+        """Squared diffusion $g(t)^2 = d\\sigma^2/dt - 2 f(t)\\sigma^2$."""
 
     @abc.abstractmethod
     def _t_from_log_snr(self, lam: Tensor) -> Tensor:
-        """Closed-form inverse of :math:`\\lambda(t)`."""
+        """Closed-form inverse of $\\lambda(t)$."""
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -151,20 +151,20 @@ class SDE(abc.ABC):
 
     # ------------------------------------------------------------------ Gaussian-perturbation view
     def alpha(self, t: Tensor | float) -> Tensor:
-        r"""Mean coefficient :math:`\alpha(t)` of :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon`."""
+        r"""Mean coefficient $\alpha(t)$ of $x_t = \alpha(t) x_0 + \sigma(t)\epsilon$."""
         return torch.exp(self._log_alpha(self.check_time(t)))
 
     def sigma(self, t: Tensor | float) -> Tensor:
-        r"""Noise standard deviation :math:`\sigma(t)` of :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon`."""
+        r"""Noise standard deviation $\sigma(t)$ of $x_t = \alpha(t) x_0 + \sigma(t)\epsilon$."""
         return torch.exp(self._log_sigma(self.check_time(t)))
 
     def log_snr(self, t: Tensor | float) -> Tensor:
-        r"""Log signal-to-noise ratio :math:`\lambda(t) = \log(\alpha(t)^2 / \sigma(t)^2)`, decreasing in t."""
+        r"""Log signal-to-noise ratio $\lambda(t) = \log(\alpha(t)^2 / \sigma(t)^2)$, decreasing in t."""
         t = self.check_time(t)
         return 2.0 * (self._log_alpha(t) - self._log_sigma(t))
 
     def t_from_log_snr(self, lam: Tensor | float) -> Tensor:
-        r"""Inverse of :meth:`log_snr`: the time :math:`t \in [0, T]` with :math:`\lambda(t) = \text{lam}`."""
+        r"""Inverse of `log_snr`: the time $t \in [0, T]$ with $\lambda(t) = \text{lam}$."""
         if not isinstance(lam, Tensor):
             lam = torch.as_tensor(lam, dtype=torch.get_default_dtype())
         if not lam.is_floating_point():
@@ -181,12 +181,12 @@ class SDE(abc.ABC):
         return t.clamp(0.0, self.T)
 
     def beta(self, t: Tensor | float) -> Tensor:
-        r""":math:`\beta(t) = -2 f(t)`, the rate of the VP family (zero for VE)."""
+        r"""$\beta(t) = -2 f(t)$, the rate of the VP family (zero for VE)."""
         return -2.0 * self._f(self.check_time(t))
 
     # ------------------------------------------------------------------ SDE interface
     def sde(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        r"""Drift and diffusion of the forward SDE: :math:`(f(t)\,x,\ g(t))`.
+        r"""Drift and diffusion of the forward SDE: $(f(t)\,x,\ g(t))$.
 
         Args:
             x: states ``[B, ...]``.
@@ -199,7 +199,7 @@ class SDE(abc.ABC):
         return expand_to(self._f(t), x) * x, torch.sqrt(self._g2(t))
 
     def marginal_prob(self, x0: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        r"""Mean and std of the perturbation kernel :math:`p_{0t}(x_t|x_0) = \mathcal N(\alpha(t) x_0, \sigma(t)^2 I)`.
+        r"""Mean and std of the perturbation kernel $p_{0t}(x_t|x_0) = \mathcal N(\alpha(t) x_0, \sigma(t)^2 I)$.
 
         Returns ``mean [B, ...]`` and ``std [B]``.
         """
@@ -215,7 +215,7 @@ class SDE(abc.ABC):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        r"""Draw :math:`z \sim \mathcal N(0, \text{prior\_std}^2 I)` of the given ``shape`` ``[B, ...]``."""
+        r"""Draw $z \sim \mathcal N(0, \text{prior\_std}^2 I)$ of the given ``shape`` ``[B, ...]``."""
         shape = tuple(int(s) for s in shape)
         if len(shape) < 1 or any(s < 1 for s in shape):
             raise ValueError(f"shape must be a non-empty tuple of positive sizes [B, ...], got {shape}")
@@ -225,22 +225,22 @@ class SDE(abc.ABC):
 
     def prior_logp(self, z: Tensor) -> Tensor:
         r"""Log density of the prior, summed over all but the batch axis:
-        :math:`\log \mathcal N(z; 0, s^2 I) = -\tfrac{D}{2}\log(2\pi s^2) - \|z\|^2 / (2 s^2)`, ``[B]``."""
+        $\log \mathcal N(z; 0, s^2 I) = -\tfrac{D}{2}\log(2\pi s^2) - \|z\|^2 / (2 s^2)$, ``[B]``."""
         z = self._check_x("z", z)
         dim = z[0].numel()
         sq = z.reshape(z.shape[0], -1).pow(2).sum(dim=1)
         return -0.5 * dim * math.log(2 * math.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
 
     def _log_transition(self, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        r""":math:`\log\alpha_{t|s}` and :math:`\sigma_{t|s}^2` for checked times ``s <= t``."""
+        r"""$\log\alpha_{t|s}$ and $\sigma_{t|s}^2$ for checked times ``s <= t``."""
         log_ratio = self._log_alpha(t) - self._log_alpha(s)
         var = torch.exp(2 * self._log_sigma(t)) - torch.exp(2 * (log_ratio + self._log_sigma(s)))
         return log_ratio, var.clamp(min=0.0)
 
     def transition(self, t: Tensor | float, s: Tensor | float) -> tuple[Tensor, Tensor]:
         r"""The exact forward transition from ``s`` to ``t >= s``:
-        :math:`x_t \mid x_s \sim \mathcal N(\alpha_{t|s} x_s, \sigma_{t|s}^2 I)` with
-        :math:`\alpha_{t|s} = \alpha(t)/\alpha(s)` and :math:`\sigma_{t|s}^2 = \sigma(t)^2 - \alpha_{t|s}^2\sigma(s)^2`.
+        $x_t \mid x_s \sim \mathcal N(\alpha_{t|s} x_s, \sigma_{t|s}^2 I)$ with
+        $\alpha_{t|s} = \alpha(t)/\alpha(s)$ and $\sigma_{t|s}^2 = \sigma(t)^2 - \alpha_{t|s}^2\sigma(s)^2$.
 
         Returns ``(alpha_ts, sigma_ts)`` shaped like the broadcast of ``t`` and ``s``.
         """
@@ -248,18 +248,17 @@ class SDE(abc.ABC):
         return torch.exp(log_ratio), torch.sqrt(var)
 
     def discretize(self, x: Tensor, t: Tensor | float, dt: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
-        r"""One step of the discrete forward chain, :math:`x_{i} = x_{i-1} + f_i + G_i z`, over
-        :math:`\Delta t` (default ``T/N``; a float or per-sample ``[B]`` tensor) ending at ``t``.
+        r"""One step of the discrete forward chain, $x_{i} = x_{i-1} + f_i + G_i z$, over
+        $\Delta t$ (default ``T/N``; a float or per-sample ``[B]`` tensor) ending at ``t``.
 
-        The step is the exact Gaussian transition from :math:`s = \max(t - \Delta t, 0)` to ``t``:
+        The step is the exact Gaussian transition from $s = \max(t - \Delta t, 0)$ to ``t``:
 
-        .. math::  f = \Big(\frac{\alpha(t)}{\alpha(s)} - 1\Big) x, \qquad
-                   G = \sqrt{\sigma(t)^2 - \frac{\alpha(t)^2}{\alpha(s)^2}\sigma(s)^2}.
+        $$f = \Big(\frac{\alpha(t)}{\alpha(s)} - 1\Big) x, \qquad G = \sqrt{\sigma(t)^2 - \frac{\alpha(t)^2}{\alpha(s)^2}\sigma(s)^2}.$$
 
-        For VP this is DDPM's step with :math:`\beta_i = 1 - \bar\alpha_i / \bar\alpha_{i-1}`
-        (:math:`f = (\sqrt{1-\beta_i} - 1) x`, :math:`G = \sqrt{\beta_i}`); for VE it is SMLD's
-        :math:`f = 0`, :math:`G = \sqrt{\sigma_i^2 - \sigma_{i-1}^2}`.  To first order in :math:`1/N`,
-        :math:`f \approx f(t) x \Delta t` and :math:`G \approx g(t)\sqrt{\Delta t}`.
+        For VP this is DDPM's step with $\beta_i = 1 - \bar\alpha_i / \bar\alpha_{i-1}$
+        ($f = (\sqrt{1-\beta_i} - 1) x$, $G = \sqrt{\beta_i}$); for VE it is SMLD's
+        $f = 0$, $G = \sqrt{\sigma_i^2 - \sigma_{i-1}^2}$.  To first order in $1/N$,
+        $f \approx f(t) x \Delta t$ and $G \approx g(t)\sqrt{\Delta t}$.
 
         Returns ``f [B, ...]`` and ``G [B]``.
         """
@@ -282,17 +281,16 @@ class SDE(abc.ABC):
 
 
 class ReverseSDE:
-    r"""Reverse-time process of a forward :class:`SDE`, integrated from ``T`` down to 0 (``dt < 0``).
+    r"""Reverse-time process of a forward `SDE`, integrated from ``T`` down to 0 (``dt < 0``).
 
-    .. math::  dx = [f(t) x - g(t)^2 \nabla\log p_t(x)]\,dt + g(t)\,d\bar W
-               \quad\text{(Anderson 1982; Song et al. 2021, Eq. 6)}
+    $$dx = [f(t) x - g(t)^2 \nabla\log p_t(x)]\,dt + g(t)\,d\bar W \quad\text{(Anderson 1982; Song et al. 2021, Eq. 6)}$$
 
     or, with ``probability_flow=True``, the deterministic probability-flow ODE with the same marginals
 
-    .. math::  dx = [f(t) x - \tfrac12 g(t)^2 \nabla\log p_t(x)]\,dt \quad\text{(Eq. 13)}.
+    $$dx = [f(t) x - \tfrac12 g(t)^2 \nabla\log p_t(x)]\,dt \quad\text{(Eq. 13)}.$$
 
-    It has the interface of the forward SDE: :meth:`sde` and :meth:`discretize` (the reverse-diffusion
-    step :math:`x_{i-1} = x_i - f_i + G_i^2 s + G_i z` of Song et al., Eq. 47).
+    It has the interface of the forward SDE: `sde` and `discretize` (the reverse-diffusion
+    step $x_{i-1} = x_i - f_i + G_i^2 s + G_i z$ of Song et al., Eq. 47).
     """
 
     def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False) -> None:
@@ -315,7 +313,7 @@ class ReverseSDE:
         return 0.5 if self.probability_flow else 1.0
 
     def sde(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        """Reverse drift :math:`f x - w g^2 s` (``w`` = 1, or 1/2 for the ODE) and diffusion (``g``, or 0)."""
+        """Reverse drift $f x - w g^2 s$ (``w`` = 1, or 1/2 for the ODE) and diffusion (``g``, or 0)."""
         drift, diffusion = self.forward.sde(x, t)
         t = self.forward.check_time(t, x)
         score = evaluate_score(self.score_fn, x, t)
@@ -344,13 +342,13 @@ def _check_betas(beta_min: float, beta_max: float) -> tuple[float, float]:
 
 
 def _int_beta_linear(t: Tensor, beta_min: float, beta_max: float) -> Tensor:
-    r""":math:`\int_0^t \beta(s) ds = \beta_{min} t + \tfrac12 (\beta_{max} - \beta_{min}) t^2`."""
+    r"""$\int_0^t \beta(s) ds = \beta_{min} t + \tfrac12 (\beta_{max} - \beta_{min}) t^2$."""
     return beta_min * t + 0.5 * (beta_max - beta_min) * t**2
 
 
 def _t_from_int_beta_linear(c: Tensor, beta_min: float, beta_max: float) -> Tensor:
-    r"""Positive root of :math:`\tfrac12\Delta t^2 + \beta_{min} t = c`, written without cancellation:
-    :math:`t = 2c / (\beta_{min} + \sqrt{\beta_{min}^2 + 2\Delta c})`."""
+    r"""Positive root of $\tfrac12\Delta t^2 + \beta_{min} t = c$, written without cancellation:
+    $t = 2c / (\beta_{min} + \sqrt{\beta_{min}^2 + 2\Delta c})$."""
     delta = beta_max - beta_min
     return 2 * c / (beta_min + torch.sqrt(beta_min**2 + 2 * delta * c))
 
@@ -360,22 +358,22 @@ COSINE_S = 0.008
 
 COSINE_T = 0.9946
 r"""End time of the cosine schedule, the one DPM-Solver (Lu et al. 2022) uses: the continuous schedule is
-singular at t = 1 (:math:`\alpha = 0`, :math:`\beta = \infty`); at 0.9946, :math:`\lambda(T) \approx -9.6`,
-near the linear schedule's :math:`-10.05`, with :math:`\beta(T) \approx 370`."""
+singular at t = 1 ($\alpha = 0$, $\beta = \infty$); at 0.9946, $\lambda(T) \approx -9.6$,
+near the linear schedule's $-10.05$, with $\beta(T) \approx 370$."""
 
 
 class VPSDE(SDE):
-    r"""Variance-preserving SDE (DDPM in continuous time): :math:`dx = -\tfrac12\beta(t) x\,dt + \sqrt{\beta(t)}\,dW`.
+    r"""Variance-preserving SDE (DDPM in continuous time): $dx = -\tfrac12\beta(t) x\,dt + \sqrt{\beta(t)}\,dW$.
 
     Schedules:
 
-    * ``"linear"``: :math:`\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})` on ``[0, 1]``, so
-      :math:`\log\alpha(t) = -\tfrac14 t^2(\beta_{max}-\beta_{min}) - \tfrac12 t\beta_{min}`.
-    * ``"cosine"`` (Nichol & Dhariwal 2021, s = 0.008): :math:`\alpha(t)^2 = \cos^2\theta(t)/\cos^2\theta(0)`,
-      :math:`\theta(t) = \tfrac{\pi}{2}\tfrac{t+s}{1+s}`, so :math:`\beta(t) = \tfrac{\pi}{1+s}\tan\theta(t)`;
-      ``beta_min`` / ``beta_max`` are not used and ``T`` = 0.9946 (see :data:`COSINE_T`).
+    * ``"linear"``: $\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})$ on ``[0, 1]``, so
+      $\log\alpha(t) = -\tfrac14 t^2(\beta_{max}-\beta_{min}) - \tfrac12 t\beta_{min}$.
+    * ``"cosine"`` (Nichol & Dhariwal 2021, s = 0.008): $\alpha(t)^2 = \cos^2\theta(t)/\cos^2\theta(0)$,
+      $\theta(t) = \tfrac{\pi}{2}\tfrac{t+s}{1+s}$, so $\beta(t) = \tfrac{\pi}{1+s}\tan\theta(t)$;
+      ``beta_min`` / ``beta_max`` are not used and ``T`` = 0.9946 (see `COSINE_T`).
 
-    In both, :math:`\sigma(t)^2 = 1 - \alpha(t)^2` and the prior is :math:`\mathcal N(0, I)`.
+    In both, $\sigma(t)^2 = 1 - \alpha(t)^2$ and the prior is $\mathcal N(0, I)$.
     """
 
     SCHEDULES = ("linear", "cosine")
@@ -426,10 +424,10 @@ class VPSDE(SDE):
 class SubVPSDE(SDE):
     r"""Sub-VP SDE (Song et al. 2021, Eq. 11), whose variance stays below the VP one:
 
-    .. math::  dx = -\tfrac12\beta(t) x\,dt + \sqrt{\beta(t)\big(1 - e^{-2\int_0^t\beta(s)ds}\big)}\,dW,
+    $$dx = -\tfrac12\beta(t) x\,dt + \sqrt{\beta(t)\big(1 - e^{-2\int_0^t\beta(s)ds}\big)}\,dW,$$
 
-    with the linear :math:`\beta(t)`.  Then :math:`\alpha(t) = e^{-\frac12\int_0^t\beta}` as for VP, and
-    :math:`\sigma(t) = 1 - \alpha(t)^2`.  Prior :math:`\mathcal N(0, I)`.
+    with the linear $\beta(t)$.  Then $\alpha(t) = e^{-\frac12\int_0^t\beta}$ as for VP, and
+    $\sigma(t) = 1 - \alpha(t)^2$.  Prior $\mathcal N(0, I)$.
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
@@ -461,11 +459,10 @@ class SubVPSDE(SDE):
 class VESDE(SDE):
     r"""Variance-exploding SDE (SMLD in continuous time), Song et al. (2021) Eq. 9:
 
-    .. math::  dx = \sigma(t)\sqrt{2\log(\sigma_{max}/\sigma_{min})}\,dW, \qquad
-               \sigma(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t,
+    $$dx = \sigma(t)\sqrt{2\log(\sigma_{max}/\sigma_{min})}\,dW, \qquad \sigma(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t,$$
 
-    with :math:`\alpha = 1`.  As in Song et al., the marginal std is :math:`\sigma(t)` itself, i.e. the
-    process starts from :math:`x(0) = x_0 + \sigma_{min} z`.  Prior :math:`\mathcal N(0, \sigma_{max}^2 I)`.
+    with $\alpha = 1$.  As in Song et al., the marginal std is $\sigma(t)$ itself, i.e. the
+    process starts from $x(0) = x_0 + \sigma_{min} z$.  Prior $\mathcal N(0, \sigma_{max}^2 I)$.
     """
 
     sampling_eps = 1e-5

@@ -10,7 +10,7 @@
   tensors and JSON text only: a checkpoint cannot run code. Resume is exact: 100 + 100 steps with a
   restart give the same weights as 200 in one run.
 - SIGINT / SIGTERM finish the current step, save a checkpoint and return (``interrupted=True``). A
-  non-finite loss stops training with :class:`TrainingDiverged`, keeping the last good checkpoint.
+  non-finite loss stops training with `TrainingDiverged`, keeping the last good checkpoint.
 - Under torchrun (``torchrun --nproc_per_node=K``) the network is wrapped in DDP (gloo on CPU, NCCL on
   GPU), finite data sets are split with ``DistributedSampler``, and only rank 0 writes checkpoints and logs.
 """
@@ -65,8 +65,8 @@ def build_model(config: RunConfig, sde: SDE, device: torch.device | str = "cpu")
 
 
 class EMA:
-    r"""Exponential moving average of parameters and buffers, :math:`\bar\theta \leftarrow d\,\bar\theta + (1 - d)\theta`,
-    with the warm-up :math:`d_k = \min(d, (1 + k)/(10 + k))` so early averages are not dominated by the initialisation."""
+    r"""Exponential moving average of parameters and buffers, $\bar\theta \leftarrow d\,\bar\theta + (1 - d)\theta$,
+    with the warm-up $d_k = \min(d, (1 + k)/(10 + k))$ so early averages are not dominated by the initialisation."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
@@ -97,7 +97,7 @@ def init_distributed(device: torch.device | str) -> tuple[int, int]:
 
 
 def learning_rate(tc, step: int) -> float:
-    r"""Linear warm-up over ``warmup`` steps, then constant or cosine :math:`\tfrac12(1 + \cos(\pi k/K))` to 0 at ``steps``."""
+    r"""Linear warm-up over ``warmup`` steps, then constant or cosine $\tfrac12(1 + \cos(\pi k/K))$ to 0 at ``steps``."""
     warm = min(1.0, (step + 1) / tc.warmup) if tc.warmup else 1.0
     if tc.lr_schedule == "cosine" and step >= tc.warmup:
         progress = (step - tc.warmup) / max(tc.steps - tc.warmup, 1)
@@ -114,7 +114,7 @@ class DataStream:
     """Batches of model-range data for step ``k``: a deterministic function of ``(seed, rank, k)``.
 
     Toys are infinite streams; image sets are finite, split across processes by ``DistributedSampler``
-    (reshuffled each epoch from the seed), dequantised uniformly and scaled by the :class:`DataTransform`."""
+    (reshuffled each epoch from the seed), dequantised uniformly and scaled by the `DataTransform`."""
 
     def __init__(self, config: RunConfig, rank: int, world: int, device: torch.device) -> None:
         self.cfg, self.rank, self.world, self.device = config, rank, world, device
@@ -155,7 +155,7 @@ class DataStream:
 
 @dataclass
 class TrainResult:
-    """What a call to :meth:`Trainer.train` did: steps reached, last logged loss, wall time, throughput."""
+    """What a call to `Trainer.train` did: steps reached, last logged loss, wall time, throughput."""
 
     step: int
     loss: float
@@ -173,17 +173,20 @@ class Trainer:
     """Train the score model of ``config`` into ``out_dir`` (checkpoint, config.yaml, metrics.csv).
 
     Args:
-        config: the run (see :mod:`scoresde.config`).
+        config: the run (see `scoresde.config`).
         out_dir: where checkpoints and logs go; an existing checkpoint there is resumed when ``resume``.
         device: where to train. progress: show a progress bar (rank 0).
         eval_fn: ``eval_fn(trainer, step) -> dict`` called every ``train.eval_every`` steps (rank 0, EMA model);
-            its figures go to ``evals.csv`` and :attr:`evals`.
+            its figures go to ``evals.csv`` and `evals`.
     """
 
     def __init__(self, config: RunConfig, out_dir: str | Path, *, device: torch.device | str = "cpu", progress: bool = True,
                  resume: bool = True, eval_fn: Callable[["Trainer", int], dict] | None = None) -> None:
         self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
         self.rank, self.world = init_distributed(self.device)
+        if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))  # one GPU per process
+            torch.cuda.set_device(self.device)
         self.progress, self.eval_fn = progress, eval_fn
         self.sde = config.sde.build()
         self.model = build_model(config, self.sde, self.device)
@@ -397,7 +400,7 @@ def _checkpoint_step(path: Path) -> str:
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
     """Read a checkpoint safely (safetensors: tensors and JSON text, no code): a dict with ``model``, ``ema``,
-    ``optimizer`` state dicts, ``step`` and ``config`` (a :class:`RunConfig`)."""
+    ``optimizer`` state dicts, ``step`` and ``config`` (a `RunConfig`)."""
     from safetensors import safe_open
 
     path = Path(path)

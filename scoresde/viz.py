@@ -59,10 +59,10 @@ def plot_forward_process(
     seed: int = 0,
     grid: int = 200,
 ) -> Figure:
-    r"""Samples of :math:`p_t` (top) next to the closed-form density of the same marginal (bottom).
+    r"""Samples of $p_t$ (top) next to the closed-form density of the same marginal (bottom).
 
-    Samples are drawn through the perturbation kernel :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon`;
-    densities come from :meth:`GaussianMixture.marginal`.  ``times`` are fractions of ``sde.T``.
+    Samples are drawn through the perturbation kernel $x_t = \alpha(t) x_0 + \sigma(t)\epsilon$;
+    densities come from `GaussianMixture.marginal`.  ``times`` are fractions of ``sde.T``.
     """
     if mixture.D != 2:
         raise ValueError(f"plot_forward_process draws 2D data, got a mixture of dimension {mixture.D}")
@@ -178,12 +178,12 @@ def plot_score_field(
     arrows: int = 21,
     grid: int = 150,
 ) -> Figure:
-    r"""The score field :math:`s_\theta(x, t) \approx \nabla_x \log p_t(x)` as arrows at several times
-    (fractions of ``sde.T``), drawn over the closed-form density :math:`p_t` when ``mixture`` (the data's
-    Gaussian mixture) is given, with a second row of the exact score :math:`\nabla_x \log p_t` for comparison.
+    r"""The score field $s_\theta(x, t) \approx \nabla_x \log p_t(x)$ as arrows at several times
+    (fractions of ``sde.T``), drawn over the closed-form density $p_t$ when ``mixture`` (the data's
+    Gaussian mixture) is given, with a second row of the exact score $\nabla_x \log p_t$ for comparison.
 
-    Arrows show :math:`\sigma(t)\,s(x, t)` (= :math:`-\hat\epsilon`), whose size does not blow up as
-    :math:`t \to 0`; learned and exact arrows at the same ``t`` share one scale.
+    Arrows show $\sigma(t)\,s(x, t)$ (= $-\hat\epsilon$), whose size does not blow up as
+    $t \to 0$; learned and exact arrows at the same ``t`` share one scale.
     """
     rows = 2 if mixture is not None else 1
     fig, axes = plt.subplots(rows, len(times), figsize=(2.9 * len(times), 3.0 * rows), squeeze=False)
@@ -229,9 +229,9 @@ def plot_trajectories(
     extent: float = 4.5,
     data: torch.Tensor | None = None,
 ) -> Figure:
-    r"""Reverse paths from the *same* prior draws :math:`x_T`: the reverse SDE (Euler–Maruyama)
-    :math:`dx = [f - g^2 s_\theta]dt + g\,d\bar w` and the probability-flow ODE
-    :math:`dx/dt = f - \tfrac12 g^2 s_\theta` (RK4), both on ``steps`` uniform steps. Left and middle:
+    r"""Reverse paths from the *same* prior draws $x_T$: the reverse SDE (Euler–Maruyama)
+    $dx = [f - g^2 s_\theta]dt + g\,d\bar w$ and the probability-flow ODE
+    $dx/dt = f - \tfrac12 g^2 s_\theta$ (RK4), both on ``steps`` uniform steps. Left and middle:
     the paths in the plane over ``data`` (optional, grey); right: the first coordinate against ``t``.
     The ODE's paths are smooth and deterministic; the SDE's jitter yet end on the same distribution."""
     from .samplers import sample
@@ -294,9 +294,9 @@ def plot_model_density(
     atol: float = 1e-4,
     progress: bool = False,
 ) -> Figure:
-    r"""The model's density :math:`p_\theta(x) = \exp(-\mathrm{NLL}(x))` from the exact likelihood
-    (:func:`scoresde.log_likelihood`, probability-flow ODE, exact divergence) on a ``grid x grid`` grid,
-    next to the true density and the pointwise log-ratio :math:`\log p_\theta - \log p` where
+    r"""The model's density $p_\theta(x) = \exp(-\mathrm{NLL}(x))$ from the exact likelihood
+    (`scoresde.log_likelihood`, probability-flow ODE, exact divergence) on a ``grid x grid`` grid,
+    next to the true density and the pointwise log-ratio $\log p_\theta - \log p$ where
     ``true_log_prob`` is given. Costs one ODE solve of ``grid**2`` points."""
     from .likelihood import log_likelihood
 
@@ -326,7 +326,7 @@ def plot_model_density(
 
 
 def plot_quality_vs_nfe(comparison, ax=None, metric: str = "energy_distance") -> Figure:
-    """Quality against NFE for a :class:`~scoresde.evaluation.Comparison`: one line per sampler family
+    """Quality against NFE for a `Comparison`: one line per sampler family
     (log-log), with the noise floor as a dashed line. ``metric``: ``energy_distance`` or ``sliced_wasserstein``."""
     if metric not in ("energy_distance", "sliced_wasserstein"):
         raise ValueError(f"metric must be energy_distance or sliced_wasserstein, got {metric!r}")
@@ -351,7 +351,7 @@ def plot_quality_vs_nfe(comparison, ax=None, metric: str = "energy_distance") ->
 
 
 def plot_comparison(comparison, reference: torch.Tensor, *, extent: float | None = None, levels: tuple[float, float] = (-1.0, 1.0)) -> Figure:
-    """One figure for :func:`~scoresde.evaluation.compare_samplers`: held-out data and each sampler family's
+    """One figure for `compare_samplers`: held-out data and each sampler family's
     samples side by side (its largest NFE; scatter plots for 2D, image grids for images), and quality against NFE.
     ``levels``: the value range of images (model range by default)."""
     _check_samples(reference)
@@ -379,7 +379,7 @@ def plot_comparison(comparison, reference: torch.Tensor, *, extent: float | None
 
 def plot_training_curve(history: str | Path | Sequence[dict]) -> Figure:
     """Loss (log scale) and learning rate against the step, from a run's ``metrics.csv`` or rows of
-    ``{"step", "loss", "lr"}`` (e.g. :attr:`TrainResult.history`)."""
+    ``{"step", "loss", "lr"}`` (e.g. `TrainResult.history`)."""
     if isinstance(history, (str, Path)):
         with open(history, newline="") as fh:
             history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]

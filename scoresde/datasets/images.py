@@ -52,7 +52,7 @@ class ImageDataset:
         return tuple(self.x.shape[1:])
 
     def transform(self, low: float = -1.0, high: float = 1.0) -> DataTransform:
-        """The :class:`DataTransform` from these levels to the model range ``[low, high)``."""
+        """The `DataTransform` from these levels to the model range ``[low, high)``."""
         return DataTransform(levels=self.levels, low=low, high=high)
 
 

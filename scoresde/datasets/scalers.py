@@ -1,6 +1,6 @@
 r"""Scalers between discrete data (``levels`` values per dimension) and a score model's continuous range.
 
-One :class:`DataTransform` is used identically by training (dequantise, scale), sampling (scale back,
+One `DataTransform` is used identically by training (dequantise, scale), sampling (scale back,
 quantise) and bits/dim (the scaling's log-determinant), so the three agree on what a pixel means.
 """
 
@@ -21,9 +21,9 @@ __all__ = ["DataTransform"]
 class DataTransform:
     r"""How discrete data with ``levels`` values per dimension (``0 .. levels-1``) maps to the model's range.
 
-    Dequantised data :math:`y = x + u \in [0, K)^D`, :math:`u \sim U[0,1)^D`, is scaled affinely to
-    :math:`x_{model} = a + (b - a)\,y / K \in [a, b)^D`; the map adds the log-determinant
-    :math:`D\log((b - a)/K)` to every log-density. Images: ``levels = 256``, range ``[-1, 1]``;
+    Dequantised data $y = x + u \in [0, K)^D$, $u \sim U[0,1)^D$, is scaled affinely to
+    $x_{model} = a + (b - a)\,y / K \in [a, b)^D$; the map adds the log-determinant
+    $D\log((b - a)/K)$ to every log-density. Images: ``levels = 256``, range ``[-1, 1]``;
     scikit-learn digits: ``levels = 17``.
     """
 
@@ -41,14 +41,14 @@ class DataTransform:
         return self.low + (self.high - self.low) * y / self.levels
 
     def dequantize(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        r"""Integer levels -> model range with uniform dequantisation: :math:`a + (b - a)(x + u)/K`, :math:`u \sim U[0, 1)`."""
+        r"""Integer levels -> model range with uniform dequantisation: $a + (b - a)(x + u)/K$, $u \sim U[0, 1)$."""
         u = torch.rand(x.shape, generator=generator, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
         return self.to_model(x.to(u.dtype) + u)
 
     def from_model(self, x: Tensor) -> Tensor:
-        """Model range -> integer levels ``0 .. levels-1`` (the inverse of :meth:`to_model`, floored and clipped)."""
+        """Model range -> integer levels ``0 .. levels-1`` (the inverse of `to_model`, floored and clipped)."""
         return torch.floor((x - self.low) / (self.high - self.low) * self.levels).clamp(0, self.levels - 1)
 
     def log_det_per_dim(self) -> float:
-        r""":math:`\log((b - a)/K)`: the log-Jacobian of :meth:`to_model` per dimension (nats)."""
+        r"""$\log((b - a)/K)$: the log-Jacobian of `to_model` per dimension (nats)."""
         return math.log((self.high - self.low) / self.levels)

@@ -4,7 +4,7 @@ Each toy is an infinite stream: ``sample(n, generator)`` draws i.i.d. points fro
 FFJORD's finite generator approximates (a random angle where FFJORD lays points on a ``linspace``).
 Three have a tractable density, with an exact ``log_prob`` and ``entropy`` (the lowest expected NLL any
 model can reach): ``8gaussians`` and ``gmm`` (Gaussian mixtures, built on
-:class:`~scoresde.analytic.GaussianMixture`) and ``checkerboard`` (uniform on 8 squares).
+`GaussianMixture`) and ``checkerboard`` (uniform on 8 squares).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _TOYS: dict[str, type["ToyDataset"]] = {}
 
 
 def register_toy(name: str) -> Callable[[type["ToyDataset"]], type["ToyDataset"]]:
-    """Class decorator adding a :class:`ToyDataset` subclass to the registry under ``name``."""
+    """Class decorator adding a `ToyDataset` subclass to the registry under ``name``."""
 
     def add(cls: type["ToyDataset"]) -> type["ToyDataset"]:
         if name in _TOYS:
@@ -110,8 +110,8 @@ def _on_circle(radius: Tensor, angle: Tensor) -> Tensor:
 # ---------------------------------------------------------------------- sample-only toys
 @register_toy("swissroll")
 class SwissRoll(ToyDataset):
-    r"""scikit-learn's swiss roll (noise 1) seen from the side, / 5: :math:`s = \tfrac{3\pi}{2}(1 + 2u)`,
-    :math:`x = (s\cos s,\ s\sin s)/5 + \mathcal N(0, 0.2^2 I)`."""
+    r"""scikit-learn's swiss roll (noise 1) seen from the side, / 5: $s = \tfrac{3\pi}{2}(1 + 2u)$,
+    $x = (s\cos s,\ s\sin s)/5 + \mathcal N(0, 0.2^2 I)$."""
 
     def _sample(self, n, generator, device):
         s = 1.5 * math.pi * (1 + 2 * _uniform(n, generator, device))
@@ -154,8 +154,8 @@ class Moons(ToyDataset):
 
 @register_toy("pinwheel")
 class Pinwheel(ToyDataset):
-    r"""Five curved arms: :math:`r \sim \mathcal N(1, 0.3^2)`, :math:`v \sim \mathcal N(0, 0.1^2)`, arm :math:`c`,
-    rotated by :math:`\phi = 2\pi c/5 + 0.25 e^{r}`, scaled by 2."""
+    r"""Five curved arms: $r \sim \mathcal N(1, 0.3^2)$, $v \sim \mathcal N(0, 0.1^2)$, arm $c$,
+    rotated by $\phi = 2\pi c/5 + 0.25 e^{r}$, scaled by 2."""
 
     def _sample(self, n, generator, device):
         features = _normal((n, 2), generator, device) * torch.tensor([0.3, 0.1], dtype=torch.float64, device=device)
@@ -168,7 +168,7 @@ class Pinwheel(ToyDataset):
 
 @register_toy("2spirals")
 class TwoSpirals(ToyDataset):
-    r"""Two interleaved spirals: :math:`s = \sqrt{u}\cdot 3\pi`, :math:`(-s\cos s, s\sin s) + U[0, 0.5]^2`,
+    r"""Two interleaved spirals: $s = \sqrt{u}\cdot 3\pi$, $(-s\cos s, s\sin s) + U[0, 0.5]^2$,
     mirrored for the second arm, / 3, plus N(0, 0.1²) noise."""
 
     def _sample(self, n, generator, device):
@@ -182,7 +182,7 @@ class TwoSpirals(ToyDataset):
 
 # ---------------------------------------------------------------------- toys with a density
 class MixtureToy(ToyDataset):
-    """A toy that is a :class:`GaussianMixture`: exact ``log_prob`` and ``entropy`` come from the oracle."""
+    """A toy that is a `GaussianMixture`: exact ``log_prob`` and ``entropy`` come from the oracle."""
 
     has_density = True
 
@@ -247,9 +247,9 @@ class AnisotropicGMM(MixtureToy):
 
 @register_toy("checkerboard")
 class Checkerboard(ToyDataset):
-    r"""Uniform on the 8 dark squares of a 4 x 4 checkerboard on :math:`[-4, 4]^2` (squares of side 2):
-    :math:`p(x) = 1/32` where :math:`\lfloor x_1/2\rfloor + \lfloor x_2/2\rfloor` is even, else 0;
-    entropy :math:`\log 32`."""
+    r"""Uniform on the 8 dark squares of a 4 x 4 checkerboard on $[-4, 4]^2$ (squares of side 2):
+    $p(x) = 1/32$ where $\lfloor x_1/2\rfloor + \lfloor x_2/2\rfloor$ is even, else 0;
+    entropy $\log 32$."""
 
     has_density = True
     _SUPPORT_AREA = 32.0

@@ -1,9 +1,9 @@
 r"""Time embeddings for score networks.
 
-Sinusoidal (Vaswani et al. 2017; DDPM): :math:`e(t) = [\sin(\omega_k s t), \cos(\omega_k s t)]`,
-:math:`\omega_k = 10000^{-k/(d/2 - 1)}`, with ``s = scale`` (1000 turns continuous t in [0, 1] into
+Sinusoidal (Vaswani et al. 2017; DDPM): $e(t) = [\sin(\omega_k s t), \cos(\omega_k s t)]$,
+$\omega_k = 10000^{-k/(d/2 - 1)}$, with ``s = scale`` (1000 turns continuous t in [0, 1] into
 DDPM's step index). Gaussian Fourier features (Tancik et al. 2020; score_sde's NCSN++):
-:math:`e(t) = [\sin(2\pi W t), \cos(2\pi W t)]`, :math:`W \sim \mathcal N(0, s^2)` fixed.
+$e(t) = [\sin(2\pi W t), \cos(2\pi W t)]$, $W \sim \mathcal N(0, s^2)$ fixed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierEmbedd
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
-    r"""``[B, dim]`` features :math:`[\sin(\omega_k s t), \cos(\omega_k s t)]` of times ``t [B]`` (zero-padded to odd ``dim``)."""
+    r"""``[B, dim]`` features $[\sin(\omega_k s t), \cos(\omega_k s t)]$ of times ``t [B]`` (zero-padded to odd ``dim``)."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / max(half - 1, 1))
     args = scale * t[:, None] * freqs[None]
@@ -26,7 +26,7 @@ def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
 
 
 class SinusoidalEmbedding(nn.Module):
-    """Module form of :func:`sinusoidal_embedding`."""
+    """Module form of `sinusoidal_embedding`."""
 
     def __init__(self, dim: int, scale: float = 1000.0) -> None:
         super().__init__()
@@ -37,7 +37,7 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class GaussianFourierEmbedding(nn.Module):
-    r"""Random Fourier features :math:`[\sin 2\pi W t, \cos 2\pi W t]` with fixed :math:`W \sim \mathcal N(0, s^2)`
+    r"""Random Fourier features $[\sin 2\pi W t, \cos 2\pi W t]$ with fixed $W \sim \mathcal N(0, s^2)$
     (a buffer: saved with the model, never trained)."""
 
     def __init__(self, dim: int, scale: float = 16.0, seed: int = 0) -> None:

@@ -1,9 +1,8 @@
 r"""``ScoreMLP``: a residual MLP on flat data with a time embedding, for low-dimensional (toy) data.
 
-.. math::  h_0 = W_{in} x, \qquad h_{k+1} = h_k + W_2\,\mathrm{SiLU}\big(W_1\,\mathrm{SiLU}(\mathrm{LN}(h_k)) + e_k(t)\big),
-           \qquad \mathrm{out} = W_{out}\,\mathrm{SiLU}(\mathrm{LN}(h_K)),
+$$h_0 = W_{in} x, \qquad h_{k+1} = h_k + W_2\,\mathrm{SiLU}\big(W_1\,\mathrm{SiLU}(\mathrm{LN}(h_k)) + e_k(t)\big), \qquad \mathrm{out} = W_{out}\,\mathrm{SiLU}(\mathrm{LN}(h_K)),$$
 
-with :math:`e_k(t)` a per-block projection of the time embedding; the output layer starts at zero.
+with $e_k(t)$ a per-block projection of the time embedding; the output layer starts at zero.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A residual encoder (full resolution, one strided downsampling, then dilated bloc
 RefineNet blocks (Lin et al. 2017): residual conv units on every input, multi-resolution fusion
 (convolve, upsample to the finest input, sum) and chained residual pooling. Noise conditioning enters
 every residual block as a bias from the time embedding. As in NCSNv2, the network's output is the score
-times the noise level: use it with the ``"eps"`` parameterisation, :math:`s = -\mathrm{out}/\sigma(t)`
+times the noise level: use it with the ``"eps"`` parameterisation, $s = -\mathrm{out}/\sigma(t)$
 (NCSNv2's ``output / sigma``; the sign is the network's to learn).
 """
 
@@ -78,7 +78,9 @@ class NCSN(nn.Module):
     """Noise-conditional RefineNet ``(x [B, C, H, W], t [B]) -> [B, C, H, W]`` (sigma times the score).
 
     Args:
-        in_channels, image_size: data shape (``image_size`` must be even). ch: base channels.
+        in_channels: channels of the data.
+        image_size: height = width of the data (must be even).
+        ch: base channels.
         groups: GroupNorm groups.
     """
 

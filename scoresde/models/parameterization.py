@@ -1,13 +1,12 @@
 r"""One place that turns a network's output into a score (``score_fn(x, t)``).
 
-For :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon` the score of the perturbation kernel is
-:math:`-\epsilon/\sigma`, and Tweedie's formula :math:`\alpha\,\mathbb E[x_0|x_t] = x_t + \sigma^2\nabla\log p_t`
+For $x_t = \alpha(t) x_0 + \sigma(t)\epsilon$ the score of the perturbation kernel is
+$-\epsilon/\sigma$, and Tweedie's formula $\alpha\,\mathbb E[x_0|x_t] = x_t + \sigma^2\nabla\log p_t$
 links the three targets:
 
-.. math::  s = \text{out}\ (\texttt{score}), \qquad s = -\frac{\text{out}}{\sigma(t)}\ (\texttt{eps}), \qquad
-           s = \frac{\alpha(t)\,\text{out} - x}{\sigma(t)^2}\ (\texttt{x0}).
+$$s = \text{out}\ (\texttt{score}), \qquad s = -\frac{\text{out}}{\sigma(t)}\ (\texttt{eps}), \qquad s = \frac{\alpha(t)\,\text{out} - x}{\sigma(t)^2}\ (\texttt{x0}).$$
 
-:meth:`ScoreModel.scaled_score` returns :math:`\sigma(t) s` without dividing by a small :math:`\sigma`
+`ScoreModel.scaled_score` returns $\sigma(t) s$ without dividing by a small $\sigma$
 (the DSM loss uses it).
 """
 
@@ -33,7 +32,7 @@ class ScoreModel(nn.Module):
         self.parameterization = check_in_registry("parameterization", parameterization, PARAMETERIZATIONS)
 
     def scaled_score(self, x: Tensor, t: Tensor) -> Tensor:
-        r""":math:`\sigma(t)\,s_\theta(x, t)`, i.e. :math:`-\hat\epsilon`."""
+        r"""$\sigma(t)\,s_\theta(x, t)$, i.e. $-\hat\epsilon$."""
         out = self.net(x, t)
         if self.parameterization == "eps":
             return -out
@@ -43,5 +42,5 @@ class ScoreModel(nn.Module):
         return (expand_to(self.sde.alpha(t), x) * out - x) / sigma
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """The score :math:`s_\\theta(x, t)`."""
+        """The score $s_\\theta(x, t)$."""
         return self.scaled_score(x, t) / expand_to(self.sde.sigma(t), x)

@@ -1,4 +1,4 @@
-"""Score-network registry: ``@register_model(name)`` on a class; :func:`create_model` builds one by name."""
+"""Score-network registry: ``@register_model(name)`` on a class; `create_model` builds one by name."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ _MODELS: dict[str, type[nn.Module]] = {}
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make a score network available to :func:`create_model` and configs as ``name``."""
+    """Class decorator: make a score network available to `create_model` and configs as ``name``."""
 
     return registering("model", _MODELS, name)
 

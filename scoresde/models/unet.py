@@ -33,7 +33,7 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    r""":math:`h = x + \mathrm{conv}(\mathrm{drop}(\mathrm{SiLU}(\mathrm{GN}(\mathrm{conv}(\mathrm{SiLU}(\mathrm{GN}(x))) + W e(t)))))`, 1x1 skip when channels change."""
+    r"""$h = x + \mathrm{conv}(\mathrm{drop}(\mathrm{SiLU}(\mathrm{GN}(\mathrm{conv}(\mathrm{SiLU}(\mathrm{GN}(x))) + W e(t)))))$, 1x1 skip when channels change."""
 
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int) -> None:
         super().__init__()
@@ -50,7 +50,7 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    r"""Single-head self-attention over the pixels: :math:`x + W_o\,\mathrm{softmax}(QK^\top/\sqrt C)V`."""
+    r"""Single-head self-attention over the pixels: $x + W_o\,\mathrm{softmax}(QK^\top/\sqrt C)V$."""
 
     def __init__(self, ch: int, groups: int) -> None:
         super().__init__()
@@ -70,10 +70,14 @@ class DDPMUNet(nn.Module):
     """DDPM U-Net ``(x [B, C, H, W], t [B]) -> [B, C, H, W]``.
 
     Args:
-        in_channels, image_size: data shape (``image_size`` fixes which resolutions get attention).
-        ch: base channels; ch_mult: channel multiplier per resolution level (each level but the last
-            halves the resolution); num_res_blocks: residual blocks per level; attn_resolutions: the
-            resolutions with self-attention; dropout; groups: GroupNorm groups (32 in DDPM).
+        in_channels: channels of the data.
+        image_size: height = width of the data (fixes which resolutions get attention).
+        ch: base channels.
+        ch_mult: channel multiplier per resolution level (each level but the last halves the resolution).
+        num_res_blocks: residual blocks per level.
+        attn_resolutions: the resolutions with self-attention.
+        dropout: dropout probability in the residual blocks.
+        groups: GroupNorm groups (32 in DDPM).
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 8, ch: int = 64, ch_mult: tuple[int, ...] = (1, 2),

@@ -1,4 +1,4 @@
-r"""Sampling from a score-based model: one entry point, :func:`sample`, over a registry of samplers.
+r"""Sampling from a score-based model: one entry point, `sample`, over a registry of samplers.
 
 ========================  =====================================================================
 ``pc``                    predictor–corrector (Song et al. 2021), registries of predictors/correctors
@@ -13,7 +13,7 @@ r"""Sampling from a score-based model: one entry point, :func:`sample`, over a r
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -66,26 +66,27 @@ def sample(
     progress: bool = False,
     return_trajectory: bool = False,
     x_T: torch.Tensor | None = None,
-    **options,
+    **options: Any,
 ) -> SampleResult:
     r"""Draw samples ``[B, ...]`` of the data distribution by reversing ``sde`` with ``score_fn``.
 
-    The prior draw :math:`x_T \sim \mathcal N(0, \text{prior\_std}^2 I)` (or the given ``x_T``) is carried
+    The prior draw $x_T \sim \mathcal N(0, \text{prior\_std}^2 I)$ (or the given ``x_T``) is carried
     from ``T`` to a small time ``eps`` by the named sampler, then by default denoised with Tweedie's
-    formula :math:`\hat x_0 = (x + \sigma^2 s_\theta)/\alpha`.
+    formula $\hat x_0 = (x + \sigma^2 s_\theta)/\alpha$.
 
     Args:
         sde: the forward process the score belongs to.
         score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``.
         shape: ``[B, ...]`` of the samples.
-        sampler: a name from :func:`samplers` (an unknown name raises, listing the valid ones).
+        sampler: a name from `samplers` (an unknown name raises, listing the valid ones).
         steps: number of steps of the sampler's time grid (each sampler has its own default).
         generator: the only source of randomness (prior draw and every noise), for reproducibility.
-        device, dtype: of the samples (default: the generator's device, torch's default dtype).
+        device: of the samples (default: the generator's device).
+        dtype: of the samples (default: torch's default dtype).
         progress: show a progress bar over the steps.
         return_trajectory: keep the states on the time grid in ``result.trajectory``.
         x_T: start from this prior draw instead of sampling one (e.g. to compare samplers on the same noise).
-        **options: the sampler's own options (see :func:`sampler_options`); unknown ones raise.
+        **options: the sampler's own options (see `sampler_options`); unknown ones raise.
     """
     fn = get_sampler(sampler)
     valid = sampler_options(sampler)

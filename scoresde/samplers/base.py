@@ -1,8 +1,8 @@
 r"""What every sampler shares: the result type, the counted score, the sampler registry and the helpers
 for noise, trajectories, progress and the final denoising step.
 
-Symbols: ``x`` state ``[B, ...]``, ``t`` time ``[B]``, ``score`` :math:`\nabla_x\log p_t(x)`,
-``x0_hat`` the denoised estimate :math:`\hat x_0 = (x + \sigma(t)^2\,\text{score})/\alpha(t)` (Tweedie).
+Symbols: ``x`` state ``[B, ...]``, ``t`` time ``[B]``, ``score`` $\nabla_x\log p_t(x)$,
+``x0_hat`` the denoised estimate $\hat x_0 = (x + \sigma(t)^2\,\text{score})/\alpha(t)$ (Tweedie).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ __all__ = ["SampleResult", "CountingScore", "Sampling", "register_sampler", "sam
 
 
 def standard_normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    r""":math:`z \sim \mathcal N(0, I)` shaped like ``x`` (its dtype and device), drawn from ``generator``."""
+    r"""$z \sim \mathcal N(0, I)$ shaped like ``x`` (its dtype and device), drawn from ``generator``."""
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 @dataclass
 class SampleResult:
-    """Output of :func:`scoresde.sample`.
+    """Output of `scoresde.sample`.
 
     Attributes:
         x: the samples ``[B, ...]``.
@@ -71,7 +71,7 @@ class Sampling:
     """The context a sampler runs in: the SDE, the counted score, randomness, progress and the trajectory.
 
     A sampler is a function ``fn(run: Sampling, x: Tensor, **options) -> Tensor`` taking the prior draw
-    ``x`` at ``T`` and returning the samples; it reports states with :meth:`record`.
+    ``x`` at ``T`` and returning the samples; it reports states with `record`.
     """
 
     def __init__(self, sde: SDE, score: CountingScore, generator: torch.Generator | None, progress: bool, record: bool):
@@ -87,11 +87,11 @@ class Sampling:
         return torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(()).expand(x.shape[0])
 
     def noise_like(self, x: Tensor) -> Tensor:
-        r""":math:`z \sim \mathcal N(0, I)` shaped like ``x``, from the run's generator."""
+        r"""$z \sim \mathcal N(0, I)$ shaped like ``x``, from the run's generator."""
         return standard_normal_like(x, self.generator)
 
     def x0_hat(self, x: Tensor, t: Tensor) -> Tensor:
-        r"""Tweedie's denoised estimate :math:`\hat x_0 = (x + \sigma(t)^2\,s_\theta(x, t)) / \alpha(t)` (one NFE)."""
+        r"""Tweedie's denoised estimate $\hat x_0 = (x + \sigma(t)^2\,s_\theta(x, t)) / \alpha(t)$ (one NFE)."""
         score = self.score(x, t)
         return (x + expand_to(self.sde.sigma(t) ** 2, x) * score) / expand_to(self.sde.alpha(t), x)
 
@@ -106,7 +106,7 @@ class Sampling:
             self._states.append(x.detach().clone())
 
     def finish(self, x: Tensor, t_end: float, denoise: bool) -> Tensor:
-        r"""The last step: with ``denoise``, Tweedie's :math:`\hat x_0` at ``t_end`` (one NFE), recorded at t = 0."""
+        r"""The last step: with ``denoise``, Tweedie's $\hat x_0$ at ``t_end`` (one NFE), recorded at t = 0."""
         if denoise:
             x = self.x0_hat(x, self.batch_time(t_end, x))
             self.record(0.0, x)
@@ -125,7 +125,7 @@ _SAMPLERS: dict[str, SamplerFn] = {}
 def register_sampler(name: str) -> Callable[[SamplerFn], SamplerFn]:
     """Decorator adding a sampler ``fn(run: Sampling, x, *, steps, ..., **options) -> Tensor`` to the registry.
 
-    Its keyword-only parameters (with defaults) are the options :func:`scoresde.sample` accepts for it.
+    Its keyword-only parameters (with defaults) are the options `scoresde.sample` accepts for it.
     """
 
     return registering("sampler", _SAMPLERS, name)

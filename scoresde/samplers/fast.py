@@ -1,13 +1,12 @@
-r"""Few-step solvers through the Gaussian-perturbation view :math:`x_t = \alpha(t)x_0 + \sigma(t)\epsilon`.
+r"""Few-step solvers through the Gaussian-perturbation view $x_t = \alpha(t)x_0 + \sigma(t)\epsilon$.
 
 They need only ``alpha``, ``sigma``, ``log_snr`` and ``t_from_log_snr`` of the SDE, so they run unchanged
 on VP, sub-VP and VE. Each model evaluation is turned into a data prediction (Tweedie)
 
-.. math::  \hat x_0(x, t) = \frac{x + \sigma(t)^2 s_\theta(x, t)}{\alpha(t)}, \qquad
-           \hat\epsilon = \frac{x - \alpha(t)\hat x_0}{\sigma(t)} = -\sigma(t)\, s_\theta(x, t).
+$$\hat x_0(x, t) = \frac{x + \sigma(t)^2 s_\theta(x, t)}{\alpha(t)}, \qquad \hat\epsilon = \frac{x - \alpha(t)\hat x_0}{\sigma(t)} = -\sigma(t)\, s_\theta(x, t).$$
 
-Grids have ``steps + 1`` times from ``T`` to ``eps``; ``denoise`` adds Tweedie's :math:`\hat x_0` at ``eps``
-(one NFE, the same final step as EDM's Euler step to :math:`\sigma = 0`).
+Grids have ``steps + 1`` times from ``T`` to ``eps``; ``denoise`` adds Tweedie's $\hat x_0$ at ``eps``
+(one NFE, the same final step as EDM's Euler step to $\sigma = 0$).
 """
 
 from __future__ import annotations
@@ -25,13 +24,13 @@ __all__ = ["ddim", "heun", "dpm_solver", "unipc"]
 
 
 def _coefficients(run: Sampling, grid: Tensor) -> tuple[list[float], list[float]]:
-    """:math:`\\alpha(t_i)` and :math:`\\sigma(t_i)` on the grid, as Python floats computed in float64."""
+    """$\\alpha(t_i)$ and $\\sigma(t_i)$ on the grid, as Python floats computed in float64."""
     return run.sde.alpha(grid).tolist(), run.sde.sigma(grid).tolist()
 
 
 def _multistep_grid(run: Sampling, steps: int, schedule, eps) -> tuple[Tensor, list[float], list[float], list[float]]:
-    r"""The grid of a multistep solver and, on it, :math:`\alpha_i`, :math:`\sigma_i` and
-    :math:`\lambda_i = \log(\alpha_i/\sigma_i)` (half the log-SNR), as Python floats from float64."""
+    r"""The grid of a multistep solver and, on it, $\alpha_i$, $\sigma_i$ and
+    $\lambda_i = \log(\alpha_i/\sigma_i)$ (half the log-SNR), as Python floats from float64."""
     grid = time_grid(run.sde, steps, schedule, eps)
     alphas, sigmas = _coefficients(run, grid)
     return grid, alphas, sigmas, (0.5 * run.sde.log_snr(grid)).tolist()
@@ -47,8 +46,7 @@ def _multistep_order(order: int, i: int, steps: int, lower_order_final: bool) ->
 def ddim(run: Sampling, x: Tensor, *, steps: int = 50, eta: float = 0.0, eps: float | None = None, denoise: bool = True, schedule: str = "uniform") -> Tensor:
     r"""DDIM (Song, Meng & Ermon 2021, Eq. 12) from ``t`` to ``s < t``:
 
-    .. math::  x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\epsilon + c z, \qquad
-               c = \eta\,\frac{\sigma_s}{\sigma_t}\sqrt{\sigma_t^2 - \alpha_t^2\sigma_s^2/\alpha_s^2},
+    $$x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\epsilon + c z, \qquad c = \eta\,\frac{\sigma_s}{\sigma_t}\sqrt{\sigma_t^2 - \alpha_t^2\sigma_s^2/\alpha_s^2},$$
 
     deterministic (the probability-flow ODE's first-order exponential integrator) at ``eta = 0``,
     DDPM ancestral sampling at ``eta = 1``. NFE = ``steps + denoise``."""
@@ -86,16 +84,14 @@ def heun(
     s_noise: float = 1.0,
 ) -> Tensor:
     r"""EDM's second-order sampler (Karras et al. 2022, Algorithm 2) in the scaled variables
-    :math:`\tilde x = x/\alpha`, :math:`\tilde\sigma = \sigma/\alpha`, where the probability-flow ODE is
-    :math:`d\tilde x/d\tilde\sigma = (\tilde x - \hat x_0)/\tilde\sigma` for every SDE:
+    $\tilde x = x/\alpha$, $\tilde\sigma = \sigma/\alpha$, where the probability-flow ODE is
+    $d\tilde x/d\tilde\sigma = (\tilde x - \hat x_0)/\tilde\sigma$ for every SDE:
 
-    .. math::  d_i = \frac{\tilde x_i - \hat x_0(\tilde x_i, \hat\sigma_i)}{\hat\sigma_i}, \quad
-               \tilde x' = \tilde x_i + (\tilde\sigma_{i+1} - \hat\sigma_i)\, d_i, \quad
-               \tilde x_{i+1} = \tilde x_i + (\tilde\sigma_{i+1} - \hat\sigma_i)\,\tfrac12 (d_i + d'),
+    $$d_i = \frac{\tilde x_i - \hat x_0(\tilde x_i, \hat\sigma_i)}{\hat\sigma_i}, \quad \tilde x' = \tilde x_i + (\tilde\sigma_{i+1} - \hat\sigma_i)\, d_i, \quad \tilde x_{i+1} = \tilde x_i + (\tilde\sigma_{i+1} - \hat\sigma_i)\,\tfrac12 (d_i + d'),$$
 
-    with stochastic churn :math:`\hat\sigma_i = \tilde\sigma_i(1 + \gamma_i)`,
-    :math:`\gamma_i = \min(S_{churn}/N, \sqrt2 - 1)` for :math:`\tilde\sigma_i \in [S_{tmin}, S_{tmax}]`
-    and fresh noise of std :math:`S_{noise}\sqrt{\hat\sigma_i^2 - \tilde\sigma_i^2}` (``s_churn = 0``:
+    with stochastic churn $\hat\sigma_i = \tilde\sigma_i(1 + \gamma_i)$,
+    $\gamma_i = \min(S_{churn}/N, \sqrt2 - 1)$ for $\tilde\sigma_i \in [S_{tmin}, S_{tmax}]$
+    and fresh noise of std $S_{noise}\sqrt{\hat\sigma_i^2 - \tilde\sigma_i^2}$ (``s_churn = 0``:
     deterministic). NFE = ``2 * steps + denoise``."""
     for name, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)):
         check_positive(name, value, strict=False)
@@ -141,11 +137,10 @@ def dpm_solver(
     lower_order_final: bool = True,
 ) -> Tensor:
     r"""DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++", Algorithm 2 and its third-order variant)
-    with data prediction, in :math:`\lambda = \log(\alpha/\sigma)` (half the log-SNR),
-    :math:`h_i = \lambda_{i+1} - \lambda_i`, :math:`\varphi_1 = e^{-h} - 1`:
+    with data prediction, in $\lambda = \log(\alpha/\sigma)$ (half the log-SNR),
+    $h_i = \lambda_{i+1} - \lambda_i$, $\varphi_1 = e^{-h} - 1$:
 
-    .. math::  x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - \alpha_{i+1}\varphi_1 D_i, \qquad
-               D_i = \hat x_0^{(i)} + \frac{1}{2r}\big(\hat x_0^{(i)} - \hat x_0^{(i-1)}\big),\ r = h_{i-1}/h_i
+    $$x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - \alpha_{i+1}\varphi_1 D_i, \qquad D_i = \hat x_0^{(i)} + \frac{1}{2r}\big(\hat x_0^{(i)} - \hat x_0^{(i-1)}\big),\ r = h_{i-1}/h_i$$
 
     for ``order = 2`` (2M); ``order = 1`` is DDIM; ``order = 3`` adds the second divided difference
     (3M). The first steps warm up with lower orders; with ``lower_order_final`` the last steps drop to the
@@ -181,8 +176,8 @@ def dpm_solver(
 
 def _unipc_coefficients(rks: list[float], h: float) -> tuple[Tensor, Tensor, float, float]:
     r"""UniPC's B(h) = e^{-h} - 1 variant ("bh2") for data prediction: the matrix ``R`` (powers of the
-    ratios ``r_k``), the vector ``b`` of the :math:`\varphi` functions, :math:`\varphi_1 = e^{-h} - 1` and
-    :math:`B(h)` (Zhao et al. 2023, Algorithm 3 and Eq. 12)."""
+    ratios ``r_k``), the vector ``b`` of the $\varphi$ functions, $\varphi_1 = e^{-h} - 1$ and
+    $B(h)$ (Zhao et al. 2023, Algorithm 3 and Eq. 12)."""
     hh = -h
     phi1 = math.expm1(hh)
     phi_k = phi1 / hh - 1.0
@@ -210,15 +205,14 @@ def unipc(
     lower_order_final: bool = True,
     corrector: bool = True,
 ) -> Tensor:
-    r"""UniPC (Zhao et al. 2023) with data prediction and :math:`B(h) = e^{-h} - 1`, in
-    :math:`\lambda = \log(\alpha/\sigma)`: the multistep predictor UniP-p
+    r"""UniPC (Zhao et al. 2023) with data prediction and $B(h) = e^{-h} - 1$, in
+    $\lambda = \log(\alpha/\sigma)$: the multistep predictor UniP-p
 
-    .. math::  \tilde x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - \alpha_{i+1}\varphi_1 \hat x_0^{(i)}
-               - \alpha_{i+1} B(h) \sum_k \rho^p_k D_k, \qquad D_k = (\hat x_0^{(i-k)} - \hat x_0^{(i)}) / r_k,
+    $$\tilde x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - \alpha_{i+1}\varphi_1 \hat x_0^{(i)} - \alpha_{i+1} B(h) \sum_k \rho^p_k D_k, \qquad D_k = (\hat x_0^{(i-k)} - \hat x_0^{(i)}) / r_k,$$
 
-    then the corrector UniC, which reuses the model evaluation at :math:`\tilde x_{i+1}` (needed for the
+    then the corrector UniC, which reuses the model evaluation at $\tilde x_{i+1}$ (needed for the
     next step anyway) to raise the order by one at no extra NFE; it is skipped after the last step.
-    ``order`` is UniP's order (1–3); warm-up and ``lower_order_final`` as in :func:`dpm_solver`.
+    ``order`` is UniP's order (1–3); warm-up and ``lower_order_final`` as in `dpm_solver`.
     NFE = ``steps + denoise``."""
     check_in_registry("unipc order", str(order), ["1", "2", "3"])
     grid, alphas, sigmas, lam = _multistep_grid(run, steps, schedule, eps)

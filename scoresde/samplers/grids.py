@@ -1,15 +1,15 @@
 r"""Time grids for reverse-time samplers: ``steps + 1`` decreasing times from ``T`` down to ``eps``.
 
 * ``"uniform"``: uniform in t (Song et al. 2021; DDIM's "time uniform").
-* ``"log_snr"``: uniform in the log signal-to-noise ratio :math:`\lambda = \log(\alpha^2/\sigma^2)`
+* ``"log_snr"``: uniform in the log signal-to-noise ratio $\lambda = \log(\alpha^2/\sigma^2)$
   (DPM-Solver's "logSNR" grid).
-* ``"log_snr_warped"``: :math:`\lambda_i = \lambda_T + (\lambda_{eps} - \lambda_T)(i/N)^{w}`, ``w = 0.6``:
+* ``"log_snr_warped"``: $\lambda_i = \lambda_T + (\lambda_{eps} - \lambda_T)(i/N)^{w}$, ``w = 0.6``:
   large steps at high noise, where the score of any data set is nearly that of a Gaussian and the
   flow is nearly linear, and small ones near the data. Measured on the oracle (``benchmarks/samplers.py``)
   it is what brings multistep solvers within 1.5x of the sampling floor at 10 NFE.
-* ``"edm"``: Karras et al. (2022), Eq. 5, in the noise-to-signal ratio :math:`\tilde\sigma = \sigma/\alpha`:
-  :math:`\tilde\sigma_i = \big(\tilde\sigma_{\max}^{1/\rho} + \tfrac{i}{N}(\tilde\sigma_{\min}^{1/\rho}
-  - \tilde\sigma_{\max}^{1/\rho})\big)^\rho`, ``rho = 7``.
+* ``"edm"``: Karras et al. (2022), Eq. 5, in the noise-to-signal ratio $\tilde\sigma = \sigma/\alpha$:
+  $\tilde\sigma_i = \big(\tilde\sigma_{\max}^{1/\rho} + \tfrac{i}{N}(\tilde\sigma_{\min}^{1/\rho}
+  - \tilde\sigma_{\max}^{1/\rho})\big)^\rho$, ``rho = 7``.
 
 Every grid is built in float64 through the SDE's ``log_snr`` / ``t_from_log_snr``, so it means the same
 for VP, sub-VP and VE.
@@ -41,11 +41,11 @@ def check_eps(sde: SDE, eps: float | None) -> float:
 
 
 def log_snr_times(sde: SDE, eps: float, u: Tensor, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
-    r"""Times uniform in the log-SNR on ``[eps, T]`` from uniforms ``u`` in ``[0, 1)``, with :math:`1/p(t)`.
+    r"""Times uniform in the log-SNR on ``[eps, T]`` from uniforms ``u`` in ``[0, 1)``, with $1/p(t)$.
 
-    :math:`\lambda = \lambda(T) + u\,\Lambda`, :math:`\Lambda = \lambda(eps) - \lambda(T)`, so
-    :math:`p(t) = |d\lambda/dt|/\Lambda = g(t)^2/(\sigma(t)^2\Lambda)`: the density proportional to the
-    likelihood weighting :math:`g^2/\sigma^2` (Song, Durkan, Murray & Ermon 2021), used to importance-sample
+    $\lambda = \lambda(T) + u\,\Lambda$, $\Lambda = \lambda(eps) - \lambda(T)$, so
+    $p(t) = |d\lambda/dt|/\Lambda = g(t)^2/(\sigma(t)^2\Lambda)$: the density proportional to the
+    likelihood weighting $g^2/\sigma^2$ (Song, Durkan, Murray & Ermon 2021), used to importance-sample
     t in the ELBO and the likelihood-weighted DSM loss."""
     lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
     span = lam_eps - lam_T

@@ -1,11 +1,11 @@
 r"""The probability-flow ODE (Song et al. 2021, Eq. 13) and its black-box solution with torchdiffeq or scipy.
 
-.. math::  \frac{dx}{dt} = f(t)\,x - \tfrac12 g(t)^2\, s_\theta(x, t).
+$$\frac{dx}{dt} = f(t)\,x - \tfrac12 g(t)^2\, s_\theta(x, t).$$
 
-In the log-SNR :math:`\lambda(t) = \log(\alpha^2/\sigma^2)`, with :math:`d\lambda/dt = -g^2/\sigma^2`
-(which follows from :math:`d\log\alpha/dt = f` and :math:`d\sigma^2/dt = 2f\sigma^2 + g^2`),
+In the log-SNR $\lambda(t) = \log(\alpha^2/\sigma^2)$, with $d\lambda/dt = -g^2/\sigma^2$
+(which follows from $d\log\alpha/dt = f$ and $d\sigma^2/dt = 2f\sigma^2 + g^2$),
 
-.. math::  \frac{dx}{d\lambda} = -\frac{\sigma^2}{g^2}\, f\, x + \tfrac12 \sigma^2\, s_\theta(x, t(\lambda)),
+$$\frac{dx}{d\lambda} = -\frac{\sigma^2}{g^2}\, f\, x + \tfrac12 \sigma^2\, s_\theta(x, t(\lambda)),$$
 
 a far less stiff field near the data end for VP and sub-VP (the sampler offers both; the likelihood
 module measures both).
@@ -35,9 +35,9 @@ VARIABLES = ("t", "log_snr")
 class ProbabilityFlow:
     r"""The probability-flow ODE's vector field in time ``variable`` ``"t"`` or ``"log_snr"``.
 
-    ``velocity(u, x)`` is :math:`dx/du` at ``u`` (a time, or a log-SNR value); :meth:`span` gives the
-    integration interval from the prior end ``T`` to ``eps`` in that variable; :meth:`time` maps ``u``
-    back to ``t``; :meth:`rate` is :math:`dt/du` (1 for ``"t"``), which the likelihood needs to turn a
+    ``velocity(u, x)`` is $dx/du$ at ``u`` (a time, or a log-SNR value); `span` gives the
+    integration interval from the prior end ``T`` to ``eps`` in that variable; `time` maps ``u``
+    back to ``t``; `rate` is $dt/du$ (1 for ``"t"``), which the likelihood needs to turn a
     divergence in t into one in u.
     """
 
@@ -60,14 +60,14 @@ class ProbabilityFlow:
         return u if self.variable == "t" else self.sde.t_from_log_snr(u)
 
     def rate(self, t: Tensor) -> Tensor:
-        r""":math:`dt/du`: 1 in t, :math:`-\sigma(t)^2 / g(t)^2` in the log-SNR."""
+        r"""$dt/du$: 1 in t, $-\sigma(t)^2 / g(t)^2$ in the log-SNR."""
         if self.variable == "t":
             return torch.ones_like(t)
         g2 = self.sde.sde(torch.ones_like(t)[:, None], t)[1] ** 2
         return -self.sde.sigma(t) ** 2 / g2
 
     def velocity(self, u: Tensor, x: Tensor) -> Tensor:
-        """:math:`dx/du` for a batch ``x [B, ...]`` at a scalar ``u``.
+        """$dx/du$ for a batch ``x [B, ...]`` at a scalar ``u``.
 
         ``u`` is clamped to the SDE's range: adaptive solvers probe a trial point past the end of the
         interval when they choose their first step."""

@@ -2,10 +2,10 @@ r"""Predictor–corrector sampling (Song et al. 2021, Section 4.2 and Algorithms
 
 A *predictor* takes one reverse-time step ``t -> t_next`` of a numerical solver of the reverse SDE (or of
 the probability-flow ODE); a *corrector* then runs ``n_steps`` of score-based MCMC (Langevin dynamics)
-targeting :math:`p_{t_{next}}`. Both return ``(x, x_mean)``: the new state and its noise-free part.
+targeting $p_{t_{next}}$. Both return ``(x, x_mean)``: the new state and its noise-free part.
 
-Symbols: ``t`` current time ``[B]``, ``t_next < t`` the next one, ``score`` :math:`s_\theta(x, t)`,
-:math:`\alpha_{t|s} = \alpha(t)/\alpha(s)` and :math:`\sigma_{t|s}^2 = \sigma(t)^2 - \alpha_{t|s}^2\sigma(s)^2`
+Symbols: ``t`` current time ``[B]``, ``t_next < t`` the next one, ``score`` $s_\theta(x, t)$,
+$\alpha_{t|s} = \alpha(t)/\alpha(s)$ and $\sigma_{t|s}^2 = \sigma(t)^2 - \alpha_{t|s}^2\sigma(s)^2$
 the coefficients of the exact forward transition from ``s`` to ``t``.
 """
 
@@ -66,8 +66,8 @@ def correctors() -> list[str]:
 # ---------------------------------------------------------------------- predictors
 @register_predictor("euler_maruyama")
 def euler_maruyama(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
-    r"""Reverse Euler–Maruyama (Song et al. 2021, Eq. 6) with :math:`\Delta t = t_{next} - t < 0`:
-    :math:`x' = x + [f(t)x - g^2 s]\Delta t + g\sqrt{|\Delta t|}\,z` (no noise, and :math:`\tfrac12 g^2 s`, for the ODE)."""
+    r"""Reverse Euler–Maruyama (Song et al. 2021, Eq. 6) with $\Delta t = t_{next} - t < 0$:
+    $x' = x + [f(t)x - g^2 s]\Delta t + g\sqrt{|\Delta t|}\,z$ (no noise, and $\tfrac12 g^2 s$, for the ODE)."""
     drift, diffusion = sde.reverse(score_fn, probability_flow).sde(x, t)
     dt = expand_to(t_next - t, x)
     x_mean = x + drift * dt
@@ -77,7 +77,7 @@ def euler_maruyama(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Te
 @register_predictor("reverse_diffusion")
 def reverse_diffusion(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
     r"""Reverse diffusion (Song et al. 2021, Eq. 47): the forward discrete step ``(f, G)`` from ``t_next`` to
-    ``t`` run backwards, :math:`x' = x - f + G^2 s + G z`."""
+    ``t`` run backwards, $x' = x - f + G^2 s + G z$."""
     rev_f, rev_G = sde.reverse(score_fn, probability_flow).discretize(x, t, t - t_next)
     x_mean = x - rev_f
     return x_mean + expand_to(rev_G, x) * standard_normal_like(x, generator), x_mean
@@ -85,14 +85,13 @@ def reverse_diffusion(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next:
 
 @register_predictor("ancestral_sampling")
 def ancestral_sampling(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
-    r"""Ancestral sampling: draw from the exact Gaussian posterior :math:`q(x_s | x_t, \hat x_0)`, ``s = t_next``,
+    r"""Ancestral sampling: draw from the exact Gaussian posterior $q(x_s | x_t, \hat x_0)$, ``s = t_next``,
 
-    .. math::  x_s = \frac{x_t + \sigma_{t|s}^2\, s_\theta(x_t, t)}{\alpha_{t|s}}
-               + \frac{\sigma_{t|s}\,\sigma(s)}{\sigma(t)}\, z .
+    $$x_s = \frac{x_t + \sigma_{t|s}^2\, s_\theta(x_t, t)}{\alpha_{t|s}} + \frac{\sigma_{t|s}\,\sigma(s)}{\sigma(t)}\, z .$$
 
-    For VP this is DDPM's step :math:`(x + \beta_i s)/\sqrt{1-\beta_i}` with the posterior variance
-    :math:`\tilde\beta_i`; for VE, SMLD's :math:`x + (\sigma_i^2 - \sigma_{i-1}^2)s` with variance
-    :math:`\sigma_{i-1}^2(\sigma_i^2 - \sigma_{i-1}^2)/\sigma_i^2` (Song et al. 2021, Eqs. 45–46).
+    For VP this is DDPM's step $(x + \beta_i s)/\sqrt{1-\beta_i}$ with the posterior variance
+    $\tilde\beta_i$; for VE, SMLD's $x + (\sigma_i^2 - \sigma_{i-1}^2)s$ with variance
+    $\sigma_{i-1}^2(\sigma_i^2 - \sigma_{i-1}^2)/\sigma_i^2$ (Song et al. 2021, Eqs. 45–46).
     """
     if probability_flow:
         raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion' or 'euler_maruyama'")
@@ -111,12 +110,12 @@ def no_predictor(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tens
 
 # ---------------------------------------------------------------------- correctors
 def _langevin_alpha(sde: SDE, t: Tensor) -> Tensor:
-    r""":math:`\alpha_i = (\alpha(t)/\alpha(t - T/N))^2`: DDPM's :math:`1 - \beta_i` for VP, 1 for VE."""
+    r"""$\alpha_i = (\alpha(t)/\alpha(t - T/N))^2$: DDPM's $1 - \beta_i$ for VP, 1 for VE."""
     return (sde.alpha(t) / sde.alpha((t - sde.T / sde.N).clamp(min=0.0))) ** 2
 
 
 def _langevin_update(x: Tensor, score: Tensor, step: Tensor, generator) -> tuple[Tensor, Tensor]:
-    r""":math:`x' = x + \epsilon\, s + \sqrt{2\epsilon}\, z` with a per-sample step size :math:`\epsilon` ``[B]``."""
+    r"""$x' = x + \epsilon\, s + \sqrt{2\epsilon}\, z$ with a per-sample step size $\epsilon$ ``[B]``."""
     x_mean = x + expand_to(step, x) * score
     return x_mean + expand_to(torch.sqrt(2 * step), x) * standard_normal_like(x, generator), x_mean
 
@@ -124,8 +123,8 @@ def _langevin_update(x: Tensor, score: Tensor, step: Tensor, generator) -> tuple
 @register_corrector("langevin")
 def langevin(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, *, snr: float, n_steps: int, generator=None):
     r"""Langevin corrector (Song et al. 2021, Algorithm 5): ``n_steps`` of
-    :math:`x \leftarrow x + \epsilon s + \sqrt{2\epsilon} z` with
-    :math:`\epsilon = 2\alpha_i (r \|z\| / \|s\|)^2`, ``r = snr``; the norms are averaged over the batch
+    $x \leftarrow x + \epsilon s + \sqrt{2\epsilon} z$ with
+    $\epsilon = 2\alpha_i (r \|z\| / \|s\|)^2$, ``r = snr``; the norms are averaged over the batch
     as in the reference implementation."""
     alpha_i = _langevin_alpha(sde, t)
     x_mean = x
@@ -141,7 +140,7 @@ def langevin(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, *, snr: float, n
 @register_corrector("annealed_langevin")
 def annealed_langevin(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, *, snr: float, n_steps: int, generator=None):
     r"""Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1, as in Song et al. 2021): step size
-    :math:`\epsilon = 2\alpha_i (r\,\sigma(t))^2`, ``r = snr``."""
+    $\epsilon = 2\alpha_i (r\,\sigma(t))^2$, ``r = snr``."""
     step = 2 * _langevin_alpha(sde, t) * (snr * sde.sigma(t)) ** 2
     x_mean = x
     for _ in range(n_steps):
@@ -172,8 +171,8 @@ def pc_sampler(
     schedule: str = "uniform",
 ) -> Tensor:
     r"""Predictor–corrector sampling (Song et al. 2021, Algorithm 1): on a grid ``T = t_0 > ... > t_N = eps``,
-    for each i a predictor step :math:`t_i \to t_{i+1}`, then ``corrector_steps`` corrector steps at
-    :math:`t_{i+1}`; finally Tweedie's :math:`\hat x_0` at ``eps`` when ``denoise``.
+    for each i a predictor step $t_i \to t_{i+1}$, then ``corrector_steps`` corrector steps at
+    $t_{i+1}$; finally Tweedie's $\hat x_0$ at ``eps`` when ``denoise``.
     NFE = ``steps * (1 + corrector_steps) + denoise`` (predictor ``none`` or corrector ``none`` cost nothing)."""
     predict = _PREDICTORS[check_in_registry("predictor", predictor, list(_PREDICTORS))]
     correct = _CORRECTORS[check_in_registry("corrector", corrector, list(_CORRECTORS))]

@@ -1,15 +1,15 @@
 r"""The reverse-time SDE solved with torchsde's ``sdeint``.
 
-torchsde integrates forward in its time, so we run the reverse SDE in :math:`\tau = T - t`:
+torchsde integrates forward in its time, so we run the reverse SDE in $\tau = T - t$:
 
-.. math::  dx = -\big[f(t)x - g(t)^2 s_\theta(x, t)\big]\,d\tau + g(t)\,dW_\tau, \qquad t = T - \tau .
+$$dx = -\big[f(t)x - g(t)^2 s_\theta(x, t)\big]\,d\tau + g(t)\,dW_\tau, \qquad t = T - \tau .$$
 
-The noise :math:`g(t)` does not depend on ``x`` (additive noise), so Itô and Stratonovich calculus agree
+The noise $g(t)$ does not depend on ``x`` (additive noise), so Itô and Stratonovich calculus agree
 and every torchsde method applies (``euler``, ``milstein``, ``srk``, ``reversible_heun``, ``midpoint``,
 ``heun``, ...): the SDE declares the calculus the chosen method expects.
 
 Caveat, measured on the oracle: ``reversible_heun`` is a symmetric (time-reversible) scheme whose parasitic
-mode is not damped, and the reverse SDE contracts strongly (rate :math:`g^2/\sigma^2`), so that mode grows
+mode is not damped, and the reverse SDE contracts strongly (rate $g^2/\sigma^2$), so that mode grows
 and the samples diverge at any step count we tried (100-1000 steps); a warning says so.
 """
 
