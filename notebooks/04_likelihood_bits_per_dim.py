@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -80,8 +82,11 @@ plt.show()
 # $$-\log p_0(x) \le -\mathbb E\,\log p_T(x_T) + \tfrac12\int_0^T g(t)^2\,\mathbb E\Big[\|s_\theta(x_t,t) - \nabla\log p_{0t}(x_t|x_0)\|^2
 #   - \|\nabla\log p_{0t}(x_t|x_0)\|^2 - \tfrac{2}{g^2}\nabla\!\cdot f\Big]dt ,$$
 #
-# estimated by Monte Carlo over $t$ and $x_t$. With the exact score the bound is tight (equal in expectation);
-# with a wrong score both move, the bound more.
+# estimated by Monte Carlo over $t$ and $x_t$. With the exact score the bound is tight (equal in expectation).
+# With a wrong score, careful: the ELBO bounds the NLL of the *reverse-SDE* model, and the probability-flow ODE
+# defines a *different* model once $s_\theta \ne \nabla\log p_t$ — so the ELBO can even fall below the ODE's
+# exact NLL, as it does here for a score scaled by 0.8 (the SDE's noise partly repairs the wrong score; the ODE's
+# deterministic map cannot).
 
 # %%
 generator = torch.Generator().manual_seed(2)

@@ -23,7 +23,8 @@ from torch import Tensor
 from ._checks import check_finite, check_positive_int, check_probability_vector
 from .sde import SDE, check_sde
 
-__all__ = ["GaussianMixture", "MixtureScore", "entropy_by_quadrature"]
+__all__ = [
+    "LabelledMixture", "GaussianMixture", "MixtureScore", "entropy_by_quadrature"]
 
 _SYMMETRY_RTOL = 1e-8
 """Relative asymmetry tolerated in a covariance (round-off from building it as A @ A.T)."""
@@ -132,9 +133,9 @@ class GaussianMixture:
             raise ValueError(f"x must have shape [B, ...] with {self.D} values per sample, got {tuple(x.shape)}")
         return x.reshape(x.shape[0], self.D)
 
-    def _log_prob_and_score(self, x: Tensor, alpha: Tensor, sigma: Tensor, with_score: bool) -> tuple[Tensor, Tensor | None]:
-        r"""Log-density ``[B]`` and score ``[B, D]`` of $\sum_k w_k \mathcal N(\alpha\mu_k, \alpha^2 S_k + \sigma^2 I)$
-        for per-sample ``alpha [B]``, ``sigma [B]`` and ``x [B, D]``."""
+    def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""Per-component terms of $\sum_k w_k \mathcal N(\alpha\mu_k, \alpha^2 S_k + \sigma^2 I)$ at ``x [B, D]``:
+        the logits $\log w_k + \log\mathcal N_k$ ``[B, K]``, eigen-coordinates ``[B, K, D]``, variances and eigenvectors."""
         opts = {"dtype": x.dtype, "device": x.device}
         U, ell, mu = self._eigvecs.to(**opts), self._eigvals.to(**opts), self.means.to(**opts)
         log_w = torch.log(self.weights).to(**opts)
@@ -142,7 +143,12 @@ class GaussianMixture:
         y = torch.einsum("bkd,kde->bke", diff, U)  # coordinates in each component's eigenbasis
         var = alpha[:, None, None] ** 2 * ell[None] + (sigma**2)[:, None, None]  # eigenvalues of C_k(t)
         log_norm = -0.5 * ((y**2 / var).sum(-1) + torch.log(var).sum(-1) + self.D * math.log(2 * math.pi))
-        logits = log_w + log_norm  # [B, K]
+        return log_w + log_norm, y, var, U
+
+    def _log_prob_and_score(self, x: Tensor, alpha: Tensor, sigma: Tensor, with_score: bool) -> tuple[Tensor, Tensor | None]:
+        r"""Log-density ``[B]`` and score ``[B, D]`` of $\sum_k w_k \mathcal N(\alpha\mu_k, \alpha^2 S_k + \sigma^2 I)$
+        for per-sample ``alpha [B]``, ``sigma [B]`` and ``x [B, D]``."""
+        logits, y, var, U = self._components(x, alpha, sigma)
         log_p = torch.logsumexp(logits, dim=1)
         if not with_score:
             return log_p, None
@@ -188,6 +194,57 @@ class GaussianMixture:
         alpha, sigma = self._alpha_sigma(sde, x, t)
         return self._log_prob_and_score(flat, alpha, sigma, with_score=True)[1].reshape(x.shape)
 
+    def class_log_probs(self, sde: SDE, x: Tensor, t: Tensor | float, labels: Sequence[int]) -> Tensor:
+        r"""Exact class posteriors $\log p(y = c \mid x_t)$ ``[B, C]`` when component ``k`` has class ``labels[k]``:
+        $\operatorname{logsumexp}_{k: y_k = c}(\log w_k + \log\mathcal N_k(x_t)) - \log p_t(x_t)$ (a noise-conditional
+        classifier that makes no error)."""
+        labels = self._check_labels(labels)
+        flat = self._flat(x)
+        alpha, sigma = self._alpha_sigma(sde, x, t)
+        logits = self._components(flat, alpha, sigma)[0]
+        classes = int(labels.max()) + 1
+        per_class = torch.stack([torch.logsumexp(logits[:, labels == c], dim=1) for c in range(classes)], dim=1)
+        return per_class - torch.logsumexp(logits, dim=1, keepdim=True)
+
+    def _check_labels(self, labels: Sequence[int]) -> Tensor:
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.shape != (self.K,) or bool((labels < 0).any()):
+            raise ValueError(f"labels must give one class >= 0 per component ({self.K}), got {labels.tolist()}")
+        missing = sorted(set(range(int(labels.max()) + 1)) - set(labels.tolist()))
+        if missing:
+            raise ValueError(f"classes {missing} have no component; number the classes 0..C-1")
+        return labels
+
+    def restrict(self, components: Sequence[int]) -> "GaussianMixture":
+        r"""The mixture of the given components with renormalised weights: $p(x \mid k \in \text{components})$,
+        e.g. the class-conditional density when the components are a class."""
+        idx = torch.as_tensor(list(components), dtype=torch.long)
+        if idx.numel() == 0 or bool(((idx < 0) | (idx >= self.K)).any()):
+            raise ValueError(f"components must be a non-empty list of indices in 0..{self.K - 1}, got {list(components)}")
+        w = self.weights[idx]
+        return GaussianMixture(w / w.sum(), self.means[idx], self.covs[idx])
+
+    def condition(self, known: Sequence[int], values: Tensor | Sequence[float]) -> "GaussianMixture":
+        r"""The exact conditional $p(x_u \mid x_k = v)$ of the unknown coordinates ``u`` given ``values`` ``v`` of the
+        ``known`` ones: per component $\mathcal N(\mu_u + S_{uk}S_{kk}^{-1}(v - \mu_k),\ S_{uu} - S_{uk}S_{kk}^{-1}S_{ku})$,
+        weights $\propto w_k\,\mathcal N(v; \mu_k, S_{kk})$ (the ground truth of inpainting)."""
+        k = torch.as_tensor(list(known), dtype=torch.long)
+        if k.numel() == 0 or k.numel() >= self.D or len(set(k.tolist())) != k.numel() or bool(((k < 0) | (k >= self.D)).any()):
+            raise ValueError(f"known must list distinct coordinates in 0..{self.D - 1}, leaving at least one unknown; got {list(known)}")
+        v = _as_float64("values", values).reshape(-1)
+        if v.numel() != k.numel():
+            raise ValueError(f"values must hold one number per known coordinate ({k.numel()}), got {v.numel()}")
+        u = torch.tensor([i for i in range(self.D) if i not in set(k.tolist())], dtype=torch.long)
+        S_kk, S_uk, S_uu = self.covs[:, k][:, :, k], self.covs[:, u][:, :, k], self.covs[:, u][:, :, u]
+        gain = S_uk @ torch.linalg.inv(S_kk)  # [K, u, k]
+        diff = v[None] - self.means[:, k]
+        means = self.means[:, u] + torch.einsum("kuj,kj->ku", gain, diff)
+        covs = S_uu - gain @ S_uk.transpose(1, 2)
+        evidence = GaussianMixture(self.weights, self.means[:, k], S_kk)
+        one = torch.ones(1, dtype=torch.float64)
+        logits = evidence._components(v[None], one, 0 * one)[0][0]  # log w_k + log N(v; mu_k, S_kk)
+        return GaussianMixture(torch.softmax(logits, dim=0), means, 0.5 * (covs + covs.transpose(1, 2)))
+
     def score_fn(self, sde: SDE) -> "MixtureScore":
         """The exact score of the SDE's marginals as a ``score_fn(x, t)`` (the package's score protocol)."""
         return MixtureScore(self, check_sde(sde))
@@ -223,6 +280,40 @@ class MixtureScore:
 
     def __repr__(self) -> str:
         return f"MixtureScore({self.mixture!r}, {self.sde!r})"
+
+
+class LabelledMixture:
+    r"""A `GaussianMixture` whose components carry class labels, under an SDE: the exact class-conditional score
+    and the exact noise-conditional classifier, the ground truth of guidance.
+
+    - ``score(x, t, y)``: $\nabla_x \log p_t(x \mid y)$ (the score of the class's sub-mixture); ``y = None`` or the
+      null label ``num_classes``: the unconditional $\nabla_x \log p_t(x)$. It has the protocol of a
+      class-conditional model (``num_classes``, labels ``[B]``), so guidance wrappers take it as they take a network.
+    - ``classifier(x, t)``: logits $\log p(y = c \mid x_t)$ ``[B, C]``.
+    """
+
+    def __init__(self, mixture: GaussianMixture, sde: SDE, labels: Sequence[int]) -> None:
+        self.mixture, self.sde = mixture, check_sde(sde)
+        self.labels = mixture._check_labels(labels)
+        self.num_classes = int(self.labels.max()) + 1
+        self.classes = [mixture.restrict(torch.nonzero(self.labels == c).flatten().tolist()) for c in range(self.num_classes)]
+
+    def __call__(self, x: Tensor, t: Tensor, y: Tensor | int | None = None) -> Tensor:
+        if y is None:
+            return self.mixture.marginal_score(self.sde, x, t)
+        y = torch.as_tensor(y, device=x.device).expand(x.shape[0]) if torch.as_tensor(y).ndim == 0 else torch.as_tensor(y, device=x.device)
+        if bool(((y < 0) | (y > self.num_classes)).any()):
+            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (or {self.num_classes}, the null label), got {y.unique().tolist()}")
+        out = torch.empty_like(x)
+        for c in y.unique().tolist():
+            rows = y == c
+            part = self.mixture if c == self.num_classes else self.classes[c]
+            out[rows] = part.marginal_score(self.sde, x[rows], t[rows])
+        return out
+
+    def classifier(self, x: Tensor, t: Tensor) -> Tensor:
+        r"""Exact logits $\log p(y = c \mid x_t)$ ``[B, C]``."""
+        return self.mixture.class_log_probs(self.sde, x, t, self.labels)
 
 
 def grid_cells(lo: Sequence[float], hi: Sequence[float], points_per_dim: int) -> tuple[Tensor, float]:

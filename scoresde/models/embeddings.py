@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierEmbedding", "TimeMLP"]
+__all__ = ["sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierEmbedding", "TimeMLP", "LabelEmbedding"]
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
@@ -60,3 +60,50 @@ class TimeMLP(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         return self.mlp(self.embedding(t).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedding(nn.Module):
+    r"""Class labels ``y [B]`` in ``0 .. num_classes - 1``, or the **null label** ``num_classes`` (no class: the
+    unconditional model of classifier-free guidance), to ``[B, dim]`` vectors added to the time embedding.
+
+    The table starts at zero, so a freshly built conditional network equals its unconditional self.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.zeros_(self.table.weight)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def forward(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """Embeddings of ``y`` (``None``: the null label for the whole batch); labels outside the classes raise."""
+        if y is None:
+            y = torch.full((batch,), self.null_label, dtype=torch.long, device=device)
+        y = torch.as_tensor(y, device=device)
+        if y.ndim == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,) or y.is_floating_point():
+            raise ValueError(f"labels y must be integers of shape [{batch}] (or one integer), got shape {tuple(y.shape)} {y.dtype}")
+        if bool(((y < 0) | (y > self.null_label)).any()):
+            bad = int(y[(y < 0) | (y > self.null_label)][0])
+            raise ValueError(f"label {bad} is outside the model's classes 0..{self.num_classes - 1} "
+                             f"(and {self.null_label}, the null label)")
+        return self.table(y.long())
+
+
+def check_num_classes(num_classes: int) -> int:
+    """``num_classes`` of a network: a non-negative integer (0: unconditional)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be a non-negative integer (0: unconditional), got {num_classes!r}")
+    return num_classes
+
+
+def check_conditional(net: nn.Module, y) -> None:
+    """Refuse labels for a network without a label embedding (an unconditional model)."""
+    if y is not None and getattr(net, "label", None) is None:
+        raise ValueError(f"{type(net).__name__} was built without classes (num_classes=0): it takes no labels; "
+                         f"train a class-conditional model (model.kwargs.num_classes) for guidance")

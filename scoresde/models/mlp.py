@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .._checks import check_in_registry, check_positive, check_positive_int
-from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding, TimeMLP
+from .embeddings import GaussianFourierEmbedding, LabelEmbedding, SinusoidalEmbedding, TimeMLP, check_conditional, check_num_classes
 from .registry import register_model
 
 __all__ = ["ScoreMLP", "EMBEDDINGS"]
@@ -46,10 +46,12 @@ class ScoreMLP(nn.Module):
     Args:
         dim: data dimension. width: hidden width. depth: number of residual blocks.
         embedding: ``"fourier"`` or ``"sinusoidal"`` time features of size ``emb_dim`` (``emb_scale``).
+        num_classes: with ``K > 0``, a class-conditional network ``(x, t, y)``: a label embedding (``K`` classes
+            and the null label ``K``) is added to the time embedding.
     """
 
     def __init__(self, dim: int = 2, width: int = 256, depth: int = 4, embedding: str = "fourier", emb_dim: int = 64,
-                 emb_scale: float | None = None) -> None:
+                 emb_scale: float | None = None, num_classes: int = 0) -> None:
         super().__init__()
         dim, width, depth = check_positive_int("dim", dim), check_positive_int("width", width), check_positive_int("depth", depth)
         emb_dim = check_positive_int("emb_dim", emb_dim)
@@ -57,6 +59,8 @@ class ScoreMLP(nn.Module):
             check_positive("emb_scale", emb_scale)
         self.dim = dim
         self.time = TimeMLP(time_embedding(embedding, emb_dim, emb_scale), emb_dim, width)
+        self.num_classes = check_num_classes(num_classes)
+        self.label = LabelEmbedding(num_classes, width) if num_classes else None
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_ResidualBlock(width, width) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width)
@@ -64,10 +68,13 @@ class ScoreMLP(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"ScoreMLP expects x of shape [B, {self.dim}], got {tuple(x.shape)}")
+        check_conditional(self, y)
         temb = self.time(t)
+        if self.label is not None:
+            temb = temb + self.label(y, x.shape[0], x.device)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, temb)

@@ -31,9 +31,14 @@ class ScoreModel(nn.Module):
         self.net, self.sde = net, sde
         self.parameterization = check_in_registry("parameterization", parameterization, PARAMETERIZATIONS)
 
-    def scaled_score(self, x: Tensor, t: Tensor) -> Tensor:
-        r"""$\sigma(t)\,s_\theta(x, t)$, i.e. $-\hat\epsilon$."""
-        out = self.net(x, t)
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional network (0: unconditional); its null label is ``num_classes``."""
+        return getattr(self.net, "num_classes", 0)
+
+    def scaled_score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        r"""$\sigma(t)\,s_\theta(x, t[, y])$, i.e. $-\hat\epsilon$ (``y``: class labels of a conditional network)."""
+        out = self.net(x, t) if y is None else self.net(x, t, y)
         if self.parameterization == "eps":
             return -out
         sigma = expand_to(self.sde.sigma(t), x)
@@ -41,6 +46,6 @@ class ScoreModel(nn.Module):
             return sigma * out
         return (expand_to(self.sde.alpha(t), x) * out - x) / sigma
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """The score $s_\\theta(x, t)$."""
-        return self.scaled_score(x, t) / expand_to(self.sde.sigma(t), x)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The score $s_\\theta(x, t)$, or the class-conditional $s_\\theta(x, t, y)$ (``y = num_classes``: unconditional)."""
+        return self.scaled_score(x, t, y) / expand_to(self.sde.sigma(t), x)

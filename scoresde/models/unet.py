@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive_int
-from .embeddings import SinusoidalEmbedding, TimeMLP
+from .embeddings import LabelEmbedding, SinusoidalEmbedding, TimeMLP, check_conditional, check_num_classes
 from .registry import register_model
 
 __all__ = ["DDPMUNet", "ResBlock", "AttnBlock"]
@@ -78,10 +78,13 @@ class DDPMUNet(nn.Module):
         attn_resolutions: the resolutions with self-attention.
         dropout: dropout probability in the residual blocks.
         groups: GroupNorm groups (32 in DDPM).
+        num_classes: with ``K > 0``, class-conditional ``(x, t, y)``: a label embedding (``K`` classes and the null
+            label ``K``) is added to the time embedding (as in guided-diffusion and classifier-free guidance).
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 8, ch: int = 64, ch_mult: tuple[int, ...] = (1, 2),
-                 num_res_blocks: int = 2, attn_resolutions: tuple[int, ...] = (4,), dropout: float = 0.1, groups: int = 32) -> None:
+                 num_res_blocks: int = 2, attn_resolutions: tuple[int, ...] = (4,), dropout: float = 0.1, groups: int = 32,
+                 num_classes: int = 0) -> None:
         super().__init__()
         in_channels, image_size, ch = (check_positive_int(n, v) for n, v in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch)))
         num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
@@ -95,6 +98,8 @@ class DDPMUNet(nn.Module):
         self.in_channels, self.image_size = in_channels, image_size
         temb_dim = 4 * ch
         self.time = TimeMLP(SinusoidalEmbedding(ch), ch, temb_dim)
+        self.num_classes = check_num_classes(num_classes)
+        self.label = LabelEmbedding(num_classes, temb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         self.down, skips, res, cur = nn.ModuleList(), [ch], image_size, ch
         for level, mult in enumerate(ch_mult):
@@ -124,11 +129,14 @@ class DDPMUNet(nn.Module):
                 res *= 2
         self.out = nn.Sequential(group_norm(cur, groups), nn.SiLU(), zero_init(nn.Conv2d(cur, in_channels, 3, padding=1)))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"DDPMUNet expects x of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
+        check_conditional(self, y)
         temb = self.time(t)
+        if self.label is not None:
+            temb = temb + self.label(y, x.shape[0], x.device)
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:

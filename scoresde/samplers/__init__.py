@@ -22,6 +22,8 @@ from ..sde import SDE, ScoreFn, check_sde
 from . import fast, ode, pc, reverse_sde  # noqa: F401  (registration)
 from .base import CountingScore, SampleResult, Sampling, get_sampler, register_sampler, sampler_options, samplers
 from .grids import GRIDS, time_grid
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance
+from .inpaint import INPAINT_METHODS, MASKS, inpaint, named_mask
 from .ode import ProbabilityFlow
 from .pc import correctors, predictors, register_corrector, register_predictor
 
@@ -39,6 +41,12 @@ __all__ = [
     "time_grid",
     "GRIDS",
     "ProbabilityFlow",
+    "ClassifierFreeGuidance",
+    "ClassifierGuidance",
+    "inpaint",
+    "named_mask",
+    "MASKS",
+    "INPAINT_METHODS",
 ]
 
 

@@ -74,8 +74,10 @@ class Sampling:
     ``x`` at ``T`` and returning the samples; it reports states with `record`.
     """
 
-    def __init__(self, sde: SDE, score: CountingScore, generator: torch.Generator | None, progress: bool, record: bool):
+    def __init__(self, sde: SDE, score: CountingScore, generator: torch.Generator | None, progress: bool, record: bool,
+                 constraint: Callable[[Tensor, float], Tensor] | None = None):
         self.sde = sde
+        self.constraint = constraint
         self.score = score
         self.generator = generator
         self.progress = progress
@@ -98,6 +100,11 @@ class Sampling:
     def steps(self, n: int, desc: str) -> Iterable[int]:
         """``range(n)``, with a tqdm progress bar when the run asked for one."""
         return tqdm(range(n), desc=desc, leave=False) if self.progress else range(n)
+
+    def constrain(self, x: Tensor, t: float) -> Tensor:
+        """``x`` after the run's constraint at time ``t`` (inpainting: the known part replaced by data noised to ``t``);
+        ``x`` itself when the run has none."""
+        return x if self.constraint is None else self.constraint(x, t)
 
     def record(self, t: float, x: Tensor) -> None:
         """Keep the state ``x`` at time ``t`` for the trajectory (a no-op unless it was asked for)."""

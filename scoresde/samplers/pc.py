@@ -184,11 +184,15 @@ def pc_sampler(
         raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion' or 'euler_maruyama'")
     grid = time_grid(run.sde, steps, schedule, eps)
     steps = len(grid) - 1
+    x = run.constrain(x, float(grid[0]))
     run.record(grid[0], x)
     for i in run.steps(steps, f"pc {predictor}+{corrector}"):
         t, t_next = run.batch_time(grid[i], x), run.batch_time(grid[i + 1], x)
         x, _ = predict(run.sde, run.score, x, t, t_next, probability_flow=probability_flow, generator=run.generator)
-        x, _ = correct(run.sde, run.score, x, t_next, snr=snr, n_steps=corrector_steps, generator=run.generator)
+        x = run.constrain(x, float(grid[i + 1]))
+        if corrector != "none":
+            x, _ = correct(run.sde, run.score, x, t_next, snr=snr, n_steps=corrector_steps, generator=run.generator)
+            x = run.constrain(x, float(grid[i + 1]))
         run.record(grid[i + 1], x)
     return run.finish(x, float(grid[-1]), denoise)
 
