@@ -4,15 +4,19 @@ The public API lives here; module layout behind it may change, these names may n
 `scoresde.viz` (imported on demand: it loads matplotlib).
 """
 
-from .analytic import GaussianMixture, MixtureScore, entropy_by_quadrature
+from .analytic import GaussianMixture, LabelledMixture, MixtureScore, entropy_by_quadrature
 from .config import ConfigError, DataConfig, ModelConfig, RunConfig, SDEConfig, TrainConfig, load_config, override, preset, presets, save_config
 from .evaluation import Comparison, HeldOut, SamplerRun, SamplerSpec, compare_samplers, default_lineup, held_out
 from .datasets import DataTransform, ImageDataset, ToyDataset, image_dataset, image_datasets, register_toy, toy_dataset, toy_datasets
 from .likelihood import BitsPerDimResult, ELBOResult, LikelihoodResult, bits_per_dim, ddpm_bound, elbo, log_likelihood
-from .losses import ddpm_loss, dsm_loss, smld_loss
+from .losses import classifier_loss, ddpm_loss, dsm_loss, smld_loss
 from .metrics import energy_distance, mmd, sliced_wasserstein
 from .samplers import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
     SampleResult,
+    inpaint,
+    named_mask,
     correctors,
     predictors,
     register_corrector,
@@ -23,10 +27,11 @@ from .samplers import (
     samplers,
     time_grid,
 )
-from .models import NCSN, DDPMUNet, ScoreMLP, ScoreModel, create_model, models, register_model
+from .models import NCSN, DDPMUNet, NoiseConditionalClassifier, ScoreMLP, ScoreModel, create_model, models, register_model
 from .sde import SDE, ReverseSDE, ScoreFn, SubVPSDE, VESDE, VPSDE, evaluate_score
 from .report import likelihood_summary, run_demo, write_comparison
-from .training import CheckpointError, Trainer, TrainingDiverged, TrainResult, load_checkpoint, load_score_model, save_checkpoint
+from .training import (CheckpointError, Trainer, TrainingDiverged, TrainResult, load_checkpoint, load_score_model, save_checkpoint,
+                       train_classifier)
 
 __version__ = "0.1.0"
 
@@ -80,4 +85,12 @@ __all__ = [
     "likelihood_summary",
     "write_comparison",
     "run_demo",
+    "ClassifierFreeGuidance",
+    "ClassifierGuidance",
+    "inpaint",
+    "named_mask",
+    "LabelledMixture",
+    "NoiseConditionalClassifier",
+    "classifier_loss",
+    "train_classifier",
 ]

@@ -110,11 +110,13 @@ class GaussianMixture:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> Tensor:
+        return_components: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         r"""Draw ``n`` samples ``[n, D]``: $k \sim \text{Cat}(w)$, $x = \mu_k + L_k z$, $S_k = L_k L_k^\top$.
 
         Random numbers are drawn in float64 on the generator's device, then cast to ``dtype``
-        (default: torch's default dtype) and moved to ``device``.
+        (default: torch's default dtype) and moved to ``device``. ``return_components``: also the component
+        ``k [n]`` of each sample (the same draws: the samples do not change).
         """
         n = check_positive_int("n", n)
         gen_device = generator.device if generator is not None else torch.device("cpu")
@@ -123,7 +125,8 @@ class GaussianMixture:
         z = torch.randn(n, self.D, generator=generator, device=gen_device, dtype=torch.float64)
         chol, means = self._chol.to(gen_device), self.means.to(gen_device)
         x = means[idx] + torch.einsum("nij,nj->ni", chol[idx], z)
-        return x.to(device=device or gen_device, dtype=dtype or torch.get_default_dtype())
+        x = x.to(device=device or gen_device, dtype=dtype or torch.get_default_dtype())
+        return (x, idx.to(x.device)) if return_components else x
 
     def _flat(self, x: Tensor) -> Tensor:
         check_finite("x", x)

@@ -140,19 +140,20 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from .samplers import sample, samplers
+    from .samplers import ClassifierFreeGuidance, sample, samplers
     from .training import load_score_model
     from .viz import plot_samples
 
     check_in_registry("sampler", args.sampler, samplers())  # before anything is written
     options = _parse_options(args.option)
+    if args.guidance is not None and args.label is None:
+        raise UserError("--guidance needs --label (the class to guide towards)")
     model, config, step = load_score_model(args.checkpoint, device=args.device)
+    score = model if args.label is None else ClassifierFreeGuidance(model, args.label, args.guidance or 0.0)
     out = _out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     picture = out.with_suffix(".png")
-    net = model.net
-    shape = (net.dim,) if hasattr(net, "dim") else (net.in_channels, net.image_size, net.image_size)
     with torch.no_grad():
-        result = sample(model.sde, model, (args.n, *shape), args.sampler, steps=args.steps, device=args.device,
+        result = sample(model.sde, score, (args.n, *_sample_shape(model)), args.sampler, steps=args.steps, device=args.device,
                         generator=torch.Generator(device=args.device).manual_seed(args.seed), **options)
     x = result.x.cpu()
     transform = config.data.transform()
@@ -160,10 +161,75 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     arrays = {"x_model": x.numpy(), "x": transform.from_model(x).numpy().astype(np.uint8) if transform else x.numpy()}
     np.savez(out, **arrays)
     extent = getattr(toy_dataset(config.data.name), "extent", None) if config.data.kind == "toy" else None
-    fig = plot_samples(torch.as_tensor(arrays["x"]).float(), f"{args.sampler}: {args.n} samples, {result.nfe} NFE (step {step})",
+    guided = "" if args.label is None else f", class {args.label}, guidance w = {args.guidance or 0.0:g}"
+    fig = plot_samples(torch.as_tensor(arrays["x"]).float(), f"{args.sampler}: {args.n} samples, {result.nfe} NFE (step {step}){guided}",
                        levels=levels, extent=extent)
     fig.savefig(picture, dpi=110)
     return {"samples": str(out), "picture": str(picture), "nfe": result.nfe, "sampler": args.sampler, "n": args.n,
+            "checkpoint_step": step, "label": args.label, "guidance": args.guidance, "settings": result.settings}
+
+
+def _sample_shape(model) -> tuple[int, ...]:
+    net = model.net
+    return (net.dim,) if hasattr(net, "dim") else (net.in_channels, net.image_size, net.image_size)
+
+
+def _load_mask(spec: str, shape: tuple[int, ...]):
+    """The known mask (True = observed) from a named region to fill in or a .npz file whose array ``mask`` is
+    nonzero where the data is missing (one sample's shape, or one per sample)."""
+    import numpy as np
+    import torch
+
+    from .samplers import MASKS, named_mask
+
+    if not spec.endswith(".npz"):
+        if spec not in MASKS:
+            raise UserError(f"unknown mask {spec!r}; valid names are: {', '.join(MASKS)} (or a .npz file with array 'mask')")
+        return named_mask(spec, shape)
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"--mask file {path} does not exist")
+    with np.load(path) as data:
+        if "mask" not in data:
+            raise UserError(f"--mask file {path} has no array 'mask' (found: {', '.join(data.files)})")
+        return ~torch.as_tensor(data["mask"] != 0)
+
+
+def cmd_inpaint(args: argparse.Namespace) -> dict:
+    """Complete the missing part of data (images or 2D points) under a checkpoint; write .npz and a picture."""
+    import numpy as np
+    import torch
+
+    from .evaluation import held_out
+    from .samplers import inpaint
+    from .training import load_score_model
+    from .viz import plot_inpainting
+
+    model, config, step = load_score_model(args.checkpoint, device=args.device)
+    shape = _sample_shape(model)
+    transform = config.data.transform()
+    if args.image == "test":
+        x = held_out(config.data, args.n, args.seed).x
+    else:
+        x, _ = _load_points(args.image, args.n, args.seed, config)
+        x = transform.to_model(x.float() + 0.5) if transform is not None else x.float()
+    if tuple(x.shape[1:]) != shape:
+        raise UserError(f"--image holds data of shape {tuple(x.shape[1:])}; the model's data has shape {shape}")
+    known = _load_mask(args.mask, shape)
+    if tuple(known.shape) not in (shape, tuple(x.shape)):
+        raise UserError(f"the mask of shape {tuple(known.shape)} does not match the data's shape {shape}")
+    out = _out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    result = inpaint(model.sde, model, x.to(args.device), known.to(args.device), method=args.method, steps=args.steps,
+                     generator=generator, progress=not args.json)
+    completed = result.x.cpu()
+    to_levels = (lambda v: transform.from_model(v)) if transform is not None else (lambda v: v)
+    np.savez(out, x=to_levels(completed).numpy(), original=to_levels(x.cpu()).numpy(), known=known.cpu().numpy())
+    extent = toy_dataset(config.data.name).extent if config.data.kind == "toy" else None
+    fig = plot_inpainting(to_levels(x.cpu()), known.cpu(), to_levels(completed), levels=transform.levels if transform else None,
+                          extent=extent, title=f"inpainting ({args.method}, {result.nfe} NFE, step {step})")
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    return {"samples": str(out), "picture": str(out.with_suffix(".png")), "nfe": result.nfe, "n": int(x.shape[0]),
             "checkpoint_step": step, "settings": result.settings}
 
 
@@ -352,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--steps", type=int, help="steps of the sampler's grid (its own default if omitted)")
     smp.add_argument("--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)")
     smp.add_argument("-n", type=int, default=2000, help="number of samples")
+    smp.add_argument("--label", type=int, help="class to sample (class-conditional models)")
+    smp.add_argument("--guidance", type=float, help="classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t, null); "
+                     "0 = the conditional model")
     smp.add_argument("--out", required=True, help="samples file (.npz); the picture goes next to it (.png)")
     lik = _command(sub, "likelihood", cmd_likelihood, "exact NLL and bits/dim of held-out data through the probability-flow ODE, "
                    "with the ELBO beside it", "scoresde likelihood --checkpoint runs/toy -n 2000 --out runs/toy/likelihood.json")
@@ -366,6 +435,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("-n", type=int, default=2000, help="samples per sampler (and held-out points; images: at most the test split)")
     cmp.add_argument("--quick", action="store_true", help="fewer samplers and step counts")
     cmp.add_argument("--out", help="output folder for compare.json, compare.md, compare.png (default: the checkpoint's folder)")
+    inp = _command(sub, "inpaint", cmd_inpaint, "complete the missing part of images or 2D points (inpainting / imputation)",
+                   "scoresde inpaint --checkpoint runs/digits --image test --mask left-half -n 16 --out runs/digits/inpaint.npz")
+    _checkpoint_option(inp)
+    inp.add_argument("--image", default="test", help="'test' (held-out data of the run's data set) or a .npz file with array x "
+                     "(data levels for images, points for toys)")
+    inp.add_argument("--mask", required=True, help="region to fill in: left-half, right-half, top-half, bottom-half, center "
+                     "(images), x1 or x2 (2D points), or a .npz file whose array 'mask' is nonzero where data is missing")
+    inp.add_argument("--method", default="pc", help="replacement, pc (Song et al. 2021, App. I) or smc (SMCDiff; the batch is "
+                     "the particle population of one observation)")
+    inp.add_argument("--steps", type=int, default=500, help="predictor steps")
+    inp.add_argument("-n", type=int, default=16, help="number of data to complete (the first n)")
+    inp.add_argument("--out", required=True, help="result file (.npz: x, original, known); the picture goes next to it (.png)")
     _command(sub, "list", cmd_list, "list the SDEs, samplers (predictors, correctors, solvers), data sets, models and presets",
              "scoresde list --json", force=False)
     return parser

@@ -130,6 +130,8 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     eval_every: int = 0
+    label_dropout: float = 0.0
+    """Class-conditional models: probability of training a sample with the null label (classifier-free guidance)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -149,6 +151,8 @@ class TrainConfig:
         _require(self.eps is None or self.eps > 0, "train.eps", f"must be null or positive, got {self.eps!r}")
         _require(not self.importance_sampling or self.weighting == "likelihood", "train.importance_sampling",
                  "applies to weighting 'likelihood' only")
+        _require(isinstance(self.label_dropout, (int, float)) and 0 <= self.label_dropout < 1, "train.label_dropout",
+                 f"must lie in [0, 1), got {self.label_dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -315,6 +319,11 @@ _VP = {"name": "vp"}
 # digits-ddpm fits the 15-minute CPU budget: ch=32 runs 5.8 steps/s on 2 threads (ch=64: 2.4)
 register_preset("digits-ddpm", {"sde": _VP, "model": _unet(1, 8, 32, [1, 2], [4], 8), "data": {"kind": "image", "name": "digits"},
                                 "train": _train(4500, 1e-3, 200, 0.999, "eps", 500, "cosine")})
+# classifier-free guidance on the digits: the same U-Net with a label embedding, 10% of rows trained unconditionally
+register_preset("digits-ddpm-cond", {"sde": _VP, "model": {**_unet(1, 8, 32, [1, 2], [4], 8),
+                                                           "kwargs": {**_unet(1, 8, 32, [1, 2], [4], 8)["kwargs"], "num_classes": 10}},
+                                     "data": {"kind": "image", "name": "digits"},
+                                     "train": {**_train(4500, 1e-3, 200, 0.999, "eps", 500, "cosine"), "label_dropout": 0.1}})
 register_preset("digits-ncsn", {"sde": {"name": "ve", "sigma_min": 0.01, "sigma_max": 20.0},
                                 "model": {"name": "ncsn", "parameterization": "eps", "kwargs": {"in_channels": 1, "image_size": 8, "ch": 32, "groups": 8}},
                                 "data": {"kind": "image", "name": "digits"}, "train": _train(4000, 1e-3, 200, 0.999, "sigma2", 500, "cosine")})

@@ -33,16 +33,18 @@ from .samplers.base import standard_normal_like
 from .samplers.grids import check_eps, log_snr_times
 from .sde import SDE, ScoreFn, check_sde
 
-__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "WEIGHTINGS", "REDUCTIONS"]
+__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "classifier_loss", "WEIGHTINGS", "REDUCTIONS"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "eps")
 REDUCTIONS = ("sum", "mean")
 
 
-def _scaled_score(model: ScoreFn, x: Tensor, t: Tensor, sigma: Tensor) -> Tensor:
-    """$\\sigma s_\\theta(x, t)$: the model's own (``scaled_score``) when it has one, else by multiplication."""
+def _scaled_score(model: ScoreFn, x: Tensor, t: Tensor, sigma: Tensor, y: Tensor | None = None) -> Tensor:
+    """$\\sigma s_\\theta(x, t[, y])$: the model's own (``scaled_score``) when it has one, else by multiplication."""
     scaled = getattr(model, "scaled_score", None)
-    return scaled(x, t) if scaled is not None else expand_to(sigma, x) * model(x, t)
+    if scaled is not None:
+        return scaled(x, t) if y is None else scaled(x, t, y)
+    return expand_to(sigma, x) * (model(x, t) if y is None else model(x, t, y))
 
 
 def _draw_times(sde: SDE, eps: float, B: int, importance: bool, n_steps: int | None, generator, opts) -> tuple[Tensor, Tensor]:
@@ -67,6 +69,7 @@ def dsm_loss(
     n_steps: int | None = None,
     reduce: str | None = None,
     generator: torch.Generator | None = None,
+    y: Tensor | None = None,
 ) -> Tensor:
     r"""Per-sample denoising score-matching loss ``[B]`` (see the module docstring for the equations).
 
@@ -78,6 +81,7 @@ def dsm_loss(
         importance_sampling: draw t uniformly in the log-SNR (``"likelihood"`` weighting only).
         eps: smallest time (default ``sde.sampling_eps``). n_steps: draw t from the N-step chain.
         reduce: ``"sum"`` over dimensions (default) or ``"mean"`` (default for ``"eps"``).
+        y: class labels ``[B]`` of a class-conditional model (its null label for unconditional rows).
     """
     check_sde(sde)
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.ndim < 2:
@@ -95,7 +99,7 @@ def dsm_loss(
     alpha, sigma = sde.alpha(t), sde.sigma(t)
     noise = standard_normal_like(x0, generator)
     xt = expand_to(alpha, x0) * x0 + expand_to(sigma, x0) * noise
-    residual = (_scaled_score(model, xt, t, sigma) + noise).reshape(B, -1).pow(2)
+    residual = (_scaled_score(model, xt, t, sigma, y) + noise).reshape(B, -1).pow(2)
     residual = residual.sum(1) if reduce == "sum" else residual.mean(1)
     if weighting == "eps":
         return residual
@@ -113,3 +117,16 @@ def ddpm_loss(model: ScoreFn, sde: SDE, x0: Tensor, *, n_steps: int = 1000, gene
 def smld_loss(model: ScoreFn, sde: SDE, x0: Tensor, *, n_steps: int = 1000, generator: torch.Generator | None = None) -> Tensor:
     r"""SMLD / NCSN's loss on the N noise levels: $\tfrac12\sigma_i^2\|s_\theta(x, \sigma_i) + \epsilon/\sigma_i\|^2$, i uniform."""
     return dsm_loss(model, sde, x0, weighting="sigma2", n_steps=n_steps, generator=generator)
+
+
+def classifier_loss(classifier, sde: SDE, x0: Tensor, y: Tensor, *, eps: float | None = None,
+                    generator: torch.Generator | None = None) -> Tensor:
+    r"""Per-sample cross-entropy ``[B]`` of a noise-conditional classifier on perturbed data, t uniform on ``[eps, T]``:
+    $-\log p_\phi(y \mid \alpha(t)x_0 + \sigma(t)\epsilon,\ t)$ (Dhariwal & Nichol 2021; Song et al. 2021, App. I)."""
+    check_sde(sde)
+    check_finite("x0", x0)
+    eps = check_eps(sde, eps)
+    B, opts = x0.shape[0], {"dtype": x0.dtype, "device": x0.device}
+    t = eps + (sde.T - eps) * torch.rand(B, generator=generator, **opts)
+    xt = expand_to(sde.alpha(t), x0) * x0 + expand_to(sde.sigma(t), x0) * standard_normal_like(x0, generator)
+    return torch.nn.functional.cross_entropy(classifier(xt, t), y.long(), reduction="none")

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._checks import check_positive_int
 from .config import RunConfig, config_from_dict
 from .datasets import DataTransform, image_dataset, toy_dataset
 from .losses import dsm_loss
@@ -40,7 +41,7 @@ from .models import ScoreModel, create_model
 from .sde import SDE
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "EMA", "save_checkpoint", "load_checkpoint", "CheckpointError",
-           "build_model", "DataStream", "init_distributed", "load_score_model", "learning_rate"]
+           "build_model", "DataStream", "init_distributed", "load_score_model", "learning_rate", "train_classifier"]
 
 CHECKPOINT = "checkpoint.safetensors"
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every", "data.data_dir")
@@ -114,7 +115,8 @@ class DataStream:
     """Batches of model-range data for step ``k``: a deterministic function of ``(seed, rank, k)``.
 
     Toys are infinite streams; image sets are finite, split across processes by ``DistributedSampler``
-    (reshuffled each epoch from the seed), dequantised uniformly and scaled by the `DataTransform`."""
+    (reshuffled each epoch from the seed), dequantised uniformly and scaled by the `DataTransform`.
+    For a class-conditional model (``model.kwargs.num_classes > 0``) each batch comes with its labels."""
 
     def __init__(self, config: RunConfig, rank: int, world: int, device: torch.device) -> None:
         self.cfg, self.rank, self.world, self.device = config, rank, world, device
@@ -124,13 +126,16 @@ class DataStream:
         self.local_batch = batch // world
         data = config.data
         self.transform: DataTransform | None = config.data.transform()
+        self.num_classes = int(config.model.kwargs.get("num_classes", 0) or 0)
         if data.kind == "toy":
             self.toy = toy_dataset(data.name)
             self.shape = (2,)
+            data_classes = self.toy.num_classes
         else:
             images = image_dataset(data.name, "train", data.data_dir, data.split_seed)
-            self.images = images.x
+            self.images, self.labels = images.x, images.labels.long()
             self.shape = images.shape
+            data_classes = int(self.labels.max()) + 1
             from torch.utils.data import DistributedSampler
 
             self.sampler = DistributedSampler(range(len(images)), num_replicas=world, rank=rank, shuffle=True,
@@ -139,10 +144,17 @@ class DataStream:
             if self.per_epoch == 0:
                 raise ValueError(f"{data.name}: {len(images)} images are fewer than one batch per process ({self.local_batch})")
             self._epoch, self._order = -1, None
+        if self.num_classes and self.num_classes != data_classes:
+            fix = f"set model.kwargs.num_classes={data_classes}" if data_classes else "train it unconditionally (num_classes=0)"
+            raise ValueError(f"model.kwargs.num_classes is {self.num_classes} but {data.name} has {data_classes or 'no'} classes; {fix}")
 
-    def batch(self, step: int, generator: torch.Generator) -> Tensor:
+    def batch(self, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """Data ``[b, ...]`` in the model's range and, for a class-conditional model, its labels ``[b]`` (else None)."""
         if self.transform is None:
-            return self.toy.sample(self.local_batch, generator).to(self.device)
+            if self.num_classes:
+                x, y = self.toy.sample_labelled(self.local_batch, generator)
+                return x.to(self.device), y.to(self.device)
+            return self.toy.sample(self.local_batch, generator).to(self.device), None
         epoch, k = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             self.sampler.set_epoch(epoch)
@@ -150,7 +162,7 @@ class DataStream:
         idx = self._order[k * self.local_batch : (k + 1) * self.local_batch]
         x = self.images[idx]
         x = self.transform.dequantize(x, generator) if self.cfg.data.dequantize else self.transform.to_model(x + 0.5)
-        return x.to(self.device)
+        return x.to(self.device), (self.labels[idx].to(self.device) if self.num_classes else None)
 
 
 @dataclass
@@ -275,9 +287,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(tc, self.step)
         self.model.train()
-        x0 = self.data.batch(self.step, generator)
+        x0, y = self.data.batch(self.step, generator)
+        if y is not None and tc.label_dropout > 0:  # classifier-free guidance: some rows train the unconditional model
+            drop = torch.rand(y.shape, generator=generator) < tc.label_dropout
+            y = torch.where(drop.to(y.device), torch.full_like(y, self.data.num_classes), y)
         loss = dsm_loss(self._train_model, self.sde, x0, weighting=tc.weighting, importance_sampling=tc.importance_sampling,
-                        eps=tc.eps, n_steps=tc.n_steps, generator=generator).mean()
+                        eps=tc.eps, n_steps=tc.n_steps, generator=generator, y=y).mean()
         if not torch.isfinite(loss):
             last = self.out_dir / CHECKPOINT
             kept = f"the last good checkpoint {last} (step {_checkpoint_step(last)}) is kept" if last.is_file() else "no checkpoint was written"
@@ -444,3 +459,29 @@ def load_score_model(path: str | Path, device: torch.device | str = "cpu") -> tu
     model.load_state_dict(state["ema"])
     return model.eval(), config, state["step"]
 
+
+
+def train_classifier(classifier: nn.Module, sde: SDE, x: Tensor, y: Tensor, *, steps: int = 2000, batch_size: int = 256,
+                     lr: float = 1e-3, transform: DataTransform | None = None, seed: int = 0, progress: bool = False) -> list[float]:
+    r"""Fit a noise-conditional classifier $p_\phi(y \mid x_t, t)$ for classifier guidance: Adam on
+    `scoresde.losses.classifier_loss` over minibatches of ``(x, y)`` (data in the model's range, or integer images
+    dequantised by ``transform`` at each draw). Returns the loss of every step; the classifier ends in eval mode."""
+    from .losses import classifier_loss
+
+    steps, batch_size = check_positive_int("steps", steps), check_positive_int("batch_size", batch_size)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same number of samples, got {x.shape[0]} and {y.shape[0]}")
+    device = next(classifier.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
+    classifier.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="classifier", disable=not progress, leave=False):
+        idx = torch.randint(0, x.shape[0], (batch_size,), generator=generator)
+        x0 = transform.dequantize(x[idx], generator) if transform is not None else x[idx]
+        loss = classifier_loss(classifier, sde, x0.to(device), y[idx].to(device), generator=generator).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses

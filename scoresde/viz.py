@@ -30,6 +30,8 @@ __all__ = [
     "plot_comparison",
     "plot_training_curve",
     "animate_reverse_process",
+    "plot_inpainting",
+    "plot_accuracy_vs_guidance",
 ]
 
 
@@ -434,3 +436,50 @@ def animate_reverse_process(
         return (dots,)
 
     return FuncAnimation(fig, update, frames=len(picks), interval=interval, blit=False)
+
+
+def plot_inpainting(original: torch.Tensor, known: torch.Tensor, completed: torch.Tensor, *, levels: int | None = None,
+                    extent: float | None = None, title: str = "inpainting", n: int = 10) -> Figure:
+    """Inpainting at a glance. Images ``[N, C, H, W]``: rows of originals, the masked inputs (missing pixels
+    grey) and the completions, ``n`` columns. 2D points: the originals and the completions, with each completed
+    point joined to its original."""
+    if original.shape != completed.shape:
+        raise ValueError(f"original and completed must have one shape, got {tuple(original.shape)} and {tuple(completed.shape)}")
+    _check_samples(original)
+    known = known.expand(original.shape).bool()
+    if original.ndim == 2:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for a, b in zip(original[:200], completed[:200]):
+            ax.plot([a[0], b[0]], [a[1], b[1]], color="0.7", lw=0.5)
+        ax.scatter(original[:, 0], original[:, 1], s=4, color="0.3", label="original")
+        ax.scatter(completed[:, 0], completed[:, 1], s=4, color="C1", label="completed")
+        _square(ax, extent, title)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+    low, high = (0.0, float(levels - 1)) if levels is not None else (-1.0, 1.0)
+    k = min(n, original.shape[0])
+    masked = torch.where(known[:k], original[:k], torch.full_like(original[:k], (low + high) / 2))
+    fig, axes = plt.subplots(3, 1, figsize=(0.6 * k + 0.8, 3 * 0.75 + 1.6))
+    for ax, (row, images) in zip(axes, [("original", original[:k]), ("masked input", masked), ("completed", completed[:k])]):
+        _show_images(ax, images, low, high, k, row)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_guidance(weights: Sequence[float], accuracy: Sequence[float], *, chance: float | None = None,
+                              title: str = "Classifier-free guidance") -> Figure:
+    """Accuracy of a classifier on guided samples (the requested class recognised) against the guidance weight."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(list(weights), [100 * a for a in accuracy], marker="o")
+    if chance is not None:
+        ax.axhline(100 * chance, color="0.5", ls="--", lw=1, label="chance")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("guidance weight w")
+    ax.set_ylabel("requested class recognised (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -10,7 +10,7 @@ import pytest
 from scoresde.cli import _demo_summary, build_parser, main
 from scoresde.report import DEMO_FILES
 
-COMMANDS = ["demo", "toys", "train", "sample", "likelihood", "compare", "list"]
+COMMANDS = ["demo", "toys", "train", "sample", "likelihood", "compare", "inpaint", "list"]
 
 
 def scoresde(*args, check_rc: int | None = 0):
@@ -134,3 +134,46 @@ def test_user_errors_are_one_line_with_status_2(run, tmp_path, capsys):
     for args, message in cases[:2]:  # and as a user sees it: no traceback
         one_line_error(scoresde(*args, check_rc=None), message)
     assert not (tmp_path / "s.npz").exists() and not (tmp_path / "c").exists() and not (tmp_path / "t").exists()
+
+
+def test_guided_sampling_and_inpainting(run, tmp_path, capsys):
+    """sample --label/--guidance on a class-conditional run; inpaint on the unconditional one; their bad inputs."""
+    import numpy as np
+
+    cond = tmp_path / "cond"
+    assert main(["train", "--out", str(cond), "--steps", "30", "--set", "model.kwargs.width=16", "--set", "model.kwargs.num_classes=8",
+                 "--set", "train.label_dropout=0.2", "--set", "train.batch_size=64", "--json"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "guided.npz"
+    assert main(["sample", "--checkpoint", str(cond), "--label", "3", "--guidance", "2", "--sampler", "ddim", "--steps", "5", "-n", "40",
+                 "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["label"] == 3 and summary["guidance"] == 2.0 and summary["nfe"] == 6 and np.load(out)["x"].shape == (40, 2)
+
+    painted = tmp_path / "inpaint.npz"
+    assert main(["inpaint", "--checkpoint", str(run), "--image", "test", "--mask", "x2", "-n", "30", "--steps", "20",
+                 "--out", str(painted), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    data = np.load(painted)
+    assert data["x"].shape == (30, 2) and np.array_equal(data["x"][:, 0], data["original"][:, 0])  # x1 kept
+    assert not np.array_equal(data["x"][:, 1], data["original"][:, 1]) and summary["nfe"] == 2 * 20 + 1
+    assert painted.with_suffix(".png").stat().st_size > 5000
+
+    bad_mask = tmp_path / "mask.npz"
+    np.savez(bad_mask, mask=np.ones((3,), dtype=bool))
+    cases = [
+        (["sample", "--checkpoint", str(cond), "--label", "8", "--out", str(tmp_path / "a.npz")], "label 8 is outside the model's classes 0..7"),
+        (["sample", "--checkpoint", str(run), "--label", "1", "--out", str(tmp_path / "a.npz")], "guidance needs a class-conditional model"),
+        (["sample", "--checkpoint", str(cond), "--guidance", "1", "--out", str(tmp_path / "a.npz")], "--guidance needs --label"),
+        (["inpaint", "--checkpoint", str(run), "--mask", "left-half", "--out", str(tmp_path / "b.npz")], "is for images [C, H, W]"),
+        (["inpaint", "--checkpoint", str(run), "--mask", str(bad_mask), "--out", str(tmp_path / "b.npz")],
+         "the mask of shape (3,) does not match the data's shape (2,)"),
+        (["inpaint", "--checkpoint", str(run), "--mask", "nope", "--out", str(tmp_path / "b.npz")], "unknown mask 'nope'; valid names are"),
+        (["inpaint", "--checkpoint", str(run), "--mask", "x1", "--method", "magic", "--out", str(tmp_path / "b.npz")],
+         "unknown inpainting method 'magic'"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and message in err, err
+    assert not (tmp_path / "a.npz").exists() and not (tmp_path / "b.npz").exists()

@@ -136,3 +136,66 @@ def test_inpainting_bad_input():
         inpaint(SDE, score, torch.randn(4, 2, dtype=torch.float64), named_mask("x2", (2,)), method="smc", steps=5)
     left = named_mask("left-half", (1, 8, 8))
     assert not left[:, :, :4].any() and left[:, :, 4:].all()
+
+
+# ------------------------------------------------------------------ training with labels
+def test_labelled_toy_draws_are_the_unlabelled_draws():
+    toy = toy_dataset("8gaussians")
+    x, y = toy.sample_labelled(500, torch.Generator().manual_seed(0))
+    assert torch.equal(x, toy.sample(500, torch.Generator().manual_seed(0))) and y.min() >= 0 and y.max() < 8
+    # each point sits on the component it is labelled with (std 0.35 around means of radius 2.83)
+    assert float((x - toy.mixture.means[y].float()).norm(dim=1).max()) < 2.0
+    with pytest.raises(ValueError, match="has no classes; labelled toys: 8gaussians, gmm"):
+        toy_dataset("moons").sample_labelled(5)
+
+
+def test_dsm_loss_passes_labels_and_the_exact_conditional_score_is_its_minimiser():
+    """The conditional DSM loss at the exact p_t(x | y) is lower than at the unconditional exact score."""
+    from scoresde import dsm_loss
+
+    x, y = toy_dataset("gmm").sample_labelled(20000, torch.Generator().manual_seed(1), dtype=torch.float64)
+    classes = torch.tensor(LABELS)[y]
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    conditional = dsm_loss(ORACLE, SDE, x, y=classes, generator=g())
+    unconditional = dsm_loss(GMM.score_fn(SDE), SDE, x, generator=g())
+    gap = unconditional - conditional
+    assert float(gap.mean()) > 5 * float(gap.std()) / len(gap) ** 0.5
+
+
+def test_trainer_trains_a_conditional_model_with_label_dropout(tmp_path):
+    from scoresde import Trainer, override, preset
+
+    config = override(preset("toy-vp"), "train.steps=4", "train.batch_size=64", "model.kwargs.width=16", "model.kwargs.depth=1",
+                      "model.kwargs.num_classes=8", "train.label_dropout=0.5")
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.train()
+    assert trainer.score_fn.num_classes == 8
+    table = trainer.model.net.label.table.weight
+    assert table[:8].abs().sum() > 0 and table[8].abs().sum() > 0  # class rows and the null row were both trained
+    with pytest.raises(ValueError, match="num_classes is 3 but 8gaussians has 8 classes"):
+        Trainer(override(config, "model.kwargs.num_classes=3"), tmp_path / "other", progress=False)
+    with pytest.raises(ValueError, match="train.label_dropout"):
+        override(config, "train.label_dropout=1.5")
+
+
+def test_noise_conditional_classifier_learns_and_guides():
+    """A classifier trained on perturbed gmm data beats chance at moderate noise and, as guidance, moves samples to
+    the requested class."""
+    from scoresde.models import NoiseConditionalClassifier
+    from scoresde.training import train_classifier
+
+    torch.manual_seed(0)
+    x, k = toy_dataset("gmm").sample_labelled(8000, torch.Generator().manual_seed(3))
+    y = torch.tensor(LABELS)[k]
+    classifier = NoiseConditionalClassifier((2,), 4, width=64, depth=2)
+    losses = train_classifier(classifier, SDE, x, y, steps=400, batch_size=256, seed=0)
+    assert sum(losses[-50:]) / 50 < 0.8 * losses[0]
+    t = torch.full((2000,), 0.1)
+    xt = SDE.marginal_prob(x[:2000], t)[0] + SDE.sigma(t)[:, None] * torch.randn(2000, 2)
+    with torch.no_grad():
+        accuracy = float((classifier(xt, t).argmax(1) == y[:2000]).float().mean())
+    assert accuracy > 0.7  # four classes: chance is ~0.25
+    guided = ClassifierGuidance(GMM.score_fn(SDE), classifier, 1, 2.0)
+    samples = sample(SDE, guided, (500, 2), "dpm_solver", steps=20, generator=torch.Generator().manual_seed(4)).x
+    exact_class = ORACLE.classifier(samples.double(), torch.full((500,), SDE.sampling_eps, dtype=torch.float64)).argmax(1)
+    assert float((exact_class == 1).float().mean()) > 0.8

@@ -74,6 +74,15 @@ class ToyDataset(abc.ABC):
         x = self._sample(n, generator, gen_device)
         return x.to(device=device or gen_device, dtype=dtype or torch.get_default_dtype())
 
+    num_classes: int = 0
+    """Classes of the toy (mixture toys: one per component), for class-conditional models; 0: unlabelled."""
+
+    def sample_labelled(self, n: int, generator: torch.Generator | None = None, *, device: torch.device | str | None = None,
+                        dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` points ``[n, 2]`` with their class labels ``[n]`` (toys with ``num_classes > 0`` only)."""
+        raise ValueError(f"toy data set {self.name!r} has no classes; labelled toys: "
+                         f"{', '.join(k for k in toy_datasets() if _TOYS[k].num_classes)}")
+
     def _no_density(self) -> ValueError:
         with_density = [k for k in toy_datasets() if _TOYS[k].has_density]
         return ValueError(f"toy data set {self.name!r} has no tractable density; those with one are: {', '.join(with_density)}")
@@ -188,7 +197,14 @@ class MixtureToy(ToyDataset):
 
     def __init__(self, mixture: GaussianMixture) -> None:
         self.mixture = mixture
+        self.num_classes = mixture.K
         self._entropy: float | None = None
+
+    def sample_labelled(self, n, generator=None, *, device=None, dtype=None):
+        """``n`` points with their component as class label (the same draws as :meth:`sample`)."""
+        n = check_positive_int("n", n)
+        x, k = self.mixture.sample(n, generator, dtype=torch.float64, return_components=True)
+        return x.to(device=device or x.device, dtype=dtype or torch.get_default_dtype()), k.to(device or x.device)
 
     def _sample(self, n, generator, device):
         return self.mixture.sample(n, generator, dtype=torch.float64)
@@ -231,6 +247,7 @@ def gmm_mixture() -> GaussianMixture:
 @register_toy("8gaussians")
 class EightGaussians(MixtureToy):
     __doc__ = eight_gaussians_mixture.__doc__
+    num_classes = 8
 
     def __init__(self) -> None:
         super().__init__(eight_gaussians_mixture())
@@ -240,6 +257,7 @@ class EightGaussians(MixtureToy):
 class AnisotropicGMM(MixtureToy):
     __doc__ = gmm_mixture.__doc__
     extent = 3.0
+    num_classes = 8
 
     def __init__(self) -> None:
         super().__init__(gmm_mixture())
