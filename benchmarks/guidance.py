@@ -129,7 +129,7 @@ def main() -> None:
         plt.close(fig)
 
     fig = plot_accuracy_vs_guidance(CFG_WEIGHTS, [cfg[w] for w in CFG_WEIGHTS], chance=0.1,
-                                    title=f"Classifier-free guidance on the digits ({per_class} samples per class)")
+                                    title=f"Guidance on the digits ({per_class} samples per class)")
     if "classifier_guidance" in report:
         fig.axes[0].plot(CG_SCALES, [100 * a for a in report["classifier_guidance"]["accuracy"]], marker="s",
                          label="classifier guidance (scale)")

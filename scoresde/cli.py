@@ -177,7 +177,6 @@ def _sample_shape(model) -> tuple[int, ...]:
 def _load_mask(spec: str, shape: tuple[int, ...]):
     """The known mask (True = observed) from a named region to fill in or a .npz file whose array ``mask`` is
     nonzero where the data is missing (one sample's shape, or one per sample)."""
-    import numpy as np
     import torch
 
     from .samplers import MASKS, named_mask
@@ -186,13 +185,23 @@ def _load_mask(spec: str, shape: tuple[int, ...]):
         if spec not in MASKS:
             raise UserError(f"unknown mask {spec!r}; valid names are: {', '.join(MASKS)} (or a .npz file with array 'mask')")
         return named_mask(spec, shape)
-    path = Path(spec)
+    return ~torch.as_tensor(_read_npz(spec, "mask", "--mask") != 0)
+
+
+def _read_npz(file: str, key: str, option: str):
+    """Array ``key`` of the ``.npz`` file given to ``option`` (no pickles), or a one-line error."""
+    import numpy as np
+
+    path = Path(file)
     if not path.is_file():
-        raise UserError(f"--mask file {path} does not exist")
-    with np.load(path) as data:
-        if "mask" not in data:
-            raise UserError(f"--mask file {path} has no array 'mask' (found: {', '.join(data.files)})")
-        return ~torch.as_tensor(data["mask"] != 0)
+        raise UserError(f"{option} file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if key not in data:
+                raise UserError(f"{option} file {path} has no array '{key}' (found: {', '.join(data.files)})")
+            return data[key]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{option} file {path} is not a readable .npz file ({exc})") from None
 
 
 def cmd_inpaint(args: argparse.Namespace) -> dict:
@@ -211,7 +220,7 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
     if args.image == "test":
         x = held_out(config.data, args.n, args.seed).x
     else:
-        x, _ = _load_points(args.image, args.n, args.seed, config)
+        x, _ = _load_points(args.image, args.n, args.seed, config, "--image")
         x = transform.to_model(x.float() + 0.5) if transform is not None else x.float()
     if tuple(x.shape[1:]) != shape:
         raise UserError(f"--image holds data of shape {tuple(x.shape[1:])}; the model's data has shape {shape}")
@@ -233,10 +242,9 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
             "checkpoint_step": step, "settings": result.settings}
 
 
-def _load_points(source: str, n: int, seed: int, config) -> tuple:
+def _load_points(source: str, n: int, seed: int, config, option: str = "--data") -> tuple:
     """Evaluation data: a ``.npz`` file (array ``x``), an image set's test split (integer levels), or held-out
     draws of a toy (with their true NLL where the toy has a density)."""
-    import numpy as np
     import torch
 
     from .config import DataConfig
@@ -244,13 +252,7 @@ def _load_points(source: str, n: int, seed: int, config) -> tuple:
     from .evaluation import held_out
 
     if source.endswith(".npz"):
-        path = Path(source)
-        if not path.is_file():
-            raise UserError(f"--data file {path} does not exist")
-        with np.load(path) as data:
-            if "x" not in data:
-                raise UserError(f"--data file {path} has no array 'x' (found: {', '.join(data.files)})")
-            return torch.as_tensor(data["x"])[:n], None
+        return torch.as_tensor(_read_npz(source, "x", option))[:n], None
     if config.data.kind == "image":
         return image_dataset(source, "test", config.data.data_dir, config.data.split_seed).x[:n], None
     data = held_out(DataConfig(kind="toy", name=source), n, seed)

@@ -51,10 +51,16 @@ def test_classifier_free_guidance_formula_and_every_sampler():
     guided = ClassifierFreeGuidance(ORACLE, y, 1.5)(x, t)
     expected = 2.5 * ORACLE(x, t, y) - 1.5 * GMM.marginal_score(SDE, x, t)
     assert torch.allclose(guided, expected, atol=1e-12)
-    for name in samplers():  # a score_fn wrapper: every sampler runs it
-        out = sample(SDE, ClassifierFreeGuidance(ORACLE, 1, 2.0), (8, 2), name, steps=4 if name != "ode" else None,
-                     generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        assert torch.isfinite(out.x).all(), name
+    guided = {"classifier-free": ClassifierFreeGuidance(ORACLE, 1, 2.0),
+              "classifier": ClassifierGuidance(GMM.score_fn(SDE), ORACLE.classifier, 1, 2.0)}
+    for name in samplers():  # score_fn wrappers: every sampler runs them (the classifier's gradient inside no_grad too)
+        for kind, score in guided.items():
+            out = sample(SDE, score, (8, 2), name, steps=25 if name != "ode" else None, generator=torch.Generator().manual_seed(0),
+                         dtype=torch.float64)
+            assert torch.isfinite(out.x).all() and out.nfe > 0, (name, kind)
+            # with a strong weight towards class 1 the samples land in its components (exact classifier's verdict)
+            verdict = ORACLE.classifier(out.x, torch.full((8,), SDE.sampling_eps, dtype=torch.float64)).argmax(1)
+            assert int((verdict == 1).sum()) >= 6, (name, kind, verdict)
 
 
 def test_guidance_bad_input():
