@@ -102,16 +102,18 @@ def test_condition_is_the_exact_conditional():
 
 
 def test_smc_inpainting_samples_the_exact_conditional():
-    """SMCDiff is asymptotically exact; four independent populations of 5000 particles, 500 draws each."""
+    """SMCDiff is asymptotically exact. Eight independent populations of 5000 particles, 250 draws each: over 8 seeds
+    the energy distance to exact samples was 0.96x the mean floor on average (max 1.83x), as for exact samples
+    themselves (0.85x, max 1.79x); 3x leaves room for the heavy tail. Replacement sits at ~40x on this problem."""
     g = torch.Generator().manual_seed(3)
     target = TWO.condition([0], [0.0])
     x_known = torch.zeros(5000, 2, dtype=torch.float64)
     known = named_mask("x2", (2,))
-    x = torch.cat([inpaint(SDE, TWO.score_fn(SDE), x_known, known, method="smc", steps=100, generator=g).x[:500] for _ in range(4)])
+    x = torch.cat([inpaint(SDE, TWO.score_fn(SDE), x_known, known, method="smc", steps=100, generator=g).x[:250] for _ in range(8)])
     assert torch.all(x[:, 0] == 0.0)
     floor = _floor(target, 2000, g)
     err = energy_distance(x[:, 1:], target.sample(2000, g, dtype=torch.float64))
-    assert err < 6 * floor, (err, floor)
+    assert err < 3 * floor, (err, floor)
 
 
 def test_replacement_is_biased_and_pc_corrects_part_of_it():

@@ -15,8 +15,10 @@ next to a consistent sample of $p_t$:
 
 At the end the known coordinates are set to the given values exactly. Replacement and PC are approximations whose
 bias does not vanish with more steps when the conditional is multimodal (measured on the oracle: energy distance
-0.08 and 0.015 against a floor of 0.0002 for the gmm toy with $x_1 = 1$); SMC removes most of it. The ground
-truth is the oracle's exact conditional (`GaussianMixture.condition`).
+0.08 and 0.015 against a floor of 0.0002 for the gmm toy with $x_1 = 1$). SMC removes it: on a two-component
+mixture, eight populations of 5000 particles (250 draws each) sit at the noise floor; one population's particles
+share one forward path of the known part, so draw from several. The ground truth is the oracle's exact conditional
+(`GaussianMixture.condition`).
 """
 
 from __future__ import annotations
