@@ -18,6 +18,7 @@ __all__ = [
     "check_positive_int",
     "check_probability_vector",
     "check_in_registry",
+    "check_labels",
     "expand_to",
 ]
 
@@ -93,3 +94,20 @@ def expand_to(v: Tensor, x: Tensor) -> Tensor:
     The one broadcasting helper of the package (like improved-diffusion's ``_extract_into_tensor``).
     """
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def check_labels(y: Tensor | int, batch: int, num_classes: int, device: torch.device | str, *, allow_null: bool = False) -> Tensor:
+    """Class labels ``[batch]`` (long, on ``device``) from one integer or integers ``[batch]``, each in
+    ``0 .. num_classes - 1`` (or ``num_classes``, the null label, when ``allow_null``)."""
+    labels = torch.as_tensor(y, device=device)
+    if labels.is_floating_point() or labels.ndim > 1:
+        raise ValueError(f"labels must be one integer or integers [B], got {tuple(labels.shape)} {labels.dtype}")
+    labels = labels.long().expand(batch) if labels.ndim == 0 else labels.long()
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must be one integer or one per sample ({batch}), got {labels.shape[0]}")
+    top = num_classes if allow_null else num_classes - 1
+    bad = labels[(labels < 0) | (labels > top)]
+    if bad.numel():
+        null = f" (or {num_classes}, the null label)" if allow_null else ""
+        raise ValueError(f"label {int(bad[0])} is outside the model's classes 0..{num_classes - 1}{null}")
+    return labels

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_finite, check_positive_int, check_probability_vector
+from ._checks import check_finite, check_labels, check_positive_int, check_probability_vector
 from .sde import SDE, check_sde
 
 __all__ = [
@@ -304,9 +304,7 @@ class LabelledMixture:
     def __call__(self, x: Tensor, t: Tensor, y: Tensor | int | None = None) -> Tensor:
         if y is None:
             return self.mixture.marginal_score(self.sde, x, t)
-        y = torch.as_tensor(y, device=x.device).expand(x.shape[0]) if torch.as_tensor(y).ndim == 0 else torch.as_tensor(y, device=x.device)
-        if bool(((y < 0) | (y > self.num_classes)).any()):
-            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (or {self.num_classes}, the null label), got {y.unique().tolist()}")
+        y = check_labels(y, x.shape[0], self.num_classes, x.device, allow_null=True)
         out = torch.empty_like(x)
         for c in y.unique().tolist():
             rows = y == c

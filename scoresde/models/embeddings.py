@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_labels
+
 __all__ = ["sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierEmbedding", "TimeMLP", "LabelEmbedding"]
 
 
@@ -81,18 +83,8 @@ class LabelEmbedding(nn.Module):
 
     def forward(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
         """Embeddings of ``y`` (``None``: the null label for the whole batch); labels outside the classes raise."""
-        if y is None:
-            y = torch.full((batch,), self.null_label, dtype=torch.long, device=device)
-        y = torch.as_tensor(y, device=device)
-        if y.ndim == 0:
-            y = y.expand(batch)
-        if y.shape != (batch,) or y.is_floating_point():
-            raise ValueError(f"labels y must be integers of shape [{batch}] (or one integer), got shape {tuple(y.shape)} {y.dtype}")
-        if bool(((y < 0) | (y > self.null_label)).any()):
-            bad = int(y[(y < 0) | (y > self.null_label)][0])
-            raise ValueError(f"label {bad} is outside the model's classes 0..{self.num_classes - 1} "
-                             f"(and {self.null_label}, the null label)")
-        return self.table(y.long())
+        labels = check_labels(self.null_label if y is None else y, batch, self.num_classes, device, allow_null=True)
+        return self.table(labels)
 
 
 def check_num_classes(num_classes: int) -> int:

@@ -22,9 +22,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .._checks import check_labels
 from ..sde import ScoreFn
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "labels_for"]
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance"]
 
 
 def _check_weight(w: float) -> float:
@@ -32,20 +33,6 @@ def _check_weight(w: float) -> float:
     if not math.isfinite(w):
         raise ValueError(f"the guidance weight must be a finite number, got {w}")
     return w
-
-
-def labels_for(y: Tensor | int, batch: int, num_classes: int, device: torch.device) -> Tensor:
-    """Class labels ``[batch]`` from one integer or a ``[batch]`` tensor, each in ``0 .. num_classes - 1``."""
-    labels = torch.as_tensor(y, device=device)
-    if labels.is_floating_point() or labels.ndim > 1:
-        raise ValueError(f"labels must be one integer or integers [B], got {tuple(labels.shape)} {labels.dtype}")
-    labels = labels.long().expand(batch) if labels.ndim == 0 else labels.long()
-    if labels.shape != (batch,):
-        raise ValueError(f"labels must be one integer or one per sample ({batch}), got {labels.shape[0]}")
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.numel():
-        raise ValueError(f"label {int(bad[0])} is outside the model's classes 0..{num_classes - 1}")
-    return labels
 
 
 def _num_classes(model) -> int:
@@ -71,10 +58,10 @@ class ClassifierFreeGuidance:
         self.model, self.num_classes = model, _num_classes(model)
         self.w = _check_weight(w)
         self.y = torch.as_tensor(y)
-        labels_for(self.y, self.y.numel() if self.y.ndim else 1, self.num_classes, torch.device("cpu"))  # fail early
+        check_labels(self.y, self.y.numel() if self.y.ndim else 1, self.num_classes, torch.device("cpu"))  # fail early
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        y = labels_for(self.y, x.shape[0], self.num_classes, x.device)
+        y = check_labels(self.y, x.shape[0], self.num_classes, x.device)
         if self.w == 0.0:
             return self.model(x, t, y)
         null = torch.full_like(y, self.num_classes)
@@ -106,7 +93,7 @@ class ClassifierGuidance:
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             logits = self.classifier(x_in, t)
-            y = labels_for(self.y, x.shape[0], logits.shape[1], x.device)
+            y = check_labels(self.y, x.shape[0], logits.shape[1], x.device)
             log_p = torch.log_softmax(logits, dim=1).gather(1, y[:, None]).sum()
             return torch.autograd.grad(log_p, x_in)[0].detach()
 
