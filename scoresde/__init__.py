@@ -10,7 +10,7 @@ from .evaluation import Comparison, HeldOut, SamplerRun, SamplerSpec, compare_sa
 from .datasets import DataTransform, ImageDataset, ToyDataset, image_dataset, image_datasets, register_toy, toy_dataset, toy_datasets
 from .likelihood import BitsPerDimResult, ELBOResult, LikelihoodResult, bits_per_dim, ddpm_bound, elbo, log_likelihood
 from .losses import classifier_loss, ddpm_loss, dsm_loss, smld_loss
-from .metrics import energy_distance, mmd, sliced_wasserstein
+from .metrics import energy_distance, mean_and_standard_error, mmd, sliced_wasserstein
 from .samplers import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
@@ -67,6 +67,7 @@ __all__ = [
     "energy_distance",
     "mmd",
     "sliced_wasserstein",
+    "mean_and_standard_error",
     "log_likelihood",
     "LikelihoodResult",
     "bits_per_dim",

@@ -10,7 +10,6 @@ Symbols: ``x`` samples ``[n, ...]`` in the model's range; ``reference`` held-out
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_finite, check_positive_int
-from .metrics import energy_distance, sliced_wasserstein
+from .metrics import energy_distance, mean_and_standard_error, sliced_wasserstein
 from .samplers import sample, sampler_options, samplers
 from .sde import SDE, ScoreFn
 
@@ -214,9 +213,7 @@ def compare_samplers(
             run.energy_distance = energy_distance(x, reference)
             run.sliced_wasserstein = sliced_wasserstein(x, reference)
             if true_log_prob is not None:
-                nll = -true_log_prob(x.to(torch.float64))
-                run.true_nll = float(nll.mean())
-                run.true_nll_standard_error = float(nll.std()) / math.sqrt(len(nll)) if len(nll) > 1 else float("nan")
+                run.true_nll, run.true_nll_standard_error = mean_and_standard_error(-true_log_prob(x.to(torch.float64)))
         runs.append(run)
     return Comparison(runs=runs, n=n, floor=floor, entropy=entropy)
 

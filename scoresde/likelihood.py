@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ._checks import check_finite, check_in_registry, check_positive, check_positive_int, expand_to
 from .datasets.scalers import DataTransform
+from .metrics import mean_and_standard_error
 from .samplers.base import CountingScore, standard_normal_like
 from .samplers.grids import check_eps, log_snr_times
 from .samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, VARIABLES, ProbabilityFlow
@@ -69,9 +70,8 @@ class LikelihoodResult:
     settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        n = self.nll.numel()
-        se = float(self.nll.std()) / math.sqrt(n) if n > 1 else float("nan")
-        return {"nll_mean": float(self.nll.mean()), "nll_standard_error": se, "n": n, "nfe": self.nfe, "settings": self.settings}
+        mean, se = mean_and_standard_error(self.nll)
+        return {"nll_mean": mean, "nll_standard_error": se, "n": self.nll.numel(), "nfe": self.nfe, "settings": self.settings}
 
 
 def exact_divergence(v: Tensor, x: Tensor) -> Tensor:
@@ -361,13 +361,12 @@ def bits_per_dim(
         raw.append(nll / (dim * math.log(2)))
         per_draw.append((nll - dim * log_det) / (dim * math.log(2)))
     per_sample = torch.stack(per_draw).mean(0)
-    n = per_sample.numel()
-    se = float(per_sample.std()) / math.sqrt(n) if n > 1 else float("nan")
+    bpd, se = mean_and_standard_error(per_sample)
     settings = {"levels": transform.levels, "range": [transform.low, transform.high], "n_dequantizations": n_dequantizations,
                 "dequantization": "uniform", "estimator": estimator, **{k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
                                                 for k, v in likelihood_options.items()}}
-    return BitsPerDimResult(bpd=float(per_sample.mean()), bpd_standard_error=se, bpd_raw=float(torch.stack(raw).mean()),
-                            offset=-log_det / math.log(2), nats_per_sample=float(per_sample.mean()) * dim * math.log(2),
+    return BitsPerDimResult(bpd=bpd, bpd_standard_error=se, bpd_raw=float(torch.stack(raw).mean()),
+                            offset=-log_det / math.log(2), nats_per_sample=bpd * dim * math.log(2),
                             per_sample=per_sample, nfe=nfe, settings=settings)
 
 

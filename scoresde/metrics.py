@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ._checks import check_positive_int
 
-__all__ = ["energy_distance", "mmd", "sliced_wasserstein"]
+__all__ = ["energy_distance", "mmd", "sliced_wasserstein", "mean_and_standard_error"]
 
 _BLOCK = 2048
 """Rows per block of a pairwise reduction: 2048 x 10,000 float64 = 160 MB at most."""
@@ -124,3 +124,10 @@ def sliced_wasserstein(
     levels = levels / levels.numel()
     qx, qy = _quantiles(x @ theta, levels), _quantiles(y @ theta, levels)
     return float((qx - qy).abs().pow(p).mean() ** (1.0 / p))
+
+
+def mean_and_standard_error(values: Tensor) -> tuple[float, float]:
+    r"""$\bar v$ and its standard error $s / \sqrt n$ (sample standard deviation $s$) of per-sample values ``[n]``;
+    the error is NaN for a single value."""
+    n = values.numel()
+    return float(values.mean()), (float(values.std()) / math.sqrt(n) if n > 1 else float("nan"))

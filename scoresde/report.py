@@ -21,14 +21,10 @@ import torch
 from torch import Tensor
 
 from .evaluation import Comparison, compare_samplers, default_lineup, held_out
+from .metrics import mean_and_standard_error
 from .sde import SDE, ScoreFn
 
 __all__ = ["likelihood_summary", "write_comparison", "run_demo", "DEMO_FILES"]
-
-
-def _mean_and_se(values: Tensor) -> tuple[float, float]:
-    values = values.double()
-    return float(values.mean()), float(values.std()) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
 
 
 def likelihood_summary(
@@ -67,12 +63,12 @@ def likelihood_summary(
     result = log_likelihood(sde, model, x, progress=progress, batch_size=1000, rtol=rtol, atol=atol)
     bound = elbo(sde, model, x, generator=generator)
     dim = x[0].numel()
-    nll, nll_se = _mean_and_se(result.nll)
-    elbo_mean, elbo_se = _mean_and_se(bound.bound)
+    nll, nll_se = mean_and_standard_error(result.nll)
+    elbo_mean, elbo_se = mean_and_standard_error(bound.bound)
     summary = {"n": int(x.shape[0]), "nll_nats": nll, "nll_standard_error": nll_se, "bits_per_dim": nll / (dim * math.log(2)),
                "nfe": result.nfe, "elbo_nats": elbo_mean, "elbo_standard_error": elbo_se, "settings": result.settings}
     if true_nll is not None:
-        gap, gap_se = _mean_and_se(result.nll - true_nll.double().cpu())
+        gap, gap_se = mean_and_standard_error(result.nll - true_nll.double().cpu())
         summary.update({"true_nll_nats": float(true_nll.double().mean()), "nll_gap_nats": gap, "nll_gap_standard_error": gap_se})
     return summary
 
