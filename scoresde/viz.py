@@ -78,20 +78,10 @@ def plot_forward_process(
         half = float(3.5 * torch.sqrt(torch.diagonal(mixture.marginal(sde, t).covariance()).max()) + 1e-3)
         half = max(half, 1.2 * float(xt.abs().quantile(0.99)))
         axes[0, j].scatter(xt[:, 0], xt[:, 1], s=1.5, alpha=0.5, rasterized=True)
-        cells, _ = grid_cells([-half, -half], [half, half], grid)
-        density = mixture.marginal(sde, t).log_prob(cells).exp().reshape(grid, grid).T
+        density = _as_image(mixture.marginal(sde, t).log_prob(_square_cells(half, grid)).exp(), grid)
         axes[1, j].imshow(density.numpy(), origin="lower", extent=(-half, half, -half, half), cmap="viridis")
-        for row in (0, 1):
-            ax = axes[row, j]
-            ax.set_xlim(-half, half)
-            ax.set_ylim(-half, half)
-            ax.set_aspect("equal")
-            ax.set_xlabel("$x_1$", fontsize=8)
-            ax.tick_params(labelsize=7)
-        axes[0, j].set_title(f"t = {t:.3g}  (samples)", fontsize=9)
-        axes[1, j].set_title("closed-form $p_t$", fontsize=9)
-    axes[0, 0].set_ylabel("$x_2$")
-    axes[1, 0].set_ylabel("$x_2$")
+        _square(axes[0, j], half, f"t = {t:.3g}  (samples)")
+        _square(axes[1, j], half, "closed-form $p_t$")
     fig.suptitle(f"Forward process of {sde!r}")
     fig.tight_layout()
     return fig
@@ -150,11 +140,14 @@ def plot_samples(x: torch.Tensor, title: str = "samples", levels: int | None = N
     return fig
 
 
-def _grid(extent: float, points: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ``points x points`` grid over ``[-extent, extent]^2``: the axis ``[points]`` and the cells ``[points^2, 2]`` (float64)."""
-    axis = torch.linspace(-extent, extent, points, dtype=torch.float64)
-    xx, yy = torch.meshgrid(axis, axis, indexing="xy")
-    return axis, torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+def _square_cells(half: float, points: int) -> torch.Tensor:
+    """Midpoints ``[points^2, 2]`` (float64) of a ``points x points`` grid of cells on ``[-half, half]^2``."""
+    return grid_cells([-half, -half], [half, half], points)[0]
+
+
+def _as_image(values: torch.Tensor, points: int) -> torch.Tensor:
+    """Values on `_square_cells` as an image ``[points, points]`` for ``imshow(origin="lower")`` (rows: $x_2$)."""
+    return values.reshape(points, points).T
 
 
 def _model_dtype(score_fn: ScoreFn) -> tuple[torch.dtype, torch.device]:
@@ -189,8 +182,7 @@ def plot_score_field(
     """
     rows = 2 if mixture is not None else 1
     fig, axes = plt.subplots(rows, len(times), figsize=(2.9 * len(times), 3.0 * rows), squeeze=False)
-    axis, cells = _grid(extent, arrows)
-    dense_axis, dense = _grid(extent, grid)
+    cells, dense = _square_cells(extent, arrows), _square_cells(extent, grid)
     for j, frac in enumerate(times):
         t = frac * sde.T
         sigma = float(sde.sigma(torch.tensor([t], dtype=torch.float64)))
@@ -198,23 +190,15 @@ def plot_score_field(
         if mixture is not None:
             fields.append(("exact", mixture.marginal_score(sde, cells, t)))
         scale = max(float((sigma * f).norm(dim=1).max()) for _, f in fields) / (1.6 * extent / arrows) + 1e-12
+        density = _as_image(mixture.marginal(sde, t).log_prob(dense).exp(), grid) if mixture is not None else None
         for i, (name, field) in enumerate(fields):
             ax = axes[i, j]
-            if mixture is not None:
-                density = mixture.marginal(sde, t).log_prob(dense).exp().reshape(grid, grid)
+            if density is not None:
                 ax.imshow(density.numpy(), origin="lower", extent=(-extent, extent, -extent, extent), cmap="Blues")
             v = (sigma * field).numpy()
             ax.quiver(cells[:, 0].numpy(), cells[:, 1].numpy(), v[:, 0], v[:, 1], angles="xy", scale_units="xy", scale=scale,
                       color="C1" if name == "learned" else "C3", width=0.004)
-            ax.set_xlim(-extent, extent)
-            ax.set_ylim(-extent, extent)
-            ax.set_aspect("equal")
-            ax.set_title(f"{name} score, t = {t:.3g}", fontsize=9)
-            ax.set_xlabel("$x_1$", fontsize=8)
-            ax.tick_params(labelsize=7)
-        axes[0, j].set_ylabel("$x_2$", fontsize=8)
-        if rows == 2:
-            axes[1, j].set_ylabel("$x_2$", fontsize=8)
+            _square(ax, extent, f"{name} score, t = {t:.3g}")
     note = " over the closed-form $p_t$" if mixture is not None else ""
     fig.suptitle(rf"Score field $\sigma(t)\,s(x, t)$ of {sde!r}{note}", fontsize=10)
     fig.tight_layout()
@@ -302,14 +286,14 @@ def plot_model_density(
     ``true_log_prob`` is given. Costs one ODE solve of ``grid**2`` points."""
     from .likelihood import log_likelihood
 
-    axis, cells = _grid(extent, grid)
+    cells = _square_cells(extent, grid)
     dtype, device = _model_dtype(score_fn)
     result = log_likelihood(sde, score_fn, cells.to(device=device, dtype=dtype), rtol=rtol, atol=atol, progress=progress,
                             batch_size=4096)
-    model_logp = -result.nll.detach().cpu().double().reshape(grid, grid)
+    model_logp = _as_image(-result.nll.detach().cpu().double(), grid)
     panels = [(f"model density (PF-ODE, {result.nfe} NFE)", model_logp.exp(), "viridis")]
     if true_log_prob is not None:
-        true_logp = true_log_prob(cells).reshape(grid, grid)
+        true_logp = _as_image(true_log_prob(cells), grid)
         vmax = float(true_logp.exp().max())
         panels.append(("true density", true_logp.exp(), "viridis"))
         ratio = (model_logp - true_logp).clamp(-3, 3)
