@@ -160,13 +160,18 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     levels = transform.levels if transform else None
     arrays = {"x_model": x.numpy(), "x": transform.from_model(x).numpy().astype(np.uint8) if transform else x.numpy()}
     np.savez(out, **arrays)
-    extent = getattr(toy_dataset(config.data.name), "extent", None) if config.data.kind == "toy" else None
+    extent = _plot_extent(config)
     guided = "" if args.label is None else f", class {args.label}, guidance w = {args.guidance or 0.0:g}"
     fig = plot_samples(torch.as_tensor(arrays["x"]).float(), f"{args.sampler}: {args.n} samples, {result.nfe} NFE (step {step}){guided}",
                        levels=levels, extent=extent)
     fig.savefig(picture, dpi=110)
     return {"samples": str(out), "picture": str(picture), "nfe": result.nfe, "sampler": args.sampler, "n": args.n,
             "checkpoint_step": step, "label": args.label, "guidance": args.guidance, "settings": result.settings}
+
+
+def _plot_extent(config) -> float | None:
+    """Half-width of the square a toy's plots show (None for images)."""
+    return toy_dataset(config.data.name).extent if config.data.kind == "toy" else None
 
 
 def _sample_shape(model) -> tuple[int, ...]:
@@ -224,19 +229,17 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
         x = transform.to_model(x.float() + 0.5) if transform is not None else x.float()
     if tuple(x.shape[1:]) != shape:
         raise UserError(f"--image holds data of shape {tuple(x.shape[1:])}; the model's data has shape {shape}")
-    known = _load_mask(args.mask, shape)
-    if tuple(known.shape) not in (shape, tuple(x.shape)):
-        raise UserError(f"the mask of shape {tuple(known.shape)} does not match the data's shape {shape}")
+    known = _load_mask(args.mask, shape)  # its shape is checked by inpaint()
     out = _out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     result = inpaint(model.sde, model, x.to(args.device), known.to(args.device), method=args.method, steps=args.steps,
                      generator=generator, progress=not args.json)
-    completed = result.x.cpu()
-    to_levels = (lambda v: transform.from_model(v)) if transform is not None else (lambda v: v)
-    np.savez(out, x=to_levels(completed).numpy(), original=to_levels(x.cpu()).numpy(), known=known.cpu().numpy())
-    extent = toy_dataset(config.data.name).extent if config.data.kind == "toy" else None
-    fig = plot_inpainting(to_levels(x.cpu()), known.cpu(), to_levels(completed), levels=transform.levels if transform else None,
-                          extent=extent, title=f"inpainting ({args.method}, {result.nfe} NFE, step {step})")
+    original, completed = x.cpu(), result.x.cpu()
+    if transform is not None:
+        original, completed = transform.from_model(original), transform.from_model(completed)
+    np.savez(out, x=completed.numpy(), original=original.numpy(), known=known.cpu().numpy())
+    fig = plot_inpainting(original, known.cpu(), completed, levels=transform.levels if transform else None,
+                          extent=_plot_extent(config), title=f"inpainting ({args.method}, {result.nfe} NFE, step {step})")
     fig.savefig(out.with_suffix(".png"), dpi=110)
     return {"samples": str(out), "picture": str(out.with_suffix(".png")), "nfe": result.nfe, "n": int(x.shape[0]),
             "checkpoint_step": step, "settings": result.settings}
@@ -299,8 +302,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     comparison = compare_samplers(model.sde, model, data.x, lineup=default_lineup(args.quick), n=len(data.x), floor_reference=data.floor,
                                   true_log_prob=data.log_prob, entropy=data.entropy, postprocess=quantise, seed=args.seed,
                                   device=args.device, progress=not args.json)
-    extent = toy_dataset(config.data.name).extent if config.data.kind == "toy" else None
-    paths = write_comparison(comparison, data.x, folder, extent=extent)
+    paths = write_comparison(comparison, data.x, folder, extent=_plot_extent(config))
     if not args.json:
         print(comparison.markdown())
     best = comparison.best()
