@@ -81,7 +81,7 @@ class ToyDataset(abc.ABC):
                         dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         """``n`` points ``[n, 2]`` with their class labels ``[n]`` (toys with ``num_classes > 0`` only)."""
         raise ValueError(f"toy data set {self.name!r} has no classes; labelled toys: "
-                         f"{', '.join(k for k in toy_datasets() if _TOYS[k].num_classes)}")
+                         f"{', '.join(k for k in toy_datasets() if _TOYS[k]().num_classes)}")
 
     def _no_density(self) -> ValueError:
         with_density = [k for k in toy_datasets() if _TOYS[k].has_density]
@@ -247,7 +247,6 @@ def gmm_mixture() -> GaussianMixture:
 @register_toy("8gaussians")
 class EightGaussians(MixtureToy):
     __doc__ = eight_gaussians_mixture.__doc__
-    num_classes = 8
 
     def __init__(self) -> None:
         super().__init__(eight_gaussians_mixture())
@@ -257,7 +256,6 @@ class EightGaussians(MixtureToy):
 class AnisotropicGMM(MixtureToy):
     __doc__ = gmm_mixture.__doc__
     extent = 3.0
-    num_classes = 8
 
     def __init__(self) -> None:
         super().__init__(gmm_mixture())
