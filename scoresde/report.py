@@ -11,6 +11,7 @@ a Python user gets the same files and figures as the command line.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -93,7 +94,7 @@ def write_comparison(comparison: Comparison, reference: Tensor, folder: str | Pa
     return paths
 
 
-DEMO_FILES = ("report.md", "metrics.json", "run", "forward.png", "score_field.png", "trajectories.png", "density.png",
+DEMO_FILES = ("report.md", "metrics.json", "likelihood.json", "run", "forward.png", "score_field.png", "trajectories.png", "density.png",
               "reverse.gif", *COMPARE_FILES)
 """What `run_demo` writes into its folder (``run`` is the training run's folder)."""
 
@@ -112,6 +113,14 @@ def _demo_config(quick: bool, seed: int):
     else:
         sets += ["train.steps=5000"]
     return override(preset("toy-vp"), *sets)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str):
+    """Adds the wall time of the block to ``timings[name]``."""
+    clock = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - clock
 
 
 def run_demo(out: str | Path, *, quick: bool = False, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True) -> dict:
@@ -141,43 +150,38 @@ def run_demo(out: str | Path, *, quick: bool = False, device: torch.device | str
         plt.close(fig)
         return name
 
-    clock = time.perf_counter()
-    trainer = Trainer(config, out / "run", device=device, progress=progress, resume=False)
-    trained = trainer.train()
-    save(plot_training_curve(trained.history), "run/loss.png")
-    timings["train"] = time.perf_counter() - clock
+    with _timed(timings, "train"):
+        trainer = Trainer(config, out / "run", device=device, progress=progress, resume=False)
+        trained = trainer.train()
+        save(plot_training_curve(trained.history), "run/loss.png")
     model, sde = trainer.score_fn, trainer.sde
 
-    clock = time.perf_counter()
-    figures = [save(plot_forward_process(sde, toy.mixture, seed=seed), "forward.png"),
-               save(plot_score_field(sde, model, mixture=toy.mixture, extent=toy.extent), "score_field.png")]
-    data = held_out(config.data, 400 if quick else 2000, seed)
-    figures.append(save(plot_trajectories(sde, model, seed=seed, extent=toy.extent, data=data.x), "trajectories.png"))
-    timings["figures"] = time.perf_counter() - clock
+    with _timed(timings, "figures"):
+        figures = [save(plot_forward_process(sde, toy.mixture, seed=seed), "forward.png"),
+                   save(plot_score_field(sde, model, mixture=toy.mixture, extent=toy.extent), "score_field.png")]
+        data = held_out(config.data, 400 if quick else 2000, seed)
+        figures.append(save(plot_trajectories(sde, model, seed=seed, extent=toy.extent, data=data.x), "trajectories.png"))
 
-    clock = time.perf_counter()
-    comparison = compare_samplers(sde, model, data.x, lineup=default_lineup(quick), n=len(data.x), floor_reference=data.floor,
-                                  true_log_prob=data.log_prob, entropy=data.entropy, seed=seed, device=device, progress=progress)
-    figures += [p.name for p in write_comparison(comparison, data.x, out, extent=toy.extent)]
-    timings["compare"] = time.perf_counter() - clock
+    with _timed(timings, "compare"):
+        comparison = compare_samplers(sde, model, data.x, lineup=default_lineup(quick), n=len(data.x), floor_reference=data.floor,
+                                      true_log_prob=data.log_prob, entropy=data.entropy, seed=seed, device=device, progress=progress)
+        figures += [p.name for p in write_comparison(comparison, data.x, out, extent=toy.extent)]
 
-    clock = time.perf_counter()
-    points = data.x[: 200 if quick else 1000]
-    likelihood = likelihood_summary(sde, model, points, true_nll=-data.log_prob(points.double()), seed=seed, progress=progress)
-    (out / "likelihood.json").write_text(json.dumps(likelihood, indent=2))
-    figures.append(save(plot_model_density(sde, model, extent=toy.extent, grid=24 if quick else 64, true_log_prob=toy.log_prob,
-                                           progress=progress), "density.png"))
-    timings["likelihood"] = time.perf_counter() - clock
+    with _timed(timings, "likelihood"):
+        points = data.x[: 200 if quick else 1000]
+        likelihood = likelihood_summary(sde, model, points, true_nll=-data.log_prob(points.double()), seed=seed, progress=progress)
+        (out / "likelihood.json").write_text(json.dumps(likelihood, indent=2))
+        figures.append(save(plot_model_density(sde, model, extent=toy.extent, grid=24 if quick else 64, true_log_prob=toy.log_prob,
+                                               progress=progress), "density.png"))
 
-    clock = time.perf_counter()
-    walk = sample(sde, model, (300 if quick else 1000, 2), "pc", steps=100, predictor="euler_maruyama", corrector="none",
-                  generator=torch.Generator(device=device).manual_seed(seed), device=device, return_trajectory=True)
-    animation = animate_reverse_process(walk.trajectory, walk.times, extent=toy.extent, frames=15 if quick else 40,
-                                        title="reverse SDE")
-    animation.save(out / "reverse.gif", writer="pillow", dpi=60 if quick else 80)
-    plt.close(animation._fig)
-    figures.append("reverse.gif")
-    timings["animation"] = time.perf_counter() - clock
+    with _timed(timings, "animation"):
+        walk = sample(sde, model, (300 if quick else 1000, 2), "pc", steps=100, predictor="euler_maruyama", corrector="none",
+                      generator=torch.Generator(device=device).manual_seed(seed), device=device, return_trajectory=True)
+        animation = animate_reverse_process(walk.trajectory, walk.times, extent=toy.extent, frames=15 if quick else 40,
+                                            title="reverse SDE")
+        animation.save(out / "reverse.gif", writer="pillow", dpi=60 if quick else 80)
+        plt.close(animation._fig)
+        figures.append("reverse.gif")
     timings["total"] = time.perf_counter() - start
 
     best = comparison.best()
