@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_in_registry
+from .._checks import check_finite, check_in_registry, expand_to
 from ..sde import SDE, ScoreFn, check_sde
 from .base import CountingScore, SampleResult, Sampling, get_sampler, standard_normal_like
 
@@ -110,7 +110,7 @@ def inpaint(
     def replace(x: Tensor, t: float) -> Tensor:
         t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         mean, std = sde.marginal_prob(x_known.to(x.dtype), t_batch)
-        noised = mean + std.reshape(-1, *[1] * (x.ndim - 1)) * standard_normal_like(x, generator)
+        noised = mean + expand_to(std, x) * standard_normal_like(x, generator)
         return torch.where(known, noised, x)
 
     score = CountingScore(score_fn)
@@ -146,7 +146,7 @@ def _smc(sde: SDE, score: CountingScore, x_known: Tensor, known: Tensor, steps: 
     # one forward path of the known part, from the data at eps up to T, on the grid (T first)
     times = grid.flip(0)
     mean, std = sde.marginal_prob(one, times[:1])
-    path = [mean + std.reshape(1, *[1] * (one.ndim - 1)) * standard_normal_like(one, generator)]
+    path = [mean + expand_to(std, one) * standard_normal_like(one, generator)]
     for s_, t_ in zip(times[:-1], times[1:]):
         a, sd = sde.transition(t_, s_)
         path.append(a * path[-1] + sd * standard_normal_like(one, generator))
@@ -158,7 +158,7 @@ def _smc(sde: SDE, score: CountingScore, x_known: Tensor, known: Tensor, steps: 
     for i in tqdm(range(len(grid) - 1), desc="inpaint smc", leave=False, disable=not progress):
         t, t_next = grid[i].expand(B), grid[i + 1].expand(B)
         rev_f, rev_G = reverse.discretize(x, t, t - t_next)
-        mean, std = x - rev_f, rev_G.reshape(-1, *[1] * (x.ndim - 1))
+        mean, std = x - rev_f, expand_to(rev_G, x)
         residual = ((path[i + 1] - mean) / std).masked_fill(~known, 0.0)
         log_w = log_w - 0.5 * residual.pow(2).reshape(B, -1).sum(1).double()
         weights = torch.softmax(log_w, 0)
