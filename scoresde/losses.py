@@ -127,6 +127,6 @@ def classifier_loss(classifier, sde: SDE, x0: Tensor, y: Tensor, *, eps: float |
     check_finite("x0", x0)
     eps = check_eps(sde, eps)
     B, opts = x0.shape[0], {"dtype": x0.dtype, "device": x0.device}
-    t = eps + (sde.T - eps) * torch.rand(B, generator=generator, **opts)
+    t, _ = _draw_times(sde, eps, B, False, None, generator, opts)  # uniform on [eps, T]
     xt = expand_to(sde.alpha(t), x0) * x0 + expand_to(sde.sigma(t), x0) * standard_normal_like(x0, generator)
     return torch.nn.functional.cross_entropy(classifier(xt, t), y.long(), reduction="none")
