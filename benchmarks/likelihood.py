@@ -87,7 +87,7 @@ def main() -> None:
              for name, sde in (("VP", VPSDE()), ("VE", VESDE()))]
     for ax, (case, mix, sde) in zip(axes, cases):
         x = mix.sample(n, torch.Generator().manual_seed(0), dtype=torch.float64)
-        truth = -mix.marginal_log_prob(sde, x, torch.full((n,), sde.sampling_eps, dtype=torch.float64))
+        truth = -mix.marginal_log_prob(sde, x, torch.full((n,), sde.sampling_t_min, dtype=torch.float64))
         prior = mix.marginal(sde, sde.T).log_prob
         rows = {}
         for label, options in configs(args.quick).items():

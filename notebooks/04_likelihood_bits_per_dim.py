@@ -50,7 +50,7 @@ gmm = toy_dataset("gmm")
 exact_score = gmm.mixture.score_fn(sde)
 x = gmm.sample(N, torch.Generator().manual_seed(0), dtype=torch.float64)
 result = log_likelihood(sde, exact_score, x)
-truth = -gmm.mixture.marginal(sde, sde.sampling_eps).log_prob(x)
+truth = -gmm.mixture.marginal(sde, sde.sampling_t_min).log_prob(x)
 err = (result.nll - truth).abs()
 print(f"mean NLL {float(result.nll.mean()):.5f} nats, true {float(truth.mean()):.5f}; "
       f"max |error| {float(err.max()):.1e} nats at rtol = atol = 1e-5 ({result.nfe} NFE)")

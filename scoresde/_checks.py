@@ -7,7 +7,8 @@ the argument, the offending value and what was expected, as torchsde's ``check_c
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+import warnings
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -20,6 +21,9 @@ __all__ = [
     "check_in_registry",
     "check_labels",
     "expand_to",
+    "standard_normal_like",
+    "progress_bar",
+    "renamed_t_min",
 ]
 
 
@@ -96,6 +100,19 @@ def expand_to(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
+def standard_normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    r"""$z \sim \mathcal N(0, I)$ shaped like ``x`` (its dtype and device), drawn from ``generator``."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def progress_bar(iterable: Iterable, desc: str, enabled: bool, **kwargs):
+    """``iterable`` wrapped in a tqdm bar when ``enabled``, following tqdm's convention for logs: the bar is
+    drawn only when its stream is a terminal (``disable=None``), so ``make demo > file`` gets no bar lines."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, disable=None if enabled else True, **kwargs)
+
+
 def check_labels(y: Tensor | int, batch: int, num_classes: int, device: torch.device | str, *, allow_null: bool = False) -> Tensor:
     """Class labels ``[batch]`` (long, on ``device``) from one integer or integers ``[batch]``, each in
     ``0 .. num_classes - 1`` (or ``num_classes``, the null label, when ``allow_null``)."""
@@ -111,3 +128,14 @@ def check_labels(y: Tensor | int, batch: int, num_classes: int, device: torch.de
         null = f" (or {num_classes}, the null label)" if allow_null else ""
         raise ValueError(f"label {int(bad[0])} is outside the model's classes 0..{num_classes - 1}{null}")
     return labels
+
+
+def renamed_t_min(t_min: float | None, eps: float | None, where: str) -> float | None:
+    """The smallest time from ``t_min``, or from its deprecated name ``eps`` (with a ``DeprecationWarning``):
+    ``eps`` names the noise $\\epsilon$ in this package, so the time is ``t_min`` from 0.2 on."""
+    if eps is None:
+        return t_min
+    warnings.warn(f"{where}: the smallest time is now called t_min; eps= is deprecated", DeprecationWarning, stacklevel=3)
+    if t_min is not None:
+        raise ValueError(f"{where}: pass the smallest time once, as t_min (eps is its deprecated name)")
+    return eps

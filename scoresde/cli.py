@@ -13,11 +13,9 @@ from pathlib import Path
 
 from ._checks import check_in_registry
 from .datasets import toy_dataset, toy_datasets
-from .sde import VESDE, VPSDE, SubVPSDE
+from .sde import create_sde, sde_names
 
 __all__ = ["main"]
-
-SDES = {"vp": VPSDE, "vp-cosine": lambda: VPSDE(schedule="cosine"), "subvp": SubVPSDE, "ve": VESDE}
 
 
 class UserError(Exception):
@@ -47,12 +45,12 @@ def cmd_toys(args: argparse.Namespace) -> dict:
     names = args.names or toy_datasets()
     for name in names:
         toy_dataset(name)  # unknown names fail here, before anything is written
-    if args.sde not in SDES:
-        raise UserError(f"unknown sde {args.sde!r}; valid names are: {', '.join(SDES)}")
+    if args.sde not in sde_names():
+        raise UserError(f"unknown sde {args.sde!r}; valid names are: {', '.join(sde_names())}")
     folder = _prepare_out(args.out, args.force, ["toys.png", "forward.png", "toys.json"])
     fig = plot_toy_datasets(names, n=args.n, seed=args.seed)
     fig.savefig(folder / "toys.png", dpi=110)
-    sde = SDES[args.sde]()
+    sde = create_sde(args.sde)
     fig = plot_forward_process(sde, toy_dataset("gmm").mixture, seed=args.seed)
     fig.savefig(folder / "forward.png", dpi=110)
     summary = {
@@ -101,7 +99,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
     _prepare_out(str(out), True, [])
     try:
         trainer = Trainer(config, out, device=args.device, progress=not args.json, resume=args.resume)
-        result = trainer.train()
+        try:
+            result = trainer.train()
+        finally:
+            trainer.close()  # under torchrun: leave the process group before exit
     except (FileNotFoundError, TrainingDiverged) as exc:
         raise UserError(str(exc)) from None
     if not trainer.is_main:
@@ -353,7 +354,7 @@ def cmd_list(args: argparse.Namespace) -> dict:
     from .samplers import GRIDS, correctors, predictors, samplers
 
     return {
-        "sdes": list(SDES),
+        "sdes": sde_names(),
         "samplers": samplers(),
         "predictors": predictors(),
         "correctors": correctors(),
@@ -403,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     toys.add_argument("names", nargs="*", help="toy data sets to draw (default: all)")
     toys.add_argument("--out", default="scoresde-out", help="output folder")
     toys.add_argument("-n", type=int, default=2000, help="samples per data set")
-    toys.add_argument("--sde", default="vp", help=f"forward SDE: {', '.join(SDES)}")
+    toys.add_argument("--sde", default="vp", help=f"forward SDE: {', '.join(sde_names())}")
     train = _command(sub, "train", cmd_train, "train a score model from a preset or config file",
                      "scoresde train --preset toy-vp --out runs/toy --set train.steps=2000\n"
                      "  scoresde train --out runs/toy --resume --steps 4000\n"

@@ -19,7 +19,7 @@ from ._checks import check_in_registry
 from .losses import WEIGHTINGS
 from .models.parameterization import PARAMETERIZATIONS
 from .models.registry import models
-from .sde import SDE, SubVPSDE, VESDE, VPSDE
+from .sde import SDE, VPSDE, create_sde, sde_names
 
 __all__ = ["SDEConfig", "ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "preset", "presets", "register_preset",
            "override", "load_config", "save_config", "config_from_dict", "ConfigError"]
@@ -34,13 +34,13 @@ def _require(ok: bool, name: str, message: str) -> None:
         raise ConfigError(f"invalid config field {name!r}: {message}")
 
 
-SDE_NAMES = ("vp", "subvp", "ve")
 LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
 class SDEConfig:
-    """The forward SDE: ``name`` ``vp`` (``schedule`` linear | cosine), ``subvp`` or ``ve``."""
+    """The forward SDE: a registered ``name`` (`scoresde.sde.sde_names`: ``vp`` with ``schedule`` linear | cosine,
+    ``vp-cosine``, ``subvp``, ``ve``) and the parameters its constructor takes (the others are not used)."""
 
     name: str = "vp"
     schedule: str = "linear"
@@ -51,18 +51,16 @@ class SDEConfig:
     N: int = 1000
 
     def __post_init__(self) -> None:
-        _require(self.name in SDE_NAMES, "sde.name", f"{self.name!r} is not one of {', '.join(SDE_NAMES)}")
+        _require(self.name in sde_names(), "sde.name", f"{self.name!r} is not one of {', '.join(sde_names())}")
         _require(self.schedule in VPSDE.SCHEDULES, "sde.schedule", f"{self.schedule!r} is not one of {', '.join(VPSDE.SCHEDULES)}")
         _require(0 < self.beta_min < self.beta_max, "sde.beta_min", f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
         _require(0 < self.sigma_min < self.sigma_max, "sde.sigma_min", f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         _require(isinstance(self.N, int) and self.N > 0, "sde.N", f"must be a positive integer, got {self.N!r}")
 
     def build(self) -> SDE:
-        if self.name == "vp":
-            return VPSDE(self.beta_min, self.beta_max, self.N, schedule=self.schedule)
-        if self.name == "subvp":
-            return SubVPSDE(self.beta_min, self.beta_max, self.N)
-        return VESDE(self.sigma_min, self.sigma_max, self.N)
+        """The SDE of the one name registry (`scoresde.sde.create_sde`), from the fields its constructor takes."""
+        params = {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+        return create_sde(self.name, **params)
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,8 @@ class TrainConfig:
     weighting: str = "sigma2"
     importance_sampling: bool = False
     n_steps: int | None = None
-    eps: float | None = None
+    t_min: float | None = None
+    """Smallest time of the DSM loss (default: the SDE's ``sampling_t_min``); ``eps`` in configs before 0.2."""
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 1000
@@ -148,7 +147,7 @@ class TrainConfig:
         _require(self.weighting in WEIGHTINGS, "train.weighting", f"{self.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
         _require(self.n_steps is None or (isinstance(self.n_steps, int) and self.n_steps > 1), "train.n_steps",
                  f"must be null (continuous time) or an integer > 1, got {self.n_steps!r}")
-        _require(self.eps is None or self.eps > 0, "train.eps", f"must be null or positive, got {self.eps!r}")
+        _require(self.t_min is None or self.t_min > 0, "train.t_min", f"must be null or positive, got {self.t_min!r}")
         _require(not self.importance_sampling or self.weighting == "likelihood", "train.importance_sampling",
                  "applies to weighting 'likelihood' only")
         _require(isinstance(self.label_dropout, (int, float)) and 0 <= self.label_dropout < 1, "train.label_dropout",
@@ -171,6 +170,10 @@ class RunConfig:
 _SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
+_RENAMED_FIELDS = {("train", "eps"): "t_min"}
+"""Fields renamed since configs were first written: old run folders (and their checkpoints) still load."""
+
+
 def config_from_dict(data: dict) -> RunConfig:
     """Build a `RunConfig` from nested mappings; an unknown section or field is an error naming it."""
     if not isinstance(data, dict):
@@ -181,6 +184,7 @@ def config_from_dict(data: dict) -> RunConfig:
         cls = _SECTION_TYPES[section]
         names = {f.name for f in dataclasses.fields(cls)}
         _require(isinstance(values, dict), section, "must be a mapping of fields")
+        values = {_RENAMED_FIELDS.get((section, key), key): value for key, value in values.items()}
         for key in values:
             _require(key in names, f"{section}.{key}", f"unknown field; valid fields are {', '.join(sorted(names))}")
         try:

@@ -48,7 +48,9 @@ def likelihood_summary(
     Discrete images (a `DataTransform`): `bits_per_dim` (uniform
     dequantisation, Hutchinson divergence, float32 as the reference code) and its ELBO counterpart.
     """
-    from .likelihood import bits_per_dim, elbo, log_likelihood
+    from .bounds import elbo
+    from .bpd import bits_per_dim
+    from .likelihood import log_likelihood
 
     generator = torch.Generator().manual_seed(seed)
     if transform is not None:

@@ -3,11 +3,12 @@
 - AdamW with linear learning-rate warm-up, gradient-norm clipping, an EMA of the weights (the EMA model
   is the one evaluated, sampled and returned), periodic evaluation hooks, a progress bar with the running
   loss, CSV logging (and TensorBoard when it is installed).
-- Deterministic: every step's randomness (data draws, dequantisation, t, noise, dropout) comes from a
-  generator seeded by ``(seed, rank, step)``, so a run is a function of its config and nothing else.
-- Checkpoints (``checkpoint.safetensors``) hold model, EMA, optimiser state, step, torch's RNG state and the full config;
-  they are written atomically (temporary file, fsync, rename) and loaded with safetensors, which stores
-  tensors and JSON text only: a checkpoint cannot run code. Resume is exact: 100 + 100 steps with a
+- Deterministic: every step's randomness (data draws, dequantisation, t, noise, dropout) comes from an
+  explicit generator seeded by ``(seed, rank, step)``, so a run is a function of its config and nothing else.
+  ``nn.Dropout`` takes no generator: for a network with active dropout, torch's global RNG is seeded from
+  that generator inside ``fork_rng`` for the step and restored after it; the caller's RNG state is untouched.
+- Checkpoints (`scoresde.checkpoint`) hold model, EMA, optimiser state, step, torch's RNG state and the full
+  config, written atomically and read without running code. Resume is exact: 100 + 100 steps with a
   restart give the same weights as 200 in one run.
 - SIGINT / SIGTERM finish the current step, save a checkpoint and return (``interrupted=True``). A
   non-finite loss stops training with `TrainingDiverged`, keeping the last good checkpoint.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import os
 import signal
@@ -31,10 +31,10 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ._checks import check_positive_int
-from .config import RunConfig, config_from_dict
+from ._checks import check_positive_int, progress_bar
+from .checkpoint import CHECKPOINT, CheckpointError, checkpoint_step, load_checkpoint, save_checkpoint
+from .config import RunConfig
 from .datasets import DataTransform, image_dataset, toy_dataset
 from .losses import dsm_loss
 from .models import ScoreModel, create_model
@@ -43,18 +43,12 @@ from .sde import SDE
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "EMA", "save_checkpoint", "load_checkpoint", "CheckpointError",
            "build_model", "DataStream", "init_distributed", "load_score_model", "learning_rate", "train_classifier"]
 
-CHECKPOINT = "checkpoint.safetensors"
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every", "data.data_dir")
 """Fields a resumed run may change (train longer, log differently, data moved); any other change is refused."""
-FORMAT = "scoresde-checkpoint-1"
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the last good checkpoint is kept."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, or from a different run."""
 
 
 def build_model(config: RunConfig, sde: SDE, device: torch.device | str = "cpu") -> ScoreModel:
@@ -195,7 +189,11 @@ class Trainer:
     def __init__(self, config: RunConfig, out_dir: str | Path, *, device: torch.device | str = "cpu", progress: bool = True,
                  resume: bool = True, eval_fn: Callable[["Trainer", int], dict] | None = None) -> None:
         self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
+        import torch.distributed as dist
+
+        self._owns_group = not (dist.is_available() and dist.is_initialized())
         self.rank, self.world = init_distributed(self.device)
+        self._owns_group = self._owns_group and self.world > 1
         if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))  # one GPU per process
             torch.cuda.set_device(self.device)
@@ -203,6 +201,7 @@ class Trainer:
         self.sde = config.sde.build()
         self.model = build_model(config, self.sde, self.device)
         self.ema = EMA(self.model, config.train.ema_decay)
+        self._has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
         tc = config.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.data = DataStream(config, self.rank, self.world, self.device)
@@ -242,7 +241,7 @@ class Trainer:
             save_config(self.config, self.out_dir / "config.yaml")
         restore = self._install_signal_handlers()
         start, start_step, history, running = time.perf_counter(), self.step, [], []
-        bar = tqdm(total=target, initial=self.step, desc="train", disable=not (self.progress and self.is_main), dynamic_ncols=True)
+        bar = progress_bar(None, "train", self.progress and self.is_main, total=target, initial=self.step, dynamic_ncols=True)
         last_loss = float("nan")
         try:
             while self.step < target and not self._stop:
@@ -273,6 +272,22 @@ class Trainer:
         return TrainResult(step=self.step, loss=last_loss, seconds=seconds, steps_per_second=done / seconds if seconds > 0 else 0.0,
                            interrupted=self._stop, checkpoint=str(path) if path else None, history=history)
 
+    def close(self) -> None:
+        """Leave the process group this trainer joined under torchrun (a no-op on one process): the DDP wrapper,
+        whose reducer holds the group, is released first and the ranks meet at a barrier, so that no gloo / NCCL
+        thread outlives its group when the process exits. A group the caller created is left to the caller."""
+        if not self._owns_group:
+            return
+        import gc
+
+        import torch.distributed as dist
+
+        self._train_model = self.model
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
+        self._owns_group = False
+
     def save(self) -> Path | None:
         """Write the checkpoint (rank 0 only; atomic)."""
         if not self.is_main:
@@ -281,9 +296,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ internals
     def _train_step(self) -> float:
+        generator = _step_generator(self.config.train.seed, self.rank, self.step)
+        dropout_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        if not self._has_dropout:  # every draw comes from the step's generator
+            return self._optimise(generator)
+        # nn.Dropout takes no generator: seed torch's global RNG for this step only, and restore it afterwards
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(dropout_seed)
+            return self._optimise(generator)
+
+    def _optimise(self, generator: torch.Generator) -> float:
+        """One optimiser step on the batch of ``self.step``, every draw from ``generator``; returns the loss."""
         tc = self.config.train
-        generator = _step_generator(tc.seed, self.rank, self.step)
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))  # dropout
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(tc, self.step)
         self.model.train()
@@ -292,10 +316,10 @@ class Trainer:
             drop = torch.rand(y.shape, generator=generator) < tc.label_dropout
             y = torch.where(drop.to(y.device), torch.full_like(y, self.data.num_classes), y)
         loss = dsm_loss(self._train_model, self.sde, x0, weighting=tc.weighting, importance_sampling=tc.importance_sampling,
-                        eps=tc.eps, n_steps=tc.n_steps, generator=generator, y=y).mean()
+                        t_min=tc.t_min, n_steps=tc.n_steps, generator=generator, y=y).mean()
         if not torch.isfinite(loss):
             last = self.out_dir / CHECKPOINT
-            kept = f"the last good checkpoint {last} (step {_checkpoint_step(last)}) is kept" if last.is_file() else "no checkpoint was written"
+            kept = f"the last good checkpoint {last} (step {checkpoint_step(last)}) is kept" if last.is_file() else "no checkpoint was written"
             raise TrainingDiverged(f"the loss became {float(loss.detach())} at step {self.step}; {kept}; lower train.lr, "
                                    f"raise train.warmup or set train.grad_clip")
         self.optimizer.zero_grad(set_to_none=True)
@@ -371,86 +395,6 @@ def _append_csv(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-# ---------------------------------------------------------------------- checkpoint I/O
-def save_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    config: RunConfig) -> Path:
-    """Write model, EMA, optimiser state, step and config to one safetensors file, atomically: a temporary
-    file in the same directory is written, flushed to disk and renamed over ``path``."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()})
-    opt = optimizer.state_dict()
-    for index, state in opt["state"].items():
-        for key, value in state.items():
-            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
-    tensors["rng.torch"] = torch.get_rng_state()  # each step reseeds from (seed, rank, step); kept for code around the trainer
-    metadata = {"format": FORMAT, "step": str(int(step)), "config": json.dumps(config.to_dict()),
-                "param_groups": json.dumps(opt["param_groups"])}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _checkpoint_step(path: Path) -> str:
-    try:
-        return str(load_checkpoint(path)["step"])
-    except CheckpointError:
-        return "?"
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint safely (safetensors: tensors and JSON text, no code): a dict with ``model``, ``ema``,
-    ``optimizer`` state dicts, ``step`` and ``config`` (a `RunConfig`)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train first (scoresde train) or pass the run's directory")
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as fh:
-            metadata = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); it may be truncated "
-                              f"or not a scoresde checkpoint") from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a scoresde checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
-    try:
-        config = config_from_dict(json.loads(metadata["config"]))
-        param_groups = json.loads(metadata["param_groups"])
-        step = int(metadata["step"])
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path} has corrupt metadata ({exc})") from None
-    out = {"model": {}, "ema": {}, "step": step, "config": config, "rng": tensors.get("rng.torch")}
-    optim_state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        kind, _, rest = key.partition(".")
-        if kind in ("model", "ema"):
-            out[kind][rest] = value
-        elif kind == "optim":
-            index, _, name = rest.partition(".")
-            optim_state.setdefault(int(index), {})[name] = value
-    out["optimizer"] = {"state": optim_state, "param_groups": param_groups}
-    return out
-
-
 def load_score_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ScoreModel, RunConfig, int]:
     """The EMA score model of a checkpoint (eval mode), its config and its step."""
     state = load_checkpoint(path, device)
@@ -476,7 +420,7 @@ def train_classifier(classifier: nn.Module, sde: SDE, x: Tensor, y: Tensor, *, s
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
     classifier.train()
     losses = []
-    for _ in tqdm(range(steps), desc="classifier", disable=not progress, leave=False):
+    for _ in progress_bar(range(steps), "classifier", progress, leave=False):
         idx = torch.randint(0, x.shape[0], (batch_size,), generator=generator)
         x0 = transform.dequantize(x[idx], generator) if transform is not None else x[idx]
         loss = classifier_loss(classifier, sde, x0.to(device), y[idx].to(device), generator=generator).mean()

@@ -7,17 +7,16 @@ import math
 from pathlib import Path
 from typing import Callable, Sequence
 
-import matplotlib
+# No backend is forced here: matplotlib picks Agg by itself where there is no display, and a notebook keeps its
+# inline backend (forcing Agg on import hid every figure of the teaching notebooks).
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.animation import FuncAnimation
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.animation import FuncAnimation  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .analytic import GaussianMixture, grid_cells  # noqa: E402
-from .datasets import toy_dataset, toy_datasets  # noqa: E402
-from .sde import SDE, ScoreFn  # noqa: E402
+from .analytic import GaussianMixture, grid_cells
+from .datasets import toy_dataset, toy_datasets
+from .sde import SDE, ScoreFn
 
 __all__ = [
     "plot_toy_datasets",

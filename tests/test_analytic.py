@@ -140,5 +140,5 @@ def test_bad_points_raise_clear_errors():
         mix.log_prob(torch.tensor([[0.0, float("nan")]]))
     with pytest.raises(ValueError, match="t must lie in"):
         mix.marginal_score(sde, torch.zeros(2, 2), torch.tensor([0.5, 1.5]))
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"t must have shape \[B\] = \[2\] to match x, got \(3,\)"):
         mix.marginal_score(sde, torch.zeros(2, 2), torch.tensor([0.5, 0.5, 0.5]))

@@ -10,6 +10,8 @@ import pytest
 from scoresde.cli import _demo_summary, build_parser, main
 from scoresde.report import DEMO_FILES
 
+from conftest import assert_true_nll_matches_the_entropy
+
 COMMANDS = ["demo", "toys", "train", "sample", "likelihood", "compare", "inpaint", "list"]
 
 
@@ -55,8 +57,9 @@ def test_sample_likelihood_compare_on_a_trained_run(run, tmp_path):
                 "nll_gap_nats", "nll_gap_standard_error"):
         assert isinstance(saved[key], (int, float)), key
     assert saved["nll_standard_error"] > 0 and saved["nfe"] > 20
-    # the paired gap is the difference of the means, and an under-trained model is worse than the truth
-    assert abs(saved["nll_gap_nats"] - (saved["nll_nats"] - saved["true_nll_nats"])) < 1e-9 and saved["nll_gap_nats"] > 0
+    # the held-out points' true NLL estimates the entropy, and an under-trained model is worse than the truth
+    assert_true_nll_matches_the_entropy(saved["true_nll_nats"], "8gaussians", 50)
+    assert saved["nll_gap_nats"] > 0
 
     folder = tmp_path / "cmp"
     result = json.loads(scoresde("compare", "--checkpoint", run, "--quick", "-n", 300, "--out", folder, "--json").stdout)
@@ -85,7 +88,9 @@ def test_demo_quick_writes_the_report(tmp_path):
     assert json.loads((out / "metrics.json").read_text()) == metrics
     lik = metrics["likelihood"]
     assert lik["n"] == 200 and abs(lik["true_nll_nats"] - 2.83) < 0.3 and lik["nll_gap_nats"] > -0.2
-    assert metrics["train"]["steps"] == 400 and len(metrics["compare"]["runs"]) == 9
+    assert metrics["train"]["steps"] == 400 and len(metrics["compare"]["runs"]) == 11
+    families = {run["family"] for run in metrics["compare"]["runs"]}
+    assert {"unipc (2, warped log-SNR)", "dpm_solver (3M, warped log-SNR)"} <= families  # the benchmarks' best settings
     summary = _demo_summary(metrics, out)
     assert len(summary.splitlines()) <= 24 and "gap" in summary and "report.md" in summary
     from PIL import Image

@@ -26,10 +26,11 @@ def test_notebook_is_paired_and_runs(script, tmp_path, monkeypatch):
         f"{paired.name} is out of date with {script.name}: run jupytext --sync {script}"
     assert theirs.cells[0].cell_type == "markdown" and "What this notebook teaches" in theirs.cells[0].source
     monkeypatch.setenv("SCORESDE_NOTEBOOK_QUICK", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: figures become image outputs
     if os.environ.get("PYTEST_XDIST_WORKER"):
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread per kernel, as per worker (see conftest)
     client = NotebookClient(theirs, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, with the failing cell and its traceback, on any error
-    errors = [o for c in theirs.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    # a teaching notebook shows what it computes: at least one figure among its outputs
+    figures = [o for c in theirs.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert figures, f"{paired.name} drew no figure"

@@ -102,7 +102,21 @@ def test_probability_flow_and_reverse_sde_transport_the_marginals(sde):
         # d_t log p = -div b - b.grad log p + sign * g^2/2 (lap log p + |grad log p|^2)
         rhs = -div - (drift * grad).sum(1) + sign * 0.5 * g2 * (lap + (grad**2).sum(1))
         assert torch.allclose(dlogp_dt, rhs, rtol=1e-8, atol=1e-8), (pf, dlogp_dt, rhs)
-        assert (diffusion == 0).all() if pf else torch.allclose(diffusion, torch.sqrt(g2))
+        assert (diffusion == 0).all() if pf else torch.allclose(diffusion, torch.sqrt(_g2_by_hand(sde, t)), rtol=1e-12)
+
+
+def _g2_by_hand(sde, t):
+    """g(t)^2 written out from the papers' definitions, independently of the classes' closed forms."""
+    if isinstance(sde, VESDE):  # Song et al. 2021, Eq. 9: g = sigma(t) sqrt(2 log(sigma_max / sigma_min))
+        r = math.log(sde.sigma_max / sde.sigma_min)
+        return (sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t) ** 2 * 2 * r
+    if isinstance(sde, VPSDE) and sde.schedule == "cosine":  # beta = d/dt[-log alpha^2], alpha^2 = cos^2(theta)/cos^2(theta_0)
+        s = 0.008
+        return math.pi / (1 + s) * torch.tan(0.5 * math.pi * (t + s) / (1 + s))
+    beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
+    if isinstance(sde, SubVPSDE):  # Song et al. 2021, Eq. 11
+        return beta * (1 - torch.exp(-2 * (sde.beta_min * t + 0.5 * (sde.beta_max - sde.beta_min) * t**2)))
+    return beta
 
 
 def test_discretize_is_first_order_consistent_with_the_sde(sde):

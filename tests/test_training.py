@@ -178,7 +178,7 @@ DDP_SCRIPT = textwrap.dedent("""
     dist.all_gather(gathered, flat)
     if dist.get_rank() == 0:
         print("MAXDIFF", max(float((g - gathered[0]).abs().max()) for g in gathered), "STEP", trainer.step)
-    dist.destroy_process_group()
+    trainer.close()
 """)
 
 

@@ -7,24 +7,31 @@ r"""Sampling from a score-based model: one entry point, `sample`, over a registr
 ``ddim``                  DDIM with eta (Song, Meng & Ermon 2021)
 ``heun``                  EDM's Heun sampler with stochastic churn (Karras et al. 2022)
 ``dpm_solver``            DPM-Solver++ multistep, orders 1–3 (Lu et al. 2022)
+``unipc``                 UniPC predictor–corrector multistep, orders 1–3 (Zhao et al. 2023)
 ========================  =====================================================================
+
+As in k-diffusion, where every sampler takes its ``sigmas``, `sample` builds the time grid once (from the
+defaults each sampler declares, or the caller's ``steps`` / ``schedule`` / ``t_min`` / ``rho`` / ``warp``, or
+a sequence of times) and hands it in: any grid works with any sampler, and each sampler's options are its own
+algorithm's. `sample` also validates once (the grid, ``x_T`` and the first score output); the loops do not.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from torch import Tensor
 
-from .._checks import check_finite
-from ..sde import SDE, ScoreFn, check_sde
+from .._checks import check_finite, renamed_t_min
+from ..sde import SDE, ProbabilityFlow, ScoreFn, check_sde
 from . import fast, ode, pc, reverse_sde  # noqa: F401  (registration)
-from .base import CountingScore, SampleResult, Sampling, get_sampler, register_sampler, sampler_options, samplers
-from .grids import GRIDS, time_grid
+from .base import (CountingScore, SampleResult, Sampling, algorithm_options, get_sampler, grid_defaults, honours_constraint,
+                   register_sampler, sampler_options, samplers)
+from .grids import EDM_RHO, GRIDS, LOG_SNR_WARP, grid_settings, time_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .inpaint import INPAINT_METHODS, MASKS, inpaint, named_mask
-from .ode import ProbabilityFlow
 from .pc import correctors, predictors, register_corrector, register_predictor
 
 __all__ = [
@@ -40,6 +47,7 @@ __all__ = [
     "register_corrector",
     "time_grid",
     "GRIDS",
+    "grid_defaults",
     "ProbabilityFlow",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
@@ -68,42 +76,62 @@ def sample(
     sampler: str = "pc",
     *,
     steps: int | None = None,
+    schedule: str | Sequence[float] | Tensor | None = None,
+    t_min: float | None = None,
+    rho: float = EDM_RHO,
+    warp: float = LOG_SNR_WARP,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
     return_trajectory: bool = False,
-    x_T: torch.Tensor | None = None,
+    x_T: Tensor | None = None,
+    constraint: Callable[[Tensor, float], Tensor] | None = None,
     **options: Any,
 ) -> SampleResult:
     r"""Draw samples ``[B, ...]`` of the data distribution by reversing ``sde`` with ``score_fn``.
 
     The prior draw $x_T \sim \mathcal N(0, \text{prior\_std}^2 I)$ (or the given ``x_T``) is carried
-    from ``T`` to a small time ``eps`` by the named sampler, then by default denoised with Tweedie's
-    formula $\hat x_0 = (x + \sigma^2 s_\theta)/\alpha$.
+    from ``T`` to a small time ``t_min`` by the named sampler on the time grid
+    ``time_grid(sde, steps, schedule, t_min, rho, warp)``, then by default denoised with Tweedie's formula
+    $\hat x_0 = (x + \sigma^2 s_\theta)/\alpha$.
 
     Args:
         sde: the forward process the score belongs to.
         score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``.
         shape: ``[B, ...]`` of the samples.
         sampler: a name from `samplers` (an unknown name raises, listing the valid ones).
-        steps: number of steps of the sampler's time grid (each sampler has its own default).
+        steps: number of steps of the time grid (each sampler declares its default).
+        schedule: the grid's spacing (a name from ``GRIDS``; each sampler declares its default), or a strictly
+            decreasing sequence of times in ``(0, T]`` (then ``steps`` and ``t_min`` are not used).
+        t_min: the grid's last time (default ``sde.sampling_t_min``); ``eps=`` is its deprecated name.
+        rho: the exponent of the ``edm`` schedule.
+        warp: the exponent of the ``log_snr_warped`` schedule.
         generator: the only source of randomness (prior draw and every noise), for reproducibility.
         device: of the samples (default: the generator's device).
         dtype: of the samples (default: torch's default dtype).
-        progress: show a progress bar over the steps.
+        progress: show a progress bar over the steps (when the output is a terminal).
         return_trajectory: keep the states on the time grid in ``result.trajectory``.
         x_T: start from this prior draw instead of sampling one (e.g. to compare samplers on the same noise).
+        constraint: ``constraint(x, t) -> x`` applied after every step (e.g. inpainting's replacement of the
+            known part); only samplers that step state by state accept one (``pc``, ``ddim``).
         **options: the sampler's own options (see `sampler_options`); unknown ones raise.
     """
-    fn = get_sampler(sampler)
-    valid = sampler_options(sampler)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {sampler!r}; valid options are: {', '.join(valid)}")
+    t_min = renamed_t_min(t_min, options.pop("eps", None), "sample")
     check_sde(sde)
-    if steps is not None:
-        options["steps"] = steps
+    own = algorithm_options(sampler)
+    unknown = sorted(set(options) - set(own))
+    if unknown:
+        valid = ", ".join(sampler_options(sampler))
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {sampler!r}; valid options are: {valid}")
+    if constraint is not None and not honours_constraint(sampler):
+        accepting = ", ".join(name for name in samplers() if honours_constraint(name))
+        raise ValueError(f"sampler {sampler!r} does not apply a constraint after its steps; samplers that do: {accepting}")
+    resolved = {**own, **options}
+    defaults = grid_defaults(sampler)
+    schedule = defaults.schedule if schedule is None else schedule
+    steps = defaults.resolve_steps(resolved) if steps is None else steps
+    grid = time_grid(sde, steps, schedule, t_min, rho, warp)
     if x_T is None:
         shape = _check_shape(shape)
         if device is None and generator is not None:
@@ -114,11 +142,14 @@ def sample(
         if tuple(x_T.shape) != _check_shape(shape):
             raise ValueError(f"x_T must have the requested shape {tuple(shape)}, got {tuple(x_T.shape)}")
     score = CountingScore(score_fn)
-    run = Sampling(sde, score, generator, progress, return_trajectory)
+    run = Sampling(sde, score, generator, progress, return_trajectory, constraint)
     with torch.no_grad():
-        x = fn(run, x_T, **options)
+        x = get_sampler(sampler)(run, x_T, grid, **options)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"sampler {sampler!r} produced non-finite samples: the score or the sampler diverged on this grid "
+                         f"({len(grid) - 1} steps); check the model's score, or take more steps")
     trajectory, times = run.trajectory()
-    settings = {**valid, **options, "steps": options.get("steps", valid.get("steps"))}
+    settings = {**resolved, **grid_settings(grid, schedule, rho, warp)}
     settings = {k: (v if isinstance(v, (int, str, bool, type(None))) or (isinstance(v, float) and math.isfinite(v)) else repr(v))
                 for k, v in settings.items()}
     return SampleResult(x=x, nfe=score.calls, trajectory=trajectory, times=times, sampler=sampler, settings=settings)

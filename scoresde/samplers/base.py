@@ -1,8 +1,9 @@
-r"""What every sampler shares: the result type, the counted score, the sampler registry and the helpers
-for noise, trajectories, progress and the final denoising step.
+r"""What every sampler shares: the result type, the counted score, the sampler registry (with each sampler's
+grid defaults) and the helpers for noise, trajectories, progress and the final denoising step.
 
 Symbols: ``x`` state ``[B, ...]``, ``t`` time ``[B]``, ``score`` $\nabla_x\log p_t(x)$,
-``x0_hat`` the denoised estimate $\hat x_0 = (x + \sigma(t)^2\,\text{score})/\alpha(t)$ (Tweedie).
+``x0_hat`` the denoised estimate $\hat x_0 = (x + \sigma(t)^2\,\text{score})/\alpha(t)$ (Tweedie),
+``grid`` the decreasing times $T = t_0 > \dots > t_N = t_{min}$ a sampler runs on.
 """
 
 from __future__ import annotations
@@ -13,17 +14,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .._checks import check_in_registry, expand_to, registering
+from .._checks import check_in_registry, expand_to, progress_bar, registering, standard_normal_like
 from ..sde import SDE, ScoreFn, evaluate_score
 
-__all__ = ["SampleResult", "CountingScore", "Sampling", "register_sampler", "samplers", "get_sampler", "standard_normal_like"]
-
-
-def standard_normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    r"""$z \sim \mathcal N(0, I)$ shaped like ``x`` (its dtype and device), drawn from ``generator``."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+__all__ = ["SampleResult", "CountingScore", "Sampling", "GridDefaults", "register_sampler", "samplers", "get_sampler",
+           "sampler_options", "grid_defaults", "honours_constraint", "standard_normal_like"]
 
 
 @dataclass
@@ -38,7 +34,7 @@ class SampleResult:
             returned samples), when ``return_trajectory=True``; else ``None``.
         times: the times ``[K]`` of ``trajectory`` (the final denoised state is reported at ``t = 0``).
         sampler: the sampler's registered name.
-        settings: every option that produced the samples (defaults filled in), JSON-safe.
+        settings: every option that produced the samples (defaults and the time grid filled in), JSON-safe.
     """
 
     x: Tensor
@@ -54,7 +50,10 @@ class SampleResult:
 
 
 class CountingScore:
-    """Wraps a ``score_fn``: counts every call and checks each output (shape, finiteness) with the time."""
+    """Wraps a ``score_fn``: counts every call and checks the first output (type, shape, finiteness, with the time).
+
+    The boundary (`scoresde.sample`, the likelihoods) validates once; later calls are not checked again, so a
+    loop costs no host synchronisation per step (a sampler checks its result at the end instead)."""
 
     def __init__(self, score_fn: ScoreFn) -> None:
         if not callable(score_fn):
@@ -64,14 +63,19 @@ class CountingScore:
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
-        return evaluate_score(self.score_fn, x, t)
+        if self.calls == 1:
+            return evaluate_score(self.score_fn, x, t)
+        return self.score_fn(x, t)
 
 
 class Sampling:
-    """The context a sampler runs in: the SDE, the counted score, randomness, progress and the trajectory.
+    """The context a sampler runs in: the SDE, the counted score, randomness, progress, the trajectory and
+    an optional constraint.
 
-    A sampler is a function ``fn(run: Sampling, x: Tensor, **options) -> Tensor`` taking the prior draw
-    ``x`` at ``T`` and returning the samples; it reports states with `record`.
+    A sampler is a function ``fn(run: Sampling, x: Tensor, grid: Tensor, **options) -> Tensor`` taking the
+    prior draw ``x`` at ``grid[0] = T`` and returning the samples at ``grid[-1]`` (denoised when it asks);
+    ``grid`` is float64 on the CPU (for the step coefficients), and `times` gives it in ``x``'s dtype and
+    device (for the ``t [B]`` the score sees). It reports states with `record`.
     """
 
     def __init__(self, sde: SDE, score: CountingScore, generator: torch.Generator | None, progress: bool, record: bool,
@@ -83,6 +87,11 @@ class Sampling:
         self.progress = progress
         self._times: list[float] | None = [] if record else None
         self._states: list[Tensor] = []
+
+    @staticmethod
+    def times(grid: Tensor, x: Tensor) -> Tensor:
+        """The grid in the dtype and on the device of ``x`` (built once; ``times[i].expand(B)`` is the step's ``t``)."""
+        return grid.to(dtype=x.dtype, device=x.device)
 
     def batch_time(self, t: float | Tensor, x: Tensor) -> Tensor:
         """``t`` as a ``[B]`` tensor in the dtype and on the device of ``x``."""
@@ -98,8 +107,8 @@ class Sampling:
         return (x + expand_to(self.sde.sigma(t) ** 2, x) * score) / expand_to(self.sde.alpha(t), x)
 
     def steps(self, n: int, desc: str) -> Iterable[int]:
-        """``range(n)``, with a tqdm progress bar when the run asked for one."""
-        return tqdm(range(n), desc=desc, leave=False) if self.progress else range(n)
+        """``range(n)``, with a tqdm progress bar when the run asked for one (and the output is a terminal)."""
+        return progress_bar(range(n), desc, self.progress, leave=False)
 
     def constrain(self, x: Tensor, t: float) -> Tensor:
         """``x`` after the run's constraint at time ``t`` (inpainting: the known part replaced by data noised to ``t``);
@@ -125,17 +134,42 @@ class Sampling:
         return torch.stack(self._states), torch.tensor(self._times, dtype=torch.float64)
 
 
-SamplerFn = Callable[..., Tensor]
-_SAMPLERS: dict[str, SamplerFn] = {}
+@dataclass(frozen=True)
+class GridDefaults:
+    """The time grid a sampler runs on unless told otherwise: ``steps`` (an int, or a function of the sampler's
+    resolved options, e.g. the ODE's 1 interval when adaptive and 100 steps when fixed-grid) and ``schedule``
+    (a name from `scoresde.samplers.GRIDS`)."""
+
+    steps: int | Callable[[dict], int]
+    schedule: str = "uniform"
+
+    def resolve_steps(self, options: dict) -> int:
+        return self.steps(options) if callable(self.steps) else self.steps
 
 
-def register_sampler(name: str) -> Callable[[SamplerFn], SamplerFn]:
-    """Decorator adding a sampler ``fn(run: Sampling, x, *, steps, ..., **options) -> Tensor`` to the registry.
+@dataclass(frozen=True)
+class _Entry:
+    fn: Callable[..., Tensor]
+    grid: GridDefaults
+    constraint: bool
 
-    Its keyword-only parameters (with defaults) are the options `scoresde.sample` accepts for it.
-    """
 
-    return registering("sampler", _SAMPLERS, name)
+_SAMPLERS: dict[str, _Entry] = {}
+
+
+def register_sampler(name: str, *, steps: int | Callable[[dict], int], schedule: str = "uniform",
+                     constraint: bool = False) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator adding a sampler ``fn(run: Sampling, x, grid, *, ...options) -> Tensor`` to the registry.
+
+    Its keyword-only parameters (with defaults) are the options `scoresde.sample` accepts for it; ``steps`` and
+    ``schedule`` are the defaults of the grid `scoresde.sample` builds for it; ``constraint`` says that the
+    sampler applies `Sampling.constrain` after every step (only those accept a constraint)."""
+
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        registering("sampler", _SAMPLERS, name)(_Entry(fn, GridDefaults(steps, schedule), constraint))
+        return fn
+
+    return register
 
 
 def samplers() -> list[str]:
@@ -143,12 +177,37 @@ def samplers() -> list[str]:
     return sorted(_SAMPLERS)
 
 
-def get_sampler(name: str) -> SamplerFn:
-    """The sampler registered as ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
+def _entry(name: str) -> _Entry:
     return _SAMPLERS[check_in_registry("sampler", name, list(_SAMPLERS))]
 
 
-def sampler_options(name: str) -> dict[str, Any]:
-    """The options of a sampler and their defaults."""
+def get_sampler(name: str) -> Callable[..., Tensor]:
+    """The sampler registered as ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
+    return _entry(name).fn
+
+
+def grid_defaults(name: str) -> GridDefaults:
+    """The default time grid (steps, schedule) of a sampler."""
+    return _entry(name).grid
+
+
+def honours_constraint(name: str) -> bool:
+    """Whether the sampler applies a constraint (e.g. inpainting's replacement) after every step."""
+    return _entry(name).constraint
+
+
+def algorithm_options(name: str) -> dict[str, Any]:
+    """The sampler's own options (its algorithm's knobs) and their defaults, without the grid's."""
     params = inspect.signature(get_sampler(name)).parameters.values()
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def sampler_options(name: str) -> dict[str, Any]:
+    """Every option `scoresde.sample` takes for this sampler, with its default: the grid's (``steps``,
+    ``schedule``, ``t_min``, ``rho``, ``warp``) and the algorithm's own."""
+    from .grids import grid_options
+
+    options = algorithm_options(name)
+    grid = grid_defaults(name)
+    steps = grid.steps if not callable(grid.steps) else grid.resolve_steps(options)
+    return {**grid_options(steps, grid.schedule), **options}

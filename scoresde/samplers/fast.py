@@ -5,8 +5,9 @@ on VP, sub-VP and VE. Each model evaluation is turned into a data prediction (Tw
 
 $$\hat x_0(x, t) = \frac{x + \sigma(t)^2 s_\theta(x, t)}{\alpha(t)}, \qquad \hat\epsilon = \frac{x - \alpha(t)\hat x_0}{\sigma(t)} = -\sigma(t)\, s_\theta(x, t).$$
 
-Grids have ``steps + 1`` times from ``T`` to ``eps``; ``denoise`` adds Tweedie's $\hat x_0$ at ``eps``
-(one NFE, the same final step as EDM's Euler step to $\sigma = 0$).
+Each runs on the grid ``T = t_0 > ... > t_N = t_min`` it is handed (any grid works with any solver; the
+registry declares each one's default); ``denoise`` adds Tweedie's $\hat x_0$ at ``t_min`` (one NFE, the same
+final step as EDM's Euler step to $\sigma = 0$).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from torch import Tensor
 
 from .._checks import check_in_registry, check_positive
 from .base import Sampling, register_sampler
-from .grids import time_grid
 
 __all__ = ["ddim", "heun", "dpm_solver", "unipc"]
 
@@ -28,12 +28,11 @@ def _coefficients(run: Sampling, grid: Tensor) -> tuple[list[float], list[float]
     return run.sde.alpha(grid).tolist(), run.sde.sigma(grid).tolist()
 
 
-def _multistep_grid(run: Sampling, steps: int, schedule, eps) -> tuple[Tensor, list[float], list[float], list[float]]:
-    r"""The grid of a multistep solver and, on it, $\alpha_i$, $\sigma_i$ and
-    $\lambda_i = \log(\alpha_i/\sigma_i)$ (half the log-SNR), as Python floats from float64."""
-    grid = time_grid(run.sde, steps, schedule, eps)
+def _multistep_coefficients(run: Sampling, grid: Tensor) -> tuple[list[float], list[float], list[float]]:
+    r"""On the grid of a multistep solver: $\alpha_i$, $\sigma_i$ and $\lambda_i = \log(\alpha_i/\sigma_i)$
+    (half the log-SNR), as Python floats from float64."""
     alphas, sigmas = _coefficients(run, grid)
-    return grid, alphas, sigmas, (0.5 * run.sde.log_snr(grid)).tolist()
+    return alphas, sigmas, (0.5 * run.sde.log_snr(grid)).tolist()
 
 
 def _multistep_order(order: int, i: int, steps: int, lower_order_final: bool) -> int:
@@ -42,42 +41,41 @@ def _multistep_order(order: int, i: int, steps: int, lower_order_final: bool) ->
     return min(order, i + 1, steps - i if lower_order_final else order)
 
 
-@register_sampler("ddim")
-def ddim(run: Sampling, x: Tensor, *, steps: int = 50, eta: float = 0.0, eps: float | None = None, denoise: bool = True, schedule: str = "uniform") -> Tensor:
+@register_sampler("ddim", steps=50, schedule="uniform", constraint=True)
+def ddim(run: Sampling, x: Tensor, grid: Tensor, *, eta: float = 0.0, denoise: bool = True) -> Tensor:
     r"""DDIM (Song, Meng & Ermon 2021, Eq. 12) from ``t`` to ``s < t``:
 
     $$x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\epsilon + c z, \qquad c = \eta\,\frac{\sigma_s}{\sigma_t}\sqrt{\sigma_t^2 - \alpha_t^2\sigma_s^2/\alpha_s^2},$$
 
     deterministic (the probability-flow ODE's first-order exponential integrator) at ``eta = 0``,
-    DDPM ancestral sampling at ``eta = 1``. NFE = ``steps + denoise``."""
+    DDPM ancestral sampling at ``eta = 1``. Applies the run's constraint after every step (inpainting).
+    NFE = ``N + denoise``."""
     eta = check_positive("eta", eta, strict=False)
-    grid = time_grid(run.sde, steps, schedule, eps)
-    steps = len(grid) - 1
+    times, t_values = run.times(grid, x), grid.tolist()
     alphas, sigmas = _coefficients(run, grid)
     sigmas_ts = run.sde.transition(grid[:-1], grid[1:])[1].tolist()  # sigma_{t|s} of each step
-    run.record(grid[0], x)
-    for i in run.steps(steps, "ddim"):
-        x0 = run.x0_hat(x, run.batch_time(grid[i], x))
+    x = run.constrain(x, t_values[0])
+    run.record(t_values[0], x)
+    for i in run.steps(len(t_values) - 1, "ddim"):
+        x0 = run.x0_hat(x, times[i].expand(x.shape[0]))
         eps_hat = (x - alphas[i] * x0) / sigmas[i]
         s_s = sigmas[i + 1]
         c = min(eta * sigmas_ts[i] * s_s / sigmas[i], s_s)
         x = alphas[i + 1] * x0 + math.sqrt(s_s**2 - c**2) * eps_hat
         if c > 0:
             x = x + c * run.noise_like(x)
-        run.record(grid[i + 1], x)
-    return run.finish(x, float(grid[-1]), denoise)
+        x = run.constrain(x, t_values[i + 1])
+        run.record(t_values[i + 1], x)
+    return run.finish(x, t_values[-1], denoise)
 
 
-@register_sampler("heun")
+@register_sampler("heun", steps=18, schedule="edm")
 def heun(
     run: Sampling,
     x: Tensor,
+    grid: Tensor,
     *,
-    steps: int = 18,
-    eps: float | None = None,
     denoise: bool = True,
-    schedule: str = "edm",
-    rho: float = 7.0,
     s_churn: float = 0.0,
     s_tmin: float = 0.0,
     s_tmax: float = math.inf,
@@ -92,48 +90,47 @@ def heun(
     with stochastic churn $\hat\sigma_i = \tilde\sigma_i(1 + \gamma_i)$,
     $\gamma_i = \min(S_{churn}/N, \sqrt2 - 1)$ for $\tilde\sigma_i \in [S_{tmin}, S_{tmax}]$
     and fresh noise of std $S_{noise}\sqrt{\hat\sigma_i^2 - \tilde\sigma_i^2}$ (``s_churn = 0``:
-    deterministic). NFE = ``2 * steps + denoise``."""
+    deterministic). NFE = ``2 N + denoise``."""
     for name, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)):
         check_positive(name, value, strict=False)
     if not s_tmax >= s_tmin:
         raise ValueError(f"s_tmax must be >= s_tmin = {s_tmin:g}, got {s_tmax!r}")
     sde = run.sde
-    grid = time_grid(sde, steps, schedule, eps, rho)
     steps = len(grid) - 1
     alphas, _ = _coefficients(run, grid)
     sig = torch.exp(-0.5 * sde.log_snr(grid)).tolist()  # sigma tilde = sigma / alpha
     gamma_max = min(s_churn / steps, math.sqrt(2.0) - 1.0)
 
-    def slope(x_scaled: Tensor, t: Tensor, alpha: float, sigma_tilde: float) -> Tensor:
-        return (x_scaled - run.x0_hat(alpha * x_scaled, run.batch_time(t, x_scaled))) / sigma_tilde
+    times, t_values = run.times(grid, x), grid.tolist()
 
-    run.record(grid[0], x)
+    def slope(x_scaled: Tensor, t: Tensor, alpha: float, sigma_tilde: float) -> Tensor:
+        return (x_scaled - run.x0_hat(alpha * x_scaled, t)) / sigma_tilde
+
+    run.record(t_values[0], x)
     xs = x / alphas[0]
     for i in run.steps(steps, "heun"):
-        t_hat, a_hat, sig_hat = grid[i], alphas[i], sig[i]
+        t_hat, a_hat, sig_hat = times[i].expand(x.shape[0]), alphas[i], sig[i]
         if gamma_max > 0 and s_tmin <= sig[i] <= s_tmax:
             sig_hat = min(sig[i] * (1 + gamma_max), sig[0])
-            t_hat = sde.t_from_log_snr(torch.tensor(-2.0 * math.log(sig_hat), dtype=torch.float64))
-            a_hat = float(sde.alpha(t_hat))
+            t_churn = sde.t_from_log_snr(torch.tensor(-2.0 * math.log(sig_hat), dtype=torch.float64))
+            t_hat, a_hat = run.batch_time(t_churn, x), float(sde.alpha(t_churn))
             xs = xs + s_noise * math.sqrt(max(sig_hat**2 - sig[i] ** 2, 0.0)) * run.noise_like(xs)
         d = slope(xs, t_hat, a_hat, sig_hat)
         x_euler = xs + (sig[i + 1] - sig_hat) * d
-        d_next = slope(x_euler, grid[i + 1], alphas[i + 1], sig[i + 1])
+        d_next = slope(x_euler, times[i + 1].expand(x.shape[0]), alphas[i + 1], sig[i + 1])
         xs = xs + (sig[i + 1] - sig_hat) * 0.5 * (d + d_next)
-        run.record(grid[i + 1], alphas[i + 1] * xs)
-    return run.finish(alphas[-1] * xs, float(grid[-1]), denoise)
+        run.record(t_values[i + 1], alphas[i + 1] * xs)
+    return run.finish(alphas[-1] * xs, t_values[-1], denoise)
 
 
-@register_sampler("dpm_solver")
+@register_sampler("dpm_solver", steps=20, schedule="log_snr")
 def dpm_solver(
     run: Sampling,
     x: Tensor,
+    grid: Tensor,
     *,
-    steps: int = 20,
     order: int = 2,
-    eps: float | None = None,
     denoise: bool = True,
-    schedule: str = "log_snr",
     lower_order_final: bool = True,
 ) -> Tensor:
     r"""DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++", Algorithm 2 and its third-order variant)
@@ -144,14 +141,14 @@ def dpm_solver(
 
     for ``order = 2`` (2M); ``order = 1`` is DDIM; ``order = 3`` adds the second divided difference
     (3M). The first steps warm up with lower orders; with ``lower_order_final`` the last steps drop to the
-    order the remaining steps allow, which keeps few-step runs stable. NFE = ``steps + denoise``."""
+    order the remaining steps allow, which keeps few-step runs stable. NFE = ``N + denoise``."""
     check_in_registry("dpm_solver order", str(order), ["1", "2", "3"])
-    grid, alphas, sigmas, lam = _multistep_grid(run, steps, schedule, eps)
-    steps = len(grid) - 1
+    alphas, sigmas, lam = _multistep_coefficients(run, grid)
+    times, t_values, steps = run.times(grid, x), grid.tolist(), len(grid) - 1
     x0s: list[Tensor] = []
-    run.record(grid[0], x)
+    run.record(t_values[0], x)
     for i in run.steps(steps, f"dpm_solver++ {order}M"):
-        x0s = (x0s + [run.x0_hat(x, run.batch_time(grid[i], x))])[-3:]
+        x0s = (x0s + [run.x0_hat(x, times[i].expand(x.shape[0]))])[-3:]
         k = _multistep_order(order, i, steps, lower_order_final)
         h = lam[i + 1] - lam[i]
         phi1 = math.expm1(-h)
@@ -170,8 +167,8 @@ def dpm_solver(
                 phi3 = phi2 / h - 0.5
                 x_next = x_next + alphas[i + 1] * phi2 * d1 - alphas[i + 1] * phi3 * d2
         x = x_next
-        run.record(grid[i + 1], x)
-    return run.finish(x, float(grid[-1]), denoise)
+        run.record(t_values[i + 1], x)
+    return run.finish(x, t_values[-1], denoise)
 
 
 def _unipc_coefficients(rks: list[float], h: float) -> tuple[Tensor, Tensor, float, float]:
@@ -192,16 +189,14 @@ def _unipc_coefficients(rks: list[float], h: float) -> tuple[Tensor, Tensor, flo
     return torch.stack(rows), torch.tensor(b, dtype=torch.float64), phi1, phi1
 
 
-@register_sampler("unipc")
+@register_sampler("unipc", steps=20, schedule="log_snr_warped")
 def unipc(
     run: Sampling,
     x: Tensor,
+    grid: Tensor,
     *,
-    steps: int = 20,
     order: int = 2,
-    eps: float | None = None,
     denoise: bool = True,
-    schedule: str = "log_snr_warped",
     lower_order_final: bool = True,
     corrector: bool = True,
 ) -> Tensor:
@@ -213,23 +208,23 @@ def unipc(
     then the corrector UniC, which reuses the model evaluation at $\tilde x_{i+1}$ (needed for the
     next step anyway) to raise the order by one at no extra NFE; it is skipped after the last step.
     ``order`` is UniP's order (1–3); warm-up and ``lower_order_final`` as in `dpm_solver`.
-    NFE = ``steps + denoise``."""
+    NFE = ``N + denoise``."""
     check_in_registry("unipc order", str(order), ["1", "2", "3"])
-    grid, alphas, sigmas, lam = _multistep_grid(run, steps, schedule, eps)
-    steps = len(grid) - 1
+    alphas, sigmas, lam = _multistep_coefficients(run, grid)
+    times, t_values, steps = run.times(grid, x), grid.tolist(), len(grid) - 1
     x0s: list[Tensor] = []  # data predictions at grid points i - len + 1 ... i
     x_prev, k_prev = x, 1
-    run.record(grid[0], x)
+    run.record(t_values[0], x)
     for i in run.steps(steps, f"unipc-{order}"):
-        x0_new = run.x0_hat(x, run.batch_time(grid[i], x))
+        x0_new = run.x0_hat(x, times[i].expand(x.shape[0]))
         if i > 0 and corrector:
             x = _unic(x_prev, x0s, x0_new, lam, alphas, sigmas, i, k_prev)
         x0s = (x0s + [x0_new])[-order:]
         k = _multistep_order(order, i, steps, lower_order_final)
         x_prev, k_prev = x, k
         x = _unip(x, x0s, lam, alphas, sigmas, i, k)
-        run.record(grid[i + 1], x)
-    return run.finish(x, float(grid[-1]), denoise)
+        run.record(t_values[i + 1], x)
+    return run.finish(x, t_values[-1], denoise)
 
 
 def _unip(x: Tensor, x0s: list[Tensor], lam: list[float], alphas: list[float], sigmas: list[float], i: int, k: int) -> Tensor:

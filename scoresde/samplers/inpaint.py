@@ -26,9 +26,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_in_registry, expand_to
+from .._checks import check_finite, check_in_registry, expand_to, progress_bar, renamed_t_min, standard_normal_like
 from ..sde import SDE, ScoreFn, check_sde
-from .base import CountingScore, SampleResult, Sampling, get_sampler, standard_normal_like
+from .base import CountingScore, SampleResult
+from .grids import time_grid
 
 __all__ = ["inpaint", "named_mask", "MASKS", "INPAINT_METHODS"]
 
@@ -68,10 +69,11 @@ def inpaint(
     predictor: str = "reverse_diffusion",
     snr: float = 0.16,
     corrector_steps: int = 1,
-    eps: float | None = None,
+    t_min: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
     return_trajectory: bool = False,
+    eps: float | None = None,
 ) -> SampleResult:
     r"""Complete ``x_known [B, ...]`` where ``known`` (bool, ``[B, ...]`` or one sample's ``[...]``) is ``False``.
 
@@ -85,15 +87,16 @@ def inpaint(
         known: the observed entries (``True``).
         method: ``"replacement"`` (predictor only), ``"pc"`` (with Langevin corrector steps) or ``"smc"``
             (SMCDiff: the batch is the particle population of one observation; returns draws from it).
-        steps: predictor steps on a uniform grid from ``T`` to ``eps``.
+        steps: predictor steps on a uniform grid from ``T`` to ``t_min``.
         predictor: a registered predictor.
         snr: the Langevin corrector's signal-to-noise ratio.
         corrector_steps: Langevin steps per level (``method="pc"``).
-        eps: the last time (default ``sde.sampling_eps``).
+        t_min: the last time (default ``sde.sampling_t_min``; ``eps`` is its deprecated name).
         generator: the only source of randomness.
         progress: a progress bar over the steps.
         return_trajectory: keep the states on the grid.
     """
+    t_min = renamed_t_min(t_min, eps, "inpaint")
     check_sde(sde)
     check_in_registry("inpainting method", method, INPAINT_METHODS)
     check_finite("x_known", x_known)
@@ -109,44 +112,36 @@ def inpaint(
 
     def replace(x: Tensor, t: float) -> Tensor:
         t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-        mean, std = sde.marginal_prob(x_known.to(x.dtype), t_batch)
-        noised = mean + expand_to(std, x) * standard_normal_like(x, generator)
-        return torch.where(known, noised, x)
+        return torch.where(known, sde.perturb(x_known.to(x.dtype), t_batch, standard_normal_like(x, generator)), x)
 
-    score = CountingScore(score_fn)
     if method == "smc":
-        x = _smc(sde, score, x_known, known, steps, eps, generator, progress)
-        settings = {"method": method, "steps": steps, "particles": x.shape[0], "eps": eps}
+        score = CountingScore(score_fn)
+        x = _smc(sde, score, x_known, known, steps, t_min, generator, progress)
+        settings = {"method": method, "steps": steps, "particles": x.shape[0], "t_min": sde.check_t_min(t_min)}
         return SampleResult(x=x, nfe=score.calls, sampler="inpaint (smc)", settings=settings)
-    run = Sampling(sde, score, generator, progress, return_trajectory, constraint=replace)
+    from . import sample
+
     x_T = sde.prior_sampling(tuple(x_known.shape), generator, device=x_known.device, dtype=x_known.dtype)
     corrector = "langevin" if method == "pc" else "none"
-    with torch.no_grad():
-        x = get_sampler("pc")(run, x_T, steps=steps, predictor=predictor, corrector=corrector, corrector_steps=corrector_steps,
-                              snr=snr, eps=eps)
-    x = torch.where(known, x_known.to(x.dtype), x)
-    trajectory, times = run.trajectory()
-    settings = {"method": method, "steps": steps, "predictor": predictor, "corrector": corrector, "corrector_steps": corrector_steps,
-                "snr": snr, "eps": eps}
-    return SampleResult(x=x, nfe=score.calls, trajectory=trajectory, times=times, sampler=f"inpaint ({method})", settings=settings)
+    result = sample(sde, score_fn, x_T.shape, "pc", steps=steps, t_min=t_min, generator=generator, progress=progress,
+                    return_trajectory=return_trajectory, x_T=x_T, constraint=replace, predictor=predictor, corrector=corrector,
+                    corrector_steps=corrector_steps, snr=snr)
+    result.x = torch.where(known, x_known.to(result.x.dtype), result.x)
+    result.sampler, result.settings = f"inpaint ({method})", {"method": method, **result.settings}
+    return result
 
 
-def _smc(sde: SDE, score: CountingScore, x_known: Tensor, known: Tensor, steps: int, eps: float | None,
+def _smc(sde: SDE, score: CountingScore, x_known: Tensor, known: Tensor, steps: int, t_min: float | None,
          generator: torch.Generator | None, progress: bool) -> Tensor:
     """SMCDiff with reverse-diffusion proposals; the batch is the particle population of one observation."""
-    from tqdm.auto import tqdm
-
-    from .grids import check_eps, time_grid
-
     if not (bool((known == known[:1]).all()) and bool((x_known[known] == x_known[:1].expand_as(x_known)[known]).all())):
         raise ValueError("method 'smc' treats the batch as particles of one observation: pass copies of one sample and one mask "
                          "(e.g. x.expand(n, ...)); inpaint several observations one call each")
-    B, grid = x_known.shape[0], time_grid(sde, steps, "uniform", check_eps(sde, eps)).to(x_known.dtype)
+    B, grid = x_known.shape[0], time_grid(sde, steps, "uniform", t_min).to(x_known.dtype)
     one = x_known[:1]
-    # one forward path of the known part, from the data at eps up to T, on the grid (T first)
+    # one forward path of the known part, from the data at t_min up to T, on the grid (T first)
     times = grid.flip(0)
-    mean, std = sde.marginal_prob(one, times[:1])
-    path = [mean + expand_to(std, one) * standard_normal_like(one, generator)]
+    path = [sde.perturb(one, times[:1], standard_normal_like(one, generator))]
     for s_, t_ in zip(times[:-1], times[1:]):
         a, sd = sde.transition(t_, s_)
         path.append(a * path[-1] + sd * standard_normal_like(one, generator))
@@ -155,9 +150,9 @@ def _smc(sde: SDE, score: CountingScore, x_known: Tensor, known: Tensor, steps: 
                                                                           dtype=x_known.dtype))
     log_w = torch.zeros(B, dtype=torch.float64, device=x.device)
     reverse = sde.reverse(score)
-    for i in tqdm(range(len(grid) - 1), desc="inpaint smc", leave=False, disable=not progress):
+    for i in progress_bar(range(len(grid) - 1), "inpaint smc", progress, leave=False):
         t, t_next = grid[i].expand(B), grid[i + 1].expand(B)
-        rev_f, rev_G = reverse.discretize(x, t, t - t_next)
+        rev_f, rev_G = reverse.step(x, t, t - t_next)
         mean, std = x - rev_f, expand_to(rev_G, x)
         residual = ((path[i + 1] - mean) / std).masked_fill(~known, 0.0)
         log_w = log_w - 0.5 * residual.pow(2).reshape(B, -1).sum(1).double()

@@ -1,8 +1,9 @@
 r"""Predictor–corrector sampling (Song et al. 2021, Section 4.2 and Algorithms 2–5).
 
 A *predictor* takes one reverse-time step ``t -> t_next`` of a numerical solver of the reverse SDE (or of
-the probability-flow ODE); a *corrector* then runs ``n_steps`` of score-based MCMC (Langevin dynamics)
-targeting $p_{t_{next}}$. Both return ``(x, x_mean)``: the new state and its noise-free part.
+the probability-flow ODE), given as the `ReverseSDE` the run builds once; a *corrector* then runs ``n_steps``
+of score-based MCMC (Langevin dynamics) targeting $p_{t_{next}}$. Both return ``(x, x_mean)``: the new state
+and its noise-free part. Neither validates anything: `scoresde.sample` did, once.
 
 Symbols: ``t`` current time ``[B]``, ``t_next < t`` the next one, ``score`` $s_\theta(x, t)$,
 $\alpha_{t|s} = \alpha(t)/\alpha(s)$ and $\sigma_{t|s}^2 = \sigma(t)^2 - \alpha_{t|s}^2\sigma(s)^2$
@@ -16,10 +17,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._checks import check_in_registry, check_positive, check_positive_int, expand_to, registering
-from ..sde import SDE, ScoreFn
-from .base import Sampling, register_sampler, standard_normal_like
-from .grids import time_grid
+from .._checks import check_in_registry, check_positive, check_positive_int, expand_to, registering, standard_normal_like
+from ..sde import SDE, ReverseSDE, ScoreFn
+from .base import Sampling, register_sampler
 
 __all__ = [
     "register_predictor",
@@ -48,7 +48,7 @@ def _registrar(table: dict, kind: str):
 
 
 register_predictor = _registrar(_PREDICTORS, "predictor")
-register_predictor.__doc__ = """Decorator registering ``fn(sde, score_fn, x, t, t_next, *, probability_flow, generator) -> (x, x_mean)``."""
+register_predictor.__doc__ = """Decorator registering ``fn(reverse: ReverseSDE, x, t, t_next, *, generator) -> (x, x_mean)``."""
 register_corrector = _registrar(_CORRECTORS, "corrector")
 register_corrector.__doc__ = """Decorator registering ``fn(sde, score_fn, x, t, *, snr, n_steps, generator) -> (x, x_mean)``."""
 
@@ -63,28 +63,30 @@ def correctors() -> list[str]:
     return sorted(_CORRECTORS)
 
 
+_NO_ANCESTRAL_FLOW = "predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion' or 'euler_maruyama'"
+
+
 # ---------------------------------------------------------------------- predictors
 @register_predictor("euler_maruyama")
-def euler_maruyama(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
+def euler_maruyama(reverse: ReverseSDE, x: Tensor, t: Tensor, t_next: Tensor, *, generator=None):
     r"""Reverse Euler–Maruyama (Song et al. 2021, Eq. 6) with $\Delta t = t_{next} - t < 0$:
     $x' = x + [f(t)x - g^2 s]\Delta t + g\sqrt{|\Delta t|}\,z$ (no noise, and $\tfrac12 g^2 s$, for the ODE)."""
-    drift, diffusion = sde.reverse(score_fn, probability_flow).sde(x, t)
     dt = expand_to(t_next - t, x)
-    x_mean = x + drift * dt
-    return x_mean + expand_to(diffusion, x) * torch.sqrt(-dt) * standard_normal_like(x, generator), x_mean
+    x_mean = x + reverse.drift(x, t) * dt
+    return x_mean + expand_to(reverse.diffusion(t), x) * torch.sqrt(-dt) * standard_normal_like(x, generator), x_mean
 
 
 @register_predictor("reverse_diffusion")
-def reverse_diffusion(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
+def reverse_diffusion(reverse: ReverseSDE, x: Tensor, t: Tensor, t_next: Tensor, *, generator=None):
     r"""Reverse diffusion (Song et al. 2021, Eq. 47): the forward discrete step ``(f, G)`` from ``t_next`` to
     ``t`` run backwards, $x' = x - f + G^2 s + G z$."""
-    rev_f, rev_G = sde.reverse(score_fn, probability_flow).discretize(x, t, t - t_next)
+    rev_f, rev_G = reverse.step(x, t, t - t_next)
     x_mean = x - rev_f
     return x_mean + expand_to(rev_G, x) * standard_normal_like(x, generator), x_mean
 
 
 @register_predictor("ancestral_sampling")
-def ancestral_sampling(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
+def ancestral_sampling(reverse: ReverseSDE, x: Tensor, t: Tensor, t_next: Tensor, *, generator=None):
     r"""Ancestral sampling: draw from the exact Gaussian posterior $q(x_s | x_t, \hat x_0)$, ``s = t_next``,
 
     $$x_s = \frac{x_t + \sigma_{t|s}^2\, s_\theta(x_t, t)}{\alpha_{t|s}} + \frac{\sigma_{t|s}\,\sigma(s)}{\sigma(t)}\, z .$$
@@ -93,17 +95,18 @@ def ancestral_sampling(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next
     $\tilde\beta_i$; for VE, SMLD's $x + (\sigma_i^2 - \sigma_{i-1}^2)s$ with variance
     $\sigma_{i-1}^2(\sigma_i^2 - \sigma_{i-1}^2)/\sigma_i^2$ (Song et al. 2021, Eqs. 45–46).
     """
-    if probability_flow:
-        raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion' or 'euler_maruyama'")
+    if reverse.probability_flow:
+        raise ValueError(_NO_ANCESTRAL_FLOW)
+    sde = reverse.forward
     alpha_ts, sigma_ts = sde.transition(t, t_next)
-    score = score_fn(x, t)
+    score = reverse.score_fn(x, t)
     x_mean = (x + expand_to(sigma_ts**2, x) * score) / expand_to(alpha_ts, x)
     std = sigma_ts * sde.sigma(t_next) / sde.sigma(t)
     return x_mean + expand_to(std, x) * standard_normal_like(x, generator), x_mean
 
 
 @register_predictor("none")
-def no_predictor(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, *, probability_flow: bool = False, generator=None):
+def no_predictor(reverse: ReverseSDE, x: Tensor, t: Tensor, t_next: Tensor, *, generator=None):
     """No predictor: the state is carried to ``t_next`` unchanged (corrector-only sampling)."""
     return x, x
 
@@ -155,25 +158,23 @@ def no_corrector(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, *, snr: floa
 
 
 # ---------------------------------------------------------------------- the sampler
-@register_sampler("pc")
+@register_sampler("pc", steps=1000, schedule="uniform", constraint=True)
 def pc_sampler(
     run: Sampling,
     x: Tensor,
+    grid: Tensor,
     *,
-    steps: int = 1000,
     predictor: str = "reverse_diffusion",
     corrector: str = "langevin",
     corrector_steps: int = 1,
     snr: float = 0.16,
-    eps: float | None = None,
     denoise: bool = True,
     probability_flow: bool = False,
-    schedule: str = "uniform",
 ) -> Tensor:
-    r"""Predictor–corrector sampling (Song et al. 2021, Algorithm 1): on a grid ``T = t_0 > ... > t_N = eps``,
+    r"""Predictor–corrector sampling (Song et al. 2021, Algorithm 1): on the grid ``T = t_0 > ... > t_N = t_min``,
     for each i a predictor step $t_i \to t_{i+1}$, then ``corrector_steps`` corrector steps at
-    $t_{i+1}$; finally Tweedie's $\hat x_0$ at ``eps`` when ``denoise``.
-    NFE = ``steps * (1 + corrector_steps) + denoise`` (predictor ``none`` or corrector ``none`` cost nothing)."""
+    $t_{i+1}$; finally Tweedie's $\hat x_0$ at ``t_min`` when ``denoise``.
+    NFE = ``N * (1 + corrector_steps) + denoise`` (predictor ``none`` or corrector ``none`` cost nothing)."""
     predict = _PREDICTORS[check_in_registry("predictor", predictor, list(_PREDICTORS))]
     correct = _CORRECTORS[check_in_registry("corrector", corrector, list(_CORRECTORS))]
     if predictor == "none" and corrector == "none":
@@ -181,18 +182,17 @@ def pc_sampler(
     corrector_steps = check_positive_int("corrector_steps", corrector_steps)
     snr = check_positive("snr", snr)
     if predictor == "ancestral_sampling" and probability_flow:
-        raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion' or 'euler_maruyama'")
-    grid = time_grid(run.sde, steps, schedule, eps)
-    steps = len(grid) - 1
-    x = run.constrain(x, float(grid[0]))
-    run.record(grid[0], x)
-    for i in run.steps(steps, f"pc {predictor}+{corrector}"):
-        t, t_next = run.batch_time(grid[i], x), run.batch_time(grid[i + 1], x)
-        x, _ = predict(run.sde, run.score, x, t, t_next, probability_flow=probability_flow, generator=run.generator)
-        x = run.constrain(x, float(grid[i + 1]))
+        raise ValueError(_NO_ANCESTRAL_FLOW)
+    reverse = run.sde.reverse(run.score, probability_flow)
+    times, t_values = run.times(grid, x), grid.tolist()
+    x = run.constrain(x, t_values[0])
+    run.record(t_values[0], x)
+    for i in run.steps(len(t_values) - 1, f"pc {predictor}+{corrector}"):
+        t, t_next = times[i].expand(x.shape[0]), times[i + 1].expand(x.shape[0])
+        x, _ = predict(reverse, x, t, t_next, generator=run.generator)
+        x = run.constrain(x, t_values[i + 1])
         if corrector != "none":
             x, _ = correct(run.sde, run.score, x, t_next, snr=snr, n_steps=corrector_steps, generator=run.generator)
-            x = run.constrain(x, float(grid[i + 1]))
-        run.record(grid[i + 1], x)
-    return run.finish(x, float(grid[-1]), denoise)
-
+            x = run.constrain(x, t_values[i + 1])
+        run.record(t_values[i + 1], x)
+    return run.finish(x, t_values[-1], denoise)

@@ -23,7 +23,6 @@ from torch import Tensor
 from .._checks import check_in_registry, expand_to
 from ..sde import ScoreFn, SDE
 from .base import Sampling, register_sampler
-from .grids import check_eps, time_grid
 
 __all__ = ["sde_sampler", "SDE_METHODS"]
 
@@ -49,35 +48,40 @@ class _ReverseInTau(torch.nn.Module):
         return (self.T - tau).clamp(min=0.0).to(y.dtype).expand(y.shape[0])
 
     def f(self, tau: Tensor, y: Tensor) -> Tensor:
-        drift, _ = self.reverse.sde(y.reshape(self.shape), self._t(tau, y))
-        return -drift.reshape(y.shape)
+        return -self.reverse.drift(y.reshape(self.shape), self._t(tau, y)).reshape(y.shape)
 
     def g(self, tau: Tensor, y: Tensor) -> Tensor:
-        diffusion = self.reverse.forward.sde(y[:, :1], self._t(tau, y))[1]
-        return expand_to(diffusion, y).expand_as(y)
+        return expand_to(self.reverse.diffusion(self._t(tau, y)), y).expand_as(y)
 
 
-@register_sampler("sde")
+def _check_uniform(grid: Tensor) -> None:
+    """torchsde steps with one fixed ``dt``: the grid must be uniform in t."""
+    spacing = grid[:-1] - grid[1:]
+    if float((spacing - spacing.mean()).abs().max()) > 1e-9 * float(spacing.mean()):
+        raise ValueError("the 'sde' sampler steps with torchsde's fixed dt, so it takes a grid uniform in t "
+                         "(schedule='uniform'); for other grids use 'pc' with predictor='euler_maruyama'")
+
+
+@register_sampler("sde", steps=1000, schedule="uniform")
 def sde_sampler(
     run: Sampling,
     x: Tensor,
+    grid: Tensor,
     *,
-    steps: int = 1000,
     method: str = "euler",
-    eps: float | None = None,
     denoise: bool = True,
 ) -> Tensor:
-    r"""Solve the reverse-time SDE from ``T`` to ``eps`` with torchsde (fixed step ``(T - eps)/steps``;
-    the Brownian motion is a ``BrownianInterval`` seeded from the run's generator, so a seed reproduces
-    the samples). NFE: the drift evaluations the method made (1 per step for ``euler``), plus ``denoise``."""
+    r"""Solve the reverse-time SDE from ``T`` to ``t_min`` with torchsde on a uniform grid (fixed step
+    $(T - t_{min})/N$; the Brownian motion is a ``BrownianInterval`` seeded from the run's generator, so a seed
+    reproduces the samples). NFE: the drift evaluations the method made (1 per step for ``euler``, and the
+    one torchsde's input check makes), plus ``denoise``."""
     import torchsde
 
     method = check_in_registry("torchsde method", method, SDE_METHODS)
+    _check_uniform(grid)
     if method == "reversible_heun":
         warnings.warn("torchsde's reversible_heun is unstable on the strongly contracting reverse SDE of diffusion "
                       "models (its parasitic mode grows); prefer euler, milstein or srk", RuntimeWarning, stacklevel=3)
-    eps = check_eps(run.sde, eps)
-    grid = time_grid(run.sde, steps, "uniform", eps)
     steps = len(grid) - 1
     taus = (run.sde.T - grid).to(x.dtype)
     sde_type = "stratonovich" if method in _STRATONOVICH else "ito"
@@ -88,10 +92,12 @@ def sde_sampler(
         t0=float(taus[0]), t1=float(taus[-1]), size=y0.shape, dtype=y0.dtype, device=y0.device, entropy=seed,
         levy_area_approximation=_LEVY_AREA.get(method, "none"),
     )
-    # a step a hair longer than the grid spacing, so that round-off never adds a sliver of an extra step
-    dt = float(taus[-1] - taus[0]) / steps * (1 + 1e-9)
+    # a step a hair longer than the grid spacing, so that round-off never adds a sliver of an extra step: the
+    # margin must exceed the rounding of the times in x's dtype (1e-9 alone let float32 grids take one extra step)
+    dt = float(taus[-1] - taus[0]) / steps * (1 + max(1e-9, 8 * torch.finfo(x.dtype).eps))
     options = {"grad_free": True} if method == "milstein" else None
     ys = torchsde.sdeint(system, y0, taus, bm=bm, method=method, dt=dt, options=options)
-    for t, state in zip(grid.tolist(), ys):
+    t_values = grid.tolist()
+    for t, state in zip(t_values, ys):
         run.record(t, state.reshape(x.shape))
-    return run.finish(ys[-1].reshape(x.shape), float(grid[-1]), denoise)
+    return run.finish(ys[-1].reshape(x.shape), t_values[-1], denoise)

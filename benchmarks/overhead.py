@@ -1,0 +1,73 @@
+"""Per-step overhead of the samplers: wall time per step of DDIM and PC (reverse diffusion + Langevin) when
+the score costs next to nothing, and with a small U-Net.
+
+The trivially cheap score (``-x``, the exact score of N(0, I) under VP) isolates what the sampler loop itself
+costs per step: validation, host syncs, object rebuilds, bookkeeping. The small U-Net (the digits-ddpm
+architecture, random weights, 8x8 images) shows how much of it remains visible behind a real network.
+
+Usage: python benchmarks/overhead.py [--steps 200] [--repeats 5] [--out benchmarks/results] [--label after]
+Writes overhead_<label>.json into --out and prints a table (median over repeats, microseconds per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from scoresde import VPSDE, DDPMUNet, ScoreModel, sample
+
+
+def _per_step(run, steps: int, repeats: int) -> float:
+    """Median wall time of ``run()`` over ``repeats`` calls, per step, in microseconds (one warm-up call first)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / steps * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--label", default="after", help="name of this measurement (before / after a change)")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    sde = VPSDE()
+    torch.manual_seed(0)
+    net = DDPMUNet(in_channels=1, image_size=8, ch=32, ch_mult=(1, 2), attn_resolutions=(4,), groups=8)
+    with torch.no_grad():  # the zero-initialised output layers would make the score vanish (and Langevin's step infinite)
+        for p in net.parameters():
+            if not bool(p.any()):
+                p.normal_(0.0, 0.02)
+    unet = ScoreModel(net, sde).eval()
+    cases = {
+        "cheap score, 10000 x 2": (lambda x, t: -x, (10_000, 2)),
+        "small U-Net, 64 x 1x8x8": (unet, (64, 1, 8, 8)),
+    }
+    samplers = {"ddim": {"sampler": "ddim"}, "pc": {"sampler": "pc", "corrector_steps": 1}}
+    rows = []
+    for case, (score, shape) in cases.items():
+        for name, options in samplers.items():
+            def run(score=score, shape=shape, options=options):
+                return sample(sde, score, shape, steps=args.steps, generator=torch.Generator().manual_seed(0), **options)
+
+            nfe = run().nfe
+            us = _per_step(run, args.steps, args.repeats)
+            rows.append({"case": case, "sampler": name, "steps": args.steps, "nfe": nfe, "us_per_step": us})
+            print(f"{case:28s} {name:5s} {args.steps} steps, NFE {nfe:4d}: {us:10.1f} us / step", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"overhead_{args.label}.json").write_text(json.dumps({"label": args.label, "threads": 2, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
