@@ -21,6 +21,8 @@ demo: $(VENV)/.installed
 	$(PY) -m scoresde demo --out $(OUT) --force
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q -n 2
 
 docs: $(VENV)/.installed

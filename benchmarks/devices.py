@@ -52,9 +52,17 @@ def main() -> None:
                 seconds = time.perf_counter() - start
                 ok = result.x.device.type == device and bool(torch.isfinite(result.x).all())
                 outputs[device] = result.x.cpu()
-                rows.append({"sde": type(sde).__name__, "sampler": name, "device": device, "nfe": result.nfe,
-                             "seconds_per_10k": seconds * 10_000 / args.n, "on_device_and_finite": ok,
-                             "energy_distance": energy_distance(result.x.cpu(), truth)})
+                rows.append(
+                    {
+                        "sde": type(sde).__name__,
+                        "sampler": name,
+                        "device": device,
+                        "nfe": result.nfe,
+                        "seconds_per_10k": seconds * 10_000 / args.n,
+                        "on_device_and_finite": ok,
+                        "energy_distance": energy_distance(result.x.cpu(), truth),
+                    }
+                )
             if len(devices) > 1 and name in DETERMINISTIC:
                 gap = float((outputs["cpu"] - outputs["cuda"]).abs().max())
                 rows[-1]["max_abs_diff_vs_cpu"] = gap
@@ -62,8 +70,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         diff = f"{r['max_abs_diff_vs_cpu']:.1e}" if "max_abs_diff_vs_cpu" in r else ""
-        print(f"| {r['sde']} | {r['sampler']} | {r['device']} | {r['nfe']} | {r['seconds_per_10k']:.2f} | "
-              f"{r['on_device_and_finite']} | {r['energy_distance']:.2e} | {diff} |")
+        print(
+            f"| {r['sde']} | {r['sampler']} | {r['device']} | {r['nfe']} | {r['seconds_per_10k']:.2f} | "
+            f"{r['on_device_and_finite']} | {r['energy_distance']:.2e} | {diff} |"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "devices_cuda.json" if len(devices) > 1 else "devices_cpu.json"

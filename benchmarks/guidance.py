@@ -60,8 +60,15 @@ def guided_accuracy(sde, score_for, clf, transform, per_class: int, seed: int) -
     """Share of samples the classifier reads as their requested class; the samples (levels) in class order."""
     labels = torch.arange(10).repeat_interleave(per_class)
     with torch.no_grad():
-        x = sample(sde, score_for(labels), (len(labels), 1, 8, 8), "dpm_solver", steps=20, order=3,
-                   generator=torch.Generator().manual_seed(seed)).x
+        x = sample(
+            sde,
+            score_for(labels),
+            (len(labels), 1, 8, 8),
+            "dpm_solver",
+            steps=20,
+            order=3,
+            generator=torch.Generator().manual_seed(seed),
+        ).x
     levels = transform.from_model(x)
     predicted = clf.predict(levels.reshape(len(levels), -1).numpy())
     return float((predicted == labels.numpy()).mean()), levels
@@ -88,13 +95,21 @@ def main() -> None:
     cfg = {}
     grids = {}
     for w in CFG_WEIGHTS:
-        accuracy, levels = guided_accuracy(sde, lambda y, w=w: ClassifierFreeGuidance(model, y, w), clf, transform, per_class, seed=1)
+        accuracy, levels = guided_accuracy(
+            sde, lambda y, w=w: ClassifierFreeGuidance(model, y, w), clf, transform, per_class, seed=1
+        )
         cfg[w] = accuracy
         grids[w] = levels
         print(f"classifier-free guidance w = {w:g}: {accuracy:.3f} recognised as the requested class")
     best = max(cfg, key=cfg.get)
-    report["classifier_free"] = {"weights": list(CFG_WEIGHTS), "accuracy": [cfg[w] for w in CFG_WEIGHTS], "best_w": best,
-                                 "best_accuracy": cfg[best], "samples_per_class": per_class, "sampler": "dpm_solver 3M, 20 steps"}
+    report["classifier_free"] = {
+        "weights": list(CFG_WEIGHTS),
+        "accuracy": [cfg[w] for w in CFG_WEIGHTS],
+        "best_w": best,
+        "best_accuracy": cfg[best],
+        "samples_per_class": per_class,
+        "sampler": "dpm_solver 3M, 20 steps",
+    }
 
     # classifier guidance of the unconditional model, if benchmarks/training.py trained it
     run = out / "training_runs" / "digits-ddpm"
@@ -102,44 +117,91 @@ def main() -> None:
         unconditional, config, _ = load_score_model(run)
         train = image_dataset("digits", "train")
         noisy = NoiseConditionalClassifier((1, 8, 8), 10, width=32, depth=2, groups=8)
-        losses = train_classifier(noisy, unconditional.sde, train.x, train.labels, steps=60 if args.quick else 3000, batch_size=128,
-                                  transform=config.data.transform(), progress=True)
+        losses = train_classifier(
+            noisy,
+            unconditional.sde,
+            train.x,
+            train.labels,
+            steps=60 if args.quick else 3000,
+            batch_size=128,
+            transform=config.data.transform(),
+            progress=True,
+        )
         cg = {}
         for scale in CG_SCALES:
-            cg[scale], _ = guided_accuracy(unconditional.sde, lambda y, s=scale: ClassifierGuidance(unconditional, noisy, y, s), clf,
-                                           config.data.transform(), per_class, seed=2)
+            cg[scale], _ = guided_accuracy(
+                unconditional.sde,
+                lambda y, s=scale: ClassifierGuidance(unconditional, noisy, y, s),
+                clf,
+                config.data.transform(),
+                per_class,
+                seed=2,
+            )
             print(f"classifier guidance scale = {scale:g}: {cg[scale]:.3f}")
-        report["classifier_guidance"] = {"scales": list(CG_SCALES), "accuracy": [cg[s] for s in CG_SCALES],
-                                         "noisy_classifier_final_loss": float(np.mean(losses[-100:]))}
+        report["classifier_guidance"] = {
+            "scales": list(CG_SCALES),
+            "accuracy": [cg[s] for s in CG_SCALES],
+            "noisy_classifier_final_loss": float(np.mean(losses[-100:])),
+        }
         # inpainting with the unconditional model: the left half missing
         test = image_dataset("digits", "test")
         n = 10 if args.quick else 40
         x = config.data.transform().to_model(test.x[:n].float() + 0.5)
         known = named_mask("left-half", (1, 8, 8))
-        result = inpaint(unconditional.sde, unconditional, x, known, method="pc", steps=50 if args.quick else 500,
-                         generator=torch.Generator().manual_seed(3), progress=True)
+        result = inpaint(
+            unconditional.sde,
+            unconditional,
+            x,
+            known,
+            method="pc",
+            steps=50 if args.quick else 500,
+            generator=torch.Generator().manual_seed(3),
+            progress=True,
+        )
         completed = config.data.transform().from_model(result.x)
         kept = float((clf.predict(completed.reshape(n, -1).numpy()) == test.labels[:n].numpy()).mean())
-        report["inpainting"] = {"n": n, "mask": "left-half", "method": "pc", "steps": result.settings["steps"], "nfe": result.nfe,
-                                "classifier_reads_original_digit": kept}
-        fig = plot_inpainting(test.x[:n].float(), known, completed, levels=17, n=20,
-                              title=f"Digits with the left half missing, completed (PC, {result.nfe} NFE); "
-                                    f"{100 * kept:.0f}% read as the original digit")
+        report["inpainting"] = {
+            "n": n,
+            "mask": "left-half",
+            "method": "pc",
+            "steps": result.settings["steps"],
+            "nfe": result.nfe,
+            "classifier_reads_original_digit": kept,
+        }
+        fig = plot_inpainting(
+            test.x[:n].float(),
+            known,
+            completed,
+            levels=17,
+            n=20,
+            title=f"Digits with the left half missing, completed (PC, {result.nfe} NFE); "
+            f"{100 * kept:.0f}% read as the original digit",
+        )
         fig.savefig(out / "inpainting.png", dpi=120)
         plt.close(fig)
 
-    fig = plot_accuracy_vs_guidance(CFG_WEIGHTS, [cfg[w] for w in CFG_WEIGHTS], chance=0.1,
-                                    title=f"Guidance on the digits ({per_class} samples per class)")
+    fig = plot_accuracy_vs_guidance(
+        CFG_WEIGHTS,
+        [cfg[w] for w in CFG_WEIGHTS],
+        chance=0.1,
+        title=f"Guidance on the digits ({per_class} samples per class)",
+    )
     if "classifier_guidance" in report:
-        fig.axes[0].plot(CG_SCALES, [100 * a for a in report["classifier_guidance"]["accuracy"]], marker="s",
-                         label="classifier guidance (scale)")
+        fig.axes[0].plot(
+            CG_SCALES,
+            [100 * a for a in report["classifier_guidance"]["accuracy"]],
+            marker="s",
+            label="classifier guidance (scale)",
+        )
         fig.axes[0].lines[0].set_label("classifier-free guidance (w)")
         fig.axes[0].legend(fontsize=8)
         fig.axes[0].set_xlabel("guidance weight w / classifier scale")
     fig.savefig(out / "guidance_accuracy.png", dpi=120)
     plt.close(fig)
     order = torch.cat([torch.arange(c * per_class, c * per_class + min(per_class, 10)) for c in range(10)])
-    fig = plot_samples(grids[best][order].float(), f"classifier-free guidance w = {best:g}: one row per class", levels=17)
+    fig = plot_samples(
+        grids[best][order].float(), f"classifier-free guidance w = {best:g}: one row per class", levels=17
+    )
     fig.savefig(out / "guidance_samples.png", dpi=120)
     plt.close(fig)
 
@@ -150,9 +212,13 @@ def main() -> None:
         lines += ["", "| classifier scale | accuracy |", "|---:|---:|"]
         lines += [f"| {s:g} | {100 * a:.1f} % |" for s, a in zip(CG_SCALES, report["classifier_guidance"]["accuracy"])]
     if "inpainting" in report:
-        lines += ["", f"Inpainting (left half missing, PC, {report['inpainting']['nfe']} NFE): "
-                      f"{100 * report['inpainting']['classifier_reads_original_digit']:.0f} % of {report['inpainting']['n']} completions "
-                      f"read as the original digit."]
+        lines += [
+            "",
+            f"Inpainting (left half missing, PC, {report['inpainting']['nfe']} NFE): "
+            f"{100 * report['inpainting']['classifier_reads_original_digit']:.0f} % of {report['inpainting']['n']} "
+            "completions "
+            f"read as the original digit.",
+        ]
     lines += ["", f"Digits classifier (SVC) test accuracy: {100 * clf_accuracy:.1f} %."]
     (out / "guidance.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -43,12 +43,22 @@ def configs(quick: bool) -> dict[str, dict]:
     for var in ("t", "log_snr"):
         for tol in tols:
             out[f"dopri5 {var} tol={tol:g}"] = {"variable": var, "rtol": tol, "atol": tol}
-        for steps in ((10, 40) if quick else (10, 20, 40, 80)):
+        for steps in (10, 40) if quick else (10, 20, 40, 80):
             out[f"rk4 {var} steps={steps}"] = {"variable": var, "method": "rk4", "steps": steps}
-    out["reference: RK45 in t, 1e-5, batch norm"] = {"variable": "t", "rtol": 1e-5, "atol": 1e-5, "error_control": "batch"}
+    out["reference: RK45 in t, 1e-5, batch norm"] = {
+        "variable": "t",
+        "rtol": 1e-5,
+        "atol": 1e-5,
+        "error_control": "batch",
+    }
     for tol in (1e-4, 1e-5):  # each point its own adaptive steps: NFE is then the mean per point
         out[f"dopri5 t tol={tol:g}, one point per solve"] = {"variable": "t", "rtol": tol, "atol": tol, "batch_size": 1}
-    out["hutchinson (1 probe) dopri5 t tol=1e-5"] = {"variable": "t", "rtol": 1e-5, "atol": 1e-5, "divergence": "hutchinson"}
+    out["hutchinson (1 probe) dopri5 t tol=1e-5"] = {
+        "variable": "t",
+        "rtol": 1e-5,
+        "atol": 1e-5,
+        "divergence": "hutchinson",
+    }
     return out
 
 
@@ -57,19 +67,35 @@ def variational_bounds(mix, sde, x, truth, prior) -> dict[str, dict]:
     the exact NLL on the same points, in nats and bits/dim."""
     n, dim = x.shape
     out = {}
-    runs = {"ELBO, 64 t, uniform": lambda: elbo(sde, mix.score_fn(sde), x, n_times=64, prior_logp=prior, generator=torch.Generator().manual_seed(2)),
-            "ELBO, 64 t, log-SNR importance": lambda: elbo(sde, mix.score_fn(sde), x, n_times=64, time_sampling="log_snr", prior_logp=prior,
-                                                          generator=torch.Generator().manual_seed(2))}
+    runs = {
+        "ELBO, 64 t, uniform": lambda: elbo(
+            sde, mix.score_fn(sde), x, n_times=64, prior_logp=prior, generator=torch.Generator().manual_seed(2)
+        ),
+        "ELBO, 64 t, log-SNR importance": lambda: elbo(
+            sde,
+            mix.score_fn(sde),
+            x,
+            n_times=64,
+            time_sampling="log_snr",
+            prior_logp=prior,
+            generator=torch.Generator().manual_seed(2),
+        ),
+    }
     for steps in (100, 1000):
-        runs[f"DDPM bound, N = {steps}"] = lambda steps=steps: ddpm_bound(sde, mix.score_fn(sde), x, n_steps=steps, prior_logp=prior,
-                                                                       generator=torch.Generator().manual_seed(2))
+        runs[f"DDPM bound, N = {steps}"] = lambda steps=steps: ddpm_bound(
+            sde, mix.score_fn(sde), x, n_steps=steps, prior_logp=prior, generator=torch.Generator().manual_seed(2)
+        )
     for label, run in runs.items():
         result = run()
         gap = result.bound - truth
         se = float(gap.std()) / math.sqrt(n)
-        out[label] = {"nfe": result.nfe, "gap_nats": float(gap.mean()), "standard_error": se,
-                      "gap_bits_per_dim": float(gap.mean()) / (dim * math.log(2)),
-                      "per_sample_mc_standard_error": float(result.standard_error.pow(2).mean().sqrt())}
+        out[label] = {
+            "nfe": result.nfe,
+            "gap_nats": float(gap.mean()),
+            "standard_error": se,
+            "gap_bits_per_dim": float(gap.mean()) / (dim * math.log(2)),
+            "per_sample_mc_standard_error": float(result.standard_error.pow(2).mean().sqrt()),
+        }
         print(f"{label:34s} gap {float(gap.mean()):+.4f} +- {se:.4f} nats", flush=True)
     return out
 
@@ -83,8 +109,11 @@ def main() -> None:
     n = 100 if args.quick else args.n
     report, lines = {"n": n, "threads": torch.get_num_threads(), "cases": {}}, []
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
-    cases = [(f"{d} {name}", mix, sde) for d, mix in (("2D", toy_dataset("gmm").mixture), ("10D", mixture_10d()))
-             for name, sde in (("VP", VPSDE()), ("VE", VESDE()))]
+    cases = [
+        (f"{d} {name}", mix, sde)
+        for d, mix in (("2D", toy_dataset("gmm").mixture), ("10D", mixture_10d()))
+        for name, sde in (("VP", VPSDE()), ("VE", VESDE()))
+    ]
     for ax, (case, mix, sde) in zip(axes, cases):
         x = mix.sample(n, torch.Generator().manual_seed(0), dtype=torch.float64)
         truth = -mix.marginal_log_prob(sde, x, torch.full((n,), sde.sampling_t_min, dtype=torch.float64))
@@ -92,13 +121,22 @@ def main() -> None:
         rows = {}
         for label, options in configs(args.quick).items():
             start = time.perf_counter()
-            result = log_likelihood(sde, mix.score_fn(sde), x, prior_logp=prior, generator=torch.Generator().manual_seed(1), **options)
+            result = log_likelihood(
+                sde, mix.score_fn(sde), x, prior_logp=prior, generator=torch.Generator().manual_seed(1), **options
+            )
             seconds = time.perf_counter() - start
             err = (result.nll - truth).abs()
             nfe = result.nfe * min(options.get("batch_size", n), n) / n  # score evaluations per point
-            rows[label] = {"nfe": nfe, "mean_abs_error": float(err.mean()), "max_abs_error": float(err.max()),
-                           "seconds_per_1000": seconds * 1000 / n}
-            print(f"{case} {label:42s} NFE {nfe:6.1f}  mean |err| {float(err.mean()):.2e}  {seconds * 1000 / n:.2f} s/1k", flush=True)
+            rows[label] = {
+                "nfe": nfe,
+                "mean_abs_error": float(err.mean()),
+                "max_abs_error": float(err.max()),
+                "seconds_per_1000": seconds * 1000 / n,
+            }
+            print(
+                f"{case} {label:42s} NFE {nfe:6.1f}  mean |err| {float(err.mean()):.2e}  {seconds * 1000 / n:.2f} s/1k",
+                flush=True,
+            )
         standard = log_likelihood(sde, mix.score_fn(sde), x)
         mismatch = float((standard.nll - truth).mean())
         bounds = variational_bounds(mix, sde, x[: min(n, 1000)], truth[: min(n, 1000)], prior)
@@ -112,12 +150,26 @@ def main() -> None:
         ax.set_xlabel("NFE")
         ax.set_ylabel("mean |NLL error| (nats)")
         ax.set_title(case)
-        lines += [f"\n{case}, n = {n} (prior mismatch of the standard prior: {mismatch:+.2e} nats)\n",
-                  "| configuration | NFE | mean abs error (nats) | max abs error | s / 1000 points |", "|---|---|---|---|---|"]
-        lines += [f"| {k} | {r['nfe']:.0f} | {r['mean_abs_error']:.2e} | {r['max_abs_error']:.2e} | {r['seconds_per_1000']:.2f} |" for k, r in rows.items()]
-        lines += ["", "| bound (same points, exact score, exact p_T) | NFE | mean gap to exact NLL (nats) | standard error | gap (bits/dim) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {k} | {b['nfe']} | {b['gap_nats']:+.4f} | {b['standard_error']:.4f} | {b['gap_bits_per_dim']:+.5f} |" for k, b in bounds.items()]
+        lines += [
+            f"\n{case}, n = {n} (prior mismatch of the standard prior: {mismatch:+.2e} nats)\n",
+            "| configuration | NFE | mean abs error (nats) | max abs error | s / 1000 points |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {r['nfe']:.0f} | {r['mean_abs_error']:.2e} | {r['max_abs_error']:.2e} | "
+            f"{r['seconds_per_1000']:.2f} |"
+            for k, r in rows.items()
+        ]
+        lines += [
+            "",
+            "| bound (same points, exact score, exact p_T) | NFE | mean gap to exact NLL (nats) | standard error | "
+            "gap (bits/dim) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {b['nfe']} | {b['gap_nats']:+.4f} | {b['standard_error']:.4f} | {b['gap_bits_per_dim']:+.5f} |"
+            for k, b in bounds.items()
+        ]
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
     out = Path(args.out)

@@ -56,10 +56,15 @@ def main() -> None:
     print("| SDE | D | max rel. error vs autograd | score evals/s (fp32) | score evals/s (fp64) |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sde']} | {r['D']} | {r['max_rel_err_vs_autograd']:.1e} | {r['evals_per_s_float32']:.3g} | {r['evals_per_s_float64']:.3g} |")
+        print(
+            f"| {r['sde']} | {r['D']} | {r['max_rel_err_vs_autograd']:.1e} | {r['evals_per_s_float32']:.3g} | "
+            f"{r['evals_per_s_float64']:.3g} |"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "oracle.json").write_text(json.dumps({"n": args.n, "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+    (out / "oracle.json").write_text(
+        json.dumps({"n": args.n, "threads": torch.get_num_threads(), "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ The trivially cheap score (``-x``, the exact score of N(0, I) under VP) isolates
 costs per step: validation, host syncs, object rebuilds, bookkeeping. The small U-Net (the digits-ddpm
 architecture, random weights, 8x8 images) shows how much of it remains visible behind a real network.
 
+Also counts the reads of tensor values back into Python in one run (bool / float / int / item / tolist): on a
+GPU each is a host synchronisation that stalls the stream, whatever the CPU timings say.
+
 Usage: python benchmarks/overhead.py [--steps 200] [--repeats 5] [--out benchmarks/results] [--label after]
 Writes overhead_<label>.json into --out and prints a table (median over repeats, microseconds per step).
 """
@@ -33,6 +36,30 @@ def _per_step(run, steps: int, repeats: int) -> float:
     return statistics.median(times) / steps * 1e6
 
 
+def _host_reads(run) -> int:
+    """How many times one ``run()`` reads a tensor's value back into Python (``bool``, ``float``, ``int``, ``item``,
+    ``tolist``): on a GPU each is a host synchronisation that stalls the stream."""
+    names = ("__bool__", "__float__", "__int__", "item", "tolist")
+    originals = {name: getattr(torch.Tensor, name) for name in names}
+    count = [0]
+
+    def counting(original):
+        def wrapper(self, *args, **kwargs):
+            count[0] += 1
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    try:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, counting(original))
+        run()
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    return count[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
@@ -44,7 +71,9 @@ def main() -> None:
     sde = VPSDE()
     torch.manual_seed(0)
     net = DDPMUNet(in_channels=1, image_size=8, ch=32, ch_mult=(1, 2), attn_resolutions=(4,), groups=8)
-    with torch.no_grad():  # the zero-initialised output layers would make the score vanish (and Langevin's step infinite)
+    with (
+        torch.no_grad()
+    ):  # the zero-initialised output layers would make the score vanish (and Langevin's step infinite)
         for p in net.parameters():
             if not bool(p.any()):
                 p.normal_(0.0, 0.02)
@@ -57,16 +86,27 @@ def main() -> None:
     rows = []
     for case, (score, shape) in cases.items():
         for name, options in samplers.items():
+
             def run(score=score, shape=shape, options=options):
-                return sample(sde, score, shape, steps=args.steps, generator=torch.Generator().manual_seed(0), **options)
+                return sample(
+                    sde, score, shape, steps=args.steps, generator=torch.Generator().manual_seed(0), **options
+                )
 
             nfe = run().nfe
             us = _per_step(run, args.steps, args.repeats)
-            rows.append({"case": case, "sampler": name, "steps": args.steps, "nfe": nfe, "us_per_step": us})
-            print(f"{case:28s} {name:5s} {args.steps} steps, NFE {nfe:4d}: {us:10.1f} us / step", flush=True)
+            reads = _host_reads(run)
+            rows.append(
+                {"case": case, "sampler": name, "steps": args.steps, "nfe": nfe, "us_per_step": us, "host_reads": reads}
+            )
+            print(
+                f"{case:28s} {name:5s} {args.steps} steps, NFE {nfe:4d}: {us:10.1f} us / step, {reads} host reads",
+                flush=True,
+            )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"overhead_{args.label}.json").write_text(json.dumps({"label": args.label, "threads": 2, "rows": rows}, indent=2))
+    (out / f"overhead_{args.label}.json").write_text(
+        json.dumps({"label": args.label, "threads": 2, "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

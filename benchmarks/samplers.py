@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -34,14 +34,28 @@ Config = tuple[str, Callable[[int], dict | None], int]
 CONFIGS: dict[str, Config] = {
     "pc (reverse_diffusion + langevin)": ("pc", lambda n: {"steps": (n - 1) // 2} if n >= 5 else None, 2000),
     "pc (euler_maruyama)": ("pc", lambda n: {"steps": n - 1, "predictor": "euler_maruyama", "corrector": "none"}, 1000),
-    "pc (ancestral_sampling)": ("pc", lambda n: {"steps": n - 1, "predictor": "ancestral_sampling", "corrector": "none"}, 1000),
+    "pc (ancestral_sampling)": (
+        "pc",
+        lambda n: {"steps": n - 1, "predictor": "ancestral_sampling", "corrector": "none"},
+        1000,
+    ),
     "sde (torchsde euler)": ("sde", lambda n: {"steps": n - 2}, 500),
-    "ode (rk4, log-SNR)": ("ode", lambda n: {"method": "rk4", "variable": "log_snr", "schedule": "log_snr", "steps": (n - 1) // 4} if n >= 9 else None, 500),
+    "ode (rk4, log-SNR)": (
+        "ode",
+        lambda n: (
+            {"method": "rk4", "variable": "log_snr", "schedule": "log_snr", "steps": (n - 1) // 4} if n >= 9 else None
+        ),
+        500,
+    ),
     "ddim": ("ddim", lambda n: {"steps": n - 1}, 500),
     "heun (EDM)": ("heun", lambda n: {"steps": (n - 1) // 2}, 500),
     "dpm_solver (2M, log-SNR grid)": ("dpm_solver", lambda n: {"steps": n - 1}, 200),
     "dpm_solver (3M, log-SNR grid)": ("dpm_solver", lambda n: {"steps": n - 1, "order": 3}, 200),
-    "dpm_solver (3M, warped log-SNR)": ("dpm_solver", lambda n: {"steps": n - 1, "order": 3, "schedule": "log_snr_warped"}, 200),
+    "dpm_solver (3M, warped log-SNR)": (
+        "dpm_solver",
+        lambda n: {"steps": n - 1, "order": 3, "schedule": "log_snr_warped"},
+        200,
+    ),
     "unipc (2, warped log-SNR)": ("unipc", lambda n: {"steps": n - 1, "order": 2}, 200),
     "unipc (3, warped log-SNR)": ("unipc", lambda n: {"steps": n - 1, "order": 3}, 200),
 }
@@ -67,8 +81,12 @@ def evaluate(sde, score, sampler: str, options: dict, n: int, seeds: int, mixtur
         energies.append(energy_distance(result.x, truth) if finite else float("inf"))
         slices.append(sliced_wasserstein(result.x, truth) if finite else float("inf"))
         nfe = result.nfe
-    return {"nfe": nfe, "energy": sum(energies) / seeds, "sliced_w2": sum(slices) / seeds,
-            "seconds_per_10k": wall / seeds * 10_000 / n}
+    return {
+        "nfe": nfe,
+        "energy": sum(energies) / seeds,
+        "sliced_w2": sum(slices) / seeds,
+        "seconds_per_10k": wall / seeds * 10_000 / n,
+    }
 
 
 def floor(mixture, n: int, seeds: int, device: str = "cpu") -> dict:
@@ -95,7 +113,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = args.device
-    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    where = (
+        torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    )
     report: dict = {"n": n, "seeds": seeds, "device": where, "sdes": {}}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     lines = []
@@ -114,14 +134,21 @@ def main() -> None:
                 row["ratio"] = row["energy"] / base["energy"]
                 rows[label].append(row)
                 row["options"] = options
-                print(f"{sde_name} {label:36s} NFE {row['nfe']:5d}  E/floor {row['ratio']:8.2f}  {row['seconds_per_10k']:.2f} s/10k", flush=True)
+                print(
+                    f"{sde_name} {label:36s} NFE {row['nfe']:5d}  E/floor {row['ratio']:8.2f}  "
+                    f"{row['seconds_per_10k']:.2f} s/10k",
+                    flush=True,
+                )
         rows["ode (dopri5, adaptive)"] = []
         for rtol in ADAPTIVE_RTOL if not args.quick else ADAPTIVE_RTOL[:2]:
             row = evaluate(sde, score, "ode", {"rtol": rtol, "atol": rtol}, n, seeds, toy.mixture, device)
             row["ratio"], row["rtol"] = row["energy"] / base["energy"], rtol
             rows["ode (dopri5, adaptive)"].append(row)
             print(f"{sde_name} ode dopri5 rtol={rtol:g}  NFE {row['nfe']:5d}  E/floor {row['ratio']:8.2f}", flush=True)
-        best = {label: next((r["nfe"] for r in sorted(rs, key=lambda r: r["nfe"]) if r["ratio"] <= 1.5), None) for label, rs in rows.items()}
+        best = {
+            label: next((r["nfe"] for r in sorted(rs, key=lambda r: r["nfe"]) if r["ratio"] <= 1.5), None)
+            for label, rs in rows.items()
+        }
         report["sdes"][sde_name] = {"floor": base, "rows": rows, "smallest_nfe_within_1.5x_floor": best}
         for label, rs in rows.items():
             rs = sorted(rs, key=lambda r: r["nfe"])
@@ -142,7 +169,11 @@ def main() -> None:
 
 
 def _markdown(sde_name: str, rows: dict, best: dict, ladder) -> list[str]:
-    head = f"| {sde_name}: E / floor at NFE | " + " | ".join(str(k) for k in ladder) + " | smallest NFE <= 1.5x | s / 10k samples (largest NFE) |"
+    head = (
+        f"| {sde_name}: E / floor at NFE | "
+        + " | ".join(str(k) for k in ladder)
+        + " | smallest NFE <= 1.5x | s / 10k samples (largest NFE) |"
+    )
     lines = [head, "|---" * (len(ladder) + 3) + "|"]
     for label, rs in rows.items():
         if label.startswith("ode (dopri5"):
@@ -154,7 +185,9 @@ def _markdown(sde_name: str, rows: dict, best: dict, ladder) -> list[str]:
             cells.append(f"{match[0]['ratio']:.2f}" if match else "")
         wall = f"{rs[-1]['seconds_per_10k']:.2f}" if rs else ""
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {best[label] or '> max'} | {wall} |")
-    adaptive = ", ".join(f"rtol {r['rtol']:g}: NFE {r['nfe']}, {r['ratio']:.2f}x" for r in rows["ode (dopri5, adaptive)"])
+    adaptive = ", ".join(
+        f"rtol {r['rtol']:g}: NFE {r['nfe']}, {r['ratio']:.2f}x" for r in rows["ode (dopri5, adaptive)"]
+    )
     lines.append(f"\n{sde_name} ode (dopri5, adaptive): {adaptive}\n")
     return lines
 

@@ -70,7 +70,11 @@ def toy_run(name: str, budget_s: float, evals: int, out: Path, quick: bool) -> d
         train_s += result.seconds
         point = {"step": trainer.step, "train_seconds": train_s, **nll_gap(trainer, x, true_nll)}
         curve.append(point)
-        print(f"toy-vp {name:12s} step {trainer.step:5d}  {train_s:6.1f} s  gap {point['gap_nats']:+.4f} +- {point['standard_error']:.4f} nats", flush=True)
+        print(
+            f"toy-vp {name:12s} step {trainer.step:5d}  {train_s:6.1f} s  gap {point['gap_nats']:+.4f} +- "
+            f"{point['standard_error']:.4f} nats",
+            flush=True,
+        )
     return {"curve": curve, "final": curve[-1], "budget_seconds": budget_s, "steps": cfg.train.steps}
 
 
@@ -79,17 +83,29 @@ def digits_run(out: Path, quick: bool) -> dict:
     if quick:
         cfg = override(cfg, "train.steps=50")
     run = out / "training_runs" / "digits-ddpm"
-    trainer = Trainer(cfg, run, progress=True, resume=not quick)  # a finished run of the same config is evaluated again, not retrained
+    trainer = Trainer(
+        cfg, run, progress=True, resume=not quick
+    )  # a finished run of the same config is evaluated again, not retrained
     trainer.train()
     log = (run / "metrics.csv").read_text().splitlines()
     last = dict(zip(log[0].split(","), map(float, log[-1].split(","))))
     result = argparse.Namespace(step=trainer.step, seconds=last["seconds"], loss=last["loss"])
-    print(f"digits-ddpm: {result.step} steps in {result.seconds / 60:.1f} min, final loss {result.loss:.4f}", flush=True)
+    print(
+        f"digits-ddpm: {result.step} steps in {result.seconds / 60:.1f} min, final loss {result.loss:.4f}", flush=True
+    )
     model = trainer.score_fn
     test = image_dataset("digits", "test", seed=cfg.data.split_seed)
     transform = test.transform(cfg.data.low, cfg.data.high)
     with torch.no_grad():
-        samples = sample(trainer.sde, model, (100, 1, 8, 8), "dpm_solver", steps=50, order=3, generator=torch.Generator().manual_seed(0))
+        samples = sample(
+            trainer.sde,
+            model,
+            (100, 1, 8, 8),
+            "dpm_solver",
+            steps=50,
+            order=3,
+            generator=torch.Generator().manual_seed(0),
+        )
     levels = transform.from_model(samples.x)
     fig, axes = plt.subplots(10, 10, figsize=(6, 6))
     for ax, img in zip(axes.flat, levels[:, 0]):
@@ -101,16 +117,50 @@ def digits_run(out: Path, quick: bool) -> dict:
     n_test = 40 if quick else len(test)
     x_test = test.x[:n_test]
     start = time.perf_counter()  # float32 as the reference implementation; Hutchinson with one Rademacher probe
-    bpd = bits_per_dim(trainer.sde, model, x_test, transform, n_dequantizations=1 if quick else 2, divergence="hutchinson",
-                       generator=torch.Generator().manual_seed(1), batch_size=128, dtype=torch.float32, progress=True)
+    bpd = bits_per_dim(
+        trainer.sde,
+        model,
+        x_test,
+        transform,
+        n_dequantizations=1 if quick else 2,
+        divergence="hutchinson",
+        generator=torch.Generator().manual_seed(1),
+        batch_size=128,
+        dtype=torch.float32,
+        progress=True,
+    )
     bpd_s = time.perf_counter() - start
-    print(f"digits-ddpm test bits/dim {bpd.bpd:.4f} +- {bpd.bpd_standard_error:.4f} ({bpd.nfe} NFE, {bpd_s:.0f} s)", flush=True)
-    bound = bits_per_dim(trainer.sde, model, x_test, transform, estimator="elbo", n_times=32, divergence="hutchinson",
-                         generator=torch.Generator().manual_seed(2), dtype=torch.float32)
-    print(f"digits-ddpm test bits/dim {bpd.bpd:.4f} +- {bpd.bpd_standard_error:.4f} (ELBO {bound.bpd:.4f} +- {bound.bpd_standard_error:.4f})", flush=True)
-    return {"steps": result.step, "train_minutes": result.seconds / 60, "final_loss": result.loss,
-            "test_bits_per_dim": bpd.to_dict(), "test_elbo_bits_per_dim": bound.to_dict(), "bpd_seconds": bpd_s, "n_test": n_test,
-            "sample_nfe": samples.nfe, "samples_png": str(out / "digits_samples.png")}
+    print(
+        f"digits-ddpm test bits/dim {bpd.bpd:.4f} +- {bpd.bpd_standard_error:.4f} ({bpd.nfe} NFE, {bpd_s:.0f} s)",
+        flush=True,
+    )
+    bound = bits_per_dim(
+        trainer.sde,
+        model,
+        x_test,
+        transform,
+        estimator="elbo",
+        n_times=32,
+        divergence="hutchinson",
+        generator=torch.Generator().manual_seed(2),
+        dtype=torch.float32,
+    )
+    print(
+        f"digits-ddpm test bits/dim {bpd.bpd:.4f} +- {bpd.bpd_standard_error:.4f} (ELBO {bound.bpd:.4f} +- "
+        f"{bound.bpd_standard_error:.4f})",
+        flush=True,
+    )
+    return {
+        "steps": result.step,
+        "train_minutes": result.seconds / 60,
+        "final_loss": result.loss,
+        "test_bits_per_dim": bpd.to_dict(),
+        "test_elbo_bits_per_dim": bound.to_dict(),
+        "bpd_seconds": bpd_s,
+        "n_test": n_test,
+        "sample_nfe": samples.nfe,
+        "samples_png": str(out / "digits_samples.png"),
+    }
 
 
 def _fake_image_files(folder: Path) -> None:
@@ -141,9 +191,17 @@ def throughput(out: Path, steps: int) -> dict:
             trainer.train(1)  # warm-up
             result = trainer.train(1 + timed)
             stop_if_interrupted(result)
-            rows[name] = {"steps_per_second": result.steps_per_second, "batch_size": cfg.train.batch_size, "parameters": params,
-                          "samples_per_second": result.steps_per_second * cfg.train.batch_size}
-            print(f"throughput {name:22s} {result.steps_per_second:8.2f} steps/s  batch {cfg.train.batch_size:5d}  {params / 1e6:6.2f}M params", flush=True)
+            rows[name] = {
+                "steps_per_second": result.steps_per_second,
+                "batch_size": cfg.train.batch_size,
+                "parameters": params,
+                "samples_per_second": result.steps_per_second * cfg.train.batch_size,
+            }
+            print(
+                f"throughput {name:22s} {result.steps_per_second:8.2f} steps/s  batch {cfg.train.batch_size:5d}  "
+                f"{params / 1e6:6.2f}M params",
+                flush=True,
+            )
     return rows
 
 
@@ -151,7 +209,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--parts", default="toys,digits,throughput", help="comma-separated subset of toys, digits, throughput")
+    parser.add_argument(
+        "--parts", default="toys,digits,throughput", help="comma-separated subset of toys, digits, throughput"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--evals", type=int, default=6)
     args = parser.parse_args()
@@ -183,8 +243,14 @@ def write_report(report: dict, targets: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, run in report.get("toys", {}).items():
         curve = run["curve"]
-        ax.errorbar([p["train_seconds"] for p in curve], [p["gap_nats"] for p in curve], yerr=[2 * p["standard_error"] for p in curve],
-                    marker="o", capsize=3, label=f"{name} (target {targets[name]})")
+        ax.errorbar(
+            [p["train_seconds"] for p in curve],
+            [p["gap_nats"] for p in curve],
+            yerr=[2 * p["standard_error"] for p in curve],
+            marker="o",
+            capsize=3,
+            label=f"{name} (target {targets[name]})",
+        )
         ax.axhline(targets[name], ls=":", color=ax.lines[-1].get_color())
     ax.set_xlabel("training wall time (s, 2 CPU threads; evaluation excluded)")
     ax.set_ylabel("NLL gap to the true density (nats)")
@@ -194,18 +260,35 @@ def write_report(report: dict, targets: dict, out: Path) -> None:
     ax.set_title("toy-vp: exact NLL of 2,000 held-out points minus the truth")
     fig.tight_layout()
     fig.savefig(out / "training_toys.png", dpi=110)
-    lines = ["| toy (toy-vp) | steps | training time (s) | NLL gap (nats) | standard error | target |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| toy (toy-vp) | steps | training time (s) | NLL gap (nats) | standard error | target |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, run in report.get("toys", {}).items():
         f = run["final"]
-        lines.append(f"| {name} | {f['step']} | {f['train_seconds']:.0f} | {f['gap_nats']:+.4f} | {f['standard_error']:.4f} | {targets[name]} |")
+        lines.append(
+            f"| {name} | {f['step']} | {f['train_seconds']:.0f} | {f['gap_nats']:+.4f} | {f['standard_error']:.4f} | "
+            f"{targets[name]} |"
+        )
     if "digits" in report:
         d = report["digits"]
-        lines += ["", "| digits-ddpm | value |", "|---|---|", f"| steps | {d['steps']} |", f"| training time (min) | {d['train_minutes']:.1f} |",
-                  f"| test bits/dim (PF-ODE, Hutchinson, {d['n_test']} images) | {d['test_bits_per_dim']['bpd']:.4f} +- {d['test_bits_per_dim']['bpd_standard_error']:.4f} |",
-                  f"| test bits/dim (continuous ELBO) | {d['test_elbo_bits_per_dim']['bpd']:.4f} +- {d['test_elbo_bits_per_dim']['bpd_standard_error']:.4f} |"]
+        lines += [
+            "",
+            "| digits-ddpm | value |",
+            "|---|---|",
+            f"| steps | {d['steps']} |",
+            f"| training time (min) | {d['train_minutes']:.1f} |",
+            f"| test bits/dim (PF-ODE, Hutchinson, {d['n_test']} images) | {d['test_bits_per_dim']['bpd']:.4f} +- "
+            f"{d['test_bits_per_dim']['bpd_standard_error']:.4f} |",
+            f"| test bits/dim (continuous ELBO) | {d['test_elbo_bits_per_dim']['bpd']:.4f} +- "
+            f"{d['test_elbo_bits_per_dim']['bpd_standard_error']:.4f} |",
+        ]
     lines += ["", "| preset | steps/s | batch | samples/s | parameters |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {r['steps_per_second']:.2f} | {r['batch_size']} | {r['samples_per_second']:.0f} | {r['parameters'] / 1e6:.2f}M |"
-              for k, r in report.get("throughput", {}).items()]
+    lines += [
+        f"| {k} | {r['steps_per_second']:.2f} | {r['batch_size']} | {r['samples_per_second']:.0f} | "
+        f"{r['parameters'] / 1e6:.2f}M |"
+        for k, r in report.get("throughput", {}).items()
+    ]
     (out / "training.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -113,7 +113,9 @@ def progress_bar(iterable: Iterable, desc: str, enabled: bool, **kwargs):
     return tqdm(iterable, desc=desc, disable=None if enabled else True, **kwargs)
 
 
-def check_labels(y: Tensor | int, batch: int, num_classes: int, device: torch.device | str, *, allow_null: bool = False) -> Tensor:
+def check_labels(
+    y: Tensor | int, batch: int, num_classes: int, device: torch.device | str, *, allow_null: bool = False
+) -> Tensor:
     """Class labels ``[batch]`` (long, on ``device``) from one integer or integers ``[batch]``, each in
     ``0 .. num_classes - 1`` (or ``num_classes``, the null label, when ``allow_null``)."""
     labels = torch.as_tensor(y, device=device)
@@ -135,7 +137,9 @@ def renamed_t_min(t_min: float | None, eps: float | None, where: str) -> float |
     ``eps`` names the noise $\\epsilon$ in this package, so the time is ``t_min`` from 0.2 on."""
     if eps is None:
         return t_min
-    warnings.warn(f"{where}: the smallest time is now called t_min; eps= is deprecated", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"{where}: the smallest time is now called t_min; eps= is deprecated", DeprecationWarning, stacklevel=3
+    )
     if t_min is not None:
         raise ValueError(f"{where}: pass the smallest time once, as t_min (eps is its deprecated name)")
     return eps

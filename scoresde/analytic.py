@@ -4,7 +4,8 @@ If $p_0 = \sum_k w_k \mathcal N(\mu_k, S_k)$ and $x_t = \alpha(t) x_0 + \sigma(t
 
 $$p_t = \sum_k w_k\, \mathcal N\big(\alpha(t)\mu_k,\ C_k(t)\big), \qquad C_k(t) = \alpha(t)^2 S_k + \sigma(t)^2 I,$$
 
-$$\nabla_x \log p_t(x) = -\sum_k r_k(x)\, C_k(t)^{-1}(x - \alpha(t)\mu_k), \qquad r_k = \operatorname{softmax}_k\big(\log w_k + \log\mathcal N(x; \alpha\mu_k, C_k)\big).$$
+$$\nabla_x \log p_t(x) = -\sum_k r_k(x)\, C_k(t)^{-1}(x - \alpha(t)\mu_k),
+\qquad r_k = \operatorname{softmax}_k\big(\log w_k + \log\mathcal N(x; \alpha\mu_k, C_k)\big).$$
 
 Numerics: with the eigendecomposition $S_k = U_k \operatorname{diag}(\ell_k) U_k^\top$, every
 $C_k(t) = U_k \operatorname{diag}(\alpha^2\ell_k + \sigma^2) U_k^\top$ is diagonal in the same basis,
@@ -15,7 +16,7 @@ responsibilities use log-sum-exp, so points far in the tails keep a finite, exac
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -23,8 +24,7 @@ from torch import Tensor
 from ._checks import check_finite, check_labels, check_positive_int, check_probability_vector
 from .sde import SDE, check_sde
 
-__all__ = [
-    "LabelledMixture", "GaussianMixture", "MixtureScore", "entropy_by_quadrature"]
+__all__ = ["LabelledMixture", "GaussianMixture", "MixtureScore", "entropy_by_quadrature"]
 
 _SYMMETRY_RTOL = 1e-8
 """Relative asymmetry tolerated in a covariance (round-off from building it as A @ A.T)."""
@@ -57,12 +57,16 @@ class GaussianMixture:
         check_probability_vector("weights", weights)
         K = weights.shape[0]
         if means.ndim != 2 or means.shape[0] != K:
-            raise ValueError(f"means must have shape [K, D] with K = {K} (the number of weights), got {tuple(means.shape)}")
+            raise ValueError(
+                f"means must have shape [K, D] with K = {K} (the number of weights), got {tuple(means.shape)}"
+            )
         D = means.shape[1]
         if covs.shape == (K, D):
             covs = torch.diag_embed(covs)
         if covs.shape != (K, D, D):
-            raise ValueError(f"covs must have shape [K, D, D] = [{K}, {D}, {D}] (or [K, D] diagonals), got {tuple(covs.shape)}")
+            raise ValueError(
+                f"covs must have shape [K, D, D] = [{K}, {D}, {D}] (or [K, D] diagonals), got {tuple(covs.shape)}"
+            )
         asym = (covs - covs.transpose(-1, -2)).abs().amax(dim=(-1, -2))
         scale = covs.abs().amax(dim=(-1, -2))
         bad = (asym > _SYMMETRY_RTOL * scale).nonzero()
@@ -138,7 +142,8 @@ class GaussianMixture:
 
     def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""Per-component terms of $\sum_k w_k \mathcal N(\alpha\mu_k, \alpha^2 S_k + \sigma^2 I)$ at ``x [B, D]``:
-        the logits $\log w_k + \log\mathcal N_k$ ``[B, K]``, eigen-coordinates ``[B, K, D]``, variances and eigenvectors."""
+        the logits $\log w_k + \log\mathcal N_k$ ``[B, K]``, eigen-coordinates ``[B, K, D]``, variances and
+        eigenvectors."""
         opts = {"dtype": x.dtype, "device": x.device}
         U, ell, mu = self._eigvecs.to(**opts), self._eigvals.to(**opts), self.means.to(**opts)
         log_w = torch.log(self.weights).to(**opts)
@@ -148,7 +153,9 @@ class GaussianMixture:
         log_norm = -0.5 * ((y**2 / var).sum(-1) + torch.log(var).sum(-1) + self.D * math.log(2 * math.pi))
         return log_w + log_norm, y, var, U
 
-    def _log_prob_and_score(self, x: Tensor, alpha: Tensor, sigma: Tensor, with_score: bool) -> tuple[Tensor, Tensor | None]:
+    def _log_prob_and_score(
+        self, x: Tensor, alpha: Tensor, sigma: Tensor, with_score: bool
+    ) -> tuple[Tensor, Tensor | None]:
         r"""Log-density ``[B]`` and score ``[B, D]`` of $\sum_k w_k \mathcal N(\alpha\mu_k, \alpha^2 S_k + \sigma^2 I)$
         for per-sample ``alpha [B]``, ``sigma [B]`` and ``x [B, D]``."""
         logits, y, var, U = self._components(x, alpha, sigma)
@@ -172,11 +179,15 @@ class GaussianMixture:
         return self._log_prob_and_score(flat, ones, torch.zeros_like(ones), with_score=True)[1].reshape(x.shape)
 
     # ------------------------------------------------------------------ SDE marginals
-    def marginal(self, sde: SDE, t: float | Tensor) -> "GaussianMixture":
-        r"""The mixture $p_t = \sum_k w_k \mathcal N(\alpha(t)\mu_k, \alpha(t)^2 S_k + \sigma(t)^2 I)$ at one time ``t``."""
+    def marginal(self, sde: SDE, t: float | Tensor) -> GaussianMixture:
+        r"""The mixture $p_t = \sum_k w_k \mathcal N(\alpha(t)\mu_k, \alpha(t)^2 S_k + \sigma(t)^2 I)$ at one time
+        ``t``."""
         t = sde.check_time(torch.as_tensor(t, dtype=torch.float64))
         if t.numel() != 1:
-            raise ValueError(f"t must be a single time for marginal(); got shape {tuple(t.shape)} (use marginal_log_prob for a batch)")
+            raise ValueError(
+                f"t must be a single time for marginal(); got shape {tuple(t.shape)} (use marginal_log_prob for a "
+                "batch)"
+            )
         alpha, sigma = float(sde.alpha(t.reshape(()))), float(sde.sigma(t.reshape(())))
         covs = alpha**2 * self.covs + sigma**2 * torch.eye(self.D, dtype=torch.float64)
         return GaussianMixture(self.weights, alpha * self.means, covs)
@@ -218,22 +229,33 @@ class GaussianMixture:
             raise ValueError(f"classes {missing} have no component; number the classes 0..C-1")
         return labels
 
-    def restrict(self, components: Sequence[int]) -> "GaussianMixture":
+    def restrict(self, components: Sequence[int]) -> GaussianMixture:
         r"""The mixture of the given components with renormalised weights: $p(x \mid k \in \text{components})$,
         e.g. the class-conditional density when the components are a class."""
         idx = torch.as_tensor(list(components), dtype=torch.long)
         if idx.numel() == 0 or bool(((idx < 0) | (idx >= self.K)).any()):
-            raise ValueError(f"components must be a non-empty list of indices in 0..{self.K - 1}, got {list(components)}")
+            raise ValueError(
+                f"components must be a non-empty list of indices in 0..{self.K - 1}, got {list(components)}"
+            )
         w = self.weights[idx]
         return GaussianMixture(w / w.sum(), self.means[idx], self.covs[idx])
 
-    def condition(self, known: Sequence[int], values: Tensor | Sequence[float]) -> "GaussianMixture":
+    def condition(self, known: Sequence[int], values: Tensor | Sequence[float]) -> GaussianMixture:
         r"""The exact conditional $p(x_u \mid x_k = v)$ of the unknown coordinates ``u`` given ``values`` ``v`` of the
-        ``known`` ones: per component $\mathcal N(\mu_u + S_{uk}S_{kk}^{-1}(v - \mu_k),\ S_{uu} - S_{uk}S_{kk}^{-1}S_{ku})$,
+        ``known`` ones: per component
+        $\mathcal N(\mu_u + S_{uk}S_{kk}^{-1}(v - \mu_k),\ S_{uu} - S_{uk}S_{kk}^{-1}S_{ku})$,
         weights $\propto w_k\,\mathcal N(v; \mu_k, S_{kk})$ (the ground truth of inpainting)."""
         k = torch.as_tensor(list(known), dtype=torch.long)
-        if k.numel() == 0 or k.numel() >= self.D or len(set(k.tolist())) != k.numel() or bool(((k < 0) | (k >= self.D)).any()):
-            raise ValueError(f"known must list distinct coordinates in 0..{self.D - 1}, leaving at least one unknown; got {list(known)}")
+        if (
+            k.numel() == 0
+            or k.numel() >= self.D
+            or len(set(k.tolist())) != k.numel()
+            or bool(((k < 0) | (k >= self.D)).any())
+        ):
+            raise ValueError(
+                f"known must list distinct coordinates in 0..{self.D - 1}, leaving at least one unknown; got "
+                f"{list(known)}"
+            )
         v = _as_float64("values", values).reshape(-1)
         if v.numel() != k.numel():
             raise ValueError(f"values must hold one number per known coordinate ({k.numel()}), got {v.numel()}")
@@ -248,7 +270,7 @@ class GaussianMixture:
         logits = evidence._components(v[None], one, 0 * one)[0][0]  # log w_k + log N(v; mu_k, S_kk)
         return GaussianMixture(torch.softmax(logits, dim=0), means, 0.5 * (covs + covs.transpose(1, 2)))
 
-    def score_fn(self, sde: SDE) -> "MixtureScore":
+    def score_fn(self, sde: SDE) -> MixtureScore:
         """The exact score of the SDE's marginals as a ``score_fn(x, t)`` (the package's score protocol)."""
         return MixtureScore(self, check_sde(sde))
 
@@ -261,7 +283,9 @@ class GaussianMixture:
         quarter of the narrowest component's smallest standard deviation.
         """
         if self.D > 2:
-            raise ValueError(f"entropy() integrates on a grid and supports D <= 2, got D = {self.D}; estimate it by Monte Carlo")
+            raise ValueError(
+                f"entropy() integrates on a grid and supports D <= 2, got D = {self.D}; estimate it by Monte Carlo"
+            )
         spread = 12 * torch.sqrt(self._eigvals.max())
         lo = (self.means.min(dim=0).values - spread).tolist()
         hi = (self.means.max(dim=0).values + spread).tolist()
@@ -299,7 +323,9 @@ class LabelledMixture:
         self.mixture, self.sde = mixture, check_sde(sde)
         self.labels = mixture._check_labels(labels)
         self.num_classes = int(self.labels.max()) + 1
-        self.classes = [mixture.restrict(torch.nonzero(self.labels == c).flatten().tolist()) for c in range(self.num_classes)]
+        self.classes = [
+            mixture.restrict(torch.nonzero(self.labels == c).flatten().tolist()) for c in range(self.num_classes)
+        ]
 
     def __call__(self, x: Tensor, t: Tensor, y: Tensor | int | None = None) -> Tensor:
         if y is None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -41,8 +41,12 @@ class ELBOResult:
 
     def bits_per_dim(self, dim: int) -> Tensor:
         """Deprecated name of `raw_bits_per_dim` (it did not mean what the module function `bits_per_dim` means)."""
-        warnings.warn("ELBOResult.bits_per_dim is deprecated: it omits the discretisation offset; use raw_bits_per_dim, "
-                      "or scoresde.bits_per_dim(..., estimator='elbo') for the figure of discrete data", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "ELBOResult.bits_per_dim is deprecated: it omits the discretisation offset; use raw_bits_per_dim, "
+            "or scoresde.bits_per_dim(..., estimator='elbo') for the figure of discrete data",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.raw_bits_per_dim(dim)
 
 
@@ -76,11 +80,15 @@ def _prior_term(sde: SDE, x: Tensor, t0: float, prior_logp, n_prior_draws: int, 
     r"""$-\mathbb E_{x_T \sim q(x_T|x_{t_0})}\log\pi(x_T)$: closed form for the SDE's Gaussian prior,
     ``n_prior_draws`` draws for a custom ``prior_logp``."""
     B = x.shape[0]
-    a_T, s_T = sde.transition(torch.full((B,), sde.T, dtype=x.dtype, device=x.device), torch.full((B,), t0, dtype=x.dtype, device=x.device))
+    a_T, s_T = sde.transition(
+        torch.full((B,), sde.T, dtype=x.dtype, device=x.device), torch.full((B,), t0, dtype=x.dtype, device=x.device)
+    )
     if prior_logp is None:
         return _gaussian_prior_term(sde, x, a_T, s_T)
-    draws = [prior_logp(expand_to(a_T, x) * x + expand_to(s_T, x) * standard_normal_like(x, generator))
-             for _ in range(check_positive_int("n_prior_draws", n_prior_draws))]
+    draws = [
+        prior_logp(expand_to(a_T, x) * x + expand_to(s_T, x) * standard_normal_like(x, generator))
+        for _ in range(check_positive_int("n_prior_draws", n_prior_draws))
+    ]
     return -torch.stack(draws).mean(0)
 
 
@@ -102,7 +110,9 @@ def elbo(
     (Song, Durkan, Murray & Ermon 2021, Theorem 1, in its implicit score-matching form; Huang et al. 2021),
     with the forward process started from the data at ``t_min`` (``eps`` is its deprecated name):
 
-    $$-\log q_{t_{min}}(x) \le -\mathbb E\log\pi(x_T) + \tfrac12\int_{t_{min}}^{T} \mathbb E_{x_t \sim p(x_t|x)}\Big[g^2\big(\|s_\theta\|^2 + 2\nabla\!\cdot s_\theta\big) - 2 D f\Big] dt,$$
+    $$-\log q_{t_{min}}(x) \le -\mathbb E\log\pi(x_T)
+    + \tfrac12\int_{t_{min}}^{T} \mathbb E_{x_t \sim p(x_t|x)}\Big[g^2\big(\|s_\theta\|^2
+    + 2\nabla\!\cdot s_\theta\big) - 2 D f\Big] dt,$$
 
     $x_t = \alpha_{t|t_{min}} x + \sigma_{t|t_{min}}\epsilon$. The implicit form (Stein's identity turns the
     denoising form's $1/\sigma$ terms into $\nabla\cdot s$) has no singularity at ``t_min``.
@@ -134,12 +144,19 @@ def elbo(
             s_theta = score(xt, t)
             div = divergence_fn(divergence, probes)(s_theta, xt)
         flat = s_theta.reshape(B, -1)
-        values.append(0.5 * (sde.g2(t) * (flat.detach().pow(2).sum(1) + 2 * div.detach()) - 2 * dim * sde.f(t)) * weight)
+        values.append(
+            0.5 * (sde.g2(t) * (flat.detach().pow(2).sum(1) + 2 * div.detach()) - 2 * dim * sde.f(t)) * weight
+        )
     values = torch.stack(values)  # [n_times, B]: each an unbiased estimate of the integral
     bound = prior_term + values.mean(0)
     se = values.std(0) / math.sqrt(n_times) if n_times > 1 else torch.full_like(bound, float("nan"))
-    settings = {"n_times": n_times, "t_min": t_min, "prior": "custom" if prior_logp else "sde",
-                "time_sampling": f"stratified {time_sampling}", "divergence": divergence}
+    settings = {
+        "n_times": n_times,
+        "t_min": t_min,
+        "prior": "custom" if prior_logp else "sde",
+        "time_sampling": f"stratified {time_sampling}",
+        "divergence": divergence,
+    }
     return _elbo_result(bound, se, prior_term, score.calls, settings)
 
 
@@ -165,7 +182,9 @@ def ddpm_bound(
 ) -> ELBOResult:
     r"""The discrete-chain variational bound of DDPM (Ho et al. 2020, Eq. 5) on $-\log p_\theta(x)$,
 
-    $$L = \underbrace{D_{KL}(q(x_N|x_0)\,\|\,\pi)}_{L_T} + \sum_{i=2}^{N} \underbrace{\mathbb E_q D_{KL}(q(x_{i-1}|x_i, x_0)\,\|\,p_\theta(x_{i-1}|x_i))}_{L_{i-1}} \underbrace{- \mathbb E_q\log p_\theta(x_0|x_1)}_{L_0},$$
+    $$L = \underbrace{D_{KL}(q(x_N|x_0)\,\|\,\pi)}_{L_T}
+    + \sum_{i=2}^{N} \underbrace{\mathbb E_q D_{KL}(q(x_{i-1}|x_i, x_0)\,\|\,p_\theta(x_{i-1}|x_i))}_{L_{i-1}}
+    \underbrace{- \mathbb E_q\log p_\theta(x_0|x_1)}_{L_0},$$
 
     on the chain $t_i = t_{min} + i(T - t_{min})/N$ (for VP: DDPM's linear-beta chain; any SDE's exact
     transitions, so SMLD's chain for VE). $x_0 = x$ is the data at ``t_min``. With
@@ -192,7 +211,9 @@ def ddpm_bound(
     if n_terms is not None:
         n_terms = check_positive_int("n_terms", n_terms)
         if n_terms > n_steps - 1:
-            raise ValueError(f"n_terms must be at most n_steps - 1 = {n_steps - 1}, got {n_terms}; pass None to sum all terms")
+            raise ValueError(
+                f"n_terms must be at most n_steps - 1 = {n_steps - 1}, got {n_terms}; pass None to sum all terms"
+            )
     t_min = sde.check_t_min(t_min)
     score = CountingScore(score_fn)
     B, dim = x.shape[0], x[0].numel()
@@ -205,12 +226,17 @@ def ddpm_bound(
 
     def draw(i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         alpha_i0, sigma_i0 = sde.transition(times[i], t0)
-        return expand_to(alpha_i0, x) * x + expand_to(sigma_i0, x) * standard_normal_like(x, generator), alpha_i0, sigma_i0
+        return (
+            expand_to(alpha_i0, x) * x + expand_to(sigma_i0, x) * standard_normal_like(x, generator),
+            alpha_i0,
+            sigma_i0,
+        )
 
     # L_T: cross-entropy of the prior minus the entropy of q(x_T | x_0)
     sigma_T0 = sde.transition(times[-1].expand(B), t0)[1]
-    prior_term = (_prior_term(sde, x, t_min, prior_logp, n_prior_draws, generator)
-                  - 0.5 * dim * (1 + torch.log(2 * math.pi * sigma_T0**2)))
+    prior_term = _prior_term(sde, x, t_min, prior_logp, n_prior_draws, generator) - 0.5 * dim * (
+        1 + torch.log(2 * math.pi * sigma_T0**2)
+    )
     # decoder term L_0
     one = torch.ones(B, dtype=torch.long, device=x.device)
     x_1, alpha_10, sigma_10 = draw(one)
@@ -234,9 +260,15 @@ def ddpm_bound(
     else:
         se = scale * terms.std(0) / math.sqrt(n_terms)
     bound = prior_term + decoder + total
-    settings = {"n_steps": n_steps, "n_terms": n_terms, "t_min": t_min, "prior": "custom" if prior_logp else "sde",
-                "grid": "uniform t", "decoder_variance": "sigma_{t1|t0}^2 (DDPM beta_1)",
-                "posterior_variance": "tilde beta"}
+    settings = {
+        "n_steps": n_steps,
+        "n_terms": n_terms,
+        "t_min": t_min,
+        "prior": "custom" if prior_logp else "sde",
+        "grid": "uniform t",
+        "decoder_variance": "sigma_{t1|t0}^2 (DDPM beta_1)",
+        "posterior_variance": "tilde beta",
+    }
     return _elbo_result(bound, se, prior_term, score.calls, settings)
 
 

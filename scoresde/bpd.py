@@ -47,7 +47,10 @@ class BitsPerDimResult:
     settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("bpd", "bpd_standard_error", "bpd_raw", "offset", "nats_per_sample", "nfe", "settings")}
+        return {
+            k: getattr(self, k)
+            for k in ("bpd", "bpd_standard_error", "bpd_raw", "offset", "nats_per_sample", "nfe", "settings")
+        }
 
 
 def bits_per_dim(
@@ -79,12 +82,16 @@ def bits_per_dim(
     """
     check_in_registry("bits/dim estimator", estimator, ESTIMATORS)
     if not isinstance(x, Tensor) or x.ndim < 2:
-        raise ValueError(f"x must be a tensor of integer levels with shape [B, ...], got {getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(
+            f"x must be a tensor of integer levels with shape [B, ...], got {getattr(x, 'shape', type(x).__name__)}"
+        )
     check_finite("x", x.to(torch.float64))
     levels = x.to(torch.float64)
     if bool((levels != levels.round()).any()) or float(levels.min()) < 0 or float(levels.max()) > transform.levels - 1:
-        raise ValueError(f"x must hold integers in [0, {transform.levels - 1}] (the transform's levels); got values in "
-                         f"[{float(levels.min()):g}, {float(levels.max()):g}]; pass the raw discrete data, not scaled data")
+        raise ValueError(
+            f"x must hold integers in [0, {transform.levels - 1}] (the transform's levels); got values in "
+            f"[{float(levels.min()):g}, {float(levels.max()):g}]; pass the raw discrete data, not scaled data"
+        )
     n_dequantizations = check_positive_int("n_dequantizations", n_dequantizations)
     dim = x[0].numel()
     log_det = transform.log_det_per_dim()
@@ -98,12 +105,27 @@ def bits_per_dim(
         per_draw.append((nll - dim * log_det) / (dim * math.log(2)))
     per_sample = torch.stack(per_draw).mean(0)
     bpd, se = mean_and_standard_error(per_sample)
-    settings = {"levels": transform.levels, "range": [transform.low, transform.high], "n_dequantizations": n_dequantizations,
-                "dequantization": "uniform", "estimator": estimator, **{k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-                                                for k, v in likelihood_options.items()}}
-    return BitsPerDimResult(bpd=bpd, bpd_standard_error=se, bpd_raw=float(torch.stack(raw).mean()),
-                            offset=-log_det / math.log(2), nats_per_sample=bpd * dim * math.log(2),
-                            per_sample=per_sample, nfe=nfe, settings=settings)
+    settings = {
+        "levels": transform.levels,
+        "range": [transform.low, transform.high],
+        "n_dequantizations": n_dequantizations,
+        "dequantization": "uniform",
+        "estimator": estimator,
+        **{
+            k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+            for k, v in likelihood_options.items()
+        },
+    }
+    return BitsPerDimResult(
+        bpd=bpd,
+        bpd_standard_error=se,
+        bpd_raw=float(torch.stack(raw).mean()),
+        offset=-log_det / math.log(2),
+        nats_per_sample=bpd * dim * math.log(2),
+        per_sample=per_sample,
+        nfe=nfe,
+        settings=settings,
+    )
 
 
 ESTIMATORS = ("ode", "elbo", "ddpm")

@@ -27,8 +27,9 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or from a different run."""
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    config: RunConfig) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, step: int, config: RunConfig
+) -> Path:
     """Write model, EMA, optimiser state, step and config to one safetensors file, atomically: a temporary
     file in the same directory is written, flushed to disk and renamed over ``path``."""
     from safetensors.torch import save_file
@@ -41,9 +42,15 @@ def save_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module, optimize
     for index, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
-    tensors["rng.torch"] = torch.get_rng_state()  # training draws from (seed, rank, step); kept for code around the trainer
-    metadata = {"format": FORMAT, "step": str(int(step)), "config": json.dumps(config.to_dict()),
-                "param_groups": json.dumps(opt["param_groups"])}
+    tensors["rng.torch"] = (
+        torch.get_rng_state()
+    )  # training draws from (seed, rank, step); kept for code around the trainer
+    metadata = {
+        "format": FORMAT,
+        "step": str(int(step)),
+        "config": json.dumps(config.to_dict()),
+        "param_groups": json.dumps(opt["param_groups"]),
+    }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -84,10 +91,14 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
             metadata = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); it may be truncated "
-                              f"or not a scoresde checkpoint") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); it may be truncated "
+            f"or not a scoresde checkpoint"
+        ) from None
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a scoresde checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointError(
+            f"{path} is not a scoresde checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})"
+        )
     try:
         config = config_from_dict(json.loads(metadata["config"]))
         param_groups = json.loads(metadata["param_groups"])

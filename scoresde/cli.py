@@ -94,7 +94,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if args.resume and not checkpoint.is_file():
         raise UserError(f"--resume: no checkpoint in {out}; train without --resume first")
     if checkpoint.is_file() and not (args.resume or args.force):
-        raise UserError(f"{out} already holds a run (checkpoint.safetensors); pass --resume to continue it or --force to start afresh")
+        raise UserError(
+            f"{out} already holds a run (checkpoint.safetensors); pass --resume to continue it or --force to start "
+            "afresh"
+        )
     config = _train_config(args, checkpoint)
     _prepare_out(str(out), True, [])
     try:
@@ -154,8 +157,16 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     out = _out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     picture = out.with_suffix(".png")
     with torch.no_grad():
-        result = sample(model.sde, score, (args.n, *_sample_shape(model)), args.sampler, steps=args.steps, device=args.device,
-                        generator=torch.Generator(device=args.device).manual_seed(args.seed), **options)
+        result = sample(
+            model.sde,
+            score,
+            (args.n, *_sample_shape(model)),
+            args.sampler,
+            steps=args.steps,
+            device=args.device,
+            generator=torch.Generator(device=args.device).manual_seed(args.seed),
+            **options,
+        )
     x = result.x.cpu()
     transform = config.data.transform()
     levels = transform.levels if transform else None
@@ -163,11 +174,24 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     np.savez(out, **arrays)
     extent = _plot_extent(config)
     guided = "" if args.label is None else f", class {args.label}, guidance w = {args.guidance or 0.0:g}"
-    fig = plot_samples(torch.as_tensor(arrays["x"]).float(), f"{args.sampler}: {args.n} samples, {result.nfe} NFE (step {step}){guided}",
-                       levels=levels, extent=extent)
+    fig = plot_samples(
+        torch.as_tensor(arrays["x"]).float(),
+        f"{args.sampler}: {args.n} samples, {result.nfe} NFE (step {step}){guided}",
+        levels=levels,
+        extent=extent,
+    )
     fig.savefig(picture, dpi=110)
-    return {"samples": str(out), "picture": str(picture), "nfe": result.nfe, "sampler": args.sampler, "n": args.n,
-            "checkpoint_step": step, "label": args.label, "guidance": args.guidance, "settings": result.settings}
+    return {
+        "samples": str(out),
+        "picture": str(picture),
+        "nfe": result.nfe,
+        "sampler": args.sampler,
+        "n": args.n,
+        "checkpoint_step": step,
+        "label": args.label,
+        "guidance": args.guidance,
+        "settings": result.settings,
+    }
 
 
 def _plot_extent(config) -> float | None:
@@ -189,7 +213,9 @@ def _load_mask(spec: str, shape: tuple[int, ...]):
 
     if not spec.endswith(".npz"):
         if spec not in MASKS:
-            raise UserError(f"unknown mask {spec!r}; valid names are: {', '.join(MASKS)} (or a .npz file with array 'mask')")
+            raise UserError(
+                f"unknown mask {spec!r}; valid names are: {', '.join(MASKS)} (or a .npz file with array 'mask')"
+            )
         return named_mask(spec, shape)
     return ~torch.as_tensor(_read_npz(spec, "mask", "--mask") != 0)
 
@@ -233,17 +259,37 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
     known = _load_mask(args.mask, shape)  # its shape is checked by inpaint()
     out = _out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    result = inpaint(model.sde, model, x.to(args.device), known.to(args.device), method=args.method, steps=args.steps,
-                     generator=generator, progress=not args.json)
+    result = inpaint(
+        model.sde,
+        model,
+        x.to(args.device),
+        known.to(args.device),
+        method=args.method,
+        steps=args.steps,
+        generator=generator,
+        progress=not args.json,
+    )
     original, completed = x.cpu(), result.x.cpu()
     if transform is not None:
         original, completed = transform.from_model(original), transform.from_model(completed)
     np.savez(out, x=completed.numpy(), original=original.numpy(), known=known.cpu().numpy())
-    fig = plot_inpainting(original, known.cpu(), completed, levels=transform.levels if transform else None,
-                          extent=_plot_extent(config), title=f"inpainting ({args.method}, {result.nfe} NFE, step {step})")
+    fig = plot_inpainting(
+        original,
+        known.cpu(),
+        completed,
+        levels=transform.levels if transform else None,
+        extent=_plot_extent(config),
+        title=f"inpainting ({args.method}, {result.nfe} NFE, step {step})",
+    )
     fig.savefig(out.with_suffix(".png"), dpi=110)
-    return {"samples": str(out), "picture": str(out.with_suffix(".png")), "nfe": result.nfe, "n": int(x.shape[0]),
-            "checkpoint_step": step, "settings": result.settings}
+    return {
+        "samples": str(out),
+        "picture": str(out.with_suffix(".png")),
+        "nfe": result.nfe,
+        "n": int(x.shape[0]),
+        "checkpoint_step": step,
+        "settings": result.settings,
+    }
 
 
 def _load_points(source: str, n: int, seed: int, config, option: str = "--data") -> tuple:
@@ -264,7 +310,8 @@ def _load_points(source: str, n: int, seed: int, config, option: str = "--data")
 
 
 def _out_file(path: str, suffix: str, force: bool, *also: str) -> Path:
-    """``--out`` naming a ``suffix`` file, its folder creatable and writable, nothing overwritten without ``--force``."""
+    """``--out`` naming a ``suffix`` file, its folder creatable and writable, nothing overwritten without
+    ``--force``."""
     out = Path(path)
     if out.suffix != suffix:
         raise UserError(f"--out must name a {suffix} file, got {out}")
@@ -283,8 +330,17 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
     out = _out_file(args.out, ".json", args.force)
     x, true_nll = _load_points(args.data or config.data.name, args.n, args.seed, config)
     summary = {"checkpoint_step": step, "data": args.data or config.data.name}
-    summary.update(likelihood_summary(model.sde, model, x.to(args.device), transform=config.data.transform(), true_nll=true_nll,
-                                      seed=args.seed, progress=not args.json))
+    summary.update(
+        likelihood_summary(
+            model.sde,
+            model,
+            x.to(args.device),
+            transform=config.data.transform(),
+            true_nll=true_nll,
+            seed=args.seed,
+            progress=not args.json,
+        )
+    )
     out.write_text(json.dumps(summary, indent=2))
     return {**summary, "out": str(out)}
 
@@ -300,15 +356,33 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     data = held_out(config.data, args.n, args.seed)
     transform = config.data.transform()
     quantise = (lambda x: transform.to_model(transform.from_model(x) + 0.5)) if transform is not None else None
-    comparison = compare_samplers(model.sde, model, data.x, lineup=default_lineup(args.quick), n=len(data.x), floor_reference=data.floor,
-                                  true_log_prob=data.log_prob, entropy=data.entropy, postprocess=quantise, seed=args.seed,
-                                  device=args.device, progress=not args.json)
+    comparison = compare_samplers(
+        model.sde,
+        model,
+        data.x,
+        lineup=default_lineup(args.quick),
+        n=len(data.x),
+        floor_reference=data.floor,
+        true_log_prob=data.log_prob,
+        entropy=data.entropy,
+        postprocess=quantise,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.json,
+    )
     paths = write_comparison(comparison, data.x, folder, extent=_plot_extent(config))
     if not args.json:
         print(comparison.markdown())
     best = comparison.best()
-    return {"checkpoint_step": step, "n": comparison.n, "best": best.spec.label, "best_nfe": best.nfe, "noise_floor": comparison.floor,
-            "files": [str(p) for p in paths], **({"runs": comparison.to_dict()["runs"]} if args.json else {})}
+    return {
+        "checkpoint_step": step,
+        "n": comparison.n,
+        "best": best.spec.label,
+        "best_nfe": best.nfe,
+        "noise_floor": comparison.floor,
+        "files": [str(p) for p in paths],
+        **({"runs": comparison.to_dict()["runs"]} if args.json else {}),
+    }
 
 
 def _run_folder(checkpoint: str) -> Path:
@@ -332,17 +406,27 @@ def _demo_summary(metrics: dict, folder: Path) -> str:
     """The one-screen summary the demo prints."""
     lik, train, compare = metrics["likelihood"], metrics["train"], metrics["compare"]
     floor = compare["noise_floor"]["energy_distance"]
-    lines = [f"scoresde demo: {metrics['data']} under {metrics['sde']}" + (" (quick settings)" if metrics["quick"] else ""),
-             f"  trained {train['steps']} steps in {train['seconds']:.0f} s ({train['parameters']:,} parameters), final loss {train['final_loss']:.4g}",
-             f"  exact NLL {lik['nll_nats']:.4f} +- {lik['nll_standard_error']:.4f} nats ({lik['bits_per_dim']:.4f} bits/dim, {lik['nfe']} NFE)",
-             f"  true NLL  {lik['true_nll_nats']:.4f} nats; gap {lik['nll_gap_nats']:.4f} +- {lik['nll_gap_standard_error']:.4f}; "
-             f"ELBO {lik['elbo_nats']:.4f} +- {lik['elbo_standard_error']:.4f}",
-             f"  samplers ({compare['n']} samples; energy distance, noise floor {floor:.2e}):"]
+    lines = [
+        f"scoresde demo: {metrics['data']} under {metrics['sde']}" + (" (quick settings)" if metrics["quick"] else ""),
+        f"  trained {train['steps']} steps in {train['seconds']:.0f} s ({train['parameters']:,} parameters), final "
+        f"loss {train['final_loss']:.4g}",
+        f"  exact NLL {lik['nll_nats']:.4f} +- {lik['nll_standard_error']:.4f} nats ({lik['bits_per_dim']:.4f} "
+        f"bits/dim, {lik['nfe']} NFE)",
+        f"  true NLL  {lik['true_nll_nats']:.4f} nats; gap {lik['nll_gap_nats']:.4f} +- "
+        f"{lik['nll_gap_standard_error']:.4f}; "
+        f"ELBO {lik['elbo_nats']:.4f} +- {lik['elbo_standard_error']:.4f}",
+        f"  samplers ({compare['n']} samples; energy distance, noise floor {floor:.2e}):",
+    ]
     for run in compare["runs"]:
-        lines.append(f"    {run['label']:<46} NFE {run['nfe']:>4}  ED {run['energy_distance']:.2e} ({run['energy_distance'] / floor:5.1f} x floor)"
-                     f"  {run['seconds']:5.2f} s")
-    lines += [f"  report: {folder / 'report.md'}  (figures and metrics.json beside it)",
-              f"  total time {metrics['timings_seconds']['total']:.0f} s"]
+        lines.append(
+            f"    {run['label']:<46} NFE {run['nfe']:>4}  ED {run['energy_distance']:.2e} "
+            f"({run['energy_distance'] / floor:5.1f} x floor)"
+            f"  {run['seconds']:5.2f} s"
+        )
+    lines += [
+        f"  report: {folder / 'report.md'}  (figures and metrics.json beside it)",
+        f"  total time {metrics['timings_seconds']['total']:.0f} s",
+    ]
     return "\n".join(lines)
 
 
@@ -377,12 +461,23 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return help
 
 
-def _command(sub, name: str, run, help: str, example: str, *, seed: int | None = 0, force: bool = True) -> argparse.ArgumentParser:
+def _command(
+    sub, name: str, run, help: str, example: str, *, seed: int | None = 0, force: bool = True
+) -> argparse.ArgumentParser:
     """A sub-command with the options every command takes: --device, --seed, --json (and --force where it writes)."""
-    parser = sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}.\n\nexample:\n  {example}",
-                            formatter_class=_HelpFormatter)
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=f"{help[0].upper()}{help[1:]}.\n\nexample:\n  {example}",
+        formatter_class=_HelpFormatter,
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--seed", type=int, default=seed, help="random seed" + (" (default: the config's train.seed)" if seed is None else ""))
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=seed,
+        help="random seed" + (" (default: the config's train.seed)" if seed is None else ""),
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout (no progress bars)")
     if force:
         parser.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -392,68 +487,148 @@ def _command(sub, name: str, run, help: str, example: str, *, seed: int | None =
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command (``scoresde COMMAND --help`` prints one)."""
-    parser = argparse.ArgumentParser(prog="scoresde", description="Score-based generative modelling with SDEs.\n\n"
-                                     "example:\n  scoresde demo --out scoresde-out", formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scoresde",
+        description="Score-based generative modelling with SDEs.\n\nexample:\n  scoresde demo --out scoresde-out",
+        formatter_class=_HelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = _command(sub, "demo", cmd_demo, "train on a 2D toy with a known density, compare samplers, measure the likelihood and "
-                    "write a report", "scoresde demo --out scoresde-out")
+    demo = _command(
+        sub,
+        "demo",
+        cmd_demo,
+        "train on a 2D toy with a known density, compare samplers, measure the likelihood and write a report",
+        "scoresde demo --out scoresde-out",
+    )
     demo.add_argument("--out", default="scoresde-out", help="output folder: report.md, metrics.json, figures, run/")
-    demo.add_argument("--quick", action="store_true", help="small model and few points (under 30 s; for tests, not for quality)")
-    toys = _command(sub, "toys", cmd_toys, "sample the 2D toy data sets and draw the forward process of the gmm toy",
-                    "scoresde toys moons 8gaussians --out out/ --sde ve")
+    demo.add_argument(
+        "--quick", action="store_true", help="small model and few points (under 30 s; for tests, not for quality)"
+    )
+    toys = _command(
+        sub,
+        "toys",
+        cmd_toys,
+        "sample the 2D toy data sets and draw the forward process of the gmm toy",
+        "scoresde toys moons 8gaussians --out out/ --sde ve",
+    )
     toys.add_argument("names", nargs="*", help="toy data sets to draw (default: all)")
     toys.add_argument("--out", default="scoresde-out", help="output folder")
     toys.add_argument("-n", type=int, default=2000, help="samples per data set")
     toys.add_argument("--sde", default="vp", help=f"forward SDE: {', '.join(sde_names())}")
-    train = _command(sub, "train", cmd_train, "train a score model from a preset or config file",
-                     "scoresde train --preset toy-vp --out runs/toy --set train.steps=2000\n"
-                     "  scoresde train --out runs/toy --resume --steps 4000\n"
-                     "  torchrun --nproc_per_node=2 -m scoresde train --preset digits-ddpm --out runs/digits", seed=None)
+    train = _command(
+        sub,
+        "train",
+        cmd_train,
+        "train a score model from a preset or config file",
+        "scoresde train --preset toy-vp --out runs/toy --set train.steps=2000\n"
+        "  scoresde train --out runs/toy --resume --steps 4000\n"
+        "  torchrun --nproc_per_node=2 -m scoresde train --preset digits-ddpm --out runs/digits",
+        seed=None,
+    )
     train.add_argument("--preset", help="named preset (scoresde list shows them; default toy-vp)")
     train.add_argument("--config", help="YAML or TOML config file")
-    train.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one config field (repeatable)")
-    train.add_argument("--out", required=True, help="run folder: checkpoint.safetensors, config.yaml, metrics.csv, loss.png")
+    train.add_argument(
+        "--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one config field (repeatable)"
+    )
+    train.add_argument(
+        "--out", required=True, help="run folder: checkpoint.safetensors, config.yaml, metrics.csv, loss.png"
+    )
     train.add_argument("--steps", type=int, help="train.steps (the total, counted from step 0)")
     train.add_argument("--data-dir", help="folder with MNIST / CIFAR-10 files (data.data_dir)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out (its config.yaml unless --preset/--config)")
-    smp = _command(sub, "sample", cmd_sample, "draw samples from a checkpoint's EMA model; writes FILE.npz and FILE.png",
-                   "scoresde sample --checkpoint runs/toy --sampler dpm_solver --steps 20 -n 2000 --out runs/toy/samples.npz")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (its config.yaml unless --preset/--config)"
+    )
+    smp = _command(
+        sub,
+        "sample",
+        cmd_sample,
+        "draw samples from a checkpoint's EMA model; writes FILE.npz and FILE.png",
+        "scoresde sample --checkpoint runs/toy --sampler dpm_solver --steps 20 -n 2000 --out runs/toy/samples.npz",
+    )
     _checkpoint_option(smp)
     smp.add_argument("--sampler", default="dpm_solver", help="a sampler name (scoresde list)")
     smp.add_argument("--steps", type=int, help="steps of the sampler's grid (its own default if omitted)")
-    smp.add_argument("--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)")
+    smp.add_argument(
+        "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"
+    )
     smp.add_argument("-n", type=int, default=2000, help="number of samples")
     smp.add_argument("--label", type=int, help="class to sample (class-conditional models)")
-    smp.add_argument("--guidance", type=float, help="classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t, null); "
-                     "0 = the conditional model")
+    smp.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t, null); 0 = the conditional model",
+    )
     smp.add_argument("--out", required=True, help="samples file (.npz); the picture goes next to it (.png)")
-    lik = _command(sub, "likelihood", cmd_likelihood, "exact NLL and bits/dim of held-out data through the probability-flow ODE, "
-                   "with the ELBO beside it", "scoresde likelihood --checkpoint runs/toy -n 2000 --out runs/toy/likelihood.json")
+    lik = _command(
+        sub,
+        "likelihood",
+        cmd_likelihood,
+        "exact NLL and bits/dim of held-out data through the probability-flow ODE, with the ELBO beside it",
+        "scoresde likelihood --checkpoint runs/toy -n 2000 --out runs/toy/likelihood.json",
+    )
     _checkpoint_option(lik)
-    lik.add_argument("--data", help="data set name or .npz file with array x (default: the run's data set; toys: fresh draws "
-                     "with their true NLL; images: the test split)")
+    lik.add_argument(
+        "--data",
+        help="data set name or .npz file with array x (default: the run's data set; toys: fresh draws "
+        "with their true NLL; images: the test split)",
+    )
     lik.add_argument("-n", type=int, default=1000, help="number of points (images: the first n of the test split)")
     lik.add_argument("--out", required=True, help="result file (.json)")
-    cmp = _command(sub, "compare", cmd_compare, "compare predictor-corrector, ODE and few-step samplers on one checkpoint "
-                   "(NFE, wall time, distance to held-out data)", "scoresde compare --checkpoint runs/toy --quick")
+    cmp = _command(
+        sub,
+        "compare",
+        cmd_compare,
+        "compare predictor-corrector, ODE and few-step samplers on one checkpoint "
+        "(NFE, wall time, distance to held-out data)",
+        "scoresde compare --checkpoint runs/toy --quick",
+    )
     _checkpoint_option(cmp)
-    cmp.add_argument("-n", type=int, default=2000, help="samples per sampler (and held-out points; images: at most the test split)")
+    cmp.add_argument(
+        "-n", type=int, default=2000, help="samples per sampler (and held-out points; images: at most the test split)"
+    )
     cmp.add_argument("--quick", action="store_true", help="fewer samplers and step counts")
-    cmp.add_argument("--out", help="output folder for compare.json, compare.md, compare.png (default: the checkpoint's folder)")
-    inp = _command(sub, "inpaint", cmd_inpaint, "complete the missing part of images or 2D points (inpainting / imputation)",
-                   "scoresde inpaint --checkpoint runs/digits --image test --mask left-half -n 16 --out runs/digits/inpaint.npz")
+    cmp.add_argument(
+        "--out", help="output folder for compare.json, compare.md, compare.png (default: the checkpoint's folder)"
+    )
+    inp = _command(
+        sub,
+        "inpaint",
+        cmd_inpaint,
+        "complete the missing part of images or 2D points (inpainting / imputation)",
+        "scoresde inpaint --checkpoint runs/digits --image test --mask left-half -n 16 --out runs/digits/inpaint.npz",
+    )
     _checkpoint_option(inp)
-    inp.add_argument("--image", default="test", help="'test' (held-out data of the run's data set) or a .npz file with array x "
-                     "(data levels for images, points for toys)")
-    inp.add_argument("--mask", required=True, help="region to fill in: left-half, right-half, top-half, bottom-half, center "
-                     "(images), x1 or x2 (2D points), or a .npz file whose array 'mask' is nonzero where data is missing")
-    inp.add_argument("--method", default="pc", help="replacement, pc (Song et al. 2021, App. I) or smc (SMCDiff; the batch is "
-                     "the particle population of one observation)")
+    inp.add_argument(
+        "--image",
+        default="test",
+        help="'test' (held-out data of the run's data set) or a .npz file with array x "
+        "(data levels for images, points for toys)",
+    )
+    inp.add_argument(
+        "--mask",
+        required=True,
+        help="region to fill in: left-half, right-half, top-half, bottom-half, center "
+        "(images), x1 or x2 (2D points), or a .npz file whose array 'mask' is nonzero where data is missing",
+    )
+    inp.add_argument(
+        "--method",
+        default="pc",
+        help="replacement, pc (Song et al. 2021, App. I) or smc (SMCDiff; the batch is "
+        "the particle population of one observation)",
+    )
     inp.add_argument("--steps", type=int, default=500, help="predictor steps")
     inp.add_argument("-n", type=int, default=16, help="number of data to complete (the first n)")
-    inp.add_argument("--out", required=True, help="result file (.npz: x, original, known); the picture goes next to it (.png)")
-    _command(sub, "list", cmd_list, "list the SDEs, samplers (predictors, correctors, solvers), data sets, models and presets",
-             "scoresde list --json", force=False)
+    inp.add_argument(
+        "--out", required=True, help="result file (.npz: x, original, known); the picture goes next to it (.png)"
+    )
+    _command(
+        sub,
+        "list",
+        cmd_list,
+        "list the SDEs, samplers (predictors, correctors, solvers), data sets, models and presets",
+        "scoresde list --json",
+        force=False,
+    )
     return parser
 
 
@@ -470,7 +645,9 @@ def _check_device(name: str) -> None:
     except (RuntimeError, ValueError):
         raise UserError(f"--device {name!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu")
+        raise UserError(
+            f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: MPS is not available here; use --device cpu")
 

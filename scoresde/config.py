@@ -21,8 +21,21 @@ from .models.parameterization import PARAMETERIZATIONS
 from .models.registry import models
 from .sde import SDE, VPSDE, create_sde, sde_names
 
-__all__ = ["SDEConfig", "ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "preset", "presets", "register_preset",
-           "override", "load_config", "save_config", "config_from_dict", "ConfigError"]
+__all__ = [
+    "SDEConfig",
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "RunConfig",
+    "preset",
+    "presets",
+    "register_preset",
+    "override",
+    "load_config",
+    "save_config",
+    "config_from_dict",
+    "ConfigError",
+]
 
 
 class ConfigError(ValueError):
@@ -52,9 +65,21 @@ class SDEConfig:
 
     def __post_init__(self) -> None:
         _require(self.name in sde_names(), "sde.name", f"{self.name!r} is not one of {', '.join(sde_names())}")
-        _require(self.schedule in VPSDE.SCHEDULES, "sde.schedule", f"{self.schedule!r} is not one of {', '.join(VPSDE.SCHEDULES)}")
-        _require(0 < self.beta_min < self.beta_max, "sde.beta_min", f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
-        _require(0 < self.sigma_min < self.sigma_max, "sde.sigma_min", f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        _require(
+            self.schedule in VPSDE.SCHEDULES,
+            "sde.schedule",
+            f"{self.schedule!r} is not one of {', '.join(VPSDE.SCHEDULES)}",
+        )
+        _require(
+            0 < self.beta_min < self.beta_max,
+            "sde.beta_min",
+            f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}",
+        )
+        _require(
+            0 < self.sigma_min < self.sigma_max,
+            "sde.sigma_min",
+            f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}",
+        )
         _require(isinstance(self.N, int) and self.N > 0, "sde.N", f"must be a positive integer, got {self.N!r}")
 
     def build(self) -> SDE:
@@ -65,7 +90,8 @@ class SDEConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The score network: a registered ``name`` (mlp, ddpm_unet, ncsn), its ``parameterization`` and constructor ``kwargs``."""
+    """The score network: a registered ``name`` (mlp, ddpm_unet, ncsn), its ``parameterization`` and constructor
+    ``kwargs``."""
 
     name: str = "mlp"
     parameterization: str = "eps"
@@ -73,14 +99,18 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.name in models(), "model.name", f"{self.name!r} is not one of {', '.join(models())}")
-        _require(self.parameterization in PARAMETERIZATIONS, "model.parameterization",
-                 f"{self.parameterization!r} is not one of {', '.join(PARAMETERIZATIONS)}")
+        _require(
+            self.parameterization in PARAMETERIZATIONS,
+            "model.parameterization",
+            f"{self.parameterization!r} is not one of {', '.join(PARAMETERIZATIONS)}",
+        )
         _require(isinstance(self.kwargs, dict), "model.kwargs", "must be a mapping of constructor arguments")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The data: a 2D toy (``kind="toy"``, an infinite stream) or an image set (``kind="image"``: digits, mnist, cifar10)."""
+    """The data: a 2D toy (``kind="toy"``, an infinite stream) or an image set (``kind="image"``: digits, mnist,
+    cifar10)."""
 
     kind: str = "toy"
     name: str = "8gaussians"
@@ -95,7 +125,9 @@ class DataConfig:
 
         _require(self.kind in ("toy", "image"), "data.kind", f"{self.kind!r} is not one of toy, image")
         valid = toy_datasets() if self.kind == "toy" else image_datasets()
-        _require(self.name in valid, "data.name", f"{self.name!r} is not a {self.kind} data set; valid: {', '.join(valid)}")
+        _require(
+            self.name in valid, "data.name", f"{self.name!r} is not a {self.kind} data set; valid: {', '.join(valid)}"
+        )
         _require(self.high > self.low, "data.low", f"the model range needs high > low, got [{self.low}, {self.high}]")
 
     def transform(self):
@@ -135,23 +167,46 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
-            _require(isinstance(value, int) and value > 0, f"train.{name}", f"must be a positive integer, got {value!r}")
+            _require(
+                isinstance(value, int) and value > 0, f"train.{name}", f"must be a positive integer, got {value!r}"
+            )
         for name in ("warmup", "log_every", "checkpoint_every", "eval_every", "seed"):
             value = getattr(self, name)
-            _require(isinstance(value, int) and value >= 0, f"train.{name}", f"must be a non-negative integer, got {value!r}")
-        _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a positive number, got {self.lr!r}")
-        _require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"{self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+            _require(
+                isinstance(value, int) and value >= 0, f"train.{name}", f"must be a non-negative integer, got {value!r}"
+            )
+        _require(
+            isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+            "train.lr",
+            f"must be a positive number, got {self.lr!r}",
+        )
+        _require(
+            self.lr_schedule in LR_SCHEDULES,
+            "train.lr_schedule",
+            f"{self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}",
+        )
         _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
         _require(0 <= self.ema_decay < 1, "train.ema_decay", f"must lie in [0, 1), got {self.ema_decay!r}")
-        _require(self.weighting in WEIGHTINGS, "train.weighting", f"{self.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
-        _require(self.n_steps is None or (isinstance(self.n_steps, int) and self.n_steps > 1), "train.n_steps",
-                 f"must be null (continuous time) or an integer > 1, got {self.n_steps!r}")
+        _require(
+            self.weighting in WEIGHTINGS, "train.weighting", f"{self.weighting!r} is not one of {', '.join(WEIGHTINGS)}"
+        )
+        _require(
+            self.n_steps is None or (isinstance(self.n_steps, int) and self.n_steps > 1),
+            "train.n_steps",
+            f"must be null (continuous time) or an integer > 1, got {self.n_steps!r}",
+        )
         _require(self.t_min is None or self.t_min > 0, "train.t_min", f"must be null or positive, got {self.t_min!r}")
-        _require(not self.importance_sampling or self.weighting == "likelihood", "train.importance_sampling",
-                 "applies to weighting 'likelihood' only")
-        _require(isinstance(self.label_dropout, (int, float)) and 0 <= self.label_dropout < 1, "train.label_dropout",
-                 f"must lie in [0, 1), got {self.label_dropout!r}")
+        _require(
+            not self.importance_sampling or self.weighting == "likelihood",
+            "train.importance_sampling",
+            "applies to weighting 'likelihood' only",
+        )
+        _require(
+            isinstance(self.label_dropout, (int, float)) and 0 <= self.label_dropout < 1,
+            "train.label_dropout",
+            f"must lie in [0, 1), got {self.label_dropout!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -205,8 +260,10 @@ def _coerce_floats(cls: type, values: dict) -> dict:
             try:
                 out[key] = float(value)
             except ValueError:
-                raise ConfigError(f"invalid config field '{cls.__name__.removesuffix('Config').lower()}.{key}': "
-                                  f"{value!r} is not a number") from None
+                raise ConfigError(
+                    f"invalid config field '{cls.__name__.removesuffix('Config').lower()}.{key}': "
+                    f"{value!r} is not a number"
+                ) from None
     return out
 
 
@@ -302,38 +359,119 @@ def preset(name: str) -> RunConfig:
 
 # measured on 8gaussians (2 CPU threads, benchmarks/training.py): width 128 at 9000 steps beat width 256 at
 # 4000 in the same 3 minutes (NLL gap 0.014 vs 0.026 nats); the cosine decay took width 256 from 0.054 to 0.026
-_TOY_MODEL = {"name": "mlp", "parameterization": "eps", "kwargs": {"dim": 2, "width": 128, "depth": 4, "embedding": "fourier"}}
-_TOY_TRAIN = {"steps": 9000, "batch_size": 1024, "lr": 2e-3, "warmup": 200, "lr_schedule": "cosine", "ema_decay": 0.999,
-              "weighting": "likelihood", "importance_sampling": True, "checkpoint_every": 1000}
-register_preset("toy-vp", {"sde": {"name": "vp"}, "model": _TOY_MODEL, "data": {"kind": "toy", "name": "8gaussians"}, "train": _TOY_TRAIN})
-register_preset("toy-ve", {"sde": {"name": "ve", "sigma_min": 0.01, "sigma_max": 10.0}, "model": _TOY_MODEL,
-                           "data": {"kind": "toy", "name": "8gaussians"}, "train": _TOY_TRAIN})
+_TOY_MODEL = {
+    "name": "mlp",
+    "parameterization": "eps",
+    "kwargs": {"dim": 2, "width": 128, "depth": 4, "embedding": "fourier"},
+}
+_TOY_TRAIN = {
+    "steps": 9000,
+    "batch_size": 1024,
+    "lr": 2e-3,
+    "warmup": 200,
+    "lr_schedule": "cosine",
+    "ema_decay": 0.999,
+    "weighting": "likelihood",
+    "importance_sampling": True,
+    "checkpoint_every": 1000,
+}
+register_preset(
+    "toy-vp",
+    {"sde": {"name": "vp"}, "model": _TOY_MODEL, "data": {"kind": "toy", "name": "8gaussians"}, "train": _TOY_TRAIN},
+)
+register_preset(
+    "toy-ve",
+    {
+        "sde": {"name": "ve", "sigma_min": 0.01, "sigma_max": 10.0},
+        "model": _TOY_MODEL,
+        "data": {"kind": "toy", "name": "8gaussians"},
+        "train": _TOY_TRAIN,
+    },
+)
+
+
 def _unet(in_channels: int, image_size: int, ch: int, ch_mult: list[int], attn: list[int], groups: int) -> dict:
-    return {"name": "ddpm_unet", "parameterization": "eps",
-            "kwargs": {"in_channels": in_channels, "image_size": image_size, "ch": ch, "ch_mult": ch_mult, "num_res_blocks": 2,
-                       "attn_resolutions": attn, "dropout": 0.1, "groups": groups}}
+    return {
+        "name": "ddpm_unet",
+        "parameterization": "eps",
+        "kwargs": {
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "ch": ch,
+            "ch_mult": ch_mult,
+            "num_res_blocks": 2,
+            "attn_resolutions": attn,
+            "dropout": 0.1,
+            "groups": groups,
+        },
+    }
 
 
-def _train(steps: int, lr: float, warmup: int, ema: float, weighting: str, every: int, schedule: str = "constant") -> dict:
-    return {"steps": steps, "batch_size": 128, "lr": lr, "warmup": warmup, "ema_decay": ema, "weighting": weighting, "checkpoint_every": every,
-            "lr_schedule": schedule}
+def _train(
+    steps: int, lr: float, warmup: int, ema: float, weighting: str, every: int, schedule: str = "constant"
+) -> dict:
+    return {
+        "steps": steps,
+        "batch_size": 128,
+        "lr": lr,
+        "warmup": warmup,
+        "ema_decay": ema,
+        "weighting": weighting,
+        "checkpoint_every": every,
+        "lr_schedule": schedule,
+    }
 
 
 _VP = {"name": "vp"}
 # digits-ddpm fits the 15-minute CPU budget: ch=32 runs 5.8 steps/s on 2 threads (ch=64: 2.4)
-register_preset("digits-ddpm", {"sde": _VP, "model": _unet(1, 8, 32, [1, 2], [4], 8), "data": {"kind": "image", "name": "digits"},
-                                "train": _train(4500, 1e-3, 200, 0.999, "eps", 500, "cosine")})
+register_preset(
+    "digits-ddpm",
+    {
+        "sde": _VP,
+        "model": _unet(1, 8, 32, [1, 2], [4], 8),
+        "data": {"kind": "image", "name": "digits"},
+        "train": _train(4500, 1e-3, 200, 0.999, "eps", 500, "cosine"),
+    },
+)
 # classifier-free guidance on the digits: the same U-Net with a label embedding, 10% of rows trained unconditionally
-register_preset("digits-ddpm-cond", {"sde": _VP, "model": {**_unet(1, 8, 32, [1, 2], [4], 8),
-                                                           "kwargs": {**_unet(1, 8, 32, [1, 2], [4], 8)["kwargs"], "num_classes": 10}},
-                                     "data": {"kind": "image", "name": "digits"},
-                                     "train": {**_train(4500, 1e-3, 200, 0.999, "eps", 500, "cosine"), "label_dropout": 0.1}})
-register_preset("digits-ncsn", {"sde": {"name": "ve", "sigma_min": 0.01, "sigma_max": 20.0},
-                                "model": {"name": "ncsn", "parameterization": "eps", "kwargs": {"in_channels": 1, "image_size": 8, "ch": 32, "groups": 8}},
-                                "data": {"kind": "image", "name": "digits"}, "train": _train(4000, 1e-3, 200, 0.999, "sigma2", 500, "cosine")})
-register_preset("mnist-ddpm", {"sde": _VP, "model": _unet(1, 28, 32, [1, 2, 2], [7], 8), "data": {"kind": "image", "name": "mnist"},
-                               "train": _train(50_000, 2e-4, 1000, 0.9999, "eps", 5000)})
-register_preset("cifar10-ddpmpp-small", {"sde": _VP, "model": _unet(3, 32, 64, [1, 2, 2], [16], 32), "data": {"kind": "image", "name": "cifar10"},
-                                         "train": _train(200_000, 2e-4, 5000, 0.9999, "eps", 10_000)})
-register_preset("cifar10-ddpm", {"sde": _VP, "model": _unet(3, 32, 128, [1, 2, 2, 2], [16], 32), "data": {"kind": "image", "name": "cifar10"},
-                                 "train": _train(800_000, 2e-4, 5000, 0.9999, "eps", 10_000)})
+register_preset(
+    "digits-ddpm-cond",
+    {
+        "sde": _VP,
+        "model": {
+            **_unet(1, 8, 32, [1, 2], [4], 8),
+            "kwargs": {**_unet(1, 8, 32, [1, 2], [4], 8)["kwargs"], "num_classes": 10},
+        },
+        "data": {"kind": "image", "name": "digits"},
+        "train": {**_train(4500, 1e-3, 200, 0.999, "eps", 500, "cosine"), "label_dropout": 0.1},
+    },
+)
+register_preset(
+    "digits-ncsn",
+    {
+        "sde": {"name": "ve", "sigma_min": 0.01, "sigma_max": 20.0},
+        "model": {
+            "name": "ncsn",
+            "parameterization": "eps",
+            "kwargs": {"in_channels": 1, "image_size": 8, "ch": 32, "groups": 8},
+        },
+        "data": {"kind": "image", "name": "digits"},
+        "train": _train(4000, 1e-3, 200, 0.999, "sigma2", 500, "cosine"),
+    },
+)
+# the DDPM U-Nets on image files: (name, data set, the U-Net's shape, training length and schedule)
+for _name, _data, _unet_args, _train_args in (
+    ("mnist-ddpm", "mnist", (1, 28, 32, [1, 2, 2], [7], 8), (50_000, 2e-4, 1000, 0.9999, "eps", 5000)),
+    ("cifar10-ddpmpp-small", "cifar10", (3, 32, 64, [1, 2, 2], [16], 32), (200_000, 2e-4, 5000, 0.9999, "eps", 10_000)),
+    ("cifar10-ddpm", "cifar10", (3, 32, 128, [1, 2, 2, 2], [16], 32), (800_000, 2e-4, 5000, 0.9999, "eps", 10_000)),
+):
+    register_preset(
+        _name,
+        {
+            "sde": _VP,
+            "model": _unet(*_unet_args),
+            "data": {"kind": "image", "name": _data},
+            "train": _train(*_train_args),
+        },
+    )
+del _name, _data, _unet_args, _train_args

@@ -11,8 +11,8 @@ Symbols: ``x`` samples ``[n, ...]`` in the model's range; ``reference`` held-out
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -63,17 +63,34 @@ def default_lineup(quick: bool = False) -> list[SamplerSpec]:
         dpm_warped: [5, 10, 20],
         unipc: [5, 10, 20],
     }
-    samplers_of = {pc: ("pc", {}), em: ("pc", {"predictor": "euler_maruyama", "corrector": "none"}),
-                   "sde (torchsde Euler)": ("sde", {}), "ddim": ("ddim", {}), "heun (EDM)": ("heun", {}),
-                   dpm: ("dpm_solver", {"order": 3}), dpm_warped: ("dpm_solver", {"order": 3, "schedule": "log_snr_warped"}),
-                   unipc: ("unipc", {"order": 2})}
+    samplers_of = {
+        pc: ("pc", {}),
+        em: ("pc", {"predictor": "euler_maruyama", "corrector": "none"}),
+        "sde (torchsde Euler)": ("sde", {}),
+        "ddim": ("ddim", {}),
+        "heun (EDM)": ("heun", {}),
+        dpm: ("dpm_solver", {"order": 3}),
+        dpm_warped: ("dpm_solver", {"order": 3, "schedule": "log_snr_warped"}),
+        unipc: ("unipc", {"order": 2}),
+    }
     ode_tolerances = [1e-3, 1e-5]
     if quick:
-        budgets = {pc: [20], em: [50], "sde (torchsde Euler)": [50], "ddim": [10], "heun (EDM)": [5, 10], dpm: [5, 10],
-                   dpm_warped: [10], unipc: [10]}
+        budgets = {
+            pc: [20],
+            em: [50],
+            "sde (torchsde Euler)": [50],
+            "ddim": [10],
+            "heun (EDM)": [5, 10],
+            dpm: [5, 10],
+            dpm_warped: [10],
+            unipc: [10],
+        }
         ode_tolerances = [1e-3]
-    lineup = [SamplerSpec(family, samplers_of[family][0], {**samplers_of[family][1], "steps": steps})
-              for family, steps_list in budgets.items() for steps in steps_list]
+    lineup = [
+        SamplerSpec(family, samplers_of[family][0], {**samplers_of[family][1], "steps": steps})
+        for family, steps_list in budgets.items()
+        for steps in steps_list
+    ]
     lineup += [SamplerSpec("ode (dopri5, adaptive)", "ode", {"rtol": tol, "atol": tol}) for tol in ode_tolerances]
     return lineup
 
@@ -100,10 +117,19 @@ class SamplerRun:
     n_nonfinite: int = 0
 
     def to_dict(self) -> dict:
-        return {"family": self.spec.family, "label": self.spec.label, "sampler": self.spec.sampler, "options": self.spec.options,
-                "nfe": self.nfe, "seconds": self.seconds, "energy_distance": self.energy_distance,
-                "sliced_wasserstein": self.sliced_wasserstein, "true_nll": self.true_nll,
-                "true_nll_standard_error": self.true_nll_standard_error, "n_nonfinite": self.n_nonfinite}
+        return {
+            "family": self.spec.family,
+            "label": self.spec.label,
+            "sampler": self.spec.sampler,
+            "options": self.spec.options,
+            "nfe": self.nfe,
+            "seconds": self.seconds,
+            "energy_distance": self.energy_distance,
+            "sliced_wasserstein": self.sliced_wasserstein,
+            "true_nll": self.true_nll,
+            "true_nll_standard_error": self.true_nll_standard_error,
+            "n_nonfinite": self.n_nonfinite,
+        }
 
 
 @dataclass
@@ -117,7 +143,12 @@ class Comparison:
 
     def to_dict(self) -> dict:
         """JSON-safe: the floor, the entropy and one row per run (no tensors)."""
-        return {"n": self.n, "noise_floor": self.floor, "entropy": self.entropy, "runs": [run.to_dict() for run in self.runs]}
+        return {
+            "n": self.n,
+            "noise_floor": self.floor,
+            "entropy": self.entropy,
+            "runs": [run.to_dict() for run in self.runs],
+        }
 
     def best(self) -> SamplerRun:
         """The run with the smallest energy distance."""
@@ -127,19 +158,28 @@ class Comparison:
         """The comparison as a Markdown table (energy distance also as a multiple of the noise floor)."""
         floor = self.floor.get("energy_distance", float("nan"))
         density = self.entropy is not None
-        head = "| sampler | NFE | wall time (s) | energy distance | / floor | sliced W2 |" + (" true NLL of samples (nats) |" if density else "")
+        head = "| sampler | NFE | wall time (s) | energy distance | / floor | sliced W2 |" + (
+            " true NLL of samples (nats) |" if density else ""
+        )
         rule = "|---|---:|---:|---:|---:|---:|" + ("---:|" if density else "")
         rows = [head, rule]
         for run in self.runs:
-            row = (f"| {run.spec.label} | {run.nfe} | {run.seconds:.2f} | {run.energy_distance:.2e} | {run.energy_distance / floor:.1f} "
-                   f"| {run.sliced_wasserstein:.3f} |")
+            row = (
+                f"| {run.spec.label} | {run.nfe} | {run.seconds:.2f} | {run.energy_distance:.2e} | "
+                f"{run.energy_distance / floor:.1f} "
+                f"| {run.sliced_wasserstein:.3f} |"
+            )
             if density:
                 row += f" {run.true_nll:.3f} ± {run.true_nll_standard_error:.3f} |"
             rows.append(row + (f" ({run.n_nonfinite} non-finite)" if run.n_nonfinite else ""))
-        notes = [f"Noise floor (two held-out sets of {self.n}): energy distance {floor:.2e}, "
-                 f"sliced W2 {self.floor.get('sliced_wasserstein', float('nan')):.3f}."]
+        notes = [
+            f"Noise floor (two held-out sets of {self.n}): energy distance {floor:.2e}, "
+            f"sliced W2 {self.floor.get('sliced_wasserstein', float('nan')):.3f}."
+        ]
         if density:
-            notes.append(f"Entropy of the data (the true NLL a perfect sampler scores on average): {self.entropy:.3f} nats.")
+            notes.append(
+                f"Entropy of the data (the true NLL a perfect sampler scores on average): {self.entropy:.3f} nats."
+            )
         return "\n".join(rows + [""] + notes) + "\n"
 
 
@@ -190,7 +230,9 @@ def compare_samplers(
         raise ValueError("lineup is empty; pass SamplerSpec entries or leave it None for default_lineup()")
     for spec in lineup:
         if spec.sampler not in samplers():
-            raise ValueError(f"unknown sampler {spec.sampler!r} in the line-up; valid names are: {', '.join(samplers())}")
+            raise ValueError(
+                f"unknown sampler {spec.sampler!r} in the line-up; valid names are: {', '.join(samplers())}"
+            )
     device = torch.device(device)
     reference = reference.to(device)
     shape = (n, *reference.shape[1:])
@@ -198,8 +240,10 @@ def compare_samplers(
     floor = {}
     if floor_reference is not None:
         floor_reference = floor_reference.to(device)
-        floor = {"energy_distance": energy_distance(floor_reference, reference),
-                 "sliced_wasserstein": sliced_wasserstein(floor_reference, reference)}
+        floor = {
+            "energy_distance": energy_distance(floor_reference, reference),
+            "sliced_wasserstein": sliced_wasserstein(floor_reference, reference),
+        }
     runs = []
     for index, spec in enumerate(progress_bar(lineup, "compare", progress, leave=False)):
         generator = torch.Generator(device=device).manual_seed(seed + 1 + index)
@@ -213,7 +257,9 @@ def compare_samplers(
         x = x[finite]
         if postprocess is not None:
             x = postprocess(x)
-        run = SamplerRun(spec, x.cpu(), result.nfe, seconds, float("nan"), float("nan"), n_nonfinite=int((~finite).sum()))
+        run = SamplerRun(
+            spec, x.cpu(), result.nfe, seconds, float("nan"), float("nan"), n_nonfinite=int((~finite).sum())
+        )
         if len(x):
             run.energy_distance = energy_distance(x, reference)
             run.sliced_wasserstein = sliced_wasserstein(x, reference)

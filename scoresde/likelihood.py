@@ -3,7 +3,8 @@ r"""Exact log-likelihood through the probability-flow ODE (Song et al. 2021, App
 The PF-ODE $dx/dt = v(x, t) = f(t)x - \tfrac12 g(t)^2 s_\theta(x, t)$ is a continuous normalising
 flow, so by the instantaneous change of variables (Chen et al. 2018)
 
-$$\log p_{t_{min}}(x) = \log p_T(z) + \int_{t_{min}}^{T} \nabla_x\!\cdot v(x(t), t)\, dt, \qquad z = x(T),\ x(t_{min}) = x .$$
+$$\log p_{t_{min}}(x) = \log p_T(z) + \int_{t_{min}}^{T} \nabla_x\!\cdot v(x(t), t)\, dt,
+\qquad z = x(T),\ x(t_{min}) = x .$$
 
 We integrate the state and the divergence together with torchdiffeq, in ``t`` or in the log-SNR
 $\lambda$ (`scoresde.sde.ProbabilityFlow`; the divergence of $dx/d\lambda$
@@ -20,9 +21,8 @@ The variational bounds live in `scoresde.bounds`, bits per dimension in `scoresd
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -33,8 +33,16 @@ from .samplers.base import CountingScore
 from .samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
 from .sde import SDE, VARIABLES, ProbabilityFlow, ScoreFn, check_sde
 
-__all__ = ["log_likelihood", "LikelihoodResult", "exact_divergence", "divergence_fn", "draw_probes", "check_data", "DIVERGENCES",
-           "PROBES"]
+__all__ = [
+    "log_likelihood",
+    "LikelihoodResult",
+    "exact_divergence",
+    "divergence_fn",
+    "draw_probes",
+    "check_data",
+    "DIVERGENCES",
+    "PROBES",
+]
 
 LOGP_ATOL_FACTOR = 1.0
 """The log-density integral is held to ``atol`` absolute, with no relative part (a relative tolerance
@@ -71,7 +79,13 @@ class LikelihoodResult:
 
     def to_dict(self) -> dict:
         mean, se = mean_and_standard_error(self.nll)
-        return {"nll_mean": mean, "nll_standard_error": se, "n": self.nll.numel(), "nfe": self.nfe, "settings": self.settings}
+        return {
+            "nll_mean": mean,
+            "nll_standard_error": se,
+            "n": self.nll.numel(),
+            "nfe": self.nfe,
+            "settings": self.settings,
+        }
 
 
 def exact_divergence(v: Tensor, x: Tensor) -> Tensor:
@@ -108,8 +122,10 @@ def draw_probes(kind: str, n: int, x: Tensor, generator) -> Tensor:
 def check_data(x: Tensor) -> Tensor:
     """Data for a likelihood: a finite floating-point tensor ``[B, ...]`` with at least 2 dimensions."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f"x must be a floating-point tensor of shape [B, ...] with at least 2 dimensions, got "
-                         f"{type(x).__name__ if not isinstance(x, Tensor) else tuple(x.shape)}")
+        raise ValueError(
+            f"x must be a floating-point tensor of shape [B, ...] with at least 2 dimensions, got "
+            f"{type(x).__name__ if not isinstance(x, Tensor) else tuple(x.shape)}"
+        )
     return check_finite("x", x)
 
 
@@ -123,8 +139,9 @@ def _per_sample_norm(state: tuple[Tensor, Tensor]) -> Tensor:
     return torch.maximum(per_sample.max(), delta.abs().max())
 
 
-def _solve_batch(flow: ProbabilityFlow, x: Tensor, divergence, span, method, rtol, atol, max_steps, steps,
-                 error_control) -> tuple[Tensor, Tensor]:
+def _solve_batch(
+    flow: ProbabilityFlow, x: Tensor, divergence, span, method, rtol, atol, max_steps, steps, error_control
+) -> tuple[Tensor, Tensor]:
     """Integrate ``(x, delta)`` from the data end to ``T``; errors name the last time reached."""
     from torchdiffeq import odeint
 
@@ -240,23 +257,40 @@ def log_likelihood(
     nlls, priors, deltas, zs = [], [], [], []
     for part in progress_bar(parts, "log-likelihood", progress):
         probes = draw_probes(probe, n_probes, part, generator) if divergence == "hutchinson" else None
-        z, delta = _solve_batch(flow, part, divergence_fn(divergence, probes), span, method, rtol, atol, max_steps,
-                                steps, error_control)
+        z, delta = _solve_batch(
+            flow, part, divergence_fn(divergence, probes), span, method, rtol, atol, max_steps, steps, error_control
+        )
         prior_part = prior(z).to(torch.float64)
         if tuple(prior_part.shape) != (part.shape[0],):
-            raise ValueError(f"prior_logp must return one log density per sample, shape [{part.shape[0]}], got {tuple(prior_part.shape)}")
+            raise ValueError(
+                f"prior_logp must return one log density per sample, shape [{part.shape[0]}], got "
+                f"{tuple(prior_part.shape)}"
+            )
         delta = delta.to(torch.float64)
         nlls.append(-(prior_part + delta).cpu())
         priors.append(prior_part.cpu())
         deltas.append(delta.cpu())
         zs.append(z)
-    settings = {"divergence": divergence, "probe": probe if divergence == "hutchinson" else None,
-                "n_probes": n_probes if divergence == "hutchinson" else None, "method": method, "rtol": rtol,
-                "atol": atol, "t_min": t_min, "variable": variable, "prior": "custom" if prior_logp else "sde",
-                "steps": steps if method in FIXED_GRID_METHODS else None, "error_control": error_control}
+    settings = {
+        "divergence": divergence,
+        "probe": probe if divergence == "hutchinson" else None,
+        "n_probes": n_probes if divergence == "hutchinson" else None,
+        "method": method,
+        "rtol": rtol,
+        "atol": atol,
+        "t_min": t_min,
+        "variable": variable,
+        "prior": "custom" if prior_logp else "sde",
+        "steps": steps if method in FIXED_GRID_METHODS else None,
+        "error_control": error_control,
+    }
     empty = torch.zeros(0, dtype=torch.float64)
-    local = (torch.cat(nlls) if nlls else empty, torch.cat(priors) if priors else empty,
-             torch.cat(deltas) if deltas else empty, torch.cat(zs).cpu() if zs else x.new_zeros((0,) + x.shape[1:]).cpu())
+    local = (
+        torch.cat(nlls) if nlls else empty,
+        torch.cat(priors) if priors else empty,
+        torch.cat(deltas) if deltas else empty,
+        torch.cat(zs).cpu() if zs else x.new_zeros((0,) + x.shape[1:]).cpu(),
+    )
     nfe = score.calls
     if shard is not None:
         local, nfe = _gather(shard, local, nfe, full_batch)
@@ -288,8 +322,15 @@ def _gather(shard: Tensor, local: tuple[Tensor, ...], nfe: int, batch: int) -> t
     return tuple(out), sum(share[2] for share in shares)
 
 
-_MOVED = {"elbo": "bounds", "ddpm_bound": "bounds", "ELBOResult": "bounds", "TIME_SAMPLINGS": "bounds",
-          "bits_per_dim": "bpd", "BitsPerDimResult": "bpd", "ESTIMATORS": "bpd"}
+_MOVED = {
+    "elbo": "bounds",
+    "ddpm_bound": "bounds",
+    "ELBOResult": "bounds",
+    "TIME_SAMPLINGS": "bounds",
+    "bits_per_dim": "bpd",
+    "BitsPerDimResult": "bpd",
+    "ESTIMATORS": "bpd",
+}
 
 
 def __getattr__(name: str):

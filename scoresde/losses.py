@@ -2,7 +2,8 @@ r"""Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7), continuous
 
 For $x_t = \alpha(t) x_0 + \sigma(t)\epsilon$ the per-sample loss is
 
-$$\ell(x_0) = \tfrac12\,\lambda(t)\,\big\|s_\theta(x_t, t) + \epsilon/\sigma(t)\big\|^2 = \tfrac12\,\frac{\lambda(t)}{\sigma(t)^2}\,\big\|\sigma s_\theta + \epsilon\big\|^2,$$
+$$\ell(x_0) = \tfrac12\,\lambda(t)\,\big\|s_\theta(x_t, t) + \epsilon/\sigma(t)\big\|^2
+= \tfrac12\,\frac{\lambda(t)}{\sigma(t)^2}\,\big\|\sigma s_\theta + \epsilon\big\|^2,$$
 
 computed from $\sigma s_\theta$ (``ScoreModel.scaled_score``) so that no small $\sigma$ is
 divided by. Weightings $\lambda$:
@@ -45,7 +46,9 @@ def _scaled_score(model: ScoreFn, x: Tensor, t: Tensor, sigma: Tensor, y: Tensor
     return expand_to(sigma, x) * (model(x, t) if y is None else model(x, t, y))
 
 
-def _draw_times(sde: SDE, t_min: float, B: int, importance: bool, n_steps: int | None, generator, opts) -> tuple[Tensor, Tensor]:
+def _draw_times(
+    sde: SDE, t_min: float, B: int, importance: bool, n_steps: int | None, generator, opts
+) -> tuple[Tensor, Tensor]:
     """Times ``t [B]`` and per-sample factors multiplying $\\lambda(t)$ (1 unless importance sampled)."""
     if n_steps is not None:
         i = torch.randint(0, n_steps, (B,), generator=generator, device="cpu").to(opts["device"])
@@ -86,7 +89,10 @@ def dsm_loss(
     t_min = renamed_t_min(t_min, eps, "dsm_loss")
     check_sde(sde)
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.ndim < 2:
-        raise ValueError(f"x0 must be a floating-point tensor [B, ...] with at least 2 dimensions, got {getattr(x0, 'shape', type(x0).__name__)}")
+        raise ValueError(
+            "x0 must be a floating-point tensor [B, ...] with at least 2 dimensions, got "
+            f"{getattr(x0, 'shape', type(x0).__name__)}"
+        )
     check_finite("x0", x0)
     check_in_registry("weighting", weighting, WEIGHTINGS)
     reduce = check_in_registry("reduction", reduce or ("mean" if weighting == "eps" else "sum"), REDUCTIONS)
@@ -109,19 +115,33 @@ def dsm_loss(
     return 0.5 * factor * sde.g2(t) / sigma**2 * residual
 
 
-def ddpm_loss(model: ScoreFn, sde: SDE, x0: Tensor, *, n_steps: int = 1000, generator: torch.Generator | None = None) -> Tensor:
+def ddpm_loss(
+    model: ScoreFn, sde: SDE, x0: Tensor, *, n_steps: int = 1000, generator: torch.Generator | None = None
+) -> Tensor:
     r"""DDPM's $L_{simple}$ on the N-step chain: $\|\hat\epsilon(x_{t_i}, t_i) - \epsilon\|^2$, i uniform."""
     return dsm_loss(model, sde, x0, weighting="eps", n_steps=n_steps, generator=generator)
 
 
-def smld_loss(model: ScoreFn, sde: SDE, x0: Tensor, *, n_steps: int = 1000, generator: torch.Generator | None = None) -> Tensor:
-    r"""SMLD / NCSN's loss on the N noise levels: $\tfrac12\sigma_i^2\|s_\theta(x, \sigma_i) + \epsilon/\sigma_i\|^2$, i uniform."""
+def smld_loss(
+    model: ScoreFn, sde: SDE, x0: Tensor, *, n_steps: int = 1000, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""SMLD / NCSN's loss on the N noise levels: $\tfrac12\sigma_i^2\|s_\theta(x, \sigma_i) + \epsilon/\sigma_i\|^2$,
+    i uniform."""
     return dsm_loss(model, sde, x0, weighting="sigma2", n_steps=n_steps, generator=generator)
 
 
-def classifier_loss(classifier, sde: SDE, x0: Tensor, y: Tensor, *, t_min: float | None = None,
-                    generator: torch.Generator | None = None, eps: float | None = None) -> Tensor:
-    r"""Per-sample cross-entropy ``[B]`` of a noise-conditional classifier on perturbed data, t uniform on ``[t_min, T]``:
+def classifier_loss(
+    classifier,
+    sde: SDE,
+    x0: Tensor,
+    y: Tensor,
+    *,
+    t_min: float | None = None,
+    generator: torch.Generator | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    r"""Per-sample cross-entropy ``[B]`` of a noise-conditional classifier on perturbed data, t uniform on
+    ``[t_min, T]``:
     $-\log p_\phi(y \mid \alpha(t)x_0 + \sigma(t)\epsilon,\ t)$ (Dhariwal & Nichol 2021; Song et al. 2021, App. I)."""
     t_min = renamed_t_min(t_min, eps, "classifier_loss")
     check_sde(sde)

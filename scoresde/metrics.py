@@ -11,7 +11,7 @@ the tests and benchmarks compare samplers against.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -92,7 +92,9 @@ def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] | None = None, *, unbi
         return sum(torch.exp(-d2 / v) for v in h2)
 
     return float(
-        _pairwise_mean(x, x, kernel, unbiased) + _pairwise_mean(y, y, kernel, unbiased) - 2 * _pairwise_mean(x, y, kernel)
+        _pairwise_mean(x, x, kernel, unbiased)
+        + _pairwise_mean(y, y, kernel, unbiased)
+        - 2 * _pairwise_mean(x, y, kernel)
     )
 
 
@@ -120,7 +122,7 @@ def sliced_wasserstein(
         generator = torch.Generator().manual_seed(0)
     theta = torch.randn(x.shape[1], n_projections, generator=generator, dtype=torch.float64).to(x.device)
     theta = theta / theta.norm(dim=0, keepdim=True)
-    levels = (torch.arange(max(x.shape[0], y.shape[0]), dtype=torch.float64, device=x.device) + 0.5)
+    levels = torch.arange(max(x.shape[0], y.shape[0]), dtype=torch.float64, device=x.device) + 0.5
     levels = levels / levels.numel()
     qx, qy = _quantiles(x @ theta, levels), _quantiles(y @ theta, levels)
     return float((qx - qy).abs().pow(p).mean() ** (1.0 / p))

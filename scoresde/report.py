@@ -54,32 +54,73 @@ def likelihood_summary(
 
     generator = torch.Generator().manual_seed(seed)
     if transform is not None:
-        exact = bits_per_dim(sde, score_fn, x.float(), transform, divergence="hutchinson", generator=generator, dtype=torch.float32,
-                             batch_size=128, progress=progress, rtol=rtol, atol=atol)
-        bound = bits_per_dim(sde, score_fn, x.float(), transform, estimator="elbo", divergence="hutchinson", n_times=16,
-                             generator=generator, dtype=torch.float32)
-        return {"n": int(x.shape[0]), "bits_per_dim": exact.bpd, "bits_per_dim_standard_error": exact.bpd_standard_error,
-                "nll_nats": exact.nats_per_sample, "nfe": exact.nfe, "elbo_bits_per_dim": bound.bpd,
-                "elbo_bits_per_dim_standard_error": bound.bpd_standard_error, "settings": exact.settings}
+        exact = bits_per_dim(
+            sde,
+            score_fn,
+            x.float(),
+            transform,
+            divergence="hutchinson",
+            generator=generator,
+            dtype=torch.float32,
+            batch_size=128,
+            progress=progress,
+            rtol=rtol,
+            atol=atol,
+        )
+        bound = bits_per_dim(
+            sde,
+            score_fn,
+            x.float(),
+            transform,
+            estimator="elbo",
+            divergence="hutchinson",
+            n_times=16,
+            generator=generator,
+            dtype=torch.float32,
+        )
+        return {
+            "n": int(x.shape[0]),
+            "bits_per_dim": exact.bpd,
+            "bits_per_dim_standard_error": exact.bpd_standard_error,
+            "nll_nats": exact.nats_per_sample,
+            "nfe": exact.nfe,
+            "elbo_bits_per_dim": bound.bpd,
+            "elbo_bits_per_dim_standard_error": bound.bpd_standard_error,
+            "settings": exact.settings,
+        }
     x = x.to(torch.float64)
-    model = copy.deepcopy(score_fn).double() if isinstance(score_fn, torch.nn.Module) else score_fn  # the caller's stays float32
+    model = (
+        copy.deepcopy(score_fn).double() if isinstance(score_fn, torch.nn.Module) else score_fn
+    )  # the caller's stays float32
     result = log_likelihood(sde, model, x, progress=progress, batch_size=1000, rtol=rtol, atol=atol)
     bound = elbo(sde, model, x, generator=generator)
     dim = x[0].numel()
     nll, nll_se = mean_and_standard_error(result.nll)
     elbo_mean, elbo_se = mean_and_standard_error(bound.bound)
-    summary = {"n": int(x.shape[0]), "nll_nats": nll, "nll_standard_error": nll_se, "bits_per_dim": nll / (dim * math.log(2)),
-               "nfe": result.nfe, "elbo_nats": elbo_mean, "elbo_standard_error": elbo_se, "settings": result.settings}
+    summary = {
+        "n": int(x.shape[0]),
+        "nll_nats": nll,
+        "nll_standard_error": nll_se,
+        "bits_per_dim": nll / (dim * math.log(2)),
+        "nfe": result.nfe,
+        "elbo_nats": elbo_mean,
+        "elbo_standard_error": elbo_se,
+        "settings": result.settings,
+    }
     if true_nll is not None:
         gap, gap_se = mean_and_standard_error(result.nll - true_nll.double().cpu())
-        summary.update({"true_nll_nats": float(true_nll.double().mean()), "nll_gap_nats": gap, "nll_gap_standard_error": gap_se})
+        summary.update(
+            {"true_nll_nats": float(true_nll.double().mean()), "nll_gap_nats": gap, "nll_gap_standard_error": gap_se}
+        )
     return summary
 
 
 COMPARE_FILES = ("compare.json", "compare.md", "compare.png")
 
 
-def write_comparison(comparison: Comparison, reference: Tensor, folder: str | Path, *, extent: float | None = None) -> list[Path]:
+def write_comparison(
+    comparison: Comparison, reference: Tensor, folder: str | Path, *, extent: float | None = None
+) -> list[Path]:
     """Write ``compare.json`` (every run's figures), ``compare.md`` (the table) and ``compare.png``
     (`plot_comparison`) into ``folder``; returns the paths."""
     import matplotlib.pyplot as plt
@@ -96,8 +137,18 @@ def write_comparison(comparison: Comparison, reference: Tensor, folder: str | Pa
     return paths
 
 
-DEMO_FILES = ("report.md", "metrics.json", "likelihood.json", "run", "forward.png", "score_field.png", "trajectories.png", "density.png",
-              "reverse.gif", *COMPARE_FILES)
+DEMO_FILES = (
+    "report.md",
+    "metrics.json",
+    "likelihood.json",
+    "run",
+    "forward.png",
+    "score_field.png",
+    "trajectories.png",
+    "density.png",
+    "reverse.gif",
+    *COMPARE_FILES,
+)
 """What `run_demo` writes into its folder (``run`` is the training run's folder)."""
 
 DEMO_DATA = "8gaussians"
@@ -110,8 +161,15 @@ def _demo_config(quick: bool, seed: int):
 
     sets = [f"data.name={DEMO_DATA}", f"train.seed={seed}", "train.checkpoint_every=0"]
     if quick:
-        sets += ["train.steps=400", "train.batch_size=256", "model.kwargs.width=64", "model.kwargs.depth=2", "train.warmup=50",
-                 "train.lr=3e-3", "train.ema_decay=0.99"]
+        sets += [
+            "train.steps=400",
+            "train.batch_size=256",
+            "model.kwargs.width=64",
+            "model.kwargs.depth=2",
+            "train.warmup=50",
+            "train.lr=3e-3",
+            "train.ema_decay=0.99",
+        ]
     else:
         sets += ["train.steps=5000"]
     return override(preset("toy-vp"), *sets)
@@ -125,7 +183,9 @@ def _timed(timings: dict[str, float], name: str):
     timings[name] = time.perf_counter() - clock
 
 
-def run_demo(out: str | Path, *, quick: bool = False, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True) -> dict:
+def run_demo(
+    out: str | Path, *, quick: bool = False, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True
+) -> dict:
     """The end-to-end demo on a 2D toy whose density is known (8 Gaussians, VP SDE): train, compare the
     samplers, measure the likelihood against the truth, draw the teaching figures, and write
     ``out/report.md``, ``out/metrics.json`` and the figures (`DEMO_FILES`). Returns the metrics.
@@ -138,7 +198,14 @@ def run_demo(out: str | Path, *, quick: bool = False, device: torch.device | str
     from .datasets import toy_dataset
     from .samplers import sample
     from .training import Trainer
-    from .viz import animate_reverse_process, plot_forward_process, plot_model_density, plot_score_field, plot_trajectories, plot_training_curve
+    from .viz import (
+        animate_reverse_process,
+        plot_forward_process,
+        plot_model_density,
+        plot_score_field,
+        plot_training_curve,
+        plot_trajectories,
+    )
 
     start = time.perf_counter()
     out = Path(out)
@@ -159,28 +226,67 @@ def run_demo(out: str | Path, *, quick: bool = False, device: torch.device | str
     model, sde = trainer.score_fn, trainer.sde
 
     with _timed(timings, "figures"):
-        figures = [save(plot_forward_process(sde, toy.mixture, seed=seed), "forward.png"),
-                   save(plot_score_field(sde, model, mixture=toy.mixture, extent=toy.extent), "score_field.png")]
+        figures = [
+            save(plot_forward_process(sde, toy.mixture, seed=seed), "forward.png"),
+            save(plot_score_field(sde, model, mixture=toy.mixture, extent=toy.extent), "score_field.png"),
+        ]
         data = held_out(config.data, 400 if quick else 2000, seed)
-        figures.append(save(plot_trajectories(sde, model, seed=seed, extent=toy.extent, data=data.x), "trajectories.png"))
+        figures.append(
+            save(plot_trajectories(sde, model, seed=seed, extent=toy.extent, data=data.x), "trajectories.png")
+        )
 
     with _timed(timings, "compare"):
-        comparison = compare_samplers(sde, model, data.x, lineup=default_lineup(quick), n=len(data.x), floor_reference=data.floor,
-                                      true_log_prob=data.log_prob, entropy=data.entropy, seed=seed, device=device, progress=progress)
+        comparison = compare_samplers(
+            sde,
+            model,
+            data.x,
+            lineup=default_lineup(quick),
+            n=len(data.x),
+            floor_reference=data.floor,
+            true_log_prob=data.log_prob,
+            entropy=data.entropy,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
         figures += [p.name for p in write_comparison(comparison, data.x, out, extent=toy.extent)]
 
     with _timed(timings, "likelihood"):
         points = data.x[: 200 if quick else 1000]
-        likelihood = likelihood_summary(sde, model, points, true_nll=-data.log_prob(points.double()), seed=seed, progress=progress)
+        likelihood = likelihood_summary(
+            sde, model, points, true_nll=-data.log_prob(points.double()), seed=seed, progress=progress
+        )
         (out / "likelihood.json").write_text(json.dumps(likelihood, indent=2))
-        figures.append(save(plot_model_density(sde, model, extent=toy.extent, grid=24 if quick else 64, true_log_prob=toy.log_prob,
-                                               progress=progress), "density.png"))
+        figures.append(
+            save(
+                plot_model_density(
+                    sde,
+                    model,
+                    extent=toy.extent,
+                    grid=24 if quick else 64,
+                    true_log_prob=toy.log_prob,
+                    progress=progress,
+                ),
+                "density.png",
+            )
+        )
 
     with _timed(timings, "animation"):
-        walk = sample(sde, model, (300 if quick else 1000, 2), "pc", steps=100, predictor="euler_maruyama", corrector="none",
-                      generator=torch.Generator(device=device).manual_seed(seed), device=device, return_trajectory=True)
-        animation = animate_reverse_process(walk.trajectory, walk.times, extent=toy.extent, frames=15 if quick else 40,
-                                            title="reverse SDE")
+        walk = sample(
+            sde,
+            model,
+            (300 if quick else 1000, 2),
+            "pc",
+            steps=100,
+            predictor="euler_maruyama",
+            corrector="none",
+            generator=torch.Generator(device=device).manual_seed(seed),
+            device=device,
+            return_trajectory=True,
+        )
+        animation = animate_reverse_process(
+            walk.trajectory, walk.times, extent=toy.extent, frames=15 if quick else 40, title="reverse SDE"
+        )
         animation.save(out / "reverse.gif", writer="pillow", dpi=60 if quick else 80)
         plt.close(animation._fig)
         figures.append("reverse.gif")
@@ -188,10 +294,23 @@ def run_demo(out: str | Path, *, quick: bool = False, device: torch.device | str
 
     best = comparison.best()
     metrics = {
-        "data": config.data.name, "sde": repr(sde), "quick": quick, "seed": seed, "device": str(device),
-        "train": {"steps": trained.step, "seconds": trained.seconds, "final_loss": trained.loss, "parameters": sum(p.numel() for p in model.parameters())},
-        "likelihood": likelihood, "compare": comparison.to_dict(), "best_sampler": best.spec.label,
-        "entropy_nats": toy.entropy(), "timings_seconds": timings, "files": figures + ["report.md", "metrics.json", "likelihood.json"],
+        "data": config.data.name,
+        "sde": repr(sde),
+        "quick": quick,
+        "seed": seed,
+        "device": str(device),
+        "train": {
+            "steps": trained.step,
+            "seconds": trained.seconds,
+            "final_loss": trained.loss,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "likelihood": likelihood,
+        "compare": comparison.to_dict(),
+        "best_sampler": best.spec.label,
+        "entropy_nats": toy.entropy(),
+        "timings_seconds": timings,
+        "files": figures + ["report.md", "metrics.json", "likelihood.json"],
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "report.md").write_text(_demo_report(metrics, comparison))
@@ -200,9 +319,10 @@ def run_demo(out: str | Path, *, quick: bool = False, device: torch.device | str
 
 def _demo_report(metrics: dict, comparison: Comparison) -> str:
     lik, train = metrics["likelihood"], metrics["train"]
-    return f"""# scoresde demo: a score model of `{metrics['data']}`, checked against its exact density
+    return f"""# scoresde demo: a score model of `{metrics["data"]}`, checked against its exact density
 
-Forward process: `{metrics['sde']}`. Seed {metrics['seed']}, device `{metrics['device']}`{', **quick settings** (not for quality)' if metrics['quick'] else ''}.
+Forward process: `{metrics["sde"]}`. Seed {metrics["seed"]}, device
+`{metrics["device"]}`{", **quick settings** (not for quality)" if metrics["quick"] else ""}.
 
 ## 1. The forward process
 Samples of p_t next to the closed-form density of the same marginal (the data is a Gaussian mixture, so
@@ -211,7 +331,8 @@ every p_t is one too).
 ![forward process](forward.png)
 
 ## 2. Training (denoising score matching)
-{train['steps']} steps in {train['seconds']:.1f} s, {train['parameters']:,} parameters, final loss {train['final_loss']:.4g}
+{train["steps"]} steps in {train["seconds"]:.1f} s, {train["parameters"]:,} parameters,
+final loss {train["final_loss"]:.4g}
 (`run/` holds the checkpoint, config.yaml, metrics.csv and the loss curve).
 
 ![training curve](run/loss.png)
@@ -222,7 +343,7 @@ The learned score field against the exact one, sigma(t) x score, over the true p
 
 ## 3. Sampling: predictor-corrector against ODE against few-step solvers
 All samplers start from the same prior draw. Quality: energy distance and sliced Wasserstein-2 to held-out
-data, and the mean true NLL of the samples (a perfect sampler scores the entropy, {metrics['entropy_nats']:.3f} nats).
+data, and the mean true NLL of the samples (a perfect sampler scores the entropy, {metrics["entropy_nats"]:.3f} nats).
 
 {comparison.markdown()}
 Read the last two columns too: the deterministic samplers (ODE, DDIM, Heun, DPM-Solver) map a few prior draws from
@@ -240,13 +361,15 @@ An animation of the reverse SDE: `reverse.gif`.
 ![reverse process](reverse.gif)
 
 ## 4. Likelihood
-On {lik['n']} held-out points: exact NLL through the probability-flow ODE **{lik['nll_nats']:.4f} ± {lik['nll_standard_error']:.4f} nats**
-({lik['bits_per_dim']:.4f} bits/dim, {lik['nfe']} NFE); true NLL {lik['true_nll_nats']:.4f}, paired gap
-**{lik['nll_gap_nats']:.4f} ± {lik['nll_gap_standard_error']:.4f} nats**; ELBO {lik['elbo_nats']:.4f} ± {lik['elbo_standard_error']:.4f} nats
+On {lik["n"]} held-out points: exact NLL through the probability-flow ODE
+**{lik["nll_nats"]:.4f} ± {lik["nll_standard_error"]:.4f} nats**
+({lik["bits_per_dim"]:.4f} bits/dim, {lik["nfe"]} NFE); true NLL {lik["true_nll_nats"]:.4f}, paired gap
+**{lik["nll_gap_nats"]:.4f} ± {lik["nll_gap_standard_error"]:.4f} nats**;
+ELBO {lik["elbo_nats"]:.4f} ± {lik["elbo_standard_error"]:.4f} nats
 (a bound on the NLL of the reverse-SDE model, which is a different model from the ODE's once the score is not
 exact: it may fall below the ODE's NLL).
 
 ![model density against the true density](density.png)
 
-Timings (s): {', '.join(f'{k} {v:.1f}' for k, v in metrics['timings_seconds'].items())}.
+Timings (s): {", ".join(f"{k} {v:.1f}" for k, v in metrics["timings_seconds"].items())}.
 """

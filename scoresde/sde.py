@@ -20,7 +20,7 @@ import abc
 import inspect
 import math
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -70,7 +70,7 @@ def evaluate_score(score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
     return score
 
 
-def check_sde(sde: object) -> "SDE":
+def check_sde(sde: object) -> SDE:
     """Return ``sde`` if it is one of the package's SDEs, else raise ``TypeError`` naming what was passed."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an scoresde SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
@@ -171,7 +171,8 @@ class SDE(abc.ABC):
         return t
 
     def check_t_min(self, t_min: float | None, name: str = "t_min") -> float:
-        """The smallest time of a sampler or an integral: `sampling_t_min` when ``None``, else a number in ``(0, T)``."""
+        """The smallest time of a sampler or an integral: `sampling_t_min` when ``None``, else a number in
+        ``(0, T)``."""
         if t_min is None:
             return self.sampling_t_min
         t_min = check_positive(name, t_min)
@@ -247,10 +248,13 @@ class SDE(abc.ABC):
         check_finite("lam", lam)
         t = self._t_from_log_snr(lam)
         slack = _T_SLACK * self.T
-        if t.numel() and not (bool(torch.isfinite(t).all()) and float(t.min()) >= -slack and float(t.max()) <= self.T + slack):
+        if t.numel() and not (
+            bool(torch.isfinite(t).all()) and float(t.min()) >= -slack and float(t.max()) <= self.T + slack
+        ):
             ends = self.log_snr(torch.tensor([self.T, 0.0], dtype=torch.float64))
             raise ValueError(
-                f"lam must lie in this SDE's log-SNR range [lambda(T), lambda(0)] = [{float(ends[0]):.6g}, {float(ends[1]):.6g}],"
+                f"lam must lie in this SDE's log-SNR range [lambda(T), lambda(0)] = [{float(ends[0]):.6g}, "
+                f"{float(ends[1]):.6g}],"
                 f" got values in [{float(lam.min()):.6g}, {float(lam.max()):.6g}]"
             )
         return t.clamp(0.0, self.T)
@@ -307,7 +311,8 @@ class SDE(abc.ABC):
 
         The step is the exact Gaussian transition from $s = \max(t - \Delta t, 0)$ to ``t``:
 
-        $$f = \Big(\frac{\alpha(t)}{\alpha(s)} - 1\Big) x, \qquad G = \sqrt{\sigma(t)^2 - \frac{\alpha(t)^2}{\alpha(s)^2}\sigma(s)^2}.$$
+        $$f = \Big(\frac{\alpha(t)}{\alpha(s)} - 1\Big) x,
+        \qquad G = \sqrt{\sigma(t)^2 - \frac{\alpha(t)^2}{\alpha(s)^2}\sigma(s)^2}.$$
 
         For VP this is DDPM's step with $\beta_i = 1 - \bar\alpha_i / \bar\alpha_{i-1}$
         ($f = (\sqrt{1-\beta_i} - 1) x$, $G = \sqrt{\beta_i}$); for VE it is SMLD's
@@ -319,7 +324,7 @@ class SDE(abc.ABC):
         x = self._check_x("x", x)
         return self._discretize(x, self.check_time(t, x), dt)
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         r"""The reverse-time SDE or, with ``probability_flow=True``, the probability-flow ODE (a `ProbabilityFlow`
         in t) driven by ``score_fn``."""
         return ProbabilityFlow(self, score_fn) if probability_flow else ReverseSDE(self, score_fn)
@@ -355,7 +360,8 @@ def log_snr_times(sde: SDE, t_min: float, u: Tensor, dtype: torch.dtype, device)
 class ReverseSDE:
     r"""Reverse-time process of a forward `SDE`, integrated from ``T`` down to 0 (``dt < 0``).
 
-    $$dx = [f(t) x - g(t)^2 \nabla\log p_t(x)]\,dt + g(t)\,d\bar W \quad\text{(Anderson 1982; Song et al. 2021, Eq. 6)}$$
+    $$dx = [f(t) x - g(t)^2 \nabla\log p_t(x)]\,dt
+    + g(t)\,d\bar W \quad\text{(Anderson 1982; Song et al. 2021, Eq. 6)}$$
 
     or, with ``probability_flow=True`` (see `ProbabilityFlow`), the deterministic probability-flow ODE with
     the same marginals
@@ -416,7 +422,8 @@ class ReverseSDE:
         return self._drift(x, t, score), self.diffusion(t)
 
     def discretize(self, x: Tensor, t: Tensor | float, dt: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Reverse discrete step over ``dt`` (default ``T/N``): ``rev_f = f - w G^2 s`` and ``rev_G = G`` (0 for the ODE), checked."""
+        """Reverse discrete step over ``dt`` (default ``T/N``): ``rev_f = f - w G^2 s`` and ``rev_G = G`` (0 for the
+        ODE), checked."""
         x, t, score = self._checked(x, t)
         f, G = self.forward._discretize(x, t, dt)
         rev_f = f - expand_to(G**2, x) * score * self.score_weight
@@ -466,7 +473,7 @@ class ProbabilityFlow(ReverseSDE):
         r"""$dt/du$: 1 in t, $-\sigma(t)^2 / g(t)^2$ in the log-SNR."""
         if self.variable == "t":
             return torch.ones_like(t)
-        return -self.forward.sigma(t) ** 2 / self.forward.g2(t)
+        return -(self.forward.sigma(t) ** 2) / self.forward.g2(t)
 
     def velocity(self, u: Tensor, x: Tensor) -> Tensor:
         """$dx/du$ for a batch ``x [B, ...]`` at a scalar ``u`` (unchecked).
@@ -481,6 +488,7 @@ class ProbabilityFlow(ReverseSDE):
     def __repr__(self) -> str:
         return f"ProbabilityFlow({self.forward!r}, variable={self.variable!r})"
 
+
 # ---------------------------------------------------------------------- the name registry
 _SDES: dict[str, Callable[..., SDE]] = {}
 
@@ -489,7 +497,6 @@ def register_sde(name: str) -> Callable[[Callable[..., SDE]], Callable[..., SDE]
     """Decorator adding an SDE class or factory ``fn(**params) -> SDE`` to the one name registry that the CLI,
     the configs and the tests share."""
     return registering("SDE", _SDES, name)
-
 
 
 def sde_names() -> list[str]:
@@ -641,7 +648,8 @@ class SubVPSDE(SDE):
 class VESDE(SDE):
     r"""Variance-exploding SDE (SMLD in continuous time), Song et al. (2021) Eq. 9:
 
-    $$dx = \sigma(t)\sqrt{2\log(\sigma_{max}/\sigma_{min})}\,dW, \qquad \sigma(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t,$$
+    $$dx = \sigma(t)\sqrt{2\log(\sigma_{max}/\sigma_{min})}\,dW,
+    \qquad \sigma(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t,$$
 
     with $\alpha = 1$.  As in Song et al., the marginal std is $\sigma(t)$ itself, i.e. the
     process starts from $x(0) = x_0 + \sigma_{min} z$.  Prior $\mathcal N(0, \sigma_{max}^2 I)$.

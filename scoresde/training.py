@@ -25,9 +25,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -40,8 +40,21 @@ from .losses import dsm_loss
 from .models import ScoreModel, create_model
 from .sde import SDE
 
-__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "EMA", "save_checkpoint", "load_checkpoint", "CheckpointError",
-           "build_model", "DataStream", "init_distributed", "load_score_model", "learning_rate", "train_classifier"]
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "TrainingDiverged",
+    "EMA",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
+    "build_model",
+    "DataStream",
+    "init_distributed",
+    "load_score_model",
+    "learning_rate",
+    "train_classifier",
+]
 
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every", "data.data_dir")
 """Fields a resumed run may change (train longer, log differently, data moved); any other change is refused."""
@@ -79,7 +92,8 @@ class EMA:
 
 
 def init_distributed(device: torch.device | str) -> tuple[int, int]:
-    """``(rank, world_size)``: joins the torchrun process group (gloo on CPU, NCCL on CUDA) when launched by torchrun."""
+    """``(rank, world_size)``: joins the torchrun process group (gloo on CPU, NCCL on CUDA) when launched by
+    torchrun."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -92,7 +106,8 @@ def init_distributed(device: torch.device | str) -> tuple[int, int]:
 
 
 def learning_rate(tc, step: int) -> float:
-    r"""Linear warm-up over ``warmup`` steps, then constant or cosine $\tfrac12(1 + \cos(\pi k/K))$ to 0 at ``steps``."""
+    r"""Linear warm-up over ``warmup`` steps, then constant or cosine $\tfrac12(1 + \cos(\pi k/K))$ to 0 at
+    ``steps``."""
     warm = min(1.0, (step + 1) / tc.warmup) if tc.warmup else 1.0
     if tc.lr_schedule == "cosine" and step >= tc.warmup:
         progress = (step - tc.warmup) / max(tc.steps - tc.warmup, 1)
@@ -132,15 +147,25 @@ class DataStream:
             data_classes = int(self.labels.max()) + 1
             from torch.utils.data import DistributedSampler
 
-            self.sampler = DistributedSampler(range(len(images)), num_replicas=world, rank=rank, shuffle=True,
-                                              seed=config.train.seed, drop_last=True)
+            self.sampler = DistributedSampler(
+                range(len(images)), num_replicas=world, rank=rank, shuffle=True, seed=config.train.seed, drop_last=True
+            )
             self.per_epoch = len(self.sampler) // self.local_batch
             if self.per_epoch == 0:
-                raise ValueError(f"{data.name}: {len(images)} images are fewer than one batch per process ({self.local_batch})")
+                raise ValueError(
+                    f"{data.name}: {len(images)} images are fewer than one batch per process ({self.local_batch})"
+                )
             self._epoch, self._order = -1, None
         if self.num_classes and self.num_classes != data_classes:
-            fix = f"set model.kwargs.num_classes={data_classes}" if data_classes else "train it unconditionally (num_classes=0)"
-            raise ValueError(f"model.kwargs.num_classes is {self.num_classes} but {data.name} has {data_classes or 'no'} classes; {fix}")
+            fix = (
+                f"set model.kwargs.num_classes={data_classes}"
+                if data_classes
+                else "train it unconditionally (num_classes=0)"
+            )
+            raise ValueError(
+                f"model.kwargs.num_classes is {self.num_classes} but {data.name} has {data_classes or 'no'} classes; "
+                f"{fix}"
+            )
 
     def batch(self, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
         """Data ``[b, ...]`` in the model's range and, for a class-conditional model, its labels ``[b]`` (else None)."""
@@ -172,7 +197,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("step", "loss", "seconds", "steps_per_second", "interrupted", "checkpoint")}
+        return {
+            k: getattr(self, k) for k in ("step", "loss", "seconds", "steps_per_second", "interrupted", "checkpoint")
+        }
 
 
 class Trainer:
@@ -186,8 +213,16 @@ class Trainer:
             its figures go to ``evals.csv`` and `evals`.
     """
 
-    def __init__(self, config: RunConfig, out_dir: str | Path, *, device: torch.device | str = "cpu", progress: bool = True,
-                 resume: bool = True, eval_fn: Callable[["Trainer", int], dict] | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+        resume: bool = True,
+        eval_fn: Callable[[Trainer, int], dict] | None = None,
+    ) -> None:
         self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
         import torch.distributed as dist
 
@@ -214,7 +249,9 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            net = DistributedDataParallel(self.model.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            net = DistributedDataParallel(
+                self.model.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
             self._train_model = ScoreModel(net, self.sde, config.model.parameterization)
 
     # ------------------------------------------------------------------ public
@@ -228,7 +265,8 @@ class Trainer:
         return self.rank == 0
 
     def train(self, steps: int | None = None) -> TrainResult:
-        """Train up to step ``steps`` (default ``train.steps``); returns early, after a checkpoint, on SIGINT / SIGTERM."""
+        """Train up to step ``steps`` (default ``train.steps``); returns early, after a checkpoint, on SIGINT /
+        SIGTERM."""
         tc = self.config.train
         target = tc.steps if steps is None else min(int(steps), tc.steps)
         if self.is_main:
@@ -241,7 +279,9 @@ class Trainer:
             save_config(self.config, self.out_dir / "config.yaml")
         restore = self._install_signal_handlers()
         start, start_step, history, running = time.perf_counter(), self.step, [], []
-        bar = progress_bar(None, "train", self.progress and self.is_main, total=target, initial=self.step, dynamic_ncols=True)
+        bar = progress_bar(
+            None, "train", self.progress and self.is_main, total=target, initial=self.step, dynamic_ncols=True
+        )
         last_loss = float("nan")
         try:
             while self.step < target and not self._stop:
@@ -251,8 +291,12 @@ class Trainer:
                 bar.update(1)
                 if tc.log_every and (self.step % tc.log_every == 0 or self.step == target):
                     last_loss = sum(running) / len(running)
-                    row = {"step": self.step, "loss": last_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                           "seconds": time.perf_counter() - start}
+                    row = {
+                        "step": self.step,
+                        "loss": last_loss,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "seconds": time.perf_counter() - start,
+                    }
                     history.append(row)
                     running = []
                     bar.set_postfix(loss=f"{last_loss:.4g}")
@@ -269,8 +313,15 @@ class Trainer:
         path = self.save()
         seconds = time.perf_counter() - start
         done = self.step - start_step
-        return TrainResult(step=self.step, loss=last_loss, seconds=seconds, steps_per_second=done / seconds if seconds > 0 else 0.0,
-                           interrupted=self._stop, checkpoint=str(path) if path else None, history=history)
+        return TrainResult(
+            step=self.step,
+            loss=last_loss,
+            seconds=seconds,
+            steps_per_second=done / seconds if seconds > 0 else 0.0,
+            interrupted=self._stop,
+            checkpoint=str(path) if path else None,
+            history=history,
+        )
 
     def close(self) -> None:
         """Leave the process group this trainer joined under torchrun (a no-op on one process): the DDP wrapper,
@@ -292,7 +343,9 @@ class Trainer:
         """Write the checkpoint (rank 0 only; atomic)."""
         if not self.is_main:
             return None
-        return save_checkpoint(self.out_dir / CHECKPOINT, self.model, self.ema.model, self.optimizer, self.step, self.config)
+        return save_checkpoint(
+            self.out_dir / CHECKPOINT, self.model, self.ema.model, self.optimizer, self.step, self.config
+        )
 
     # ------------------------------------------------------------------ internals
     def _train_step(self) -> float:
@@ -315,13 +368,28 @@ class Trainer:
         if y is not None and tc.label_dropout > 0:  # classifier-free guidance: some rows train the unconditional model
             drop = torch.rand(y.shape, generator=generator) < tc.label_dropout
             y = torch.where(drop.to(y.device), torch.full_like(y, self.data.num_classes), y)
-        loss = dsm_loss(self._train_model, self.sde, x0, weighting=tc.weighting, importance_sampling=tc.importance_sampling,
-                        t_min=tc.t_min, n_steps=tc.n_steps, generator=generator, y=y).mean()
+        loss = dsm_loss(
+            self._train_model,
+            self.sde,
+            x0,
+            weighting=tc.weighting,
+            importance_sampling=tc.importance_sampling,
+            t_min=tc.t_min,
+            n_steps=tc.n_steps,
+            generator=generator,
+            y=y,
+        ).mean()
         if not torch.isfinite(loss):
             last = self.out_dir / CHECKPOINT
-            kept = f"the last good checkpoint {last} (step {checkpoint_step(last)}) is kept" if last.is_file() else "no checkpoint was written"
-            raise TrainingDiverged(f"the loss became {float(loss.detach())} at step {self.step}; {kept}; lower train.lr, "
-                                   f"raise train.warmup or set train.grad_clip")
+            kept = (
+                f"the last good checkpoint {last} (step {checkpoint_step(last)}) is kept"
+                if last.is_file()
+                else "no checkpoint was written"
+            )
+            raise TrainingDiverged(
+                f"the loss became {float(loss.detach())} at step {self.step}; {kept}; lower train.lr, "
+                f"raise train.warmup or set train.grad_clip"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip:
@@ -358,10 +426,17 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path, device=self.device)
         ours, theirs = self.config.to_dict(), state["config"].to_dict()
-        diff = [f"{s}.{k}" for s in ours for k in ours[s] if ours[s][k] != theirs[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES]
+        diff = [
+            f"{s}.{k}"
+            for s in ours
+            for k in ours[s]
+            if ours[s][k] != theirs[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES
+        ]
         if diff:
-            raise CheckpointError(f"{path} was written by a run with a different config ({', '.join(diff)}); "
-                                  f"use another out_dir, or resume=False (scoresde train --force) to start afresh")
+            raise CheckpointError(
+                f"{path} was written by a run with a different config ({', '.join(diff)}); "
+                f"use another out_dir, or resume=False (scoresde train --force) to start afresh"
+            )
         self.model.load_state_dict(state["model"])
         self.ema.model.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -404,9 +479,19 @@ def load_score_model(path: str | Path, device: torch.device | str = "cpu") -> tu
     return model.eval(), config, state["step"]
 
 
-
-def train_classifier(classifier: nn.Module, sde: SDE, x: Tensor, y: Tensor, *, steps: int = 2000, batch_size: int = 256,
-                     lr: float = 1e-3, transform: DataTransform | None = None, seed: int = 0, progress: bool = False) -> list[float]:
+def train_classifier(
+    classifier: nn.Module,
+    sde: SDE,
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    transform: DataTransform | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
     r"""Fit a noise-conditional classifier $p_\phi(y \mid x_t, t)$ for classifier guidance: Adam on
     `scoresde.losses.classifier_loss` over minibatches of ``(x, y)`` (data in the model's range, or integer images
     dequantised by ``transform`` at each draw). Returns the loss of every step; the classifier ends in eval mode."""

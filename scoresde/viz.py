@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 # No backend is forced here: matplotlib picks Agg by itself where there is no display, and a notebook keeps its
 # inline backend (forcing Agg on import hid every figure of the teaching notebooks).
@@ -45,7 +45,7 @@ def plot_toy_datasets(names: Sequence[str] | None = None, n: int = 2000, seed: i
         data = toy_dataset(name)
         title = name + (f"\nH = {data.entropy():.3f} nats" if data.has_density else "")
         _scatter(ax, data.sample(n, generator), data.extent, title)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(f"2D toy data sets ({n} samples each)")
     fig.tight_layout()
@@ -98,10 +98,12 @@ def _mosaic(x: torch.Tensor, low: float, high: float, cols: int) -> torch.Tensor
     x = ((x.detach().cpu().float() - low) / (high - low)).clamp(0, 1)
     n, c, h, w = x.shape
     rows = math.ceil(n / cols)
-    canvas = torch.full((rows * (h + 1) - 1, cols * (w + 1) - 1, c), 0.0 if c == 1 else 1.0)  # blank gaps (grey: drawn inverted)
+    canvas = torch.full(
+        (rows * (h + 1) - 1, cols * (w + 1) - 1, c), 0.0 if c == 1 else 1.0
+    )  # blank gaps (grey: drawn inverted)
     for i, img in enumerate(x):
         r, q = divmod(i, cols)
-        canvas[r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w] = img.permute(1, 2, 0)
+        canvas[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = img.permute(1, 2, 0)
     return canvas
 
 
@@ -121,7 +123,9 @@ def _check_samples(x: torch.Tensor) -> None:
         raise ValueError(f"expected 2D points [N, 2] or images [N, 1|3, H, W], got shape {tuple(x.shape)}")
 
 
-def plot_samples(x: torch.Tensor, title: str = "samples", levels: int | None = None, extent: float | None = None) -> Figure:
+def plot_samples(
+    x: torch.Tensor, title: str = "samples", levels: int | None = None, extent: float | None = None
+) -> Figure:
     """Samples at a glance: a scatter plot for 2D data ``[N, 2]``, an image grid (up to 10 x 10) for images
     ``[N, C, H, W]`` (integer ``levels`` or values in ``[-1, 1]``)."""
     _check_samples(x)
@@ -195,8 +199,17 @@ def plot_score_field(
             if density is not None:
                 ax.imshow(density.numpy(), origin="lower", extent=(-extent, extent, -extent, extent), cmap="Blues")
             v = (sigma * field).numpy()
-            ax.quiver(cells[:, 0].numpy(), cells[:, 1].numpy(), v[:, 0], v[:, 1], angles="xy", scale_units="xy", scale=scale,
-                      color="C1" if name == "learned" else "C3", width=0.004)
+            ax.quiver(
+                cells[:, 0].numpy(),
+                cells[:, 1].numpy(),
+                v[:, 0],
+                v[:, 1],
+                angles="xy",
+                scale_units="xy",
+                scale=scale,
+                color="C1" if name == "learned" else "C3",
+                width=0.004,
+            )
             _square(ax, extent, f"{name} score, t = {t:.3g}")
     note = " over the closed-form $p_t$" if mixture is not None else ""
     fig.suptitle(rf"Score field $\sigma(t)\,s(x, t)$ of {sde!r}{note}", fontsize=10)
@@ -225,10 +238,21 @@ def plot_trajectories(
     generator = torch.Generator(device=device).manual_seed(seed)
     x_T = sde.prior_sampling((n, 2), generator, device=device, dtype=dtype)
     runs = {
-        "reverse SDE (Euler–Maruyama)": sample(sde, score_fn, (n, 2), "pc", steps=steps, predictor="euler_maruyama", corrector="none",
-                                               x_T=x_T, generator=generator, return_trajectory=True),
-        "probability-flow ODE (RK4)": sample(sde, score_fn, (n, 2), "ode", method="rk4", steps=steps // 4, x_T=x_T,
-                                             return_trajectory=True),
+        "reverse SDE (Euler–Maruyama)": sample(
+            sde,
+            score_fn,
+            (n, 2),
+            "pc",
+            steps=steps,
+            predictor="euler_maruyama",
+            corrector="none",
+            x_T=x_T,
+            generator=generator,
+            return_trajectory=True,
+        ),
+        "probability-flow ODE (RK4)": sample(
+            sde, score_fn, (n, 2), "ode", method="rk4", steps=steps // 4, x_T=x_T, return_trajectory=True
+        ),
     }
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
     for ax, (name, result), color in zip(axes[:2], runs.items(), ("C0", "C1")):
@@ -287,8 +311,9 @@ def plot_model_density(
 
     cells = _square_cells(extent, grid)
     dtype, device = _model_dtype(score_fn)
-    result = log_likelihood(sde, score_fn, cells.to(device=device, dtype=dtype), rtol=rtol, atol=atol, progress=progress,
-                            batch_size=4096)
+    result = log_likelihood(
+        sde, score_fn, cells.to(device=device, dtype=dtype), rtol=rtol, atol=atol, progress=progress, batch_size=4096
+    )
     model_logp = _as_image(-result.nll.detach().cpu().double(), grid)
     panels = [(f"model density (PF-ODE, {result.nfe} NFE)", model_logp.exp(), "viridis")]
     if true_log_prob is not None:
@@ -302,7 +327,9 @@ def plot_model_density(
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
     for ax, (title, values, cmap) in zip(axes[0], panels):
         limits = {"vmin": -3, "vmax": 3} if cmap == "RdBu_r" else {"vmin": 0, "vmax": vmax}
-        image = ax.imshow(values.numpy(), origin="lower", extent=(-extent, extent, -extent, extent), cmap=cmap, **limits)
+        image = ax.imshow(
+            values.numpy(), origin="lower", extent=(-extent, extent, -extent, extent), cmap=cmap, **limits
+        )
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         _square(ax, extent, title)
     fig.suptitle(f"Density of the model against the truth ({grid}x{grid} grid)", fontsize=10)
@@ -322,7 +349,14 @@ def plot_quality_vs_nfe(comparison, ax=None, metric: str = "energy_distance") ->
         families.setdefault(run.spec.family, []).append(run)
     for i, (family, runs) in enumerate(families.items()):
         runs = sorted(runs, key=lambda r: r.nfe)
-        ax.plot([r.nfe for r in runs], [getattr(r, metric) for r in runs], marker="o", ms=4, label=family, color=f"C{i % 10}")
+        ax.plot(
+            [r.nfe for r in runs],
+            [getattr(r, metric) for r in runs],
+            marker="o",
+            ms=4,
+            label=family,
+            color=f"C{i % 10}",
+        )
     if metric in comparison.floor:
         ax.axhline(comparison.floor[metric], color="k", ls="--", lw=1, label=f"noise floor (n = {comparison.n})")
     ax.set_xscale("log")
@@ -335,7 +369,9 @@ def plot_quality_vs_nfe(comparison, ax=None, metric: str = "energy_distance") ->
     return fig
 
 
-def plot_comparison(comparison, reference: torch.Tensor, *, extent: float | None = None, levels: tuple[float, float] = (-1.0, 1.0)) -> Figure:
+def plot_comparison(
+    comparison, reference: torch.Tensor, *, extent: float | None = None, levels: tuple[float, float] = (-1.0, 1.0)
+) -> Figure:
     """One figure for `compare_samplers`: held-out data and each sampler family's
     samples side by side (its largest NFE; scatter plots for 2D, image grids for images), and quality against NFE.
     ``levels``: the value range of images (model range by default)."""
@@ -345,7 +381,8 @@ def plot_comparison(comparison, reference: torch.Tensor, *, extent: float | None
         if run.spec.family not in best or run.nfe > best[run.spec.family].nfe:
             best[run.spec.family] = run
     panels = [("held-out data", reference[: comparison.n])] + [
-        (f"{run.spec.label}\nNFE {run.nfe}, ED {run.energy_distance:.1e}", run.x) for run in best.values()]
+        (f"{run.spec.label}\nNFE {run.nfe}, ED {run.energy_distance:.1e}", run.x) for run in best.values()
+    ]
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)
     fig = plt.figure(figsize=(3.1 * cols, 3.2 * rows + 4.2))
@@ -370,7 +407,9 @@ def plot_training_curve(history: str | Path | Sequence[dict]) -> Figure:
             history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
     rows = [r for r in history if "step" in r and "loss" in r]
     if not rows:
-        raise ValueError("the training history holds no rows with step and loss; train for at least train.log_every steps")
+        raise ValueError(
+            "the training history holds no rows with step and loss; train for at least train.log_every steps"
+        )
     fig, ax = plt.subplots(figsize=(6, 3.8))
     steps = [r["step"] for r in rows]
     loss = [r["loss"] for r in rows]
@@ -406,7 +445,9 @@ def animate_reverse_process(
     ``sample(..., return_trajectory=True)``), ``frames`` states evenly spaced; save it with
     ``anim.save("reverse.gif", writer="pillow")``. Its figure is ``anim._fig`` (labelled axes, time in the title)."""
     if trajectory.ndim != 3 or trajectory.shape[2] != 2 or times.shape[0] != trajectory.shape[0]:
-        raise ValueError(f"trajectory must be [K, N, 2] with times [K], got {tuple(trajectory.shape)} and {tuple(times.shape)}")
+        raise ValueError(
+            f"trajectory must be [K, N, 2] with times [K], got {tuple(trajectory.shape)} and {tuple(times.shape)}"
+        )
     path = trajectory.detach().cpu().float()
     picks = torch.linspace(0, len(path) - 1, min(frames, len(path))).round().long().tolist()
     fig, ax = plt.subplots(figsize=(4.5, 4.7))
@@ -421,13 +462,23 @@ def animate_reverse_process(
     return FuncAnimation(fig, update, frames=len(picks), interval=interval, blit=False)
 
 
-def plot_inpainting(original: torch.Tensor, known: torch.Tensor, completed: torch.Tensor, *, levels: int | None = None,
-                    extent: float | None = None, title: str = "inpainting", n: int = 10) -> Figure:
+def plot_inpainting(
+    original: torch.Tensor,
+    known: torch.Tensor,
+    completed: torch.Tensor,
+    *,
+    levels: int | None = None,
+    extent: float | None = None,
+    title: str = "inpainting",
+    n: int = 10,
+) -> Figure:
     """Inpainting at a glance. Images ``[N, C, H, W]``: rows of originals, the masked inputs (missing pixels
     grey) and the completions, ``n`` columns. 2D points: the originals and the completions, with each completed
     point joined to its original."""
     if original.shape != completed.shape:
-        raise ValueError(f"original and completed must have one shape, got {tuple(original.shape)} and {tuple(completed.shape)}")
+        raise ValueError(
+            f"original and completed must have one shape, got {tuple(original.shape)} and {tuple(completed.shape)}"
+        )
     _check_samples(original)
     known = known.expand(original.shape).bool()
     if original.ndim == 2:
@@ -444,15 +495,22 @@ def plot_inpainting(original: torch.Tensor, known: torch.Tensor, completed: torc
     k = min(n, original.shape[0])
     masked = torch.where(known[:k], original[:k], torch.full_like(original[:k], (low + high) / 2))
     fig, axes = plt.subplots(3, 1, figsize=(0.6 * k + 0.8, 3 * 0.75 + 1.6))
-    for ax, (row, images) in zip(axes, [("original", original[:k]), ("masked input", masked), ("completed", completed[:k])]):
+    for ax, (row, images) in zip(
+        axes, [("original", original[:k]), ("masked input", masked), ("completed", completed[:k])]
+    ):
         _show_images(ax, images, low, high, k, row)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def plot_accuracy_vs_guidance(weights: Sequence[float], accuracy: Sequence[float], *, chance: float | None = None,
-                              title: str = "Classifier-free guidance") -> Figure:
+def plot_accuracy_vs_guidance(
+    weights: Sequence[float],
+    accuracy: Sequence[float],
+    *,
+    chance: float | None = None,
+    title: str = "Classifier-free guidance",
+) -> Figure:
     """Accuracy of a classifier on guided samples (the requested class recognised) against the guidance weight."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(list(weights), [100 * a for a in accuracy], marker="o")

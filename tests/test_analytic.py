@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from scoresde import GaussianMixture, VPSDE
+from scoresde import VPSDE, GaussianMixture
 
 
 def _random_mixture(D, K=4, seed=0):
@@ -22,10 +22,12 @@ def _random_mixture(D, K=4, seed=0):
 def test_log_prob_matches_scipy():
     mix = _random_mixture(3, seed=1)
     x = torch.randn(50, 3, dtype=torch.float64) * 2
-    ref = np.log(sum(
-        float(w) * multivariate_normal(m.numpy(), c.numpy()).pdf(x.numpy())
-        for w, m, c in zip(mix.weights, mix.means, mix.covs)
-    ))
+    ref = np.log(
+        sum(
+            float(w) * multivariate_normal(m.numpy(), c.numpy()).pdf(x.numpy())
+            for w, m, c in zip(mix.weights, mix.means, mix.covs)
+        )
+    )
     assert np.allclose(mix.log_prob(x).numpy(), ref, rtol=1e-10, atol=1e-10)
 
 
@@ -119,8 +121,14 @@ def test_same_generator_seed_same_samples():
     [
         ({"weights": [0.5, 0.6], "means": [[0.0], [1.0]], "covs": [[1.0], [1.0]]}, "weights must sum to 1"),
         ({"weights": [1.5, -0.5], "means": [[0.0], [1.0]], "covs": [[1.0], [1.0]]}, "weights must be > 0"),
-        ({"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 2.0], [2.0, 1.0]]]}, "covs\\[0\\] must be positive definite"),
-        ({"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 0.5], [0.0, 1.0]]]}, "covs\\[0\\] must be symmetric"),
+        (
+            {"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 2.0], [2.0, 1.0]]]},
+            "covs\\[0\\] must be positive definite",
+        ),
+        (
+            {"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 0.5], [0.0, 1.0]]]},
+            "covs\\[0\\] must be symmetric",
+        ),
         ({"weights": [0.5, 0.5], "means": [[0.0, 0.0]], "covs": [[1.0, 1.0]]}, "means must have shape"),
         ({"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[1.0, 1.0, 1.0]]}, "covs must have shape"),
         ({"weights": [1.0], "means": [[float("nan"), 0.0]], "covs": [[1.0, 1.0]]}, "means holds 1 non-finite"),

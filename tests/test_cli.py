@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import torch
+from conftest import assert_true_nll_matches_the_entropy
 
 from scoresde import toy_dataset
 from scoresde.cli import main
 
-from conftest import assert_true_nll_matches_the_entropy
+TINY_TRAIN = ["--steps", "5", "--set", "model.kwargs.width=16", "--set", "train.batch_size=32"]
+"""A run of a few steps of a small network: enough to exercise the commands, not to train."""
 
 
 def test_toys_writes_figures_and_json(tmp_path, capsys):
@@ -44,7 +46,11 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "valid names are: 2spirals" in proc.stderr
     assert not (tmp_path / "o").exists()
-    proc = subprocess.run([sys.executable, "-m", "scoresde", "toys", "--sde", "xx", "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoresde", "toys", "--sde", "xx", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "valid names are: vp, vp-cosine, subvp, ve" in proc.stderr
 
 
@@ -58,18 +64,37 @@ def test_list_names_every_registry(capsys):
 
 def test_train_writes_a_run_folder_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--out", str(out), "--set", "model.kwargs.width=16", "--set", "model.kwargs.depth=1", "--set", "train.batch_size=32",
-            "--json"]
+    args = [
+        "train",
+        "--out",
+        str(out),
+        "--set",
+        "model.kwargs.width=16",
+        "--set",
+        "model.kwargs.depth=1",
+        "--set",
+        "train.batch_size=32",
+        "--json",
+    ]
     assert main(args + ["--steps", "6", "--set", "train.log_every=2"]) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["step"] == 6 and {p.name for p in out.iterdir()} == {"checkpoint.safetensors", "config.yaml", "metrics.csv", "loss.png"}
+    assert first["step"] == 6 and {p.name for p in out.iterdir()} == {
+        "checkpoint.safetensors",
+        "config.yaml",
+        "metrics.csv",
+        "loss.png",
+    }
     before = (out / "checkpoint.safetensors").read_bytes()
     assert main(args + ["--steps", "9"]) == 2  # a run is there: neither --resume nor --force
     assert "pass --resume to continue it or --force to start afresh" in capsys.readouterr().err
     assert (out / "checkpoint.safetensors").read_bytes() == before
     assert main(["train", "--out", str(out), "--resume", "--steps", "9", "--json"]) == 0  # the run's own config.yaml
     resumed = json.loads(capsys.readouterr().out)
-    assert resumed["step"] == 9 and resumed["config"]["model"]["kwargs"]["width"] == 16 and resumed["config"]["train"]["log_every"] == 2
+    assert (
+        resumed["step"] == 9
+        and resumed["config"]["model"]["kwargs"]["width"] == 16
+        and resumed["config"]["train"]["log_every"] == 2
+    )
     assert [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]] == [2, 4, 6, 8, 9]
     assert main(args + ["--steps", "4", "--force", "--seed", "3"]) == 0  # afresh: step 4, the old log gone
     fresh = json.loads(capsys.readouterr().out)
@@ -80,10 +105,16 @@ def test_train_writes_a_run_folder_and_resumes(tmp_path, capsys):
 
 
 def test_train_user_errors_are_one_line(tmp_path):
-    for extra, message in [(["--set", "train.lr=-1"], "invalid config field 'train.lr'"),
-                           (["--preset", "mnist-ddpm"], "MNIST needs --data-dir"),
-                           (["--preset", "nope"], "unknown preset 'nope'; valid names are: cifar10-ddpm")]:
-        proc = subprocess.run([sys.executable, "-m", "scoresde", "train", "--out", str(tmp_path / "o"), *extra], capture_output=True, text=True)
+    for extra, message in [
+        (["--set", "train.lr=-1"], "invalid config field 'train.lr'"),
+        (["--preset", "mnist-ddpm"], "MNIST needs --data-dir"),
+        (["--preset", "nope"], "unknown preset 'nope'; valid names are: cifar10-ddpm"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "scoresde", "train", "--out", str(tmp_path / "o"), *extra],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
 
@@ -94,10 +125,23 @@ def test_train_then_sample_writes_npz_and_picture(tmp_path):
 
     run = tmp_path / "run"
     base = [sys.executable, "-m", "scoresde"]
-    train = base + ["train", "--out", str(run), "--steps", "5", "--set", "model.kwargs.width=16", "--set", "train.batch_size=32", "--json"]
+    train = base + ["train", "--out", str(run), *TINY_TRAIN, "--json"]
     assert subprocess.run(train, capture_output=True, text=True).returncode == 0
     out = tmp_path / "samples" / "s.npz"
-    cmd = base + ["sample", "--checkpoint", str(run), "--sampler", "ddim", "--steps", "4", "-n", "50", "--out", str(out), "--json"]
+    cmd = base + [
+        "sample",
+        "--checkpoint",
+        str(run),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "-n",
+        "50",
+        "--out",
+        str(out),
+        "--json",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -109,12 +153,16 @@ def test_train_then_sample_writes_npz_and_picture(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2 and "already exists; pass --force" in again.stderr and out.read_bytes() == before
     bad = subprocess.run(cmd[:-1] + ["--force", "--sampler", "euler"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown sampler 'euler'; valid names are: ddim" in bad.stderr and "Traceback" not in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "unknown sampler 'euler'; valid names are: ddim" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
 
 
 def test_likelihood_reports_nll_gap_and_elbo(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), "--steps", "5", "--set", "model.kwargs.width=16", "--set", "train.batch_size=32", "--json"]) == 0
+    assert main(["train", "--out", str(run), *TINY_TRAIN, "--json"]) == 0
     capsys.readouterr()
     out = tmp_path / "lik.json"
     assert main(["likelihood", "--checkpoint", str(run), "-n", "20", "--out", str(out), "--json"]) == 0
@@ -124,4 +172,6 @@ def test_likelihood_reports_nll_gap_and_elbo(tmp_path, capsys):
     assert_true_nll_matches_the_entropy(saved["true_nll_nats"], "8gaussians", saved["n"])
     assert "elbo_nats" in saved and summary["out"] == str(out)
     assert main(["likelihood", "--checkpoint", str(run), "-n", "20", "--out", str(out)]) == 2  # exists, no --force
-    assert main(["likelihood", "--checkpoint", str(tmp_path / "nope"), "-n", "20", "--out", str(tmp_path / "x.json")]) == 2
+    assert (
+        main(["likelihood", "--checkpoint", str(tmp_path / "nope"), "-n", "20", "--out", str(tmp_path / "x.json")]) == 2
+    )

@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_true_nll_matches_the_entropy
 
 from scoresde.cli import _demo_summary, build_parser, main
 from scoresde.report import DEMO_FILES
-
-from conftest import assert_true_nll_matches_the_entropy
 
 COMMANDS = ["demo", "toys", "train", "sample", "likelihood", "compare", "inpaint", "list"]
 
@@ -32,8 +31,22 @@ def one_line_error(proc, message: str) -> None:
 def run(tmp_path_factory):
     """A small toy run (8 Gaussians, VP): 300 steps of a width-32 MLP, a couple of seconds."""
     folder = tmp_path_factory.mktemp("cli") / "run"
-    proc = scoresde("train", "--out", folder, "--steps", 300, "--set", "model.kwargs.width=32", "--set", "train.batch_size=256",
-                    "--set", "train.log_every=20", "--seed", 1, "--json")
+    proc = scoresde(
+        "train",
+        "--out",
+        folder,
+        "--steps",
+        300,
+        "--set",
+        "model.kwargs.width=32",
+        "--set",
+        "train.batch_size=256",
+        "--set",
+        "train.log_every=20",
+        "--seed",
+        1,
+        "--json",
+    )
     summary = json.loads(proc.stdout)
     assert summary["step"] == 300 and summary["config"]["train"]["seed"] == 1
     assert {p.name for p in folder.iterdir()} >= {"checkpoint.safetensors", "config.yaml", "metrics.csv", "loss.png"}
@@ -44,8 +57,28 @@ def test_sample_likelihood_compare_on_a_trained_run(run, tmp_path):
     import numpy as np
 
     out = tmp_path / "samples.npz"
-    sampled = json.loads(scoresde("sample", "--checkpoint", run, "--sampler", "pc", "--steps", 10, "--option", "predictor=euler_maruyama",
-                                  "--option", "corrector=none", "-n", 64, "--seed", 3, "--out", out, "--json").stdout)
+    sampled = json.loads(
+        scoresde(
+            "sample",
+            "--checkpoint",
+            run,
+            "--sampler",
+            "pc",
+            "--steps",
+            10,
+            "--option",
+            "predictor=euler_maruyama",
+            "--option",
+            "corrector=none",
+            "-n",
+            64,
+            "--seed",
+            3,
+            "--out",
+            out,
+            "--json",
+        ).stdout
+    )
     assert sampled["nfe"] == 11 and sampled["settings"]["predictor"] == "euler_maruyama"
     assert np.load(out)["x"].shape == (64, 2) and out.with_suffix(".png").stat().st_size > 1000
 
@@ -53,8 +86,17 @@ def test_sample_likelihood_compare_on_a_trained_run(run, tmp_path):
     summary = json.loads(scoresde("likelihood", "--checkpoint", run, "-n", 50, "--out", lik, "--json").stdout)
     saved = json.loads(lik.read_text())
     assert {k: saved[k] for k in saved} == {k: summary[k] for k in saved}
-    for key in ("nll_nats", "nll_standard_error", "bits_per_dim", "nfe", "elbo_nats", "elbo_standard_error", "true_nll_nats",
-                "nll_gap_nats", "nll_gap_standard_error"):
+    for key in (
+        "nll_nats",
+        "nll_standard_error",
+        "bits_per_dim",
+        "nfe",
+        "elbo_nats",
+        "elbo_standard_error",
+        "true_nll_nats",
+        "nll_gap_nats",
+        "nll_gap_standard_error",
+    ):
         assert isinstance(saved[key], (int, float)), key
     assert saved["nll_standard_error"] > 0 and saved["nfe"] > 20
     # the held-out points' true NLL estimates the entropy, and an under-trained model is worse than the truth
@@ -62,15 +104,25 @@ def test_sample_likelihood_compare_on_a_trained_run(run, tmp_path):
     assert saved["nll_gap_nats"] > 0
 
     folder = tmp_path / "cmp"
-    result = json.loads(scoresde("compare", "--checkpoint", run, "--quick", "-n", 300, "--out", folder, "--json").stdout)
+    result = json.loads(
+        scoresde("compare", "--checkpoint", run, "--quick", "-n", 300, "--out", folder, "--json").stdout
+    )
     table = json.loads((folder / "compare.json").read_text())
     families = {r["family"] for r in table["runs"]}
-    assert {"pc (reverse diffusion + Langevin)", "ode (dopri5, adaptive)", "ddim", "heun (EDM)", "dpm_solver (3M)"} <= families
+    assert {
+        "pc (reverse diffusion + Langevin)",
+        "ode (dopri5, adaptive)",
+        "ddim",
+        "heun (EDM)",
+        "dpm_solver (3M)",
+    } <= families
     for row in table["runs"]:
         assert row["nfe"] > 0 and row["seconds"] > 0 and row["energy_distance"] > 0 and row["true_nll"] is not None
     assert table["noise_floor"]["energy_distance"] > 0 and abs(table["entropy"] - 2.8324) < 1e-3
     assert result["best"] in {r["label"] for r in table["runs"]}
-    assert (folder / "compare.png").stat().st_size > 10_000 and "| sampler | NFE |" in (folder / "compare.md").read_text()
+    assert (folder / "compare.png").stat().st_size > 10_000 and "| sampler | NFE |" in (
+        folder / "compare.md"
+    ).read_text()
     before = (folder / "compare.json").read_bytes()
     again = scoresde("compare", "--checkpoint", run, "--quick", "-n", 300, "--out", folder, check_rc=None)
     one_line_error(again, "compare.json already exists; pass --force")
@@ -83,7 +135,15 @@ def test_demo_quick_writes_the_report(tmp_path):
     for name in DEMO_FILES:
         assert (out / name).exists(), name
     report = (out / "report.md").read_text()
-    for name in ("forward.png", "score_field.png", "trajectories.png", "compare.png", "density.png", "run/loss.png", "reverse.gif"):
+    for name in (
+        "forward.png",
+        "score_field.png",
+        "trajectories.png",
+        "compare.png",
+        "density.png",
+        "run/loss.png",
+        "reverse.gif",
+    ):
         assert f"({name})" in report and (out / name).stat().st_size > 5_000, name
     assert json.loads((out / "metrics.json").read_text()) == metrics
     lik = metrics["likelihood"]
@@ -122,12 +182,24 @@ def test_user_errors_are_one_line_with_status_2(run, tmp_path, capsys):
     cases = [
         (["sample", "--checkpoint", tmp_path / "missing", "--out", tmp_path / "s.npz"], "no checkpoint at"),
         (["compare", "--checkpoint", bad, "--out", tmp_path / "c"], "is not a readable checkpoint"),
-        (["sample", "--checkpoint", run, "--sampler", "nope", "--out", tmp_path / "s.npz"], "valid names are: ddim, dpm_solver"),
-        (["sample", "--checkpoint", run, "--option", "order=7", "--out", tmp_path / "s.npz"], "unknown dpm_solver order '7'"),
-        (["sample", "--checkpoint", run, "--option", "colour=red", "--out", tmp_path / "s.npz"], "unknown option(s) colour"),
+        (
+            ["sample", "--checkpoint", run, "--sampler", "nope", "--out", tmp_path / "s.npz"],
+            "valid names are: ddim, dpm_solver",
+        ),
+        (
+            ["sample", "--checkpoint", run, "--option", "order=7", "--out", tmp_path / "s.npz"],
+            "unknown dpm_solver order '7'",
+        ),
+        (
+            ["sample", "--checkpoint", run, "--option", "colour=red", "--out", tmp_path / "s.npz"],
+            "unknown option(s) colour",
+        ),
         (["sample", "--checkpoint", run, "--out", tmp_path / "s.txt"], "--out must name a .npz file"),
         (["likelihood", "--checkpoint", run, "--out", a_file / "x.json"], "is a file; choose another --out"),
-        (["likelihood", "--checkpoint", run, "--data", tmp_path / "none.npz", "--out", tmp_path / "l.json"], "does not exist"),
+        (
+            ["likelihood", "--checkpoint", run, "--data", tmp_path / "none.npz", "--out", tmp_path / "l.json"],
+            "does not exist",
+        ),
         (["compare", "--checkpoint", run, "--device", "cuda:7", "--out", tmp_path / "c"], "no such CUDA device here"),
         (["train", "--out", tmp_path / "t", "--set", "sde.name=vq"], "invalid config field 'sde.name'"),
         (["demo", "--out", a_file], "is a file; choose another --out"),
@@ -146,18 +218,63 @@ def test_guided_sampling_and_inpainting(run, tmp_path, capsys):
     import numpy as np
 
     cond = tmp_path / "cond"
-    assert main(["train", "--out", str(cond), "--steps", "30", "--set", "model.kwargs.width=16", "--set", "model.kwargs.num_classes=8",
-                 "--set", "train.label_dropout=0.2", "--set", "train.batch_size=64", "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(cond),
+                "--steps",
+                "30",
+                "--set",
+                "model.kwargs.width=16",
+                "--set",
+                "model.kwargs.num_classes=8",
+                "--set",
+                "train.label_dropout=0.2",
+                "--set",
+                "train.batch_size=64",
+                "--json",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     out = tmp_path / "guided.npz"
-    assert main(["sample", "--checkpoint", str(cond), "--label", "3", "--guidance", "2", "--sampler", "ddim", "--steps", "5", "-n", "40",
-                 "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(cond),
+                "--label",
+                "3",
+                "--guidance",
+                "2",
+                "--sampler",
+                "ddim",
+                "--steps",
+                "5",
+                "-n",
+                "40",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
-    assert summary["label"] == 3 and summary["guidance"] == 2.0 and summary["nfe"] == 6 and np.load(out)["x"].shape == (40, 2)
+    assert (
+        summary["label"] == 3
+        and summary["guidance"] == 2.0
+        and summary["nfe"] == 6
+        and np.load(out)["x"].shape == (40, 2)
+    )
 
     painted = tmp_path / "inpaint.npz"
-    assert main(["inpaint", "--checkpoint", str(run), "--image", "test", "--mask", "x2", "-n", "30", "--steps", "20",
-                 "--out", str(painted), "--json"]) == 0
+    options = "--image test --mask x2 -n 30 --steps 20".split()
+    assert main(["inpaint", "--checkpoint", str(run), *options, "--out", str(painted), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     data = np.load(painted)
     assert data["x"].shape == (30, 2) and np.array_equal(data["x"][:, 0], data["original"][:, 0])  # x1 kept
@@ -167,15 +284,44 @@ def test_guided_sampling_and_inpainting(run, tmp_path, capsys):
     bad_mask = tmp_path / "mask.npz"
     np.savez(bad_mask, mask=np.ones((3,), dtype=bool))
     cases = [
-        (["sample", "--checkpoint", str(cond), "--label", "8", "--out", str(tmp_path / "a.npz")], "label 8 is outside the model's classes 0..7"),
-        (["sample", "--checkpoint", str(run), "--label", "1", "--out", str(tmp_path / "a.npz")], "guidance needs a class-conditional model"),
-        (["sample", "--checkpoint", str(cond), "--guidance", "1", "--out", str(tmp_path / "a.npz")], "--guidance needs --label"),
-        (["inpaint", "--checkpoint", str(run), "--mask", "left-half", "--out", str(tmp_path / "b.npz")], "is for images [C, H, W]"),
-        (["inpaint", "--checkpoint", str(run), "--mask", str(bad_mask), "--out", str(tmp_path / "b.npz")],
-         "the mask of shape (3,) does not match the data's shape (2,)"),
-        (["inpaint", "--checkpoint", str(run), "--mask", "nope", "--out", str(tmp_path / "b.npz")], "unknown mask 'nope'; valid names are"),
-        (["inpaint", "--checkpoint", str(run), "--mask", "x1", "--method", "magic", "--out", str(tmp_path / "b.npz")],
-         "unknown inpainting method 'magic'"),
+        (
+            ["sample", "--checkpoint", str(cond), "--label", "8", "--out", str(tmp_path / "a.npz")],
+            "label 8 is outside the model's classes 0..7",
+        ),
+        (
+            ["sample", "--checkpoint", str(run), "--label", "1", "--out", str(tmp_path / "a.npz")],
+            "guidance needs a class-conditional model",
+        ),
+        (
+            ["sample", "--checkpoint", str(cond), "--guidance", "1", "--out", str(tmp_path / "a.npz")],
+            "--guidance needs --label",
+        ),
+        (
+            ["inpaint", "--checkpoint", str(run), "--mask", "left-half", "--out", str(tmp_path / "b.npz")],
+            "is for images [C, H, W]",
+        ),
+        (
+            ["inpaint", "--checkpoint", str(run), "--mask", str(bad_mask), "--out", str(tmp_path / "b.npz")],
+            "the mask of shape (3,) does not match the data's shape (2,)",
+        ),
+        (
+            ["inpaint", "--checkpoint", str(run), "--mask", "nope", "--out", str(tmp_path / "b.npz")],
+            "unknown mask 'nope'; valid names are",
+        ),
+        (
+            [
+                "inpaint",
+                "--checkpoint",
+                str(run),
+                "--mask",
+                "x1",
+                "--method",
+                "magic",
+                "--out",
+                str(tmp_path / "b.npz"),
+            ],
+            "unknown inpainting method 'magic'",
+        ),
     ]
     for args, message in cases:
         assert main(args) == 2, args
@@ -191,8 +337,27 @@ def test_inpaint_images_from_a_file_and_a_mask_file(tmp_path, capsys):
     from scoresde import image_dataset
 
     run = tmp_path / "digits"
-    assert main(["train", "--preset", "digits-ddpm", "--out", str(run), "--steps", "2", "--set", "model.kwargs.ch=8",
-                 "--set", "model.kwargs.groups=4", "--set", "train.batch_size=16", "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "digits-ddpm",
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "--set",
+                "model.kwargs.ch=8",
+                "--set",
+                "model.kwargs.groups=4",
+                "--set",
+                "train.batch_size=16",
+                "--json",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     images = image_dataset("digits", "test").x[:3].numpy().astype(np.uint8)
     np.savez(tmp_path / "images.npz", x=images)
@@ -200,8 +365,14 @@ def test_inpaint_images_from_a_file_and_a_mask_file(tmp_path, capsys):
     missing[:, 4:, :] = True  # the bottom half
     np.savez(tmp_path / "mask.npz", mask=missing)
     out = tmp_path / "painted.npz"
-    assert main(["inpaint", "--checkpoint", str(run), "--image", str(tmp_path / "images.npz"), "--mask", str(tmp_path / "mask.npz"),
-                 "--steps", "5", "--method", "replacement", "--out", str(out), "--json"]) == 0
+    options = [
+        "--image",
+        str(tmp_path / "images.npz"),
+        "--mask",
+        str(tmp_path / "mask.npz"),
+        *"--steps 5 --method replacement".split(),
+    ]
+    assert main(["inpaint", "--checkpoint", str(run), *options, "--out", str(out), "--json"]) == 0
     data = np.load(out)
     assert data["x"].shape == (3, 1, 8, 8) and data["x"].min() >= 0 and data["x"].max() <= 16
     assert np.array_equal(data["x"][:, :, :4], images[:, :, :4])  # the known top half is returned as given

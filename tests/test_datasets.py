@@ -62,7 +62,9 @@ def test_missing_and_corrupt_files_say_what_to_do(tmp_path):
         image_dataset("mnist", data_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="CIFAR-10: no cifar-10-batches-bin/data_batch_1.bin.*binary version"):
         image_dataset("cifar10", data_dir=tmp_path)
-    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3i", 10, 28, 28) + b"\x00" * 7)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(
+        b"\x00\x00\x08\x03" + struct.pack(">3i", 10, 28, 28) + b"\x00" * 7
+    )
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"")
     with pytest.raises(ValueError, match="truncated"):
         image_dataset("mnist", data_dir=tmp_path)

@@ -12,8 +12,13 @@ ROOT = Path(__file__).parents[1]
 
 
 def build(config: Path, site: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
-                          capture_output=True, text=True, cwd=ROOT, env={"NO_MKDOCS_2_WARNING": "1", "PATH": ""})
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"NO_MKDOCS_2_WARNING": "1", "PATH": ""},
+    )
 
 
 def test_site_builds_strict_with_the_api_reference(tmp_path):

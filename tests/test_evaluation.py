@@ -16,19 +16,33 @@ SDE = VPSDE()
 
 def _compare(score, lineup, n=2000):
     data = held_out(DataConfig(name="8gaussians"), n)
-    return compare_samplers(SDE, score, data.x, lineup=lineup, n=n, floor_reference=data.floor, true_log_prob=data.log_prob,
-                            entropy=data.entropy, dtype=torch.float64)
+    return compare_samplers(
+        SDE,
+        score,
+        data.x,
+        lineup=lineup,
+        n=n,
+        floor_reference=data.floor,
+        true_log_prob=data.log_prob,
+        entropy=data.entropy,
+        dtype=torch.float64,
+    )
 
 
 def test_exact_score_samples_have_the_entropy_as_mean_true_nll():
-    lineup = [SamplerSpec("ode", "ode", {"rtol": 1e-5, "atol": 1e-5}), SamplerSpec("dpm", "dpm_solver", {"steps": 20, "order": 3}),
-              SamplerSpec("em", "pc", {"steps": 500, "predictor": "euler_maruyama", "corrector": "none"})]
+    lineup = [
+        SamplerSpec("ode", "ode", {"rtol": 1e-5, "atol": 1e-5}),
+        SamplerSpec("dpm", "dpm_solver", {"steps": 20, "order": 3}),
+        SamplerSpec("em", "pc", {"steps": 500, "predictor": "euler_maruyama", "corrector": "none"}),
+    ]
     comparison = _compare(TOY.mixture.score_fn(SDE), lineup)
     assert comparison.entropy == pytest.approx(TOY.entropy())
     for run in comparison.runs:
         # E_p[-log p(x)] = H(p) exactly; 4.5 standard errors (n = 2000) leave room for the samplers' small bias
         assert abs(run.true_nll - comparison.entropy) < 4.5 * run.true_nll_standard_error, run.spec.label
-        assert run.energy_distance < 6 * comparison.floor["energy_distance"], run.spec.label  # floor: one draw, heavy-tailed
+        assert run.energy_distance < 6 * comparison.floor["energy_distance"], (
+            run.spec.label
+        )  # floor: one draw, heavy-tailed
         assert run.n_nonfinite == 0 and run.x.shape == (2000, 2)
     assert comparison.runs[1].nfe == 21 and comparison.runs[2].nfe == 501
 
@@ -56,7 +70,9 @@ def test_default_lineup_covers_pc_ode_and_the_few_step_solvers():
     assert samplers == {"pc", "sde", "ode", "ddim", "heun", "dpm_solver", "unipc"}
     # the benchmarks' best few-step setting (warped log-SNR grid) is in the line-up next to the defaults
     warped = {spec.sampler for spec in default_lineup() if spec.options.get("schedule") == "log_snr_warped"}
-    assert warped == {"dpm_solver"} and any(spec.sampler == "unipc" and spec.options["steps"] == 10 for spec in default_lineup())
+    assert warped == {"dpm_solver"} and any(
+        spec.sampler == "unipc" and spec.options["steps"] == 10 for spec in default_lineup()
+    )
     assert len(default_lineup(quick=True)) < len(default_lineup())
 
 
@@ -74,5 +90,7 @@ def test_held_out_images_are_bin_centres_of_the_test_split():
     data = held_out(DataConfig(kind="image", name="digits"), 50)
     assert data.x.shape == (50, 1, 8, 8) and data.floor.shape == (50, 1, 8, 8) and data.log_prob is None
     levels = (data.x + 1) / 2 * 17 - 0.5  # back to the integer levels 0..16
-    assert torch.allclose(levels, levels.round(), atol=1e-5) and levels.round().min() == 0 and levels.round().max() == 16
+    assert (
+        torch.allclose(levels, levels.round(), atol=1e-5) and levels.round().min() == 0 and levels.round().max() == 16
+    )
     assert not torch.equal(data.x, data.floor)

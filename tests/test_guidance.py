@@ -16,12 +16,22 @@ ORACLE = LabelledMixture(GMM, SDE, LABELS)
 
 def _floor(mixture: GaussianMixture, n: int, generator, pairs: int = 8) -> float:
     """Mean energy distance between two exact sample sets of size n (the statistic is heavy-tailed: average pairs)."""
-    return sum(energy_distance(mixture.sample(n, generator, dtype=torch.float64), mixture.sample(n, generator, dtype=torch.float64))
-               for _ in range(pairs)) / pairs
+    return (
+        sum(
+            energy_distance(
+                mixture.sample(n, generator, dtype=torch.float64), mixture.sample(n, generator, dtype=torch.float64)
+            )
+            for _ in range(pairs)
+        )
+        / pairs
+    )
 
 
 def test_exact_classifier_is_bayes_rule():
-    x, t = GMM.sample(50, torch.Generator().manual_seed(0), dtype=torch.float64), torch.full((50,), 0.3, dtype=torch.float64)
+    x, t = (
+        GMM.sample(50, torch.Generator().manual_seed(0), dtype=torch.float64),
+        torch.full((50,), 0.3, dtype=torch.float64),
+    )
     log_p = ORACLE.classifier(x, t)
     assert torch.allclose(log_p.exp().sum(1), torch.ones(50, dtype=torch.float64))
     # Bayes: p(y | x_t) p_t(x) = w_y p_t(x | y)
@@ -35,8 +45,11 @@ def test_guidance_samples_the_exact_class(guidance):
     """w = 0 of the conditional model, and w = 1 of the exact classifier, are the exact conditional score p_t(x | y)."""
     g = torch.Generator().manual_seed(1)
     y = 2
-    score = (ClassifierFreeGuidance(ORACLE, y, 0.0) if guidance.startswith("classifier-free")
-             else ClassifierGuidance(GMM.score_fn(SDE), ORACLE.classifier, y, 1.0))
+    score = (
+        ClassifierFreeGuidance(ORACLE, y, 0.0)
+        if guidance.startswith("classifier-free")
+        else ClassifierGuidance(GMM.score_fn(SDE), ORACLE.classifier, y, 1.0)
+    )
     x = sample(SDE, score, (2000, 2), "dpm_solver", steps=20, order=3, generator=g, dtype=torch.float64).x
     target = ORACLE.classes[y]
     floor = _floor(target, 2000, g)
@@ -51,12 +64,21 @@ def test_classifier_free_guidance_formula_and_every_sampler():
     guided = ClassifierFreeGuidance(ORACLE, y, 1.5)(x, t)
     expected = 2.5 * ORACLE(x, t, y) - 1.5 * GMM.marginal_score(SDE, x, t)
     assert torch.allclose(guided, expected, atol=1e-12)
-    guided = {"classifier-free": ClassifierFreeGuidance(ORACLE, 1, 2.0),
-              "classifier": ClassifierGuidance(GMM.score_fn(SDE), ORACLE.classifier, 1, 2.0)}
+    guided = {
+        "classifier-free": ClassifierFreeGuidance(ORACLE, 1, 2.0),
+        "classifier": ClassifierGuidance(GMM.score_fn(SDE), ORACLE.classifier, 1, 2.0),
+    }
     for name in samplers():  # score_fn wrappers: every sampler runs them (the classifier's gradient inside no_grad too)
         for kind, score in guided.items():
-            out = sample(SDE, score, (8, 2), name, steps=25 if name != "ode" else None, generator=torch.Generator().manual_seed(0),
-                         dtype=torch.float64)
+            out = sample(
+                SDE,
+                score,
+                (8, 2),
+                name,
+                steps=25 if name != "ode" else None,
+                generator=torch.Generator().manual_seed(0),
+                dtype=torch.float64,
+            )
             assert torch.isfinite(out.x).all() and out.nfe > 0, (name, kind)
             # with a strong weight towards class 1 the samples land in its components (exact classifier's verdict)
             verdict = ORACLE.classifier(out.x, torch.full((8,), SDE.sampling_eps, dtype=torch.float64)).argmax(1)
@@ -77,8 +99,9 @@ def test_guidance_bad_input():
     with pytest.raises(ValueError, match="takes an unconditional score"):
         ClassifierGuidance(net, ORACLE.classifier, 0, 1.0)
     with pytest.raises(ValueError, match="outside the model's classes 0..3"):
-        ClassifierGuidance(GMM.score_fn(SDE), ORACLE.classifier, 7, 1.0)(torch.zeros(2, 2, dtype=torch.float64),
-                                                                          torch.full((2,), 0.5, dtype=torch.float64))
+        ClassifierGuidance(GMM.score_fn(SDE), ORACLE.classifier, 7, 1.0)(
+            torch.zeros(2, 2, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64)
+        )
 
 
 def test_conditional_networks_start_unconditional_and_take_the_null_label():
@@ -90,7 +113,9 @@ def test_conditional_networks_start_unconditional_and_take_the_null_label():
 
 
 # ------------------------------------------------------------------ inpainting
-TWO = GaussianMixture([0.3, 0.7], [[-1.0, -1.0], [1.0, 1.0]], torch.stack([torch.tensor([[0.36, 0.18], [0.18, 0.36]])] * 2))
+TWO = GaussianMixture(
+    [0.3, 0.7], [[-1.0, -1.0], [1.0, 1.0]], torch.stack([torch.tensor([[0.36, 0.18], [0.18, 0.36]])] * 2)
+)
 
 
 def test_condition_is_the_exact_conditional():
@@ -109,7 +134,12 @@ def test_smc_inpainting_samples_the_exact_conditional():
     target = TWO.condition([0], [0.0])
     x_known = torch.zeros(5000, 2, dtype=torch.float64)
     known = named_mask("x2", (2,))
-    x = torch.cat([inpaint(SDE, TWO.score_fn(SDE), x_known, known, method="smc", steps=100, generator=g).x[:250] for _ in range(8)])
+    x = torch.cat(
+        [
+            inpaint(SDE, TWO.score_fn(SDE), x_known, known, method="smc", steps=100, generator=g).x[:250]
+            for _ in range(8)
+        ]
+    )
     assert torch.all(x[:, 0] == 0.0)
     floor = _floor(target, 2000, g)
     err = energy_distance(x[:, 1:], target.sample(2000, g, dtype=torch.float64))
@@ -124,8 +154,12 @@ def test_replacement_is_biased_and_pc_corrects_part_of_it():
     x_known = torch.zeros(2000, 2, dtype=torch.float64)
     known = named_mask("x2", (2,))
     reference = target.sample(2000, g, dtype=torch.float64)
-    errors = {m: energy_distance(inpaint(SDE, TWO.score_fn(SDE), x_known, known, method=m, steps=300, generator=g).x[:, 1:], reference)
-              for m in ("replacement", "pc")}
+    errors = {
+        m: energy_distance(
+            inpaint(SDE, TWO.score_fn(SDE), x_known, known, method=m, steps=300, generator=g).x[:, 1:], reference
+        )
+        for m in ("replacement", "pc")
+    }
     floor = _floor(target, 2000, g)
     assert errors["replacement"] > 10 * floor and errors["pc"] < errors["replacement"] / 3, (errors, floor)
 
@@ -173,8 +207,15 @@ def test_dsm_loss_passes_labels_and_the_exact_conditional_score_is_its_minimiser
 def test_trainer_trains_a_conditional_model_with_label_dropout(tmp_path):
     from scoresde import Trainer, override, preset
 
-    config = override(preset("toy-vp"), "train.steps=4", "train.batch_size=64", "model.kwargs.width=16", "model.kwargs.depth=1",
-                      "model.kwargs.num_classes=8", "train.label_dropout=0.5")
+    config = override(
+        preset("toy-vp"),
+        "train.steps=4",
+        "train.batch_size=64",
+        "model.kwargs.width=16",
+        "model.kwargs.depth=1",
+        "model.kwargs.num_classes=8",
+        "train.label_dropout=0.5",
+    )
     trainer = Trainer(config, tmp_path / "run", progress=False)
     trainer.train()
     assert trainer.score_fn.num_classes == 8
@@ -205,5 +246,7 @@ def test_noise_conditional_classifier_learns_and_guides():
     assert accuracy > 0.7  # four classes: chance is ~0.25
     guided = ClassifierGuidance(GMM.score_fn(SDE), classifier, 1, 2.0)
     samples = sample(SDE, guided, (500, 2), "dpm_solver", steps=20, generator=torch.Generator().manual_seed(4)).x
-    exact_class = ORACLE.classifier(samples.double(), torch.full((500,), SDE.sampling_eps, dtype=torch.float64)).argmax(1)
+    exact_class = ORACLE.classifier(samples.double(), torch.full((500,), SDE.sampling_eps, dtype=torch.float64)).argmax(
+        1
+    )
     assert float((exact_class == 1).float().mean()) > 0.8

@@ -44,8 +44,19 @@ def _error_against_tolerance(tolerances: tuple[float, ...]) -> list[float]:
     mix, sde = _mixture_10d(), VPSDE()
     x = mix.sample(16, torch.Generator().manual_seed(2), dtype=torch.float64)
     truth = _truth(mix, sde, x, sde.sampling_t_min)
-    return [float((log_likelihood(sde, mix.score_fn(sde), x, rtol=tol, atol=tol, prior_logp=mix.marginal(sde, sde.T).log_prob).nll
-                   - truth).abs().mean()) for tol in tolerances]
+    return [
+        float(
+            (
+                log_likelihood(
+                    sde, mix.score_fn(sde), x, rtol=tol, atol=tol, prior_logp=mix.marginal(sde, sde.T).log_prob
+                ).nll
+                - truth
+            )
+            .abs()
+            .mean()
+        )
+        for tol in tolerances
+    ]
 
 
 @pytest.mark.slow
@@ -77,8 +88,17 @@ def test_hutchinson_is_unbiased_and_its_variance_falls_as_one_over_probes():
     exact = log_likelihood(sde, score, x, prior_logp=prior, rtol=1e-4, atol=1e-4).nll
     err = {}
     for k in (1, 4):
-        est = log_likelihood(sde, score, x, divergence="hutchinson", n_probes=k, prior_logp=prior, rtol=1e-4, atol=1e-4,
-                             generator=torch.Generator().manual_seed(k)).nll
+        est = log_likelihood(
+            sde,
+            score,
+            x,
+            divergence="hutchinson",
+            n_probes=k,
+            prior_logp=prior,
+            rtol=1e-4,
+            atol=1e-4,
+            generator=torch.Generator().manual_seed(k),
+        ).nll
         err[k] = est - exact
         se = float(err[k].std()) / math.sqrt(len(x))
         assert abs(float(err[k].mean())) < 4 * se, (k, float(err[k].mean()), se)
@@ -92,7 +112,9 @@ def test_float32_batches_and_image_shapes():
     mix, sde = _mixture_10d(), SubVPSDE()
     x = mix.sample(12, torch.Generator().manual_seed(5), dtype=torch.float32).reshape(12, 1, 2, 5)
     score = lambda y, t: mix.marginal_score(sde, y, t)  # noqa: E731  (works on any shape with 10 values)
-    result = log_likelihood(sde, score, x, batch_size=5, prior_logp=lambda z: mix.marginal(sde, sde.T).log_prob(z.reshape(-1, 10)))
+    result = log_likelihood(
+        sde, score, x, batch_size=5, prior_logp=lambda z: mix.marginal(sde, sde.T).log_prob(z.reshape(-1, 10))
+    )
     truth = _truth(mix, sde, x.double().reshape(12, 10), sde.sampling_t_min)
     assert result.nll.shape == (12,) and result.z.shape == x.shape
     assert float((result.nll - truth).abs().mean()) < 1e-2  # float32 round-off in a 10D divergence
@@ -150,7 +172,9 @@ def test_bits_per_dim_approaches_the_entropy_of_a_discretised_gaussian():
     x, entropy_bits, transform, mix = _discretised_gaussian(K, centre, s, n)
     sde = VPSDE()
     prior = mix.marginal(sde, sde.T).log_prob
-    result = bits_per_dim(sde, mix.score_fn(sde), x, transform, generator=torch.Generator().manual_seed(1), prior_logp=prior)
+    result = bits_per_dim(
+        sde, mix.score_fn(sde), x, transform, generator=torch.Generator().manual_seed(1), prior_logp=prior
+    )
     u = torch.rand(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x_model = transform.to_model(x + u)
     exact_nll = -mix.marginal_log_prob(sde, x_model, torch.full((n,), sde.sampling_t_min, dtype=torch.float64))
@@ -158,9 +182,16 @@ def test_bits_per_dim_approaches_the_entropy_of_a_discretised_gaussian():
     assert abs(result.bpd - float(exact_bpd.mean())) < 1e-3
     gap = 1 / (24 * s**2 * math.log(2))
     se = result.bpd_standard_error
-    assert abs(float(exact_bpd.mean()) - (entropy_bits + gap)) < 4 * se, (float(exact_bpd.mean()), entropy_bits, gap, se)
+    assert abs(float(exact_bpd.mean()) - (entropy_bits + gap)) < 4 * se, (
+        float(exact_bpd.mean()),
+        entropy_bits,
+        gap,
+        se,
+    )
     assert result.offset == pytest.approx(3.0)  # log2(16 / 2)
-    assert abs(result.bpd_raw - float(exact_nll.mean()) / (2 * math.log(2))) < 1e-3  # the same figure without the offset
+    assert (
+        abs(result.bpd_raw - float(exact_nll.mean()) / (2 * math.log(2))) < 1e-3
+    )  # the same figure without the offset
     assert DataTransform(levels=256).log_det_per_dim() == pytest.approx(-7 * math.log(2))  # the familiar +7 offset
 
 
@@ -172,9 +203,19 @@ def test_bits_per_dim_of_the_bounds_sits_beside_the_exact_figure():
     x, _, transform, mix = _discretised_gaussian(16, 8.0, 2.0, 400)
     sde = VPSDE()
     prior = mix.marginal(sde, sde.T).log_prob
-    figures = {est: bits_per_dim(sde, mix.score_fn(sde), x, transform, estimator=est, prior_logp=prior,
-                                 generator=torch.Generator().manual_seed(1), **opts)
-               for est, opts in (("ode", {}), ("elbo", {"n_times": 32}), ("ddpm", {"n_steps": 100}))}
+    figures = {
+        est: bits_per_dim(
+            sde,
+            mix.score_fn(sde),
+            x,
+            transform,
+            estimator=est,
+            prior_logp=prior,
+            generator=torch.Generator().manual_seed(1),
+            **opts,
+        )
+        for est, opts in (("ode", {}), ("elbo", {"n_times": 32}), ("ddpm", {"n_steps": 100}))
+    }
     d_elbo = figures["elbo"].per_sample - figures["ode"].per_sample
     d_ddpm = figures["ddpm"].per_sample - figures["ode"].per_sample
     assert abs(float(d_elbo.mean())) < 4 * float(d_elbo.std()) / math.sqrt(len(x))
@@ -212,8 +253,14 @@ def test_elbo_is_tight_for_the_exact_score_and_loosens_as_the_score_degrades(sde
     prior = mix.marginal(sde, sde.T).log_prob
     bounds = {}
     for c in (1.0, 0.95, 0.8):
-        result = elbo(sde, lambda y, t, c=c: c * exact(y, t), x, n_times=128, prior_logp=prior,
-                      generator=torch.Generator().manual_seed(1))
+        result = elbo(
+            sde,
+            lambda y, t, c=c: c * exact(y, t),
+            x,
+            n_times=128,
+            prior_logp=prior,
+            generator=torch.Generator().manual_seed(1),
+        )
         bounds[c] = result
     se = float(bounds[1.0].standard_error.pow(2).mean().sqrt()) / math.sqrt(n)
     gap = float((bounds[1.0].bound - truth).mean())
@@ -231,7 +278,9 @@ def test_fixed_step_rk4_converges_at_fourth_order_and_counts_its_nfe():
     prior = mix.marginal(sde, sde.T).log_prob
     errors = []
     for steps in (40, 80):
-        result = log_likelihood(sde, mix.score_fn(sde), x, method="rk4", steps=steps, variable="log_snr", prior_logp=prior)
+        result = log_likelihood(
+            sde, mix.score_fn(sde), x, method="rk4", steps=steps, variable="log_snr", prior_logp=prior
+        )
         assert result.nfe == 4 * steps
         errors.append(float((result.nll - truth).abs().mean()))
     assert errors[0] / errors[1] > 8, errors  # 16 for a fourth-order method; > 8 allows pre-asymptotic steps
@@ -242,8 +291,10 @@ def test_per_sample_error_control_bounds_the_worst_sample_better_than_a_batch_no
     x = mix.sample(64, torch.Generator().manual_seed(7), dtype=torch.float64)
     truth = _truth(mix, sde, x, sde.sampling_t_min)
     prior = mix.marginal(sde, sde.T).log_prob
-    worst = {c: float((log_likelihood(sde, mix.score_fn(sde), x, prior_logp=prior, error_control=c).nll - truth).abs().max())
-             for c in ("per_sample", "batch")}
+    worst = {
+        c: float((log_likelihood(sde, mix.score_fn(sde), x, prior_logp=prior, error_control=c).nll - truth).abs().max())
+        for c in ("per_sample", "batch")
+    }
     assert worst["per_sample"] < worst["batch"], worst
 
 
@@ -255,7 +306,9 @@ def _likelihood_worker(rank, world, init_file, x, out_file):
         mix, sde = toy_dataset("gmm").mixture, VPSDE()
         # rank 1 gets a harder tolerance, so the two processes take different numbers of adaptive steps
         tol = 1e-5 if rank == 0 else 1e-7
-        result = log_likelihood(sde, mix.score_fn(sde), x, rtol=tol, atol=tol, prior_logp=mix.marginal(sde, sde.T).log_prob)
+        result = log_likelihood(
+            sde, mix.score_fn(sde), x, rtol=tol, atol=tol, prior_logp=mix.marginal(sde, sde.T).log_prob
+        )
         torch.save({"nll": result.nll, "z": result.z, "nfe": result.nfe}, f"{out_file}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -301,7 +354,9 @@ def _ddpm_expected_bound_for_gaussian_data(sde, m0, v0, dim, n_steps):
     a_T, s_T = sde.transition(f64(sde.T), t0)
     p2 = sde.prior_std**2
     cross = 0.5 * dim * math.log(2 * math.pi * p2) + 0.5 * (dim * (m_e**2 + v_e) * a_T**2 + dim * s_T**2) / p2
-    return float(total + cross - 0.5 * dim * (1 + torch.log(2 * math.pi * s_T**2))), float(0.5 * dim * torch.log(2 * math.pi * math.e * v_e))
+    return float(total + cross - 0.5 * dim * (1 + torch.log(2 * math.pi * s_T**2))), float(
+        0.5 * dim * torch.log(2 * math.pi * math.e * v_e)
+    )
 
 
 @pytest.mark.parametrize("sde_cls", [VPSDE, VESDE])
@@ -312,8 +367,11 @@ def test_ddpm_bound_matches_its_closed_form_for_gaussian_data_and_bounds_the_ent
     from scoresde import ddpm_bound
 
     sde, dim, m0, v0, n = sde_cls(), 3, 0.5, 0.3, 4000
-    mix = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.full((1, dim), m0, dtype=torch.float64),
-                          v0 * torch.eye(dim, dtype=torch.float64)[None])
+    mix = GaussianMixture(
+        torch.ones(1, dtype=torch.float64),
+        torch.full((1, dim), m0, dtype=torch.float64),
+        v0 * torch.eye(dim, dtype=torch.float64)[None],
+    )
     eps = torch.full((n,), sde.sampling_t_min, dtype=torch.float64)
     x = mix.marginal(sde, sde.sampling_t_min).sample(n, torch.Generator().manual_seed(0), dtype=torch.float64)
     expected, entropy = _ddpm_expected_bound_for_gaussian_data(sde, m0, v0, dim, 50)
@@ -338,8 +396,13 @@ def test_ddpm_bound_gap_to_the_exact_nll_shrinks_with_more_steps():
     x = mix.sample(n, torch.Generator().manual_seed(0), dtype=torch.float64)
     truth = _truth(mix, sde, x, sde.sampling_t_min)
     prior = mix.marginal(sde, sde.T).log_prob
-    gaps = {N: ddpm_bound(sde, mix.score_fn(sde), x, n_steps=N, prior_logp=prior, generator=torch.Generator().manual_seed(N)).bound - truth
-            for N in (20, 200)}
+    gaps = {
+        N: ddpm_bound(
+            sde, mix.score_fn(sde), x, n_steps=N, prior_logp=prior, generator=torch.Generator().manual_seed(N)
+        ).bound
+        - truth
+        for N in (20, 200)
+    }
     for gap in gaps.values():
         assert float(gap.mean()) > 4 * float(gap.std()) / math.sqrt(n)
     d = gaps[20] - gaps[200]
@@ -354,13 +417,24 @@ def test_elbo_importance_sampling_in_log_snr_is_unbiased():
     mix, sde, n = toy_dataset("gmm").mixture, VESDE(), 1000
     x = mix.sample(n, torch.Generator().manual_seed(0), dtype=torch.float64)
     truth = _truth(mix, sde, x, sde.sampling_t_min)
-    result = elbo(sde, mix.score_fn(sde), x, n_times=32, time_sampling="log_snr", prior_logp=mix.marginal(sde, sde.T).log_prob,
-                  generator=torch.Generator().manual_seed(1))
+    prior = mix.marginal(sde, sde.T).log_prob
+
+    def bound(**options):
+        return elbo(
+            sde,
+            mix.score_fn(sde),
+            x,
+            n_times=32,
+            prior_logp=prior,
+            generator=torch.Generator().manual_seed(1),
+            **options,
+        )
+
+    result = bound(time_sampling="log_snr")
     gap = result.bound - truth
     assert abs(float(gap.mean())) < 4 * float(gap.std()) / math.sqrt(n)
     assert result.settings["time_sampling"] == "stratified log_snr"
-    hutch = elbo(sde, mix.score_fn(sde), x, n_times=32, divergence="hutchinson", prior_logp=mix.marginal(sde, sde.T).log_prob,
-                 generator=torch.Generator().manual_seed(1))
+    hutch = bound(divergence="hutchinson")
     gap = hutch.bound - truth
     assert abs(float(gap.mean())) < 4 * float(gap.std()) / math.sqrt(n)  # Hutchinson keeps the bound unbiased
     with pytest.raises(ValueError, match="time sampling.*uniform"):

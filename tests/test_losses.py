@@ -13,8 +13,11 @@ DIM, MEAN, VAR, N = 3, 0.4, 0.5, 40_000
 
 
 def _gaussian():
-    return GaussianMixture(torch.ones(1, dtype=torch.float64), torch.full((1, DIM), MEAN, dtype=torch.float64),
-                           VAR * torch.eye(DIM, dtype=torch.float64)[None])
+    return GaussianMixture(
+        torch.ones(1, dtype=torch.float64),
+        torch.full((1, DIM), MEAN, dtype=torch.float64),
+        VAR * torch.eye(DIM, dtype=torch.float64)[None],
+    )
 
 
 def _minimum_integrand(sde, weighting, t):
@@ -32,7 +35,9 @@ def _minimum_integrand(sde, weighting, t):
 
 
 @pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
-@pytest.mark.parametrize("weighting, importance", [("sigma2", False), ("likelihood", False), ("likelihood", True), ("eps", False)])
+@pytest.mark.parametrize(
+    "weighting, importance", [("sigma2", False), ("likelihood", False), ("likelihood", True), ("eps", False)]
+)
 def test_dsm_loss_at_the_exact_score_is_its_analytic_minimum_and_a_worse_score_costs_more(sde, weighting, importance):
     """Mean loss over 40k draws within 4 standard errors of E_t[minimum(t)] (t uniform on [eps, T],
     by quadrature); scaling the score by 0.9 raises the loss by more than 4 standard errors of the
@@ -41,12 +46,22 @@ def test_dsm_loss_at_the_exact_score_is_its_analytic_minimum_and_a_worse_score_c
     x0 = mix.sample(N, torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = mix.score_fn(sde)
     eps = sde.sampling_eps
-    expected = quad(lambda t: _minimum_integrand(sde, weighting, t), eps, sde.T, limit=200, points=[0.01, 0.1])[0] / (sde.T - eps)
-    losses = dsm_loss(exact, sde, x0, weighting=weighting, importance_sampling=importance, generator=torch.Generator().manual_seed(1))
+    expected = quad(lambda t: _minimum_integrand(sde, weighting, t), eps, sde.T, limit=200, points=[0.01, 0.1])[0] / (
+        sde.T - eps
+    )
+    losses = dsm_loss(
+        exact, sde, x0, weighting=weighting, importance_sampling=importance, generator=torch.Generator().manual_seed(1)
+    )
     se = float(losses.std()) / math.sqrt(N)
     assert abs(float(losses.mean()) - expected) < 4 * se, (float(losses.mean()), expected, se)
-    worse = dsm_loss(lambda x, t: 0.9 * exact(x, t), sde, x0, weighting=weighting, importance_sampling=importance,
-                     generator=torch.Generator().manual_seed(1))
+    worse = dsm_loss(
+        lambda x, t: 0.9 * exact(x, t),
+        sde,
+        x0,
+        weighting=weighting,
+        importance_sampling=importance,
+        generator=torch.Generator().manual_seed(1),
+    )
     d = worse - losses
     assert float(d.mean()) > 4 * float(d.std()) / math.sqrt(N)
 
@@ -55,7 +70,14 @@ def test_importance_sampling_cuts_the_variance_of_the_likelihood_weighted_loss()
     sde, mix = VPSDE(), _gaussian()
     x0 = mix.sample(N, torch.Generator().manual_seed(0), dtype=torch.float64)
     plain = dsm_loss(mix.score_fn(sde), sde, x0, weighting="likelihood", generator=torch.Generator().manual_seed(1))
-    weighted = dsm_loss(mix.score_fn(sde), sde, x0, weighting="likelihood", importance_sampling=True, generator=torch.Generator().manual_seed(1))
+    weighted = dsm_loss(
+        mix.score_fn(sde),
+        sde,
+        x0,
+        weighting="likelihood",
+        importance_sampling=True,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert float(weighted.var()) < 0.2 * float(plain.var())
 
 

@@ -33,10 +33,15 @@ def test_energy_distance_converges_to_its_closed_form_for_shifted_gaussians():
     abs_mean = lambda m: s * math.sqrt(2 / math.pi) * math.exp(-(m**2) / (2 * s**2)) + m * (1 - 2 * norm.cdf(-m / s))  # noqa: E731
     truth = 2 * abs_mean(d) - 2 * abs_mean(0.0)
     g = torch.Generator().manual_seed(1)
-    estimates = torch.tensor([
-        energy_distance(torch.randn(n, 1, generator=g, dtype=torch.float64), torch.randn(n, 1, generator=g, dtype=torch.float64) + d)
-        for _ in range(reps)
-    ])
+    estimates = torch.tensor(
+        [
+            energy_distance(
+                torch.randn(n, 1, generator=g, dtype=torch.float64),
+                torch.randn(n, 1, generator=g, dtype=torch.float64) + d,
+            )
+            for _ in range(reps)
+        ]
+    )
     bias = 2 * abs_mean(0.0) / n
     se = float(estimates.std()) / math.sqrt(reps)
     assert abs(float(estimates.mean()) - truth) < 4 * se + bias, (float(estimates.mean()), truth, se)
@@ -48,11 +53,13 @@ def test_mmd_matches_brute_force_and_its_unbiased_form():
     x = torch.randn(300, 2, generator=g, dtype=torch.float64)
     y = torch.randn(200, 2, generator=g, dtype=torch.float64) * 1.2
     h = [0.5, 1.0, 2.0]
-    k = lambda a, b: sum(torch.exp(-torch.cdist(a, b) ** 2 / (2 * v**2)) for v in h)  # noqa: E731
+    k = lambda a, b: sum(torch.exp(-(torch.cdist(a, b) ** 2) / (2 * v**2)) for v in h)  # noqa: E731
     biased = float(k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean())
     assert mmd(x, y, h) == pytest.approx(biased, rel=1e-10)
     kxx, kyy = k(x, x), k(y, y)
-    unbiased = float((kxx.sum() - kxx.trace()) / (300 * 299) + (kyy.sum() - kyy.trace()) / (200 * 199) - 2 * k(x, y).mean())
+    unbiased = float(
+        (kxx.sum() - kxx.trace()) / (300 * 299) + (kyy.sum() - kyy.trace()) / (200 * 199) - 2 * k(x, y).mean()
+    )
     assert mmd(x, y, h, unbiased=True) == pytest.approx(unbiased, rel=1e-10)
     assert mmd(x, y) > 0 and mmd(x, x) == pytest.approx(0.0, abs=1e-12)
 
@@ -62,7 +69,9 @@ def test_sliced_wasserstein_in_1d_is_the_wasserstein_distance():
     x = torch.randn(4000, 1, generator=g, dtype=torch.float64)
     y = 1.5 * torch.randn(4000, 1, generator=g, dtype=torch.float64) + 0.3
     # in 1D every direction is +-1, so SW_1 = W_1 exactly (equal sample sizes: sorted differences)
-    assert sliced_wasserstein(x, y, p=1) == pytest.approx(wasserstein_distance(x[:, 0].numpy(), y[:, 0].numpy()), rel=1e-10)
+    assert sliced_wasserstein(x, y, p=1) == pytest.approx(
+        wasserstein_distance(x[:, 0].numpy(), y[:, 0].numpy()), rel=1e-10
+    )
     # W_2 between N(0,1) and N(0.3, 1.5^2) is sqrt(0.3^2 + 0.5^2); MC error ~ 2e-2 at n = 4000
     assert sliced_wasserstein(x, y) == pytest.approx(math.sqrt(0.09 + 0.25), abs=3e-2)
     assert sliced_wasserstein(x, y[:1000]) == pytest.approx(sliced_wasserstein(x, y), abs=5e-2)

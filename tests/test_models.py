@@ -7,14 +7,23 @@ from scoresde import VESDE, VPSDE, toy_dataset
 from scoresde.models import NCSN, DDPMUNet, ScoreMLP, ScoreModel, create_model, models
 
 
-@pytest.mark.parametrize("net, shape", [
-    (lambda: ScoreMLP(dim=3, width=32, depth=2), (4, 3)),
-    (lambda: ScoreMLP(dim=2, width=32, depth=1, embedding="sinusoidal"), (4, 2)),
-    (lambda: DDPMUNet(in_channels=1, image_size=8, ch=16, ch_mult=(1, 2), attn_resolutions=(4,), groups=8), (3, 1, 8, 8)),
-    (lambda: DDPMUNet(in_channels=3, image_size=16, ch=16, ch_mult=(1, 2, 2), attn_resolutions=(8,), groups=8), (2, 3, 16, 16)),
-    (lambda: NCSN(in_channels=1, image_size=8, ch=16, groups=8), (3, 1, 8, 8)),
-    (lambda: NCSN(in_channels=1, image_size=28, ch=8, groups=4), (2, 1, 28, 28)),
-])
+@pytest.mark.parametrize(
+    "net, shape",
+    [
+        (lambda: ScoreMLP(dim=3, width=32, depth=2), (4, 3)),
+        (lambda: ScoreMLP(dim=2, width=32, depth=1, embedding="sinusoidal"), (4, 2)),
+        (
+            lambda: DDPMUNet(in_channels=1, image_size=8, ch=16, ch_mult=(1, 2), attn_resolutions=(4,), groups=8),
+            (3, 1, 8, 8),
+        ),
+        (
+            lambda: DDPMUNet(in_channels=3, image_size=16, ch=16, ch_mult=(1, 2, 2), attn_resolutions=(8,), groups=8),
+            (2, 3, 16, 16),
+        ),
+        (lambda: NCSN(in_channels=1, image_size=8, ch=16, groups=8), (3, 1, 8, 8)),
+        (lambda: NCSN(in_channels=1, image_size=28, ch=8, groups=4), (2, 1, 28, 28)),
+    ],
+)
 def test_networks_map_data_and_time_to_data_shape_and_depend_on_time(net, shape):
     torch.manual_seed(0)
     model = net()

@@ -13,8 +13,13 @@ NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.
 
 
 def test_the_five_notebooks_are_there():
-    assert [p.stem for p in NOTEBOOKS] == ["01_forward_sdes", "02_score_matching_2d", "03_pc_vs_ode", "04_likelihood_bits_per_dim",
-                                           "05_images"]
+    assert [p.stem for p in NOTEBOOKS] == [
+        "01_forward_sdes",
+        "02_score_matching_2d",
+        "03_pc_vs_ode",
+        "04_likelihood_bits_per_dim",
+        "05_images",
+    ]
 
 
 @pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
@@ -22,8 +27,9 @@ def test_notebook_is_paired_and_runs(script, tmp_path, monkeypatch):
     paired = script.with_suffix(".ipynb")
     assert paired.is_file(), f"{paired} is missing: run jupytext --sync {script}"
     ours, theirs = jupytext.read(script), nbformat.read(paired, as_version=4)
-    assert [(c.cell_type, c.source) for c in ours.cells] == [(c.cell_type, c.source) for c in theirs.cells], \
+    assert [(c.cell_type, c.source) for c in ours.cells] == [(c.cell_type, c.source) for c in theirs.cells], (
         f"{paired.name} is out of date with {script.name}: run jupytext --sync {script}"
+    )
     assert theirs.cells[0].cell_type == "markdown" and "What this notebook teaches" in theirs.cells[0].source
     monkeypatch.setenv("SCORESDE_NOTEBOOK_QUICK", "1")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: figures become image outputs
@@ -32,5 +38,11 @@ def test_notebook_is_paired_and_runs(script, tmp_path, monkeypatch):
     client = NotebookClient(theirs, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, with the failing cell and its traceback, on any error
     # a teaching notebook shows what it computes: at least one figure among its outputs
-    figures = [o for c in theirs.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    figures = [
+        o
+        for c in theirs.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
     assert figures, f"{paired.name} drew no figure"

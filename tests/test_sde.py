@@ -110,7 +110,9 @@ def _g2_by_hand(sde, t):
     if isinstance(sde, VESDE):  # Song et al. 2021, Eq. 9: g = sigma(t) sqrt(2 log(sigma_max / sigma_min))
         r = math.log(sde.sigma_max / sde.sigma_min)
         return (sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t) ** 2 * 2 * r
-    if isinstance(sde, VPSDE) and sde.schedule == "cosine":  # beta = d/dt[-log alpha^2], alpha^2 = cos^2(theta)/cos^2(theta_0)
+    if (
+        isinstance(sde, VPSDE) and sde.schedule == "cosine"
+    ):  # beta = d/dt[-log alpha^2], alpha^2 = cos^2(theta)/cos^2(theta_0)
         s = 0.008
         return math.pi / (1 + s) * torch.tan(0.5 * math.pi * (t + s) / (1 + s))
     beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
@@ -130,8 +132,12 @@ def test_discretize_is_first_order_consistent_with_the_sde(sde):
         s = type(sde)(**{**_init_kwargs(sde), "N": N})
         f, G = s.discretize(x, t)
         dt = s.T / N
-        errors.append(max(float((f / dt - drift).abs().max() / drift.abs().max().clamp(min=1)),
-                          float(((G / math.sqrt(dt) - diffusion).abs() / diffusion).max())))
+        errors.append(
+            max(
+                float((f / dt - drift).abs().max() / drift.abs().max().clamp(min=1)),
+                float(((G / math.sqrt(dt) - diffusion).abs() / diffusion).max()),
+            )
+        )
     ratios = [a / b for a, b in zip(errors, errors[1:])]
     assert all(1.6 < r < 2.4 for r in ratios), (errors, ratios)
     assert errors[-1] < 0.05

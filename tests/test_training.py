@@ -13,8 +13,14 @@ import torch
 from scoresde.config import ConfigError, load_config, override, preset, presets, save_config
 from scoresde.training import CheckpointError, Trainer, TrainingDiverged, load_checkpoint, load_score_model
 
-SMALL = ("train.batch_size=64", "model.kwargs.width=32", "model.kwargs.depth=2", "train.log_every=10", "train.checkpoint_every=0",
-         "train.warmup=5")
+SMALL = (
+    "train.batch_size=64",
+    "model.kwargs.width=32",
+    "model.kwargs.depth=2",
+    "train.log_every=10",
+    "train.checkpoint_every=0",
+    "train.warmup=5",
+)
 
 
 def _toy(steps=20, *extra):
@@ -34,15 +40,25 @@ def test_resume_is_exact(tmp_path):
     resumed = Trainer(cfg, tmp_path / "two", progress=False)
     assert resumed.step == 20
     resumed.train()
-    for a, b in zip(_weights(one.model) + _weights(one.ema.model), _weights(resumed.model) + _weights(resumed.ema.model)):
+    for a, b in zip(
+        _weights(one.model) + _weights(one.ema.model), _weights(resumed.model) + _weights(resumed.ema.model)
+    ):
         assert torch.equal(a, b)
     assert load_checkpoint(tmp_path / "two")["step"] == 40
 
 
 def test_image_data_resume_is_exact_across_epochs(tmp_path):
     """Digits with a tiny U-Net: the finite-data path (DistributedSampler epochs, dequantisation) resumes exactly."""
-    cfg = override(preset("digits-ddpm"), "train.steps=6", "train.batch_size=512", "model.kwargs.ch=8", "model.kwargs.groups=4",
-                   "model.kwargs.num_res_blocks=1", "train.checkpoint_every=0", "train.log_every=2")
+    cfg = override(
+        preset("digits-ddpm"),
+        "train.steps=6",
+        "train.batch_size=512",
+        "model.kwargs.ch=8",
+        "model.kwargs.groups=4",
+        "model.kwargs.num_res_blocks=1",
+        "train.checkpoint_every=0",
+        "train.log_every=2",
+    )
     one = Trainer(cfg, tmp_path / "one", progress=False)
     one.train()
     Trainer(cfg, tmp_path / "two", progress=False).train(3)  # 1438 images / 512 = 2 batches per epoch: crosses epochs
@@ -107,7 +123,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     good = (tmp_path / "checkpoint.safetensors").read_bytes()
     with torch.no_grad():
         next(trainer.model.parameters()).fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 20; the last good checkpoint .* \(step 20\) is kept"):
+    with pytest.raises(
+        TrainingDiverged, match=r"loss became nan at step 20; the last good checkpoint .* \(step 20\) is kept"
+    ):
         trainer.train()
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == good
 
@@ -128,7 +146,10 @@ def test_a_signal_saves_a_checkpoint_and_returns(tmp_path, signum):
     result = trainer.train()
     assert result.interrupted and result.step == 7
     assert load_checkpoint(tmp_path)["step"] == 7
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    )
 
 
 def test_eval_hook_runs_on_the_ema_model_every_eval_every_steps(tmp_path):
@@ -153,9 +174,13 @@ def test_configs_presets_and_errors(tmp_path):
             assert load_config(save_config(cfg, tmp_path / f"{name}{suffix}")) == cfg
     cfg = override(preset("toy-vp"), "train.lr=1e-3", "model.kwargs.width=64")
     assert cfg.train.lr == 1e-3 and cfg.model.kwargs["width"] == 64
-    for bad, message in [("train.lr=-1", "'train.lr': must be a positive number"), ("train.nope=1", "'train.nope': unknown field"),
-                         ("model.name=resnet", "'model.name': 'resnet' is not one of ddpm_unet, mlp, ncsn"),
-                         ("train.lr", "must look like section.field=value"), ("data.name=mnist", "'data.name': 'mnist' is not a toy data set")]:
+    for bad, message in [
+        ("train.lr=-1", "'train.lr': must be a positive number"),
+        ("train.nope=1", "'train.nope': unknown field"),
+        ("model.name=resnet", "'model.name': 'resnet' is not one of ddpm_unet, mlp, ncsn"),
+        ("train.lr", "must look like section.field=value"),
+        ("data.name=mnist", "'data.name': 'mnist' is not a toy data set"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             override(cfg, bad)
     (tmp_path / "broken.yaml").write_text("train: [1, 2")
@@ -182,19 +207,48 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("preset_name, extra", [
-    ("toy-vp", ("train.steps=12",) + SMALL),
-    ("digits-ddpm", ("train.steps=4", "train.batch_size=64", "model.kwargs.ch=8", "model.kwargs.groups=4", "model.kwargs.num_res_blocks=1",
-                     "train.checkpoint_every=0")),
-], ids=["toy", "digits"])
+@pytest.mark.parametrize(
+    "preset_name, extra",
+    [
+        ("toy-vp", ("train.steps=12",) + SMALL),
+        (
+            "digits-ddpm",
+            (
+                "train.steps=4",
+                "train.batch_size=64",
+                "model.kwargs.ch=8",
+                "model.kwargs.groups=4",
+                "model.kwargs.num_res_blocks=1",
+                "train.checkpoint_every=0",
+            ),
+        ),
+    ],
+    ids=["toy", "digits"],
+)
 def test_two_process_ddp_training_keeps_identical_weights(tmp_path, preset_name, extra):
     """torchrun --nproc_per_node=2 on gloo: both ranks hold identical weights; only rank 0 writes."""
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(out),
-                             preset_name, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(out),
+            preset_name,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=300)
     finally:  # never leave workers behind, even on a hang
@@ -207,4 +261,6 @@ def test_two_process_ddp_training_keeps_identical_weights(tmp_path, preset_name,
     names = sorted(p.name for p in out.iterdir())
     assert names == ["checkpoint.safetensors", "config.yaml", "metrics.csv"], names
     steps, every = load_checkpoint(out)["step"], load_config(out / "config.yaml").train.log_every
-    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + len({*range(every, steps + 1, every), steps})  # rank 0 only
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + len(
+        {*range(every, steps + 1, every), steps}
+    )  # rank 0 only

@@ -17,7 +17,7 @@ EXACT = TOY.mixture.score_fn(SDE)
 def _labelled(fig: Figure, twins: int = 0) -> None:
     """Every axes with data has a title and both axis labels (``twins``: the last axes are twinned, y label only)."""
     axes = fig.axes[: len(fig.axes) - twins]
-    assert all(ax.get_ylabel() for ax in fig.axes[len(axes):])
+    assert all(ax.get_ylabel() for ax in fig.axes[len(axes) :])
     plotted = [ax for ax in axes if ax.has_data() and ax.axison and ax.get_label() != "<colorbar>"]
     assert plotted, "no axes with data"
     for ax in plotted:
@@ -29,13 +29,18 @@ def test_score_field_of_the_oracle_draws_identical_learned_and_exact_arrows():
     _labelled(fig)
     top, bottom = fig.axes[0], fig.axes[2]
     assert top.get_title().startswith("learned") and bottom.get_title().startswith("exact")
-    (q_learned,), (q_exact,) = [c for c in top.collections if hasattr(c, "U")], [c for c in bottom.collections if hasattr(c, "U")]
+    (q_learned,), (q_exact,) = (
+        [c for c in top.collections if hasattr(c, "U")],
+        [c for c in bottom.collections if hasattr(c, "U")],
+    )
     np.testing.assert_allclose(q_learned.U, q_exact.U, atol=1e-6)
     np.testing.assert_allclose(q_learned.V, q_exact.V, atol=1e-6)
 
 
 def test_model_density_of_the_oracle_matches_the_true_density():
-    fig = viz.plot_model_density(SDE, EXACT, extent=TOY.extent, grid=12, true_log_prob=TOY.log_prob, rtol=1e-5, atol=1e-5)
+    fig = viz.plot_model_density(
+        SDE, EXACT, extent=TOY.extent, grid=12, true_log_prob=TOY.log_prob, rtol=1e-5, atol=1e-5
+    )
     model, truth, ratio = (ax.images[0].get_array() for ax in fig.axes[:3])
     # the exact likelihood of the exact score is the true density up to the ODE tolerance (1e-5) and p_eps vs p_0
     np.testing.assert_allclose(model, truth, atol=2e-3 * truth.max())
@@ -52,9 +57,13 @@ def test_trajectories_start_from_the_same_noise():
 
 
 def test_comparison_and_quality_against_nfe():
-    specs = [SamplerSpec("ddim", "ddim", {"steps": s}) for s in (5, 10)] + [SamplerSpec("dpm", "dpm_solver", {"steps": 10})]
+    specs = [SamplerSpec("ddim", "ddim", {"steps": s}) for s in (5, 10)] + [
+        SamplerSpec("dpm", "dpm_solver", {"steps": 10})
+    ]
     reference = TOY.sample(300)
-    comparison = compare_samplers(SDE, EXACT, reference, lineup=specs, n=300, floor_reference=TOY.sample(300), dtype=torch.float64)
+    comparison = compare_samplers(
+        SDE, EXACT, reference, lineup=specs, n=300, floor_reference=TOY.sample(300), dtype=torch.float64
+    )
     fig = viz.plot_comparison(comparison, reference, extent=TOY.extent)
     _labelled(fig)
     assert len(fig.axes) == 4  # data, ddim (its largest NFE), dpm, quality against NFE

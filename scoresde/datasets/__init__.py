@@ -4,5 +4,14 @@ from .images import ImageDataset, image_dataset, image_datasets, register_image_
 from .scalers import DataTransform
 from .toys import ToyDataset, register_toy, toy_dataset, toy_datasets
 
-__all__ = ["ToyDataset", "register_toy", "toy_dataset", "toy_datasets", "DataTransform", "ImageDataset", "image_dataset",
-           "image_datasets", "register_image_dataset"]
+__all__ = [
+    "ToyDataset",
+    "register_toy",
+    "toy_dataset",
+    "toy_datasets",
+    "DataTransform",
+    "ImageDataset",
+    "image_dataset",
+    "image_datasets",
+    "register_image_dataset",
+]

@@ -15,9 +15,9 @@ get it and where to put it.
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ __all__ = ["LEVELS", "ImageDataset", "image_dataset", "image_datasets", "registe
 SPLITS = ("train", "test")
 LEVELS = {"digits": 17, "mnist": 256, "cifar10": 256}
 """Grey / colour levels per pixel of each image data set."""
-_LOADERS: dict[str, Callable[..., "ImageDataset"]] = {}
+_LOADERS: dict[str, Callable[..., ImageDataset]] = {}
 
 
 @dataclass
@@ -68,7 +68,8 @@ def image_datasets() -> list[str]:
 
 
 def image_dataset(name: str, split: str = "train", data_dir: str | Path | None = None, seed: int = 0) -> ImageDataset:
-    """Load image data set ``name`` (``split`` ``"train"`` or ``"test"``; ``seed`` fixes a split made by permutation)."""
+    """Load image data set ``name`` (``split`` ``"train"`` or ``"test"``; ``seed`` fixes a split made by
+    permutation)."""
     check_in_registry("image data set", name, tuple(_LOADERS))
     check_in_registry("split", split, SPLITS)
     return _LOADERS[name](split, None if data_dir is None else Path(data_dir), seed)
@@ -116,8 +117,10 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 @register_image_dataset("mnist")
 def _mnist(split: str, data_dir: Path | None, seed: int) -> ImageDataset:
-    how = ("download the four IDX files from https://yann.lecun.com/exdb/mnist/ (or let torchvision's MNIST(root, "
-           "download=True) fetch them into root/MNIST/raw) and pass that directory")
+    how = (
+        "download the four IDX files from https://yann.lecun.com/exdb/mnist/ (or let torchvision's MNIST(root, "
+        "download=True) fetch them into root/MNIST/raw) and pass that directory"
+    )
     prefix = "train" if split == "train" else "t10k"
     images = _find(data_dir, [f"{prefix}-images-idx3-ubyte", f"MNIST/raw/{prefix}-images-idx3-ubyte"], "MNIST", how)
     labels = _find(data_dir, [f"{prefix}-labels-idx1-ubyte", f"MNIST/raw/{prefix}-labels-idx1-ubyte"], "MNIST", how)
@@ -130,8 +133,10 @@ def _mnist(split: str, data_dir: Path | None, seed: int) -> ImageDataset:
 
 @register_image_dataset("cifar10")
 def _cifar10(split: str, data_dir: Path | None, seed: int) -> ImageDataset:
-    how = ("download the binary version cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
-           "extract it and pass the directory that holds cifar-10-batches-bin")
+    how = (
+        "download the binary version cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
+        "extract it and pass the directory that holds cifar-10-batches-bin"
+    )
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
     xs, ys = [], []
     for name in names:
@@ -142,4 +147,10 @@ def _cifar10(split: str, data_dir: Path | None, seed: int) -> ImageDataset:
         records = raw.reshape(-1, 3073)
         ys.append(records[:, 0].astype(np.int64))
         xs.append(records[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32))
-    return ImageDataset("cifar10", split, torch.as_tensor(np.concatenate(xs)), torch.as_tensor(np.concatenate(ys)), levels=LEVELS["cifar10"])
+    return ImageDataset(
+        "cifar10",
+        split,
+        torch.as_tensor(np.concatenate(xs)),
+        torch.as_tensor(np.concatenate(ys)),
+        levels=LEVELS["cifar10"],
+    )

@@ -42,7 +42,12 @@ class DataTransform:
 
     def dequantize(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         r"""Integer levels -> model range with uniform dequantisation: $a + (b - a)(x + u)/K$, $u \sim U[0, 1)$."""
-        u = torch.rand(x.shape, generator=generator, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+        u = torch.rand(
+            x.shape,
+            generator=generator,
+            dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+            device=x.device,
+        )
         return self.to_model(x.to(u.dtype) + u)
 
     def from_model(self, x: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -21,13 +21,13 @@ from ..analytic import GaussianMixture
 
 __all__ = ["ToyDataset", "register_toy", "toy_dataset", "toy_datasets", "gmm_mixture", "eight_gaussians_mixture"]
 
-_TOYS: dict[str, type["ToyDataset"]] = {}
+_TOYS: dict[str, type[ToyDataset]] = {}
 
 
-def register_toy(name: str) -> Callable[[type["ToyDataset"]], type["ToyDataset"]]:
+def register_toy(name: str) -> Callable[[type[ToyDataset]], type[ToyDataset]]:
     """Class decorator adding a `ToyDataset` subclass to the registry under ``name``."""
 
-    def add(cls: type["ToyDataset"]) -> type["ToyDataset"]:
+    def add(cls: type[ToyDataset]) -> type[ToyDataset]:
         if name in _TOYS:
             raise ValueError(f"a toy data set named {name!r} is already registered ({_TOYS[name].__name__})")
         cls.name = name
@@ -42,7 +42,7 @@ def toy_datasets() -> list[str]:
     return sorted(_TOYS)
 
 
-def toy_dataset(name: str) -> "ToyDataset":
+def toy_dataset(name: str) -> ToyDataset:
     """The toy data set registered as ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
     check_in_registry("toy data set", name, list(_TOYS))
     return _TOYS[name]()
@@ -68,7 +68,8 @@ class ToyDataset(abc.ABC):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        """Draw ``n`` i.i.d. points ``[n, 2]``; randomness only from ``generator`` (float64 on its device, then cast)."""
+        """Draw ``n`` i.i.d. points ``[n, 2]``; randomness only from ``generator`` (float64 on its device, then
+        cast)."""
         n = check_positive_int("n", n)
         gen_device = generator.device if generator is not None else torch.device("cpu")
         x = self._sample(n, generator, gen_device)
@@ -77,15 +78,25 @@ class ToyDataset(abc.ABC):
     num_classes: int = 0
     """Classes of the toy (mixture toys: one per component), for class-conditional models; 0: unlabelled."""
 
-    def sample_labelled(self, n: int, generator: torch.Generator | None = None, *, device: torch.device | str | None = None,
-                        dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    def sample_labelled(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """``n`` points ``[n, 2]`` with their class labels ``[n]`` (toys with ``num_classes > 0`` only)."""
-        raise ValueError(f"toy data set {self.name!r} has no classes; labelled toys: "
-                         f"{', '.join(k for k in toy_datasets() if _TOYS[k]().num_classes)}")
+        raise ValueError(
+            f"toy data set {self.name!r} has no classes; labelled toys: "
+            f"{', '.join(k for k in toy_datasets() if _TOYS[k]().num_classes)}"
+        )
 
     def _no_density(self) -> ValueError:
         with_density = [k for k in toy_datasets() if _TOYS[k].has_density]
-        return ValueError(f"toy data set {self.name!r} has no tractable density; those with one are: {', '.join(with_density)}")
+        return ValueError(
+            f"toy data set {self.name!r} has no tractable density; those with one are: {', '.join(with_density)}"
+        )
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density ``[B]`` of points ``x [B, 2]`` (only for toys with ``has_density``)."""
@@ -172,7 +183,9 @@ class Pinwheel(ToyDataset):
         arm = torch.randint(0, 5, (n,), generator=generator, device=device).to(torch.float64)
         phi = 2 * math.pi * arm / 5 + 0.25 * torch.exp(features[:, 0])
         c, s = torch.cos(phi), torch.sin(phi)
-        return 2 * torch.stack([features[:, 0] * c + features[:, 1] * s, -features[:, 0] * s + features[:, 1] * c], dim=1)
+        return 2 * torch.stack(
+            [features[:, 0] * c + features[:, 1] * s, -features[:, 0] * s + features[:, 1] * c], dim=1
+        )
 
 
 @register_toy("2spirals")
@@ -236,7 +249,10 @@ def gmm_mixture() -> GaussianMixture:
     angle = torch.arange(8, dtype=torch.float64) * math.pi / 4
     means = 1.5 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
     weights = torch.tensor([0.2, 0.05, 0.15, 0.1, 0.2, 0.05, 0.15, 0.1], dtype=torch.float64)
-    rot = torch.stack([torch.stack([torch.cos(angle), -torch.sin(angle)], -1), torch.stack([torch.sin(angle), torch.cos(angle)], -1)], -2)
+    rot = torch.stack(
+        [torch.stack([torch.cos(angle), -torch.sin(angle)], -1), torch.stack([torch.sin(angle), torch.cos(angle)], -1)],
+        -2,
+    )
     radial, tangential = torch.full((8,), 0.08, dtype=torch.float64), torch.full((8,), 0.3, dtype=torch.float64)
     odd = torch.arange(8) % 2 == 1
     stds = torch.stack([torch.where(odd, tangential, radial), torch.where(odd, radial, tangential)], dim=1)

@@ -8,5 +8,17 @@ from .parameterization import PARAMETERIZATIONS, ScoreModel
 from .registry import create_model, models, register_model
 from .unet import DDPMUNet
 
-__all__ = ["NoiseConditionalClassifier", "ScoreMLP", "NCSN", "DDPMUNet", "ScoreModel", "PARAMETERIZATIONS", "create_model", "models", "register_model",
-           "GaussianFourierEmbedding", "SinusoidalEmbedding", "sinusoidal_embedding"]
+__all__ = [
+    "NoiseConditionalClassifier",
+    "ScoreMLP",
+    "NCSN",
+    "DDPMUNet",
+    "ScoreModel",
+    "PARAMETERIZATIONS",
+    "create_model",
+    "models",
+    "register_model",
+    "GaussianFourierEmbedding",
+    "SinusoidalEmbedding",
+    "sinusoidal_embedding",
+]

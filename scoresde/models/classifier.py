@@ -1,7 +1,8 @@
 r"""A noise-conditional classifier $p_\phi(y \mid x_t, t)$ for classifier guidance (Dhariwal & Nichol 2021;
 Song et al. 2021, controllable generation), trained on perturbed data by `scoresde.losses.classifier_loss`:
 
-$$\mathcal L(\phi) = \mathbb E_{t, x_0, y, \epsilon}\big[-\log p_\phi(y \mid \alpha(t)x_0 + \sigma(t)\epsilon, t)\big].$$
+$$\mathcal L(\phi) = \mathbb E_{t, x_0, y, \epsilon}\big[-\log p_\phi(y \mid \alpha(t)x_0
++ \sigma(t)\epsilon, t)\big].$$
 
 Vectors ``[B, D]``: residual MLP blocks with a time embedding (as `ScoreMLP`). Images ``[B, C, H, W]``: the
 DDPM U-Net's residual blocks on a downsampling path (the U-Net's encoder), global average pooling, a linear head.
@@ -30,7 +31,9 @@ class NoiseConditionalClassifier(nn.Module):
         groups: GroupNorm groups (images).
     """
 
-    def __init__(self, shape: tuple[int, ...], num_classes: int, width: int = 128, depth: int = 2, groups: int = 8) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], num_classes: int, width: int = 128, depth: int = 2, groups: int = 8
+    ) -> None:
         super().__init__()
         self.shape = tuple(check_positive_int("shape entries", s) for s in shape)
         self.num_classes = check_positive_int("num_classes", num_classes)
@@ -51,13 +54,17 @@ class NoiseConditionalClassifier(nn.Module):
                 ch = width * 2**level
                 if level < depth - 1:
                     self.blocks.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
-            self.head = nn.Sequential(group_norm(ch, groups), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, num_classes))
+            self.head = nn.Sequential(
+                group_norm(ch, groups), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, num_classes)
+            )
         else:
             raise ValueError(f"shape must be (D,) for vectors or (C, H, W) for images, got {shape}")
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"the classifier expects x of shape [B, {', '.join(map(str, self.shape))}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"the classifier expects x of shape [B, {', '.join(map(str, self.shape))}], got {tuple(x.shape)}"
+            )
         temb = self.time(t)
         h = self.inp(x)
         for block in self.blocks:

@@ -19,7 +19,8 @@ __all__ = ["sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierEmbedd
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
-    r"""``[B, dim]`` features $[\sin(\omega_k s t), \cos(\omega_k s t)]$ of times ``t [B]`` (zero-padded to odd ``dim``)."""
+    r"""``[B, dim]`` features $[\sin(\omega_k s t), \cos(\omega_k s t)]$ of times ``t [B]`` (zero-padded to odd
+    ``dim``)."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / max(half - 1, 1))
     args = scale * t[:, None] * freqs[None]
@@ -97,5 +98,7 @@ def check_num_classes(num_classes: int) -> int:
 def check_conditional(net: nn.Module, y) -> None:
     """Refuse labels for a network without a label embedding (an unconditional model)."""
     if y is not None and getattr(net, "label", None) is None:
-        raise ValueError(f"{type(net).__name__} was built without classes (num_classes=0): it takes no labels; "
-                         f"train a class-conditional model (model.kwargs.num_classes) for guidance")
+        raise ValueError(
+            f"{type(net).__name__} was built without classes (num_classes=0): it takes no labels; "
+            f"train a class-conditional model (model.kwargs.num_classes) for guidance"
+        )

@@ -1,6 +1,7 @@
 r"""``ScoreMLP``: a residual MLP on flat data with a time embedding, for low-dimensional (toy) data.
 
-$$h_0 = W_{in} x, \qquad h_{k+1} = h_k + W_2\,\mathrm{SiLU}\big(W_1\,\mathrm{SiLU}(\mathrm{LN}(h_k)) + e_k(t)\big), \qquad \mathrm{out} = W_{out}\,\mathrm{SiLU}(\mathrm{LN}(h_K)),$$
+$$h_0 = W_{in} x, \qquad h_{k+1} = h_k + W_2\,\mathrm{SiLU}\big(W_1\,\mathrm{SiLU}(\mathrm{LN}(h_k)) + e_k(t)\big),
+\qquad \mathrm{out} = W_{out}\,\mathrm{SiLU}(\mathrm{LN}(h_K)),$$
 
 with $e_k(t)$ a per-block projection of the time embedding; the output layer starts at zero.
 """
@@ -10,7 +11,14 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .._checks import check_in_registry, check_positive, check_positive_int
-from .embeddings import GaussianFourierEmbedding, LabelEmbedding, SinusoidalEmbedding, TimeMLP, check_conditional, check_num_classes
+from .embeddings import (
+    GaussianFourierEmbedding,
+    LabelEmbedding,
+    SinusoidalEmbedding,
+    TimeMLP,
+    check_conditional,
+    check_num_classes,
+)
 from .registry import register_model
 
 __all__ = ["ScoreMLP", "EMBEDDINGS"]
@@ -50,10 +58,22 @@ class ScoreMLP(nn.Module):
             and the null label ``K``) is added to the time embedding.
     """
 
-    def __init__(self, dim: int = 2, width: int = 256, depth: int = 4, embedding: str = "fourier", emb_dim: int = 64,
-                 emb_scale: float | None = None, num_classes: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int = 2,
+        width: int = 256,
+        depth: int = 4,
+        embedding: str = "fourier",
+        emb_dim: int = 64,
+        emb_scale: float | None = None,
+        num_classes: int = 0,
+    ) -> None:
         super().__init__()
-        dim, width, depth = check_positive_int("dim", dim), check_positive_int("width", width), check_positive_int("depth", depth)
+        dim, width, depth = (
+            check_positive_int("dim", dim),
+            check_positive_int("width", width),
+            check_positive_int("depth", depth),
+        )
         emb_dim = check_positive_int("emb_dim", emb_dim)
         if emb_scale is not None:
             check_positive("emb_scale", emb_scale)

@@ -23,7 +23,9 @@ __all__ = ["NCSN"]
 class _CondResidual(nn.Module):
     """ELU residual block with GroupNorm, a time-embedding bias, optional stride-2 downsampling or dilation."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, groups: int, downsample: bool = False, dilation: int = 1) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, temb_dim: int, groups: int, downsample: bool = False, dilation: int = 1
+    ) -> None:
         super().__init__()
         stride = 2 if downsample else 1
         self.norm1 = group_norm(in_ch, groups)
@@ -64,7 +66,11 @@ class _RefineBlock(nn.Module):
         h = 0
         for x, adapt, fuse in zip(xs, self.adapt, self.fuse):
             y = fuse(adapt(x))
-            h = h + (nn.functional.interpolate(y, size=size, mode="bilinear", align_corners=False) if y.shape[-2:] != size else y)
+            h = h + (
+                nn.functional.interpolate(y, size=size, mode="bilinear", align_corners=False)
+                if y.shape[-2:] != size
+                else y
+            )
         h = nn.functional.elu(h)
         path = h
         for conv in self.pool_convs:
@@ -86,7 +92,9 @@ class NCSN(nn.Module):
 
     def __init__(self, in_channels: int = 1, image_size: int = 8, ch: int = 64, groups: int = 32) -> None:
         super().__init__()
-        in_channels, image_size, ch = (check_positive_int(n, v) for n, v in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch)))
+        in_channels, image_size, ch = (
+            check_positive_int(n, v) for n, v in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch))
+        )
         if image_size % 2:
             raise ValueError(f"NCSN needs an even image_size (one 2x downsampling), got {image_size}")
         self.in_channels, self.image_size = in_channels, image_size
@@ -94,14 +102,34 @@ class NCSN(nn.Module):
         self.time = TimeMLP(SinusoidalEmbedding(ch), ch, temb_dim)
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         c2 = 2 * ch
-        self.stages = nn.ModuleList([
-            nn.ModuleList([_CondResidual(ch, ch, temb_dim, groups), _CondResidual(ch, ch, temb_dim, groups)]),
-            nn.ModuleList([_CondResidual(ch, c2, temb_dim, groups, downsample=True), _CondResidual(c2, c2, temb_dim, groups)]),
-            nn.ModuleList([_CondResidual(c2, c2, temb_dim, groups, dilation=2), _CondResidual(c2, c2, temb_dim, groups, dilation=2)]),
-            nn.ModuleList([_CondResidual(c2, c2, temb_dim, groups, dilation=4), _CondResidual(c2, c2, temb_dim, groups, dilation=4)]),
-        ])
-        self.refine = nn.ModuleList([_RefineBlock([c2], c2), _RefineBlock([c2, c2], c2), _RefineBlock([c2, c2], ch),
-                                     _RefineBlock([ch, ch], ch, n_out_rcu=3)])
+        self.stages = nn.ModuleList(
+            [
+                nn.ModuleList([_CondResidual(ch, ch, temb_dim, groups), _CondResidual(ch, ch, temb_dim, groups)]),
+                nn.ModuleList(
+                    [_CondResidual(ch, c2, temb_dim, groups, downsample=True), _CondResidual(c2, c2, temb_dim, groups)]
+                ),
+                nn.ModuleList(
+                    [
+                        _CondResidual(c2, c2, temb_dim, groups, dilation=2),
+                        _CondResidual(c2, c2, temb_dim, groups, dilation=2),
+                    ]
+                ),
+                nn.ModuleList(
+                    [
+                        _CondResidual(c2, c2, temb_dim, groups, dilation=4),
+                        _CondResidual(c2, c2, temb_dim, groups, dilation=4),
+                    ]
+                ),
+            ]
+        )
+        self.refine = nn.ModuleList(
+            [
+                _RefineBlock([c2], c2),
+                _RefineBlock([c2, c2], c2),
+                _RefineBlock([c2, c2], ch),
+                _RefineBlock([ch, ch], ch, n_out_rcu=3),
+            ]
+        )
         self.out = nn.Sequential(group_norm(ch, groups), nn.ELU(), nn.Conv2d(ch, in_channels, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

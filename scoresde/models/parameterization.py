@@ -4,7 +4,8 @@ For $x_t = \alpha(t) x_0 + \sigma(t)\epsilon$ the score of the perturbation kern
 $-\epsilon/\sigma$, and Tweedie's formula $\alpha\,\mathbb E[x_0|x_t] = x_t + \sigma^2\nabla\log p_t$
 links the three targets:
 
-$$s = \text{out}\ (\texttt{score}), \qquad s = -\frac{\text{out}}{\sigma(t)}\ (\texttt{eps}), \qquad s = \frac{\alpha(t)\,\text{out} - x}{\sigma(t)^2}\ (\texttt{x0}).$$
+$$s = \text{out}\ (\texttt{score}), \qquad s = -\frac{\text{out}}{\sigma(t)}\ (\texttt{eps}),
+\qquad s = \frac{\alpha(t)\,\text{out} - x}{\sigma(t)^2}\ (\texttt{x0}).$$
 
 `ScoreModel.scaled_score` returns $\sigma(t) s$ without dividing by a small $\sigma$
 (the DSM loss uses it).
@@ -47,5 +48,6 @@ class ScoreModel(nn.Module):
         return (expand_to(self.sde.alpha(t), x) * out - x) / sigma
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """The score $s_\\theta(x, t)$, or the class-conditional $s_\\theta(x, t, y)$ (``y = num_classes``: unconditional)."""
+        """The score $s_\\theta(x, t)$, or the class-conditional $s_\\theta(x, t, y)$ (``y = num_classes``:
+        unconditional)."""
         return self.scaled_score(x, t, y) / expand_to(self.sde.sigma(t), x)

@@ -33,7 +33,8 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    r"""$h = x + \mathrm{conv}(\mathrm{drop}(\mathrm{SiLU}(\mathrm{GN}(\mathrm{conv}(\mathrm{SiLU}(\mathrm{GN}(x))) + W e(t)))))$, 1x1 skip when channels change."""
+    r"""$h = x + \mathrm{conv}(\mathrm{drop}(\mathrm{SiLU}(\mathrm{GN}(\mathrm{conv}(\mathrm{SiLU}(\mathrm{GN}(x)))
+    + W e(t)))))$, 1x1 skip when channels change."""
 
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int) -> None:
         super().__init__()
@@ -61,7 +62,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)
-        h = nn.functional.scaled_dot_product_attention(q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None], v.transpose(1, 2)[:, None])
+        h = nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None], v.transpose(1, 2)[:, None]
+        )
         return x + self.proj(h[:, 0].transpose(1, 2).reshape(B, C, H, W))
 
 
@@ -82,17 +85,30 @@ class DDPMUNet(nn.Module):
             label ``K``) is added to the time embedding (as in guided-diffusion and classifier-free guidance).
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 8, ch: int = 64, ch_mult: tuple[int, ...] = (1, 2),
-                 num_res_blocks: int = 2, attn_resolutions: tuple[int, ...] = (4,), dropout: float = 0.1, groups: int = 32,
-                 num_classes: int = 0) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 8,
+        ch: int = 64,
+        ch_mult: tuple[int, ...] = (1, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (4,),
+        dropout: float = 0.1,
+        groups: int = 32,
+        num_classes: int = 0,
+    ) -> None:
         super().__init__()
-        in_channels, image_size, ch = (check_positive_int(n, v) for n, v in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch)))
+        in_channels, image_size, ch = (
+            check_positive_int(n, v) for n, v in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch))
+        )
         num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
         ch_mult = tuple(check_positive_int("ch_mult entries", m) for m in ch_mult)
         if not ch_mult:
             raise ValueError("ch_mult must have at least one level")
         if image_size % 2 ** (len(ch_mult) - 1):
-            raise ValueError(f"image_size {image_size} must be divisible by 2^(len(ch_mult) - 1) = {2 ** (len(ch_mult) - 1)}")
+            raise ValueError(
+                f"image_size {image_size} must be divisible by 2^(len(ch_mult) - 1) = {2 ** (len(ch_mult) - 1)}"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.in_channels, self.image_size = in_channels, image_size
@@ -114,8 +130,13 @@ class DDPMUNet(nn.Module):
                 self.down.append(nn.ModuleList([nn.Conv2d(cur, cur, 3, stride=2, padding=1)]))
                 skips.append(cur)
                 res //= 2
-        self.mid = nn.ModuleList([ResBlock(cur, cur, temb_dim, dropout, groups), AttnBlock(cur, groups),
-                                  ResBlock(cur, cur, temb_dim, dropout, groups)])
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(cur, cur, temb_dim, dropout, groups),
+                AttnBlock(cur, groups),
+                ResBlock(cur, cur, temb_dim, dropout, groups),
+            ]
+        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
@@ -125,9 +146,13 @@ class DDPMUNet(nn.Module):
                     block.append(AttnBlock(cur, groups))
                 self.up.append(block)
             if level != 0:
-                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cur, cur, 3, padding=1)]))
+                self.up.append(
+                    nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cur, cur, 3, padding=1)])
+                )
                 res *= 2
-        self.out = nn.Sequential(group_norm(cur, groups), nn.SiLU(), zero_init(nn.Conv2d(cur, in_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            group_norm(cur, groups), nn.SiLU(), zero_init(nn.Conv2d(cur, in_channels, 3, padding=1))
+        )
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)

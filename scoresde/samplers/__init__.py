@@ -19,7 +19,8 @@ algorithm's. `sample` also validates once (the grid, ``x_T`` and the first score
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,8 +28,18 @@ from torch import Tensor
 from .._checks import check_finite, renamed_t_min
 from ..sde import SDE, ProbabilityFlow, ScoreFn, check_sde
 from . import fast, ode, pc, reverse_sde  # noqa: F401  (registration)
-from .base import (CountingScore, SampleResult, Sampling, algorithm_options, get_sampler, grid_defaults, honours_constraint,
-                   register_sampler, sampler_options, samplers)
+from .base import (
+    CountingScore,
+    SampleResult,
+    Sampling,
+    algorithm_options,
+    get_sampler,
+    grid_defaults,
+    honours_constraint,
+    register_sampler,
+    sampler_options,
+    samplers,
+)
 from .grids import EDM_RHO, GRIDS, LOG_SNR_WARP, grid_settings, time_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .inpaint import INPAINT_METHODS, MASKS, inpaint, named_mask
@@ -65,7 +76,9 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"shape must be a sequence [B, ...] of at least two positive integers (batch first), got {shape!r}")
+        raise ValueError(
+            f"shape must be a sequence [B, ...] of at least two positive integers (batch first), got {shape!r}"
+        )
     return dims
 
 
@@ -126,7 +139,9 @@ def sample(
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {sampler!r}; valid options are: {valid}")
     if constraint is not None and not honours_constraint(sampler):
         accepting = ", ".join(name for name in samplers() if honours_constraint(name))
-        raise ValueError(f"sampler {sampler!r} does not apply a constraint after its steps; samplers that do: {accepting}")
+        raise ValueError(
+            f"sampler {sampler!r} does not apply a constraint after its steps; samplers that do: {accepting}"
+        )
     resolved = {**own, **options}
     defaults = grid_defaults(sampler)
     schedule = defaults.schedule if schedule is None else schedule
@@ -146,10 +161,16 @@ def sample(
     with torch.no_grad():
         x = get_sampler(sampler)(run, x_T, grid, **options)
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"sampler {sampler!r} produced non-finite samples: the score or the sampler diverged on this grid "
-                         f"({len(grid) - 1} steps); check the model's score, or take more steps")
+        raise ValueError(
+            f"sampler {sampler!r} produced non-finite samples: the score or the sampler diverged on this grid "
+            f"({len(grid) - 1} steps); check the model's score, or take more steps"
+        )
     trajectory, times = run.trajectory()
     settings = {**resolved, **grid_settings(grid, schedule, rho, warp)}
-    settings = {k: (v if isinstance(v, (int, str, bool, type(None))) or (isinstance(v, float) and math.isfinite(v)) else repr(v))
-                for k, v in settings.items()}
+    settings = {
+        k: (
+            v if isinstance(v, (int, str, bool, type(None))) or (isinstance(v, float) and math.isfinite(v)) else repr(v)
+        )
+        for k, v in settings.items()
+    }
     return SampleResult(x=x, nfe=score.calls, trajectory=trajectory, times=times, sampler=sampler, settings=settings)

@@ -9,8 +9,9 @@ Symbols: ``x`` state ``[B, ...]``, ``t`` time ``[B]``, ``score`` $\nabla_x\log p
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,8 +19,19 @@ from torch import Tensor
 from .._checks import check_in_registry, expand_to, progress_bar, registering, standard_normal_like
 from ..sde import SDE, ScoreFn, evaluate_score
 
-__all__ = ["SampleResult", "CountingScore", "Sampling", "GridDefaults", "register_sampler", "samplers", "get_sampler",
-           "sampler_options", "grid_defaults", "honours_constraint", "standard_normal_like"]
+__all__ = [
+    "SampleResult",
+    "CountingScore",
+    "Sampling",
+    "GridDefaults",
+    "register_sampler",
+    "samplers",
+    "get_sampler",
+    "sampler_options",
+    "grid_defaults",
+    "honours_constraint",
+    "standard_normal_like",
+]
 
 
 @dataclass
@@ -78,8 +90,15 @@ class Sampling:
     device (for the ``t [B]`` the score sees). It reports states with `record`.
     """
 
-    def __init__(self, sde: SDE, score: CountingScore, generator: torch.Generator | None, progress: bool, record: bool,
-                 constraint: Callable[[Tensor, float], Tensor] | None = None):
+    def __init__(
+        self,
+        sde: SDE,
+        score: CountingScore,
+        generator: torch.Generator | None,
+        progress: bool,
+        record: bool,
+        constraint: Callable[[Tensor, float], Tensor] | None = None,
+    ):
         self.sde = sde
         self.constraint = constraint
         self.score = score
@@ -157,8 +176,9 @@ class _Entry:
 _SAMPLERS: dict[str, _Entry] = {}
 
 
-def register_sampler(name: str, *, steps: int | Callable[[dict], int], schedule: str = "uniform",
-                     constraint: bool = False) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+def register_sampler(
+    name: str, *, steps: int | Callable[[dict], int], schedule: str = "uniform", constraint: bool = False
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator adding a sampler ``fn(run: Sampling, x, grid, *, ...options) -> Tensor`` to the registry.
 
     Its keyword-only parameters (with defaults) are the options `scoresde.sample` accepts for it; ``steps`` and

@@ -3,7 +3,8 @@ r"""Few-step solvers through the Gaussian-perturbation view $x_t = \alpha(t)x_0 
 They need only ``alpha``, ``sigma``, ``log_snr`` and ``t_from_log_snr`` of the SDE, so they run unchanged
 on VP, sub-VP and VE. Each model evaluation is turned into a data prediction (Tweedie)
 
-$$\hat x_0(x, t) = \frac{x + \sigma(t)^2 s_\theta(x, t)}{\alpha(t)}, \qquad \hat\epsilon = \frac{x - \alpha(t)\hat x_0}{\sigma(t)} = -\sigma(t)\, s_\theta(x, t).$$
+$$\hat x_0(x, t) = \frac{x + \sigma(t)^2 s_\theta(x, t)}{\alpha(t)},
+\qquad \hat\epsilon = \frac{x - \alpha(t)\hat x_0}{\sigma(t)} = -\sigma(t)\, s_\theta(x, t).$$
 
 Each runs on the grid ``T = t_0 > ... > t_N = t_min`` it is handed (any grid works with any solver; the
 registry declares each one's default); ``denoise`` adds Tweedie's $\hat x_0$ at ``t_min`` (one NFE, the same
@@ -45,7 +46,8 @@ def _multistep_order(order: int, i: int, steps: int, lower_order_final: bool) ->
 def ddim(run: Sampling, x: Tensor, grid: Tensor, *, eta: float = 0.0, denoise: bool = True) -> Tensor:
     r"""DDIM (Song, Meng & Ermon 2021, Eq. 12) from ``t`` to ``s < t``:
 
-    $$x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\epsilon + c z, \qquad c = \eta\,\frac{\sigma_s}{\sigma_t}\sqrt{\sigma_t^2 - \alpha_t^2\sigma_s^2/\alpha_s^2},$$
+    $$x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\epsilon + c z,
+    \qquad c = \eta\,\frac{\sigma_s}{\sigma_t}\sqrt{\sigma_t^2 - \alpha_t^2\sigma_s^2/\alpha_s^2},$$
 
     deterministic (the probability-flow ODE's first-order exponential integrator) at ``eta = 0``,
     DDPM ancestral sampling at ``eta = 1``. Applies the run's constraint after every step (inpainting).
@@ -85,7 +87,9 @@ def heun(
     $\tilde x = x/\alpha$, $\tilde\sigma = \sigma/\alpha$, where the probability-flow ODE is
     $d\tilde x/d\tilde\sigma = (\tilde x - \hat x_0)/\tilde\sigma$ for every SDE:
 
-    $$d_i = \frac{\tilde x_i - \hat x_0(\tilde x_i, \hat\sigma_i)}{\hat\sigma_i}, \quad \tilde x' = \tilde x_i + (\tilde\sigma_{i+1} - \hat\sigma_i)\, d_i, \quad \tilde x_{i+1} = \tilde x_i + (\tilde\sigma_{i+1} - \hat\sigma_i)\,\tfrac12 (d_i + d'),$$
+    $$d_i = \frac{\tilde x_i - \hat x_0(\tilde x_i, \hat\sigma_i)}{\hat\sigma_i},
+    \quad \tilde x' = \tilde x_i + (\tilde\sigma_{i+1} - \hat\sigma_i)\, d_i,
+    \quad \tilde x_{i+1} = \tilde x_i + (\tilde\sigma_{i+1} - \hat\sigma_i)\,\tfrac12 (d_i + d'),$$
 
     with stochastic churn $\hat\sigma_i = \tilde\sigma_i(1 + \gamma_i)$,
     $\gamma_i = \min(S_{churn}/N, \sqrt2 - 1)$ for $\tilde\sigma_i \in [S_{tmin}, S_{tmax}]$
@@ -137,7 +141,8 @@ def dpm_solver(
     with data prediction, in $\lambda = \log(\alpha/\sigma)$ (half the log-SNR),
     $h_i = \lambda_{i+1} - \lambda_i$, $\varphi_1 = e^{-h} - 1$:
 
-    $$x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - \alpha_{i+1}\varphi_1 D_i, \qquad D_i = \hat x_0^{(i)} + \frac{1}{2r}\big(\hat x_0^{(i)} - \hat x_0^{(i-1)}\big),\ r = h_{i-1}/h_i$$
+    $$x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - \alpha_{i+1}\varphi_1 D_i,
+    \qquad D_i = \hat x_0^{(i)} + \frac{1}{2r}\big(\hat x_0^{(i)} - \hat x_0^{(i-1)}\big),\ r = h_{i-1}/h_i$$
 
     for ``order = 2`` (2M); ``order = 1`` is DDIM; ``order = 3`` adds the second divided difference
     (3M). The first steps warm up with lower orders; with ``lower_order_final`` the last steps drop to the
@@ -203,7 +208,9 @@ def unipc(
     r"""UniPC (Zhao et al. 2023) with data prediction and $B(h) = e^{-h} - 1$, in
     $\lambda = \log(\alpha/\sigma)$: the multistep predictor UniP-p
 
-    $$\tilde x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - \alpha_{i+1}\varphi_1 \hat x_0^{(i)} - \alpha_{i+1} B(h) \sum_k \rho^p_k D_k, \qquad D_k = (\hat x_0^{(i-k)} - \hat x_0^{(i)}) / r_k,$$
+    $$\tilde x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - \alpha_{i+1}\varphi_1 \hat x_0^{(i)}
+    - \alpha_{i+1} B(h) \sum_k \rho^p_k D_k,
+    \qquad D_k = (\hat x_0^{(i-k)} - \hat x_0^{(i)}) / r_k,$$
 
     then the corrector UniC, which reuses the model evaluation at $\tilde x_{i+1}$ (needed for the
     next step anyway) to raise the order by one at no extra NFE; it is skipped after the last step.
@@ -227,7 +234,9 @@ def unipc(
     return run.finish(x, t_values[-1], denoise)
 
 
-def _unip(x: Tensor, x0s: list[Tensor], lam: list[float], alphas: list[float], sigmas: list[float], i: int, k: int) -> Tensor:
+def _unip(
+    x: Tensor, x0s: list[Tensor], lam: list[float], alphas: list[float], sigmas: list[float], i: int, k: int
+) -> Tensor:
     """UniP-k step from grid point ``i`` to ``i + 1`` (uses the last ``k`` data predictions)."""
     h = lam[i + 1] - lam[i]
     rks = [(lam[i - j] - lam[i]) / h for j in range(1, k)]

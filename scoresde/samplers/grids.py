@@ -55,7 +55,9 @@ def custom_grid(sde: SDE, times) -> Tensor:
     if grid.ndim != 1 or grid.numel() < 2 or not bool((grid[1:] < grid[:-1]).all()):
         raise ValueError(f"a custom time grid must be a strictly decreasing 1-D sequence of >= 2 times, got {times!r}")
     if float(grid[-1]) <= 0 or float(grid[0]) > sde.T:
-        raise ValueError(f"a custom time grid must lie in (0, T] = (0, {sde.T:g}], got [{float(grid[-1]):.6g}, {float(grid[0]):.6g}]")
+        raise ValueError(
+            f"a custom time grid must lie in (0, T] = (0, {sde.T:g}], got [{float(grid[-1]):.6g}, {float(grid[0]):.6g}]"
+        )
     return grid
 
 

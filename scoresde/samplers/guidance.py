@@ -17,7 +17,7 @@ with guidance unchanged (the design's rule: conditioning is closed over, the sig
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -38,8 +38,10 @@ def _check_weight(w: float) -> float:
 def _num_classes(model) -> int:
     classes = int(getattr(model, "num_classes", 0) or 0)
     if classes < 1:
-        raise ValueError(f"guidance needs a class-conditional model (num_classes > 0); {type(model).__name__} is unconditional: "
-                         f"train with model.kwargs.num_classes and train.label_dropout > 0")
+        raise ValueError(
+            f"guidance needs a class-conditional model (num_classes > 0); {type(model).__name__} is unconditional: "
+            f"train with model.kwargs.num_classes and train.label_dropout > 0"
+        )
     return classes
 
 
@@ -82,10 +84,14 @@ class ClassifierGuidance:
         w: the guidance scale ($w = 1$ with exact models: the conditional score).
     """
 
-    def __init__(self, score_fn: ScoreFn, classifier: Callable[[Tensor, Tensor], Tensor], y: Tensor | int, w: float = 1.0) -> None:
+    def __init__(
+        self, score_fn: ScoreFn, classifier: Callable[[Tensor, Tensor], Tensor], y: Tensor | int, w: float = 1.0
+    ) -> None:
         if getattr(score_fn, "num_classes", 0):
-            raise ValueError("classifier guidance takes an unconditional score; this model is class-conditional "
-                             "(use ClassifierFreeGuidance, or its null label)")
+            raise ValueError(
+                "classifier guidance takes an unconditional score; this model is class-conditional "
+                "(use ClassifierFreeGuidance, or its null label)"
+            )
         self.score_fn, self.classifier, self.y, self.w = score_fn, classifier, torch.as_tensor(y), _check_weight(w)
 
     def class_log_prob_grad(self, x: Tensor, t: Tensor) -> Tensor:

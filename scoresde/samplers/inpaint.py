@@ -49,11 +49,17 @@ def named_mask(name: str, shape: tuple[int, ...]) -> Tensor:
         known[0 if name == "x1" else 1] = False
         return known
     if len(shape) != 3:
-        raise ValueError(f"mask {name!r} is for images [C, H, W]; the data has shape {tuple(shape)} (2D points: x1 or x2)")
+        raise ValueError(
+            f"mask {name!r} is for images [C, H, W]; the data has shape {tuple(shape)} (2D points: x1 or x2)"
+        )
     _, H, W = shape
-    region = {"left-half": (slice(None), slice(None), slice(0, W // 2)), "right-half": (slice(None), slice(None), slice(W // 2, W)),
-              "top-half": (slice(None), slice(0, H // 2), slice(None)), "bottom-half": (slice(None), slice(H // 2, H), slice(None)),
-              "center": (slice(None), slice(H // 4, H - H // 4), slice(W // 4, W - W // 4))}[name]
+    region = {
+        "left-half": (slice(None), slice(None), slice(0, W // 2)),
+        "right-half": (slice(None), slice(None), slice(W // 2, W)),
+        "top-half": (slice(None), slice(0, H // 2), slice(None)),
+        "bottom-half": (slice(None), slice(H // 2, H), slice(None)),
+        "center": (slice(None), slice(H // 4, H - H // 4), slice(W // 4, W - W // 4)),
+    }[name]
     known[region] = False
     return known
 
@@ -78,7 +84,8 @@ def inpaint(
     r"""Complete ``x_known [B, ...]`` where ``known`` (bool, ``[B, ...]`` or one sample's ``[...]``) is ``False``.
 
     Predictor–corrector sampling from the prior with, after every update at time $t$, the replacement
-    $x[\text{known}] \leftarrow \alpha(t)\,x_0[\text{known}] + \sigma(t)\,z$; finally $x[\text{known}] = x_0[\text{known}]$.
+    $x[\text{known}] \leftarrow \alpha(t)\,x_0[\text{known}] + \sigma(t)\,z$; finally
+    $x[\text{known}] = x_0[\text{known}]$.
 
     Args:
         sde: the forward process of the model.
@@ -106,8 +113,10 @@ def inpaint(
     if known.dtype != torch.bool:
         raise ValueError(f"the mask must be boolean (True = known), got dtype {known.dtype}")
     if tuple(known.shape) not in (tuple(x_known.shape), tuple(x_known.shape[1:])):
-        raise ValueError(f"the mask of shape {tuple(known.shape)} does not match the data's shape {tuple(x_known.shape[1:])} "
-                         f"(one sample) or {tuple(x_known.shape)} (the batch)")
+        raise ValueError(
+            f"the mask of shape {tuple(known.shape)} does not match the data's shape {tuple(x_known.shape[1:])} "
+            f"(one sample) or {tuple(x_known.shape)} (the batch)"
+        )
     known = known.expand(x_known.shape)
 
     def replace(x: Tensor, t: float) -> Tensor:
@@ -123,20 +132,44 @@ def inpaint(
 
     x_T = sde.prior_sampling(tuple(x_known.shape), generator, device=x_known.device, dtype=x_known.dtype)
     corrector = "langevin" if method == "pc" else "none"
-    result = sample(sde, score_fn, x_T.shape, "pc", steps=steps, t_min=t_min, generator=generator, progress=progress,
-                    return_trajectory=return_trajectory, x_T=x_T, constraint=replace, predictor=predictor, corrector=corrector,
-                    corrector_steps=corrector_steps, snr=snr)
+    result = sample(
+        sde,
+        score_fn,
+        x_T.shape,
+        "pc",
+        steps=steps,
+        t_min=t_min,
+        generator=generator,
+        progress=progress,
+        return_trajectory=return_trajectory,
+        x_T=x_T,
+        constraint=replace,
+        predictor=predictor,
+        corrector=corrector,
+        corrector_steps=corrector_steps,
+        snr=snr,
+    )
     result.x = torch.where(known, x_known.to(result.x.dtype), result.x)
     result.sampler, result.settings = f"inpaint ({method})", {"method": method, **result.settings}
     return result
 
 
-def _smc(sde: SDE, score: CountingScore, x_known: Tensor, known: Tensor, steps: int, t_min: float | None,
-         generator: torch.Generator | None, progress: bool) -> Tensor:
+def _smc(
+    sde: SDE,
+    score: CountingScore,
+    x_known: Tensor,
+    known: Tensor,
+    steps: int,
+    t_min: float | None,
+    generator: torch.Generator | None,
+    progress: bool,
+) -> Tensor:
     """SMCDiff with reverse-diffusion proposals; the batch is the particle population of one observation."""
     if not (bool((known == known[:1]).all()) and bool((x_known[known] == x_known[:1].expand_as(x_known)[known]).all())):
-        raise ValueError("method 'smc' treats the batch as particles of one observation: pass copies of one sample and one mask "
-                         "(e.g. x.expand(n, ...)); inpaint several observations one call each")
+        raise ValueError(
+            "method 'smc' treats the batch as particles of one observation: pass copies of one sample and one mask "
+            "(e.g. x.expand(n, ...)); inpaint several observations one call each"
+        )
     B, grid = x_known.shape[0], time_grid(sde, steps, "uniform", t_min).to(x_known.dtype)
     one = x_known[:1]
     # one forward path of the known part, from the data at t_min up to T, on the grid (T first)
@@ -146,8 +179,11 @@ def _smc(sde: SDE, score: CountingScore, x_known: Tensor, known: Tensor, steps: 
         a, sd = sde.transition(t_, s_)
         path.append(a * path[-1] + sd * standard_normal_like(one, generator))
     path = path[::-1]
-    x = torch.where(known, path[0].expand_as(x_known), sde.prior_sampling(tuple(x_known.shape), generator, device=x_known.device,
-                                                                          dtype=x_known.dtype))
+    x = torch.where(
+        known,
+        path[0].expand_as(x_known),
+        sde.prior_sampling(tuple(x_known.shape), generator, device=x_known.device, dtype=x_known.dtype),
+    )
     log_w = torch.zeros(B, dtype=torch.float64, device=x.device)
     reverse = sde.reverse(score)
     for i in progress_bar(range(len(grid) - 1), "inpaint smc", progress, leave=False):

@@ -13,7 +13,7 @@ module measures both). The field is `scoresde.sde.ProbabilityFlow`, the reverse 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -46,16 +46,31 @@ def _solve_scipy(flow: ProbabilityFlow, x: Tensor, us: Tensor, method: str, rtol
         state = torch.as_tensor(y, dtype=x.dtype, device=x.device).reshape(shape)
         return flow.velocity(torch.tensor(u, dtype=x.dtype), state).reshape(-1).cpu().double().numpy()
 
-    sol = solve_ivp(rhs, (float(us[0]), float(us[-1])), x.reshape(-1).cpu().double().numpy(), method=method,
-                    rtol=rtol, atol=atol, t_eval=us.tolist())
+    sol = solve_ivp(
+        rhs,
+        (float(us[0]), float(us[-1])),
+        x.reshape(-1).cpu().double().numpy(),
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        t_eval=us.tolist(),
+    )
     if not sol.success:
         raise RuntimeError(f"scipy solve_ivp ({method}) failed: {sol.message}")
     ys = torch.as_tensor(sol.y.T, dtype=x.dtype, device=x.device)
     return ys.reshape((len(us),) + tuple(shape))
 
 
-def solve_flow(flow: ProbabilityFlow, x: Tensor, us: Tensor, method: str, rtol: float, atol: float, backend: str,
-               func: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+def solve_flow(
+    flow: ProbabilityFlow,
+    x: Tensor,
+    us: Tensor,
+    method: str,
+    rtol: float,
+    atol: float,
+    backend: str,
+    func: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Tensor:
     """Integrate ``func`` (default: the flow's velocity) from ``us[0]`` through ``us``; states ``[len(us), ...]``."""
     if backend == "scipy":
         return _solve_scipy(flow, x, us, method, rtol, atol)

@@ -12,12 +12,19 @@ the coefficients of the exact forward transition from ``s`` to ``t``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .._checks import check_in_registry, check_positive, check_positive_int, expand_to, registering, standard_normal_like
+from .._checks import (
+    check_in_registry,
+    check_positive,
+    check_positive_int,
+    expand_to,
+    registering,
+    standard_normal_like,
+)
 from ..sde import SDE, ReverseSDE, ScoreFn
 from .base import Sampling, register_sampler
 
@@ -48,9 +55,13 @@ def _registrar(table: dict, kind: str):
 
 
 register_predictor = _registrar(_PREDICTORS, "predictor")
-register_predictor.__doc__ = """Decorator registering ``fn(reverse: ReverseSDE, x, t, t_next, *, generator) -> (x, x_mean)``."""
+register_predictor.__doc__ = (
+    """Decorator registering ``fn(reverse: ReverseSDE, x, t, t_next, *, generator) -> (x, x_mean)``."""
+)
 register_corrector = _registrar(_CORRECTORS, "corrector")
-register_corrector.__doc__ = """Decorator registering ``fn(sde, score_fn, x, t, *, snr, n_steps, generator) -> (x, x_mean)``."""
+register_corrector.__doc__ = (
+    """Decorator registering ``fn(sde, score_fn, x, t, *, snr, n_steps, generator) -> (x, x_mean)``."""
+)
 
 
 def predictors() -> list[str]:
@@ -63,7 +74,9 @@ def correctors() -> list[str]:
     return sorted(_CORRECTORS)
 
 
-_NO_ANCESTRAL_FLOW = "predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion' or 'euler_maruyama'"
+_NO_ANCESTRAL_FLOW = (
+    "predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion' or 'euler_maruyama'"
+)
 
 
 # ---------------------------------------------------------------------- predictors
@@ -89,7 +102,8 @@ def reverse_diffusion(reverse: ReverseSDE, x: Tensor, t: Tensor, t_next: Tensor,
 def ancestral_sampling(reverse: ReverseSDE, x: Tensor, t: Tensor, t_next: Tensor, *, generator=None):
     r"""Ancestral sampling: draw from the exact Gaussian posterior $q(x_s | x_t, \hat x_0)$, ``s = t_next``,
 
-    $$x_s = \frac{x_t + \sigma_{t|s}^2\, s_\theta(x_t, t)}{\alpha_{t|s}} + \frac{\sigma_{t|s}\,\sigma(s)}{\sigma(t)}\, z .$$
+    $$x_s = \frac{x_t + \sigma_{t|s}^2\, s_\theta(x_t, t)}{\alpha_{t|s}}
+    + \frac{\sigma_{t|s}\,\sigma(s)}{\sigma(t)}\, z .$$
 
     For VP this is DDPM's step $(x + \beta_i s)/\sqrt{1-\beta_i}$ with the posterior variance
     $\tilde\beta_i$; for VE, SMLD's $x + (\sigma_i^2 - \sigma_{i-1}^2)s$ with variance

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, expand_to
-from ..sde import ScoreFn, SDE
+from ..sde import SDE, ScoreFn
 from .base import Sampling, register_sampler
 
 __all__ = ["sde_sampler", "SDE_METHODS"]
@@ -58,8 +58,10 @@ def _check_uniform(grid: Tensor) -> None:
     """torchsde steps with one fixed ``dt``: the grid must be uniform in t."""
     spacing = grid[:-1] - grid[1:]
     if float((spacing - spacing.mean()).abs().max()) > 1e-9 * float(spacing.mean()):
-        raise ValueError("the 'sde' sampler steps with torchsde's fixed dt, so it takes a grid uniform in t "
-                         "(schedule='uniform'); for other grids use 'pc' with predictor='euler_maruyama'")
+        raise ValueError(
+            "the 'sde' sampler steps with torchsde's fixed dt, so it takes a grid uniform in t "
+            "(schedule='uniform'); for other grids use 'pc' with predictor='euler_maruyama'"
+        )
 
 
 @register_sampler("sde", steps=1000, schedule="uniform")
@@ -80,16 +82,29 @@ def sde_sampler(
     method = check_in_registry("torchsde method", method, SDE_METHODS)
     _check_uniform(grid)
     if method == "reversible_heun":
-        warnings.warn("torchsde's reversible_heun is unstable on the strongly contracting reverse SDE of diffusion "
-                      "models (its parasitic mode grows); prefer euler, milstein or srk", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "torchsde's reversible_heun is unstable on the strongly contracting reverse SDE of diffusion "
+            "models (its parasitic mode grows); prefer euler, milstein or srk",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     steps = len(grid) - 1
     taus = (run.sde.T - grid).to(x.dtype)
     sde_type = "stratonovich" if method in _STRATONOVICH else "ito"
     system = _ReverseInTau(run.sde, run.score, x.shape, sde_type)
     y0 = x.reshape(x.shape[0], -1)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=run.generator, device=run.generator.device if run.generator else "cpu"))
+    seed = int(
+        torch.randint(
+            0, 2**31 - 1, (1,), generator=run.generator, device=run.generator.device if run.generator else "cpu"
+        )
+    )
     bm = torchsde.BrownianInterval(
-        t0=float(taus[0]), t1=float(taus[-1]), size=y0.shape, dtype=y0.dtype, device=y0.device, entropy=seed,
+        t0=float(taus[0]),
+        t1=float(taus[-1]),
+        size=y0.shape,
+        dtype=y0.dtype,
+        device=y0.device,
+        entropy=seed,
         levy_area_approximation=_LEVY_AREA.get(method, "none"),
     )
     # a step a hair longer than the grid spacing, so that round-off never adds a sliver of an extra step: the
