@@ -405,11 +405,14 @@ class ReverseSDE:
         g = torch.sqrt(self.forward.g2(t))
         return torch.zeros_like(g) if self.probability_flow else g
 
+    def _step(self, x: Tensor, t: Tensor, dt: float | Tensor | None, score: Tensor) -> tuple[Tensor, Tensor]:
+        f, G = self.forward._discretize(x, t, dt)
+        rev_f = f - expand_to(G**2, x) * score * self.score_weight
+        return rev_f, torch.zeros_like(G) if self.probability_flow else G
+
     def step(self, x: Tensor, t: Tensor, dt: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`discretize` without checks."""
-        f, G = self.forward._discretize(x, t, dt)
-        rev_f = f - expand_to(G**2, x) * self.score_fn(x, t) * self.score_weight
-        return rev_f, torch.zeros_like(G) if self.probability_flow else G
+        return self._step(x, t, dt, self.score_fn(x, t))
 
     def _checked(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
         x = self.forward._check_x("x", x)
@@ -425,9 +428,7 @@ class ReverseSDE:
         """Reverse discrete step over ``dt`` (default ``T/N``): ``rev_f = f - w G^2 s`` and ``rev_G = G`` (0 for the
         ODE), checked."""
         x, t, score = self._checked(x, t)
-        f, G = self.forward._discretize(x, t, dt)
-        rev_f = f - expand_to(G**2, x) * score * self.score_weight
-        return rev_f, torch.zeros_like(G) if self.probability_flow else G
+        return self._step(x, t, dt, score)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.forward!r}, probability_flow={self.probability_flow})"

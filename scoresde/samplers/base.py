@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .._checks import check_in_registry, expand_to, progress_bar, registering, standard_normal_like
 from ..sde import SDE, ScoreFn, evaluate_score
+from .grids import grid_options
 
 __all__ = [
     "SampleResult",
@@ -225,9 +226,6 @@ def algorithm_options(name: str) -> dict[str, Any]:
 def sampler_options(name: str) -> dict[str, Any]:
     """Every option `scoresde.sample` takes for this sampler, with its default: the grid's (``steps``,
     ``schedule``, ``t_min``, ``rho``, ``warp``) and the algorithm's own."""
-    from .grids import grid_options
-
     options = algorithm_options(name)
     grid = grid_defaults(name)
-    steps = grid.steps if not callable(grid.steps) else grid.resolve_steps(options)
-    return {**grid_options(steps, grid.schedule), **options}
+    return {**grid_options(grid.resolve_steps(options), grid.schedule), **options}
