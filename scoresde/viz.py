@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -381,7 +382,8 @@ def plot_comparison(
         if run.spec.family not in best or run.nfe > best[run.spec.family].nfe:
             best[run.spec.family] = run
     panels = [("held-out data", reference[: comparison.n])] + [
-        (f"{run.spec.label}\nNFE {run.nfe}, ED {run.energy_distance:.1e}", run.x) for run in best.values()
+        (f"{textwrap.fill(run.spec.label, 34)}\nNFE {run.nfe}, ED {run.energy_distance:.1e}", run.x)
+        for run in best.values()  # long family names wrap instead of running past the panel
     ]
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)
