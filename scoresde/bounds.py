@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_in_registry, check_positive_int, expand_to, renamed_t_min, standard_normal_like
-from .likelihood import DIVERGENCES, check_data, divergence_fn, draw_probes
+from .likelihood import DIVERGENCES, check_data, divergence_fn, draw_probes, likelihood_t_min
 from .samplers.base import CountingScore
 from .sde import SDE, ScoreFn, check_sde, log_snr_times
 
@@ -108,7 +108,8 @@ def elbo(
 ) -> ELBOResult:
     r"""Continuous-time variational bound on $-\log q_{t_{min}}(x)$ for the reverse-SDE model
     (Song, Durkan, Murray & Ermon 2021, Theorem 1, in its implicit score-matching form; Huang et al. 2021),
-    with the forward process started from the data at ``t_min`` (``eps`` is its deprecated name):
+    with the forward process started from the data at ``t_min`` (default 1e-5, `LIKELIHOOD_T_MIN`; ``eps`` is its
+    deprecated name):
 
     $$-\log q_{t_{min}}(x) \le -\mathbb E\log\pi(x_T)
     + \tfrac12\int_{t_{min}}^{T} \mathbb E_{x_t \sim p(x_t|x)}\Big[g^2\big(\|s_\theta\|^2
@@ -128,7 +129,7 @@ def elbo(
     check_sde(sde)
     check_data(x)
     n_times = check_positive_int("n_times", n_times)
-    t_min = sde.check_t_min(t_min)
+    t_min = likelihood_t_min(sde, t_min)
     check_in_registry("time sampling", time_sampling, TIME_SAMPLINGS)
     check_in_registry("divergence", divergence, DIVERGENCES)
     score = CountingScore(score_fn)
@@ -214,7 +215,7 @@ def ddpm_bound(
             raise ValueError(
                 f"n_terms must be at most n_steps - 1 = {n_steps - 1}, got {n_terms}; pass None to sum all terms"
             )
-    t_min = sde.check_t_min(t_min)
+    t_min = likelihood_t_min(sde, t_min)
     score = CountingScore(score_fn)
     B, dim = x.shape[0], x[0].numel()
     opts = {"dtype": x.dtype, "device": x.device}

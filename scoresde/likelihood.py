@@ -21,6 +21,7 @@ The variational bounds live in `scoresde.bounds`, bits per dimension in `scoresd
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,8 +29,10 @@ import torch
 from torch import Tensor
 
 from ._checks import check_finite, check_in_registry, check_positive, check_positive_int, progress_bar, renamed_t_min
+from .exponential_integrator import MAX_ORDER, batch_norm, per_sample_norm, solve_exponential
 from .metrics import mean_and_standard_error
 from .samplers.base import CountingScore
+from .samplers.grids import time_grid
 from .samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
 from .sde import SDE, VARIABLES, ProbabilityFlow, ScoreFn, check_sde
 
@@ -40,6 +43,11 @@ __all__ = [
     "divergence_fn",
     "draw_probes",
     "check_data",
+    "probe_divergences",
+    "error_budget",
+    "likelihood_t_min",
+    "LIKELIHOOD_T_MIN",
+    "SOLVERS",
     "DIVERGENCES",
     "PROBES",
 ]
@@ -48,6 +56,14 @@ LOGP_ATOL_FACTOR = 1.0
 """The log-density integral is held to ``atol`` absolute, with no relative part (a relative tolerance
 would scale with |delta| ~ D nats). A tighter factor (0.1) was tried: more NFE and, on the 10D VP oracle,
 no smaller error, so the error there is not set by this budget."""
+
+LIKELIHOOD_T_MIN = 1e-5
+r"""Default data end of every likelihood (`log_likelihood`, `bits_per_dim`, `elbo`, `ddpm_bound`, the
+``likelihood`` command): the value behind the reference implementation's published bits/dim (Song et al. 2021).
+A bits/dim figure is $-\log p_{t_{min}}$ of the data: the smaller ``t_min``, the closer to the data itself
+(docs/concepts/likelihood.md shows how the figure moves with it). Samplers keep ``sde.sampling_t_min``."""
+
+DEFAULT_METHOD = "ei"
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -62,12 +78,17 @@ class LikelihoodResult:
     """Output of `log_likelihood`, per sample (``[B]`` tensors, float64 on the CPU).
 
     Attributes:
-        nll: $-\\log p_{t_{min}}(x)$ in nats.
+        nll: $-\\log p_{t_{min}}(x)$ in nats (the mean over the Hutchinson probes).
         prior_logp: $\\log p_T(z)$ of the latent.
         delta_logp: $\\int_{t_{min}}^T \\nabla\\cdot v\\,dt$, so that ``-nll = prior_logp + delta_logp``.
         z: the latent $x(T)$ ``[B, ...]``.
-        nfe: score evaluations over the whole data set (all batches; all processes under torchrun).
-        settings: every argument that moves the number.
+        nfe: score evaluations over the whole data set (all batches; all processes under torchrun), including
+            those of the error estimate.
+        integration_error: per-sample estimate of $|\\text{nll} - \\text{nll}_{exact\\ ODE}|$ (see
+            `log_likelihood`'s ``error_estimate``), or None when not estimated.
+        probe_nll: ``[P, B]`` the NLL of each Hutchinson probe along the same trajectory (None for the exact
+            divergence): their spread is the probes' share of the standard error.
+        settings: every argument that moves the number (``t_min`` included).
     """
 
     nll: Tensor
@@ -76,16 +97,41 @@ class LikelihoodResult:
     z: Tensor
     nfe: int
     settings: dict = field(default_factory=dict)
+    integration_error: Tensor | None = None
+    probe_nll: Tensor | None = None
+
+    def probe_variance(self) -> Tensor | None:
+        """Per sample, the variance of ``nll`` that the probes cause, $\\mathrm{Var}_p/P$ (None with fewer than
+        two probes: one probe's spread cannot be told from the data's)."""
+        if self.probe_nll is None or self.probe_nll.shape[0] < 2:
+            return None
+        return self.probe_nll.var(0) / self.probe_nll.shape[0]
 
     def to_dict(self) -> dict:
         mean, se = mean_and_standard_error(self.nll)
-        return {
-            "nll_mean": mean,
-            "nll_standard_error": se,
-            "n": self.nll.numel(),
-            "nfe": self.nfe,
-            "settings": self.settings,
-        }
+        out = {"nll_mean": mean, "nll_standard_error": se, "n": self.nll.numel(), "nfe": self.nfe}
+        out.update(error_budget(self.nll, self.integration_error, self.probe_variance()))
+        out["settings"] = self.settings
+        return out
+
+
+def error_budget(values: Tensor, integration_error: Tensor | None, probe_variance: Tensor | None) -> dict:
+    r"""The error bar of a mean over samples, by source: the standard error over samples (which contains the
+    probes' noise), the probes' part of it $\sqrt{\overline{\mathrm{Var}_p}/n}$ and its share of the variance,
+    and the integration error estimate (mean and worst per-sample), kept apart from the Monte-Carlo terms."""
+    n = values.numel()
+    _, se = mean_and_standard_error(values)
+    out = {
+        "integration_error": float(integration_error.mean()) if integration_error is not None else None,
+        "integration_error_max": float(integration_error.max()) if integration_error is not None and n else None,
+        "probe_standard_error": None,
+        "probe_share_of_variance": None,
+    }
+    if probe_variance is not None and n > 1:
+        probe_se = math.sqrt(float(probe_variance.mean()) / n)
+        out["probe_standard_error"] = probe_se
+        out["probe_share_of_variance"] = min(1.0, probe_se**2 / se**2) if se > 0 else None
+    return out
 
 
 def exact_divergence(v: Tensor, x: Tensor) -> Tensor:
@@ -100,16 +146,31 @@ def exact_divergence(v: Tensor, x: Tensor) -> Tensor:
 
 
 def divergence_fn(kind: str, probes: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
-    """``div(v, x)`` with ``v = v(x)`` built under autograd: exact trace, or the Hutchinson estimate."""
+    """``div(v, x)`` with ``v = v(x)`` built under autograd: exact trace, or the Hutchinson estimate (mean over
+    the probes); `probe_divergences` keeps each probe's estimate."""
+    per_probe = probe_divergences(kind, probes)
+    return lambda v, x: per_probe(v, x).mean(0)
+
+
+def probe_divergences(kind: str, probes: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
+    r"""``div(v, x) -> [P, B]``: each probe's Skilling–Hutchinson estimate $\epsilon_p^\top(\partial v/\partial x)
+    \epsilon_p$ (``P`` probes), or the exact trace as ``[1, B]``. Kept apart so that a solve with fixed probes
+    integrates one log-density per probe along the same trajectory, and their spread gives the probes' share
+    of the standard error at no extra cost."""
 
     def hutchinson(v: Tensor, x: Tensor) -> Tensor:
         estimates = []
         for probe in probes:
             (grad,) = torch.autograd.grad((v * probe).sum(), x, retain_graph=True)
             estimates.append((grad * probe).reshape(v.shape[0], -1).sum(1))
-        return torch.stack(estimates).mean(0)
+        return torch.stack(estimates)
 
-    return exact_divergence if kind == "exact" else hutchinson
+    def exact(v: Tensor, x: Tensor) -> Tensor:
+        return exact_divergence(v, x)[None]
+
+    fn = exact if kind == "exact" else hutchinson
+    fn.n_probes = 1 if kind == "exact" else len(probes)
+    return fn
 
 
 def draw_probes(kind: str, n: int, x: Tensor, generator) -> Tensor:
@@ -134,15 +195,14 @@ def _per_sample_norm(state: tuple[Tensor, Tensor]) -> Tensor:
 
     torchdiffeq's default RMS over the whole batch lets single samples drift while the average is small;
     a likelihood is reported per sample, so every sample must meet the tolerance."""
-    x, delta = state
-    per_sample = x.reshape(x.shape[0], -1).pow(2).mean(1).sqrt()
-    return torch.maximum(per_sample.max(), delta.abs().max())
+    return per_sample_norm(*state)
 
 
-def _solve_batch(
+def _solve_torchdiffeq(
     flow: ProbabilityFlow, x: Tensor, divergence, span, method, rtol, atol, max_steps, steps, error_control
 ) -> tuple[Tensor, Tensor]:
-    """Integrate ``(x, delta)`` from the data end to ``T``; errors name the last time reached."""
+    """Integrate ``(x, delta [P, B])`` from the data end to ``T`` with torchdiffeq; errors name the last time
+    reached."""
     from torchdiffeq import odeint
 
     reached = {"u": span[0]}
@@ -165,7 +225,7 @@ def _solve_batch(
     else:  # fixed grid: `steps` equal steps in the chosen time variable
         us = torch.linspace(span[0], span[1], steps + 1, dtype=x.dtype, device=x.device)
         options = None
-    delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    delta0 = torch.zeros(divergence.n_probes, x.shape[0], dtype=x.dtype, device=x.device)
     try:
         # the log-density integral is controlled absolutely (its rtol would scale with |delta| ~ D nats)
         if error_control == "per_sample":
@@ -182,6 +242,55 @@ def _solve_batch(
     return xs[-1], deltas[-1]
 
 
+SOLVERS = ("ei", "ei_fixed") + ADAPTIVE_METHODS + FIXED_GRID_METHODS
+"""Names `log_likelihood` accepts as ``method``: the exponential integrator in log-SNR (``"ei"`` adaptive,
+``"ei_fixed"`` on ``steps`` equal log-SNR steps; `scoresde.exponential_integrator`) and torchdiffeq's methods
+on the probability-flow ODE in ``variable``."""
+
+ERROR_ESTIMATE_LOOSENING = 10.0
+"""A torchdiffeq solve's error estimate re-solves at tolerances this much looser (a fixed grid: half the
+steps); the difference is the looser solve's error, an upper estimate of the tighter one's."""
+
+
+def _solve(
+    sde: SDE, score: ScoreFn, part: Tensor, probes, options: dict
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(z, delta [P, B])`` of one batch, and the same from the embedded / looser solve of the error estimate."""
+    per_probe = probe_divergences(options["divergence"], probes)
+    method, t_min = options["method"], options["t_min"]
+    if method in ("ei", "ei_fixed"):
+        schedule = None
+        if method == "ei_fixed":
+            grid = time_grid(sde, options["steps"], "log_snr", t_min)
+            schedule = (0.5 * sde.log_snr(grid.flip(0))).tolist()
+        norm = per_sample_norm if options["error_control"] == "per_sample" else batch_norm
+        sol = solve_exponential(
+            sde,
+            score,
+            per_probe,
+            part,
+            t_min,
+            order=options["order"],
+            lams=schedule,
+            rtol=options["rtol"],
+            atol=options["atol"],
+            error_norm=norm,
+            max_steps=options["max_steps"],
+        )
+        return sol.z, sol.delta, sol.z_low, sol.delta_low
+    flow = ProbabilityFlow(sde, score, options["variable"])
+    span = flow.span(t_min)[::-1]  # from the data end to T
+    args = (options["rtol"], options["atol"], options["max_steps"], options["steps"], options["error_control"])
+    z, delta = _solve_torchdiffeq(flow, part, per_probe, span, method, *args)
+    if not options["error_estimate"]:
+        return z, delta, None, None
+    rtol, atol, max_steps, steps, control = args
+    k = ERROR_ESTIMATE_LOOSENING
+    loose = (rtol * k, atol * k, max_steps, max(1, steps // 2), control)
+    z_low, delta_low = _solve_torchdiffeq(flow, part, per_probe, span, method, *loose)
+    return z, delta, z_low, delta_low
+
+
 def log_likelihood(
     sde: SDE,
     score_fn: ScoreFn,
@@ -190,7 +299,7 @@ def log_likelihood(
     divergence: str = "exact",
     probe: str = "rademacher",
     n_probes: int = 1,
-    method: str = "dopri5",
+    method: str = DEFAULT_METHOD,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     t_min: float | None = None,
@@ -202,6 +311,8 @@ def log_likelihood(
     max_steps: int = 100_000,
     steps: int = 100,
     error_control: str = "per_sample",
+    order: int = 3,
+    error_estimate: bool = True,
     eps: float | None = None,
 ) -> LikelihoodResult:
     r"""Per-sample negative log-likelihood $-\log p_{t_{min}}(x)$ (nats) through the probability-flow ODE.
@@ -213,12 +324,18 @@ def log_likelihood(
         score_fn: the model's score ``score_fn(x, t)``.
         x: data ``[B, ...]`` (float32 or float64), at time ``t_min``.
         divergence: ``"exact"`` (full Jacobian trace, ``D`` backward passes per step: small ``D``) or
-            ``"hutchinson"`` (``n_probes`` probes of kind ``probe``, fixed for the whole solve).
-        method: the torchdiffeq solver (``dopri5``, ``rk4``, ...).
-        rtol: relative tolerance (applied to the state and the divergence).
-        atol: absolute tolerance.
-        t_min: the data end of the integral (default ``sde.sampling_t_min``; ``eps`` is its deprecated name).
-        variable: integrate in ``"t"`` (default: fewer NFE for the same accuracy, measured) or ``"log_snr"``.
+            ``"hutchinson"`` (``n_probes`` probes of kind ``probe``, fixed for the whole solve; each probe's
+            log-density is integrated along the same trajectory, so ``n_probes >= 2`` also measures the probes'
+            share of the standard error).
+        method: ``"ei"`` (default: the adaptive exponential-integrator multistep in log-SNR of
+            `scoresde.exponential_integrator`, its error estimate free), ``"ei_fixed"`` (the same on ``steps``
+            equal log-SNR steps) or a torchdiffeq solver on the PF-ODE in ``variable`` (``dopri5``, ``rk4``, ...;
+            ``dopri5`` in ``t`` with ``error_control="batch"`` is the reference implementation's setting).
+        rtol: relative tolerance of the state.
+        atol: absolute tolerance of the state and of the log-density (nats).
+        t_min: the data end of the integral, default `LIKELIHOOD_T_MIN` = 1e-5 (the convention of published
+            bits/dim figures; samplers keep their own ``sde.sampling_t_min``); ``eps`` is its deprecated name.
+        variable: torchdiffeq methods integrate in ``"t"`` (default) or ``"log_snr"``.
         generator: randomness of the Hutchinson probes.
         progress: progress bar over batches.
         prior_logp: ``z -> log density`` replacing the SDE's prior at ``T`` (e.g. the exact
@@ -228,9 +345,13 @@ def log_likelihood(
             and the results are all-gathered in data order; every process returns the whole result.
         max_steps: bound on an adaptive solver's steps: a stiff or broken ODE raises, naming the time
             it reached, instead of running forever.
-        steps: number of equal steps (in ``variable``) of a fixed-grid method (``rk4``, ``euler``, ...).
+        steps: number of equal steps of a fixed-grid method (``ei_fixed``, ``rk4``, ...).
         error_control: ``"per_sample"`` (default: every sample meets the tolerance) or ``"batch"``
-            (torchdiffeq's RMS over the batch, as the reference implementation's flattened solve).
+            (one RMS over the batch, as the reference implementation's flattened solve).
+        order: predictor order of the ``ei`` methods (the corrector is one higher).
+        error_estimate: estimate each sample's integration error, reported as ``integration_error``:
+            free for ``ei`` (the embedded lower-order solution on the same evaluations); for torchdiffeq methods
+            a second solve at 10x looser tolerances (or half the steps), its NFE counted.
     """
     t_min = renamed_t_min(t_min, eps, "log_likelihood")
     check_sde(sde)
@@ -238,65 +359,112 @@ def log_likelihood(
     check_in_registry("divergence", divergence, DIVERGENCES)
     check_in_registry("probe", probe, PROBES)
     check_in_registry("ODE time variable", variable, VARIABLES)
-    check_in_registry("torchdiffeq method", method, ADAPTIVE_METHODS + FIXED_GRID_METHODS)
+    check_in_registry("likelihood solver (method)", method, SOLVERS)
     n_probes, max_steps = check_positive_int("n_probes", n_probes), check_positive_int("max_steps", max_steps)
     steps = check_positive_int("steps", steps)
+    order = check_positive_int("order", order)
+    if order > MAX_ORDER:
+        raise ValueError(f"order must be at most {MAX_ORDER} (the corrector is one higher), got {order}")
     check_in_registry("error control", error_control, ("per_sample", "batch"))
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
-    t_min = sde.check_t_min(t_min)
+    t_min = likelihood_t_min(sde, t_min)
     batch_size = check_positive_int("batch_size", batch_size) if batch_size is not None else x.shape[0]
     score = CountingScore(score_fn)
-    flow = ProbabilityFlow(sde, score, variable)
-    span = flow.span(t_min)[::-1]  # from the data end to T
     prior = prior_logp or sde.prior_logp
     shard = _distributed_shard(x.shape[0])
     full_batch = x.shape[0]
     if shard is not None:
         x = x[shard]
+    options = {
+        "divergence": divergence,
+        "method": method,
+        "t_min": t_min,
+        "steps": steps,
+        "order": order,
+        "rtol": rtol,
+        "atol": atol,
+        "max_steps": max_steps,
+        "error_control": error_control,
+        "variable": variable,
+        "error_estimate": error_estimate,
+    }
     parts = list(x.split(batch_size)) if x.shape[0] else []
-    nlls, priors, deltas, zs = [], [], [], []
+    nlls, priors, deltas, zs, errors, probe_nlls = [], [], [], [], [], []
     for part in progress_bar(parts, "log-likelihood", progress):
         probes = draw_probes(probe, n_probes, part, generator) if divergence == "hutchinson" else None
-        z, delta = _solve_batch(
-            flow, part, divergence_fn(divergence, probes), span, method, rtol, atol, max_steps, steps, error_control
-        )
-        prior_part = prior(z).to(torch.float64)
-        if tuple(prior_part.shape) != (part.shape[0],):
-            raise ValueError(
-                f"prior_logp must return one log density per sample, shape [{part.shape[0]}], got "
-                f"{tuple(prior_part.shape)}"
-            )
-        delta = delta.to(torch.float64)
-        nlls.append(-(prior_part + delta).cpu())
+        z, delta, z_low, delta_low = _solve(sde, score, part, probes, options)
+        prior_part = _prior(prior, z, part.shape[0])
+        per_probe = -(prior_part + delta.to(torch.float64))  # [P, B]
+        nlls.append(per_probe.mean(0).cpu())
         priors.append(prior_part.cpu())
-        deltas.append(delta.cpu())
+        deltas.append(delta.to(torch.float64).mean(0).cpu())
+        probe_nlls.append(per_probe.cpu())
         zs.append(z)
+        if z_low is not None:
+            low = -(_prior(prior, z_low, part.shape[0]) + delta_low.to(torch.float64).mean(0))
+            errors.append((low - per_probe.mean(0)).abs().cpu())
+    estimated = error_estimate or method.startswith("ei")
     settings = {
         "divergence": divergence,
         "probe": probe if divergence == "hutchinson" else None,
         "n_probes": n_probes if divergence == "hutchinson" else None,
         "method": method,
-        "rtol": rtol,
-        "atol": atol,
+        "rtol": rtol if method not in FIXED_GRID_METHODS + ("ei_fixed",) else None,
+        "atol": atol if method not in FIXED_GRID_METHODS + ("ei_fixed",) else None,
         "t_min": t_min,
-        "variable": variable,
+        "variable": "log_snr (half: log(alpha/sigma))" if method.startswith("ei") else variable,
+        "order": order if method.startswith("ei") else None,
         "prior": "custom" if prior_logp else "sde",
-        "steps": steps if method in FIXED_GRID_METHODS else None,
-        "error_control": error_control,
+        "steps": steps if method in FIXED_GRID_METHODS + ("ei_fixed",) else None,
+        "error_control": error_control if method not in FIXED_GRID_METHODS + ("ei_fixed",) else None,
+        "error_estimate": _ERROR_ESTIMATES[method.startswith("ei")] if estimated else None,
     }
     empty = torch.zeros(0, dtype=torch.float64)
+    P = n_probes if divergence == "hutchinson" else 1
     local = (
         torch.cat(nlls) if nlls else empty,
         torch.cat(priors) if priors else empty,
         torch.cat(deltas) if deltas else empty,
         torch.cat(zs).cpu() if zs else x.new_zeros((0,) + x.shape[1:]).cpu(),
+        torch.cat(errors) if errors else (empty if estimated else None),
+        torch.cat(probe_nlls, 1).T if probe_nlls else torch.zeros(0, P, dtype=torch.float64),
     )
     nfe = score.calls
     if shard is not None:
         local, nfe = _gather(shard, local, nfe, full_batch)
         settings["processes"] = torch.distributed.get_world_size()
-    nll, prior_lp, delta, z = local
-    return LikelihoodResult(nll=nll, prior_logp=prior_lp, delta_logp=delta, z=z, nfe=nfe, settings=settings)
+    nll, prior_lp, delta, z, error, probe_nll = local
+    return LikelihoodResult(
+        nll=nll,
+        prior_logp=prior_lp,
+        delta_logp=delta,
+        z=z,
+        nfe=nfe,
+        settings=settings,
+        integration_error=error,
+        probe_nll=probe_nll.T if divergence == "hutchinson" else None,
+    )
+
+
+_ERROR_ESTIMATES = {
+    True: "embedded: |nll - nll of the order-k predictor on the same evaluations|",
+    False: f"|nll - nll at {ERROR_ESTIMATE_LOOSENING:g}x looser tolerances (half the steps)|",
+}
+
+
+def _prior(prior: Callable[[Tensor], Tensor], z: Tensor, batch: int) -> Tensor:
+    """``prior(z)`` in float64, checked to be one value per sample."""
+    value = prior(z).to(torch.float64)
+    if tuple(value.shape) != (batch,):
+        raise ValueError(
+            f"prior_logp must return one log density per sample, shape [{batch}], got {tuple(value.shape)}"
+        )
+    return value
+
+
+def likelihood_t_min(sde: SDE, t_min: float | None) -> float:
+    """The data end of a likelihood: ``t_min`` checked to lie in (0, T), default `LIKELIHOOD_T_MIN`."""
+    return sde.check_t_min(LIKELIHOOD_T_MIN if t_min is None else t_min)
 
 
 def _distributed_shard(batch: int) -> Tensor | None:
@@ -315,10 +483,11 @@ def _gather(shard: Tensor, local: tuple[Tensor, ...], nfe: int, batch: int) -> t
 
     shares: list = [None] * dist.get_world_size()
     dist.all_gather_object(shares, (shard, local, nfe))
-    out = [torch.zeros((batch,) + t.shape[1:], dtype=t.dtype) for t in local]
+    out = [None if t is None else torch.zeros((batch,) + t.shape[1:], dtype=t.dtype) for t in local]
     for idx, tensors, _ in shares:
         for target, part in zip(out, tensors):
-            target[idx] = part
+            if target is not None:
+                target[idx] = part
     return tuple(out), sum(share[2] for share in shares)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, DataTransform, GaussianMixture, SubVPSDE, log_likelihood, toy_dataset
+from scoresde.likelihood import LIKELIHOOD_T_MIN
 
 
 def _mixture_10d(seed=0):
@@ -31,11 +32,11 @@ def test_exact_divergence_matches_the_true_log_density(sde, dim):
     mix = MIXTURES[dim]()
     x = mix.sample(24, torch.Generator().manual_seed(1), dtype=torch.float64)
     result = log_likelihood(sde, mix.score_fn(sde), x, prior_logp=mix.marginal(sde, sde.T).log_prob)
-    error = float((result.nll - _truth(mix, sde, x, sde.sampling_t_min)).abs().mean())
+    error = float((result.nll - _truth(mix, sde, x, LIKELIHOOD_T_MIN)).abs().mean())
     assert error < 1e-4, error
     # the two parts separately: the latent z is the flow's image of x, so the integral of the divergence is
     # log p_tmin(x) - log p_T(z), both in closed form (same 1e-4 budget)
-    delta_true = -_truth(mix, sde, x, sde.sampling_t_min) - mix.marginal(sde, sde.T).log_prob(result.z)
+    delta_true = -_truth(mix, sde, x, LIKELIHOOD_T_MIN) - mix.marginal(sde, sde.T).log_prob(result.z)
     assert float((result.delta_logp - delta_true).abs().mean()) < 1e-4
     assert result.nfe > 0 and result.z.shape == x.shape
 
@@ -43,7 +44,7 @@ def test_exact_divergence_matches_the_true_log_density(sde, dim):
 def _error_against_tolerance(tolerances: tuple[float, ...]) -> list[float]:
     mix, sde = _mixture_10d(), VPSDE()
     x = mix.sample(16, torch.Generator().manual_seed(2), dtype=torch.float64)
-    truth = _truth(mix, sde, x, sde.sampling_t_min)
+    truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
     return [
         float(
             (
@@ -115,7 +116,7 @@ def test_float32_batches_and_image_shapes():
     result = log_likelihood(
         sde, score, x, batch_size=5, prior_logp=lambda z: mix.marginal(sde, sde.T).log_prob(z.reshape(-1, 10))
     )
-    truth = _truth(mix, sde, x.double().reshape(12, 10), sde.sampling_t_min)
+    truth = _truth(mix, sde, x.double().reshape(12, 10), LIKELIHOOD_T_MIN)
     assert result.nll.shape == (12,) and result.z.shape == x.shape
     assert float((result.nll - truth).abs().mean()) < 1e-2  # float32 round-off in a 10D divergence
 
@@ -136,11 +137,70 @@ def test_bad_input_gets_clear_errors():
         log_likelihood(sde, lambda y, t: y[:, :1], x)
 
 
-def test_an_ode_that_cannot_converge_raises_with_the_time_reached():
+@pytest.mark.parametrize(
+    "method, message",
+    [("dopri5", "did not converge .*max_num_steps.*reached t="), ("ei", "took 20 steps and reached t=")],
+)
+def test_an_ode_that_cannot_converge_raises_with_the_time_reached(method, message):
     mix, sde = toy_dataset("gmm").mixture, VPSDE()
     x = mix.sample(4, torch.Generator().manual_seed(0), dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="did not converge .*max_num_steps.*reached t="):
-        log_likelihood(sde, mix.score_fn(sde), x, rtol=1e-12, atol=1e-12, max_steps=20)
+    with pytest.raises(RuntimeError, match=message):
+        log_likelihood(sde, mix.score_fn(sde), x, rtol=1e-12, atol=1e-12, max_steps=20, method=method)
+
+
+def test_unknown_solver_and_order_get_one_line_errors_listing_the_valid_ones():
+    mix, sde = toy_dataset("gmm").mixture, VPSDE()
+    x = mix.sample(4, torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match="unknown likelihood solver \\(method\\) 'rk45'; valid names are: .*dopri5, .*ei, ei_fixed"
+    ):
+        log_likelihood(sde, mix.score_fn(sde), x, method="rk45")
+    with pytest.raises(ValueError, match="order must be at most 4"):
+        log_likelihood(sde, mix.score_fn(sde), x, order=5)
+    with pytest.raises(ValueError, match="t_min must lie in \\(0, T\\)"):
+        log_likelihood(sde, mix.score_fn(sde), x, t_min=1.5)
+    with pytest.raises(ValueError, match="t_min must be a finite number > 0, got 0.0"):
+        log_likelihood(sde, mix.score_fn(sde), x, t_min=0.0)
+
+
+@pytest.mark.parametrize("sde_cls", [VPSDE, SubVPSDE, VESDE])
+@pytest.mark.parametrize("dim", list(MIXTURES))
+def test_exponential_integrator_converges_at_its_order_and_its_error_estimate_bounds_the_error(sde_cls, dim):
+    """The fixed-grid exponential integrator (order 3 predictor, order 4 corrector and quadrature) against
+    -log p_eps of the oracle: doubling the log-SNR steps from 200 to 400 divides the mean error by more than 8
+    (measured 10.9-14.6 on these six cases: fourth order; 4.6-18.8 at 50-200 steps, pre-asymptotic).
+    Its estimate (an explicit predictor of the corrector's order on the same evaluations) is of the error's
+    size: measured at 50-400 steps, mean estimate / mean error between 0.74 and 13, and 88-100 % of the samples
+    have an error below 3x their own estimate. Tested: mean error < 2x mean estimate, >= 85 % of samples within
+    3x."""
+    mix, sde = MIXTURES[dim](), sde_cls()
+    x = mix.sample(32, torch.Generator().manual_seed(8), dtype=torch.float64)
+    truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
+    prior = mix.marginal(sde, sde.T).log_prob
+    errors = []
+    for steps in (200, 400):
+        result = log_likelihood(sde, mix.score_fn(sde), x, method="ei_fixed", steps=steps, prior_logp=prior)
+        assert result.nfe == steps + 1  # one evaluation per node: the corrector and the estimate are free
+        err = (result.nll - truth).abs()
+        errors.append(float(err.mean()))
+        assert float(err.mean()) < 2 * float(result.integration_error.mean()), (steps, err, result.integration_error)
+        assert float((err <= 3 * result.integration_error).double().mean()) >= 0.85
+    assert errors[0] / errors[1] > 8, errors
+
+
+@pytest.mark.parametrize("control", ["per_sample", "batch"])
+def test_adaptive_exponential_integrator_meets_its_tolerance_with_an_estimate_that_covers_the_error(control):
+    mix, sde = _mixture_10d(), VPSDE()
+    x = mix.sample(32, torch.Generator().manual_seed(9), dtype=torch.float64)
+    truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
+    prior = mix.marginal(sde, sde.T).log_prob
+    result = log_likelihood(sde, mix.score_fn(sde), x, prior_logp=prior, rtol=1e-4, atol=1e-4, error_control=control)
+    err = (result.nll - truth).abs()
+    assert float(err.mean()) < 1e-4 and float(err.mean()) < float(result.integration_error.mean())
+    assert result.settings["method"] == "ei" and result.settings["t_min"] == LIKELIHOOD_T_MIN
+    summary = result.to_dict()
+    assert summary["integration_error"] == pytest.approx(float(result.integration_error.mean()))
+    assert summary["probe_standard_error"] is None  # exact divergence: no probes
 
 
 def _discretised_gaussian(K, centre, s, n):
@@ -274,14 +334,14 @@ def test_elbo_is_tight_for_the_exact_score_and_loosens_as_the_score_degrades(sde
 def test_fixed_step_rk4_converges_at_fourth_order_and_counts_its_nfe():
     mix, sde = toy_dataset("gmm").mixture, VESDE()
     x = mix.sample(32, torch.Generator().manual_seed(6), dtype=torch.float64)
-    truth = _truth(mix, sde, x, sde.sampling_t_min)
+    truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
     prior = mix.marginal(sde, sde.T).log_prob
     errors = []
     for steps in (40, 80):
         result = log_likelihood(
             sde, mix.score_fn(sde), x, method="rk4", steps=steps, variable="log_snr", prior_logp=prior
         )
-        assert result.nfe == 4 * steps
+        assert result.nfe == 4 * steps + 4 * (steps // 2)  # and the error estimate's solve on half the steps
         errors.append(float((result.nll - truth).abs().mean()))
     assert errors[0] / errors[1] > 8, errors  # 16 for a fourth-order method; > 8 allows pre-asymptotic steps
 
@@ -289,7 +349,7 @@ def test_fixed_step_rk4_converges_at_fourth_order_and_counts_its_nfe():
 def test_per_sample_error_control_bounds_the_worst_sample_better_than_a_batch_norm():
     mix, sde = _mixture_10d(), VPSDE()
     x = mix.sample(64, torch.Generator().manual_seed(7), dtype=torch.float64)
-    truth = _truth(mix, sde, x, sde.sampling_t_min)
+    truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
     prior = mix.marginal(sde, sde.T).log_prob
     worst = {
         c: float((log_likelihood(sde, mix.score_fn(sde), x, prior_logp=prior, error_control=c).nll - truth).abs().max())
@@ -325,7 +385,7 @@ def test_under_a_process_group_each_rank_evaluates_its_share_and_gets_everything
     mp.spawn(_likelihood_worker, args=(2, str(tmp_path / "init"), x, str(out)), nprocs=2, join=True)
     results = [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
     assert torch.equal(results[0]["nll"], results[1]["nll"]) and results[0]["nfe"] == results[1]["nfe"]
-    truth = _truth(mix, sde, x, sde.sampling_t_min)
+    truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
     assert float((results[0]["nll"] - truth).abs().max()) < 1e-3
     assert results[0]["z"].shape == x.shape
 
@@ -373,7 +433,7 @@ def test_ddpm_bound_matches_its_closed_form_for_gaussian_data_and_bounds_the_ent
         v0 * torch.eye(dim, dtype=torch.float64)[None],
     )
     eps = torch.full((n,), sde.sampling_t_min, dtype=torch.float64)
-    x = mix.marginal(sde, sde.sampling_t_min).sample(n, torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = mix.marginal(sde, LIKELIHOOD_T_MIN).sample(n, torch.Generator().manual_seed(0), dtype=torch.float64)
     expected, entropy = _ddpm_expected_bound_for_gaussian_data(sde, m0, v0, dim, 50)
     full = ddpm_bound(sde, mix.score_fn(sde), x, n_steps=50, generator=torch.Generator().manual_seed(1))
     se = float(full.bound.std()) / math.sqrt(n)
@@ -394,7 +454,7 @@ def test_ddpm_bound_gap_to_the_exact_nll_shrinks_with_more_steps():
 
     mix, sde, n = toy_dataset("gmm").mixture, VPSDE(), 1000
     x = mix.sample(n, torch.Generator().manual_seed(0), dtype=torch.float64)
-    truth = _truth(mix, sde, x, sde.sampling_t_min)
+    truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
     prior = mix.marginal(sde, sde.T).log_prob
     gaps = {
         N: ddpm_bound(
@@ -416,7 +476,7 @@ def test_elbo_importance_sampling_in_log_snr_is_unbiased():
 
     mix, sde, n = toy_dataset("gmm").mixture, VESDE(), 1000
     x = mix.sample(n, torch.Generator().manual_seed(0), dtype=torch.float64)
-    truth = _truth(mix, sde, x, sde.sampling_t_min)
+    truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
     prior = mix.marginal(sde, sde.T).log_prob
 
     def bound(**options):
