@@ -567,8 +567,41 @@ def test_bits_per_dim_reports_its_error_budget_by_source():
     parts = result.standard_errors
     assert parts["total"] == result.bpd_standard_error
     assert all(parts[k] is not None and parts[k] >= 0 for k in ("data", "dequantization", "probes"))
-    assert parts["data"] ** 2 + parts["dequantization"] ** 2 + parts["probes"] ** 2 == pytest.approx(
-        parts["total"] ** 2, rel=1e-6
-    ) or parts["data"] == 0.0
+    assert (
+        parts["data"] ** 2 + parts["dequantization"] ** 2 + parts["probes"] ** 2
+        == pytest.approx(parts["total"] ** 2, rel=1e-6)
+        or parts["data"] == 0.0
+    )
     assert 0 < result.integration_error < 1e-3 and result.settings["t_min"] == LIKELIHOOD_T_MIN
     assert result.to_dict()["standard_errors"] == parts
+
+
+@pytest.mark.parametrize("sde_cls", [VPSDE, VESDE])
+def test_ode_sampling_returns_each_samples_log_density_as_the_likelihood_finds_it(sde_cls):
+    """Noise to data with the density carried along, then data to noise with `log_likelihood` (the exponential
+    integrator, per-sample control): the two agree within the solvers' tolerance (measured on the VP gmm:
+    1.4e-4 nats mean on VP, 1.9e-4 on VE, the sampler's batch-norm dopri5 at 1e-5 being the looser), and both match the oracle's
+    log p_t_min of the samples."""
+    from scoresde import sample
+
+    mix, sde = toy_dataset("gmm").mixture, sde_cls()
+    generator = torch.Generator().manual_seed(10)
+    result = sample(
+        sde,
+        mix.score_fn(sde),
+        (64, 2),
+        "ode",
+        log_density=True,
+        denoise=False,
+        generator=generator,
+        dtype=torch.float64,
+    )
+    assert result.log_density.shape == (64,) and result.log_density.dtype == torch.float64
+    backward = log_likelihood(sde, mix.score_fn(sde), result.x, t_min=sde.sampling_t_min)
+    gap = (result.log_density + backward.nll).abs()
+    assert float(gap.mean()) < 1e-3 and float(gap.median()) < 3e-4, gap
+    # the standard prior on both sides: the prior mismatch is the same, so compare to the truth loosely
+    truth = mix.marginal_log_prob(sde, result.x, torch.full((64,), sde.sampling_t_min, dtype=torch.float64))
+    assert float((result.log_density - truth).abs().mean()) < 5e-3
+    with pytest.raises(ValueError, match="log_density=True needs backend='torchdiffeq' and denoise=False"):
+        sample(sde, mix.score_fn(sde), (4, 2), "ode", log_density=True)

@@ -173,4 +173,12 @@ def sample(
         )
         for k, v in settings.items()
     }
-    return SampleResult(x=x, nfe=score.calls, trajectory=trajectory, times=times, sampler=sampler, settings=settings)
+    return SampleResult(
+        x=x,
+        nfe=score.calls,
+        trajectory=trajectory,
+        times=times,
+        sampler=sampler,
+        settings=settings,
+        log_density=None if run.log_density is None else run.log_density.detach().to(torch.float64).cpu(),
+    )

@@ -37,7 +37,7 @@ __all__ = [
 
 @dataclass
 class SampleResult:
-    """Output of `scoresde.sample`.
+    r"""Output of `scoresde.sample`.
 
     Attributes:
         x: the samples ``[B, ...]``.
@@ -48,6 +48,9 @@ class SampleResult:
         times: the times ``[K]`` of ``trajectory`` (the final denoised state is reported at ``t = 0``).
         sampler: the sampler's registered name.
         settings: every option that produced the samples (defaults and the time grid filled in), JSON-safe.
+        log_density: ``[B]`` each sample's model log-density $\log p_{t_{min}}(x)$ (nats, float64), accumulated
+            along the same probability-flow solve, when the sampler was asked for it (``ode`` with
+            ``log_density=True``); else ``None``.
     """
 
     x: Tensor
@@ -56,6 +59,7 @@ class SampleResult:
     times: Tensor | None = None
     sampler: str = ""
     settings: dict = field(default_factory=dict)
+    log_density: Tensor | None = None
 
     def to_dict(self) -> dict:
         """JSON-safe summary (no tensors): sampler, nfe, shape and settings."""
@@ -107,6 +111,7 @@ class Sampling:
         self.progress = progress
         self._times: list[float] | None = [] if record else None
         self._states: list[Tensor] = []
+        self.log_density: Tensor | None = None  # set by a sampler that integrates the density along its path
 
     @staticmethod
     def times(grid: Tensor, x: Tensor) -> Tensor:

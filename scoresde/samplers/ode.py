@@ -63,7 +63,7 @@ def _solve_scipy(flow: ProbabilityFlow, x: Tensor, us: Tensor, method: str, rtol
 
 def solve_flow(
     flow: ProbabilityFlow,
-    x: Tensor,
+    x: Tensor | tuple[Tensor, ...],
     us: Tensor,
     method: str,
     rtol: float,
@@ -76,10 +76,39 @@ def solve_flow(
         return _solve_scipy(flow, x, us, method, rtol, atol)
     from torchdiffeq import odeint
 
-    us = us.to(device=x.device, dtype=x.dtype)
+    first = x[0] if isinstance(x, tuple) else x
+    us = us.to(device=first.device, dtype=first.dtype)
     # adaptive steps end exactly at the last time instead of stepping past it and interpolating back
     options = {"step_t": us[-1:]} if method in ADAPTIVE_METHODS else None
     return odeint(func or flow.velocity, x, us, method=method, rtol=rtol, atol=atol, options=options)
+
+
+def _solve_with_density(
+    run: Sampling, flow: ProbabilityFlow, x: Tensor, us: Tensor, method, rtol, atol, backend, denoise, divergence
+) -> Tensor:
+    """`solve_flow` with the log-density carried along (``d log p / du = -div v``); sets ``run.log_density``."""
+    from ..likelihood import DIVERGENCES, divergence_fn, draw_probes
+
+    if backend != "torchdiffeq" or denoise:
+        raise ValueError(
+            "log_density=True needs backend='torchdiffeq' and denoise=False (the density is the ODE end point's), "
+            f"got backend={backend!r}, denoise={denoise}"
+        )
+    check_in_registry("divergence", divergence, DIVERGENCES)
+    probes = draw_probes("rademacher", 1, x, run.generator) if divergence == "hutchinson" else None
+    div = divergence_fn(divergence, probes)
+
+    def augmented(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            y = state[0].detach().requires_grad_(True)
+            v = flow.velocity(u, y)
+            d = div(v, y)
+        return v.detach(), -d.detach()
+
+    log_p_T = run.sde.prior_logp(x).to(x.dtype)
+    states, log_densities = solve_flow(flow, (x, log_p_T), us, method, rtol, atol, backend, func=augmented)
+    run.log_density = log_densities[-1]
+    return states
 
 
 def _default_steps(options: dict) -> int:
@@ -100,6 +129,8 @@ def ode_sampler(
     denoise: bool = True,
     variable: str = "t",
     backend: str = "torchdiffeq",
+    log_density: bool = False,
+    divergence: str = "exact",
 ) -> Tensor:
     r"""Integrate the probability-flow ODE from ``T`` to ``t_min`` with torchdiffeq's ``odeint`` (any method:
     adaptive ``dopri5`` by default with ``rtol`` / ``atol``, or fixed-grid ``euler``, ``rk4``, ...) or, with
@@ -107,13 +138,22 @@ def ode_sampler(
 
     The grid: for fixed-grid methods, the steps (default 100 uniform); for adaptive ones, the times of the
     returned trajectory (default: the two ends). ``variable``: integrate in ``"t"`` or in ``"log_snr"``.
-    NFE: every evaluation the solver made, plus ``denoise``."""
+    NFE: every evaluation the solver made, plus ``denoise``.
+
+    ``log_density=True`` integrates each sample's log-density along the same solve (torchdiffeq only,
+    ``denoise=False``: the density is that of the ODE's end point),
+    $\log p_{t_{min}}(x_{t_{min}}) = \log p_T(x_T) - \int_T^{t_{min}} \nabla\cdot v\,dt$, with the SDE's prior as
+    $p_T$ and the ``divergence`` ``"exact"`` or ``"hutchinson"`` (one Rademacher probe from the run's
+    generator, fixed for the solve); `SampleResult.log_density` returns it."""
     check_in_registry("ODE backend", backend, ("torchdiffeq", "scipy"))
     method = _check_method(method, backend)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     flow = ProbabilityFlow(run.sde, run.score, variable)
     us = grid if variable == "t" else run.sde.log_snr(grid)
-    states = solve_flow(flow, x, us, method, rtol, atol, backend)
+    if log_density:
+        states = _solve_with_density(run, flow, x, us, method, rtol, atol, backend, denoise, divergence)
+    else:
+        states = solve_flow(flow, x, us, method, rtol, atol, backend)
     t_values = grid.tolist()
     for t, state in zip(t_values, states):
         run.record(t, state)
