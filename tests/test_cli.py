@@ -171,7 +171,15 @@ def test_likelihood_reports_nll_gap_and_elbo(tmp_path, capsys):
     assert saved["n"] == 20 and saved["data"] == "8gaussians" and saved["nfe"] > 0
     assert_true_nll_matches_the_entropy(saved["true_nll_nats"], "8gaussians", saved["n"])
     assert "elbo_nats" in saved and summary["out"] == str(out)
+    assert saved["t_min"] == 1e-5 and saved["settings"]["method"] == "ei"
+    assert 0 <= saved["nll_integration_error"] < 1e-2
     assert main(["likelihood", "--checkpoint", str(run), "-n", "20", "--out", str(out)]) == 2  # exists, no --force
+    capsys.readouterr()
+    bad = ["likelihood", "--checkpoint", str(run), "-n", "20", "--out", str(out), "--force"]
+    assert main([*bad, "--t-min", "2"]) == 2
+    assert "t_min must lie in (0, T)" in capsys.readouterr().err
+    assert main([*bad, "--method", "rk45"]) == 2
+    assert "unknown likelihood solver (method) 'rk45'; valid names are:" in capsys.readouterr().err
     assert (
         main(["likelihood", "--checkpoint", str(tmp_path / "nope"), "-n", "20", "--out", str(tmp_path / "x.json")]) == 2
     )
