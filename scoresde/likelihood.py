@@ -22,7 +22,7 @@ The variational bounds live in `scoresde.bounds`, bits per dimension in `scoresd
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +32,7 @@ from ._checks import check_finite, check_in_registry, check_positive, check_posi
 from .exponential_integrator import MAX_ORDER, batch_norm, per_sample_norm, solve_exponential
 from .metrics import mean_and_standard_error
 from .samplers.base import CountingScore
-from .samplers.grids import time_grid
+from .samplers.grids import custom_grid, time_grid
 from .samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
 from .sde import SDE, VARIABLES, ProbabilityFlow, ScoreFn, check_sde
 
@@ -261,7 +261,9 @@ def _solve(
     if method in ("ei", "ei_fixed"):
         schedule = None
         if method == "ei_fixed":
-            grid = time_grid(sde, options["steps"], "log_snr", t_min)
+            grid = (
+                options["grid"] if options["grid"] is not None else time_grid(sde, options["steps"], "log_snr", t_min)
+            )
             schedule = (0.5 * sde.log_snr(grid.flip(0))).tolist()
         norm = per_sample_norm if options["error_control"] == "per_sample" else batch_norm
         sol = solve_exponential(
@@ -313,6 +315,7 @@ def log_likelihood(
     error_control: str = "per_sample",
     order: int = 3,
     error_estimate: bool = True,
+    grid: Sequence[float] | Tensor | None = None,
     eps: float | None = None,
 ) -> LikelihoodResult:
     r"""Per-sample negative log-likelihood $-\log p_{t_{min}}(x)$ (nats) through the probability-flow ODE.
@@ -349,6 +352,9 @@ def log_likelihood(
         error_control: ``"per_sample"`` (default: every sample meets the tolerance) or ``"batch"``
             (one RMS over the batch, as the reference implementation's flattened solve).
         order: predictor order of the ``ei`` methods (the corrector is one higher).
+        grid: ``ei_fixed`` on these times instead of equal log-SNR steps: a strictly decreasing sequence from
+            ``T`` (the prior's time: a grid that stops short of it raises) down to the data end, which sets
+            ``t_min``.
         error_estimate: estimate each sample's integration error, reported as ``integration_error``:
             free for ``ei`` (the embedded lower-order solution on the same evaluations); for torchdiffeq methods
             a second solve at 10x looser tolerances (or half the steps), its NFE counted.
@@ -367,6 +373,8 @@ def log_likelihood(
         raise ValueError(f"order must be at most {MAX_ORDER} (the corrector is one higher), got {order}")
     check_in_registry("error control", error_control, ("per_sample", "batch"))
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
+    if grid is not None:
+        grid, t_min = _likelihood_grid(sde, grid, method, t_min)
     t_min = likelihood_t_min(sde, t_min)
     batch_size = check_positive_int("batch_size", batch_size) if batch_size is not None else x.shape[0]
     score = CountingScore(score_fn)
@@ -387,6 +395,7 @@ def log_likelihood(
         "error_control": error_control,
         "variable": variable,
         "error_estimate": error_estimate,
+        "grid": grid,
     }
     parts = list(x.split(batch_size)) if x.shape[0] else []
     nlls, priors, deltas, zs, errors, probe_nlls = [], [], [], [], [], []
@@ -415,7 +424,8 @@ def log_likelihood(
         "variable": "log_snr (half: log(alpha/sigma))" if method.startswith("ei") else variable,
         "order": order if method.startswith("ei") else None,
         "prior": "custom" if prior_logp else "sde",
-        "steps": steps if method in FIXED_GRID_METHODS + ("ei_fixed",) else None,
+        "steps": steps if method in FIXED_GRID_METHODS + ("ei_fixed",) and grid is None else None,
+        "grid": "custom" if grid is not None else None,
         "error_control": error_control if method not in FIXED_GRID_METHODS + ("ei_fixed",) else None,
         "error_estimate": _ERROR_ESTIMATES[method.startswith("ei")] if estimated else None,
     }
@@ -460,6 +470,22 @@ def _prior(prior: Callable[[Tensor], Tensor], z: Tensor, batch: int) -> Tensor:
             f"prior_logp must return one log density per sample, shape [{batch}], got {tuple(value.shape)}"
         )
     return value
+
+
+def _likelihood_grid(sde: SDE, grid, method: str, t_min: float | None) -> tuple[Tensor, float]:
+    """A user's fixed grid for ``ei_fixed``: decreasing times from exactly ``T`` to the data end (its ``t_min``)."""
+    if method != "ei_fixed":
+        raise ValueError(f"grid= is the time grid of method='ei_fixed'; got method={method!r}")
+    grid = custom_grid(sde, grid)
+    if abs(float(grid[0]) - sde.T) > 1e-12 * max(1.0, sde.T):
+        raise ValueError(
+            f"a likelihood grid must start at T = {sde.T:g} (the prior's time, where log p_T is evaluated); "
+            f"its first time is {float(grid[0]):.6g}"
+        )
+    grid[0] = sde.T
+    if t_min is not None and abs(float(grid[-1]) - t_min) > 1e-12:
+        raise ValueError(f"the grid ends at {float(grid[-1]):.6g} but t_min={t_min:g}; drop one of them")
+    return grid, float(grid[-1])
 
 
 def likelihood_t_min(sde: SDE, t_min: float | None) -> float:

@@ -161,6 +161,18 @@ def test_unknown_solver_and_order_get_one_line_errors_listing_the_valid_ones():
         log_likelihood(sde, mix.score_fn(sde), x, t_min=1.5)
     with pytest.raises(ValueError, match="t_min must be a finite number > 0, got 0.0"):
         log_likelihood(sde, mix.score_fn(sde), x, t_min=0.0)
+    with pytest.raises(ValueError, match="a likelihood grid must start at T = 1 .*its first time is 0.9"):
+        log_likelihood(sde, mix.score_fn(sde), x, method="ei_fixed", grid=[0.9, 0.5, 1e-5])
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        log_likelihood(sde, mix.score_fn(sde), x, method="ei_fixed", grid=[1e-5, 0.5, 1.0])
+    with pytest.raises(ValueError, match="grid= is the time grid of method='ei_fixed'"):
+        log_likelihood(sde, mix.score_fn(sde), x, grid=[1.0, 0.5, 1e-5])
+    # a grid that reaches T: its last time is the data end
+    lams = torch.linspace(float(sde.log_snr(torch.tensor(1.0))), float(sde.log_snr(torch.tensor(1e-4))), 61)
+    custom = log_likelihood(
+        sde, mix.score_fn(sde), x, method="ei_fixed", grid=sde.t_from_log_snr(lams.double()).tolist()
+    )
+    assert custom.settings["t_min"] == pytest.approx(1e-4) and custom.nfe == 61
 
 
 @pytest.mark.parametrize("sde_cls", [VPSDE, SubVPSDE, VESDE])
@@ -579,9 +591,9 @@ def test_bits_per_dim_reports_its_error_budget_by_source():
 @pytest.mark.parametrize("sde_cls", [VPSDE, VESDE])
 def test_ode_sampling_returns_each_samples_log_density_as_the_likelihood_finds_it(sde_cls):
     """Noise to data with the density carried along, then data to noise with `log_likelihood` (the exponential
-    integrator, per-sample control): the two agree within the solvers' tolerance (measured on the VP gmm:
-    1.4e-4 nats mean on VP, 1.9e-4 on VE, the sampler's batch-norm dopri5 at 1e-5 being the looser), and both match the oracle's
-    log p_t_min of the samples."""
+    integrator, per-sample control): the two agree within the solvers' tolerance (measured on the gmm: 1.4e-4
+    nats mean on VP, 1.9e-4 on VE, the sampler's batch-norm dopri5 at 1e-5 being the looser), and both match
+    the oracle's log p_t_min of the samples."""
     from scoresde import sample
 
     mix, sde = toy_dataset("gmm").mixture, sde_cls()
