@@ -29,9 +29,10 @@ __all__ = ["likelihood_summary", "write_comparison", "run_demo", "DEMO_FILES"]
 
 
 IMAGE_LIKELIHOOD = {"method": "ei", "rtol": 1e-2, "atol": 1e-2, "error_control": "batch"}
-"""The solver settings of image bits/dim, chosen by measurement on digits-ddpm (benchmarks/likelihood_images.py):
-within the standard error of a tight solve at a fraction of its cost; the integration error estimate is
-reported with every figure."""
+"""The solver settings of image bits/dim, chosen by measurement on digits-ddpm (benchmarks/likelihood_images.py,
+359 test images, 2 CPU threads): 71 NFE, 25 s, 1.3e-4 bits/dim from a tight solve (standard error 0.014;
+estimate 0.004). Per-sample control at 1e-2 needed 322 NFE for the same figure; the previous default (dopri5,
+per-sample, 1e-5) 1832 NFE, 598 s; rtol = atol = 3e-2 reaches 17 s at 1.4e-3 bits/dim from the tight solve."""
 
 CONTINUOUS_LIKELIHOOD = {"method": "ei", "rtol": 1e-5, "atol": 1e-5, "error_control": "per_sample"}
 """The solver settings of continuous (toy) data: every sample to 1e-5 (its NLL is compared with the truth)."""
