@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from scoresde import bits_per_dim, image_dataset, log_likelihood, sample, toy_dataset  # noqa: E402
 from scoresde.config import override, preset, presets  # noqa: E402
+from scoresde.report import IMAGE_LIKELIHOOD  # noqa: E402
 from scoresde.training import Trainer  # noqa: E402
 
 
@@ -125,9 +126,9 @@ def digits_run(out: Path, quick: bool) -> dict:
         n_dequantizations=1 if quick else 2,
         divergence="hutchinson",
         generator=torch.Generator().manual_seed(1),
-        batch_size=128,
         dtype=torch.float32,
         progress=True,
+        **IMAGE_LIKELIHOOD,  # the command's settings for images (benchmarks/likelihood_images.py)
     )
     bpd_s = time.perf_counter() - start
     print(
