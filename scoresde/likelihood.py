@@ -6,7 +6,8 @@ flow, so by the instantaneous change of variables (Chen et al. 2018)
 $$\log p_{t_{min}}(x) = \log p_T(z) + \int_{t_{min}}^{T} \nabla_x\!\cdot v(x(t), t)\, dt,
 \qquad z = x(T),\ x(t_{min}) = x .$$
 
-We integrate the state and the divergence together with torchdiffeq, in ``t`` or in the log-SNR
+We integrate the state and the divergence together, by default with the exponential integrator in the
+log-SNR of `scoresde.exponential_integrator` (``method="ei"``), or with torchdiffeq in ``t`` or in the log-SNR
 $\lambda$ (`scoresde.sde.ProbabilityFlow`; the divergence of $dx/d\lambda$
 integrated in $\lambda$ gives the same integral). The divergence is exact (``D`` vector–Jacobian
 products, for small ``D``) or Skilling–Hutchinson's $\mathbb E_\epsilon[\epsilon^\top (\partial v/\partial x)\epsilon]$
@@ -209,11 +210,7 @@ def _solve_torchdiffeq(
 
     def augmented(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         reached["u"] = float(u)
-        with torch.enable_grad():
-            y = state[0].detach().requires_grad_(True)
-            v = flow.velocity(u, y)
-            div = divergence(v, y)
-        return v.detach(), div.detach()
+        return flow.velocity_and_divergence(u, state[0], divergence)
 
     if method in ADAPTIVE_METHODS:
         us = torch.tensor(span, dtype=x.dtype, device=x.device)
@@ -242,7 +239,8 @@ def _solve_torchdiffeq(
     return xs[-1], deltas[-1]
 
 
-SOLVERS = ("ei", "ei_fixed") + ADAPTIVE_METHODS + FIXED_GRID_METHODS
+EXPONENTIAL_SOLVERS = ("ei", "ei_fixed")
+SOLVERS = EXPONENTIAL_SOLVERS + ADAPTIVE_METHODS + FIXED_GRID_METHODS
 """Names `log_likelihood` accepts as ``method``: the exponential integrator in log-SNR (``"ei"`` adaptive,
 ``"ei_fixed"`` on ``steps`` equal log-SNR steps; `scoresde.exponential_integrator`) and torchdiffeq's methods
 on the probability-flow ODE in ``variable``."""
@@ -258,7 +256,7 @@ def _solve(
     """``(z, delta [P, B])`` of one batch, and the same from the embedded / looser solve of the error estimate."""
     per_probe = probe_divergences(options["divergence"], probes)
     method, t_min = options["method"], options["t_min"]
-    if method in ("ei", "ei_fixed"):
+    if method in EXPONENTIAL_SOLVERS:
         schedule = None
         if method == "ei_fixed":
             grid = (
@@ -398,13 +396,12 @@ def log_likelihood(
         "grid": grid,
     }
     parts = list(x.split(batch_size)) if x.shape[0] else []
-    nlls, priors, deltas, zs, errors, probe_nlls = [], [], [], [], [], []
+    priors, deltas, zs, errors, probe_nlls = [], [], [], [], []
     for part in progress_bar(parts, "log-likelihood", progress):
         probes = draw_probes(probe, n_probes, part, generator) if divergence == "hutchinson" else None
         z, delta, z_low, delta_low = _solve(sde, score, part, probes, options)
         prior_part = _prior(prior, z, part.shape[0])
         per_probe = -(prior_part + delta.to(torch.float64))  # [P, B]
-        nlls.append(per_probe.mean(0).cpu())
         priors.append(prior_part.cpu())
         deltas.append(delta.to(torch.float64).mean(0).cpu())
         probe_nlls.append(per_probe.cpu())
@@ -412,27 +409,28 @@ def log_likelihood(
         if z_low is not None:
             low = -(_prior(prior, z_low, part.shape[0]) + delta_low.to(torch.float64).mean(0))
             errors.append((low - per_probe.mean(0)).abs().cpu())
-    estimated = error_estimate or method.startswith("ei")
+    exponential = method in EXPONENTIAL_SOLVERS
+    fixed = method in FIXED_GRID_METHODS + ("ei_fixed",)
+    estimated = error_estimate or exponential
     settings = {
         "divergence": divergence,
         "probe": probe if divergence == "hutchinson" else None,
         "n_probes": n_probes if divergence == "hutchinson" else None,
         "method": method,
-        "rtol": rtol if method not in FIXED_GRID_METHODS + ("ei_fixed",) else None,
-        "atol": atol if method not in FIXED_GRID_METHODS + ("ei_fixed",) else None,
+        "rtol": None if fixed else rtol,
+        "atol": None if fixed else atol,
         "t_min": t_min,
-        "variable": "log_snr (half: log(alpha/sigma))" if method.startswith("ei") else variable,
-        "order": order if method.startswith("ei") else None,
+        "variable": "log_snr (half: log(alpha/sigma))" if exponential else variable,
+        "order": order if exponential else None,
         "prior": "custom" if prior_logp else "sde",
-        "steps": steps if method in FIXED_GRID_METHODS + ("ei_fixed",) and grid is None else None,
+        "steps": steps if fixed and grid is None else None,
         "grid": "custom" if grid is not None else None,
-        "error_control": error_control if method not in FIXED_GRID_METHODS + ("ei_fixed",) else None,
-        "error_estimate": _ERROR_ESTIMATES[method.startswith("ei")] if estimated else None,
+        "error_control": None if fixed else error_control,
+        "error_estimate": _ERROR_ESTIMATES[exponential] if estimated else None,
     }
     empty = torch.zeros(0, dtype=torch.float64)
     P = n_probes if divergence == "hutchinson" else 1
     local = (
-        torch.cat(nlls) if nlls else empty,
         torch.cat(priors) if priors else empty,
         torch.cat(deltas) if deltas else empty,
         torch.cat(zs).cpu() if zs else x.new_zeros((0,) + x.shape[1:]).cpu(),
@@ -443,9 +441,9 @@ def log_likelihood(
     if shard is not None:
         local, nfe = _gather(shard, local, nfe, full_batch)
         settings["processes"] = torch.distributed.get_world_size()
-    nll, prior_lp, delta, z, error, probe_nll = local
+    prior_lp, delta, z, error, probe_nll = local  # probe_nll [B, P]
     return LikelihoodResult(
-        nll=nll,
+        nll=probe_nll.mean(1),
         prior_logp=prior_lp,
         delta_logp=delta,
         z=z,
@@ -457,7 +455,7 @@ def log_likelihood(
 
 
 _ERROR_ESTIMATES = {
-    True: "embedded: |nll - nll of the order-k predictor on the same evaluations|",
+    True: "embedded: |nll - nll of an explicit predictor of the corrector's order on the same evaluations|",
     False: f"|nll - nll at {ERROR_ESTIMATE_LOOSENING:g}x looser tolerances (half the steps)|",
 }
 

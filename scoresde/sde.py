@@ -486,6 +486,18 @@ class ProbabilityFlow(ReverseSDE):
         drift = self.drift(x, t)
         return drift if self.variable == "t" else expand_to(self.rate(t), x) * drift
 
+    def velocity_and_divergence(
+        self, u: Tensor, x: Tensor, divergence: Callable[[Tensor, Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        r"""$dx/du$ and ``divergence(v, x)`` of it (exact or Hutchinson, built under autograd), both detached: the
+                augmented field of the log-density, $d\log p/du = -
+        abla\cdot v$ (unchecked)."""
+        with torch.enable_grad():
+            y = x.detach().requires_grad_(True)
+            v = self.velocity(u, y)
+            div = divergence(v, y)
+        return v.detach(), div.detach()
+
     def __repr__(self) -> str:
         return f"ProbabilityFlow({self.forward!r}, variable={self.variable!r})"
 

@@ -99,11 +99,8 @@ def _solve_with_density(
     div = divergence_fn(divergence, probes)
 
     def augmented(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            y = state[0].detach().requires_grad_(True)
-            v = flow.velocity(u, y)
-            d = div(v, y)
-        return v.detach(), -d.detach()
+        v, d = flow.velocity_and_divergence(u, state[0], div)
+        return v, -d
 
     log_p_T = run.sde.prior_logp(x).to(x.dtype)
     states, log_densities = solve_flow(flow, (x, log_p_T), us, method, rtol, atol, backend, func=augmented)
