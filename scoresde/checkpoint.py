@@ -9,15 +9,23 @@ which stores tensors and JSON text only, so loading a file cannot execute code.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .config import RunConfig, config_from_dict
+from .run_folder import write_atomic
 
-__all__ = ["CHECKPOINT", "FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_step"]
+__all__ = [
+    "CHECKPOINT",
+    "FORMAT",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "checkpoint_step",
+]
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "scoresde-checkpoint-1"
@@ -30,42 +38,31 @@ class CheckpointError(ValueError):
 def save_checkpoint(
     path: str | Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, step: int, config: RunConfig
 ) -> Path:
-    """Write model, EMA, optimiser state, step and config to one safetensors file, atomically: a temporary
-    file in the same directory is written, flushed to disk and renamed over ``path``."""
-    from safetensors.torch import save_file
+    """Write model, EMA, optimiser state, step and config to one safetensors file, atomically
+    (`scoresde.run_folder.write_atomic`: a temporary file in the same folder, flushed to disk, renamed over ``path``).
+    A failed write (disk full, permission lost) raises `CheckpointError` and leaves the previous checkpoint."""
+    from safetensors.torch import save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()})
     opt = optimizer.state_dict()
     for index, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
-    tensors["rng.torch"] = (
-        torch.get_rng_state()
-    )  # training draws from (seed, rank, step); kept for code around the trainer
+    tensors["rng.torch"] = torch.get_rng_state()  # training draws from (seed, rank, step); kept for code around it
     metadata = {
         "format": FORMAT,
         "step": str(int(step)),
         "config": json.dumps(config.to_dict()),
         "param_groups": json.dumps(opt["param_groups"]),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_atomic(path, save(tensors, metadata=metadata))
+    except OSError as exc:
+        kept = f"the checkpoint of step {checkpoint_step(path)} is kept" if path.is_file() else "no checkpoint is kept"
+        raise CheckpointError(f"cannot write {path} ({exc.strerror or exc}); {kept}") from None
 
 
 def checkpoint_step(path: Path) -> str:
@@ -105,6 +102,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         step = int(metadata["step"])
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path} has corrupt metadata ({exc})") from None
+    if step < 0:
+        raise CheckpointError(f"{path} has corrupt metadata (step {step} < 0)")
     out = {"model": {}, "ema": {}, "step": step, "config": config, "rng": tensors.get("rng.torch")}
     optim_state: dict[int, dict] = {}
     for key, value in tensors.items():
@@ -115,4 +114,35 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
             index, _, name = rest.partition(".")
             optim_state.setdefault(int(index), {})[name] = value
     out["optimizer"] = {"state": optim_state, "param_groups": param_groups}
+    for kind in ("model", "ema"):
+        bad = [name for name, value in out[kind].items() if value.is_floating_point() and not value.isfinite().all()]
+        if bad:
+            raise CheckpointError(
+                f"{path} holds non-finite {kind} weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                f"the run diverged before this checkpoint: retrain, or resume from an earlier copy"
+            )
     return out
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, kind: str = "model") -> None:
+    """``module.load_state_dict(state)`` with a one-line `CheckpointError` naming what does not fit (missing,
+    unexpected or wrong-shape tensors) instead of torch's multi-line report."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    shapes = [
+        f"{name} {tuple(state[name].shape)} (the network has {tuple(value.shape)})"
+        for name, value in expected.items()
+        if name in state and state[name].shape != value.shape
+    ]
+    problems = [
+        f"{label} {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+        for label, names in (("missing", missing), ("unexpected", extra), ("wrong shape:", shapes))
+        if names
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path}: the {kind} weights do not fit the network its config builds ({'; '.join(problems)}); "
+            f"the file was edited or written by another version"
+        )
+    module.load_state_dict(state)

@@ -6,13 +6,13 @@ User errors (unknown names, bad values, unwritable paths) print one line to stde
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from ._checks import check_in_registry
 from .datasets import toy_dataset, toy_datasets
+from .report import json_text
 from .sde import create_sde, sde_names
 
 __all__ = ["main"]
@@ -23,6 +23,8 @@ class UserError(Exception):
 
 
 def _prepare_out(out: str, force: bool, names: list[str]) -> Path:
+    if not out.strip():
+        raise UserError("--out is empty; name a folder (e.g. --out runs/toy)")
     folder = Path(out)
     clash = [name for name in names if (folder / name).exists()]
     if clash and not force:
@@ -58,20 +60,25 @@ def cmd_toys(args: argparse.Namespace) -> dict:
         "sde": repr(sde),
         "files": [str(folder / "toys.png"), str(folder / "forward.png")],
     }
-    (folder / "toys.json").write_text(json.dumps(summary, indent=2))
+    (folder / "toys.json").write_text(json_text(summary))
     return summary
 
 
-def _train_config(args: argparse.Namespace, checkpoint: Path):
-    """The run config: a preset or file, or with ``--resume`` and neither, the run's own ``config.yaml``."""
+def _note(command: str, message: str) -> None:
+    """One line to stderr that tells the user what the command decided for them."""
+    print(f"scoresde {command}: {message}", file=sys.stderr)
+
+
+def _train_config(args: argparse.Namespace, out: Path):
+    """The run config: a preset or file, or with ``--resume`` and neither, the run's own (see `_resumed_config`)."""
     from .config import load_config, override, preset
 
     if args.config and args.preset:
         raise UserError("pass either --preset or --config, not both")
     if args.config:
         config = load_config(args.config)
-    elif args.resume and not args.preset and (checkpoint.parent / "config.yaml").is_file():
-        config = load_config(checkpoint.parent / "config.yaml")
+    elif args.resume and not args.preset:
+        config = _resumed_config(out)
     else:
         config = preset(args.preset or "toy-vp")
     sets = list(args.set or [])
@@ -84,30 +91,60 @@ def _train_config(args: argparse.Namespace, checkpoint: Path):
     return override(config, *sets)
 
 
+def _resumed_config(out: Path):
+    """The config of the run in ``out``: its ``config.yaml``; the config its checkpoint carries when that file is
+    missing; ``config.yaml`` alone for a run killed before its first checkpoint (it starts again at step 0)."""
+    from .checkpoint import CHECKPOINT, load_checkpoint
+    from .config import load_config
+
+    checkpoint, saved = out / CHECKPOINT, out / "config.yaml"
+    if checkpoint.is_file():
+        if saved.is_file():
+            return load_config(saved)
+        _note("train", f"{saved} is missing: resuming with the config the checkpoint carries")
+        return load_checkpoint(checkpoint)["config"]
+    if saved.is_file():
+        _note(
+            "train",
+            f"{out} holds no checkpoint yet (the run stopped before its first): starting at step 0 with its config",
+        )
+        return load_config(saved)
+    raise UserError(f"--resume: {out} holds no run (no {CHECKPOINT} or config.yaml); train without --resume first")
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
-    """Train a preset or config file (with ``--set`` overrides) into ``--out``; ``--resume`` continues a run there."""
-    from .training import CHECKPOINT, Trainer, TrainingDiverged
+    """Train a preset or config file (with ``--set`` overrides) into ``--out``; ``--resume`` continues a run there.
+    Nothing in ``--out`` is replaced without ``--force``, which replaces the run files only."""
+    from .run_folder import RUN_FILES, run_files
+    from .training import Trainer, TrainingDiverged
     from .viz import plot_training_curve
 
+    if not args.out.strip():
+        raise UserError("--out is empty; name the run folder (e.g. --out runs/toy)")
     out = Path(args.out)
-    checkpoint = out / CHECKPOINT
-    if args.resume and not checkpoint.is_file():
-        raise UserError(f"--resume: no checkpoint in {out}; train without --resume first")
-    if checkpoint.is_file() and not (args.resume or args.force):
+    config = _train_config(args, out)
+    present = run_files(out) if out.is_dir() else []
+    if present and not (args.resume or args.force):
         raise UserError(
-            f"{out} already holds a run (checkpoint.safetensors); pass --resume to continue it or --force to start "
-            "afresh"
+            f"{present[0]} already exists; pass --resume to continue the run in {out}, --force to replace its run "
+            f"files ({', '.join(RUN_FILES)}; nothing else is touched), or choose another --out"
         )
-    config = _train_config(args, checkpoint)
+    created = not out.exists()
     _prepare_out(str(out), True, [])
     try:
-        trainer = Trainer(config, out, device=args.device, progress=not args.json, resume=args.resume)
+        trainer = Trainer(
+            config, out, device=args.device, progress=not args.json, resume=args.resume, overwrite=args.force
+        )
         try:
             result = trainer.train()
         finally:
             trainer.close()  # under torchrun: leave the process group before exit
     except (FileNotFoundError, TrainingDiverged) as exc:
+        _remove_if_empty(out, created)
         raise UserError(str(exc)) from None
+    except BaseException:
+        _remove_if_empty(out, created)
+        raise
     if not trainer.is_main:
         return {}
     summary = {**result.to_dict(), "out": str(out), "config": config.to_dict()}
@@ -120,16 +157,27 @@ def cmd_train(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _remove_if_empty(folder: Path, created: bool) -> None:
+    """Remove the output folder a failed command created, if nothing was written into it."""
+    if created and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def _parse_options(pairs: list[str] | None) -> dict:
     """``key=value`` sampler options, values read as YAML scalars (``order=3``, ``schedule=log_snr``)."""
     import yaml
+
+    from .config import yaml_error_line
 
     options = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--option {pair!r} must look like name=value (e.g. --option order=3)")
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--option {pair!r}: the value is not valid YAML ({yaml_error_line(exc)})") from None
         if isinstance(value, str):
             try:
                 value = float(value)
@@ -221,7 +269,10 @@ def _load_mask(spec: str, shape: tuple[int, ...]):
 
 
 def _read_npz(file: str, key: str, option: str):
-    """Array ``key`` of the ``.npz`` file given to ``option`` (no pickles), or a one-line error."""
+    """Array ``key`` of the ``.npz`` file given to ``option`` (no pickles): a non-empty numeric array with one row
+    per sample, or a one-line error."""
+    import zipfile
+
     import numpy as np
 
     path = Path(file)
@@ -229,11 +280,20 @@ def _read_npz(file: str, key: str, option: str):
         raise UserError(f"{option} file {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise UserError(f"{option} file {path} holds a bare array, not an .npz archive; save it with np.savez")
             if key not in data:
                 raise UserError(f"{option} file {path} has no array '{key}' (found: {', '.join(data.files)})")
-            return data[key]
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{option} file {path} is not a readable .npz file ({exc})") from None
+            array = data[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{option} file {path} is not a readable .npz file ({exc or type(exc).__name__})") from None
+    if array.ndim == 0 or array.shape[0] == 0:
+        raise UserError(
+            f"{option} file {path}: array '{key}' must hold at least one row (one per sample), got shape {array.shape}"
+        )
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise UserError(f"{option} file {path}: array '{key}' must be numeric, got dtype {array.dtype}")
+    return array
 
 
 def cmd_inpaint(args: argparse.Namespace) -> dict:
@@ -347,7 +407,7 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
             **({"n_probes": args.probes} if args.probes is not None else {}),
         )
     )
-    out.write_text(json.dumps(summary, indent=2))
+    out.write_text(json_text(summary))
     return {**summary, "out": str(out)}
 
 
@@ -357,6 +417,8 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     from .report import COMPARE_FILES, write_comparison
     from .training import load_score_model
 
+    if args.n < 2:
+        raise UserError(f"-n must be >= 2 (distances and standard errors need two samples), got {args.n}")
     model, config, step = load_score_model(args.checkpoint, device=args.device)
     folder = _prepare_out(args.out or str(_run_folder(args.checkpoint)), args.force, list(COMPARE_FILES))
     data = held_out(config.data, args.n, args.seed)
@@ -456,6 +518,13 @@ def cmd_list(args: argparse.Namespace) -> dict:
     }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line errors of the rest of the command line (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Each option's default in its help (where it has one), and the description's example kept on its own lines."""
 
@@ -493,7 +562,7 @@ def _command(
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command (``scoresde COMMAND --help`` prints one)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scoresde",
         description="Score-based generative modelling with SDEs.\n\nexample:\n  scoresde demo --out scoresde-out",
         formatter_class=_HelpFormatter,
@@ -660,35 +729,52 @@ def _checkpoint_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_device(name: str) -> None:
-    """A device torch knows and this machine has, else a one-line error."""
+    """A device torch knows, that holds data and that this machine has (a tensor is made and read back there),
+    else a one-line error."""
     import torch
 
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise UserError(f"--device {name!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+    if device.type == "meta":
+        raise UserError(f"--device {name}: meta tensors hold no data; use --device cpu or an accelerator")
+    if device.type == "cpu":
+        return
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise UserError(
             f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu"
         )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available here; use --device cpu")
+    try:
+        (torch.ones(1, device=device) + 1).cpu()
+    except Exception as exc:  # noqa: BLE001 - each backend fails in its own way (RuntimeError, AssertionError, ...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"--device {name}: not usable here ({reason}); use --device cpu") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``scoresde`` command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status
-    (0, 2 for a user error with its one-line message on stderr, 130 for an interrupted training run)."""
+    (0; 2 for a user error, with its one-line message on stderr; 130 for an interrupted command)."""
+    from .checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "n", 1) < 1:
             raise UserError(f"-n must be >= 1, got {args.n}")
         _check_device(args.device)
         result = args.run(args)
-    except (UserError, ValueError, TypeError) as exc:
+    except (UserError, ValueError, TypeError, CheckpointError) as exc:
         print(f"scoresde {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that cannot be read or written: say which and why
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"scoresde {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"scoresde {args.command}: interrupted", file=sys.stderr)
+        return 130
     if args.json and result:
-        print(json.dumps(result, indent=2))
+        print(json_text(result))
     else:
         for key, value in result.items():
             print(f"{key}: {value}")

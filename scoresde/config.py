@@ -19,6 +19,7 @@ from ._checks import check_in_registry
 from .losses import WEIGHTINGS
 from .models.parameterization import PARAMETERIZATIONS
 from .models.registry import models
+from .run_folder import write_atomic
 from .sde import SDE, VPSDE, create_sde, sde_names
 
 __all__ = [
@@ -47,6 +48,29 @@ def _require(ok: bool, name: str, message: str) -> None:
         raise ConfigError(f"invalid config field {name!r}: {message}")
 
 
+def _check_types(section: Any, prefix: str) -> None:
+    """Every ``int`` field an integer (not a boolean, which Python counts as one) and every ``float`` field a finite
+    real number, whatever the field's own checks say."""
+    for f in dataclasses.fields(section):
+        value, kind, name = getattr(section, f.name), str(f.type), f"{prefix}.{f.name}"
+        if value is None and "None" in kind:
+            continue
+        if kind.startswith("int"):
+            _require(isinstance(value, int) and not isinstance(value, bool), name, f"must be an integer, got {value!r}")
+        elif kind.startswith("float"):
+            real = isinstance(value, (int, float)) and not isinstance(value, bool)
+            _require(real and math.isfinite(value), name, f"must be a finite number, got {value!r}")
+        elif kind == "bool":
+            _require(isinstance(value, bool), name, f"must be true or false, got {value!r}")
+
+
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line: the problem and where it is (PyYAML's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -64,6 +88,7 @@ class SDEConfig:
     N: int = 1000
 
     def __post_init__(self) -> None:
+        _check_types(self, "sde")
         _require(self.name in sde_names(), "sde.name", f"{self.name!r} is not one of {', '.join(sde_names())}")
         _require(
             self.schedule in VPSDE.SCHEDULES,
@@ -98,6 +123,7 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_types(self, "model")
         _require(self.name in models(), "model.name", f"{self.name!r} is not one of {', '.join(models())}")
         _require(
             self.parameterization in PARAMETERIZATIONS,
@@ -123,6 +149,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         from .datasets import image_datasets, toy_datasets
 
+        _check_types(self, "data")
         _require(self.kind in ("toy", "image"), "data.kind", f"{self.kind!r} is not one of toy, image")
         valid = toy_datasets() if self.kind == "toy" else image_datasets()
         _require(
@@ -165,6 +192,7 @@ class TrainConfig:
     """Class-conditional models: probability of training a sample with the null label (classifier-free guidance)."""
 
     def __post_init__(self) -> None:
+        _check_types(self, "train")
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
             _require(
@@ -279,7 +307,12 @@ def override(config: RunConfig, *assignments: str) -> RunConfig:
         path = key.strip().split(".")
         if not sep or len(path) < 2:
             raise ConfigError(f"override {assignment!r} must look like section.field=value (e.g. train.lr=1e-3)")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"override {assignment!r}: the value is not valid YAML ({yaml_error_line(exc)})"
+            ) from None
         target = data
         for part in path[:-1]:
             _require(isinstance(target, dict) and part in target, key, f"unknown section or field {part!r}")
@@ -290,18 +323,19 @@ def override(config: RunConfig, *assignments: str) -> RunConfig:
 
 
 def save_config(config: RunConfig, path: str | Path) -> Path:
-    """Write ``config`` as YAML (``.yaml`` / ``.yml``) or TOML (``.toml``)."""
+    """Write ``config`` as YAML (``.yaml`` / ``.yml``) or TOML (``.toml``), atomically (a kill leaves the old file
+    or the new one)."""
     path = Path(path)
     data = config.to_dict()
     if path.suffix == ".toml":
         import tomli_w
 
-        path.write_text(tomli_w.dumps(_drop_none(data)))
+        text = tomli_w.dumps(_drop_none(data))
     elif path.suffix in (".yaml", ".yml"):
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        text = yaml.safe_dump(data, sort_keys=False)
     else:
         raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml")
-    return path
+    return write_atomic(path, text.encode())
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -309,8 +343,8 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
     try:
+        text = path.read_text()
         if path.suffix == ".toml":
             try:
                 import tomllib
@@ -321,7 +355,11 @@ def load_config(path: str | Path) -> RunConfig:
             data = yaml.safe_load(text) or {}
         else:
             raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml")
-    except (yaml.YAMLError, ValueError) as exc:
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_error_line(exc)}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None

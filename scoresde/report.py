@@ -25,7 +25,23 @@ from .evaluation import Comparison, compare_samplers, default_lineup, held_out
 from .metrics import mean_and_standard_error
 from .sde import SDE, ScoreFn
 
-__all__ = ["likelihood_summary", "write_comparison", "run_demo", "DEMO_FILES"]
+__all__ = ["likelihood_summary", "write_comparison", "run_demo", "DEMO_FILES", "json_text"]
+
+
+def json_text(data) -> str:
+    """``data`` as indented, valid JSON: a non-finite float (a standard error of one sample, a diverged figure)
+    becomes ``null``, which every JSON reader accepts, where ``json.dumps`` would write ``NaN``."""
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(data), indent=2, default=str)
 
 
 IMAGE_LIKELIHOOD = {"method": "ei", "rtol": 1e-2, "atol": 1e-2, "error_control": "batch"}
@@ -150,7 +166,7 @@ def write_comparison(
 
     folder = Path(folder)
     paths = [folder / name for name in COMPARE_FILES]
-    paths[0].write_text(json.dumps(comparison.to_dict(), indent=2))
+    paths[0].write_text(json_text(comparison.to_dict()))
     paths[1].write_text(comparison.markdown())
     fig = plot_comparison(comparison, reference, extent=extent)
     fig.savefig(paths[2], dpi=100)
@@ -277,7 +293,7 @@ def run_demo(
         likelihood = likelihood_summary(
             sde, model, points, true_nll=-data.log_prob(points.double()), seed=seed, progress=progress
         )
-        (out / "likelihood.json").write_text(json.dumps(likelihood, indent=2))
+        (out / "likelihood.json").write_text(json_text(likelihood))
         figures.append(
             save(
                 plot_model_density(
@@ -333,7 +349,7 @@ def run_demo(
         "timings_seconds": timings,
         "files": figures + ["report.md", "metrics.json", "likelihood.json"],
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json").write_text(json_text(metrics))
     (out / "report.md").write_text(_demo_report(metrics, comparison))
     return metrics
 

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
@@ -33,11 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_positive_int, progress_bar
-from .checkpoint import CHECKPOINT, CheckpointError, checkpoint_step, load_checkpoint, save_checkpoint
-from .config import RunConfig
+from .checkpoint import CHECKPOINT, CheckpointError, checkpoint_step, load_checkpoint, load_weights, save_checkpoint
+from .config import ConfigError, RunConfig, load_config, save_config
 from .datasets import DataTransform, image_dataset, toy_dataset
 from .losses import dsm_loss
 from .models import ScoreModel, create_model
+from .run_folder import RunFolderError, RunLock, remove_run_files, remove_stale_temporaries, run_files, truncate_log
 from .sde import SDE
 
 __all__ = [
@@ -58,6 +60,14 @@ __all__ = [
 
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every", "data.data_dir")
 """Fields a resumed run may change (train longer, log differently, data moved); any other change is refused."""
+
+LOGS = ("metrics.csv", "evals.csv")
+
+
+def config_changes(ours: RunConfig, theirs: RunConfig) -> list[str]:
+    """The fields (``section.field``) in which two run configs differ, other than the `RESUMABLE_CHANGES`."""
+    a, b = ours.to_dict(), theirs.to_dict()
+    return [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES]
 
 
 class TrainingDiverged(RuntimeError):
@@ -207,7 +217,10 @@ class Trainer:
 
     Args:
         config: the run (see `scoresde.config`).
-        out_dir: where checkpoints and logs go; an existing checkpoint there is resumed when ``resume``.
+        out_dir: the run folder (`scoresde.run_folder`); an existing checkpoint there is resumed when ``resume``,
+            and so is a run killed before its first checkpoint (its ``config.yaml`` equal to ``config``: it
+            starts again at step 0). Files of any other run are left alone: `train` refuses them unless
+            ``overwrite``, which removes the run files (`scoresde.run_folder.RUN_FILES`) and nothing else.
         device: where to train. progress: show a progress bar (rank 0).
         eval_fn: ``eval_fn(trainer, step) -> dict`` called every ``train.eval_every`` steps (rank 0, EMA model);
             its figures go to ``evals.csv`` and `evals`.
@@ -221,6 +234,7 @@ class Trainer:
         device: torch.device | str = "cpu",
         progress: bool = True,
         resume: bool = True,
+        overwrite: bool = False,
         eval_fn: Callable[[Trainer, int], dict] | None = None,
     ) -> None:
         self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
@@ -243,8 +257,10 @@ class Trainer:
         self.step = 0
         self.evals: list[dict] = []
         self._stop = False
+        self._resume, self._overwrite, self._owns_folder = resume, overwrite, False
         if resume and (self.out_dir / CHECKPOINT).is_file():
             self._restore(self.out_dir / CHECKPOINT)
+            self._owns_folder = True
         self._train_model = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -266,23 +282,49 @@ class Trainer:
 
     def train(self, steps: int | None = None) -> TrainResult:
         """Train up to step ``steps`` (default ``train.steps``); returns early, after a checkpoint, on SIGINT /
-        SIGTERM."""
-        tc = self.config.train
-        target = tc.steps if steps is None else min(int(steps), tc.steps)
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if self.step == 0:  # a fresh run: logs of an earlier run in out_dir do not continue
-                for log in ("metrics.csv", "evals.csv"):
-                    (self.out_dir / log).unlink(missing_ok=True)
-            from .config import save_config
+        SIGTERM (a second signal during that save is absorbed: the checkpoint is still written).
 
-            save_config(self.config, self.out_dir / "config.yaml")
+        Rank 0 holds the run folder (`scoresde.run_folder.RunLock`) meanwhile: a second trainer there raises
+        `RunFolderError`. A write that fails (disk full, permission lost) raises `CheckpointError` /
+        `RunFolderError` in one line, keeping the last good checkpoint."""
+        tc = self.config.train
+        if steps is not None:
+            check_positive_int("steps", steps)
+        target = tc.steps if steps is None else min(int(steps), tc.steps)
+        start, start_step, history = time.perf_counter(), self.step, []
         restore = self._install_signal_handlers()
-        start, start_step, history, running = time.perf_counter(), self.step, [], []
+        try:
+            with RunLock(self.out_dir) if self.is_main else contextlib.nullcontext():
+                self._prepare_folder()
+                last_loss = self._loop(target, start, history)
+                path = self.save()
+        except OSError as exc:
+            last = self.out_dir / CHECKPOINT
+            kept = f"the checkpoint of step {checkpoint_step(last)} is kept" if last.is_file() else "nothing is kept"
+            raise RunFolderError(f"cannot write into {self.out_dir} ({exc.strerror or exc}); {kept}") from None
+        finally:
+            restore()
+        seconds = time.perf_counter() - start
+        done = self.step - start_step
+        return TrainResult(
+            step=self.step,
+            loss=last_loss,
+            seconds=seconds,
+            steps_per_second=done / seconds if seconds > 0 else 0.0,
+            interrupted=self._stop,
+            checkpoint=str(path) if path else None,
+            history=history,
+        )
+
+    def _loop(self, target: int, start: float, history: list[dict]) -> float:
+        """Steps up to ``target`` (or a signal) with logging, evaluation and periodic checkpoints; the mean loss
+        of the last logging window."""
+        tc = self.config.train
+        running: list[float] = []
+        last_loss = float("nan")
         bar = progress_bar(
             None, "train", self.progress and self.is_main, total=target, initial=self.step, dynamic_ncols=True
         )
-        last_loss = float("nan")
         try:
             while self.step < target and not self._stop:
                 loss = self._train_step()
@@ -307,21 +349,38 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
-            restore()
-        if running:
-            last_loss = sum(running) / len(running)
-        path = self.save()
-        seconds = time.perf_counter() - start
-        done = self.step - start_step
-        return TrainResult(
-            step=self.step,
-            loss=last_loss,
-            seconds=seconds,
-            steps_per_second=done / seconds if seconds > 0 else 0.0,
-            interrupted=self._stop,
-            checkpoint=str(path) if path else None,
-            history=history,
-        )
+        return sum(running) / len(running) if running else last_loss
+
+    def _prepare_folder(self) -> None:
+        """Rank 0, holding the folder: remove a killed writer's partial checkpoints, then either continue this
+        trainer's own run (logs cut back to its step), or start one where no other run's files are (or
+        ``overwrite`` removed them), writing ``config.yaml``."""
+        if not self.is_main:
+            return
+        remove_stale_temporaries(self.out_dir)
+        if not self._owns_folder:
+            present = run_files(self.out_dir)
+            if present and self._overwrite:
+                remove_run_files(self.out_dir)
+            elif present and not (self._resume and self._killed_before_checkpoint()):
+                raise RunFolderError(
+                    f"{present[0]} already exists and is not a run this trainer resumes; "
+                    f"{'pass --force' if self._resume else 'pass --resume to continue it, or --force'} "
+                    f"(overwrite=True) to replace the run's files, or choose another folder"
+                )
+            self._owns_folder = True
+        for log in LOGS:
+            truncate_log(self.out_dir / log, self.step)
+        save_config(self.config, self.out_dir / "config.yaml")
+
+    def _killed_before_checkpoint(self) -> bool:
+        """Whether the folder holds this config's run, killed before it wrote a checkpoint."""
+        if (self.out_dir / CHECKPOINT).exists():
+            return False
+        try:
+            return not config_changes(self.config, load_config(self.out_dir / "config.yaml"))
+        except ConfigError:
+            return False
 
     def close(self) -> None:
         """Leave the process group this trainer joined under torchrun (a no-op on one process): the DDP wrapper,
@@ -406,7 +465,7 @@ class Trainer:
     def _log(self, row: dict) -> None:
         if not self.is_main:
             return
-        _append_csv(self.out_dir / "metrics.csv", row)
+        _append_csv(self.out_dir / "metrics.csv", row)  # an OSError here is turned into one line by train()
         writer = self._tensorboard()
         if writer is not None:
             for k, v in row.items():
@@ -424,22 +483,28 @@ class Trainer:
         return self._tb
 
     def _restore(self, path: Path) -> None:
+        """Continue the checkpoint at ``path`` exactly, or refuse: a different config, weights that do not fit or
+        are not finite, or a checkpoint without the optimiser state that an exact resume needs."""
         state = load_checkpoint(path, device=self.device)
-        ours, theirs = self.config.to_dict(), state["config"].to_dict()
-        diff = [
-            f"{s}.{k}"
-            for s in ours
-            for k in ours[s]
-            if ours[s][k] != theirs[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES
-        ]
+        diff = config_changes(self.config, state["config"])
         if diff:
             raise CheckpointError(
                 f"{path} was written by a run with a different config ({', '.join(diff)}); "
                 f"use another out_dir, or resume=False (scoresde train --force) to start afresh"
             )
-        self.model.load_state_dict(state["model"])
-        self.ema.model.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        n_params = len(list(self.model.parameters()))
+        optim = state["optimizer"]
+        if state["step"] > 0 and not optim["state"]:
+            raise CheckpointError(
+                f"{path} holds no optimizer state (step {state['step']}, {n_params} parameters), so a resume would "
+                f"not be exact; start afresh (scoresde train --force)"
+            )
+        load_weights(self.model, state["model"], path, "model")
+        load_weights(self.ema.model, state["ema"], path, "ema")
+        try:
+            self.optimizer.load_state_dict(optim)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path} holds an optimizer state that does not fit the model ({exc})") from None
         self.step = state["step"]
         if state["rng"] is not None:
             torch.set_rng_state(state["rng"].cpu())
@@ -475,7 +540,7 @@ def load_score_model(path: str | Path, device: torch.device | str = "cpu") -> tu
     state = load_checkpoint(path, device)
     config = state["config"]
     model = build_model(config, config.sde.build(), device)
-    model.load_state_dict(state["ema"])
+    load_weights(model, state["ema"], path, "ema")
     return model.eval(), config, state["step"]
 
 

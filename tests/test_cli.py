@@ -86,7 +86,7 @@ def test_train_writes_a_run_folder_and_resumes(tmp_path, capsys):
     }
     before = (out / "checkpoint.safetensors").read_bytes()
     assert main(args + ["--steps", "9"]) == 2  # a run is there: neither --resume nor --force
-    assert "pass --resume to continue it or --force to start afresh" in capsys.readouterr().err
+    assert "already exists; pass --resume to continue the run" in capsys.readouterr().err
     assert (out / "checkpoint.safetensors").read_bytes() == before
     assert main(["train", "--out", str(out), "--resume", "--steps", "9", "--json"]) == 0  # the run's own config.yaml
     resumed = json.loads(capsys.readouterr().out)
@@ -101,7 +101,7 @@ def test_train_writes_a_run_folder_and_resumes(tmp_path, capsys):
     assert fresh["step"] == 4 and fresh["config"]["train"]["seed"] == 3
     assert (out / "metrics.csv").read_text().splitlines()[-1].startswith("4,")
     assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
-    assert "--resume: no checkpoint in" in capsys.readouterr().err
+    assert "holds no run (no checkpoint.safetensors or config.yaml)" in capsys.readouterr().err
 
 
 def test_train_user_errors_are_one_line(tmp_path):
