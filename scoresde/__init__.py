@@ -37,6 +37,7 @@ from .metrics import energy_distance, mean_and_standard_error, mmd, sliced_wasse
 from .models import NCSN, DDPMUNet, NoiseConditionalClassifier, ScoreMLP, ScoreModel, create_model, register_model
 from .models import models as model_names
 from .report import likelihood_summary, run_demo, write_comparison
+from .run_folder import RunFolderError
 from .samplers import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
@@ -108,6 +109,7 @@ __all__ = [
     "model_names",
     "register_model",
     "CheckpointError",
+    "RunFolderError",
     "Trainer",
     "TrainingDiverged",
     "TrainResult",

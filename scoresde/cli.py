@@ -78,7 +78,7 @@ def _train_config(args: argparse.Namespace, out: Path):
     if args.config:
         config = load_config(args.config)
     elif args.resume and not args.preset:
-        config = _resumed_config(out)
+        config = _resumed_config(out) or preset("toy-vp")
     else:
         config = preset(args.preset or "toy-vp")
     sets = list(args.set or [])
@@ -93,22 +93,29 @@ def _train_config(args: argparse.Namespace, out: Path):
 
 def _resumed_config(out: Path):
     """The config of the run in ``out``: its ``config.yaml``; the config its checkpoint carries when that file is
-    missing; ``config.yaml`` alone for a run killed before its first checkpoint (it starts again at step 0)."""
+    missing; ``config.yaml`` alone for a run killed before its first checkpoint (it starts again at step 0); None
+    (the preset's) for an existing folder a run was killed in before it wrote anything."""
     from .checkpoint import CHECKPOINT, load_checkpoint
     from .config import load_config
+    from .run_folder import run_files
 
     checkpoint, saved = out / CHECKPOINT, out / "config.yaml"
     if checkpoint.is_file():
         if saved.is_file():
             return load_config(saved)
+        config = load_checkpoint(checkpoint)["config"]
         _note("train", f"{saved} is missing: resuming with the config the checkpoint carries")
-        return load_checkpoint(checkpoint)["config"]
+        return config
     if saved.is_file():
+        config = load_config(saved)
         _note(
             "train",
             f"{out} holds no checkpoint yet (the run stopped before its first): starting at step 0 with its config",
         )
-        return load_config(saved)
+        return config
+    if out.is_dir() and not run_files(out):
+        _note("train", f"{out} holds no run yet (it stopped before writing anything): starting at step 0")
+        return None
     raise UserError(f"--resume: {out} holds no run (no {CHECKPOINT} or config.yaml); train without --resume first")
 
 
@@ -278,15 +285,22 @@ def _read_npz(file: str, key: str, option: str):
     path = Path(file)
     if not path.is_file():
         raise UserError(f"{option} file {path} does not exist")
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise UserError(f"{option} file {path} holds a bare array, not an .npz archive; save it with np.savez")
-            if key not in data:
-                raise UserError(f"{option} file {path} has no array '{key}' (found: {', '.join(data.files)})")
-            array = data[key]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        data = np.load(path, allow_pickle=False)
+    except unreadable as exc:
         raise UserError(f"{option} file {path} is not a readable .npz file ({exc or type(exc).__name__})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UserError(f"{option} file {path} holds a bare array, not an .npz archive; save it with np.savez(x=...)")
+    with data:
+        if key not in data.files:
+            raise UserError(f"{option} file {path} has no array '{key}' (found: {', '.join(data.files)})")
+        try:
+            array = data[key]
+        except unreadable as exc:
+            raise UserError(
+                f"{option} file {path}: array '{key}' cannot be read ({exc or type(exc).__name__})"
+            ) from None
     if array.ndim == 0 or array.shape[0] == 0:
         raise UserError(
             f"{option} file {path}: array '{key}' must hold at least one row (one per sample), got shape {array.shape}"
@@ -387,8 +401,8 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
     if args.n < 2:
         raise UserError(f"-n must be >= 2 (a standard error needs two points), got {args.n}")
     model, config, step = load_score_model(args.checkpoint, device=args.device)
-    out = _out_file(args.out, ".json", args.force)
     x, true_nll = _load_points(args.data or config.data.name, args.n, args.seed, config)
+    out = _out_file(args.out, ".json", args.force)
     summary = {"checkpoint_step": step, "data": args.data or config.data.name}
     summary.update(
         likelihood_summary(

@@ -363,7 +363,10 @@ def load_config(path: str | Path) -> RunConfig:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
-    return config_from_dict(data)
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
 
 
 def _drop_none(data: Any) -> Any:

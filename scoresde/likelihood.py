@@ -182,11 +182,11 @@ def draw_probes(kind: str, n: int, x: Tensor, generator) -> Tensor:
 
 
 def check_data(x: Tensor) -> Tensor:
-    """Data for a likelihood: a finite floating-point tensor ``[B, ...]`` with at least 2 dimensions."""
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+    """Data for a likelihood: a finite floating-point tensor ``[B, ...]``, ``B >= 1``, with at least 2 dimensions."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(
-            f"x must be a floating-point tensor of shape [B, ...] with at least 2 dimensions, got "
-            f"{type(x).__name__ if not isinstance(x, Tensor) else tuple(x.shape)}"
+            f"x must be a floating-point tensor of shape [B, ...] with B >= 1 and at least 2 dimensions, got "
+            f"{type(x).__name__ if not isinstance(x, Tensor) else f'{tuple(x.shape)} {x.dtype}'}"
         )
     return check_finite("x", x)
 
@@ -442,6 +442,13 @@ def log_likelihood(
         local, nfe = _gather(shard, local, nfe, full_batch)
         settings["processes"] = torch.distributed.get_world_size()
     prior_lp, delta, z, error, probe_nll = local  # probe_nll [B, P]
+    bad = ~torch.isfinite(probe_nll).all(1)
+    if bool(bad.any()):
+        worst = float(x.abs().max())
+        raise ValueError(
+            f"the log-likelihood of {int(bad.sum())} of {len(bad)} samples is not finite (x reaches |x| = "
+            f"{worst:.3g}): the density underflows or the ODE diverged; are the data in the model's range?"
+        )
     return LikelihoodResult(
         nll=probe_nll.mean(1),
         prior_logp=prior_lp,

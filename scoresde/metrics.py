@@ -84,9 +84,10 @@ def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] | None = None, *, unbi
         pooled = torch.cat([x[:1000], y[:1000]])
         median = float(torch.cdist(pooled, pooled).median())
         bandwidths = [median * f for f in (0.25, 0.5, 1.0, 2.0, 4.0)]
-    h2 = [2.0 * float(h) ** 2 for h in bandwidths]
-    if not h2 or any(not math.isfinite(v) or v <= 0 for v in h2):
+    h = [float(v) for v in bandwidths]
+    if not h or any(not math.isfinite(v) or v <= 0 for v in h):
         raise ValueError(f"bandwidths must be positive finite numbers, got {list(bandwidths)}")
+    h2 = [2.0 * v**2 for v in h]
 
     def kernel(d2: Tensor) -> Tensor:
         return sum(torch.exp(-d2 / v) for v in h2)
@@ -132,4 +133,6 @@ def mean_and_standard_error(values: Tensor) -> tuple[float, float]:
     r"""$\bar v$ and its standard error $s / \sqrt n$ (sample standard deviation $s$) of per-sample values ``[n]``;
     the error is NaN for a single value."""
     n = values.numel()
+    if n == 0:
+        raise ValueError("values is empty: a mean and its standard error need at least one value")
     return float(values.mean()), (float(values.std()) / math.sqrt(n) if n > 1 else float("nan"))

@@ -132,6 +132,12 @@ def sample(
     """
     t_min = renamed_t_min(t_min, options.pop("eps", None), "sample")
     check_sde(sde)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got {generator!r}"
+        )
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
     own = algorithm_options(sampler)
     unknown = sorted(set(options) - set(own))
     if unknown:
