@@ -12,7 +12,7 @@ moment of the run (start-up included). The same command is then run again with `
 
 A battery of user errors follows (bad values, bad files, wrong devices, a folder with a user's files, a folder
 another trainer holds): for each, the exit status, whether a traceback was printed, and whether any file the
-user wrote changed. Prints a table and writes ``reliability.json``.
+user wrote changed. Prints a table and writes ``reliability.json`` and ``reliability.md``.
 
     python benchmarks/reliability.py --n 20
 """
@@ -98,7 +98,7 @@ def _trial(folder: Path, reference: dict, on_write: bool, run_seconds: float, rn
         row["final weights bit-identical"] = _weights_equal(reference, load_checkpoint(folder))
     except CheckpointError:
         row["final weights bit-identical"] = False
-    row["no stale files"] = sorted(p.name for p in folder.iterdir() if p.name not in RUN_FILES) == []
+    row["no stale files"] = folder.is_dir() and [p.name for p in folder.iterdir() if p.name not in RUN_FILES] == []
     metrics = folder / "metrics.csv"
     steps = [int(line.split(",")[0]) for line in metrics.read_text().split()[1:]] if metrics.is_file() else []
     row["no repeated metrics"] = steps == list(range(1, STEPS + 1))
@@ -216,22 +216,29 @@ def main() -> None:
         "not one line": sum(not row["one_line"] for row in battery),
         "user files changed": sum(row["user_files_changed"] for row in battery),
     }
-    print(f"\nkill-and-resume: {args.n} trials ({sum(r['on_write'] for r in trials)} timed onto a checkpoint write; "
-          f"an uninterrupted run takes {run_seconds:.1f} s)")  # fmt: skip
-    for line in LINES:
-        print(f"  {line:<30} {totals[line]:>3}/{args.n}")
-    print(f"\nuser errors ({errors['cases']} cases):")
-    for key in ("exit 2", "tracebacks", "not one line", "user files changed"):
-        print(f"  {key:<30} {errors[key]:>3}")
-    for row in battery:
-        if row["exit"] != 2 or row["traceback"] or not row["one_line"] or row["user_files_changed"]:
-            print(f"  ! {row['case']}: exit {row['exit']}: {row['message']}")
+    header = (
+        f"kill-and-resume: {args.n} trials ({sum(r['on_write'] for r in trials)} timed onto a checkpoint write, the "
+        f"others at a uniform moment of the {run_seconds:.1f} s run; {STEPS} steps, a checkpoint every "
+        f"{CHECKPOINT_EVERY})"
+    )
+    table = [header, "", "| check | trials passed |", "|---|---|"]
+    table += [f"| {line} | {totals[line]}/{args.n} |" for line in LINES]
+    table += ["", f"user errors ({errors['cases']} cases):", "", "| check | cases |", "|---|---|"]
+    table += [f"| {key} | {errors[key]} |" for key in ("exit 2", "tracebacks", "not one line", "user files changed")]
+    misses = [
+        f"- {row['case']}: exit {row['exit']}: {row['message']}"
+        for row in battery
+        if row["exit"] != 2 or row["traceback"] or not row["one_line"] or row["user_files_changed"]
+    ]
+    table += ["", *misses] if misses else []
+    print("\n" + "\n".join(table))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"n": args.n, "steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "run_seconds": run_seconds}
     report.update({"totals": totals, "trials": trials, "user_errors": errors, "battery": battery})
     (out / "reliability.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out / 'reliability.json'}")
+    (out / "reliability.md").write_text("\n".join(table) + "\n")
+    print(f"\nwrote {out / 'reliability.json'} and reliability.md")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def _train_config(args: argparse.Namespace, out: Path):
 def _resumed_config(out: Path):
     """The config of the run in ``out``: its ``config.yaml``; the config its checkpoint carries when that file is
     missing; ``config.yaml`` alone for a run killed before its first checkpoint (it starts again at step 0); None
-    (the preset's) for an existing folder a run was killed in before it wrote anything."""
+    (the preset's, from step 0) where no run wrote anything yet, so that a requeued ``--resume`` always works."""
     from .checkpoint import CHECKPOINT, load_checkpoint
     from .config import load_config
     from .run_folder import run_files
@@ -113,10 +113,10 @@ def _resumed_config(out: Path):
             f"{out} holds no checkpoint yet (the run stopped before its first): starting at step 0 with its config",
         )
         return config
-    if out.is_dir() and not run_files(out):
-        _note("train", f"{out} holds no run yet (it stopped before writing anything): starting at step 0")
-        return None
-    raise UserError(f"--resume: {out} holds no run (no {CHECKPOINT} or config.yaml); train without --resume first")
+    if out.is_dir() and run_files(out):
+        raise UserError(f"--resume: {out} holds no checkpoint or config.yaml to resume; --force starts afresh")
+    _note("train", f"{out} holds no run yet (none started, or it stopped before writing anything): starting at step 0")
+    return None
 
 
 def cmd_train(args: argparse.Namespace) -> dict:

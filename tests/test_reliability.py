@@ -408,3 +408,42 @@ def test_argparse_and_yaml_errors_are_one_line(tmp_path, capsys):
     bad.write_text("train:\n  steps: [1, 2\n  lr: 3\n")
     assert main(["train", "--out", str(tmp_path / "o"), "--config", str(bad)]) == 2
     one_line(capsys, "is not valid YAML")
+
+
+# kept under test: pickle payloads never run --------------------------------------------------------------------
+class _Payload:
+    """Pickles to a call that creates ``marker`` when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_pickle_payloads_in_configs_data_and_checkpoints_never_run(toy_run, tmp_path, capsys):
+    import pickle
+
+    import yaml
+
+    marker = tmp_path / "payload-ran"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"train: !!python/object/apply:os.mkdir ['{marker}']\n")
+    data = tmp_path / "evil.npz"
+    np.savez(data, x=np.array([_Payload(marker)], dtype=object))
+    checkpoint = tmp_path / "evil.safetensors"
+    checkpoint.write_bytes(pickle.dumps(_Payload(marker)))
+    assert main(["train", "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
+    one_line(capsys, str(config))
+    assert (
+        main(["likelihood", "--checkpoint", str(toy_run), "--data", str(data), "--out", str(tmp_path / "l.json")]) == 2
+    )
+    one_line(capsys, str(data))
+    assert main(["sample", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "s.npz")]) == 2
+    one_line(capsys, "not a readable checkpoint")
+    assert not marker.exists()
+    yaml.unsafe_load(config.read_text())  # the positive control: the payload is live
+    assert marker.exists()
+    marker.rmdir()
+    np.load(data, allow_pickle=True)["x"]
+    assert marker.exists()
