@@ -62,7 +62,7 @@ def toy_run(name: str, budget_s: float, evals: int, out: Path, quick: bool) -> d
     toy = toy_dataset(name)
     x = toy.sample(200 if quick else 2000, torch.Generator().manual_seed(123), dtype=torch.float64)
     true_nll = -toy.log_prob(x)
-    trainer = Trainer(cfg, out / f"toy-vp-{name}", progress=False, resume=False)
+    trainer = Trainer(cfg, out / f"toy-vp-{name}", progress=False, resume=False, overwrite=True)
     marks = np.linspace(cfg.train.steps / evals, cfg.train.steps, evals).round().astype(int)
     curve, train_s = [], 0.0
     for mark in marks:
@@ -85,7 +85,7 @@ def digits_run(out: Path, quick: bool) -> dict:
         cfg = override(cfg, "train.steps=50")
     run = out / "training_runs" / "digits-ddpm"
     trainer = Trainer(
-        cfg, run, progress=True, resume=not quick
+        cfg, run, progress=True, resume=not quick, overwrite=quick
     )  # a finished run of the same config is evaluated again, not retrained
     trainer.train()
     log = (run / "metrics.csv").read_text().splitlines()

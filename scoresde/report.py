@@ -257,7 +257,7 @@ def run_demo(
         return name
 
     with _timed(timings, "train"):
-        trainer = Trainer(config, out / "run", device=device, progress=progress, resume=False)
+        trainer = Trainer(config, out / "run", device=device, progress=progress, resume=False, overwrite=True)
         trained = trainer.train()
         save(plot_training_curve(trained.history), "run/loss.png")
     model, sde = trainer.score_fn, trainer.sde
