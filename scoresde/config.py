@@ -121,6 +121,9 @@ class ModelConfig:
     name: str = "mlp"
     parameterization: str = "eps"
     kwargs: dict = field(default_factory=dict)
+    sigma_data: float = 0.5
+    """Standard deviation of the data in the model's range, for the ``edm`` parameterisation (EDM's 0.5 for images
+    in [-1, 1])."""
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
@@ -131,6 +134,7 @@ class ModelConfig:
             f"{self.parameterization!r} is not one of {', '.join(PARAMETERIZATIONS)}",
         )
         _require(isinstance(self.kwargs, dict), "model.kwargs", "must be a mapping of constructor arguments")
+        _require(self.sigma_data > 0, "model.sigma_data", f"must be > 0, got {self.sigma_data!r}")
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def build_model(config: RunConfig, sde: SDE, device: torch.device | str = "cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         net = create_model(config.model.name, **config.model.kwargs)
-    return ScoreModel(net.to(device), sde, config.model.parameterization)
+    return ScoreModel(net.to(device), sde, config.model.parameterization, config.model.sigma_data)
 
 
 class EMA:
@@ -268,7 +268,7 @@ class Trainer:
             net = DistributedDataParallel(
                 self.model.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-            self._train_model = ScoreModel(net, self.sde, config.model.parameterization)
+            self._train_model = ScoreModel(net, self.sde, config.model.parameterization, config.model.sigma_data)
 
     # ------------------------------------------------------------------ public
     @property

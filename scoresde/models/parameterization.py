@@ -7,6 +7,18 @@ links the three targets:
 $$s = \text{out}\ (\texttt{score}), \qquad s = -\frac{\text{out}}{\sigma(t)}\ (\texttt{eps}),
 \qquad s = \frac{\alpha(t)\,\text{out} - x}{\sigma(t)^2}\ (\texttt{x0}).$$
 
+``edm`` is EDM's preconditioning (Karras et al. 2022, Table 1) written for any $(\alpha, \sigma)$: with
+$v = \sigma^2 + \alpha^2\sigma_d^2$ (the variance of $x_t$ for data of standard deviation $\sigma_d$) the network
+sees $c_{in} x = x/\sqrt v$, and
+
+$$\sigma s = -\frac{\sigma}{v}\,x + \frac{\alpha\,\sigma_d}{\sqrt v}\,\text{out}(x/\sqrt v, t),$$
+
+i.e. $x_0$-prediction $D = c_{skip}\,x/\alpha + c_{out}\,\text{out}$ with $c_{skip} = \alpha^2\sigma_d^2/v$,
+$c_{out} = \sigma\sigma_d/\sqrt v$. The first term is the exact score of Gaussian data
+$N(0, \sigma_d^2 I)$: far from the data, where the network was never trained and its output stays bounded, the
+score keeps the linear pull of the prior instead of fading, and the network's input and target stay O(1) at
+every t.
+
 `ScoreModel.scaled_score` returns $\sigma(t) s$ without dividing by a small $\sigma$
 (the DSM loss uses it).
 """
@@ -15,22 +27,24 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .._checks import check_in_registry, expand_to
+from .._checks import check_in_registry, check_positive, expand_to
 from ..sde import SDE, check_sde
 
 __all__ = ["ScoreModel", "PARAMETERIZATIONS"]
 
-PARAMETERIZATIONS = ("eps", "score", "x0")
+PARAMETERIZATIONS = ("eps", "score", "x0", "edm")
 
 
 class ScoreModel(nn.Module):
-    """``net(x, t)`` predicting ``eps``, ``score`` or ``x0``, seen as a score function ``score_fn(x, t)`` of ``sde``."""
+    """``net(x, t)`` predicting ``eps``, ``score`` or ``x0`` (or EDM-preconditioned, ``edm``, for data of standard
+    deviation ``sigma_data``), seen as a score function ``score_fn(x, t)`` of ``sde``."""
 
-    def __init__(self, net: nn.Module, sde: SDE, parameterization: str = "eps") -> None:
+    def __init__(self, net: nn.Module, sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5) -> None:
         super().__init__()
         check_sde(sde)
         self.net, self.sde = net, sde
         self.parameterization = check_in_registry("parameterization", parameterization, PARAMETERIZATIONS)
+        self.sigma_data = check_positive("sigma_data", sigma_data)
 
     @property
     def num_classes(self) -> int:
@@ -39,6 +53,8 @@ class ScoreModel(nn.Module):
 
     def scaled_score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         r"""$\sigma(t)\,s_\theta(x, t[, y])$, i.e. $-\hat\epsilon$ (``y``: class labels of a conditional network)."""
+        if self.parameterization == "edm":
+            return self._preconditioned(x, t, y)
         out = self.net(x, t) if y is None else self.net(x, t, y)
         if self.parameterization == "eps":
             return -out
@@ -46,6 +62,14 @@ class ScoreModel(nn.Module):
         if self.parameterization == "score":
             return sigma * out
         return (expand_to(self.sde.alpha(t), x) * out - x) / sigma
+
+    def _preconditioned(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        r"""$\sigma s$ of the ``edm`` parameterisation (module docstring)."""
+        alpha, sigma = expand_to(self.sde.alpha(t), x), expand_to(self.sde.sigma(t), x)
+        v = sigma**2 + (alpha * self.sigma_data) ** 2
+        x_in = x * v.rsqrt()
+        out = self.net(x_in, t) if y is None else self.net(x_in, t, y)
+        return -sigma / v * x + alpha * self.sigma_data * v.rsqrt() * out
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The score $s_\\theta(x, t)$, or the class-conditional $s_\\theta(x, t, y)$ (``y = num_classes``:
