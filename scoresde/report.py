@@ -383,9 +383,11 @@ All samplers start from the same prior draw. Quality: energy distance and sliced
 data, and the mean true NLL of the samples (a perfect sampler scores the entropy, {metrics["entropy_nats"]:.3f} nats).
 
 {comparison.markdown()}
-Read the last two columns too: the deterministic samplers (ODE, DDIM, Heun, DPM-Solver) map a few prior draws from
-the tails, where the model was never trained, to points far from the data. The energy distance hardly sees them;
-the samples' true NLL and the sliced distance do. The stochastic samplers' noise pulls such points back.
+Read the last two columns too: a sampler that throws a few draws far from the data is hardly seen by the energy
+distance, but the samples' true NLL and the sliced distance see it. With a plain `eps` network the deterministic
+samplers (ODE, DDIM, Heun, DPM-Solver) did exactly that to the prior's tail draws (|x_T| > 3.5), where the
+network's output saturates and the score stops pulling inward; this model is EDM-preconditioned
+(`model.parameterization=edm`), whose score keeps the prior's linear pull there (docs/concepts/sampling.md).
 
 ![comparison](compare.png)
 

@@ -1,0 +1,223 @@
+"""Where deterministic samplers of a learned model leave the data, and what brings them back.
+
+For each toy (8gaussians, checkerboard) a model is trained on the demo's budget (toy-vp, 5000 steps) with the plain
+``eps`` parameterisation and with the ``edm`` preconditioning (the toy presets' choice), and sampled from one prior
+draw by the adaptive ODE (rtol 1e-5), DDIM (50 steps), DPM-Solver++ 3M (20 steps) and Euler-Maruyama (500 steps):
+
+- 8gaussians: the mean true NLL of the samples minus the entropy (a perfect sampler's 0) with its standard error, and
+  the same for the exact score (the solvers' own bias);
+- checkerboard (its density is 0 off the squares, so the true NLL of any smooth model's samples is infinite): the
+  share of samples off the support, farther than 0.5 from it, and the farthest one;
+- both: the exact NLL of held-out data under the model minus its true NLL (the data NLL gap), which the fix must not
+  worsen.
+
+Then the diagnosis with the oracle, on the eps model's DDIM samples of 8gaussians: how often a draw lands far from
+every mode (true NLL > 10 nats) against the norm of its prior draw, and the learned score against the exact one
+along the trajectories of those draws and of the others. Prints tables, writes ``sample_tails.json``,
+``sample_tails.md`` and ``sample_tails.png``.
+
+    python benchmarks/sample_tails.py            # trains 4 models (about 3 min each on 2 cores), reuses them after
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from scoresde import VPSDE, log_likelihood, sample, toy_dataset  # noqa: E402
+from scoresde.config import override, preset  # noqa: E402
+from scoresde.training import Trainer  # noqa: E402
+
+VARIANTS = {"eps": ["model.parameterization=eps", "model.sigma_data=0.5"], "edm": []}
+SAMPLERS = {
+    "ode (rtol 1e-5)": ("ode", {"rtol": 1e-5, "atol": 1e-5}),
+    "ddim (50)": ("ddim", {"steps": 50}),
+    "dpm_solver 3M (20)": ("dpm_solver", {"order": 3, "steps": 20}),
+    "euler-maruyama (500)": ("pc", {"predictor": "euler_maruyama", "corrector": "none", "steps": 500}),
+}
+FAR = 10.0
+"""True NLL (nats) above which a sample is far from every mode of 8gaussians (the modes' own NLL is about 2.8)."""
+
+
+def train(out: Path, data: str, variant: str):
+    config = override(
+        preset("toy-vp"), f"data.name={data}", "train.seed=0", "train.checkpoint_every=0", "train.steps=5000"
+    )
+    trainer = Trainer(override(config, *VARIANTS[variant]), out / f"{variant}-{data}", progress=True)
+    trainer.train()
+    return trainer
+
+
+def distance_off_checkerboard(x: torch.Tensor) -> torch.Tensor:
+    """Distance of each point to the nearest dark square of the checkerboard (0 on the support)."""
+    best = torch.full(x.shape[:1], math.inf, dtype=x.dtype)
+    for i in range(-2, 2):
+        for j in range(-2, 2):
+            if (i + j) % 2 == 0:
+                low = torch.tensor([2.0 * i, 2.0 * j], dtype=x.dtype)
+                gap = torch.clamp(low - x, min=0) + torch.clamp(x - (low + 2), min=0)
+                best = torch.minimum(best, gap.norm(dim=1))
+    return best
+
+
+def sample_figures(toy, data: str, sde, score, x_T: torch.Tensor) -> dict:
+    rows = {}
+    for label, (name, options) in SAMPLERS.items():
+        extra = {"generator": torch.Generator().manual_seed(1)} if name == "pc" else {}
+        x = sample(sde, score, tuple(x_T.shape), name, x_T=x_T, **options, **extra).x.double()
+        if data == "checkerboard":
+            d = distance_off_checkerboard(x)
+            rows[label] = {"off": float((d > 0).double().mean()), "far": float((d > 0.5).double().mean())}
+            rows[label]["farthest"] = float(d.max())
+        else:
+            nll = -toy.log_prob(x)
+            rows[label] = {"gap": float(nll.mean()) - toy.entropy(), "se": float(nll.std()) / math.sqrt(len(nll))}
+            rows[label].update(far=float((nll > FAR).double().mean()), max_nll=float(nll.max()))
+    return rows
+
+
+def data_gap(toy, sde, score, n: int) -> dict:
+    x = toy.sample(n, torch.Generator().manual_seed(7))
+    gap = log_likelihood(sde, score, x.float()).nll.double() + toy.log_prob(x.double())
+    return {"gap": float(gap.mean()), "se": float(gap.std()) / math.sqrt(n)}
+
+
+def diagnose(toy, trainer, n: int) -> dict:
+    """Far-off samples of DDIM against |x_T|, and the learned score against the exact one along trajectories."""
+    model, sde = trainer.score_fn, trainer.sde
+    exact = toy.mixture.score_fn(sde)
+    x_T = sde.prior_sampling((n, 2), torch.Generator().manual_seed(11))
+    result = sample(sde, model, (n, 2), "ddim", steps=50, x_T=x_T, return_trajectory=True)
+    far = -toy.log_prob(result.x.double()) > FAR
+    norm = x_T.norm(dim=1)
+    edges = [0.0, 1.0, 2.0, 2.5, 3.0, 3.5, math.inf]
+    bins = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (norm >= low) & (norm < high)
+        bins.append({"low": low, "high": high, "draws": int(inside.sum()), "far": int((inside & far).sum())})
+    paths = {}
+    for label, chosen in (("far", far), ("near", ~far)):
+        idx = chosen.nonzero().squeeze(1)[:500]
+        rows = []
+        for k, t in enumerate(result.times[:-1].tolist()):
+            x, tt = result.trajectory[k, idx], torch.full((len(idx),), t)
+            with torch.no_grad():
+                learned, true = model(x, tt).double(), exact(x.double(), tt.double())
+            rows.append(
+                {
+                    "t": t,
+                    "ratio": float((learned.norm(dim=1) / true.norm(dim=1)).median()),
+                    "relative_error": float(((learned - true).norm(dim=1) / true.norm(dim=1)).median()),
+                    "x_norm": float(x.norm(dim=1).median()),
+                }
+            )
+        paths[label] = rows
+    return {"n": n, "far_share": float(far.double().mean()), "bins": bins, "paths": paths}
+
+
+def markdown(report: dict) -> str:
+    lines = ["8gaussians: mean true NLL of 2000 samples minus the entropy (nats, +- standard error); share of samples "
+             f"with true NLL > {FAR:g}; data NLL gap (model NLL of held-out data minus the true NLL)", "",
+             "| sampler | exact score | eps model | edm model |", "|---|---|---|---|"]  # fmt: skip
+    eight = report["8gaussians"]
+    for label in SAMPLERS:
+        cells = [eight["exact"][label]] + [eight[v]["samplers"][label] for v in VARIANTS]
+        lines.append(
+            f"| {label} | " + " | ".join(f"{c['gap']:+.3f} +- {c['se']:.3f} (far {c['far']:.2%})" for c in cells) + " |"
+        )
+    lines.append(
+        "| data NLL gap | - | "
+        + " | ".join(f"{eight[v]['data_gap']['gap']:+.4f} +- {eight[v]['data_gap']['se']:.4f}" for v in VARIANTS)
+        + " |"
+    )
+    board = report["checkerboard"]
+    lines += ["", "checkerboard: share of samples off the support / farther than 0.5 from it / the farthest (distance)",
+              "", "| sampler | eps model | edm model |", "|---|---|---|"]  # fmt: skip
+    for label in SAMPLERS:
+        cells = [board[v]["samplers"][label] for v in VARIANTS]
+        lines.append(
+            f"| {label} | " + " | ".join(f"{c['off']:.2%} / {c['far']:.3%} / {c['farthest']:.2f}" for c in cells) + " |"
+        )
+    lines.append(
+        "| data NLL gap | "
+        + " | ".join(f"{board[v]['data_gap']['gap']:+.4f} +- {board[v]['data_gap']['se']:.4f}" for v in VARIANTS)
+        + " |"
+    )
+    diag = report["diagnosis"]
+    lines += ["", f"Diagnosis (eps model, DDIM 50, {diag['n']} draws): samples with true NLL > {FAR:g} against |x_T|",
+              "", "| abs(x_T) | draws | far from the data |", "|---|---|---|"]  # fmt: skip
+    for b in diag["bins"]:
+        lines.append(
+            f"| [{b['low']:g}, {b['high']:g}) | {b['draws']} | {b['far']} ({b['far'] / max(b['draws'], 1):.1%}) |"
+        )
+    lines += ["", "|learned score| / |exact score| (median) along the trajectories", "", "| t | far draws | others |",
+              "|---|---|---|"]  # fmt: skip
+    for far_row, near_row in list(zip(diag["paths"]["far"], diag["paths"]["near"]))[::5]:
+        lines.append(f"| {far_row['t']:.2f} | {far_row['ratio']:.2f} (abs(x) {far_row['x_norm']:.1f}) | "
+                     f"{near_row['ratio']:.2f} (abs(x) {near_row['x_norm']:.1f}) |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    diag = report["diagnosis"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    bins = diag["bins"]
+    labels = [f"[{b['low']:g},{b['high']:g})" for b in bins]
+    axes[0].bar(labels, [b["far"] / max(b["draws"], 1) for b in bins], color="tab:red")
+    axes[0].set(xlabel="|x_T| of the prior draw", ylabel=f"share landing far (true NLL > {FAR:g})",
+                title="eps model, DDIM 50: which draws leave the data")  # fmt: skip
+    for label, color in (("far", "tab:red"), ("near", "tab:blue")):
+        rows = diag["paths"][label]
+        axes[1].plot([r["t"] for r in rows], [r["ratio"] for r in rows], color=color, label=f"{label} draws")
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    axes[1].set(xlabel="t", ylabel="|learned score| / |exact score|", title="along the trajectories")
+    axes[1].invert_xaxis()
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=2000, help="samples per sampler (and held-out points)")
+    parser.add_argument("--diagnosis-n", type=int, default=20000, help="prior draws of the diagnosis")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    runs = out / "training_runs"
+    report: dict = {"n": args.n}
+    for data in ("8gaussians", "checkerboard"):
+        toy = toy_dataset(data)
+        report[data] = {}
+        x_T = VPSDE().prior_sampling((args.n, 2), torch.Generator().manual_seed(0))
+        if data == "8gaussians":
+            sde = VPSDE()
+            report[data]["exact"] = sample_figures(toy, data, sde, toy.mixture.score_fn(sde), x_T)
+        for variant in VARIANTS:
+            trainer = train(runs, data, variant)
+            report[data][variant] = {
+                "samplers": sample_figures(toy, data, trainer.sde, trainer.score_fn, x_T),
+                "data_gap": data_gap(toy, trainer.sde, trainer.score_fn, args.n),
+            }
+            if data == "8gaussians" and variant == "eps":
+                report["diagnosis"] = diagnose(toy, trainer, args.diagnosis_n)
+            print(data, variant, json.dumps(report[data][variant]), flush=True)
+    text = markdown(report)
+    print(text)
+    (out / "sample_tails.json").write_text(json.dumps(report, indent=2))
+    (out / "sample_tails.md").write_text(text)
+    plot(report, out / "sample_tails.png")
+    print(f"wrote {out / 'sample_tails.json'}, sample_tails.md and sample_tails.png")
+
+
+if __name__ == "__main__":
+    main()
