@@ -14,6 +14,7 @@ import torch
 
 from scoresde import VESDE, VPSDE, GaussianMixture, sample, toy_dataset
 from scoresde.models import ScoreModel
+from scoresde.samplers import ThresholdedScore
 
 N = 2000
 MARGIN = 0.1
@@ -110,3 +111,41 @@ def test_the_adaptive_ode_evaluates_the_score_only_inside_its_interval(std):
     t = torch.tensor([sde.T, sde.sampling_t_min], dtype=torch.float64)
     v = sde.alpha(t) ** 2 * std**2 + sde.sigma(t) ** 2
     torch.testing.assert_close(result.x, x_T * (v[1] / v[0]).sqrt(), rtol=1e-3, atol=1e-6)  # dopri5 at rtol 1e-5
+
+
+@pytest.mark.parametrize("percentile", [None, 99.5])
+def test_x0_clipping_changes_nothing_inside_the_range_and_keeps_samples_in_it(percentile):
+    """Data inside [-1, 1] (a mixture of narrow components): where the exact score's denoised estimate is inside the
+    range the wrapper returns the exact score; every sample of a score that overshoots ends inside the range."""
+    sde = VPSDE()
+    mixture = GaussianMixture([0.5, 0.5], [[-0.5, 0.0], [0.5, 0.0]], [[[0.01, 0.0], [0.0, 0.01]]] * 2)
+    exact = mixture.score_fn(sde)
+    clipped = ThresholdedScore(sde, exact, -1.0, 1.0, percentile=percentile)
+    x = mixture.sample(256, torch.Generator().manual_seed(0))
+    t = torch.full((256,), 0.05, dtype=torch.float64)
+    x_t = sde.alpha(t)[:, None] * x + sde.sigma(t)[:, None] * torch.randn(
+        x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    x0 = (x_t + sde.sigma(t)[:, None] ** 2 * exact(x_t, t)) / sde.alpha(t)[:, None]
+    inside = (x0.abs() <= 1).all(dim=1)
+    assert inside.float().mean() > 0.9
+    torch.testing.assert_close(clipped(x_t, t)[inside], exact(x_t, t)[inside])
+
+    def overshooting(x, t):  # twice the exact score: denoised estimates far outside [-1, 1]
+        return 2 * exact(x, t) - x
+
+    result = sample(
+        sde,
+        overshooting,
+        (512, 2),
+        "ddim",
+        steps=50,
+        generator=torch.Generator().manual_seed(2),
+        dtype=torch.float64,
+        x0_range=(-1, 1),
+        threshold_percentile=percentile,
+    )
+    assert float(result.x.abs().max()) <= 1 + 1e-9
+    assert result.settings["x0_range"] == "(-1.0, 1.0)" and result.settings["threshold_percentile"] == percentile
+    with pytest.raises(ValueError, match="x0_range must be two finite numbers low < high"):
+        ThresholdedScore(sde, exact, 1.0, -1.0)

@@ -44,9 +44,11 @@ from .grids import EDM_RHO, GRIDS, LOG_SNR_WARP, grid_settings, time_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .inpaint import INPAINT_METHODS, MASKS, inpaint, named_mask
 from .pc import correctors, predictors, register_corrector, register_predictor
+from .thresholding import ThresholdedScore
 
 __all__ = [
     "sample",
+    "ThresholdedScore",
     "SampleResult",
     "Sampling",
     "samplers",
@@ -100,6 +102,8 @@ def sample(
     return_trajectory: bool = False,
     x_T: Tensor | None = None,
     constraint: Callable[[Tensor, float], Tensor] | None = None,
+    x0_range: tuple[float, float] | None = None,
+    threshold_percentile: float | None = None,
     **options: Any,
 ) -> SampleResult:
     r"""Draw samples ``[B, ...]`` of the data distribution by reversing ``sde`` with ``score_fn``.
@@ -128,6 +132,10 @@ def sample(
         x_T: start from this prior draw instead of sampling one (e.g. to compare samplers on the same noise).
         constraint: ``constraint(x, t) -> x`` applied after every step (e.g. inpainting's replacement of the
             known part); only samplers that step state by state accept one (``pc``, ``ddim``).
+        x0_range: ``(low, high)``, the data's range in the model's space: every score evaluation's denoised
+            estimate is clipped to it (`ThresholdedScore`; off by default, recorded in ``settings``).
+        threshold_percentile: with ``x0_range``, dynamic thresholding at this percentile (Imagen: 99.5) instead of
+            static clipping.
         **options: the sampler's own options (see `sampler_options`); unknown ones raise.
     """
     t_min = renamed_t_min(t_min, options.pop("eps", None), "sample")
@@ -148,6 +156,10 @@ def sample(
         raise ValueError(
             f"sampler {sampler!r} does not apply a constraint after its steps; samplers that do: {accepting}"
         )
+    if x0_range is not None:
+        score_fn = ThresholdedScore(sde, score_fn, *x0_range, percentile=threshold_percentile)
+    elif threshold_percentile is not None:
+        raise ValueError("threshold_percentile needs x0_range (the data's range it thresholds to)")
     resolved = {**own, **options}
     defaults = grid_defaults(sampler)
     schedule = defaults.schedule if schedule is None else schedule
@@ -173,6 +185,8 @@ def sample(
         )
     trajectory, times = run.trajectory()
     settings = {**resolved, **grid_settings(grid, schedule, rho, warp)}
+    settings.update(x0_range=None if x0_range is None else repr(tuple(float(v) for v in x0_range)))
+    settings.update(threshold_percentile=threshold_percentile)
     settings = {
         k: (
             v if isinstance(v, (int, str, bool, type(None))) or (isinstance(v, float) and math.isfinite(v)) else repr(v)
