@@ -123,34 +123,34 @@ def diagnose(toy, trainer, n: int) -> dict:
     return {"n": n, "far_share": float(far.double().mean()), "bins": bins, "paths": paths}
 
 
+def _rows(cells: dict[str, list], cell) -> list[str]:
+    """Markdown table rows: a label, then ``cell(c)`` of each of its cells ("-" stays as it is)."""
+    return [
+        f"| {label} | " + " | ".join(c if c == "-" else cell(c) for c in row) + " |" for label, row in cells.items()
+    ]
+
+
+def _gap_cell(c: dict) -> str:
+    return f"{c['gap']:+.4f} +- {c['se']:.4f}"
+
+
 def markdown(report: dict) -> str:
     lines = ["8gaussians: mean true NLL of 2000 samples minus the entropy (nats, +- standard error); share of samples "
              f"with true NLL > {FAR:g}; data NLL gap (model NLL of held-out data minus the true NLL)", "",
              "| sampler | exact score | eps model | edm model |", "|---|---|---|---|"]  # fmt: skip
-    eight = report["8gaussians"]
-    for label in SAMPLERS:
-        cells = [eight["exact"][label]] + [eight[v]["samplers"][label] for v in VARIANTS]
-        lines.append(
-            f"| {label} | " + " | ".join(f"{c['gap']:+.3f} +- {c['se']:.3f} (far {c['far']:.2%})" for c in cells) + " |"
-        )
-    lines.append(
-        "| data NLL gap | - | "
-        + " | ".join(f"{eight[v]['data_gap']['gap']:+.4f} +- {eight[v]['data_gap']['se']:.4f}" for v in VARIANTS)
-        + " |"
+    eight, board = report["8gaussians"], report["checkerboard"]
+    lines += _rows(
+        {label: [eight["exact"][label]] + [eight[v]["samplers"][label] for v in VARIANTS] for label in SAMPLERS},
+        lambda c: f"{c['gap']:+.3f} +- {c['se']:.3f} (far {c['far']:.2%})",
     )
-    board = report["checkerboard"]
+    lines += _rows({"data NLL gap": ["-"] + [eight[v]["data_gap"] for v in VARIANTS]}, _gap_cell)
     lines += ["", "checkerboard: share of samples off the support / farther than 0.5 from it / the farthest (distance)",
               "", "| sampler | eps model | edm model |", "|---|---|---|"]  # fmt: skip
-    for label in SAMPLERS:
-        cells = [board[v]["samplers"][label] for v in VARIANTS]
-        lines.append(
-            f"| {label} | " + " | ".join(f"{c['off']:.2%} / {c['far']:.3%} / {c['farthest']:.2f}" for c in cells) + " |"
-        )
-    lines.append(
-        "| data NLL gap | "
-        + " | ".join(f"{board[v]['data_gap']['gap']:+.4f} +- {board[v]['data_gap']['se']:.4f}" for v in VARIANTS)
-        + " |"
+    lines += _rows(
+        {label: [board[v]["samplers"][label] for v in VARIANTS] for label in SAMPLERS},
+        lambda c: f"{c['off']:.2%} / {c['far']:.3%} / {c['farthest']:.2f}",
     )
+    lines += _rows({"data NLL gap": [board[v]["data_gap"] for v in VARIANTS]}, _gap_cell)
     diag = report["diagnosis"]
     lines += ["", f"Diagnosis (eps model, DDIM 50, {diag['n']} draws): samples with true NLL > {FAR:g} against |x_T|",
               "", "| abs(x_T) | draws | far from the data |", "|---|---|---|"]  # fmt: skip
