@@ -29,8 +29,10 @@ class ThresholdedScore:
     """``score_fn(x, t)`` whose denoised estimate is clipped to ``[low, high]`` (``percentile``: dynamic thresholding).
 
     Args:
-        sde: the forward process (its ``alpha`` and ``sigma``). score_fn: the model's score.
-        low, high: the data's range in the model's space (images: -1, 1).
+        sde: the forward process (its ``alpha`` and ``sigma``).
+        score_fn: the model's score.
+        low: the data's lower bound in the model's space (images: -1).
+        high: the data's upper bound (images: 1).
         percentile: in (0, 100]: dynamic thresholding at that percentile of each sample's ``|x0|`` (Imagen: 99.5);
             None: static clipping.
     """
