@@ -25,6 +25,7 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "checkpoint_step",
+    "kept_checkpoint",
 ]
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -61,8 +62,17 @@ def save_checkpoint(
         path.parent.mkdir(parents=True, exist_ok=True)
         return write_atomic(path, save(tensors, metadata=metadata))
     except OSError as exc:
-        kept = f"the checkpoint of step {checkpoint_step(path)} is kept" if path.is_file() else "no checkpoint is kept"
-        raise CheckpointError(f"cannot write {path} ({exc.strerror or exc}); {kept}") from None
+        raise CheckpointError(f"cannot write {path} ({exc.strerror or exc}); {kept_checkpoint(path)}") from None
+
+
+def kept_checkpoint(path: Path) -> str:
+    """What a failed write leaves at ``path``, for its error message: the checkpoint of which step, or none."""
+    return f"the checkpoint of step {checkpoint_step(path)} is kept" if path.is_file() else "no checkpoint is kept"
+
+
+def _some(names: list[str]) -> str:
+    """The first three ``names`` (and an ellipsis if there are more), for a one-line message."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def checkpoint_step(path: Path) -> str:
@@ -118,7 +128,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         bad = [name for name, value in out[kind].items() if value.is_floating_point() and not value.isfinite().all()]
         if bad:
             raise CheckpointError(
-                f"{path} holds non-finite {kind} weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                f"{path} holds non-finite {kind} weights ({_some(bad)}); "
                 f"the run diverged before this checkpoint: retrain, or resume from an earlier copy"
             )
     return out
@@ -136,7 +146,7 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: str | 
         if name in state and state[name].shape != value.shape
     ]
     problems = [
-        f"{label} {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+        f"{label} {_some(names)}"
         for label, names in (("missing", missing), ("unexpected", extra), ("wrong shape:", shapes))
         if names
     ]

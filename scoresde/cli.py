@@ -23,8 +23,6 @@ class UserError(Exception):
 
 
 def _prepare_out(out: str, force: bool, names: list[str]) -> Path:
-    if not out.strip():
-        raise UserError("--out is empty; name a folder (e.g. --out runs/toy)")
     folder = Path(out)
     clash = [name for name in names if (folder / name).exists()]
     if clash and not force:
@@ -126,8 +124,6 @@ def cmd_train(args: argparse.Namespace) -> dict:
     from .training import Trainer, TrainingDiverged
     from .viz import plot_training_curve
 
-    if not args.out.strip():
-        raise UserError("--out is empty; name the run folder (e.g. --out runs/toy)")
     out = Path(args.out)
     config = _train_config(args, out)
     present = run_files(out) if out.is_dir() else []
@@ -769,15 +765,15 @@ def _check_device(name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``scoresde`` command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status
     (0; 2 for a user error, with its one-line message on stderr; 130 for an interrupted command)."""
-    from .checkpoint import CheckpointError
-
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "n", 1) < 1:
             raise UserError(f"-n must be >= 1, got {args.n}")
+        if getattr(args, "out", None) is not None and not args.out.strip():  # Path("") would be the current folder
+            raise UserError("--out is empty; name a folder or file (e.g. --out runs/toy)")
         _check_device(args.device)
         result = args.run(args)
-    except (UserError, ValueError, TypeError, CheckpointError) as exc:
+    except (UserError, ValueError, TypeError) as exc:  # CheckpointError, ConfigError, RunFolderError included
         print(f"scoresde {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file that cannot be read or written: say which and why

@@ -34,7 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_positive_int, progress_bar
-from .checkpoint import CHECKPOINT, CheckpointError, checkpoint_step, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    checkpoint_step,
+    kept_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from .config import ConfigError, RunConfig, load_config, save_config
 from .datasets import DataTransform, image_dataset, toy_dataset
 from .losses import dsm_loss
@@ -299,8 +307,7 @@ class Trainer:
                 last_loss = self._loop(target, start, history)
                 path = self.save()
         except OSError as exc:
-            last = self.out_dir / CHECKPOINT
-            kept = f"the checkpoint of step {checkpoint_step(last)} is kept" if last.is_file() else "nothing is kept"
+            kept = kept_checkpoint(self.out_dir / CHECKPOINT)
             raise RunFolderError(f"cannot write into {self.out_dir} ({exc.strerror or exc}); {kept}") from None
         finally:
             restore()

@@ -67,9 +67,9 @@ class ScoreModel(nn.Module):
         r"""$\sigma s$ of the ``edm`` parameterisation (module docstring)."""
         alpha, sigma = expand_to(self.sde.alpha(t), x), expand_to(self.sde.sigma(t), x)
         v = sigma**2 + (alpha * self.sigma_data) ** 2
-        x_in = x * v.rsqrt()
-        out = self.net(x_in, t) if y is None else self.net(x_in, t, y)
-        return -sigma / v * x + alpha * self.sigma_data * v.rsqrt() * out
+        c_in = v.rsqrt()
+        out = self.net(c_in * x, t) if y is None else self.net(c_in * x, t, y)
+        return -sigma / v * x + alpha * self.sigma_data * c_in * out
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The score $s_\\theta(x, t)$, or the class-conditional $s_\\theta(x, t, y)$ (``y = num_classes``:

@@ -157,6 +157,8 @@ def sample(
             f"sampler {sampler!r} does not apply a constraint after its steps; samplers that do: {accepting}"
         )
     if x0_range is not None:
+        if not isinstance(x0_range, (tuple, list)) or len(x0_range) != 2:
+            raise ValueError(f"x0_range must be two finite numbers low < high, got {x0_range!r}")
         score_fn = ThresholdedScore(sde, score_fn, *x0_range, percentile=threshold_percentile)
     elif threshold_percentile is not None:
         raise ValueError("threshold_percentile needs x0_range (the data's range it thresholds to)")
