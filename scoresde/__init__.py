@@ -77,6 +77,7 @@ from .training import (
     save_checkpoint,
     train_classifier,
 )
+from .uniform_boxes import UniformBoxes
 
 # `scoresde.samplers` and `scoresde.models` are the subpackages; their name lists are `sampler_names()` and
 # `model_names()` here (the functions `samplers()` / `models()` stay in the subpackages).
@@ -111,6 +112,7 @@ __all__ = [
     "CheckpointError",
     "RunFolderError",
     "Trainer",
+    "UniformBoxes",
     "TrainingDiverged",
     "TrainResult",
     "load_checkpoint",

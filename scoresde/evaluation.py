@@ -178,7 +178,8 @@ class Comparison:
         ]
         if density:
             notes.append(
-                f"Entropy of the data (the true NLL a perfect sampler scores on average): {self.entropy:.3f} nats."
+                f"A perfect sampler's mean true NLL (the data's entropy; for data with edges, the checkerboard, under "
+                f"the data blurred by a small sigma): {self.entropy:.3f} nats."
             )
         return "\n".join(rows + [""] + notes) + "\n"
 
@@ -272,7 +273,8 @@ def compare_samplers(
 @dataclass
 class HeldOut:
     """Held-out data of a run's data set in the model's range: ``x`` to score against, an independent ``floor``
-    set of the same law, and for toys with a density the exact ``log_prob`` and ``entropy``."""
+    set of the same law, and for toys with a density the ``log_prob`` samples are scored under and ``entropy``, the
+    mean a perfect sampler scores (`ToyDataset.nll_log_prob`, `ToyDataset.perfect_nll`)."""
 
     x: Tensor
     floor: Tensor | None
@@ -295,7 +297,7 @@ def held_out(data, n: int, seed: int = 0) -> HeldOut:
         toy = toy_dataset(data.name)
         draw = lambda k: toy.sample(n, torch.Generator().manual_seed(HELD_OUT_SEED + 2 * seed + k))  # noqa: E731
         if toy.has_density:
-            return HeldOut(draw(0), draw(1), toy.log_prob, toy.entropy())
+            return HeldOut(draw(0), draw(1), toy.nll_log_prob, toy.perfect_nll())
         return HeldOut(draw(0), draw(1))
     transform = data.transform()
     test = image_dataset(data.name, "test", data.data_dir, data.split_seed).x[:n]
