@@ -1,6 +1,10 @@
 r"""Distances between two sample sets, for judging samplers against true samples.
 
-All three are computed in float64 on the device of ``x`` and batched over blocks of rows, so that
+On raw samples (toys): energy distance, MMD and sliced Wasserstein. On features of images (from a feature network,
+`scoresde.features`): the Fréchet distance between feature Gaussians (FID when the features are Inception-v3's), the
+kernel distance (KID) with its standard error, and k-NN precision and recall.
+
+The raw-sample distances are computed in float64 on the device of ``x`` and batched over blocks of rows, so that
 10,000 x 10,000 pairs never materialise a full distance matrix (peak memory ~ ``block * m`` floats).
 
 Each is a *V-statistic* by default (all pairs, diagonals included): non-negative, and for two independent
@@ -12,13 +16,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ._checks import check_positive_int
 
-__all__ = ["energy_distance", "mmd", "sliced_wasserstein", "mean_and_standard_error"]
+__all__ = [
+    "energy_distance",
+    "mmd",
+    "sliced_wasserstein",
+    "mean_and_standard_error",
+    "GaussianStatistics",
+    "frechet_distance",
+    "kernel_distance",
+    "precision_recall",
+]
 
 _BLOCK = 2048
 """Rows per block of a pairwise reduction: 2048 x 10,000 float64 = 160 MB at most."""
@@ -136,3 +150,139 @@ def mean_and_standard_error(values: Tensor) -> tuple[float, float]:
     if n == 0:
         raise ValueError("values is empty: a mean and its standard error need at least one value")
     return float(values.mean()), (float(values.std()) / math.sqrt(n) if n > 1 else float("nan"))
+
+
+# ---------------------------------------------------------------------- features of images
+@dataclass(frozen=True)
+class GaussianStatistics:
+    r"""Mean ``[F]`` and covariance ``[F, F]`` (float64, unbiased, $\frac1{n-1}\sum (f - \bar f)(f - \bar f)^\top$) of
+    ``n`` feature vectors: what the Fréchet distance compares, and what a reference set caches."""
+
+    mean: Tensor
+    cov: Tensor
+    n: int
+
+    @classmethod
+    def from_features(cls, features: Tensor) -> GaussianStatistics:
+        """The statistics of features ``[n, F]`` (n >= 2)."""
+        f = _as_samples("features", features)
+        if f.shape[0] < 2:
+            raise ValueError(f"features needs at least 2 rows for a covariance, got {f.shape[0]}")
+        return cls(f.mean(dim=0), torch.cov(f.T).reshape(f.shape[1], f.shape[1]), f.shape[0])
+
+
+def _statistics(value: GaussianStatistics | Tensor) -> GaussianStatistics:
+    return value if isinstance(value, GaussianStatistics) else GaussianStatistics.from_features(value)
+
+
+def _psd_sqrt(cov: Tensor) -> Tensor:
+    """Symmetric square root of a covariance, negative round-off eigenvalues clamped to 0."""
+    eigenvalues, vectors = torch.linalg.eigh(0.5 * (cov + cov.T))
+    return (vectors * eigenvalues.clamp(min=0).sqrt()) @ vectors.T
+
+
+def frechet_distance(x: GaussianStatistics | Tensor, y: GaussianStatistics | Tensor) -> float:
+    r"""Fréchet (2-Wasserstein) distance between the Gaussians fitted to two feature sets (Heusel et al. 2017):
+
+    $$d^2 = \|\mu_x - \mu_y\|^2 + \operatorname{tr}\big(C_x + C_y - 2\,(C_x^{1/2} C_y C_x^{1/2})^{1/2}\big).$$
+
+    ``x``, ``y``: features ``[n, F]`` or their `GaussianStatistics`. The trace of the matrix square root is the sum of
+    the square roots of the eigenvalues of the symmetric $C_x^{1/2} C_y C_x^{1/2}$ (float64): no inverse, so singular
+    covariances (fewer samples than features, collapsed features) stay exact, with no ``eps`` added to the diagonal.
+    On Inception-v3 pool features this is the FID; on another network's features, name the figure after it.
+    """
+    a, b = _statistics(x), _statistics(y)
+    if a.mean.shape != b.mean.shape:
+        raise ValueError(f"x and y must have the same number of features, got {a.mean.numel()} and {b.mean.numel()}")
+    mean_a, mean_b = a.mean.to(torch.float64), b.mean.to(device=a.mean.device, dtype=torch.float64)
+    cov_a, cov_b = a.cov.to(torch.float64), b.cov.to(device=a.cov.device, dtype=torch.float64)
+    root_a = _psd_sqrt(cov_a)
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    value = (mean_a - mean_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * cross
+    return max(float(value), 0.0)
+
+
+def _polynomial_mmd2(x: Tensor, y: Tensor) -> Tensor:
+    r"""Unbiased $\mathrm{MMD}^2$ with the kernel $k(a, b) = (a^\top b / F + 1)^3$ (U-statistic: i != j terms)."""
+    dim = x.shape[1]
+    k_xx, k_yy, k_xy = ((u @ v.T / dim + 1) ** 3 for u, v in ((x, x), (y, y), (x, y)))
+    m, n = x.shape[0], y.shape[0]
+    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
+    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
+    return within_x + within_y - 2 * k_xy.mean()
+
+
+def kernel_distance(
+    x: Tensor,
+    y: Tensor,
+    subset_size: int = 1000,
+    min_subsets: int = 10,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[float, float]:
+    r"""Kernel distance between two feature sets (KID, Bińkowski et al. 2018) and its standard error.
+
+    The unbiased $\mathrm{MMD}^2$ with the cubic polynomial kernel $k(a, b) = (a^\top b / F + 1)^3$, averaged over
+    disjoint subsets: both sets are shuffled (``generator``, default seed 0) and cut into
+    $k = \lfloor\min(n, m) / s\rfloor$ pairs of subsets of size $s = \min(\text{subset\_size},
+    \lfloor\min(n, m) / \text{min\_subsets}\rfloor)$. Each subset's estimate is unbiased and the subsets are
+    independent, so the mean is unbiased (it may be negative when the laws agree) and ``std / sqrt(k)`` is an honest
+    standard error. Returns ``(mean, standard_error)``; the error is NaN for one subset.
+    """
+    x, y = _pair(x, y)
+    subset_size = check_positive_int("subset_size", subset_size)
+    min_subsets = check_positive_int("min_subsets", min_subsets)
+    size = min(subset_size, min(x.shape[0], y.shape[0]) // min_subsets)
+    if size < 2:
+        raise ValueError(
+            f"kernel_distance needs at least 2 * min_subsets = {2 * min_subsets} samples per set, got "
+            f"{x.shape[0]} and {y.shape[0]}; pass a smaller min_subsets"
+        )
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    order_x = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    order_y = torch.randperm(y.shape[0], generator=generator).to(x.device)
+    count = min(x.shape[0], y.shape[0]) // size
+    estimates = torch.stack(
+        [
+            _polynomial_mmd2(x[order_x[i * size : (i + 1) * size]], y[order_y[i * size : (i + 1) * size]])
+            for i in range(count)
+        ]
+    )
+    return mean_and_standard_error(estimates)
+
+
+def _kth_neighbour_radii(x: Tensor, k: int) -> Tensor:
+    """Distance of each row of ``x`` to its k-th nearest other row."""
+    radii = []
+    for start in range(0, x.shape[0], _BLOCK):
+        d = torch.cdist(x[start : start + _BLOCK], x)
+        radii.append(d.kthvalue(k + 1, dim=1).values)  # the 1st is the point itself (distance 0)
+    return torch.cat(radii)
+
+
+def _share_inside(points: Tensor, centres: Tensor, radii: Tensor) -> float:
+    """Share of ``points`` inside at least one ball (``centres``, ``radii``)."""
+    inside = []
+    for start in range(0, points.shape[0], _BLOCK):
+        d = torch.cdist(points[start : start + _BLOCK], centres)
+        inside.append((d <= radii[None]).any(dim=1))
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
+    r"""Improved precision and recall (Kynkäänniemi et al. 2019) of features ``fake`` against ``real``.
+
+    Each set's manifold is the union of balls around its points with radius the distance to the k-th nearest
+    neighbour in the same set; precision is the share of ``fake`` inside the real manifold (quality), recall the share
+    of ``real`` inside the fake manifold (coverage). Both in [0, 1]; ``k = 3`` as in the paper.
+    """
+    real, fake = _pair(real, fake)
+    k = check_positive_int("k", k)
+    if min(real.shape[0], fake.shape[0]) <= k:
+        raise ValueError(
+            f"precision_recall needs more than k = {k} samples per set, got {real.shape[0]}, {fake.shape[0]}"
+        )
+    precision = _share_inside(fake, real, _kth_neighbour_radii(real, k))
+    recall = _share_inside(real, fake, _kth_neighbour_radii(fake, k))
+    return precision, recall
