@@ -52,7 +52,8 @@ class UniformBoxes:
 
     Args:
         weights: ``[K]``, positive, summing to 1.
-        lows, highs: ``[K, D]`` corners with ``highs > lows``; boxes must not overlap (the entropy assumes it).
+        lows: ``[K, D]`` lower corners.
+        highs: ``[K, D]`` upper corners, ``highs > lows``; boxes must not overlap (the entropy assumes it).
 
     Parameters are kept in float64 on the CPU; every method works in the dtype and on the device of ``x``.
     """
