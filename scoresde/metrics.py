@@ -202,54 +202,65 @@ def frechet_distance(x: GaussianStatistics | Tensor, y: GaussianStatistics | Ten
     return max(float(value), 0.0)
 
 
-def _polynomial_mmd2(x: Tensor, y: Tensor) -> Tensor:
-    r"""Unbiased $\mathrm{MMD}^2$ with the kernel $k(a, b) = (a^\top b / F + 1)^3$ (U-statistic: i != j terms)."""
-    dim = x.shape[1]
-    k_xx, k_yy, k_xy = ((u @ v.T / dim + 1) ** 3 for u, v in ((x, x), (y, y), (x, y)))
-    m, n = x.shape[0], y.shape[0]
-    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
-    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
-    return within_x + within_y - 2 * k_xy.mean()
+def _block_kernel_sums(u: list[Tensor], v: list[Tensor], dim: int, same: bool) -> Tensor:
+    r"""``S[i, j]`` = sum of $k(a, b) = (a^\top b / F + 1)^3$ over rows a of block ``u[i]`` and b of ``v[j]``, without
+    the pairs of a row with itself when ``same``."""
+    sums = torch.zeros(len(u), len(v), dtype=torch.float64, device=u[0].device)
+    for i, a in enumerate(u):
+        for j, b in enumerate(v):
+            k = (a @ b.T / dim + 1) ** 3
+            sums[i, j] = k.sum() - (k.diagonal().sum() if same and i == j else 0.0)
+    return sums
 
 
 def kernel_distance(
-    x: Tensor,
-    y: Tensor,
-    subset_size: int = 1000,
-    min_subsets: int = 10,
-    *,
-    generator: torch.Generator | None = None,
+    x: Tensor, y: Tensor, blocks: int = 10, *, generator: torch.Generator | None = None
 ) -> tuple[float, float]:
     r"""Kernel distance between two feature sets (KID, Bińkowski et al. 2018) and its standard error.
 
-    The unbiased $\mathrm{MMD}^2$ with the cubic polynomial kernel $k(a, b) = (a^\top b / F + 1)^3$, averaged over
-    disjoint subsets: both sets are shuffled (``generator``, default seed 0) and cut into
-    $k = \lfloor\min(n, m) / s\rfloor$ pairs of subsets of size $s = \min(\text{subset\_size},
-    \lfloor\min(n, m) / \text{min\_subsets}\rfloor)$. Each subset's estimate is unbiased and the subsets are
-    independent, so the mean is unbiased (it may be negative when the laws agree) and ``std / sqrt(k)`` is an honest
-    standard error. Returns ``(mean, standard_error)``; the error is NaN for one subset.
+    The unbiased $\mathrm{MMD}^2$ with the cubic polynomial kernel $k(a, b) = (a^\top b / F + 1)^3$ on all pairs
+    (a U-statistic: $i \ne i'$ within a set), so its mean is 0 when the laws agree (it may come out negative):
+
+    $$\widehat{\mathrm{KID}} = \frac{\sum_{i \ne i'} k(x_i, x_{i'})}{m(m-1)}
+    + \frac{\sum_{j \ne j'} k(y_j, y_{j'})}{n(n-1)} - \frac{2\sum_{i,j} k(x_i, y_j)}{mn}.$$
+
+    Its standard error is the delete-a-subset jackknife over ``blocks`` disjoint subsets of each set (shuffled by
+    ``generator``, default seed 0): $\mathrm{SE}^2 = \frac{b-1}{b}\sum_j (\hat\theta_{(-j)} - \bar\theta)^2$,
+    every leave-one-out estimate read off one table of block kernel sums (one pass over all pairs). Unlike the std
+    over overlapping random subsets that some tools report, it estimates the spread of the full-sample figure:
+    accurately when the laws differ, conservatively (about 1.4x) when they agree and the statistic is degenerate.
+    Returns ``(kid, standard_error)``.
     """
     x, y = _pair(x, y)
-    subset_size = check_positive_int("subset_size", subset_size)
-    min_subsets = check_positive_int("min_subsets", min_subsets)
-    size = min(subset_size, min(x.shape[0], y.shape[0]) // min_subsets)
-    if size < 2:
+    blocks = check_positive_int("blocks", blocks)
+    if blocks < 2 or min(x.shape[0], y.shape[0]) < 2 * blocks:
         raise ValueError(
-            f"kernel_distance needs at least 2 * min_subsets = {2 * min_subsets} samples per set, got "
-            f"{x.shape[0]} and {y.shape[0]}; pass a smaller min_subsets"
+            f"kernel_distance needs blocks >= 2 and at least 2 samples per block and set, got blocks={blocks} with "
+            f"{x.shape[0]} and {y.shape[0]} samples; pass fewer blocks"
         )
     if generator is None:
         generator = torch.Generator().manual_seed(0)
-    order_x = torch.randperm(x.shape[0], generator=generator).to(x.device)
-    order_y = torch.randperm(y.shape[0], generator=generator).to(x.device)
-    count = min(x.shape[0], y.shape[0]) // size
-    estimates = torch.stack(
-        [
-            _polynomial_mmd2(x[order_x[i * size : (i + 1) * size]], y[order_y[i * size : (i + 1) * size]])
-            for i in range(count)
-        ]
+    xs = list(x[torch.randperm(x.shape[0], generator=generator).to(x.device)].tensor_split(blocks))
+    ys = list(y[torch.randperm(y.shape[0], generator=generator).to(x.device)].tensor_split(blocks))
+    dim = x.shape[1]
+    s_xx, s_yy = _block_kernel_sums(xs, xs, dim, True), _block_kernel_sums(ys, ys, dim, True)
+    s_xy = _block_kernel_sums(xs, ys, dim, False)
+    m_b = torch.tensor([len(b) for b in xs], dtype=torch.float64, device=x.device)
+    n_b = torch.tensor([len(b) for b in ys], dtype=torch.float64, device=x.device)
+
+    def estimate(keep: Tensor) -> Tensor:
+        m, n = m_b[keep].sum(), n_b[keep].sum()
+        xx = s_xx[keep][:, keep].sum() / (m * (m - 1))
+        yy = s_yy[keep][:, keep].sum() / (n * (n - 1))
+        return xx + yy - 2 * s_xy[keep][:, keep].sum() / (m * n)
+
+    everything = torch.ones(blocks, dtype=torch.bool, device=x.device)
+    full = estimate(everything)
+    left_out = torch.stack(
+        [estimate(everything.clone().index_fill_(0, torch.tensor([j]), False)) for j in range(blocks)]
     )
-    return mean_and_standard_error(estimates)
+    se = torch.sqrt((blocks - 1) / blocks * (left_out - left_out.mean()).pow(2).sum())
+    return float(full), float(se)
 
 
 def _kth_neighbour_radii(x: Tensor, k: int) -> Tensor:
