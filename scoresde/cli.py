@@ -232,9 +232,16 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         extent=extent,
     )
     fig.savefig(picture, dpi=110)
+    from .evaluation import MIN_IMAGE_SAMPLES
+
+    metric = _image_metric("sample", args, config, _run_folder(args.checkpoint))
+    quality = metric(x) if metric is not None and args.n >= MIN_IMAGE_SAMPLES else None
+    if quality is not None and not args.json:
+        print(quality.summary())
     return {
         "samples": str(out),
         "picture": str(picture),
+        "image_quality": quality.to_dict() if quality is not None else None,
         "nfe": result.nfe,
         "sampler": args.sampler,
         "n": args.n,
@@ -243,6 +250,20 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         "guidance": args.guidance,
         "settings": result.settings,
     }
+
+
+def _image_metric(command: str, args: argparse.Namespace, config, folder: Path):
+    """The image metric of an image run (None for toys, with ``--features none``, or when the network is missing:
+    then a one-line note says why and the command goes on)."""
+    from .features import FeatureNetworkUnavailable, image_metric
+
+    if config.data.kind != "image" or args.features == "none":
+        return None
+    try:
+        return image_metric(config.data, args.features, device=args.device, cache_dir=folder / "reference_features")
+    except FeatureNetworkUnavailable as exc:
+        _note(command, f"no image metric: {exc}")
+        return None
 
 
 def _plot_extent(config) -> float | None:
@@ -444,6 +465,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
         true_log_prob=data.log_prob,
         entropy=data.entropy,
         postprocess=quantise,
+        image_metric=_image_metric("compare", args, config, _run_folder(args.checkpoint)),
         seed=args.seed,
         device=args.device,
         progress=not args.json,
@@ -644,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t, null); 0 = the conditional model",
     )
     smp.add_argument("--out", required=True, help="samples file (.npz); the picture goes next to it (.png)")
+    _features_option(smp)
     lik = _command(
         sub,
         "likelihood",
@@ -692,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--out", help="output folder for compare.json, compare.md, compare.png (default: the checkpoint's folder)"
     )
+    _features_option(cmp)
     inp = _command(
         sub,
         "inpaint",
@@ -732,6 +756,16 @@ def build_parser() -> argparse.ArgumentParser:
         force=False,
     )
     return parser
+
+
+def _features_option(parser: argparse.ArgumentParser) -> None:
+    from .features import feature_networks
+
+    parser.add_argument(
+        "--features",
+        help=f"image runs: the feature network of the Fréchet distance / KID ({', '.join(feature_networks())}, or "
+        "none); default: the data set's own (digits: FD-digits, mnist: FD-mnist, others: Inception's FID)",
+    )
 
 
 def _checkpoint_option(parser: argparse.ArgumentParser) -> None:

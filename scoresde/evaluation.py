@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_finite, check_positive_int, progress_bar
+from .features import ImageQuality
 from .metrics import energy_distance, mean_and_standard_error, sliced_wasserstein
 from .samplers import sample, sampler_options, samplers
 from .sde import SDE, ScoreFn
@@ -104,6 +105,8 @@ class SamplerRun:
         true_nll, true_nll_standard_error: mean of $-\\log p_{data}(x)$ over the samples (nats), when the
             data set has a density; a perfect sampler scores the data's entropy in expectation.
         n_nonfinite: samples that were NaN or infinite (dropped before scoring).
+        image_quality: for images, the Fréchet distance on a feature network, KID, precision and recall
+            (`scoresde.features.ImageQuality`).
     """
 
     spec: SamplerSpec
@@ -115,6 +118,7 @@ class SamplerRun:
     true_nll: float | None = None
     true_nll_standard_error: float | None = None
     n_nonfinite: int = 0
+    image_quality: ImageQuality | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -129,6 +133,7 @@ class SamplerRun:
             "true_nll": self.true_nll,
             "true_nll_standard_error": self.true_nll_standard_error,
             "n_nonfinite": self.n_nonfinite,
+            "image_quality": self.image_quality.to_dict() if self.image_quality is not None else None,
         }
 
 
@@ -140,6 +145,7 @@ class Comparison:
     n: int
     floor: dict[str, float]
     entropy: float | None = None
+    image_floor: ImageQuality | None = None
 
     def to_dict(self) -> dict:
         """JSON-safe: the floor, the entropy and one row per run (no tensors)."""
@@ -147,6 +153,7 @@ class Comparison:
             "n": self.n,
             "noise_floor": self.floor,
             "entropy": self.entropy,
+            "image_floor": self.image_floor.to_dict() if self.image_floor is not None else None,
             "runs": [run.to_dict() for run in self.runs],
         }
 
@@ -158,10 +165,12 @@ class Comparison:
         """The comparison as a Markdown table (energy distance also as a multiple of the noise floor)."""
         floor = self.floor.get("energy_distance", float("nan"))
         density = self.entropy is not None
+        images = next((run.image_quality for run in self.runs if run.image_quality is not None), None)
         head = "| sampler | NFE | wall time (s) | energy distance | / floor | sliced W2 |" + (
             " true NLL of samples (nats) |" if density else ""
         )
-        rule = "|---|---:|---:|---:|---:|---:|" + ("---:|" if density else "")
+        head += f" {images.label} | KID | precision | recall |" if images else ""
+        rule = "|---|---:|---:|---:|---:|---:|" + ("---:|" if density else "") + ("---:|" * 4 if images else "")
         rows = [head, rule]
         for run in self.runs:
             row = (
@@ -171,11 +180,17 @@ class Comparison:
             )
             if density:
                 row += f" {run.true_nll:.3f} ± {run.true_nll_standard_error:.3f} |"
+            if images:
+                row += _image_cells(run.image_quality)
             rows.append(row + (f" ({run.n_nonfinite} non-finite)" if run.n_nonfinite else ""))
         notes = [
             f"Noise floor (two held-out sets of {self.n}): energy distance {floor:.2e}, "
             f"sliced W2 {self.floor.get('sliced_wasserstein', float('nan')):.3f}."
         ]
+        if self.image_floor is not None:
+            notes.append(
+                f"Held-out data against the reference ({self.image_floor.label} floor): {self.image_floor.summary()}."
+            )
         if density:
             notes.append(
                 f"A perfect sampler's mean true NLL (the data's entropy; for data with edges, the checkerboard, under "
@@ -189,6 +204,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+MIN_IMAGE_SAMPLES = 20
+"""Fewest images the image metrics score (KID's jackknife needs 2 per block of 10)."""
+
+
+def _measure(image_metric: Callable[[Tensor], ImageQuality] | None, x: Tensor | None) -> ImageQuality | None:
+    """The image metric of ``x``, or None without a metric, images or enough of them."""
+    if image_metric is None or x is None or len(x) < MIN_IMAGE_SAMPLES:
+        return None
+    return image_metric(x)
+
+
+def _image_cells(quality: ImageQuality | None) -> str:
+    if quality is None:
+        return " - | - | - | - |"
+    return (
+        f" {quality.frechet_distance:.3f} | {quality.kid:.4f} ± {quality.kid_standard_error:.4f} | "
+        f"{quality.precision:.3f} | {quality.recall:.3f} |"
+    )
+
+
 def compare_samplers(
     sde: SDE,
     score_fn: ScoreFn,
@@ -200,6 +235,7 @@ def compare_samplers(
     true_log_prob: Callable[[Tensor], Tensor] | None = None,
     entropy: float | None = None,
     postprocess: Callable[[Tensor], Tensor] | None = None,
+    image_metric: Callable[[Tensor], ImageQuality] | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -219,6 +255,8 @@ def compare_samplers(
         score_fn: the model's score ``score_fn(x, t)``.
         reference: held-out data ``[m, ...]`` in the model's range.
         postprocess: applied to each sampler's output before scoring (e.g. quantising images to the data's levels).
+        image_metric: for images, ``metric(x) -> ImageQuality`` on each run's samples and on ``floor_reference``
+            (e.g. `scoresde.features.image_metric`: FID, or FD-digits on the shipped digits network).
         seed: seeds the prior draw (shared by every run) and each run's own noise.
         device: where to sample.
         dtype: of the prior draw and the samples.
@@ -266,8 +304,10 @@ def compare_samplers(
             run.sliced_wasserstein = sliced_wasserstein(x, reference)
             if true_log_prob is not None:
                 run.true_nll, run.true_nll_standard_error = mean_and_standard_error(-true_log_prob(x.to(torch.float64)))
+            run.image_quality = _measure(image_metric, x)
         runs.append(run)
-    return Comparison(runs=runs, n=n, floor=floor, entropy=entropy)
+    image_floor = _measure(image_metric, floor_reference)
+    return Comparison(runs=runs, n=n, floor=floor, entropy=entropy, image_floor=image_floor)
 
 
 @dataclass

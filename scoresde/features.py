@@ -34,12 +34,14 @@ from .metrics import GaussianStatistics, frechet_distance, kernel_distance, prec
 __all__ = [
     "DigitsFeatureNet",
     "FeatureNetworkUnavailable",
+    "ImageMetric",
     "ImageQuality",
     "WEIGHTS_DIR",
     "default_feature_network",
     "feature_network",
     "feature_networks",
     "image_features",
+    "image_metric",
     "image_quality",
     "reference_features",
 ]
@@ -238,7 +240,7 @@ def reference_features(
 ) -> Tensor:
     """Features ``[N, F]`` of an image data set's split (intensities level / (levels - 1)), cached as
     ``<cache_dir>/<data>-<split>-<network>-<weights hash>.safetensors`` when ``cache_dir`` is given (written
-    atomically; a file that does not load is recomputed)."""
+    atomically, skipped where the folder is not writable; a file that does not load is recomputed)."""
     from safetensors.torch import load, save
 
     from .datasets import image_dataset
@@ -253,8 +255,11 @@ def reference_features(
     data = image_dataset(data_name, split, data_dir, seed)
     features = image_features(network, data.x.float() / (data.levels - 1))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, save({"features": features.contiguous()}))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, save({"features": features.contiguous()}))
+        except OSError:  # a read-only run folder: the cache is an optimisation, the figures stay the same
+            pass
     return features
 
 
@@ -307,3 +312,38 @@ def image_quality(sample_features: Tensor, reference: Tensor, network: nn.Module
         n_samples=sample_features.shape[0],
         n_reference=reference.shape[0],
     )
+
+
+class ImageMetric:
+    """``metric(x) -> ImageQuality``: samples in a model's range scored against a data set's reference features.
+
+    ``to_unit`` maps the model's range to intensities in [0, 1] (for a run: quantised to the data's levels, then
+    level / (levels - 1), exactly as the reference images).
+    """
+
+    def __init__(self, network: nn.Module, reference: Tensor, to_unit: Callable[[Tensor], Tensor]) -> None:
+        self.network, self.reference, self.to_unit = network, reference, to_unit
+
+    @property
+    def label(self) -> str:
+        """The Fréchet distance's name (``"FID"``, ``"FD-digits"``)."""
+        return self.network.label
+
+    def __call__(self, x: Tensor) -> ImageQuality:
+        return image_quality(image_features(self.network, self.to_unit(x)), self.reference, self.network)
+
+
+def image_metric(
+    data,
+    feature: str | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+) -> ImageMetric:
+    """The `ImageMetric` of an image run's `DataConfig`: its data set's feature network (`default_feature_network`,
+    or ``feature``) against the test split's features (cached in ``cache_dir``). Raises
+    `FeatureNetworkUnavailable` when the network's package or weights are missing."""
+    network = feature_network(feature or default_feature_network(data.name), device)
+    reference = reference_features(network, data.name, "test", data_dir=data.data_dir, cache_dir=cache_dir)
+    transform = data.transform()
+    return ImageMetric(network, reference, lambda x: transform.from_model(x) / (transform.levels - 1))

@@ -330,34 +330,48 @@ def test_guided_sampling_and_inpainting(run, tmp_path, capsys):
     assert not (tmp_path / "a.npz").exists() and not (tmp_path / "b.npz").exists()
 
 
-def test_inpaint_images_from_a_file_and_a_mask_file(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A tiny digits U-Net run (2 steps of ch 8): an image model whose samples are still noise."""
+    run = tmp_path_factory.mktemp("cli-digits") / "digits"
+    settings = ["model.kwargs.ch=8", "model.kwargs.groups=4", "train.batch_size=16"]
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    assert main(["train", "--preset", "digits-ddpm", "--out", str(run), "--steps", "2", *sets, "--json"]) == 0
+    return run
+
+
+def test_sample_and_compare_report_fd_digits_on_an_image_run(digits_run, tmp_path, capsys):
+    """Image runs get the Fréchet distance on the shipped digits network (named FD-digits), KID, precision and
+    recall; an untrained model's noise is far above the floor of held-out digits; the reference features are cached
+    next to the run; --features none turns it off and an unknown network is a one-line error."""
+    capsys.readouterr()
+    out = tmp_path / "s.npz"
+    options = ["--checkpoint", str(digits_run), "--sampler", "ddim", "--steps", "3", "-n", "60", "--json"]
+    assert main(["sample", *options, "--out", str(out)]) == 0
+    quality = json.loads(capsys.readouterr().out)["image_quality"]
+    assert quality["label"] == "FD-digits" and quality["n_samples"] == 60 and quality["n_reference"] == 359
+    assert list((digits_run / "reference_features").glob("digits-test-digits-*.safetensors"))
+    assert main(["compare", "--checkpoint", str(digits_run), "--quick", "-n", "60", "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "c" / "compare.json").read_text())
+    floor = report["image_floor"]["frechet_distance"]
+    runs = [r["image_quality"] for r in report["runs"]]
+    assert all(r["label"] == "FD-digits" for r in runs) and min(r["frechet_distance"] for r in runs) > 3 * floor
+    assert "FD-digits" in (tmp_path / "c" / "compare.md").read_text()
+    assert main(["sample", *options, "--out", str(tmp_path / "n.npz"), "--features", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_quality"] is None
+    assert main(["sample", *options, "--out", str(tmp_path / "r.npz"), "--features", "resnet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "digits" in err and "inception" in err, err
+
+
+def test_inpaint_images_from_a_file_and_a_mask_file(digits_run, tmp_path, capsys):
     """Digits: an .npz of integer images and an .npz mask (nonzero = missing) through a tiny U-Net run."""
     import numpy as np
 
     from scoresde import image_dataset
 
-    run = tmp_path / "digits"
-    assert (
-        main(
-            [
-                "train",
-                "--preset",
-                "digits-ddpm",
-                "--out",
-                str(run),
-                "--steps",
-                "2",
-                "--set",
-                "model.kwargs.ch=8",
-                "--set",
-                "model.kwargs.groups=4",
-                "--set",
-                "train.batch_size=16",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    run = digits_run
     capsys.readouterr()
     images = image_dataset("digits", "test").x[:3].numpy().astype(np.uint8)
     np.savez(tmp_path / "images.npz", x=images)
