@@ -190,20 +190,54 @@ def _parse_options(pairs: list[str] | None) -> dict:
     return options
 
 
+def _load_model(args: argparse.Namespace, data_option: str | None = None):
+    """``(score model, DataConfig or None, step or None)`` of ``--checkpoint``: a run folder or checkpoint written by
+    ``scoresde train``, or a diffusers model folder (`scoresde.interop`; its data set inferred from the image shape,
+    None when no known data set has it; no step)."""
+    from .interop import InteropError, is_diffusers_folder, load_diffusers
+    from .training import load_score_model
+
+    if is_diffusers_folder(args.checkpoint):
+        try:
+            model, info = load_diffusers(args.checkpoint, device=args.device)
+        except InteropError as exc:
+            raise UserError(str(exc)) from None
+        if info.data is None and data_option is not None:
+            _note(args.command, f"image shape {info.image_shape} matches no known data set; {data_option} names one")
+        return model, info.data, None
+    model, config, step = load_score_model(args.checkpoint, device=args.device)
+    return model, config.data, step
+
+
+def _transform(data):
+    """The data transform of an image model (256 levels in [-1, 1], diffusers' convention, when its data set is
+    unknown); None for toys."""
+    from .datasets import DataTransform
+
+    if data is None:
+        return DataTransform(256, -1.0, 1.0)
+    return data.transform()
+
+
+def _require_data(data, option: str):
+    if data is None:
+        raise UserError(f"this model's data set is unknown (an imported model): pass {option} (a .npz of images)")
+    return data
+
+
 def cmd_sample(args: argparse.Namespace) -> dict:
     """Sample a trained checkpoint; write the samples (.npz) and a picture next to them (.png)."""
     import numpy as np
     import torch
 
     from .samplers import ClassifierFreeGuidance, sample, samplers
-    from .training import load_score_model
     from .viz import plot_samples
 
     check_in_registry("sampler", args.sampler, samplers())  # before anything is written
     options = _parse_options(args.option)
     if args.guidance is not None and args.label is None:
         raise UserError("--guidance needs --label (the class to guide towards)")
-    model, config, step = load_score_model(args.checkpoint, device=args.device)
+    model, data, step = _load_model(args)
     score = model if args.label is None else ClassifierFreeGuidance(model, args.label, args.guidance or 0.0)
     out = _out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     picture = out.with_suffix(".png")
@@ -219,22 +253,22 @@ def cmd_sample(args: argparse.Namespace) -> dict:
             **options,
         )
     x = result.x.cpu()
-    transform = config.data.transform()
+    transform = _transform(data) if len(x.shape) == 4 else None
     levels = transform.levels if transform else None
     arrays = {"x_model": x.numpy(), "x": transform.from_model(x).numpy().astype(np.uint8) if transform else x.numpy()}
     np.savez(out, **arrays)
-    extent = _plot_extent(config)
+    extent = _plot_extent(data)
     guided = "" if args.label is None else f", class {args.label}, guidance w = {args.guidance or 0.0:g}"
     fig = plot_samples(
         torch.as_tensor(arrays["x"]).float(),
-        f"{args.sampler}: {args.n} samples, {result.nfe} NFE (step {step}){guided}",
+        f"{args.sampler}: {args.n} samples, {result.nfe} NFE ({_origin(step)}){guided}",
         levels=levels,
         extent=extent,
     )
     fig.savefig(picture, dpi=110)
     from .evaluation import MIN_IMAGE_SAMPLES
 
-    metric = _image_metric("sample", args, config, _run_folder(args.checkpoint))
+    metric = _image_metric("sample", args, data, _run_folder(args.checkpoint))
     quality = metric(x) if metric is not None and args.n >= MIN_IMAGE_SAMPLES else None
     if quality is not None and not args.json:
         print(quality.summary())
@@ -252,23 +286,27 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     }
 
 
-def _image_metric(command: str, args: argparse.Namespace, config, folder: Path):
+def _image_metric(command: str, args: argparse.Namespace, data, folder: Path):
     """The image metric of an image run (None for toys, with ``--features none``, or when the network is missing:
     then a one-line note says why and the command goes on)."""
     from .features import FeatureNetworkUnavailable, image_metric
 
-    if config.data.kind != "image" or args.features == "none":
+    if data is None or data.kind != "image" or args.features == "none":
         return None
     try:
-        return image_metric(config.data, args.features, device=args.device, cache_dir=folder / "reference_features")
+        return image_metric(data, args.features, device=args.device, cache_dir=folder / "reference_features")
     except FeatureNetworkUnavailable as exc:
         _note(command, f"no image metric: {exc}")
         return None
 
 
-def _plot_extent(config) -> float | None:
+def _plot_extent(data) -> float | None:
     """Half-width of the square a toy's plots show (None for images)."""
-    return toy_dataset(config.data.name).extent if config.data.kind == "toy" else None
+    return toy_dataset(data.name).extent if data is not None and data.kind == "toy" else None
+
+
+def _origin(step: int | None) -> str:
+    return "imported model" if step is None else f"step {step}"
 
 
 def _sample_shape(model) -> tuple[int, ...]:
@@ -334,16 +372,15 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
 
     from .evaluation import held_out
     from .samplers import inpaint
-    from .training import load_score_model
     from .viz import plot_inpainting
 
-    model, config, step = load_score_model(args.checkpoint, device=args.device)
+    model, data, step = _load_model(args, "--image")
     shape = _sample_shape(model)
-    transform = config.data.transform()
+    transform = _transform(data) if len(shape) == 3 else None
     if args.image == "test":
-        x = held_out(config.data, args.n, args.seed).x
+        x = held_out(_require_data(data, "--image"), args.n, args.seed).x
     else:
-        x, _ = _load_points(args.image, args.n, args.seed, config, "--image")
+        x, _ = _load_points(args.image, args.n, args.seed, data, "--image")
         x = transform.to_model(x.float() + 0.5) if transform is not None else x.float()
     if tuple(x.shape[1:]) != shape:
         raise UserError(f"--image holds data of shape {tuple(x.shape[1:])}; the model's data has shape {shape}")
@@ -369,8 +406,8 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
         known.cpu(),
         completed,
         levels=transform.levels if transform else None,
-        extent=_plot_extent(config),
-        title=f"inpainting ({args.method}, {result.nfe} NFE, step {step})",
+        extent=_plot_extent(data),
+        title=f"inpainting ({args.method}, {result.nfe} NFE, {_origin(step)})",
     )
     fig.savefig(out.with_suffix(".png"), dpi=110)
     return {
@@ -383,7 +420,7 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
     }
 
 
-def _load_points(source: str, n: int, seed: int, config, option: str = "--data") -> tuple:
+def _load_points(source: str, n: int, seed: int, data, option: str = "--data") -> tuple:
     """Evaluation data: a ``.npz`` file (array ``x``), an image set's test split (integer levels), or held-out
     draws of a toy (with their true NLL where the toy has a density)."""
     import torch
@@ -394,10 +431,11 @@ def _load_points(source: str, n: int, seed: int, config, option: str = "--data")
 
     if source.endswith(".npz"):
         return torch.as_tensor(_read_npz(source, "x", option))[:n], None
-    if config.data.kind == "image":
-        return image_dataset(source, "test", config.data.data_dir, config.data.split_seed).x[:n], None
-    data = held_out(DataConfig(kind="toy", name=source), n, seed)
-    return data.x, (-data.log_prob(data.x.double()) if data.log_prob is not None else None)
+    if data is None or data.kind == "image":
+        data_dir, split_seed = (data.data_dir, data.split_seed) if data is not None else (None, 0)
+        return image_dataset(source, "test", data_dir, split_seed).x[:n], None
+    points = held_out(DataConfig(kind="toy", name=source), n, seed)
+    return points.x, (-points.log_prob(points.x.double()) if points.log_prob is not None else None)
 
 
 def _out_file(path: str, suffix: str, force: bool, *also: str) -> Path:
@@ -413,20 +451,20 @@ def _out_file(path: str, suffix: str, force: bool, *also: str) -> Path:
 def cmd_likelihood(args: argparse.Namespace) -> dict:
     """Exact NLL (PF-ODE) and bits/dim of held-out data under a checkpoint, with the ELBO beside it; JSON to --out."""
     from .report import likelihood_summary
-    from .training import load_score_model
 
     if args.n < 2:
         raise UserError(f"-n must be >= 2 (a standard error needs two points), got {args.n}")
-    model, config, step = load_score_model(args.checkpoint, device=args.device)
-    x, true_nll = _load_points(args.data or config.data.name, args.n, args.seed, config)
+    model, data, step = _load_model(args, "--data")
+    source = args.data or _require_data(data, "--data").name
+    x, true_nll = _load_points(source, args.n, args.seed, data)
     out = _out_file(args.out, ".json", args.force)
-    summary = {"checkpoint_step": step, "data": args.data or config.data.name}
+    summary = {"checkpoint_step": step, "data": source}
     summary.update(
         likelihood_summary(
             model.sde,
             model,
             x.to(args.device),
-            transform=config.data.transform(),
+            transform=_transform(data) if x.ndim == 4 else None,
             true_nll=true_nll,
             seed=args.seed,
             progress=not args.json,
@@ -446,14 +484,15 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     """PC against ODE against the few-step solvers on one checkpoint: a table, a JSON and one figure."""
     from .evaluation import compare_samplers, default_lineup, held_out
     from .report import COMPARE_FILES, write_comparison
-    from .training import load_score_model
 
     if args.n < 2:
         raise UserError(f"-n must be >= 2 (distances and standard errors need two samples), got {args.n}")
-    model, config, step = load_score_model(args.checkpoint, device=args.device)
+    model, data_config, step = _load_model(args)
+    if data_config is None:
+        raise UserError("compare needs held-out data of the model's data set, unknown for this imported model's shape")
     folder = _prepare_out(args.out or str(_run_folder(args.checkpoint)), args.force, list(COMPARE_FILES))
-    data = held_out(config.data, args.n, args.seed)
-    transform = config.data.transform()
+    data = held_out(data_config, args.n, args.seed)
+    transform = data_config.transform()
     quantise = (lambda x: transform.to_model(transform.from_model(x) + 0.5)) if transform is not None else None
     comparison = compare_samplers(
         model.sde,
@@ -462,15 +501,15 @@ def cmd_compare(args: argparse.Namespace) -> dict:
         lineup=default_lineup(args.quick),
         n=len(data.x),
         floor_reference=data.floor,
-        true_log_prob=data.log_prob,
+        true_log_prob=data.sample_log_prob,
         entropy=data.entropy,
         postprocess=quantise,
-        image_metric=_image_metric("compare", args, config, _run_folder(args.checkpoint)),
+        image_metric=_image_metric("compare", args, data_config, _run_folder(args.checkpoint)),
         seed=args.seed,
         device=args.device,
         progress=not args.json,
     )
-    paths = write_comparison(comparison, data.x, folder, extent=_plot_extent(config))
+    paths = write_comparison(comparison, data.x, folder, extent=_plot_extent(data_config))
     if not args.json:
         print(comparison.markdown())
     best = comparison.best()
@@ -769,7 +808,12 @@ def _features_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _checkpoint_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="run folder (or checkpoint file) written by scoresde train")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run folder (or checkpoint file) written by scoresde train, or a diffusers model folder (UNet2DModel with "
+        "a DDPM / DDIM scheduler; pip install 'scoresde[diffusers]')",
+    )
 
 
 def _check_device(name: str) -> None:

@@ -313,13 +313,15 @@ def compare_samplers(
 @dataclass
 class HeldOut:
     """Held-out data of a run's data set in the model's range: ``x`` to score against, an independent ``floor``
-    set of the same law, and for toys with a density the ``log_prob`` samples are scored under and ``entropy``, the
-    mean a perfect sampler scores (`ToyDataset.nll_log_prob`, `ToyDataset.perfect_nll`)."""
+    set of the same law, and for toys with a density the exact ``log_prob`` (the data's true NLL), the
+    ``sample_log_prob`` that samples are scored under and ``entropy``, the mean a perfect sampler scores under it
+    (`ToyDataset.nll_log_prob`, `ToyDataset.perfect_nll`: for the checkerboard the data blurred by 0.01)."""
 
     x: Tensor
     floor: Tensor | None
     log_prob: Callable[[Tensor], Tensor] | None = None
     entropy: float | None = None
+    sample_log_prob: Callable[[Tensor], Tensor] | None = None
 
 
 HELD_OUT_SEED = 1_000_003
@@ -337,7 +339,7 @@ def held_out(data, n: int, seed: int = 0) -> HeldOut:
         toy = toy_dataset(data.name)
         draw = lambda k: toy.sample(n, torch.Generator().manual_seed(HELD_OUT_SEED + 2 * seed + k))  # noqa: E731
         if toy.has_density:
-            return HeldOut(draw(0), draw(1), toy.nll_log_prob, toy.perfect_nll())
+            return HeldOut(draw(0), draw(1), toy.log_prob, toy.perfect_nll(), toy.nll_log_prob)
         return HeldOut(draw(0), draw(1))
     transform = data.transform()
     test = image_dataset(data.name, "test", data.data_dir, data.split_seed).x[:n]

@@ -280,7 +280,7 @@ def run_demo(
             lineup=default_lineup(quick),
             n=len(data.x),
             floor_reference=data.floor,
-            true_log_prob=data.log_prob,
+            true_log_prob=data.sample_log_prob,
             entropy=data.entropy,
             seed=seed,
             device=device,

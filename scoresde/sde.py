@@ -30,6 +30,7 @@ from ._checks import check_finite, check_in_registry, check_positive, check_posi
 __all__ = [
     "SDE",
     "VPSDE",
+    "DiscreteVPSDE",
     "SubVPSDE",
     "VESDE",
     "ReverseSDE",
@@ -619,6 +620,57 @@ class VPSDE(SDE):
 def _cosine_vp(N: int = 1000) -> VPSDE:
     """The VP SDE with the cosine schedule (Nichol & Dhariwal 2021)."""
     return VPSDE(N=N, schedule="cosine")
+
+
+class DiscreteVPSDE(SDE):
+    r"""The VP SDE whose discretisation is a given DDPM chain: $\bar\alpha_0 > \dots > \bar\alpha_{N-1}$ (a diffusers
+    scheduler's ``alphas_cumprod``, any beta schedule), in continuous time as DPM-Solver's discrete noise schedule.
+
+    $\log\alpha(t)^2$ is piecewise linear through $(0, 0)$ and $(k/N, \log\bar\alpha_{k-1})$, $k = 1..N$, so the
+    chain's step $k$ sits at $t = (k + 1)/N$ exactly (`timestep` maps back, fractional in between);
+    $\beta(t) = -d\log\alpha^2/dt$ is constant on each interval, $\sigma^2 = 1 - \alpha^2$, prior $N(0, I)$.
+    """
+
+    def __init__(self, alphas_cumprod) -> None:
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().flatten()
+        check_finite("alphas_cumprod", abar)
+        if abar.numel() < 2 or not bool((abar > 0).all() and (abar < 1).all() and (abar[1:] < abar[:-1]).all()):
+            raise ValueError("alphas_cumprod must be a strictly decreasing sequence of at least 2 values in (0, 1)")
+        super().__init__(N=abar.numel(), T=1.0)
+        self._log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(abar)])  # at t = k / N
+        self.sampling_t_min = 1.0 / self.N  # the chain's first step, timestep 0
+
+    def _segment(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Index of the interval of each time, its start value and its slope of log alpha^2 in t."""
+        y = self._log_abar.to(t)
+        k = torch.clamp(torch.floor(t * self.N).long(), 0, self.N - 1)
+        return k, y[k], (y[k + 1] - y[k]) * self.N
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        k, start, slope = self._segment(t)
+        return 0.5 * (start + slope * (t - k.to(t) / self.N))
+
+    def _log_sigma(self, t: Tensor) -> Tensor:
+        return 0.5 * torch.log(-torch.expm1(2 * self._log_alpha(t)))
+
+    def _f(self, t: Tensor) -> Tensor:
+        return 0.5 * self._segment(t)[2]
+
+    def _g2(self, t: Tensor) -> Tensor:
+        return -2.0 * self._f(t)
+
+    def _t_from_log_snr(self, lam: Tensor) -> Tensor:
+        c = -torch.logaddexp(torch.zeros_like(lam), -lam)  # log alpha^2, decreasing in t
+        y = self._log_abar.to(lam)
+        k = torch.clamp(torch.searchsorted(-y, -c.contiguous()) - 1, 0, self.N - 1)
+        return (k.to(lam) + (c - y[k]) / (y[k + 1] - y[k])) / self.N
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """The chain's (fractional) timestep $\tau = N t - 1$ of continuous times ``t``: ``k`` at $t = (k + 1)/N$."""
+        return t * self.N - 1
+
+    def _repr_fields(self) -> dict:
+        return {"N": self.N, "alphas_cumprod[-1]": float(torch.exp(self._log_abar[-1]))}
 
 
 @register_sde("subvp")

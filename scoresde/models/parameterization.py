@@ -5,7 +5,11 @@ $-\epsilon/\sigma$, and Tweedie's formula $\alpha\,\mathbb E[x_0|x_t] = x_t + \s
 links the three targets:
 
 $$s = \text{out}\ (\texttt{score}), \qquad s = -\frac{\text{out}}{\sigma(t)}\ (\texttt{eps}),
-\qquad s = \frac{\alpha(t)\,\text{out} - x}{\sigma(t)^2}\ (\texttt{x0}).$$
+\qquad s = \frac{\alpha(t)\,\text{out} - x}{\sigma(t)^2}\ (\texttt{x0}),
+\qquad s = -\frac{\alpha(t)\,\text{out} + \sigma(t)\,x}{\sigma(t)}\ (\texttt{v}).$$
+
+``v`` is the velocity $v = \alpha\epsilon - \sigma x_0$ (Salimans & Ho 2022; diffusers' ``v_prediction``), for
+variance-preserving SDEs ($\alpha^2 + \sigma^2 = 1$, where $\epsilon = \alpha v + \sigma x$).
 
 ``edm`` is EDM's preconditioning (Karras et al. 2022, Table 1) written for any $(\alpha, \sigma)$: with
 $v = \sigma^2 + \alpha^2\sigma_d^2$ (the variance of $x_t$ for data of standard deviation $\sigma_d$) the network
@@ -25,6 +29,7 @@ every t.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .._checks import check_in_registry, check_positive, expand_to
@@ -32,12 +37,12 @@ from ..sde import SDE, check_sde
 
 __all__ = ["ScoreModel", "PARAMETERIZATIONS"]
 
-PARAMETERIZATIONS = ("eps", "score", "x0", "edm")
+PARAMETERIZATIONS = ("eps", "score", "x0", "v", "edm")
 
 
 class ScoreModel(nn.Module):
-    """``net(x, t)`` predicting ``eps``, ``score`` or ``x0`` (or EDM-preconditioned, ``edm``, for data of standard
-    deviation ``sigma_data``), seen as a score function ``score_fn(x, t)`` of ``sde``."""
+    """``net(x, t)`` predicting ``eps``, ``score``, ``x0`` or ``v`` (or EDM-preconditioned, ``edm``, for data of
+    standard deviation ``sigma_data``), seen as a score function ``score_fn(x, t)`` of ``sde``."""
 
     def __init__(self, net: nn.Module, sde: SDE, parameterization: str = "eps", sigma_data: float = 0.5) -> None:
         super().__init__()
@@ -45,6 +50,10 @@ class ScoreModel(nn.Module):
         self.net, self.sde = net, sde
         self.parameterization = check_in_registry("parameterization", parameterization, PARAMETERIZATIONS)
         self.sigma_data = check_positive("sigma_data", sigma_data)
+        if self.parameterization == "v":
+            t = torch.tensor([0.5 * sde.T], dtype=torch.float64)
+            if abs(float(sde.alpha(t) ** 2 + sde.sigma(t) ** 2) - 1) > 1e-9:
+                raise ValueError(f"the 'v' parameterisation needs a variance-preserving SDE (VP), got {sde!r}")
 
     @property
     def num_classes(self) -> int:
@@ -61,6 +70,8 @@ class ScoreModel(nn.Module):
         sigma = expand_to(self.sde.sigma(t), x)
         if self.parameterization == "score":
             return sigma * out
+        if self.parameterization == "v":
+            return -(expand_to(self.sde.alpha(t), x) * out + sigma * x)
         return (expand_to(self.sde.alpha(t), x) * out - x) / sigma
 
     def _preconditioned(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:

@@ -1,0 +1,133 @@
+"""diffusers models as score functions: a tiny random UNet2DModel saved with save_pretrained, loaded offline.
+
+Our score must be the model's output converted by hand at the scheduler's own timesteps; one DDPM ancestral step
+of the scheduler and of our ancestral predictor must agree on the same noise; the CLI samples and measures it.
+"""
+
+import json
+
+import pytest
+import torch
+
+from scoresde.cli import main
+from scoresde.interop import InteropError, load_diffusers
+from scoresde.samplers.pc import ancestral_sampling
+from scoresde.samplers.thresholding import ThresholdedScore
+from scoresde.sde import VPSDE, DiscreteVPSDE
+
+diffusers = pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
+
+
+def _unet(classes: int | None = None):
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        num_class_embeds=classes,
+    )
+
+
+def _save(folder, scheduler, unet=None):
+    diffusers.DDPMPipeline(unet=unet or _unet(), scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def eps_folder(tmp_path_factory):
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+    return _save(tmp_path_factory.mktemp("diffusers") / "eps", scheduler)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
+def test_score_is_the_model_output_converted_at_the_schedulers_timesteps(tmp_path, prediction, schedule):
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule, prediction_type=prediction)
+    model, info = load_diffusers(_save(tmp_path / "m", scheduler))
+    assert info.prediction_type == prediction and info.data.name == "digits" and isinstance(model.sde, DiscreteVPSDE)
+    unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "m" / "unet")
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    abar = scheduler.alphas_cumprod.double()
+    for k in (0, 10, 500, 999):
+        with torch.no_grad():
+            out = unet(x, k).sample.double()
+            ours = model(x, torch.full((3,), (k + 1) / 1000)).double()
+        a, s = abar[k].sqrt(), (1 - abar[k]).sqrt()
+        eps = {"epsilon": out, "v_prediction": a * out + s * x, "sample": (x - a * out) / s}[prediction]
+        expected = -eps / s
+        assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max())), (k, prediction)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_one_ancestral_step_equals_the_ddpm_schedulers(tmp_path, clip):
+    """DDPMScheduler.step (posterior mean and variance beta-tilde, x0 clipped to [-1, 1] when clip_sample) against
+    our ancestral predictor from t = (k + 1)/N to k/N on the same noise (our x0_range clip for clip_sample)."""
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=clip)
+    model, _ = load_diffusers(_save(tmp_path / "m", scheduler))
+    score = ThresholdedScore(model.sde, model, -1.0, 1.0) if clip else model
+    reverse = model.sde.reverse(score)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 1.5
+    for k in (999, 400, 37, 1):
+        with torch.no_grad():
+            eps = model.net.unet(x, k).sample
+            theirs = scheduler.step(eps, k, x, generator=torch.Generator().manual_seed(3)).prev_sample
+            t, t_next = torch.full((4,), (k + 1) / 1000), torch.full((4,), k / 1000)
+            ours, _ = ancestral_sampling(reverse, x, t, t_next, generator=torch.Generator().manual_seed(3))
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4), (k, float((ours - theirs).abs().max()))
+
+
+def test_the_discrete_sde_matches_the_chain_and_the_continuous_vp():
+    """log alpha^2 hits log alphabar_k at t = (k + 1)/N exactly; for DDPM's linear betas the chain is within 1e-3 of
+    the continuous VP SDE (beta 0.1 to 20) it discretises; log-SNR inverts."""
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000)
+    sde = DiscreteVPSDE(scheduler.alphas_cumprod)
+    t = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    assert torch.allclose(sde.alpha(t) ** 2, scheduler.alphas_cumprod.double(), rtol=1e-12, atol=0)
+    assert torch.allclose(sde.alpha(t), VPSDE().alpha(t), atol=1e-3)
+    assert torch.allclose(sde.t_from_log_snr(sde.log_snr(t)), t, atol=1e-12)
+    assert torch.allclose(sde.timestep(t[:3]), torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        DiscreteVPSDE([0.5, 0.9])
+
+
+def test_cli_samples_measures_inpaints_and_compares_a_diffusers_model(eps_folder, tmp_path, capsys):
+    args = ["--checkpoint", str(eps_folder), "--json"]
+    assert (
+        main(["sample", *args, "--sampler", "ddim", "--steps", "4", "-n", "24", "--out", str(tmp_path / "s.npz")]) == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["checkpoint_step"] is None and result["nfe"] == 5 and result["image_quality"]["label"] == "FD-digits"
+    likelihood = ["likelihood", *args, "-n", "4", "--no-rigorous", "--out", str(tmp_path / "l.json")]
+    assert main(likelihood) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["data"] == "digits" and summary["bits_per_dim"] > 0
+    painting = ["inpaint", *args, "--image", "test", "--mask", "left-half", "-n", "3", "--steps", "5"]
+    assert main([*painting, "--out", str(tmp_path / "p.npz")]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 3
+    assert main(["compare", *args, "--quick", "-n", "24", "--out", str(tmp_path / "c")]) == 0
+    runs = json.loads((tmp_path / "c" / "compare.json").read_text())["runs"]
+    assert len(runs) >= 10 and all(r["image_quality"]["label"] == "FD-digits" for r in runs)
+
+
+def test_folders_that_are_not_supported_diffusers_models_are_one_line_errors(eps_folder, tmp_path, capsys):
+    with pytest.raises(InteropError, match="not a diffusers model folder"):
+        load_diffusers(tmp_path)
+    pndm = tmp_path / "pndm"
+    _save(pndm, diffusers.PNDMScheduler())
+    with pytest.raises(InteropError, match="supported: DDPMScheduler, DDIMScheduler"):
+        load_diffusers(pndm)
+    config = json.loads((eps_folder / "scheduler" / "scheduler_config.json").read_text())
+    bad = tmp_path / "bad"
+    _save(bad, diffusers.DDPMScheduler())
+    (bad / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": "flow"}))
+    with pytest.raises(InteropError, match="supported: epsilon, v_prediction, sample"):
+        load_diffusers(bad)
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(pndm), "-n", "4", "--out", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "DDPMScheduler" in err and "Traceback" not in err
