@@ -78,7 +78,6 @@ def plot(report: dict, path: Path) -> None:
     for ax, key, name in zip(axes, ("frechet_distance", "kid"), ("FD-digits", "KID")):
         ax.axhline(report["floor"][key], color="grey", ls="--", label="training split (floor)")
         ax.set(xscale="log", xlabel="NFE", ylabel=name, title=f"digits-ddpm: {name} against NFE")
-    axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
