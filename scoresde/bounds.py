@@ -17,7 +17,9 @@ from torch import Tensor
 
 from ._checks import check_in_registry, check_positive_int, expand_to, renamed_t_min, standard_normal_like
 from .likelihood import DIVERGENCES, check_data, divergence_fn, draw_probes, likelihood_t_min
+from .reverse_variance import VARIANCES, ScoreMoments, chain_step, reverse_variance
 from .samplers.base import CountingScore
+from .samplers.grids import time_grid
 from .sde import SDE, ScoreFn, check_sde, log_snr_times
 
 __all__ = ["elbo", "ddpm_bound", "ELBOResult", "TIME_SAMPLINGS"]
@@ -180,6 +182,10 @@ def ddpm_bound(
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     n_prior_draws: int = 16,
     eps: float | None = None,
+    variance: str = "beta_tilde",
+    moments: ScoreMoments | None = None,
+    schedule: str = "uniform",
+    data_range: tuple[float, float] | None = None,
 ) -> ELBOResult:
     r"""The discrete-chain variational bound of DDPM (Ho et al. 2020, Eq. 5) on $-\log p_\theta(x)$,
 
@@ -202,6 +208,14 @@ def ddpm_bound(
     Each term uses one draw $x_i \sim q(x_i|x_0)$. ``n_terms=None`` sums all ``N`` terms (``N`` score
     evaluations per sample; ``standard_error`` is then NaN: one draw per term gives no spread); an integer
     estimates the sum from that many stratified indices (unbiased, with its standard error).
+
+    ``variance`` chooses the reverse chain's variance $\Sigma$ (`scoresde.reverse_variance`: ``beta_tilde``, the
+    posterior's and the default, as above; ``beta``; ``analytic``, which needs ``moments``, the table of
+    $\Gamma_t = \mathbb E\|s\|^2/d$, and takes ``data_range``).
+    With $\Sigma \ne \tilde\beta$ each KL term gains $\tfrac d2(\log(\Sigma/\tilde\beta) + \tilde\beta/\Sigma - 1)$ and
+    divides the mean's error by $2\Sigma$; the decoder's variance is $\Sigma$ of the last step. ``schedule`` spaces the
+    ``N + 1`` chain times like the samplers' grids (`scoresde.samplers.time_grid`: ``uniform`` in t, ``log_snr``,
+    ``edm``, ...): a strided sub-chain of a finer chain, its betas respaced as $1 - \alpha^2_{t_i}/\alpha^2_{t_{i-1}}$.
     """
     t_min = renamed_t_min(t_min, eps, "ddpm_bound")
     check_sde(sde)
@@ -216,11 +230,22 @@ def ddpm_bound(
                 f"n_terms must be at most n_steps - 1 = {n_steps - 1}, got {n_terms}; pass None to sum all terms"
             )
     t_min = likelihood_t_min(sde, t_min)
+    check_in_registry("reverse variance", variance, VARIANCES)
+    if variance == "analytic" and moments is None:
+        raise ValueError(
+            "variance='analytic' needs moments: scoresde.reverse_variance.score_moments(sde, score, data, times)"
+        )
     score = CountingScore(score_fn)
     B, dim = x.shape[0], x[0].numel()
     opts = {"dtype": x.dtype, "device": x.device}
-    times = torch.linspace(t_min, sde.T, n_steps + 1, dtype=torch.float64).to(**opts)
+    times = time_grid(sde, n_steps, schedule, t_min).flip(0).to(**opts)
     t0 = torch.full((B,), t_min, **opts)
+
+    def model_variance(i: Tensor) -> Tensor:
+        """Sigma ``[B, 1]`` of the reverse step from times[i] to times[i - 1]."""
+        step = chain_step(sde, times[i], times[i - 1], t0)
+        gamma = moments.at(sde, times[i]) if variance == "analytic" else None
+        return reverse_variance(variance, step, gamma=gamma, data_range=data_range)[:, None]
 
     def tweedie(i: Tensor, x_i: Tensor, alpha_i0: Tensor, sigma_i0: Tensor) -> Tensor:
         return (x_i + expand_to(sigma_i0**2, x) * score(x_i, times[i])) / expand_to(alpha_i0, x)
@@ -241,18 +266,20 @@ def ddpm_bound(
     # decoder term L_0
     one = torch.ones(B, dtype=torch.long, device=x.device)
     x_1, alpha_10, sigma_10 = draw(one)
-    residual = (x - tweedie(one, x_1, alpha_10, sigma_10)).reshape(B, -1).pow(2).sum(1)
-    decoder = 0.5 * dim * torch.log(2 * math.pi * sigma_10**2) + 0.5 * residual / sigma_10**2
+    decoder_var = model_variance(one)
+    residual = (x - tweedie(one, x_1, alpha_10, sigma_10)).reshape(B, -1).pow(2)
+    decoder = (0.5 * torch.log(2 * math.pi * decoder_var) + 0.5 * residual / decoder_var).sum(1)
     # KL terms L_{i-1}, i = 2..N (per-sample indices when sampled)
     terms = []
     for i in _term_indices(n_steps, n_terms, generator, B, x.device):
         x_i, alpha_i0, sigma_i0 = draw(i)
         s = sde.transition(times[i], times[i - 1])[1]
         A, S = sde.transition(times[i - 1], t0)
-        coef = s**2 * A / sigma_i0**2
-        post_var = s**2 * S**2 / sigma_i0**2
-        err = (x - tweedie(i, x_i, alpha_i0, sigma_i0)).reshape(B, -1).pow(2).sum(1)
-        terms.append(coef**2 * err / (2 * post_var))
+        coef = (s**2 * A / sigma_i0**2)[:, None]
+        post_var = (s**2 * S**2 / sigma_i0**2)[:, None]
+        var = model_variance(i)
+        err = (x - tweedie(i, x_i, alpha_i0, sigma_i0)).reshape(B, -1).pow(2)
+        terms.append((0.5 * (torch.log(var / post_var) + post_var / var - 1) + coef**2 * err / (2 * var)).sum(1))
     terms = torch.stack(terms)  # [n, B]
     scale = n_steps - 1
     total = terms.sum(0) if n_terms is None else scale * terms.mean(0)
@@ -266,9 +293,9 @@ def ddpm_bound(
         "n_terms": n_terms,
         "t_min": t_min,
         "prior": "custom" if prior_logp else "sde",
-        "grid": "uniform t",
-        "decoder_variance": "sigma_{t1|t0}^2 (DDPM beta_1)",
-        "posterior_variance": "tilde beta",
+        "grid": schedule,
+        "variance": variance,
+        "data_range": list(data_range) if data_range is not None else None,
     }
     return _elbo_result(bound, se, prior_term, score.calls, settings)
 

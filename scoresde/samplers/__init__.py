@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .._checks import check_finite, renamed_t_min
 from ..sde import SDE, ProbabilityFlow, ScoreFn, check_sde
-from . import fast, ode, pc, reverse_sde  # noqa: F401  (registration)
+from . import ddpm, fast, ode, pc, reverse_sde  # noqa: F401  (registration)
 from .base import (
     CountingScore,
     SampleResult,

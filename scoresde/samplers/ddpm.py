@@ -1,0 +1,49 @@
+r"""DDPM's ancestral chain on any grid, with a choice of reverse variance (`scoresde.reverse_variance`).
+
+From ``t`` to ``s < t``: $x_s = a\,\hat x_0 + b\,x_t + \sqrt\Sigma\,z$ with Tweedie's $\hat x_0$; on a grid of ``K``
+steps this is the strided sub-chain with respaced betas (Nichol & Dhariwal 2021), so "fewer steps" is ``steps``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import check_in_registry, expand_to
+from ..reverse_variance import VARIANCES, ScoreMoments, chain_step, reverse_variance
+from .base import Sampling, register_sampler
+
+__all__ = ["ddpm"]
+
+
+@register_sampler("ddpm", steps=100, schedule="uniform", constraint=True)
+def ddpm(
+    run: Sampling,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    variance: str = "beta_tilde",
+    moments: ScoreMoments | None = None,
+    data_range: tuple[float, float] | None = None,
+    denoise: bool = True,
+) -> Tensor:
+    r"""Ancestral sampling (DDPM, Ho et al. 2020) with the reverse variance ``variance``: ``beta_tilde`` (the
+    posterior's, default: the ``ancestral_sampling`` predictor's step), ``beta`` or ``analytic`` (Analytic-DPM:
+    needs ``moments``, the run's table of $\Gamma_t$; ``data_range`` tightens its bound). NFE = ``K + denoise``."""
+    check_in_registry("reverse variance", variance, VARIANCES)
+    if variance == "analytic" and moments is None:
+        raise ValueError("variance='analytic' needs moments (scoresde.reverse_variance.score_moments of the model)")
+    times, t_values = run.times(grid, x), grid.tolist()
+    x = run.constrain(x, t_values[0])
+    run.record(t_values[0], x)
+    for i in run.steps(len(t_values) - 1, "ddpm"):
+        t, s = times[i].expand(x.shape[0]), times[i + 1].expand(x.shape[0])
+        step = chain_step(run.sde, t, s)
+        x0 = run.x0_hat(x, t)
+        gamma = moments.at(run.sde, t) if moments is not None and variance == "analytic" else None
+        var = reverse_variance(variance, step, gamma=gamma, data_range=data_range)
+        mean = expand_to(step.a, x) * x0 + expand_to(step.b, x) * x
+        x = mean + expand_to(torch.sqrt(var), x) * run.noise_like(x)
+        x = run.constrain(x, t_values[i + 1])
+        run.record(t_values[i + 1], x)
+    return run.finish(x, t_values[-1], denoise)
