@@ -209,6 +209,37 @@ def _load_model(args: argparse.Namespace, data_option: str | None = None):
     return model, config.data, step
 
 
+def _run_moments(args: argparse.Namespace, model, data, options: dict):
+    r"""The table of $\Gamma_t = E|s|^2/d$ at the ddpm sampler's grid times, from 2,000 training points of the run's
+    data perturbed to each time, cached in the run folder (``score_moments-<grid>.safetensors``)."""
+    import torch
+
+    from .datasets import image_dataset
+    from .reverse_variance import ScoreMoments, score_moments
+    from .samplers import sampler_options, time_grid
+
+    defaults = sampler_options("ddpm")
+    steps = args.steps or defaults["steps"]
+    schedule, t_min = options.get("schedule", defaults["schedule"]), options.get("t_min")
+    grid = time_grid(model.sde, steps, schedule, t_min)
+    cache = _run_folder(args.checkpoint) / f"score_moments-{schedule}-{steps}-{float(grid[-1]):.3g}.safetensors"
+    if cache.is_file():
+        return ScoreMoments.load(cache)
+    data = _require_data(data, "a run of its own (the analytic variance needs the model's training data)")
+    if data.kind == "toy":
+        x0 = toy_dataset(data.name).sample(2000, torch.Generator().manual_seed(args.seed))
+    else:
+        images = image_dataset(data.name, "train", data.data_dir, data.split_seed).x[:2000]
+        x0 = data.transform().to_model(images.float() + 0.5)
+    with torch.no_grad():
+        moments = score_moments(model.sde, model, x0.to(args.device), grid, generator=torch.Generator().manual_seed(0))
+    try:
+        moments.save(cache)
+    except OSError:  # a read-only run folder: the table is recomputed next time
+        pass
+    return moments
+
+
 def _transform(data):
     """The data transform of an image model (256 levels in [-1, 1], diffusers' convention, when its data set is
     unknown); None for toys."""
@@ -238,6 +269,8 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     if args.guidance is not None and args.label is None:
         raise UserError("--guidance needs --label (the class to guide towards)")
     model, data, step = _load_model(args)
+    if args.sampler == "ddpm" and options.get("variance") == "analytic":
+        options["moments"] = _run_moments(args, model, data, options)
     score = model if args.label is None else ClassifierFreeGuidance(model, args.label, args.guidance or 0.0)
     out = _out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     picture = out.with_suffix(".png")

@@ -73,7 +73,7 @@ def chain_step(sde: SDE, t: Tensor, s: Tensor, t0: Tensor | None = None) -> Chai
     )
 
 
-@dataclass
+@dataclass(repr=False)
 class ScoreMoments:
     r"""$\Gamma_t = \mathbb E\|\nabla\log p_t\|^2 / d$ at ``times`` (increasing, float64), with standard errors:
     what the analytic variance needs. `at` interpolates linearly in $\lambda = $ log-SNR (clamped to the table)."""
@@ -91,6 +91,10 @@ class ScoreMoments:
         k = torch.clamp(torch.searchsorted(lam_table, lam.contiguous()) - 1, 0, len(lam_table) - 2)
         w = (lam - lam_table[k]) / (lam_table[k + 1] - lam_table[k])
         return (gamma[k] + w * (gamma[k + 1] - gamma[k])).to(device=t.device, dtype=t.dtype)
+
+    def __repr__(self) -> str:
+        first, last = float(self.times[0]), float(self.times[-1])
+        return f"ScoreMoments({len(self.times)} times in [{first:.4g}, {last:.4g}], n={self.n})"
 
     def to_tensors(self) -> dict[str, Tensor]:
         return {

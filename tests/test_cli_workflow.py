@@ -391,3 +391,20 @@ def test_inpaint_images_from_a_file_and_a_mask_file(digits_run, tmp_path, capsys
     assert data["x"].shape == (3, 1, 8, 8) and data["x"].min() >= 0 and data["x"].max() <= 16
     assert np.array_equal(data["x"][:, :, :4], images[:, :, :4])  # the known top half is returned as given
     assert out.with_suffix(".png").stat().st_size > 3000
+
+
+def test_ddpm_sampler_with_the_analytic_variance_from_the_cli(run, tmp_path, capsys):
+    """--option variance=analytic: Gamma_t of the run's model at the grid's times, computed once and cached in the
+    run folder (the second call reads it back); an unknown variance is a one-line error naming the valid ones."""
+    options = ["--checkpoint", str(run), "--sampler", "ddpm", "--steps", "8", "-n", "100", "--json"]
+    assert main(["sample", *options, "--option", "variance=analytic", "--out", str(tmp_path / "a.npz")]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert settings["variance"] == "analytic" and "ScoreMoments(9 times" in settings["moments"]
+    (cache,) = run.glob("score_moments-uniform-8-*.safetensors")
+    stamp = cache.stat().st_mtime_ns
+    assert main(["sample", *options, "--option", "variance=analytic", "--out", str(tmp_path / "b.npz")]) == 0
+    assert cache.stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main(["sample", *options, "--option", "variance=huge", "--out", str(tmp_path / "c.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "analytic, beta, beta_tilde" in err, err
