@@ -328,7 +328,7 @@ def _image_metric(command: str, args: argparse.Namespace, data, folder: Path):
         return None
     try:
         return image_metric(data, args.features, device=args.device, cache_dir=folder / "reference_features")
-    except FeatureNetworkUnavailable as exc:
+    except (FeatureNetworkUnavailable, FileNotFoundError) as exc:  # the network, or the reference images, missing
         _note(command, f"no image metric: {exc}")
         return None
 
