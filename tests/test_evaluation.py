@@ -62,7 +62,7 @@ def test_deterministic_samplers_share_the_prior_draw():
     assert torch.equal(comparison.runs[0].x, comparison.runs[1].x)
     table = comparison.markdown()
     assert "ddim, 10 steps" in table and "Noise floor" in table and "perfect sampler's mean true NLL" in table
-    assert set(comparison.to_dict()) == {"n", "noise_floor", "entropy", "runs"}
+    assert set(comparison.to_dict()) == {"n", "noise_floor", "entropy", "image_floor", "runs"}
 
 
 def test_default_lineup_covers_pc_ode_and_the_few_step_solvers():

@@ -70,8 +70,10 @@ def test_parameterizations_recover_the_exact_score(sde, kind):
 def test_bad_input_and_unknown_names():
     with pytest.raises(ValueError, match="unknown model 'resnet'; valid names are: ddpm_unet, mlp, ncsn"):
         create_model("resnet")
-    with pytest.raises(ValueError, match="unknown parameterization 'v'"):
-        ScoreModel(ScoreMLP(), VPSDE(), "v")
+    with pytest.raises(ValueError, match="unknown parameterization 'velocity'; valid names are: edm, eps, score, v"):
+        ScoreModel(ScoreMLP(), VPSDE(), "velocity")
+    with pytest.raises(ValueError, match="'v' parameterisation needs a variance-preserving SDE"):
+        ScoreModel(ScoreMLP(), VESDE(), "v")
     with pytest.raises(ValueError, match=r"ScoreMLP expects x of shape \[B, 2\]"):
         ScoreMLP()(torch.randn(3, 4), torch.rand(3))
     with pytest.raises(ValueError, match="divisible by 2"):

@@ -274,7 +274,7 @@ def test_trajectory_holds_the_states_on_the_grid():
 
 
 def test_registries_list_their_names():
-    assert sampler_names() == ["ddim", "dpm_solver", "heun", "ode", "pc", "sde", "unipc"]
+    assert sampler_names() == ["ddim", "ddpm", "dpm_solver", "heun", "ode", "pc", "sde", "unipc"]
     assert predictors() == ["ancestral_sampling", "euler_maruyama", "none", "reverse_diffusion"]
     assert correctors() == ["annealed_langevin", "langevin", "none"]
 
@@ -287,7 +287,7 @@ def _bad(message, sde=None, score=None, shape=(4, 2), sampler="pc", **options):
 
 
 def test_bad_input_gets_clear_errors():
-    _bad("unknown sampler .euler.; valid names are: ddim, dpm_solver, heun, ode, pc, sde, unipc", sampler="euler")
+    _bad("unknown sampler .euler.; valid names are: ddim, ddpm, dpm_solver, heun, ode, pc, sde, unipc", sampler="euler")
     _bad("unknown predictor 'em'; valid names are: ancestral_sampling, euler_maruyama", predictor="em")
     _bad("unknown corrector 'mala'; valid names are: annealed_langevin, langevin, none", corrector="mala")
     _bad(
@@ -301,7 +301,7 @@ def test_bad_input_gets_clear_errors():
     _bad("t_min must lie in \\(0, T\\) = \\(0, 1\\), got 1.5", t_min=1.5)
     _bad("t_min must be a finite number > 0", t_min=-1e-3, sampler="ode")
     _bad(
-        "sampler 'ode' does not apply a constraint after its steps; samplers that do: ddim, pc",
+        "sampler 'ode' does not apply a constraint after its steps; samplers that do: ddim, ddpm, pc",
         sampler="ode",
         constraint=lambda x, t: x,
     )

@@ -132,6 +132,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_a_checkpoint_and_returns(tmp_path, signum):
+    """...and puts back the handlers it found (the default ones, or SIG_IGN under nohup)."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     cfg = _toy(10_000)
     trainer = Trainer(cfg, tmp_path, progress=False)
     original = trainer._train_step
@@ -146,10 +148,7 @@ def test_a_signal_saves_a_checkpoint_and_returns(tmp_path, signum):
     result = trainer.train()
     assert result.interrupted and result.step == 7
     assert load_checkpoint(tmp_path)["step"] == 7
-    assert (
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    )
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_eval_hook_runs_on_the_ema_model_every_eval_every_steps(tmp_path):
