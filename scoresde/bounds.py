@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._checks import check_in_registry, check_positive_int, expand_to, renamed_t_min, standard_normal_like
 from .likelihood import DIVERGENCES, check_data, divergence_fn, draw_probes, likelihood_t_min
-from .reverse_variance import VARIANCES, ScoreMoments, chain_step, reverse_variance
+from .reverse_variance import VARIANCES, ChainStep, ScoreMoments, chain_step, reverse_variance
 from .samplers.base import CountingScore
 from .samplers.grids import time_grid
 from .sde import SDE, ScoreFn, check_sde, log_snr_times
@@ -241,11 +241,11 @@ def ddpm_bound(
     times = time_grid(sde, n_steps, schedule, t_min).flip(0).to(**opts)
     t0 = torch.full((B,), t_min, **opts)
 
-    def model_variance(i: Tensor) -> Tensor:
-        """Sigma ``[B, 1]`` of the reverse step from times[i] to times[i - 1]."""
+    def reverse_step(i: Tensor) -> tuple[ChainStep, Tensor]:
+        """The chain's coefficients from times[i] to times[i - 1] and the model's variance Sigma ``[B, 1]``."""
         step = chain_step(sde, times[i], times[i - 1], t0)
         gamma = moments.at(sde, times[i]) if variance == "analytic" else None
-        return reverse_variance(variance, step, gamma=gamma, data_range=data_range)[:, None]
+        return step, reverse_variance(variance, step, gamma=gamma, data_range=data_range)[:, None]
 
     def tweedie(i: Tensor, x_i: Tensor, alpha_i0: Tensor, sigma_i0: Tensor) -> Tensor:
         return (x_i + expand_to(sigma_i0**2, x) * score(x_i, times[i])) / expand_to(alpha_i0, x)
@@ -266,18 +266,15 @@ def ddpm_bound(
     # decoder term L_0
     one = torch.ones(B, dtype=torch.long, device=x.device)
     x_1, alpha_10, sigma_10 = draw(one)
-    decoder_var = model_variance(one)
+    decoder_var = reverse_step(one)[1]
     residual = (x - tweedie(one, x_1, alpha_10, sigma_10)).reshape(B, -1).pow(2)
     decoder = (0.5 * torch.log(2 * math.pi * decoder_var) + 0.5 * residual / decoder_var).sum(1)
     # KL terms L_{i-1}, i = 2..N (per-sample indices when sampled)
     terms = []
     for i in _term_indices(n_steps, n_terms, generator, B, x.device):
         x_i, alpha_i0, sigma_i0 = draw(i)
-        s = sde.transition(times[i], times[i - 1])[1]
-        A, S = sde.transition(times[i - 1], t0)
-        coef = (s**2 * A / sigma_i0**2)[:, None]
-        post_var = (s**2 * S**2 / sigma_i0**2)[:, None]
-        var = model_variance(i)
+        step, var = reverse_step(i)
+        coef, post_var = step.a[:, None], step.beta_tilde[:, None]  # the posterior's x0 coefficient and variance
         err = (x - tweedie(i, x_i, alpha_i0, sigma_i0)).reshape(B, -1).pow(2)
         terms.append((0.5 * (torch.log(var / post_var) + post_var / var - 1) + coef**2 * err / (2 * var)).sum(1))
     terms = torch.stack(terms)  # [n, B]
