@@ -286,7 +286,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
             **options,
         )
     x = result.x.cpu()
-    transform = _transform(data) if len(x.shape) == 4 else None
+    transform = _transform(data)
     levels = transform.levels if transform else None
     arrays = {"x_model": x.numpy(), "x": transform.from_model(x).numpy().astype(np.uint8) if transform else x.numpy()}
     np.savez(out, **arrays)
@@ -299,10 +299,9 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         extent=extent,
     )
     fig.savefig(picture, dpi=110)
-    from .evaluation import MIN_IMAGE_SAMPLES
+    from .evaluation import measure_images
 
-    metric = _image_metric("sample", args, data, _run_folder(args.checkpoint))
-    quality = metric(x) if metric is not None and args.n >= MIN_IMAGE_SAMPLES else None
+    quality = measure_images(_image_metric("sample", args, data, _run_folder(args.checkpoint)), x)
     if quality is not None and not args.json:
         print(quality.summary())
     return {
@@ -409,7 +408,7 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
 
     model, data, step = _load_model(args, "--image")
     shape = _sample_shape(model)
-    transform = _transform(data) if len(shape) == 3 else None
+    transform = _transform(data)
     if args.image == "test":
         x = held_out(_require_data(data, "--image"), args.n, args.seed).x
     else:
@@ -497,7 +496,7 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
             model.sde,
             model,
             x.to(args.device),
-            transform=_transform(data) if x.ndim == 4 else None,
+            transform=_transform(data),
             true_nll=true_nll,
             seed=args.seed,
             progress=not args.json,
@@ -835,6 +834,7 @@ def _features_option(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--features",
+        choices=[*feature_networks(), "none"],
         help=f"image runs: the feature network of the Fréchet distance / KID ({', '.join(feature_networks())}, or "
         "none); default: the data set's own (digits: FD-digits, mnist: FD-mnist, others: Inception's FID)",
     )

@@ -23,7 +23,16 @@ from .metrics import energy_distance, mean_and_standard_error, sliced_wasserstei
 from .samplers import sample, sampler_options, samplers
 from .sde import SDE, ScoreFn
 
-__all__ = ["SamplerSpec", "SamplerRun", "Comparison", "default_lineup", "compare_samplers", "HeldOut", "held_out"]
+__all__ = [
+    "SamplerSpec",
+    "SamplerRun",
+    "Comparison",
+    "default_lineup",
+    "compare_samplers",
+    "measure_images",
+    "HeldOut",
+    "held_out",
+]
 
 
 @dataclass(frozen=True)
@@ -208,7 +217,7 @@ MIN_IMAGE_SAMPLES = 20
 """Fewest images the image metrics score (KID's jackknife needs 2 per block of 10)."""
 
 
-def _measure(image_metric: Callable[[Tensor], ImageQuality] | None, x: Tensor | None) -> ImageQuality | None:
+def measure_images(image_metric: Callable[[Tensor], ImageQuality] | None, x: Tensor | None) -> ImageQuality | None:
     """The image metric of ``x``, or None without a metric, images or enough of them."""
     if image_metric is None or x is None or len(x) < MIN_IMAGE_SAMPLES:
         return None
@@ -304,9 +313,9 @@ def compare_samplers(
             run.sliced_wasserstein = sliced_wasserstein(x, reference)
             if true_log_prob is not None:
                 run.true_nll, run.true_nll_standard_error = mean_and_standard_error(-true_log_prob(x.to(torch.float64)))
-            run.image_quality = _measure(image_metric, x)
+            run.image_quality = measure_images(image_metric, x)
         runs.append(run)
-    image_floor = _measure(image_metric, floor_reference)
+    image_floor = measure_images(image_metric, floor_reference)
     return Comparison(runs=runs, n=n, floor=floor, entropy=entropy, image_floor=image_floor)
 
 

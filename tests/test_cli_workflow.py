@@ -360,7 +360,9 @@ def test_sample_and_compare_report_fd_digits_on_an_image_run(digits_run, tmp_pat
     assert "FD-digits" in (tmp_path / "c" / "compare.md").read_text()
     assert main(["sample", *options, "--out", str(tmp_path / "n.npz"), "--features", "none"]) == 0
     assert json.loads(capsys.readouterr().out)["image_quality"] is None
-    assert main(["sample", *options, "--out", str(tmp_path / "r.npz"), "--features", "resnet"]) == 2
+    with pytest.raises(SystemExit) as stop:  # refused while parsing: nothing sampled, nothing written
+        main(["sample", *options, "--out", str(tmp_path / "r.npz"), "--features", "resnet"])
+    assert stop.value.code == 2 and not (tmp_path / "r.npz").exists()
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "digits" in err and "inception" in err, err
 
