@@ -14,7 +14,6 @@ Writes digits_quality.json, digits_quality.md and digits_quality.png.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from report_files import write_report  # noqa: E402
 
 from scoresde import image_dataset  # noqa: E402
 from scoresde.config import preset  # noqa: E402
@@ -116,12 +116,7 @@ def main() -> None:
         "floor": comparison.image_floor.to_dict(),
         "runs": [run.to_dict() for run in comparison.runs],
     }
-    text = markdown(report)
-    print(text)
-    (out / "digits_quality.json").write_text(json.dumps(report, indent=2))
-    (out / "digits_quality.md").write_text(text)
-    plot(report, out / "digits_quality.png")
-    print(f"wrote {out / 'digits_quality.json'}, digits_quality.md and digits_quality.png")
+    write_report(out, "digits_quality", report, markdown(report), plot)
 
 
 if __name__ == "__main__":

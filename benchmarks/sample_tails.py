@@ -33,6 +33,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from report_files import write_report  # noqa: E402
 
 from scoresde import VPSDE, log_likelihood, sample, toy_dataset  # noqa: E402
 from scoresde.config import override, preset  # noqa: E402
@@ -222,12 +223,7 @@ def main() -> None:
             if data == "8gaussians" and variant == "eps":
                 report["diagnosis"] = diagnose(toy, trainer, args.diagnosis_n)
             print(data, variant, json.dumps(report[data][variant]), flush=True)
-    text = markdown(report)
-    print(text)
-    (out / "sample_tails.json").write_text(json.dumps(report, indent=2))
-    (out / "sample_tails.md").write_text(text)
-    plot(report, out / "sample_tails.png")
-    print(f"wrote {out / 'sample_tails.json'}, sample_tails.md and sample_tails.png")
+    write_report(out, "sample_tails", report, markdown(report), plot)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from report_files import write_report  # noqa: E402
 
 from scoresde import VPSDE, ddpm_bound, energy_distance, image_dataset, sample, toy_dataset  # noqa: E402
 from scoresde.features import image_metric  # noqa: E402
@@ -184,12 +185,7 @@ def main() -> None:
     report["toy"] = toy_rows(model.sde, model, toy, train, steps_list, n_bound, n_samples, torch.float32)
     if (runs / "digits-ddpm" / "checkpoint.safetensors").is_file():
         report["digits"], report["digits_floor"] = digits_rows(runs / "digits-ddpm", [10, 25, 100], 200, 1000)
-    text = markdown(report)
-    print(text)
-    (out / "variance.json").write_text(json.dumps(report, indent=2))
-    (out / "variance.md").write_text(text)
-    plot(report, out / "variance.png")
-    print(f"wrote {out / 'variance.json'}, variance.md and variance.png")
+    write_report(out, "variance", report, markdown(report), plot)
 
 
 if __name__ == "__main__":
