@@ -17,7 +17,15 @@ from torch import Tensor
 
 from ._checks import check_in_registry, check_positive_int, expand_to, renamed_t_min, standard_normal_like
 from .likelihood import DIVERGENCES, check_data, divergence_fn, draw_probes, likelihood_t_min
-from .reverse_variance import VARIANCES, ChainStep, ScoreMoments, chain_step, reverse_variance
+from .reverse_variance import (
+    VARIANCES,
+    ChainStep,
+    ScoreMoments,
+    chain_step,
+    decoder_step,
+    learned_variance_fraction,
+    reverse_variance,
+)
 from .samplers.base import CountingScore
 from .samplers.grids import time_grid
 from .sde import SDE, ScoreFn, check_sde, log_snr_times
@@ -210,7 +218,8 @@ def ddpm_bound(
     estimates the sum from that many stratified indices (unbiased, with its standard error).
 
     ``variance`` chooses the reverse chain's variance $\Sigma$ (`scoresde.reverse_variance`: ``beta_tilde``, the
-    posterior's and the default, as above; ``beta``; ``analytic``, which needs ``moments``, the table of
+    posterior's and the default, as above; ``beta``; ``learned``, the network's own per-dimension variance, for a
+    model trained with ``learn_variance``; ``analytic``, which needs ``moments``, the table of
     $\Gamma_t = \mathbb E\|s\|^2/d$, and takes ``data_range``).
     With $\Sigma \ne \tilde\beta$ each KL term gains $\tfrac d2(\log(\Sigma/\tilde\beta) + \tilde\beta/\Sigma - 1)$ and
     divides the mean's error by $2\Sigma$; the decoder's variance is $\Sigma$ of the last step. ``schedule`` spaces the
@@ -235,17 +244,23 @@ def ddpm_bound(
         raise ValueError(
             "variance='analytic' needs moments: scoresde.reverse_variance.score_moments(sde, score, data, times)"
         )
+    fraction_fn = learned_variance_fraction(score_fn) if variance == "learned" else None
     score = CountingScore(score_fn)
     B, dim = x.shape[0], x[0].numel()
     opts = {"dtype": x.dtype, "device": x.device}
     times = time_grid(sde, n_steps, schedule, t_min).flip(0).to(**opts)
     t0 = torch.full((B,), t_min, **opts)
 
-    def reverse_step(i: Tensor) -> tuple[ChainStep, Tensor]:
-        """The chain's coefficients from times[i] to times[i - 1] and the model's variance Sigma ``[B, 1]``."""
+    def reverse_step(i: Tensor, x_i: Tensor, decoder: bool = False) -> tuple[ChainStep, Tensor]:
+        """The chain's coefficients from times[i] to times[i - 1] and the model's variance Sigma ``[B, 1 or D]``
+        (``x_i``: where the score was just evaluated, for a learned variance)."""
         step = chain_step(sde, times[i], times[i - 1], t0)
+        if decoder and fraction_fn is not None:
+            step = decoder_step(step, chain_step(sde, times[i + 1], times[i], t0))
         gamma = moments.at(sde, times[i]) if variance == "analytic" else None
-        return step, reverse_variance(variance, step, gamma=gamma, data_range=data_range)[:, None]
+        fraction = fraction_fn(x_i, times[i]) if fraction_fn is not None else None
+        var = reverse_variance(variance, step, gamma=gamma, fraction=fraction, data_range=data_range)
+        return step, var.reshape(B, -1)
 
     def tweedie(i: Tensor, x_i: Tensor, alpha_i0: Tensor, sigma_i0: Tensor) -> Tensor:
         return (x_i + expand_to(sigma_i0**2, x) * score(x_i, times[i])) / expand_to(alpha_i0, x)
@@ -266,16 +281,16 @@ def ddpm_bound(
     # decoder term L_0
     one = torch.ones(B, dtype=torch.long, device=x.device)
     x_1, alpha_10, sigma_10 = draw(one)
-    decoder_var = reverse_step(one)[1]
     residual = (x - tweedie(one, x_1, alpha_10, sigma_10)).reshape(B, -1).pow(2)
+    decoder_var = reverse_step(one, x_1, decoder=True)[1]
     decoder = (0.5 * torch.log(2 * math.pi * decoder_var) + 0.5 * residual / decoder_var).sum(1)
     # KL terms L_{i-1}, i = 2..N (per-sample indices when sampled)
     terms = []
     for i in _term_indices(n_steps, n_terms, generator, B, x.device):
         x_i, alpha_i0, sigma_i0 = draw(i)
-        step, var = reverse_step(i)
-        coef, post_var = step.a[:, None], step.beta_tilde[:, None]  # the posterior's x0 coefficient and variance
         err = (x - tweedie(i, x_i, alpha_i0, sigma_i0)).reshape(B, -1).pow(2)
+        step, var = reverse_step(i, x_i)
+        coef, post_var = step.a[:, None], step.beta_tilde[:, None]  # the posterior's x0 coefficient and variance
         terms.append((0.5 * (torch.log(var / post_var) + post_var / var - 1) + coef**2 * err / (2 * var)).sum(1))
     terms = torch.stack(terms)  # [n, B]
     scale = n_steps - 1

@@ -37,9 +37,16 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(
-    path: str | Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, step: int, config: RunConfig
+    path: str | Path,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    config: RunConfig,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write model, EMA, optimiser state, step and config to one safetensors file, atomically
+    """Write model, EMA, optimiser state, step, config and the trainer's ``extra`` state tensors (e.g. the hybrid
+    loss's step history) to one safetensors file, atomically
     (`scoresde.run_folder.write_atomic`: a temporary file in the same folder, flushed to disk, renamed over ``path``).
     A failed write (disk full, permission lost) raises `CheckpointError` and leaves the previous checkpoint."""
     from safetensors.torch import save
@@ -51,6 +58,7 @@ def save_checkpoint(
     for index, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    tensors.update({f"extra.{k}": v.detach().contiguous().cpu() for k, v in (extra or {}).items()})
     tensors["rng.torch"] = torch.get_rng_state()  # training draws from (seed, rank, step); kept for code around it
     metadata = {
         "format": FORMAT,
@@ -85,7 +93,7 @@ def checkpoint_step(path: Path) -> str:
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
     """Read a checkpoint safely (safetensors: tensors and JSON text, no code): a dict with ``model``, ``ema``,
-    ``optimizer`` state dicts, ``step`` and ``config`` (a `RunConfig`)."""
+    ``optimizer`` state dicts, ``step``, ``config`` (a `RunConfig`) and ``extra`` (the trainer's other state)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -114,11 +122,11 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         raise CheckpointError(f"{path} has corrupt metadata ({exc})") from None
     if step < 0:
         raise CheckpointError(f"{path} has corrupt metadata (step {step} < 0)")
-    out = {"model": {}, "ema": {}, "step": step, "config": config, "rng": tensors.get("rng.torch")}
+    out = {"model": {}, "ema": {}, "extra": {}, "step": step, "config": config, "rng": tensors.get("rng.torch")}
     optim_state: dict[int, dict] = {}
     for key, value in tensors.items():
         kind, _, rest = key.partition(".")
-        if kind in ("model", "ema"):
+        if kind in ("model", "ema", "extra"):
             out[kind][rest] = value
         elif kind == "optim":
             index, _, name = rest.partition(".")

@@ -194,6 +194,10 @@ class TrainConfig:
     eval_every: int = 0
     label_dropout: float = 0.0
     """Class-conditional models: probability of training a sample with the null label (classifier-free guidance)."""
+    vlb_weight: float = 0.001
+    """Models with a learned variance: lambda of the hybrid loss L_simple + lambda L_vlb (Improved DDPM's 0.001)."""
+    vlb_importance_sampling: bool = False
+    """Models with a learned variance: draw the chain's steps by importance (`scoresde.losses.VLBTimeSampler`)."""
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -239,6 +243,7 @@ class TrainConfig:
             "train.label_dropout",
             f"must lie in [0, 1), got {self.label_dropout!r}",
         )
+        _require(self.vlb_weight >= 0, "train.vlb_weight", f"must be >= 0, got {self.vlb_weight!r}")
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,20 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.kwargs.get("learn_variance"):
+            _require(
+                self.train.n_steps is not None and self.train.weighting == "eps",
+                "model.kwargs.learn_variance",
+                "a learned variance trains with the hybrid loss on a discrete chain: set train.weighting: eps and "
+                f"train.n_steps (e.g. 1000), got weighting {self.train.weighting!r}, n_steps {self.train.n_steps!r}",
+            )
+
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the run's network learns the reverse variance (trained with the hybrid loss)."""
+        return bool(self.model.kwargs.get("learn_variance"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -438,6 +457,24 @@ register_preset(
     },
 )
 
+# Improved DDPM's learned reverse variance on the toy: the same network with a variance channel, trained with the
+# hybrid loss (L_simple + 0.001 L_vlb) on DDPM's 1000-step chain, the bound's terms importance sampled
+register_preset(
+    "toy-vp-learned-var",
+    {
+        "sde": {"name": "vp"},
+        "model": {**_TOY_MODEL, "kwargs": {**_TOY_MODEL["kwargs"], "learn_variance": True}},
+        "data": {"kind": "toy", "name": "8gaussians"},
+        "train": {
+            **_TOY_TRAIN,
+            "weighting": "eps",
+            "importance_sampling": False,
+            "n_steps": 1000,
+            "vlb_importance_sampling": True,
+        },
+    },
+)
+
 
 def _unet(in_channels: int, image_size: int, ch: int, ch_mult: list[int], attn: list[int], groups: int) -> dict:
     return {
@@ -480,6 +517,24 @@ register_preset(
         "model": _unet(1, 8, 32, [1, 2], [4], 8),
         "data": {"kind": "image", "name": "digits"},
         "train": _train(4500, 1e-3, 200, 0.999, "eps", 500, "cosine"),
+    },
+)
+# Improved DDPM's learned variance on the digits: digits-ddpm's U-Net with a variance channel, the hybrid loss on the
+# 1000-step chain
+register_preset(
+    "digits-ddpm-learned-var",
+    {
+        "sde": _VP,
+        "model": {
+            **_unet(1, 8, 32, [1, 2], [4], 8),
+            "kwargs": {**_unet(1, 8, 32, [1, 2], [4], 8)["kwargs"], "learn_variance": True},
+        },
+        "data": {"kind": "image", "name": "digits"},
+        "train": {
+            **_train(4500, 1e-3, 200, 0.999, "eps", 500, "cosine"),
+            "n_steps": 1000,
+            "vlb_importance_sampling": True,
+        },
     },
 )
 # classifier-free guidance on the digits: the same U-Net with a label embedding, 10% of rows trained unconditionally

@@ -20,19 +20,39 @@ $\mathbb E_{t \sim U}\,\ell$. With ``n_steps = N`` t is uniform on the N-step ch
 $t_i = t_{min} + (T - t_{min})(i - 1)/(N - 1)$ (DDPM's linear-beta chain for VP, SMLD's geometric
 sigmas for VE): `ddpm_loss` and `smld_loss` are those discrete losses.
 
+**Hybrid objective** (Improved DDPM, Nichol & Dhariwal 2021) for a network with a learned reverse variance
+(`hybrid_loss`): on the N-step chain $L_{hybrid} = L_{simple} + \lambda L_{vlb}$, where $L_{vlb} = N\,L_i$ (one term of
+the chain's bound, bits per dimension, i uniform or importance sampled by `VLBTimeSampler`) sees the mean through a
+stop-gradient, so it trains the variance only and $L_{simple}$ the mean.
+
 Since $\mathbb E\|\sigma s_\theta + \epsilon\|^2 = \sigma^2\mathbb E\|s_\theta - \nabla\log p_t\|^2
 + D - \sigma^2\mathbb E\|\nabla\log p_t\|^2$, the loss at the exact score is its irreducible minimum.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._checks import check_finite, check_in_registry, check_positive_int, expand_to, renamed_t_min, standard_normal_like
+from .reverse_variance import chain_step, reverse_variance
 from .sde import SDE, ScoreFn, check_sde, log_snr_times
 
-__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "classifier_loss", "WEIGHTINGS", "REDUCTIONS"]
+__all__ = [
+    "dsm_loss",
+    "ddpm_loss",
+    "smld_loss",
+    "classifier_loss",
+    "hybrid_loss",
+    "HybridLoss",
+    "VLBTimeSampler",
+    "WEIGHTINGS",
+    "REDUCTIONS",
+]
 
 WEIGHTINGS = ("sigma2", "likelihood", "eps")
 REDUCTIONS = ("sum", "mean")
@@ -151,3 +171,125 @@ def classifier_loss(
     t, _ = _draw_times(sde, t_min, B, False, None, generator, opts)  # uniform on [t_min, T]
     xt = sde.perturb(x0, t, standard_normal_like(x0, generator))
     return torch.nn.functional.cross_entropy(classifier(xt, t), y.long(), reduction="none")
+
+
+class VLBTimeSampler:
+    r"""Importance sampling of the chain's bound terms over the steps (Improved DDPM's loss-second-moment
+    resampler): step ``i`` is drawn with $p_i \propto \sqrt{\mathbb E[L_i^2]}$ over the last ``history`` values
+    of each term, mixed with ``uniform`` of the uniform distribution, and uniformly until every step has
+    ``history`` values; the loss is reweighted by $1/(N p_i)$, which keeps its expectation. The history is
+    state (`state_dict`) that a checkpoint keeps, so a resumed run draws the same steps."""
+
+    def __init__(self, n_steps: int, history: int = 10, uniform: float = 1e-3) -> None:
+        self.n_steps, self.history, self.uniform = check_positive_int("n_steps", n_steps), history, uniform
+        self.values = np.zeros((n_steps, history))
+        self.counts = np.zeros(n_steps, dtype=np.int64)
+
+    def probabilities(self) -> Tensor:
+        """$p_i$ ``[N]`` (float64)."""
+        if (self.counts < self.history).any():
+            return torch.full((self.n_steps,), 1.0 / self.n_steps, dtype=torch.float64)
+        w = np.sqrt(np.mean(self.values**2, axis=1))
+        w = w / w.sum() * (1 - self.uniform) + self.uniform / self.n_steps
+        return torch.from_numpy(w)
+
+    def draw(self, batch: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Step indices ``[B]`` (0-based, on the CPU) and their weights $1/(N p_i)$ ``[B]`` (float64)."""
+        p = self.probabilities()
+        index = torch.multinomial(p, batch, replacement=True, generator=generator)
+        return index, 1.0 / (self.n_steps * p[index])
+
+    def update(self, index: Tensor, values: Tensor) -> None:
+        """Append each drawn step's term value to its history (the oldest dropped once ``history`` are kept)."""
+        for i, v in zip(index.cpu().tolist(), values.detach().double().cpu().tolist()):
+            if self.counts[i] == self.history:
+                self.values[i, :-1] = self.values[i, 1:]
+                self.values[i, -1] = v
+            else:
+                self.values[i, self.counts[i]] = v
+                self.counts[i] += 1
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"values": torch.from_numpy(self.values.copy()), "counts": torch.from_numpy(self.counts.copy())}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        values, counts = state["values"].double().numpy(), state["counts"].long().numpy()
+        if values.shape != self.values.shape or counts.shape != self.counts.shape:
+            raise ValueError(
+                f"the saved step history has shape {tuple(values.shape)}, this chain needs {self.values.shape}"
+            )
+        self.values, self.counts = values.copy(), counts.copy()
+
+
+@dataclass
+class HybridLoss:
+    """Per-sample parts of `hybrid_loss`: ``loss [B]`` (what is minimised), ``simple [B]``, ``vlb [B]`` (the drawn
+    step's bound term, bits/dim, detached) and ``index [B]`` (the drawn steps, for `VLBTimeSampler.update`)."""
+
+    loss: Tensor
+    simple: Tensor
+    vlb: Tensor
+    index: Tensor
+
+
+def hybrid_loss(
+    model,
+    sde: SDE,
+    x0: Tensor,
+    *,
+    n_steps: int = 1000,
+    vlb_weight: float = 1e-3,
+    t_min: float | None = None,
+    generator: torch.Generator | None = None,
+    y: Tensor | None = None,
+    time_sampler: VLBTimeSampler | None = None,
+) -> HybridLoss:
+    r"""Improved DDPM's hybrid objective for a `scoresde.ScoreModel` with a learned variance, per sample:
+
+    $$\ell = w_i\Big(\overline{\|\hat\epsilon - \epsilon\|^2} + \lambda N L_i\Big), \qquad
+    L_i = \frac{1}{d\ln 2}\begin{cases}
+    D_{KL}\big(\mathcal N(a x_0 + b x_i, \tilde\beta)\,\|\,
+    \mathcal N(a\,\mathrm{sg}(\hat x_0) + b x_i, \Sigma_\theta)\big)
+    & i > 0\\ -\log\mathcal N(x_0;\ a\,\mathrm{sg}(\hat x_0) + b x_i, \Sigma_\theta) & i = 0\end{cases}$$
+
+    on the chain $t_i = t_{min} + (T - t_{min})\,i/(N - 1)$, ``i = 0..N-1``, stepping from $t_i$ to $t_{i-1}$
+    ($t_{-1} = 0$, the data: the decoder); $a, b, \beta, \tilde\beta$ are the step's (`scoresde.reverse_variance`),
+    $\Sigma_\theta = \exp(f\log\beta + (1 - f)\log\tilde\beta)$ with the network's $f$ (the decoder's
+    $\tilde\beta$ clipped to the next step's), $\mathrm{sg}$ the stop-gradient, $\lambda$ = ``vlb_weight``
+    (Improved DDPM's 0.001) and $w_i = 1/(N p_i)$ with i drawn by ``time_sampler`` (uniform when ``None``: $w = 1$).
+    """
+    check_sde(sde)
+    check_finite("x0", x0)
+    n_steps = check_positive_int("n_steps", n_steps)
+    if n_steps < 2:
+        raise ValueError(f"the hybrid loss needs a chain of at least 2 steps, got n_steps={n_steps}")
+    if not getattr(model, "learns_variance", False):
+        raise ValueError("hybrid_loss needs a ScoreModel whose network has learn_variance=True")
+    t_min = sde.check_t_min(t_min)
+    B, opts = x0.shape[0], {"dtype": x0.dtype, "device": x0.device}
+    if time_sampler is None:
+        index = torch.randint(0, n_steps, (B,), generator=generator)
+        weight = torch.ones(B, dtype=torch.float64)
+    else:
+        index, weight = time_sampler.draw(B, generator)
+    index, weight = index.to(x0.device), weight.to(**opts)
+    grid = t_min + (sde.T - t_min) * torch.arange(n_steps, **opts) / (n_steps - 1)
+    t = grid[index]
+    s = torch.where(index > 0, grid[(index - 1).clamp(min=0)], torch.zeros_like(t))
+    decoder = index == 0
+    step = chain_step(sde, t, s)
+    first = chain_step(sde, grid[1].expand(B), grid[0].expand(B))  # the step into the decoder's start
+    step = replace(step, beta_tilde=torch.where(decoder, first.beta_tilde, step.beta_tilde))
+    noise = standard_normal_like(x0, generator)
+    xt = sde.perturb(x0, t, noise)
+    scaled, fraction = model.scaled_score_and_variance(xt, t, y)
+    simple = (scaled + noise).reshape(B, -1).pow(2).mean(1)
+    x0_hat = (xt + expand_to(sde.sigma(t), xt) * scaled.detach()) / expand_to(sde.alpha(t), xt)
+    var = reverse_variance("learned", step, fraction=fraction)
+    a, b, beta_tilde = (expand_to(c, xt) for c in (step.a, step.b, step.beta_tilde))
+    mean_error = (a * (x0 - x0_hat)).pow(2)
+    kl = 0.5 * (torch.log(var / beta_tilde) + beta_tilde / var - 1) + mean_error / (2 * var)
+    nll = 0.5 * torch.log(2 * math.pi * var) + (x0 - a * x0_hat - b * xt).pow(2) / (2 * var)
+    terms = torch.where(expand_to(decoder, xt), nll, kl).reshape(B, -1).mean(1) / math.log(2)
+    loss = weight * (simple + vlb_weight * n_steps * terms)
+    return HybridLoss(loss=loss, simple=simple.detach(), vlb=terms.detach(), index=index)

@@ -11,6 +11,9 @@ $\tilde\beta = \sigma_{t|s}^2\sigma_s^2/\sigma_t^2$ the exact posterior's:
 
 - ``beta``: $\Sigma = \beta$, the upper choice (DDPM's $\sigma_t^2 = \beta_t$; optimal for $x_0 \sim \mathcal N(0, I)$);
 - ``beta_tilde``: $\Sigma = \tilde\beta$, the lower choice (optimal for a single point $x_0$; the default);
+- ``learned``: $\log\Sigma = f\log\beta + (1 - f)\log\tilde\beta$ per dimension, with $f = (v(x_t, t) + 1)/2$ the
+  network's extra output (Improved DDPM, Nichol & Dhariwal 2021), trained with the hybrid objective
+  `scoresde.losses.hybrid_loss`; on a strided sub-chain the same $f$ interpolates the respaced $\beta$, $\tilde\beta$;
 - ``analytic``: the optimum of the step's expected KL (Bao et al. 2022, Analytic-DPM),
   $$\Sigma^* = \tilde\beta + a^2\,\frac{\sigma_t^2}{\alpha_t^2}\Big(1 - \sigma_t^2\,\Gamma_t\Big), \qquad
   \Gamma_t = \frac{\mathbb E\,\|\nabla\log p_t(x_t)\|^2}{d},$$
@@ -21,24 +24,36 @@ $\tilde\beta = \sigma_{t|s}^2\sigma_s^2/\sigma_t^2$ the exact posterior's:
   $[l, h]$ also $\Sigma^* \le \tilde\beta + a^2 (h - l)^2/4$ (Theorem 2 of the paper).
 
 The chain's last step to the data (the decoder) has $\tilde\beta = 0$: ``beta`` and ``beta_tilde`` use $\beta_1$ there
-(DDPM), ``analytic`` uses $\mathbb E\|x_0 - \hat x_0\|^2/d = \sigma_1^2(1 - \sigma_1^2\Gamma_1)/\alpha_1^2$.
+(DDPM), ``learned`` replaces the decoder's $\tilde\beta = 0$ by the next step's (Improved DDPM's clipped
+log variance; `decoder_step`), ``analytic`` uses
+$\mathbb E\|x_0 - \hat x_0\|^2/d = \sigma_1^2(1 - \sigma_1^2\Gamma_1)/\alpha_1^2$.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ._checks import check_finite, check_in_registry, standard_normal_like
+from ._checks import check_finite, check_in_registry, expand_to, standard_normal_like
 from .sde import SDE, ScoreFn
 
-__all__ = ["VARIANCES", "ScoreMoments", "score_moments", "ChainStep", "chain_step", "reverse_variance"]
+__all__ = [
+    "VARIANCES",
+    "ScoreMoments",
+    "score_moments",
+    "ChainStep",
+    "chain_step",
+    "decoder_step",
+    "reverse_variance",
+    "learned_variance_fraction",
+]
 
-VARIANCES = ("beta", "beta_tilde", "analytic")
+VARIANCES = ("beta", "beta_tilde", "learned", "analytic")
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,23 @@ def chain_step(sde: SDE, t: Tensor, s: Tensor, t0: Tensor | None = None) -> Chai
         noise_ratio=sigma_t2 / alpha_t**2,
         sigma_t2=sigma_t2,
     )
+
+
+def decoder_step(step: ChainStep, next_step: ChainStep) -> ChainStep:
+    r"""The decoder's step with its $\tilde\beta = 0$ replaced by ``next_step``'s (the step into the decoder's
+    start), so that the learned variance's $\log\tilde\beta$ stays finite (Improved DDPM's clipped log variance)."""
+    return replace(step, beta_tilde=next_step.beta_tilde)
+
+
+def learned_variance_fraction(score_fn: ScoreFn) -> Callable[[Tensor, Tensor], Tensor]:
+    """``score_fn``'s learned-variance fraction ``f(x, t)`` (a `scoresde.ScoreModel` trained with
+    ``learn_variance``), or a one-line ``ValueError`` saying how to get one."""
+    if not getattr(score_fn, "learns_variance", False):
+        raise ValueError(
+            "variance='learned' needs a model trained with a learned variance (model.kwargs.learn_variance: true, "
+            f"e.g. preset toy-vp-learned-var); this {type(score_fn).__name__} has none"
+        )
+    return score_fn.variance_fraction
 
 
 @dataclass(repr=False)
@@ -154,12 +186,19 @@ def reverse_variance(
     step: ChainStep,
     *,
     gamma: Tensor | None = None,
+    fraction: Tensor | None = None,
     data_range: tuple[float, float] | None = None,
 ) -> Tensor:
     r"""$\Sigma$ of one reverse step (module docstring) for ``choice`` in `VARIANCES`, shaped like the step's
-    coefficients. ``gamma``: $\Gamma_t$ (``analytic``); ``data_range``: $(l, h)$ of the data, tightening the
-    analytic upper bound."""
+    coefficients (``learned``: like ``fraction``, the network's $f = (v + 1)/2$ per dimension, the step's coefficients
+    broadcasting over its leading axis). ``gamma``: $\Gamma_t$ (``analytic``); ``data_range``: $(l, h)$ of the data,
+    tightening the analytic upper bound."""
     check_in_registry("reverse variance", choice, VARIANCES)
+    if choice == "learned":
+        if fraction is None:
+            raise ValueError("the 'learned' variance needs the network's fraction f = (v + 1)/2 (variance_fraction)")
+        log_beta, log_beta_tilde = (expand_to(c.log(), fraction) for c in (step.beta, step.beta_tilde))
+        return torch.exp(fraction * log_beta + (1 - fraction) * log_beta_tilde)
     if choice == "beta" or (choice == "beta_tilde" and bool((step.beta_tilde == 0).all())):
         return step.beta  # the decoder step of both fixed choices: DDPM's beta_1
     if choice == "beta_tilde":

@@ -45,7 +45,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, RunConfig, load_config, save_config
 from .datasets import DataTransform, image_dataset, toy_dataset
-from .losses import dsm_loss
+from .losses import VLBTimeSampler, dsm_loss, hybrid_loss
 from .models import ScoreModel, create_model
 from .run_folder import RunFolderError, RunLock, remove_run_files, remove_stale_temporaries, run_files, truncate_log
 from .sde import SDE
@@ -262,6 +262,9 @@ class Trainer:
         tc = config.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.data = DataStream(config, self.rank, self.world, self.device)
+        self.time_sampler = (
+            VLBTimeSampler(tc.n_steps) if config.learns_variance and tc.vlb_importance_sampling else None
+        )
         self.step = 0
         self.evals: list[dict] = []
         self._stop = False
@@ -409,8 +412,9 @@ class Trainer:
         """Write the checkpoint (rank 0 only; atomic)."""
         if not self.is_main:
             return None
+        extra = {f"time_sampler.{k}": v for k, v in self.time_sampler.state_dict().items()} if self.time_sampler else {}
         return save_checkpoint(
-            self.out_dir / CHECKPOINT, self.model, self.ema.model, self.optimizer, self.step, self.config
+            self.out_dir / CHECKPOINT, self.model, self.ema.model, self.optimizer, self.step, self.config, extra
         )
 
     # ------------------------------------------------------------------ internals
@@ -434,17 +438,7 @@ class Trainer:
         if y is not None and tc.label_dropout > 0:  # classifier-free guidance: some rows train the unconditional model
             drop = torch.rand(y.shape, generator=generator) < tc.label_dropout
             y = torch.where(drop.to(y.device), torch.full_like(y, self.data.num_classes), y)
-        loss = dsm_loss(
-            self._train_model,
-            self.sde,
-            x0,
-            weighting=tc.weighting,
-            importance_sampling=tc.importance_sampling,
-            t_min=tc.t_min,
-            n_steps=tc.n_steps,
-            generator=generator,
-            y=y,
-        ).mean()
+        loss = self._loss(x0, y, generator)
         if not torch.isfinite(loss):
             last = self.out_dir / CHECKPOINT
             kept = (
@@ -463,6 +457,37 @@ class Trainer:
         self.optimizer.step()
         self.ema.update(self.model, self.step)
         return float(loss.detach())
+
+    def _loss(self, x0: Tensor, y: Tensor | None, generator: torch.Generator) -> Tensor:
+        """The batch's loss: denoising score matching, or the hybrid loss for a learned variance (whose drawn steps'
+        bound terms, gathered from every rank, update the step sampler)."""
+        tc = self.config.train
+        if not self.config.learns_variance:
+            return dsm_loss(
+                self._train_model,
+                self.sde,
+                x0,
+                weighting=tc.weighting,
+                importance_sampling=tc.importance_sampling,
+                t_min=tc.t_min,
+                n_steps=tc.n_steps,
+                generator=generator,
+                y=y,
+            ).mean()
+        parts = hybrid_loss(
+            self._train_model,
+            self.sde,
+            x0,
+            n_steps=tc.n_steps,
+            vlb_weight=tc.vlb_weight,
+            t_min=tc.t_min,
+            generator=generator,
+            y=y,
+            time_sampler=self.time_sampler,
+        )
+        if self.time_sampler is not None:
+            self.time_sampler.update(*_gathered(parts.index, parts.vlb, self.world))
+        return parts.loss.mean()
 
     def _evaluate(self) -> None:
         figures = {"step": self.step, **self.eval_fn(self, self.step)}
@@ -512,6 +537,15 @@ class Trainer:
             self.optimizer.load_state_dict(optim)
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path} holds an optimizer state that does not fit the model ({exc})") from None
+        if self.time_sampler is not None:
+            saved = {k.removeprefix("time_sampler."): v for k, v in state["extra"].items()}
+            try:
+                self.time_sampler.load_state_dict(saved)
+            except (KeyError, ValueError) as exc:
+                raise CheckpointError(
+                    f"{path} holds no usable step history for the importance-sampled hybrid loss ({exc}), so a resume "
+                    f"would not be exact; start afresh (scoresde train --force)"
+                ) from None
         self.step = state["step"]
         if state["rng"] is not None:
             torch.set_rng_state(state["rng"].cpu())
@@ -531,6 +565,18 @@ class Trainer:
                 signal.signal(sig, old)
 
         return restore
+
+
+def _gathered(index: Tensor, values: Tensor, world: int) -> tuple[Tensor, Tensor]:
+    """``(index, values)`` of every rank, concatenated in rank order (the tensors themselves on one process)."""
+    if world == 1:
+        return index, values
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(index) for _ in range(world)], [torch.empty_like(values) for _ in range(world)]
+    dist.all_gather(parts[0], index)
+    dist.all_gather(parts[1], values)
+    return torch.cat(parts[0]), torch.cat(parts[1])
 
 
 def _append_csv(path: Path, row: dict) -> None:

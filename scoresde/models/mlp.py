@@ -49,13 +49,15 @@ class _ResidualBlock(nn.Module):
 
 @register_model("mlp")
 class ScoreMLP(nn.Module):
-    """Residual MLP ``(x [B, dim], t [B]) -> [B, dim]``.
+    """Residual MLP ``(x [B, dim], t [B]) -> [B, dim]`` (``[B, 2 dim]`` with ``learn_variance``).
 
     Args:
         dim: data dimension. width: hidden width. depth: number of residual blocks.
         embedding: ``"fourier"`` or ``"sinusoidal"`` time features of size ``emb_dim`` (``emb_scale``).
         num_classes: with ``K > 0``, a class-conditional network ``(x, t, y)``: a label embedding (``K`` classes
             and the null label ``K``) is added to the time embedding.
+        learn_variance: output a second ``dim`` channels ``v``, the reverse chain's learned variance
+            (Improved DDPM; `scoresde.reverse_variance`): the network then maps to ``[B, 2 dim]``.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class ScoreMLP(nn.Module):
         emb_dim: int = 64,
         emb_scale: float | None = None,
         num_classes: int = 0,
+        learn_variance: bool = False,
     ) -> None:
         super().__init__()
         dim, width, depth = (
@@ -77,14 +80,14 @@ class ScoreMLP(nn.Module):
         emb_dim = check_positive_int("emb_dim", emb_dim)
         if emb_scale is not None:
             check_positive("emb_scale", emb_scale)
-        self.dim = dim
+        self.dim, self.learn_variance = dim, bool(learn_variance)
         self.time = TimeMLP(time_embedding(embedding, emb_dim, emb_scale), emb_dim, width)
         self.num_classes = check_num_classes(num_classes)
         self.label = LabelEmbedding(num_classes, width) if num_classes else None
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_ResidualBlock(width, width) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width)
-        self.out = nn.Linear(width, dim)
+        self.out = nn.Linear(width, dim * (2 if learn_variance else 1))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 

@@ -25,6 +25,12 @@ every t.
 
 `ScoreModel.scaled_score` returns $\sigma(t) s$ without dividing by a small $\sigma$
 (the DSM loss uses it).
+
+A network built with ``learn_variance`` outputs twice the data's channels: the first half is the output above, the
+second $v$, the learned reverse variance's log-domain interpolation fraction $(v + 1)/2$ between $\beta$ and
+$\tilde\beta$ (Improved DDPM; `scoresde.reverse_variance`). `ScoreModel.variance_fraction` returns it; the last
+evaluation's fraction is kept, so asking for it right after the score at the same ``(x, t)`` costs no network
+evaluation (the samplers' NFE stays honest).
 """
 
 from __future__ import annotations
@@ -56,15 +62,57 @@ class ScoreModel(nn.Module):
                 raise ValueError(f"the 'v' parameterisation needs a variance-preserving SDE (VP), got {sde!r}")
 
     @property
+    def learns_variance(self) -> bool:
+        """Whether the network outputs the reverse chain's learned variance (a second half of channels)."""
+        return bool(getattr(getattr(self.net, "module", self.net), "learn_variance", False))
+
+    @property
     def num_classes(self) -> int:
         """Classes of a class-conditional network (0: unconditional); its null label is ``num_classes``."""
         return getattr(self.net, "num_classes", 0)
 
     def scaled_score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         r"""$\sigma(t)\,s_\theta(x, t[, y])$, i.e. $-\hat\epsilon$ (``y``: class labels of a conditional network)."""
+        scaled, fraction = self.scaled_score_and_variance(x, t, y)
+        if fraction is not None:
+            self._last_fraction = (x, t, fraction.detach())
+        return scaled
+
+    def scaled_score_and_variance(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        r"""$(\sigma s_\theta,\ (v + 1)/2)$ from one network evaluation: the scaled score and the learned variance's
+        interpolation fraction (``None`` for a network without ``learn_variance``)."""
         if self.parameterization == "edm":
-            return self._preconditioned(x, t, y)
+            alpha, sigma = expand_to(self.sde.alpha(t), x), expand_to(self.sde.sigma(t), x)
+            v = sigma**2 + (alpha * self.sigma_data) ** 2
+            out, fraction = self._network(v.rsqrt() * x, t, y)
+            return -sigma / v * x + alpha * self.sigma_data * v.rsqrt() * out, fraction
+        out, fraction = self._network(x, t, y)
+        return self._from_output(out, x, t), fraction
+
+    def variance_fraction(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        r"""The learned variance's interpolation fraction $(v(x, t) + 1)/2$ shaped like ``x``: taken from the last
+        evaluation when it was at this very ``x`` and ``t`` (no network call), else evaluated."""
+        if not self.learns_variance:
+            raise ValueError(
+                "this model has no learned variance: train one with model.kwargs.learn_variance: true "
+                "(preset toy-vp-learned-var or digits-ddpm-learned-var), or choose variance=beta, beta_tilde, analytic"
+            )
+        last = getattr(self, "_last_fraction", None)
+        if last is not None and last[0] is x and last[1].shape == t.shape and bool((last[1] == t).all()):
+            return last[2]
+        fraction = self.scaled_score_and_variance(x, t, y)[1]
+        return fraction.detach()
+
+    def _network(self, x: Tensor, t: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The network's output split into (mean output, variance fraction or ``None``)."""
         out = self.net(x, t) if y is None else self.net(x, t, y)
+        if not self.learns_variance:
+            return out, None
+        out, v = out.chunk(2, dim=1)
+        return out, (v + 1) / 2
+
+    def _from_output(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        r"""$\sigma s$ from the network's mean output in this parameterisation (module docstring)."""
         if self.parameterization == "eps":
             return -out
         sigma = expand_to(self.sde.sigma(t), x)
@@ -73,14 +121,6 @@ class ScoreModel(nn.Module):
         if self.parameterization == "v":
             return -(expand_to(self.sde.alpha(t), x) * out + sigma * x)
         return (expand_to(self.sde.alpha(t), x) * out - x) / sigma
-
-    def _preconditioned(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        r"""$\sigma s$ of the ``edm`` parameterisation (module docstring)."""
-        alpha, sigma = expand_to(self.sde.alpha(t), x), expand_to(self.sde.sigma(t), x)
-        v = sigma**2 + (alpha * self.sigma_data) ** 2
-        c_in = v.rsqrt()
-        out = self.net(c_in * x, t) if y is None else self.net(c_in * x, t, y)
-        return -sigma / v * x + alpha * self.sigma_data * c_in * out
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The score $s_\\theta(x, t)$, or the class-conditional $s_\\theta(x, t, y)$ (``y = num_classes``:

@@ -83,6 +83,8 @@ class DDPMUNet(nn.Module):
         groups: GroupNorm groups (32 in DDPM).
         num_classes: with ``K > 0``, class-conditional ``(x, t, y)``: a label embedding (``K`` classes and the null
             label ``K``) is added to the time embedding (as in guided-diffusion and classifier-free guidance).
+        learn_variance: output ``2 in_channels`` channels, the second half ``v`` the reverse chain's learned variance
+            (Improved DDPM, Nichol & Dhariwal 2021; `scoresde.reverse_variance`).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class DDPMUNet(nn.Module):
         dropout: float = 0.1,
         groups: int = 32,
         num_classes: int = 0,
+        learn_variance: bool = False,
     ) -> None:
         super().__init__()
         in_channels, image_size, ch = (
@@ -111,7 +114,7 @@ class DDPMUNet(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self.in_channels, self.image_size = in_channels, image_size
+        self.in_channels, self.image_size, self.learn_variance = in_channels, image_size, bool(learn_variance)
         temb_dim = 4 * ch
         self.time = TimeMLP(SinusoidalEmbedding(ch), ch, temb_dim)
         self.num_classes = check_num_classes(num_classes)
@@ -151,7 +154,9 @@ class DDPMUNet(nn.Module):
                 )
                 res *= 2
         self.out = nn.Sequential(
-            group_norm(cur, groups), nn.SiLU(), zero_init(nn.Conv2d(cur, in_channels, 3, padding=1))
+            group_norm(cur, groups),
+            nn.SiLU(),
+            zero_init(nn.Conv2d(cur, in_channels * (2 if learn_variance else 1), 3, padding=1)),
         )
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, expand_to
-from ..reverse_variance import VARIANCES, ScoreMoments, chain_step, reverse_variance
+from ..reverse_variance import VARIANCES, ScoreMoments, chain_step, learned_variance_fraction, reverse_variance
 from .base import Sampling, register_sampler
 
 __all__ = ["ddpm"]
@@ -28,11 +28,13 @@ def ddpm(
     denoise: bool = True,
 ) -> Tensor:
     r"""Ancestral sampling (DDPM, Ho et al. 2020) with the reverse variance ``variance``: ``beta_tilde`` (the
-    posterior's, default: the ``ancestral_sampling`` predictor's step), ``beta`` or ``analytic`` (Analytic-DPM:
+    posterior's, default: the ``ancestral_sampling`` predictor's step), ``beta``, ``learned`` (Improved DDPM: the
+    network's own variance channel, read from the same evaluation as the score) or ``analytic`` (Analytic-DPM:
     needs ``moments``, the run's table of $\Gamma_t$; ``data_range`` tightens its bound). NFE = ``K + denoise``."""
     check_in_registry("reverse variance", variance, VARIANCES)
     if variance == "analytic" and moments is None:
         raise ValueError("variance='analytic' needs moments (scoresde.reverse_variance.score_moments of the model)")
+    fraction_fn = learned_variance_fraction(run.score.score_fn) if variance == "learned" else None
     times, t_values = run.times(grid, x), grid.tolist()
     x = run.constrain(x, t_values[0])
     run.record(t_values[0], x)
@@ -41,7 +43,8 @@ def ddpm(
         step = chain_step(run.sde, t, s)
         x0 = run.x0_hat(x, t)
         gamma = moments.at(run.sde, t) if moments is not None and variance == "analytic" else None
-        var = reverse_variance(variance, step, gamma=gamma, data_range=data_range)
+        fraction = fraction_fn(x, t) if fraction_fn is not None else None
+        var = reverse_variance(variance, step, gamma=gamma, fraction=fraction, data_range=data_range)
         mean = expand_to(step.a, x) * x0 + expand_to(step.b, x) * x
         x = mean + expand_to(torch.sqrt(var), x) * run.noise_like(x)
         x = run.constrain(x, t_values[i + 1])
