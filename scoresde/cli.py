@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ._checks import check_in_registry
+from .config import DISTILLATION_METHODS
 from .datasets import toy_dataset, toy_datasets
 from .report import json_text
 from .sde import create_sde, sde_names
@@ -206,7 +207,60 @@ def _load_model(args: argparse.Namespace, data_option: str | None = None):
             _note(args.command, f"image shape {info.image_shape} matches no known data set; {data_option} names one")
         return model, info.data, None
     model, config, step = load_score_model(args.checkpoint, device=args.device)
+    args.run_config = config  # a distilled student's sampler comes from its config (cmd_sample)
     return model, config.data, step
+
+
+def _student_sampling(args: argparse.Namespace, options: dict) -> int | None:
+    """A distilled student samples the way it was distilled (`scoresde.distillation.student_sampling`): fills
+    ``args.sampler`` and ``options`` and returns the steps; any other run keeps ``--sampler`` (default dpm_solver)."""
+    from .distillation import student_sampling
+
+    config = getattr(args, "run_config", None)
+    if config is None or config.distill.method is None:
+        args.sampler = args.sampler or "dpm_solver"
+        return args.steps
+    plan = student_sampling(config, args.steps)
+    sampler = plan.pop("sampler")
+    if args.sampler not in (None, sampler):
+        raise UserError(f"this {config.distill.method} student samples with --sampler {sampler}, not {args.sampler}")
+    args.sampler = sampler
+    steps = plan.pop("steps")
+    options.update({k: v for k, v in plan.items() if k not in options})
+    return steps
+
+
+def cmd_distill(args: argparse.Namespace) -> dict:
+    """Distil a teacher (a run, or oracle:<toy>) into a few-step student in ``--out`` (progressive rounds in
+    ``--out/rounds``); nothing in ``--out`` is replaced without ``--force``."""
+    from .config import override
+    from .distillation import distill, distillation_config, student_sampling
+    from .run_folder import RUN_FILES, run_files
+
+    out = Path(args.out)
+    config = override(
+        distillation_config(args.teacher, args.method, steps=args.student_steps, sde=args.sde,
+                            train_steps=args.train_steps),
+        *(args.set or []),
+    )  # fmt: skip
+    present = run_files(out) if out.is_dir() else []
+    if present and not (args.resume or args.force):
+        raise UserError(
+            f"{present[0]} already exists; pass --resume to continue the distillation in {out}, --force to replace its "
+            f"run files ({', '.join(RUN_FILES)}), or choose another --out"
+        )
+    results = distill(config, out, teacher_steps=args.teacher_steps, device=args.device, progress=not args.json,
+                      resume=args.resume, overwrite=args.force)  # fmt: skip
+    summary = {
+        "out": str(out),
+        "method": args.method,
+        "rounds": [r.to_dict() for r in results],
+        "sampling": student_sampling(config),
+        "config": config.to_dict(),
+    }
+    if results and results[-1].interrupted:
+        summary["exit_status"] = 130
+    return summary
 
 
 def _run_moments(args: argparse.Namespace, model, data, options: dict):
@@ -264,11 +318,13 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     from .samplers import ClassifierFreeGuidance, sample, samplers
     from .viz import plot_samples
 
-    check_in_registry("sampler", args.sampler, samplers())  # before anything is written
+    if args.sampler is not None:
+        check_in_registry("sampler", args.sampler, samplers())  # before anything is written
     options = _parse_options(args.option)
     if args.guidance is not None and args.label is None:
         raise UserError("--guidance needs --label (the class to guide towards)")
     model, data, step = _load_model(args)
+    steps = _student_sampling(args, options)
     if args.sampler == "ddpm" and options.get("variance") == "analytic":
         options["moments"] = _run_moments(args, model, data, options)
     score = model if args.label is None else ClassifierFreeGuidance(model, args.label, args.guidance or 0.0)
@@ -280,7 +336,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
             score,
             (args.n, *_sample_shape(model)),
             args.sampler,
-            steps=args.steps,
+            steps=steps,
             device=args.device,
             generator=torch.Generator(device=args.device).manual_seed(args.seed),
             **options,
@@ -716,6 +772,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out (its config.yaml unless --preset/--config)"
     )
+    dst = _command(
+        sub,
+        "distill",
+        cmd_distill,
+        "distil a teacher into a 1-4 step student: progressive distillation or a consistency model",
+        "scoresde distill --teacher runs/toy --method consistency --out runs/toy-cd\n"
+        "  scoresde distill --teacher oracle:gmm --method progressive --student-steps 2 --out runs/gmm-pd\n"
+        "  scoresde sample --checkpoint runs/toy-cd --steps 2 --out runs/toy-cd/samples.npz",
+    )
+    dst.add_argument("--teacher", required=True, help="the teacher's run folder, or oracle:<toy> (its exact score)")
+    dst.add_argument("--method", required=True, choices=DISTILLATION_METHODS, help="how the student learns")
+    dst.add_argument("--out", required=True, help="the student's run folder")
+    dst.add_argument("--student-steps", type=int, default=1, help="the student's steps (progressive: DDIM steps)")
+    dst.add_argument(
+        "--teacher-steps", type=int, help="progressive: the teacher's steps (a power-of-two multiple; default 4x)"
+    )
+    dst.add_argument("--train-steps", type=int, help="training steps per round (default 2000)")
+    dst.add_argument("--sde", default="vp", help="oracle teachers: the forward SDE (vp or ve)")
+    dst.add_argument(
+        "--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one config field (repeatable)"
+    )
+    dst.add_argument("--resume", action="store_true", help="continue the distillation in --out")
     smp = _command(
         sub,
         "sample",
@@ -724,7 +802,9 @@ def build_parser() -> argparse.ArgumentParser:
         "scoresde sample --checkpoint runs/toy --sampler dpm_solver --steps 20 -n 2000 --out runs/toy/samples.npz",
     )
     _checkpoint_option(smp)
-    smp.add_argument("--sampler", default="dpm_solver", help="a sampler name (scoresde list)")
+    smp.add_argument(
+        "--sampler", help="a sampler name (scoresde list; default dpm_solver, a distilled student's own sampler)"
+    )
     smp.add_argument("--steps", type=int, help="steps of the sampler's grid (its own default if omitted)")
     smp.add_argument(
         "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"

@@ -27,6 +27,7 @@ __all__ = [
     "ModelConfig",
     "DataConfig",
     "TrainConfig",
+    "DistillConfig",
     "RunConfig",
     "preset",
     "presets",
@@ -246,14 +247,62 @@ class TrainConfig:
         _require(self.vlb_weight >= 0, "train.vlb_weight", f"must be >= 0, got {self.vlb_weight!r}")
 
 
+DISTILLATION_METHODS = ("progressive", "consistency", "consistency_training")  # scoresde.distillation's
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """A distillation run (`scoresde.distillation`): the student (``model``) learns from ``teacher`` by ``method``;
+    ``method: null`` (the default) is ordinary training."""
+
+    method: str | None = None
+    """``progressive``, ``consistency`` (distillation) or ``consistency_training`` (no teacher)."""
+    teacher: str | None = None
+    """The teacher: a run folder, or ``oracle:<toy>`` (that toy's exact score under this run's SDE)."""
+    steps: int = 1
+    """The student's steps: progressive, its DDIM steps (the teacher takes twice as many); consistency, the
+    sampler's default."""
+    n_times: int = 18
+    """Consistency distillation: the discretisation's number of times N (training follows the curriculum)."""
+    solver: str = "heun"
+    """Consistency distillation: the teacher's ODE step, ``heun`` or ``ddim``."""
+    distance: str = "l2"
+    """Consistency: ``l2`` or ``pseudo_huber``."""
+    target_ema: float = 0.95
+    """Consistency distillation: decay of the target network's EMA (0: the student itself, stop-gradient)."""
+
+    def __post_init__(self) -> None:
+        _check_types(self, "distill")
+        _require(
+            self.method is None or self.method in DISTILLATION_METHODS,
+            "distill.method",
+            f"{self.method!r} is not one of {', '.join(DISTILLATION_METHODS)} (or null: no distillation)",
+        )
+        _require(
+            self.method in (None, "consistency_training") or bool(self.teacher),
+            "distill.teacher",
+            f"method {self.method!r} needs a teacher: a run folder or oracle:<toy>",
+        )
+        _require(self.steps >= 1, "distill.steps", f"must be a positive integer, got {self.steps!r}")
+        _require(self.n_times >= 2, "distill.n_times", f"must be an integer >= 2, got {self.n_times!r}")
+        _require(self.solver in ("heun", "ddim"), "distill.solver", f"{self.solver!r} is not one of heun, ddim")
+        _require(
+            self.distance in ("l2", "pseudo_huber"),
+            "distill.distance",
+            f"{self.distance!r} is not one of l2, pseudo_huber",
+        )
+        _require(0 <= self.target_ema < 1, "distill.target_ema", f"must lie in [0, 1), got {self.target_ema!r}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """One training run: SDE, model, data and optimisation."""
+    """One training run: SDE, model, data and optimisation (and, for a distilled student, its teacher)."""
 
     sde: SDEConfig = field(default_factory=SDEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         if self.model.kwargs.get("learn_variance"):
@@ -318,7 +367,13 @@ def _coerce_floats(cls: type, values: dict) -> dict:
     return out
 
 
-_SECTION_TYPES = {"sde": SDEConfig, "model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+_SECTION_TYPES = {
+    "sde": SDEConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "distill": DistillConfig,
+}
 
 
 def override(config: RunConfig, *assignments: str) -> RunConfig:

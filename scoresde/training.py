@@ -45,6 +45,16 @@ from .checkpoint import (
 )
 from .config import ConfigError, RunConfig, load_config, save_config
 from .datasets import DataTransform, image_dataset, toy_dataset
+from .distillation import (
+    ConsistencyModel,
+    consistency_curriculum,
+    consistency_loss,
+    consistency_times,
+    init_from_teacher,
+    load_teacher,
+    progressive_grid,
+    progressive_loss,
+)
 from .losses import VLBTimeSampler, dsm_loss, hybrid_loss
 from .models import ScoreModel, create_model
 from .run_folder import RunFolderError, RunLock, remove_run_files, remove_stale_temporaries, run_files, truncate_log
@@ -82,12 +92,20 @@ class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the last good checkpoint is kept."""
 
 
-def build_model(config: RunConfig, sde: SDE, device: torch.device | str = "cpu") -> ScoreModel:
-    """The score model of ``config`` (network initialised from ``train.seed``), on ``device``."""
+def build_model(config: RunConfig, sde: SDE, device: torch.device | str = "cpu") -> ScoreModel | ConsistencyModel:
+    """The model of ``config`` (network initialised from ``train.seed``), on ``device``: a `ScoreModel`, or a
+    `scoresde.distillation.ConsistencyModel` for a consistency run."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         net = create_model(config.model.name, **config.model.kwargs)
-    return ScoreModel(net.to(device), sde, config.model.parameterization, config.model.sigma_data)
+    return wrap_network(config, sde, net.to(device))
+
+
+def wrap_network(config: RunConfig, sde: SDE, net: nn.Module) -> ScoreModel | ConsistencyModel:
+    """``net`` as the run's model: a consistency function for the consistency methods, else a score model."""
+    if config.distill.method in ("consistency", "consistency_training"):
+        return ConsistencyModel(net, sde, sde.sampling_t_min, config.model.sigma_data)
+    return ScoreModel(net, sde, config.model.parameterization, config.model.sigma_data)
 
 
 class EMA:
@@ -265,6 +283,16 @@ class Trainer:
         self.time_sampler = (
             VLBTimeSampler(tc.n_steps) if config.learns_variance and tc.vlb_importance_sampling else None
         )
+        distill = config.distill
+        self.teacher = (
+            load_teacher(config, self.device) if distill.method not in (None, "consistency_training") else None
+        )
+        if distill.method == "progressive":
+            init_from_teacher(self.model, self.teacher)
+            init_from_teacher(self.ema.model, self.teacher)
+        self.target = (
+            EMA(self.model, distill.target_ema) if distill.method == "consistency" and distill.target_ema else None
+        )
         self.step = 0
         self.evals: list[dict] = []
         self._stop = False
@@ -279,7 +307,7 @@ class Trainer:
             net = DistributedDataParallel(
                 self.model.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-            self._train_model = ScoreModel(net, self.sde, config.model.parameterization, config.model.sigma_data)
+            self._train_model = wrap_network(config, self.sde, net)
 
     # ------------------------------------------------------------------ public
     @property
@@ -413,6 +441,8 @@ class Trainer:
         if not self.is_main:
             return None
         extra = {f"time_sampler.{k}": v for k, v in self.time_sampler.state_dict().items()} if self.time_sampler else {}
+        if self.target is not None:
+            extra.update({f"target.{k}": v for k, v in self.target.model.state_dict().items()})
         return save_checkpoint(
             self.out_dir / CHECKPOINT, self.model, self.ema.model, self.optimizer, self.step, self.config, extra
         )
@@ -456,12 +486,16 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimizer.step()
         self.ema.update(self.model, self.step)
+        if self.target is not None:
+            self.target.update(self.model, self.step)
         return float(loss.detach())
 
     def _loss(self, x0: Tensor, y: Tensor | None, generator: torch.Generator) -> Tensor:
         """The batch's loss: denoising score matching, or the hybrid loss for a learned variance (whose drawn steps'
         bound terms, gathered from every rank, update the step sampler)."""
         tc = self.config.train
+        if self.config.distill.method is not None:
+            return self._distillation_loss(x0, generator)
         if not self.config.learns_variance:
             return dsm_loss(
                 self._train_model,
@@ -488,6 +522,27 @@ class Trainer:
         if self.time_sampler is not None:
             self.time_sampler.update(*_gathered(parts.index, parts.vlb, self.world))
         return parts.loss.mean()
+
+    def _distillation_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        """The student's loss (`scoresde.distillation`): progressive, or consistency distillation / training on
+        the run's discretisation (training's N follows the curriculum of this step)."""
+        distill, sde = self.config.distill, self.sde
+        if distill.method == "progressive":
+            grid = progressive_grid(sde, distill.steps)
+            return progressive_loss(self._train_model, self.teacher, sde, x0, grid, generator=generator).mean()
+        n = distill.n_times if self.teacher is not None else consistency_curriculum(self.step, self.config.train.steps)
+        target = self.target.model if self.target is not None else self._train_model
+        return consistency_loss(
+            self._train_model,
+            target,
+            sde,
+            x0,
+            consistency_times(sde, n, sde.sampling_t_min),
+            teacher=self.teacher,
+            solver=distill.solver,
+            distance=distill.distance,
+            generator=generator,
+        ).mean()
 
     def _evaluate(self) -> None:
         figures = {"step": self.step, **self.eval_fn(self, self.step)}
@@ -533,12 +588,17 @@ class Trainer:
             )
         load_weights(self.model, state["model"], path, "model")
         load_weights(self.ema.model, state["ema"], path, "ema")
+        if self.target is not None:
+            target = {k.removeprefix("target."): v for k, v in state["extra"].items() if k.startswith("target.")}
+            load_weights(self.target.model, target, path, "consistency target")
         try:
             self.optimizer.load_state_dict(optim)
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path} holds an optimizer state that does not fit the model ({exc})") from None
         if self.time_sampler is not None:
-            saved = {k.removeprefix("time_sampler."): v for k, v in state["extra"].items()}
+            saved = {
+                k.removeprefix("time_sampler."): v for k, v in state["extra"].items() if k.startswith("time_sampler.")
+            }
             try:
                 self.time_sampler.load_state_dict(saved)
             except (KeyError, ValueError) as exc:
@@ -589,7 +649,7 @@ def _append_csv(path: Path, row: dict) -> None:
 
 
 def load_score_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ScoreModel, RunConfig, int]:
-    """The EMA score model of a checkpoint (eval mode), its config and its step."""
+    """The EMA model of a checkpoint (eval mode; a `ConsistencyModel` for a consistency run), its config and step."""
     state = load_checkpoint(path, device)
     config = state["config"]
     model = build_model(config, config.sde.build(), device)

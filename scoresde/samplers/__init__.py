@@ -8,6 +8,8 @@ r"""Sampling from a score-based model: one entry point, `sample`, over a registr
 ``heun``                  EDM's Heun sampler with stochastic churn (Karras et al. 2022)
 ``dpm_solver``            DPM-Solver++ multistep, orders 1–3 (Lu et al. 2022)
 ``unipc``                 UniPC predictor–corrector multistep, orders 1–3 (Zhao et al. 2023)
+``ddpm``                  DDPM's ancestral chain with a choice of reverse variance
+``consistency``           multistep consistency sampling of a consistency model (Song et al. 2023)
 ========================  =====================================================================
 
 As in k-diffusion, where every sampler takes its ``sigmas``, `sample` builds the time grid once (from the
@@ -27,7 +29,7 @@ from torch import Tensor
 
 from .._checks import check_finite, renamed_t_min
 from ..sde import SDE, ProbabilityFlow, ScoreFn, check_sde
-from . import ddpm, fast, ode, pc, reverse_sde  # noqa: F401  (registration)
+from . import consistency, ddpm, fast, ode, pc, reverse_sde  # noqa: F401  (registration)
 from .base import (
     CountingScore,
     SampleResult,
@@ -147,6 +149,8 @@ def sample(
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
     own = algorithm_options(sampler)
+    if getattr(score_fn, "is_consistency_model", False) and sampler != "consistency":
+        raise ValueError(f"a consistency model is sampled with sampler 'consistency', not {sampler!r}")
     unknown = sorted(set(options) - set(own))
     if unknown:
         valid = ", ".join(sampler_options(sampler))

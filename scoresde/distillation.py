@@ -1,0 +1,395 @@
+r"""Few-step students of a probability-flow ODE: progressive distillation and consistency models.
+
+The teacher is any score function $s(x, t)$ (a trained model, or an oracle's exact score), through Tweedie's
+denoiser $D(x, t) = (x + \sigma_t^2 s)/\alpha_t$. In the scaled variables $y = x/\alpha$,
+$\tilde\sigma = \sigma/\alpha = e^{-\lambda/2}$ the probability-flow ODE of every SDE is EDM's
+$dy/d\tilde\sigma = (y - D)/\tilde\sigma$, so one formulation serves VP, sub-VP and VE.
+
+- **Progressive distillation** (Salimans & Ho 2022): a student with $K$ steps learns two deterministic DDIM steps
+  of its teacher (on a grid of $2K$ steps) in one: from $z_t$ the teacher reaches $z_{t''}$ through $t'$, and the
+  student's denoiser is fitted to the $\tilde x$ for which one DDIM step from $t$ lands on $z_{t''}$,
+  $$\tilde x = \frac{z_{t''} - (\sigma_{t''}/\sigma_t)\,z_t}{\alpha_{t''} - (\sigma_{t''}/\sigma_t)\,\alpha_t},
+  \qquad \ell = \max(\mathrm{SNR}_t, 1)\,\overline{\|D_\theta(z_t, t) - \tilde x\|^2}$$
+  ("truncated SNR" weighting). Rounds halve $K$; the student samples with ``ddim`` on its grid in $K$ NFE.
+- **Consistency models** (Song, Dhariwal, Chen & Sutskever 2023): $f_\theta(x, t)$ maps any point of an ODE
+  trajectory to its end at $t_{min} = \epsilon$,
+  $$f_\theta(x, t) = \alpha_\epsilon\big(c_{skip}(t)\,y + c_{out}(t)\,F_\theta(c_{in}(t)\,y, t)\big),\quad
+  c_{skip} = \frac{\sigma_d^2}{(\tilde\sigma - \tilde\sigma_\epsilon)^2 + \sigma_d^2},\
+  c_{out} = \frac{\sigma_d(\tilde\sigma - \tilde\sigma_\epsilon)}{\sqrt{\sigma_d^2 + \tilde\sigma^2}},\
+  c_{in} = \frac{1}{\sqrt{\tilde\sigma^2 + \sigma_d^2}},$$
+  so $f_\theta(x, \epsilon) = x$ by construction. *Distillation*: on a discretisation
+  $\epsilon = t_1 < \dots < t_N = T$, $x_{t_{n+1}} = \alpha x_0 + \sigma z$ and $\hat x_{t_n}$ one teacher ODE step
+  (``heun`` or ``ddim``), the loss is $d(f_\theta(x_{t_{n+1}}, t_{n+1}), f_{\theta^-}(\hat x_{t_n}, t_n))$ with
+  $\theta^-$ an EMA of $\theta$ (decay ``target_ema``), $d$ squared L2 or pseudo-Huber
+  $\sqrt{\|\cdot\|^2 + c^2} - c$. *Training* (no teacher; improved consistency training, Song & Dhariwal 2023):
+  $\hat x_{t_n} = \alpha_{t_n}x_0 + \sigma_{t_n}z$ with the same $z$, $\theta^- = \mathrm{sg}(\theta)$, pseudo-Huber,
+  weights $1/(\tilde\sigma_{n+1} - \tilde\sigma_n)$, a log-normal draw of $n$ and the doubling curriculum of $N$.
+  Multistep consistency sampling: `scoresde.samplers` ``consistency``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_in_registry, check_positive, expand_to, standard_normal_like
+from .sde import SDE, ScoreFn, check_sde
+
+__all__ = [
+    "ConsistencyModel",
+    "noise_to_signal",
+    "denoiser",
+    "teacher_step",
+    "consistency_times",
+    "consistency_curriculum",
+    "consistency_loss",
+    "progressive_grid",
+    "progressive_loss",
+    "load_teacher",
+    "distillation_config",
+    "distill",
+    "student_sampling",
+    "init_from_teacher",
+    "DISTILLATION_METHODS",
+    "TEACHER_SOLVERS",
+    "CONSISTENCY_DISTANCES",
+]
+
+from .config import DISTILLATION_METHODS  # noqa: E402  (one list: the config validates it)
+
+TEACHER_SOLVERS = ("heun", "ddim")
+CONSISTENCY_DISTANCES = ("l2", "pseudo_huber")
+
+
+def noise_to_signal(sde: SDE, t: Tensor) -> Tensor:
+    r"""$\tilde\sigma(t) = \sigma(t)/\alpha(t)$ (EDM's $\sigma$ of the scaled variable $y = x/\alpha$)."""
+    return sde.sigma(t) / sde.alpha(t)
+
+
+def denoiser(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
+    r"""Tweedie's $D(x, t) = (x + \sigma_t^2\,s(x, t))/\alpha_t$ (one score evaluation; through ``scaled_score``,
+    $\sigma s$, when the model has one, so that no small $\sigma$ is divided by)."""
+    sigma = expand_to(sde.sigma(t), x)
+    scaled = getattr(score_fn, "scaled_score", None)
+    sigma_score = scaled(x, t) if scaled is not None else sigma * score_fn(x, t)
+    return (x + sigma * sigma_score) / expand_to(sde.alpha(t), x)
+
+
+def teacher_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, solver: str = "heun") -> Tensor:
+    r"""One probability-flow ODE step of the teacher from ``t`` to ``s`` (``[B]`` each): ``ddim`` (first order, one
+    evaluation) $x_s = \alpha_s D + \sigma_s (x - \alpha_t D)/\sigma_t$, or ``heun`` (EDM's second-order step in
+    $(y, \tilde\sigma)$, two evaluations)."""
+    check_in_registry("teacher solver", solver, TEACHER_SOLVERS)
+    alpha_t, alpha_s = expand_to(sde.alpha(t), x), expand_to(sde.alpha(s), x)
+    d_t = denoiser(sde, score_fn, x, t)
+    if solver == "ddim":
+        return alpha_s * d_t + expand_to(sde.sigma(s) / sde.sigma(t), x) * (x - alpha_t * d_t)
+    st, ss = expand_to(noise_to_signal(sde, t), x), expand_to(noise_to_signal(sde, s), x)
+    y = x / alpha_t
+    slope = (y - d_t) / st
+    y_euler = y + (ss - st) * slope
+    slope_s = (y_euler - denoiser(sde, score_fn, alpha_s * y_euler, s)) / ss
+    return alpha_s * (y + (ss - st) * 0.5 * (slope + slope_s))
+
+
+class ConsistencyModel(nn.Module):
+    r"""$f_\theta(x, t)$ of a network ``net(x, t)`` (module docstring): the end at ``t_min`` of the probability-flow
+    trajectory through ``x`` at ``t``, exactly ``x`` at ``t = t_min``. ``sigma_data``: the data's standard deviation
+    in the model's range (EDM's 0.5 for images in [-1, 1])."""
+
+    is_consistency_model = True
+
+    def __init__(self, net: nn.Module, sde: SDE, t_min: float, sigma_data: float = 0.5) -> None:
+        super().__init__()
+        check_sde(sde)
+        self.net, self.sde = net, sde
+        self.t_min = sde.check_t_min(t_min)
+        self.sigma_data = check_positive("sigma_data", sigma_data)
+
+    @property
+    def num_classes(self) -> int:
+        return 0
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """$f_\\theta(x, t)$, shaped like ``x``."""
+        sd = self.sigma_data
+        t_min = torch.full_like(t, self.t_min)
+        st, s0 = noise_to_signal(self.sde, t), noise_to_signal(self.sde, t_min)
+        y = x / expand_to(self.sde.alpha(t), x)
+        c_skip = sd**2 / ((st - s0) ** 2 + sd**2)
+        c_out = sd * (st - s0) / torch.sqrt(sd**2 + st**2)
+        c_in = torch.rsqrt(st**2 + sd**2)
+        out = self.net(expand_to(c_in, x) * y, t)
+        return expand_to(self.sde.alpha(t_min), x) * (expand_to(c_skip, x) * y + expand_to(c_out, x) * out)
+
+
+def consistency_times(sde: SDE, n: int, t_min: float, rho: float = 7.0) -> Tensor:
+    r"""The discretisation $t_{min} = t_1 < \dots < t_n = T$ (increasing, float64): EDM's $\rho$-spacing of
+    $\tilde\sigma$ (Song et al. 2023 use $\rho = 7$)."""
+    from .samplers.grids import time_grid
+
+    if n < 2:
+        raise ValueError(f"a consistency discretisation needs at least 2 times, got {n}")
+    return time_grid(sde, n - 1, "edm", t_min, rho=rho).flip(0)
+
+
+def consistency_curriculum(step: int, total: int, s0: int = 10, s1: int = 1280) -> int:
+    r"""Improved consistency training's number of times at training ``step`` of ``total``:
+    $N = \min(s_0 2^{\lfloor k/K'\rfloor}, s_1) + 1$, $K' = \lfloor K/(\log_2(s_1/s_0) + 1)\rfloor$."""
+    stage = max(total // (int(math.log2(s1 / s0)) + 1), 1)
+    return min(s0 * 2 ** (step // stage), s1) + 1
+
+
+def _lognormal_indices(sde: SDE, times: Tensor, batch: int, sigma_data: float, generator) -> Tensor:
+    r"""Indices ``n`` of the pairs $(t_n, t_{n+1})$ drawn with $p(n) \propto \mathrm{erf}(\frac{\log\tilde\sigma_{n+1}
+    - P_m}{\sqrt2 P_s}) - \mathrm{erf}(\frac{\log\tilde\sigma_n - P_m}{\sqrt2 P_s})$, $P_m = -1.1 + \log(\sigma_d/0.5)$,
+    $P_s = 2$ (improved consistency training's log-normal, moved with the data's scale)."""
+    log_sigma = torch.log(noise_to_signal(sde, times))
+    mean, std = -1.1 + math.log(sigma_data / 0.5), 2.0
+    cdf = torch.erf((log_sigma - mean) / (math.sqrt(2) * std))
+    p = (cdf[1:] - cdf[:-1]).clamp(min=1e-12)
+    return torch.multinomial(p / p.sum(), batch, replacement=True, generator=generator)
+
+
+def consistency_loss(
+    student: ConsistencyModel,
+    target: nn.Module,
+    sde: SDE,
+    x0: Tensor,
+    times: Tensor,
+    *,
+    teacher: ScoreFn | None = None,
+    solver: str = "heun",
+    distance: str = "l2",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Per-sample consistency loss ``[B]`` on the discretisation ``times`` (increasing, `consistency_times`):
+    distillation with ``teacher`` (a score function; ``n`` uniform, weight 1), or consistency training without one
+    (``n`` log-normal, weight $1/(\tilde\sigma_{n+1} - \tilde\sigma_n)$). ``target`` gives $f_{\theta^-}$ (an EMA copy
+    of the student, or the student itself: the target is always evaluated without gradient). ``distance``:
+    ``l2`` (mean over dimensions) or ``pseudo_huber`` ($c = 0.00054\sqrt d$, scaled by $\sigma_d / 0.5$)."""
+    check_in_registry("consistency distance", distance, CONSISTENCY_DISTANCES)
+    B, opts = x0.shape[0], {"dtype": x0.dtype, "device": x0.device}
+    times = times.to(**opts)
+    if teacher is None:
+        n = _lognormal_indices(sde, times.double().cpu(), B, student.sigma_data, generator).to(x0.device)
+    else:
+        n = torch.randint(0, len(times) - 1, (B,), generator=generator).to(x0.device)
+    t_lo, t_hi = times[n], times[n + 1]
+    z = standard_normal_like(x0, generator)
+    x_hi = sde.perturb(x0, t_hi, z)
+    with torch.no_grad():
+        x_lo = sde.perturb(x0, t_lo, z) if teacher is None else teacher_step(sde, teacher, x_hi, t_hi, t_lo, solver)
+        aim = target(x_lo, t_lo)
+    diff = (student(x_hi, t_hi) - aim).reshape(B, -1)
+    if distance == "l2":
+        value = diff.pow(2).mean(1)
+    else:
+        c = 0.00054 * math.sqrt(diff.shape[1]) * student.sigma_data / 0.5
+        value = torch.sqrt(diff.pow(2).sum(1) + c**2) - c
+    if teacher is None:
+        value = value / (noise_to_signal(sde, t_hi) - noise_to_signal(sde, t_lo))
+    return value
+
+
+def progressive_grid(sde: SDE, student_steps: int, t_min: float | None = None) -> Tensor:
+    r"""The teacher's grid of ``2 K`` steps (decreasing, float64), uniform in the log-SNR so that its even points are
+    the student's ``K``-step grid (`scoresde.samplers.time_grid` ``log_snr``)."""
+    from .samplers.grids import time_grid
+
+    return time_grid(sde, 2 * student_steps, "log_snr", t_min)
+
+
+def progressive_loss(
+    student: nn.Module,
+    teacher: ScoreFn,
+    sde: SDE,
+    x0: Tensor,
+    grid: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Per-sample progressive-distillation loss ``[B]`` (module docstring) on the teacher's ``grid`` of ``2K`` steps
+    (`progressive_grid`): a student step ``grid[2i] -> grid[2i + 2]`` against two teacher DDIM steps."""
+    B, opts = x0.shape[0], {"dtype": x0.dtype, "device": x0.device}
+    grid = grid.to(**opts)
+    k = (len(grid) - 1) // 2
+    i = torch.randint(0, k, (B,), generator=generator).to(x0.device)
+    t, t_mid, t_end = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]
+    z_t = sde.perturb(x0, t, standard_normal_like(x0, generator))
+    with torch.no_grad():
+        z_end = teacher_step(sde, teacher, teacher_step(sde, teacher, z_t, t, t_mid, "ddim"), t_mid, t_end, "ddim")
+        ratio = sde.sigma(t_end) / sde.sigma(t)
+        x_target = (z_end - expand_to(ratio, z_t) * z_t) / expand_to(sde.alpha(t_end) - ratio * sde.alpha(t), z_t)
+    x_hat = denoiser(sde, student, z_t, t)
+    snr = (sde.alpha(t) / sde.sigma(t)) ** 2
+    return torch.clamp(snr, min=1.0) * (x_hat - x_target).reshape(B, -1).pow(2).mean(1)
+
+
+def load_teacher(config, device: torch.device | str = "cpu") -> ScoreFn:
+    """The teacher of a distillation run's ``config.distill.teacher``: ``oracle:<toy>`` (that toy's exact score under
+    the run's SDE; the run's data must be that toy) or a run folder whose SDE and data are the run's (its EMA model,
+    frozen). Anything else: a one-line ``ValueError``."""
+    from .datasets import toy_dataset, toy_datasets
+    from .training import load_score_model
+
+    spec = config.distill.teacher
+    if spec.startswith("oracle:"):
+        name = spec.removeprefix("oracle:")
+        if name not in toy_datasets() or getattr(toy_dataset(name), "oracle", None) is None:
+            raise ValueError(
+                f"teacher {spec!r}: no toy with an exact score is called {name!r}; valid: {', '.join(toy_datasets())}"
+            )
+        if config.data.kind != "toy" or config.data.name != name:
+            raise ValueError(
+                f"teacher {spec!r} is the exact score of {name}, but the student's data is {config.data.name}"
+            )
+        return toy_dataset(name).oracle.score_fn(config.sde.build())
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError
+
+    try:
+        teacher, teacher_config, _ = load_score_model(Path(spec), device)
+    except CheckpointError as exc:
+        raise ValueError(f"teacher {spec!r}: {exc}") from None
+    if teacher_config.distill.method in ("consistency", "consistency_training"):
+        raise ValueError(f"teacher {spec!r} is a consistency model, not a score model")
+    if teacher_config.data != config.data:
+        raise ValueError(
+            f"teacher {spec!r} was trained on {teacher_config.data.name} ({teacher_config.data.kind}), the student's "
+            f"data is {config.data.name} ({config.data.kind}): distil on the teacher's data"
+        )
+    if teacher_config.sde != config.sde:
+        raise ValueError(f"teacher {spec!r} has SDE {teacher_config.sde}, the student's config {config.sde}")
+    return teacher.requires_grad_(False)
+
+
+def init_from_teacher(student: nn.Module, teacher: ScoreFn) -> None:
+    """Progressive distillation starts each student at its teacher's weights (when the teacher is a network of the
+    same shape; a fresh student for an oracle)."""
+    if not isinstance(teacher, nn.Module):
+        return
+    mine, theirs = student.state_dict(), teacher.state_dict()
+    if mine.keys() == theirs.keys() and all(mine[k].shape == theirs[k].shape for k in mine):
+        student.load_state_dict(theirs)
+
+
+def distillation_config(
+    teacher: str,
+    method: str,
+    *,
+    steps: int = 1,
+    sde: str = "vp",
+    train_steps: int | None = None,
+):
+    """The student's `RunConfig` for ``teacher`` (a run folder: its SDE, data and network; ``oracle:<toy>``: the toy
+    presets' network, ``sde`` and the toy's measured standard deviation as ``sigma_data``), ``method`` and the
+    student's ``steps``; training: AdamW 1e-3 with a cosine decay, EMA 0.999, ``train_steps`` (default 2,000 per
+    round). Change any field with `scoresde.config.override`."""
+    from .config import config_from_dict, preset
+    from .datasets import toy_dataset
+
+    check_in_registry("distillation method", method, DISTILLATION_METHODS)
+    if teacher.startswith("oracle:"):
+        name = teacher.removeprefix("oracle:")
+        base = preset("toy-vp" if sde == "vp" else "toy-ve").to_dict()
+        data = toy_dataset(name).sample(10_000, torch.Generator().manual_seed(0))
+        base["model"]["sigma_data"] = round(float(data.std()), 3)
+        base["data"] = {"kind": "toy", "name": name}
+        if sde not in ("vp", "ve"):
+            base["sde"] = {"name": sde}
+    else:
+        from pathlib import Path
+
+        from .checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            base = load_checkpoint(Path(teacher))["config"].to_dict()
+        except CheckpointError as exc:
+            raise ValueError(f"teacher {teacher!r}: {exc}") from None
+    base["train"] = {
+        **base["train"],
+        "steps": train_steps or 2000,
+        "lr": 1e-3,
+        "warmup": 100,
+        "lr_schedule": "cosine",
+        "ema_decay": 0.999,
+        "checkpoint_every": 500,
+    }
+    base["model"]["kwargs"] = {k: v for k, v in base["model"]["kwargs"].items() if k != "learn_variance"}
+    base["distill"] = {
+        "method": method,
+        "teacher": None if method == "consistency_training" else teacher,
+        "steps": steps,
+    }
+    return config_from_dict(base)
+
+
+def distill(
+    config,
+    out_dir,
+    *,
+    teacher_steps: int | None = None,
+    device="cpu",
+    progress: bool = True,
+    resume=True,
+    overwrite: bool = False,
+) -> list:
+    """Train the student of ``config`` into ``out_dir`` with `scoresde.training.Trainer` (checkpoints, resume, EMA,
+    DDP as for any run). Progressive distillation runs rounds: from a teacher sampled with ``teacher_steps`` (default
+    ``4 * distill.steps``, a power-of-two multiple) the student's steps halve each round down to ``distill.steps``;
+    round ``k`` trains in ``out_dir/rounds/<its steps>`` with the previous round as teacher, the last in ``out_dir``.
+    Returns the rounds' `TrainResult` s (one for the consistency methods)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .training import Trainer
+
+    out_dir = Path(out_dir)
+    plan = [(config, out_dir)]
+    if config.distill.method == "progressive":
+        final = config.distill.steps
+        start = teacher_steps or 4 * final
+        ratio = start // final
+        if start % final or ratio < 2 or ratio & (ratio - 1):
+            raise ValueError(
+                f"teacher_steps must be the student's steps ({final}) times a power of two >= 2, got {start}"
+            )
+        plan, teacher, steps = [], config.distill.teacher, start // 2
+        while steps >= final:
+            folder = out_dir if steps == final else out_dir / "rounds" / str(steps)
+            plan.append((replace(config, distill=replace(config.distill, steps=steps, teacher=teacher)), folder))
+            teacher, steps = str(folder), steps // 2
+    results = []
+    for round_config, folder in plan:
+        trainer = Trainer(round_config, folder, device=device, progress=progress, resume=resume, overwrite=overwrite)
+        try:
+            results.append(trainer.train())
+        finally:
+            trainer.close()
+        if results[-1].interrupted:
+            break
+    return results
+
+
+def student_sampling(config, steps: int | None = None) -> dict:
+    """How a distilled student samples: ``sampler``, ``steps`` and options for `scoresde.sample` (consistency: multistep
+    consistency sampling, at most ``n_times - 1`` steps; progressive: DDIM on its log-SNR grid, exactly its steps,
+    without the final denoising evaluation, so NFE = steps). Too many steps: a one-line ``ValueError``."""
+    distill = config.distill
+    if distill.method == "progressive":
+        if steps is not None and steps != distill.steps:
+            raise ValueError(
+                f"this progressive student was distilled for {distill.steps} DDIM steps, not {steps}: sample it with "
+                f"--steps {distill.steps} (or distil another round)"
+            )
+        return {"sampler": "ddim", "steps": distill.steps, "schedule": "log_snr", "denoise": False}
+    limit = distill.n_times - 1
+    if steps is not None and steps > limit:
+        raise ValueError(
+            f"this consistency model was distilled on {distill.n_times} times: at most {limit} steps, got {steps}"
+        )
+    return {"sampler": "consistency", "steps": steps or distill.steps}
