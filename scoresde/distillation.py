@@ -125,14 +125,19 @@ class ConsistencyModel(nn.Module):
         return expand_to(self.sde.alpha(t_min), x) * (expand_to(c_skip, x) * y + expand_to(c_out, x) * out)
 
 
-def consistency_times(sde: SDE, n: int, t_min: float, rho: float = 7.0) -> Tensor:
+def consistency_times(sde: SDE, n: int, t_min: float, rho: float = 7.0, positions: Tensor | None = None) -> Tensor:
     r"""The discretisation $t_{min} = t_1 < \dots < t_n = T$ (increasing, float64): EDM's $\rho$-spacing of
-    $\tilde\sigma$ (Song et al. 2023 use $\rho = 7$)."""
-    from .samplers.grids import time_grid
-
+    $\tilde\sigma$ (Song et al. 2023 use $\rho = 7$), $\tilde\sigma_k^{1/\rho} = \tilde\sigma_{min}^{1/\rho}
+    + \frac{k}{n - 1}(\tilde\sigma_{max}^{1/\rho} - \tilde\sigma_{min}^{1/\rho})$; with ``positions`` (real
+    ``k`` in ``[0, n - 1]``, any shape) the times at those positions instead of at the integers."""
     if n < 2:
         raise ValueError(f"a consistency discretisation needs at least 2 times, got {n}")
-    return time_grid(sde, n - 1, "edm", t_min, rho=rho).flip(0)
+    k = torch.arange(n, dtype=torch.float64) if positions is None else positions.to(torch.float64)
+    ends = torch.tensor([t_min, sde.T], dtype=torch.float64)
+    s_min, s_max = noise_to_signal(sde, ends) ** (1.0 / rho)
+    sigma = (s_min + k / (n - 1) * (s_max - s_min)) ** rho
+    t = sde.t_from_log_snr(-2.0 * torch.log(sigma))
+    return torch.where(k <= 0, ends[0], torch.where(k >= n - 1, ends[1], t))
 
 
 def consistency_curriculum(step: int, total: int, s0: int = 10, s1: int = 1280) -> int:
@@ -158,26 +163,31 @@ def consistency_loss(
     target: nn.Module,
     sde: SDE,
     x0: Tensor,
-    times: Tensor,
+    n_times: int,
     *,
     teacher: ScoreFn | None = None,
     solver: str = "heun",
     distance: str = "l2",
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    r"""Per-sample consistency loss ``[B]`` on the discretisation ``times`` (increasing, `consistency_times`):
-    distillation with ``teacher`` (a score function; ``n`` uniform, weight 1), or consistency training without one
-    (``n`` log-normal, weight $1/(\tilde\sigma_{n+1} - \tilde\sigma_n)$). ``target`` gives $f_{\theta^-}$ (an EMA copy
-    of the student, or the student itself: the target is always evaluated without gradient). ``distance``:
-    ``l2`` (mean over dimensions) or ``pseudo_huber`` ($c = 0.00054\sqrt d$, scaled by $\sigma_d / 0.5$)."""
+    r"""Per-sample consistency loss ``[B]`` on the ``n_times``-point discretisation (`consistency_times`, from the
+    student's ``t_min``): distillation with ``teacher`` (a score function; pair uniform, weight 1), or consistency
+    training without one (pair log-normal, weight $1/(\tilde\sigma_{n+1} - \tilde\sigma_n)$). Each pair sits at a
+    random real position ``k, k + 1`` of the discretisation (a uniform offset in ``[0, 1)``, capped at the top pair),
+    so the student learns every time in $(t_{min}, T]$ with the steps of an ``n_times`` grid, not only the grid's
+    ``n_times`` times: multistep sampling evaluates it between them. ``target`` gives $f_{\theta^-}$ (an EMA copy
+    of the student, or the student itself: the target is always evaluated without gradient). ``distance``: ``l2``
+    (mean over dimensions) or ``pseudo_huber`` ($c = 0.00054\sqrt d$, scaled by $\sigma_d / 0.5$)."""
     check_in_registry("consistency distance", distance, CONSISTENCY_DISTANCES)
     B, opts = x0.shape[0], {"dtype": x0.dtype, "device": x0.device}
-    times = times.to(**opts)
+    grid = consistency_times(sde, n_times, student.t_min)
     if teacher is None:
-        n = _lognormal_indices(sde, times.double().cpu(), B, student.sigma_data, generator).to(x0.device)
+        pair = _lognormal_indices(sde, grid, B, student.sigma_data, generator)
     else:
-        n = torch.randint(0, len(times) - 1, (B,), generator=generator).to(x0.device)
-    t_lo, t_hi = times[n], times[n + 1]
+        pair = torch.randint(0, n_times - 1, (B,), generator=generator)
+    position = torch.clamp(pair + torch.rand(B, generator=generator, dtype=torch.float64), max=n_times - 2)
+    t_lo = consistency_times(sde, n_times, student.t_min, positions=position).to(**opts)
+    t_hi = consistency_times(sde, n_times, student.t_min, positions=position + 1).to(**opts)
     z = standard_normal_like(x0, generator)
     x_hi = sde.perturb(x0, t_hi, z)
     with torch.no_grad():

@@ -69,7 +69,7 @@ def test_consistency_distillation_loss_is_zero_at_the_exact_flow_map(sde_name):
     10^5 times below the loss of a map 1 % off it."""
     sde = SDES[sde_name]()
     x0 = GAUSS.sample(2000, torch.Generator().manual_seed(0), dtype=torch.float64)
-    times = consistency_times(sde, 400, 1e-3)
+    times = 400
     score = GAUSS.score_fn(sde)
     exact = consistency_loss(ExactConsistency(sde, 1e-3), ExactConsistency(sde, 1e-3), sde, x0, times, teacher=score,
                              generator=torch.Generator().manual_seed(1)).mean()  # fmt: skip
@@ -159,10 +159,9 @@ class _GaussianData:
 
 def test_consistency_student_recovers_the_linear_flow_map(tmp_path):
     """Consistency distillation with the exact Gaussian score as teacher, 600 steps: the student's f(x_t, t) is the
-    closed-form flow map to t_min within 10 % of the data's standard deviation (RMS) at high noise (t = 0.7, 1), where
-    one-step sampling starts, and its one-step samples have the data's mean and standard deviation within 0.1.
-    Measured and not yet asserted (issue 20 open): at t = 0.05 and 0.3 the student is off by 0.12 and 0.29 (a bias
-    along the data's mean) after these 600 steps."""
+    closed-form flow map to t_min within 15 % of the data's standard deviation (RMS) at every t tried, on and off the
+    discretisation's 18 times (measured 0.02-0.11 of it), and its one-step samples have the data's mean and standard
+    deviation within 0.1."""
     config = _config("consistency", 1, 600, n_times=18)
     trainer = Trainer(config, tmp_path / "cd", progress=False)
     trainer.teacher = GAUSS.score_fn(trainer.sde)
@@ -170,14 +169,14 @@ def test_consistency_student_recovers_the_linear_flow_map(tmp_path):
         trainer.train()
     student, sde = trainer.score_fn, trainer.sde
     x0 = GAUSS.sample(4000, torch.Generator().manual_seed(2))
-    for t_value in (0.7, 1.0):
+    for t_value in (0.01, 0.05, 0.3, 0.7, 1.0):
         t = torch.full((4000,), t_value)
         x = sde.perturb(x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(3)))
         with torch.no_grad():
             error = student(x, t).double() - flow_map(
                 sde, x.double(), t.double(), torch.full((4000,), 1e-3, dtype=torch.float64)
             )
-        assert float(error.pow(2).mean().sqrt()) < 0.1 * STD, (t_value, float(error.pow(2).mean().sqrt()))
+        assert float(error.pow(2).mean().sqrt()) < 0.15 * STD, (t_value, float(error.pow(2).mean().sqrt()))
     with torch.no_grad():
         result = sample(sde, student, (4000, 2), "consistency", steps=1, generator=torch.Generator().manual_seed(4))
     assert result.nfe == 1
@@ -262,3 +261,14 @@ def test_distill_command_errors_are_one_line(tmp_path, capsys):
     assert main(["sample", "--checkpoint", out, "-n", "10", "--out", str(tmp_path / "s.npz"), "--json"]) == 0
     assert '"nfe": 2' in capsys.readouterr().out
     assert noise_to_signal(VPSDE(), torch.tensor([1.0])) > 100  # VP's T is far out in sigma/alpha
+
+
+def test_consistency_times_follow_the_rho_spacing_at_any_position():
+    """At integer positions the discretisation is the samplers' edm grid (reversed); between them it is monotone."""
+    from scoresde.samplers import time_grid
+
+    sde = VPSDE()
+    grid = consistency_times(sde, 18, 1e-3)
+    torch.testing.assert_close(grid, time_grid(sde, 17, "edm", 1e-3).flip(0), rtol=1e-9, atol=1e-12)
+    between = consistency_times(sde, 18, 1e-3, positions=torch.linspace(0, 17, 171, dtype=torch.float64))
+    assert bool((between[1:] > between[:-1]).all()) and float(between[0]) == 1e-3 and float(between[-1]) == 1.0
