@@ -230,6 +230,59 @@ def _student_sampling(args: argparse.Namespace, options: dict) -> int | None:
     return steps
 
 
+def _fitted_grid(args: argparse.Namespace, options: dict):
+    """``--grid FILE`` (written by ``scoresde fit-grid``): its times, and its sampler and options unless given."""
+    import json
+
+    if args.grid is None:
+        return None
+    try:
+        fit = json.loads(Path(args.grid).read_text())
+        times = [float(t) for t in fit["times"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--grid {args.grid} is not a grid written by scoresde fit-grid ({exc})") from None
+    args.sampler = args.sampler or fit.get("sampler")
+    for key in ("order", "denoise"):
+        if key in fit and key not in options and args.sampler == fit.get("sampler"):
+            options[key] = fit[key]
+    if args.steps not in (None, len(times) - 1):
+        raise UserError(f"--grid {args.grid} has {len(times) - 1} steps; drop --steps or pass --steps {len(times) - 1}")
+    return times
+
+
+def cmd_fit_grid(args: argparse.Namespace) -> dict:
+    """Fit a sampler's time grid to a run's score (`scoresde.samplers.fit_grid`) and store it with the run."""
+    import json
+
+    import torch
+
+    from .samplers import fit_grid, samplers, time_grid
+    from .viz import plot_grid
+
+    check_in_registry("sampler", args.sampler, samplers())
+    options = _parse_options(args.option)
+    model, _, step = _load_model(args)
+    out = Path(args.out) if args.out else _run_folder(args.checkpoint) / "grids" / f"{args.sampler}-{args.steps}.json"
+    out = _out_file(str(out), ".json", args.force, out.with_suffix(".png").name)
+    fit = fit_grid(model.sde, model, args.sampler, args.steps, (1, *_sample_shape(model)), n=args.n,
+                   generator=torch.Generator().manual_seed(args.seed), dtype=torch.float32, **options)  # fmt: skip
+    out.write_text(json.dumps(fit.to_dict(), indent=2))
+    fig = plot_grid(
+        model.sde, {"log_snr_warped": time_grid(model.sde, args.steps, "log_snr_warped"), "fitted": fit.times}
+    )
+    fig.savefig(out.with_suffix(".png"), dpi=100)
+    return {
+        "grid": str(out),
+        "picture": str(out.with_suffix(".png")),
+        "times": fit.times.tolist(),
+        "start_error": fit.start_error,
+        "error": fit.error,
+        "evaluations": fit.evaluations,
+        "checkpoint_step": step,
+        "use": f"scoresde sample --checkpoint {args.checkpoint} --grid {out}",
+    }
+
+
 def cmd_distill(args: argparse.Namespace) -> dict:
     """Distil a teacher (a run, or oracle:<toy>) into a few-step student in ``--out`` (progressive rounds in
     ``--out/rounds``); nothing in ``--out`` is replaced without ``--force``."""
@@ -324,6 +377,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     if args.guidance is not None and args.label is None:
         raise UserError("--guidance needs --label (the class to guide towards)")
     model, data, step = _load_model(args)
+    schedule = _fitted_grid(args, options)
     steps = _student_sampling(args, options)
     if args.sampler == "ddpm" and options.get("variance") == "analytic":
         options["moments"] = _run_moments(args, model, data, options)
@@ -339,6 +393,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
             steps=steps,
             device=args.device,
             generator=torch.Generator(device=args.device).manual_seed(args.seed),
+            **({"schedule": schedule} if schedule is not None else {}),
             **options,
         )
     x = result.x.cpu()
@@ -794,6 +849,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one config field (repeatable)"
     )
     dst.add_argument("--resume", action="store_true", help="continue the distillation in --out")
+    fit = _command(
+        sub,
+        "fit-grid",
+        cmd_fit_grid,
+        "fit a sampler's time grid to a run's score: a few-step solve matched to a tight one",
+        "scoresde fit-grid --checkpoint runs/toy --sampler dpm_solver --steps 6 --option order=3\n"
+        "  scoresde sample --checkpoint runs/toy --grid runs/toy/grids/dpm_solver-6.json --out runs/toy/s6.npz",
+    )
+    _checkpoint_option(fit)
+    fit.add_argument("--sampler", default="dpm_solver", help="a sampler name (scoresde list)")
+    fit.add_argument("--steps", type=int, default=6, help="steps of the grid (NFE = steps for ddim, dpm_solver)")
+    fit.add_argument(
+        "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"
+    )
+    fit.add_argument("-n", type=int, default=1024, help="calibration draws (never the evaluation draws)")
+    fit.add_argument("--out", help="grid file (.json; default RUN/grids/SAMPLER-STEPS.json), picture beside it")
     smp = _command(
         sub,
         "sample",
@@ -809,6 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument(
         "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"
     )
+    smp.add_argument("--grid", help="a time grid written by scoresde fit-grid (its sampler and options by default)")
     smp.add_argument("-n", type=int, default=2000, help="number of samples")
     smp.add_argument("--label", type=int, help="class to sample (class-conditional models)")
     smp.add_argument(

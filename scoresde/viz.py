@@ -29,6 +29,7 @@ __all__ = [
     "plot_quality_vs_nfe",
     "plot_comparison",
     "plot_training_curve",
+    "plot_grid",
     "animate_reverse_process",
     "plot_inpainting",
     "plot_accuracy_vs_guidance",
@@ -397,6 +398,19 @@ def plot_comparison(
             _show_images(ax, x[:36], levels[0], levels[1], 6, title)
     plot_quality_vs_nfe(comparison, ax=fig.add_subplot(grid[rows, :]))
     fig.suptitle(f"Samplers on one model ({comparison.n} samples each, same prior draw)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_grid(sde, grids: dict) -> Figure:
+    r"""Time grids as their log-SNR $\lambda(t_i)$ against the step ``i`` (one line per named grid, e.g. a fixed
+    schedule beside a fitted one): where each grid spends its steps."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, times in grids.items():
+        lam = sde.log_snr(torch.as_tensor(times, dtype=torch.float64))
+        ax.plot(range(len(lam)), lam.tolist(), "-o", label=f"{label} ({len(lam) - 1} steps)")
+    ax.set(xlabel="step i", ylabel="log-SNR at t_i", title="time grids")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

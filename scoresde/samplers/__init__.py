@@ -42,6 +42,7 @@ from .base import (
     sampler_options,
     samplers,
 )
+from .grid_fit import GridFit, fit_grid
 from .grids import EDM_RHO, GRIDS, LOG_SNR_WARP, grid_settings, time_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .inpaint import INPAINT_METHODS, MASKS, inpaint, named_mask
@@ -61,6 +62,8 @@ __all__ = [
     "register_predictor",
     "register_corrector",
     "time_grid",
+    "fit_grid",
+    "GridFit",
     "GRIDS",
     "grid_defaults",
     "ProbabilityFlow",

@@ -1,0 +1,123 @@
+r"""Time grids fitted to a score: a few-step solve made to match a tight probability-flow solve.
+
+For a solver ``S`` with ``K`` steps on a grid $T = t_0 > \dots > t_K = t_{min}$ and ``n`` calibration draws
+$x_T^{(j)}$ of the prior, the grid minimises
+
+$$J(t_1, \dots, t_{K-1}) = \frac1n\sum_j \big\|S(x_T^{(j)}; t_{0:K}) - \Phi(x_T^{(j)})\big\|^2,$$
+
+with $\Phi$ a tight solve of the same probability-flow ODE (DPM-Solver++ 3M, 256 steps on the log-SNR grid) to the
+same ``t_min`` (as in the grid search of DEIS / "Align Your Steps" (Sabour et al. 2024), which fit the grid to the
+score; here by matching trajectories). The interior times are parameterised by the shares of the log-SNR interval
+$[\lambda_T, \lambda_{t_{min}}]$ each step covers (a softmax, so any parameters give a valid grid) and optimised by
+Nelder-Mead from the ``log_snr_warped`` grid, which is never worse than where it started. The calibration draws come
+from their own generator: evaluate the fitted grid on fresh draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._checks import check_positive_int
+from ..sde import SDE, ScoreFn
+from .grids import time_grid
+
+__all__ = ["GridFit", "fit_grid", "REFERENCE"]
+
+REFERENCE = {"sampler": "dpm_solver", "order": 3, "steps": 256, "schedule": "log_snr"}
+"""The tight solve the few-step solve is fitted to."""
+
+
+@dataclass
+class GridFit:
+    """A fitted grid: ``times`` (decreasing, float64, ``steps + 1``), the objective ``J`` at the start
+    (``log_snr_warped``) and at the end, the objective evaluations spent, and the settings (JSON-safe)."""
+
+    times: Tensor
+    start_error: float
+    error: float
+    evaluations: int
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "times": self.times.tolist(),
+            "start_error": self.start_error,
+            "error": self.error,
+            "evaluations": self.evaluations,
+            **self.settings,
+        }
+
+
+def _times_from(theta: np.ndarray, lam_T: float, lam_min: float, sde: SDE, t_min: float) -> Tensor:
+    """The grid whose steps cover the softmax(theta) shares of the log-SNR interval."""
+    share = np.exp(theta - theta.max())
+    lam = lam_T + (lam_min - lam_T) * np.concatenate([[0.0], np.cumsum(share / share.sum())])
+    t = sde.t_from_log_snr(torch.tensor(lam, dtype=torch.float64))
+    t[0], t[-1] = sde.T, t_min
+    return t
+
+
+def fit_grid(
+    sde: SDE,
+    score_fn: ScoreFn,
+    sampler: str,
+    steps: int,
+    shape: tuple[int, ...],
+    *,
+    n: int = 1024,
+    t_min: float | None = None,
+    iterations: int = 400,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    **options,
+) -> GridFit:
+    r"""Fit the ``steps``-step grid of ``sampler`` (with its ``options``; ``denoise=False`` unless given, so NFE =
+    steps for DDIM and DPM-Solver) to ``score_fn`` on ``n`` calibration draws of shape ``shape[1:]`` (module
+    docstring). Returns a `GridFit`; pass ``fit.times`` as `scoresde.sample`'s ``schedule``."""
+    from scipy.optimize import minimize
+
+    from . import sample
+
+    steps = check_positive_int("steps", steps)
+    if steps < 2:
+        raise ValueError(f"a grid of {steps} step has no interior time to fit; steps must be >= 2")
+    options.setdefault("denoise", False)
+    t_min = sde.check_t_min(t_min)
+    generator = generator or torch.Generator().manual_seed(0)
+    x_T = sde.prior_sampling((check_positive_int("n", n), *shape[1:]), generator, dtype=dtype)
+    with torch.no_grad():
+        reference = sample(sde, score_fn, x_T.shape, x_T=x_T, t_min=t_min, denoise=False, dtype=dtype,
+                           **{k: v for k, v in REFERENCE.items()}).x  # fmt: skip
+    lam_T, lam_min = sde.log_snr(torch.tensor([sde.T, t_min], dtype=torch.float64)).tolist()
+    start = time_grid(sde, steps, "log_snr_warped", t_min)
+    lam_start = sde.log_snr(start).numpy()
+    theta0 = np.log(np.clip(np.diff(lam_start) / (lam_min - lam_T), 1e-12, None))
+    count = [0]
+
+    def objective(theta: np.ndarray) -> float:
+        count[0] += 1
+        grid = _times_from(theta, lam_T, lam_min, sde, t_min)
+        if not bool((grid[1:] < grid[:-1]).all()):
+            return float("inf")
+        with torch.no_grad():
+            x = sample(sde, score_fn, x_T.shape, sampler, schedule=grid, x_T=x_T, **options).x
+        error = float((x - reference).reshape(len(x), -1).pow(2).sum(1).mean())
+        return error if np.isfinite(error) else float("inf")
+
+    start_error = objective(theta0)
+    result = minimize(objective, theta0, method="Nelder-Mead",
+                      options={"maxfev": iterations, "xatol": 1e-4, "fatol": 1e-10})  # fmt: skip
+    best = result.x if result.fun < start_error else theta0
+    settings = {"sampler": sampler, "steps": steps, "n": n, "t_min": t_min, "reference": REFERENCE,
+                **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))}}  # fmt: skip
+    return GridFit(
+        times=_times_from(best, lam_T, lam_min, sde, t_min),
+        start_error=start_error,
+        error=min(float(result.fun), start_error),
+        evaluations=count[0],
+        settings=settings,
+    )
