@@ -265,7 +265,8 @@ def cmd_fit_grid(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else _run_folder(args.checkpoint) / "grids" / f"{args.sampler}-{args.steps}.json"
     out = _out_file(str(out), ".json", args.force, out.with_suffix(".png").name)
     fit = fit_grid(model.sde, model, args.sampler, args.steps, (1, *_sample_shape(model)), n=args.n,
-                   generator=torch.Generator().manual_seed(args.seed), dtype=torch.float32, **options)  # fmt: skip
+                   iterations=args.iterations, generator=torch.Generator().manual_seed(args.seed),
+                   dtype=torch.float32, **options)  # fmt: skip
     out.write_text(json.dumps(fit.to_dict(), indent=2))
     fig = plot_grid(
         model.sde, {"log_snr_warped": time_grid(model.sde, args.steps, "log_snr_warped"), "fitted": fit.times}
@@ -864,6 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"
     )
     fit.add_argument("-n", type=int, default=1024, help="calibration draws (never the evaluation draws)")
+    fit.add_argument("--iterations", type=int, default=400, help="objective evaluations of the Nelder-Mead search")
     fit.add_argument("--out", help="grid file (.json; default RUN/grids/SAMPLER-STEPS.json), picture beside it")
     smp = _command(
         sub,

@@ -272,3 +272,47 @@ def test_consistency_times_follow_the_rho_spacing_at_any_position():
     torch.testing.assert_close(grid, time_grid(sde, 17, "edm", 1e-3).flip(0), rtol=1e-9, atol=1e-12)
     between = consistency_times(sde, 18, 1e-3, positions=torch.linspace(0, 17, 171, dtype=torch.float64))
     assert bool((between[1:] > between[:-1]).all()) and float(between[0]) == 1e-3 and float(between[-1]) == 1.0
+
+
+@pytest.mark.parametrize("sde_name", SDES)
+def test_a_grid_fitted_to_the_exact_score_beats_the_fixed_grid_on_fresh_draws(sde_name):
+    """DPM-Solver++ 3M with 5 NFE on gmm: the grid fitted on 256 calibration draws (measured: 50x and 33x the floor on
+    the warped grid, 1.7x and 1.8x fitted, VP and VE) lowers the energy distance of 4,000 fresh samples at least
+    threefold; it is a valid grid (decreasing from T to t_min) and its calibration error is below the start's."""
+    from scoresde import energy_distance, toy_dataset
+    from scoresde.samplers import fit_grid
+
+    sde, toy = SDES[sde_name](), toy_dataset("gmm")
+    score = toy.oracle.score_fn(sde)
+    fit = fit_grid(sde, score, "dpm_solver", 5, (1, 2), order=3, n=256, iterations=150,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert len(fit.times) == 6 and bool((fit.times[1:] < fit.times[:-1]).all())
+    assert float(fit.times[0]) == sde.T and float(fit.times[-1]) == sde.sampling_t_min
+    assert fit.error < fit.start_error
+    truth = toy.sample(4000, torch.Generator().manual_seed(1)).double()
+    energies = {}
+    for label, schedule in (("warped", "log_snr_warped"), ("fitted", fit.times)):
+        result = sample(sde, score, (4000, 2), "dpm_solver", steps=5, schedule=schedule, order=3, denoise=False,
+                        dtype=torch.float64, generator=torch.Generator().manual_seed(2))  # fmt: skip
+        assert result.nfe == 5
+        energies[label] = energy_distance(result.x, truth)
+    assert energies["fitted"] < energies["warped"] / 3, energies
+
+
+def test_fit_grid_and_sample_with_it_from_the_command_line(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", "--preset", "toy-vp", "--out", run, "--steps", "20", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["fit-grid", "--checkpoint", run, "--steps", "3", "--option", "order=2", "-n", "64", "--iterations",
+                 "30", "--json"]) == 0  # fmt: skip
+    grid = tmp_path / "run" / "grids" / "dpm_solver-3.json"
+    assert grid.is_file() and grid.with_suffix(".png").is_file()
+    capsys.readouterr()
+    out = str(tmp_path / "s.npz")
+    assert main(["sample", "--checkpoint", run, "--grid", str(grid), "-n", "50", "--out", out, "--json"]) == 0
+    text = capsys.readouterr().out
+    assert '"nfe": 3' in text and '"schedule": "custom"' in text and '"order": 2' in text
+    assert main(["sample", "--checkpoint", run, "--grid", str(grid), "--steps", "7", "-n", "5", "--out",
+                 str(tmp_path / "t.npz")]) == 2  # fmt: skip
+    assert "has 3 steps" in capsys.readouterr().err
+    assert main(["fit-grid", "--checkpoint", run, "--steps", "3", "-n", "64"]) == 2  # the grid exists: --force
