@@ -368,3 +368,19 @@ def test_learned_variance_config_is_checked():
     with pytest.raises(ConfigError, match="train.n_steps"):
         config_from_dict({"model": {"name": "mlp", "kwargs": {"dim": 2, "learn_variance": True}}})
     assert preset("toy-vp-learned-var").learns_variance and preset("digits-ddpm-learned-var").learns_variance
+
+
+def test_learned_variance_from_the_command_line(tmp_path, capsys):
+    """A toy-vp-learned-var run samples with --option variance=learned at K + 1 NFE; a run without the variance
+    channel is refused in one line."""
+    from scoresde.cli import main
+
+    run, plain = str(tmp_path / "learned"), str(tmp_path / "plain")
+    assert main(["train", "--preset", "toy-vp-learned-var", "--out", run, "--steps", "20", "--json"]) == 0
+    assert main(["train", "--preset", "toy-vp", "--out", plain, "--steps", "5", "--json"]) == 0
+    capsys.readouterr()
+    args = ["sample", "--sampler", "ddpm", "--steps", "10", "--option", "variance=learned", "-n", "50", "--json"]
+    assert main([*args, "--checkpoint", run, "--out", str(tmp_path / "a.npz")]) == 0
+    assert '"nfe": 11' in capsys.readouterr().out
+    assert main([*args, "--checkpoint", plain, "--out", str(tmp_path / "b.npz")]) == 2
+    assert "needs a model trained with a learned variance" in capsys.readouterr().err
