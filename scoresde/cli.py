@@ -207,6 +207,11 @@ def _load_model(args: argparse.Namespace, data_option: str | None = None):
             _note(args.command, f"image shape {info.image_shape} matches no known data set; {data_option} names one")
         return model, info.data, None
     model, config, step = load_score_model(args.checkpoint, device=args.device)
+    if getattr(model, "is_consistency_model", False) and args.command != "sample":
+        raise UserError(
+            f"{args.checkpoint} is a consistency model, which has no score for {args.command}; sample it with "
+            f"scoresde sample --checkpoint {args.checkpoint}, or use its teacher"
+        )
     args.run_config = config  # a distilled student's sampler comes from its config (cmd_sample)
     return model, config.data, step
 

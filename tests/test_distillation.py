@@ -261,6 +261,12 @@ def test_distill_command_errors_are_one_line(tmp_path, capsys):
     assert main(["sample", "--checkpoint", out, "-n", "10", "--out", str(tmp_path / "s.npz"), "--json"]) == 0
     assert '"nfe": 2' in capsys.readouterr().out
     assert noise_to_signal(VPSDE(), torch.tensor([1.0])) > 100  # VP's T is far out in sigma/alpha
+    cd = str(tmp_path / "cd")
+    assert main(["distill", "--teacher", "oracle:gmm", "--method", "consistency", "--train-steps", "2", "--out", cd,
+                 "--json"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["likelihood", "--checkpoint", cd, "-n", "10", "--out", str(tmp_path / "l.json")]) == 2
+    assert "consistency model, which has no score" in capsys.readouterr().err
 
 
 def test_consistency_times_follow_the_rho_spacing_at_any_position():
