@@ -647,7 +647,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
         model.sde,
         model,
         data.x,
-        lineup=default_lineup(args.quick),
+        lineup=default_lineup(args.quick) + _student_lineup(args, model, data_config),
         n=len(data.x),
         floor_reference=data.floor,
         true_log_prob=data.sample_log_prob,
@@ -671,6 +671,31 @@ def cmd_compare(args: argparse.Namespace) -> dict:
         "files": [str(p) for p in paths],
         **({"runs": comparison.to_dict()["runs"]} if args.json else {}),
     }
+
+
+def _student_lineup(args: argparse.Namespace, teacher, data_config) -> list:
+    """``--student RUN`` (repeatable): each distilled student at the step counts it samples with (consistency: 1, 2
+    and 4 steps; progressive: its own), next to the teacher's solvers; a student of another SDE or data is refused."""
+    from .distillation import student_sampling
+    from .evaluation import SamplerSpec
+    from .training import load_score_model
+
+    specs = []
+    for folder in args.student or []:
+        student, config, _ = load_score_model(folder, device=args.device)
+        if config.distill.method is None:
+            raise UserError(f"--student {folder} is not a distilled student (scoresde distill writes one)")
+        if repr(config.sde.build()) != repr(teacher.sde) or config.data != data_config:
+            raise UserError(
+                f"--student {folder} was distilled for {config.sde.build()!r} on {config.data.name}; the checkpoint is "
+                f"{teacher.sde!r} on {data_config.name}: compare a student with its own teacher"
+            )
+        counts = (1, 2, 4) if config.distill.method != "progressive" else (config.distill.steps,)
+        for steps in counts:
+            plan = student_sampling(config, steps)
+            family = f"{config.distill.method} student ({Path(folder).name})"
+            specs.append(SamplerSpec(family, plan.pop("sampler"), plan, model=student))
+    return specs
 
 
 def _run_folder(checkpoint: str) -> Path:
@@ -942,6 +967,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", type=int, default=2000, help="samples per sampler (and held-out points; images: at most the test split)"
     )
     cmp.add_argument("--quick", action="store_true", help="fewer samplers and step counts")
+    cmp.add_argument(
+        "--student", action="append", metavar="RUN", help="a distilled student (scoresde distill) to add (repeatable)"
+    )
     cmp.add_argument(
         "--out", help="output folder for compare.json, compare.md, compare.png (default: the checkpoint's folder)"
     )

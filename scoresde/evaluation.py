@@ -38,11 +38,13 @@ __all__ = [
 @dataclass(frozen=True)
 class SamplerSpec:
     """One point of a comparison: a ``family`` label (one line in a quality-against-NFE plot), the registered
-    ``sampler`` and its ``options`` (``steps`` included)."""
+    ``sampler`` and its ``options`` (``steps`` included); ``model``, when given, is sampled instead of the
+    comparison's score (e.g. a distilled student beside its teacher's solvers)."""
 
     family: str
     sampler: str
     options: dict = field(default_factory=dict)
+    model: ScoreFn | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -297,7 +299,8 @@ def compare_samplers(
         generator = torch.Generator(device=device).manual_seed(seed + 1 + index)
         _sync(device)
         start = time.perf_counter()
-        result = sample(sde, score_fn, shape, spec.sampler, x_T=x_T.clone(), generator=generator, **spec.options)
+        fn = score_fn if spec.model is None else spec.model
+        result = sample(sde, fn, shape, spec.sampler, x_T=x_T.clone(), generator=generator, **spec.options)
         _sync(device)
         seconds = time.perf_counter() - start
         x = result.x.detach()

@@ -3,6 +3,7 @@ distilled student's map is measured against it; the boundary condition, the loss
 the consistency sampler and the one-line errors of the distill command."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -305,7 +306,7 @@ def test_a_grid_fitted_to_the_exact_score_beats_the_fixed_grid_on_fresh_draws(sd
     assert energies["fitted"] < energies["warped"] / 3, energies
 
 
-def test_fit_grid_and_sample_with_it_from_the_command_line(tmp_path, capsys):
+def test_fit_grid_sample_with_it_and_compare_a_student_from_the_command_line(tmp_path, capsys):
     run = str(tmp_path / "run")
     assert main(["train", "--preset", "toy-vp", "--out", run, "--steps", "20", "--json"]) == 0
     capsys.readouterr()
@@ -322,3 +323,12 @@ def test_fit_grid_and_sample_with_it_from_the_command_line(tmp_path, capsys):
                  str(tmp_path / "t.npz")]) == 2  # fmt: skip
     assert "has 3 steps" in capsys.readouterr().err
     assert main(["fit-grid", "--checkpoint", run, "--steps", "3", "-n", "64"]) == 2  # the grid exists: --force
+    student = str(tmp_path / "student")
+    assert main(["distill", "--teacher", run, "--method", "consistency", "--train-steps", "3", "--out", student,
+                 "--json"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["compare", "--checkpoint", run, "--quick", "-n", "100", "--student", student, "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert [(r["nfe"], r["label"].split(",")[0]) for r in runs[-3:]] == [
+        (k, "consistency student (student)") for k in (1, 2, 4)
+    ]
