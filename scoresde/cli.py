@@ -323,15 +323,15 @@ def cmd_distill(args: argparse.Namespace) -> dict:
 
 
 def _run_moments(args: argparse.Namespace, model, data, options: dict):
-    r"""The table of $\Gamma_t = E|s|^2/d$ at the ddpm sampler's grid times, from 2,000 training points of the run's
-    data perturbed to each time, cached in the run folder (``score_moments-<grid>.safetensors``)."""
+    r"""The table of $\Gamma_t = E|s|^2/d$ at the ddpm / ddim sampler's grid times, from 2,000 training points of the
+    run's data perturbed to each time, cached in the run folder (``score_moments-<grid>.safetensors``)."""
     import torch
 
     from .datasets import image_dataset
     from .reverse_variance import ScoreMoments, score_moments
     from .samplers import sampler_options, time_grid
 
-    defaults = sampler_options("ddpm")
+    defaults = sampler_options(args.sampler)
     steps = args.steps or defaults["steps"]
     schedule, t_min = options.get("schedule", defaults["schedule"]), options.get("t_min")
     grid = time_grid(model.sde, steps, schedule, t_min)
@@ -385,7 +385,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     model, data, step = _load_model(args)
     schedule = _fitted_grid(args, options)
     steps = _student_sampling(args, options)
-    if args.sampler == "ddpm" and options.get("variance") == "analytic":
+    if args.sampler in ("ddpm", "ddim") and options.get("variance") == "analytic":
         options["moments"] = _run_moments(args, model, data, options)
     score = model if args.label is None else ClassifierFreeGuidance(model, args.label, args.guidance or 0.0)
     out = _out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)

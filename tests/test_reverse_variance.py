@@ -384,3 +384,27 @@ def test_learned_variance_from_the_command_line(tmp_path, capsys):
     assert '"nfe": 11' in capsys.readouterr().out
     assert main([*args, "--checkpoint", plain, "--out", str(tmp_path / "b.npz")]) == 2
     assert "needs a model trained with a learned variance" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sde_name", SDES)
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_analytic_ddim_makes_the_chain_exact_for_gaussian_data(sde_name, eta):
+    """DDIM's step family with the analytic variance (Analytic-DDIM): for Gaussian data N(0, 0.5^2 I) the optimal
+    variance of each step's mean is exactly the true reverse transition's, so 10 steps reproduce the data's
+    variance (20,000 samples, within 4 standard errors) at any eta, where plain DDIM misses by over 10."""
+    sde, mix = SDES[sde_name](), _gaussian(0.5)
+    score = mix.score_fn(sde)
+    from scoresde.samplers.grids import time_grid
+
+    grid = time_grid(sde, 10, "uniform")
+    data = mix.sample(20000, torch.Generator().manual_seed(7), dtype=torch.float64)
+    moments = score_moments(sde, score, data, grid, generator=torch.Generator().manual_seed(8))
+    se_var = 0.25 * math.sqrt(2 / (2 * len(data)))
+    target = 0.25 + float(sde.sigma(grid[-1]) ** 2)
+    variances = {}
+    for choice in ("beta_tilde", "analytic"):
+        x = sample(sde, score, (20000, 2), "ddim", steps=10, eta=eta, variance=choice, moments=moments,
+                   dtype=torch.float64, generator=torch.Generator().manual_seed(9), denoise=False).x  # fmt: skip
+        variances[choice] = float(x.var(0).mean())
+    assert abs(variances["analytic"] - target) < 4 * se_var, variances
+    assert abs(variances["beta_tilde"] - target) > 10 * se_var, variances

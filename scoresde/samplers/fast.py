@@ -18,7 +18,8 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_in_registry, check_positive
+from .._checks import check_in_registry, check_positive, expand_to
+from ..reverse_variance import ChainStep, ScoreMoments, reverse_variance
 from .base import Sampling, register_sampler
 
 __all__ = ["ddim", "heun", "dpm_solver", "unipc"]
@@ -43,29 +44,55 @@ def _multistep_order(order: int, i: int, steps: int, lower_order_final: bool) ->
 
 
 @register_sampler("ddim", steps=50, schedule="uniform", constraint=True)
-def ddim(run: Sampling, x: Tensor, grid: Tensor, *, eta: float = 0.0, denoise: bool = True) -> Tensor:
+def ddim(
+    run: Sampling,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    eta: float = 0.0,
+    denoise: bool = True,
+    variance: str = "beta_tilde",
+    moments: ScoreMoments | None = None,
+    data_range: tuple[float, float] | None = None,
+) -> Tensor:
     r"""DDIM (Song, Meng & Ermon 2021, Eq. 12) from ``t`` to ``s < t``:
 
-    $$x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\epsilon + c z,
+    $$x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\epsilon + \sqrt{\Sigma}\, z,
     \qquad c = \eta\,\frac{\sigma_s}{\sigma_t}\sqrt{\sigma_t^2 - \alpha_t^2\sigma_s^2/\alpha_s^2},$$
 
     deterministic (the probability-flow ODE's first-order exponential integrator) at ``eta = 0``,
-    DDPM ancestral sampling at ``eta = 1``. Applies the run's constraint after every step (inpainting).
-    NFE = ``N + denoise``."""
+    DDPM ancestral sampling at ``eta = 1``, with $\Sigma = c^2$ (``variance="beta_tilde"``, DDIM's own). With
+    ``variance="analytic"`` (Analytic-DDIM, Bao et al. 2022) the step's mean $k\hat x_0 + \frac{\sqrt{\sigma_s^2 -
+    c^2}}{\sigma_t}x_t$, $k = \alpha_s - \sqrt{\sigma_s^2 - c^2}\,\alpha_t/\sigma_t$, gets its optimal variance
+    $\Sigma = c^2 + k^2\frac{\sigma_t^2}{\alpha_t^2}(1 - \sigma_t^2\Gamma_t)$ (`scoresde.reverse_variance`: needs
+    ``moments``; ``data_range`` tightens it), noise even at ``eta = 0``. Applies the run's constraint after every step
+    (inpainting). NFE = ``N + denoise``."""
     eta = check_positive("eta", eta, strict=False)
+    check_in_registry("DDIM variance", variance, ("beta_tilde", "analytic"))
+    if variance == "analytic" and moments is None:
+        raise ValueError("variance='analytic' needs moments (scoresde.reverse_variance.score_moments of the model)")
     times, t_values = run.times(grid, x), grid.tolist()
     alphas, sigmas = _coefficients(run, grid)
     sigmas_ts = run.sde.transition(grid[:-1], grid[1:])[1].tolist()  # sigma_{t|s} of each step
     x = run.constrain(x, t_values[0])
     run.record(t_values[0], x)
     for i in run.steps(len(t_values) - 1, "ddim"):
-        x0 = run.x0_hat(x, times[i].expand(x.shape[0]))
+        t = times[i].expand(x.shape[0])
+        x0 = run.x0_hat(x, t)
         eps_hat = (x - alphas[i] * x0) / sigmas[i]
         s_s = sigmas[i + 1]
         c = min(eta * sigmas_ts[i] * s_s / sigmas[i], s_s)
-        x = alphas[i + 1] * x0 + math.sqrt(s_s**2 - c**2) * eps_hat
-        if c > 0:
-            x = x + c * run.noise_like(x)
+        keep = math.sqrt(s_s**2 - c**2)
+        x = alphas[i + 1] * x0 + keep * eps_hat
+        std = torch.full_like(t, c)
+        if variance == "analytic":
+            k = alphas[i + 1] - keep * alphas[i] / sigmas[i]
+            step = ChainStep(a=torch.full_like(t, k), b=torch.full_like(t, keep / sigmas[i]), beta=std**2,
+                             beta_tilde=std**2, noise_ratio=torch.full_like(t, (sigmas[i] / alphas[i]) ** 2),
+                             sigma_t2=torch.full_like(t, sigmas[i] ** 2))  # fmt: skip
+            std = reverse_variance("analytic", step, gamma=moments.at(run.sde, t), data_range=data_range).sqrt()
+        if variance == "analytic" or c > 0:
+            x = x + expand_to(std, x) * run.noise_like(x)
         x = run.constrain(x, t_values[i + 1])
         run.record(t_values[i + 1], x)
     return run.finish(x, t_values[-1], denoise)
