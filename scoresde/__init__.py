@@ -30,10 +30,11 @@ from .datasets import (
     toy_dataset,
     toy_datasets,
 )
+from .distillation import ConsistencyModel, distill, distillation_config
 from .evaluation import Comparison, HeldOut, SamplerRun, SamplerSpec, compare_samplers, default_lineup, held_out
 from .likelihood import LikelihoodResult, log_likelihood
-from .losses import classifier_loss, ddpm_loss, dsm_loss, smld_loss
-from .metrics import energy_distance, mean_and_standard_error, mmd, sliced_wasserstein
+from .losses import classifier_loss, ddpm_loss, dsm_loss, hybrid_loss, smld_loss
+from .metrics import energy_distance, energy_distance_floor, mean_and_standard_error, mmd, sliced_wasserstein
 from .models import NCSN, DDPMUNet, NoiseConditionalClassifier, ScoreMLP, ScoreModel, create_model, register_model
 from .models import models as model_names
 from .report import likelihood_summary, run_demo, write_comparison
@@ -43,6 +44,7 @@ from .samplers import (
     ClassifierGuidance,
     SampleResult,
     correctors,
+    fit_grid,
     inpaint,
     named_mask,
     predictors,
@@ -101,6 +103,12 @@ __all__ = [
     "image_datasets",
     "ddpm_loss",
     "dsm_loss",
+    "hybrid_loss",
+    "ConsistencyModel",
+    "distill",
+    "distillation_config",
+    "energy_distance_floor",
+    "fit_grid",
     "smld_loss",
     "NCSN",
     "DDPMUNet",

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_in_registry, check_positive, expand_to, standard_normal_like
+from .config import DISTILLATION_METHODS  # one list of the methods: the config validates it
 from .sde import SDE, ScoreFn, check_sde
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
     "CONSISTENCY_DISTANCES",
 ]
 
-from .config import DISTILLATION_METHODS  # noqa: E402  (one list: the config validates it)
 
 TEACHER_SOLVERS = ("heun", "ddim")
 CONSISTENCY_DISTANCES = ("l2", "pseudo_huber")
