@@ -408,3 +408,17 @@ def test_analytic_ddim_makes_the_chain_exact_for_gaussian_data(sde_name, eta):
         variances[choice] = float(x.var(0).mean())
     assert abs(variances["analytic"] - target) < 4 * se_var, variances
     assert abs(variances["beta_tilde"] - target) > 10 * se_var, variances
+
+
+def test_unet_variance_channel_is_split_from_the_score():
+    """DDPMUNet with learn_variance outputs 2C channels; ScoreModel takes the first C as eps and the rest as v, so the
+    fraction starts at 1/2 (zero-initialised output) and the score has the data's shape."""
+    from scoresde.models import ScoreModel, create_model
+
+    torch.manual_seed(0)
+    net = create_model("ddpm_unet", in_channels=1, image_size=8, ch=8, ch_mult=(1,), attn_resolutions=(), groups=4,
+                       learn_variance=True)  # fmt: skip
+    model = ScoreModel(net, VPSDE(), "eps")
+    x, t = torch.randn(3, 1, 8, 8), torch.full((3,), 0.5)
+    assert net(x, t).shape == (3, 2, 8, 8) and model(x, t).shape == x.shape
+    assert torch.equal(model.variance_fraction(x, t), torch.full_like(x, 0.5))
