@@ -155,7 +155,7 @@ def test_train_then_sample_writes_npz_and_picture(tmp_path):
     bad = subprocess.run(cmd[:-1] + ["--force", "--sampler", "euler"], capture_output=True, text=True)
     assert (
         bad.returncode == 2
-        and "unknown sampler 'euler'; valid names are: ddim" in bad.stderr
+        and "unknown sampler 'euler'; valid names are: consistency, ddim" in bad.stderr
         and "Traceback" not in bad.stderr
     )
 

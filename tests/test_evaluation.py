@@ -78,7 +78,7 @@ def test_default_lineup_covers_pc_ode_and_the_few_step_solvers():
 
 def test_bad_lineups_and_data_raise():
     exact = TOY.mixture.score_fn(SDE)
-    with pytest.raises(ValueError, match="unknown sampler 'euler' in the line-up; valid names are: ddim"):
+    with pytest.raises(ValueError, match="unknown sampler 'euler' in the line-up; valid names are: consistency, ddim"):
         compare_samplers(SDE, exact, torch.zeros(10, 2), lineup=[SamplerSpec("x", "euler")])
     with pytest.raises(ValueError, match="lineup is empty"):
         compare_samplers(SDE, exact, torch.zeros(10, 2), lineup=[])

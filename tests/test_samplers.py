@@ -274,7 +274,7 @@ def test_trajectory_holds_the_states_on_the_grid():
 
 
 def test_registries_list_their_names():
-    assert sampler_names() == ["ddim", "ddpm", "dpm_solver", "heun", "ode", "pc", "sde", "unipc"]
+    assert sampler_names() == ["consistency", "ddim", "ddpm", "dpm_solver", "heun", "ode", "pc", "sde", "unipc"]
     assert predictors() == ["ancestral_sampling", "euler_maruyama", "none", "reverse_diffusion"]
     assert correctors() == ["annealed_langevin", "langevin", "none"]
 
@@ -287,7 +287,10 @@ def _bad(message, sde=None, score=None, shape=(4, 2), sampler="pc", **options):
 
 
 def test_bad_input_gets_clear_errors():
-    _bad("unknown sampler .euler.; valid names are: ddim, ddpm, dpm_solver, heun, ode, pc, sde, unipc", sampler="euler")
+    _bad(
+        "unknown sampler .euler.; valid names are: consistency, ddim, ddpm, dpm_solver, heun, ode, pc, sde, unipc",
+        sampler="euler",
+    )
     _bad("unknown predictor 'em'; valid names are: ancestral_sampling, euler_maruyama", predictor="em")
     _bad("unknown corrector 'mala'; valid names are: annealed_langevin, langevin, none", corrector="mala")
     _bad(
