@@ -18,10 +18,10 @@ from torch import Tensor
 from ._checks import check_in_registry, check_positive_int, expand_to, renamed_t_min, standard_normal_like
 from .likelihood import DIVERGENCES, check_data, divergence_fn, draw_probes, likelihood_t_min
 from .reverse_variance import (
-    VARIANCES,
     ChainStep,
     ScoreMoments,
     chain_step,
+    check_variance,
     decoder_step,
     learned_variance_fraction,
     reverse_variance,
@@ -239,11 +239,7 @@ def ddpm_bound(
                 f"n_terms must be at most n_steps - 1 = {n_steps - 1}, got {n_terms}; pass None to sum all terms"
             )
     t_min = likelihood_t_min(sde, t_min)
-    check_in_registry("reverse variance", variance, VARIANCES)
-    if variance == "analytic" and moments is None:
-        raise ValueError(
-            "variance='analytic' needs moments: scoresde.reverse_variance.score_moments(sde, score, data, times)"
-        )
+    check_variance(variance, moments)
     fraction_fn = learned_variance_fraction(score_fn) if variance == "learned" else None
     score = CountingScore(score_fn)
     B, dim = x.shape[0], x[0].numel()

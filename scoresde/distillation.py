@@ -180,9 +180,8 @@ def consistency_loss(
     (mean over dimensions) or ``pseudo_huber`` ($c = 0.00054\sqrt d$, scaled by $\sigma_d / 0.5$)."""
     check_in_registry("consistency distance", distance, CONSISTENCY_DISTANCES)
     B, opts = x0.shape[0], {"dtype": x0.dtype, "device": x0.device}
-    grid = consistency_times(sde, n_times, student.t_min)
     if teacher is None:
-        pair = _lognormal_indices(sde, grid, B, student.sigma_data, generator)
+        pair = _lognormal_indices(sde, consistency_times(sde, n_times, student.t_min), B, student.sigma_data, generator)
     else:
         pair = torch.randint(0, n_times - 1, (B,), generator=generator)
     position = torch.clamp(pair + torch.rand(B, generator=generator, dtype=torch.float64), max=n_times - 2)

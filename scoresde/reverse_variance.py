@@ -50,6 +50,7 @@ __all__ = [
     "chain_step",
     "decoder_step",
     "reverse_variance",
+    "check_variance",
     "learned_variance_fraction",
 ]
 
@@ -92,6 +93,19 @@ def decoder_step(step: ChainStep, next_step: ChainStep) -> ChainStep:
     r"""The decoder's step with its $\tilde\beta = 0$ replaced by ``next_step``'s (the step into the decoder's
     start), so that the learned variance's $\log\tilde\beta$ stays finite (Improved DDPM's clipped log variance)."""
     return replace(step, beta_tilde=next_step.beta_tilde)
+
+
+def check_variance(
+    choice: str, moments: ScoreMoments | None, choices: tuple[str, ...] = VARIANCES, what: str = "reverse variance"
+) -> str:
+    """``choice`` if it is one of ``choices`` and has what it needs (``analytic``: the ``moments`` table), else a
+    one-line ``ValueError``; the check of every user of the chain (the ``ddpm`` and ``ddim`` samplers, `ddpm_bound`)."""
+    check_in_registry(what, choice, choices)
+    if choice == "analytic" and moments is None:
+        raise ValueError(
+            "variance='analytic' needs moments: scoresde.reverse_variance.score_moments(sde, score, data, times)"
+        )
+    return choice
 
 
 def learned_variance_fraction(score_fn: ScoreFn) -> Callable[[Tensor, Tensor], Tensor]:

@@ -9,8 +9,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_in_registry, expand_to
-from ..reverse_variance import VARIANCES, ScoreMoments, chain_step, learned_variance_fraction, reverse_variance
+from .._checks import expand_to
+from ..reverse_variance import (
+    ScoreMoments,
+    chain_step,
+    check_variance,
+    learned_variance_fraction,
+    reverse_variance,
+)
 from .base import Sampling, register_sampler
 
 __all__ = ["ddpm"]
@@ -31,9 +37,7 @@ def ddpm(
     posterior's, default: the ``ancestral_sampling`` predictor's step), ``beta``, ``learned`` (Improved DDPM: the
     network's own variance channel, read from the same evaluation as the score) or ``analytic`` (Analytic-DPM:
     needs ``moments``, the run's table of $\Gamma_t$; ``data_range`` tightens its bound). NFE = ``K + denoise``."""
-    check_in_registry("reverse variance", variance, VARIANCES)
-    if variance == "analytic" and moments is None:
-        raise ValueError("variance='analytic' needs moments (scoresde.reverse_variance.score_moments of the model)")
+    check_variance(variance, moments)
     fraction_fn = learned_variance_fraction(run.score.score_fn) if variance == "learned" else None
     times, t_values = run.times(grid, x), grid.tolist()
     x = run.constrain(x, t_values[0])

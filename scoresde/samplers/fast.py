@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, check_positive, expand_to
-from ..reverse_variance import ChainStep, ScoreMoments, reverse_variance
+from ..reverse_variance import ChainStep, ScoreMoments, check_variance, reverse_variance
 from .base import Sampling, register_sampler
 
 __all__ = ["ddim", "heun", "dpm_solver", "unipc"]
@@ -68,9 +68,7 @@ def ddim(
     ``moments``; ``data_range`` tightens it), noise even at ``eta = 0``. Applies the run's constraint after every step
     (inpainting). NFE = ``N + denoise``."""
     eta = check_positive("eta", eta, strict=False)
-    check_in_registry("DDIM variance", variance, ("beta_tilde", "analytic"))
-    if variance == "analytic" and moments is None:
-        raise ValueError("variance='analytic' needs moments (scoresde.reverse_variance.score_moments of the model)")
+    check_variance(variance, moments, ("beta_tilde", "analytic"), "DDIM variance")
     times, t_values = run.times(grid, x), grid.tolist()
     alphas, sigmas = _coefficients(run, grid)
     sigmas_ts = run.sde.transition(grid[:-1], grid[1:])[1].tolist()  # sigma_{t|s} of each step

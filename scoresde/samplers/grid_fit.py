@@ -91,7 +91,7 @@ def fit_grid(
     x_T = sde.prior_sampling((check_positive_int("n", n), *shape[1:]), generator, dtype=dtype)
     with torch.no_grad():
         reference = sample(sde, score_fn, x_T.shape, x_T=x_T, t_min=t_min, denoise=False, dtype=dtype,
-                           **{k: v for k, v in REFERENCE.items()}).x  # fmt: skip
+                           **REFERENCE).x  # fmt: skip
     lam_T, lam_min = sde.log_snr(torch.tensor([sde.T, t_min], dtype=torch.float64)).tolist()
     start = time_grid(sde, steps, "log_snr_warped", t_min)
     lam_start = sde.log_snr(start).numpy()
