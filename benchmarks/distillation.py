@@ -3,11 +3,14 @@
 Students (`scoresde.distillation`, trained through `scoresde.training.Trainer`, wall time measured on --threads CPU
 threads): consistency distillation (one student, sampled with 1, 2 and 4 steps), consistency training (no teacher),
 and progressive distillation from a 64-step DDIM teacher (1.4x the floor; rounds 64 -> 32 -> ... -> 1, the students of
-4, 2 and 1 steps among them, each round a sixth of the budget).
+4, 2 and 1 steps among them, each round a sixth of the budget). The consistency students also sample on times
+fitted to data (`scoresde.samplers.fit_grid` with ``data``: 16,384 true draws of their own seed) at 2 and 4 NFE.
 Solvers with the exact score at the same NFE: DDIM and DPM-Solver++ (2M, 3M) on the warped log-SNR grid, without the
 final denoising evaluation, so NFE = steps.
 
-Figures: the energy distance of 10,000 samples to 10,000 fresh true samples over the true-vs-true floor, the floor
+Figures: the energy distance of 10,000 samples to 10,000 fresh true samples over the true-vs-true floor (the mean and
+its standard error over 3 evaluations with fresh seeds: a few samples thrown far away move one such figure by the
+floor or more), the floor
 both in closed form ((1/n + 1/m) E|X - X'| from 10^6 pairs, `scoresde.metrics.energy_distance_floor`) and measured
 (the mean over 10 true-vs-true pairs); the samples' mean true NLL under the oracle beside the data's entropy.
 
@@ -17,6 +20,7 @@ both in closed form ((1/n + 1/m) E|X - X'| from 10^6 pairs, `scoresde.metrics.en
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import time
@@ -29,14 +33,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from report_files import write_report  # noqa: E402
 
-from scoresde import energy_distance, sample, toy_dataset  # noqa: E402
+from scoresde import energy_distance, fit_grid, sample, toy_dataset  # noqa: E402
+from scoresde.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from scoresde.config import override  # noqa: E402
 from scoresde.distillation import distill, distillation_config, student_sampling  # noqa: E402
-from scoresde.metrics import energy_distance_floor  # noqa: E402
+from scoresde.metrics import energy_distance_floor, mean_and_standard_error  # noqa: E402
 from scoresde.training import load_score_model  # noqa: E402
 
 N_SAMPLES = 10_000
+SEEDS = 3
 NFES = (1, 2, 4)
+FITTED = (2, 4)
+CALIBRATION = 16_384
+COLUMNS = (1, 2, 3, 4, 5, 6, 8)
 SOLVERS = {
     "ddim": {"sampler": "ddim", "schedule": "log_snr_warped", "denoise": False},
     "dpm_solver 2M": {"sampler": "dpm_solver", "order": 2, "schedule": "log_snr_warped", "denoise": False},
@@ -45,34 +54,81 @@ SOLVERS = {
 
 
 def quality(sde, fn, toy, sampler: str, steps: int, floors: dict, **options) -> dict:
-    with torch.no_grad():
-        result = sample(sde, fn, (N_SAMPLES, 2), sampler, steps=steps, generator=torch.Generator().manual_seed(5),
-                        **options)  # fmt: skip
-    x = result.x.double()
-    reference = toy.sample(N_SAMPLES, torch.Generator().manual_seed(2)).double()
-    energy = energy_distance(x, reference)
+    """The figures of one sampler, each the mean over ``SEEDS`` evaluations (fresh prior draws and sampler noise,
+    fresh true samples) with its standard error: a few samples thrown far away move one 10,000-sample energy
+    distance by the floor or more, so one seed does not tell 2x from 4x."""
+    energies, gaps = [], []
+    for k in range(SEEDS):
+        with torch.no_grad():
+            result = sample(sde, fn, (N_SAMPLES, 2), sampler, steps=steps,
+                            generator=torch.Generator().manual_seed(5 + 10 * k), **options)  # fmt: skip
+        x = result.x.double()
+        reference = toy.sample(N_SAMPLES, torch.Generator().manual_seed(2 + 10 * k)).double()
+        energies.append(energy_distance(x, reference))
+        gaps.append(float(-toy.nll_log_prob(x).mean()) - toy.perfect_nll())
+    energy, energy_se = mean_and_standard_error(torch.tensor(energies))
     return {
         "nfe": result.nfe,
         "energy": energy,
+        "energy_se": energy_se,
+        "energies": energies,
         "over_floor": energy / floors["closed_form"],
+        "over_floor_se": energy_se / floors["closed_form"],
         "over_measured_floor": energy / floors["measured"],
-        "nll_minus_entropy": float(-toy.nll_log_prob(x).mean()) - toy.perfect_nll(),
+        "nll_minus_entropy": statistics.mean(gaps),
     }
 
 
+def fitted_rows(report: dict, name: str, model, toy, floors: dict) -> None:
+    """A consistency student on times fitted to data (`fit_grid` on the energy distance to 16,384 true draws of their
+    own seed, prior draws and sampler noise of their own seeds too): 2 and 4 steps."""
+    calibration = toy.sample(CALIBRATION, torch.Generator().manual_seed(77)).double()
+    for nfe in FITTED:
+        start = time.perf_counter()
+        fit = fit_grid(model.sde, model, "consistency", nfe, (1, 2), n=CALIBRATION, data=calibration, iterations=150,
+                       dtype=torch.float32)  # fmt: skip
+        row = {"method": f"{name} (fitted times)", "times": fit.times.tolist(),
+               "fit_seconds": time.perf_counter() - start,
+               **quality(model.sde, model, toy, "consistency", nfe, floors, schedule=fit.times)}  # fmt: skip
+        report["rows"].append(row)
+        print(json.dumps(row), flush=True)
+
+
+def finished(config, folder: Path) -> bool:
+    """Whether ``folder`` holds this very student, trained to its last step (then it is reused, not retrained)."""
+    try:
+        checkpoint = load_checkpoint(folder)
+    except CheckpointError:
+        return False
+    return checkpoint["config"].to_dict() == config.to_dict() and checkpoint["step"] == config.train.steps
+
+
+def training_seconds(folder: Path) -> float:
+    """The training's own wall time: the last ``seconds`` of the run's metrics.csv."""
+    with open(folder / "metrics.csv") as f:
+        return float(list(csv.DictReader(f))[-1]["seconds"])
+
+
 def train_student(
-    name: str, method: str, sde_name: str, steps: int, train_steps: int, out: Path, reuse: bool, **extra
-) -> tuple:
-    config = distillation_config("oracle:gmm", method, steps=steps, sde=sde_name, train_steps=train_steps)
+    teacher: str, name: str, method: str, out: Path, reuse: bool, *, steps: int = 1, train_steps: int,
+    teacher_steps: int | None = None, sde: str = "vp", **extra
+) -> tuple:  # fmt: skip
+    """Distil ``teacher`` into ``out/name`` (kept if ``reuse`` and already trained with the same config). Returns the
+    config and the wall time of each student: ``{steps: seconds}``, a progressive round's the sum of the rounds up to
+    it (its teachers' training included)."""
+    config = distillation_config(teacher, method, steps=steps, sde=sde, train_steps=train_steps)
     config = override(config, *(f"{k}={v}" for k, v in extra.items()))
-    start = time.perf_counter()
-    folder, record = out / name, out / name / "seconds.json"
-    if reuse and record.is_file() and json.loads(record.read_text())["config"] == config.to_dict():
-        return config, json.loads(record.read_text())["seconds"]  # this very student, trained before
-    distill(config, folder, teacher_steps=64 if method == "progressive" else None, progress=False,
-            overwrite=True, resume=False)  # fmt: skip
-    seconds = time.perf_counter() - start
-    record.write_text(json.dumps({"seconds": seconds, "config": config.to_dict()}))
+    folder = out / name
+    if not (reuse and finished(config, folder)):
+        distill(config, folder, teacher_steps=teacher_steps, progress=False, overwrite=True, resume=False)
+    if method != "progressive":
+        return config, {"any": training_seconds(folder)}
+    rounds = sorted((int(p.name) for p in (folder / "rounds").iterdir()), reverse=True)
+    seconds, total = {}, 0.0
+    for round_steps in rounds:
+        total += training_seconds(folder / "rounds" / str(round_steps))
+        seconds[round_steps] = total
+    seconds[steps] = total + training_seconds(folder)
     return config, seconds
 
 
@@ -81,7 +137,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sde", default="vp", choices=("vp", "ve"))
-    parser.add_argument("--train-steps", type=int, default=3000, help="consistency students' steps (progressive: / 6)")
+    parser.add_argument("--train-steps", type=int, default=6000, help="consistency students' steps (progressive: / 6)")
     parser.add_argument("--quick", action="store_true", help="300 training steps per student (a smoke run)")
     parser.add_argument("--reuse", action="store_true", help="keep students trained before with the same config")
     args = parser.parse_args()
@@ -106,7 +162,11 @@ def main() -> None:
         ("progressive", "progressive", {}),
     ):
         steps_each = train_steps // 6 if method == "progressive" else train_steps
-        config, seconds = train_student(name, method, args.sde, 1, steps_each, runs, args.reuse, **extra)
+        teacher_steps = 64 if method == "progressive" else None
+        config, seconds = train_student(
+            "oracle:gmm", name, method, runs, args.reuse, train_steps=steps_each, teacher_steps=teacher_steps,
+            sde=args.sde, **extra
+        )  # fmt: skip
         report["students"][name] = {"train_steps": steps_each, "seconds": seconds, "config": config.to_dict()}
         print(json.dumps({"student": name, "seconds": seconds}), flush=True)
         for nfe in NFES:
@@ -117,11 +177,13 @@ def main() -> None:
                                              **plan)}  # fmt: skip
             report["rows"].append(row)
             print(json.dumps(row), flush=True)
+        if method != "progressive":
+            fitted_rows(report, name, model, toy, floors)
 
     sde = config.sde.build()
     score = toy.oracle.score_fn(sde)
     for name, options in SOLVERS.items():
-        for nfe in (*NFES, 5, 6, 8):
+        for nfe in COLUMNS:
             options_left = dict(options)
             row = {"method": name, **quality(sde, score, toy, options_left.pop("sampler"), nfe, floors,
                                              dtype=torch.float64, **options_left)}  # fmt: skip
@@ -137,19 +199,17 @@ def markdown(report: dict) -> str:
         f"(closed form {floors['closed_form']:.3g} +- {floors['closed_form_se']:.1g}; measured over 10 true-vs-true "
         f"pairs {floors['measured']:.3g}) / mean true NLL minus the entropy ({report['entropy']:.3f} nats)",
         "",
-        "| method | " + " | ".join(f"NFE {n}" for n in (*NFES, 5, 6, 8)) + " | training |",
-        "|---|" + "---|" * (len(NFES) + 4),
+        "| method | " + " | ".join(f"NFE {n}" for n in COLUMNS) + " | training |",
+        "|---|" + "---|" * (len(COLUMNS) + 1),
     ]
     for method in dict.fromkeys(r["method"] for r in report["rows"]):
         cells = {r["nfe"]: r for r in report["rows"] if r["method"] == method}
+        cell = lambda r: f"{r['over_floor']:.2f} ± {r['over_floor_se']:.2f}x / {r['nll_minus_entropy']:+.2f}"  # noqa: E731
         student = report["students"].get(method)
         lines.append(
             f"| {method} | "
-            + " | ".join(
-                f"{cells[n]['over_floor']:.2f}x / {cells[n]['nll_minus_entropy']:+.3f}" if n in cells else "-"
-                for n in (*NFES, 5, 6, 8)
-            )
-            + (f" | {student['seconds']:.0f} s |" if student else " | none |")
+            + " | ".join(cell(cells[n]) if n in cells else "-" for n in COLUMNS)
+            + (f" | {max(student['seconds'].values()):.0f} s |" if student else " | none |")
         )
     return "\n".join(lines) + "\n"
 

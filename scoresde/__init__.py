@@ -31,10 +31,26 @@ from .datasets import (
     toy_datasets,
 )
 from .distillation import ConsistencyModel, distill, distillation_config
-from .evaluation import Comparison, HeldOut, SamplerRun, SamplerSpec, compare_samplers, default_lineup, held_out
+from .evaluation import (
+    Comparison,
+    HeldOut,
+    SamplerRun,
+    SamplerSpec,
+    compare_samplers,
+    default_lineup,
+    held_out,
+    student_lineup,
+)
 from .likelihood import LikelihoodResult, log_likelihood
 from .losses import classifier_loss, ddpm_loss, dsm_loss, hybrid_loss, smld_loss
-from .metrics import energy_distance, energy_distance_floor, mean_and_standard_error, mmd, sliced_wasserstein
+from .metrics import (
+    energy_distance,
+    energy_distance_floor,
+    mean_and_standard_error,
+    mmd,
+    sliced_energy_distance,
+    sliced_wasserstein,
+)
 from .models import NCSN, DDPMUNet, NoiseConditionalClassifier, ScoreMLP, ScoreModel, create_model, register_model
 from .models import models as model_names
 from .report import likelihood_summary, run_demo, write_comparison
@@ -108,6 +124,7 @@ __all__ = [
     "distill",
     "distillation_config",
     "energy_distance_floor",
+    "sliced_energy_distance",
     "fit_grid",
     "smld_loss",
     "NCSN",
@@ -168,6 +185,7 @@ __all__ = [
     "ELBOResult",
     "compare_samplers",
     "default_lineup",
+    "student_lineup",
     "SamplerSpec",
     "SamplerRun",
     "Comparison",

@@ -207,7 +207,7 @@ def _load_model(args: argparse.Namespace, data_option: str | None = None):
             _note(args.command, f"image shape {info.image_shape} matches no known data set; {data_option} names one")
         return model, info.data, None
     model, config, step = load_score_model(args.checkpoint, device=args.device)
-    if getattr(model, "is_consistency_model", False) and args.command != "sample":
+    if getattr(model, "is_consistency_model", False) and args.command not in ("sample", "fit-grid"):
         raise UserError(
             f"{args.checkpoint} is a consistency model, which has no score for {args.command}; sample it with "
             f"scoresde sample --checkpoint {args.checkpoint}, or use its teacher"
@@ -252,6 +252,7 @@ def _fitted_grid(args: argparse.Namespace, options: dict):
             options[key] = fit[key]
     if args.steps not in (None, len(times) - 1):
         raise UserError(f"--grid {args.grid} has {len(times) - 1} steps; drop --steps or pass --steps {len(times) - 1}")
+    args.steps = len(times) - 1
     return times
 
 
@@ -261,17 +262,27 @@ def cmd_fit_grid(args: argparse.Namespace) -> dict:
 
     import torch
 
+    from .evaluation import held_out
     from .samplers import fit_grid, samplers, time_grid
     from .viz import plot_grid
 
-    check_in_registry("sampler", args.sampler, samplers())
     options = _parse_options(args.option)
-    model, _, step = _load_model(args)
+    model, data_config, step = _load_model(args)
+    consistency = getattr(model, "is_consistency_model", False)
+    args.sampler = args.sampler or ("consistency" if consistency else "dpm_solver")
+    check_in_registry("sampler", args.sampler, samplers())
+    if consistency and args.sampler != "consistency":
+        raise UserError(f"{args.checkpoint} is a consistency model: fit the grid of --sampler consistency")
+    data = None
+    if args.to_data or args.sampler == "consistency":
+        if data_config is None:
+            raise UserError(f"--to-data needs the run's data set, and {args.checkpoint} names none")
+        data = held_out(data_config, args.n, seed=args.seed + 1).floor.to(args.device)
     out = Path(args.out) if args.out else _run_folder(args.checkpoint) / "grids" / f"{args.sampler}-{args.steps}.json"
     out = _out_file(str(out), ".json", args.force, out.with_suffix(".png").name)
     fit = fit_grid(model.sde, model, args.sampler, args.steps, (1, *_sample_shape(model)), n=args.n,
                    iterations=args.iterations, generator=torch.Generator().manual_seed(args.seed),
-                   dtype=torch.float32, **options)  # fmt: skip
+                   dtype=torch.float32, data=data, **options)  # fmt: skip
     out.write_text(json.dumps(fit.to_dict(), indent=2))
     fig = plot_grid(
         model.sde, {"log_snr_warped": time_grid(model.sde, args.steps, "log_snr_warped"), "fitted": fit.times}
@@ -676,8 +687,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
 def _student_lineup(args: argparse.Namespace, teacher, data_config) -> list:
     """``--student RUN`` (repeatable): each distilled student at the step counts it samples with (consistency: 1, 2
     and 4 steps; progressive: its own), next to the teacher's solvers; a student of another SDE or data is refused."""
-    from .distillation import student_sampling
-    from .evaluation import SamplerSpec
+    from .evaluation import student_lineup
     from .training import load_score_model
 
     specs = []
@@ -690,11 +700,7 @@ def _student_lineup(args: argparse.Namespace, teacher, data_config) -> list:
                 f"--student {folder} was distilled for {config.sde.build()!r} on {config.data.name}; the checkpoint is "
                 f"{teacher.sde!r} on {data_config.name}: compare a student with its own teacher"
             )
-        counts = (1, 2, 4) if config.distill.method != "progressive" else (config.distill.steps,)
-        for steps in counts:
-            plan = student_sampling(config, steps)
-            family = f"{config.distill.method} student ({Path(folder).name})"
-            specs.append(SamplerSpec(family, plan.pop("sampler"), plan, model=student))
+        specs += student_lineup(student, config, Path(folder).name)
     return specs
 
 
@@ -884,18 +890,27 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "fit-grid",
         cmd_fit_grid,
-        "fit a sampler's time grid to a run's score: a few-step solve matched to a tight one",
+        "fit a sampler's time grid to a run's score: a few-step solve matched to a tight one, or to the data",
         "scoresde fit-grid --checkpoint runs/toy --sampler dpm_solver --steps 6 --option order=3\n"
-        "  scoresde sample --checkpoint runs/toy --grid runs/toy/grids/dpm_solver-6.json --out runs/toy/s6.npz",
+        "  scoresde sample --checkpoint runs/toy --grid runs/toy/grids/dpm_solver-6.json --out runs/toy/s6.npz\n"
+        "  scoresde fit-grid --checkpoint runs/toy-cd --steps 2   # a consistency student's times, fitted to the data",
     )
     _checkpoint_option(fit)
-    fit.add_argument("--sampler", default="dpm_solver", help="a sampler name (scoresde list)")
+    fit.add_argument(
+        "--sampler", help="a sampler name (scoresde list; default dpm_solver, consistency for a consistency model)"
+    )
     fit.add_argument("--steps", type=int, default=6, help="steps of the grid (NFE = steps for ddim, dpm_solver)")
     fit.add_argument(
         "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"
     )
     fit.add_argument("-n", type=int, default=1024, help="calibration draws (never the evaluation draws)")
     fit.add_argument("--iterations", type=int, default=400, help="objective evaluations of the Nelder-Mead search")
+    fit.add_argument(
+        "--to-data",
+        action="store_true",
+        help="fit to the energy distance against n draws of the run's data (toys: fresh draws; images: the training "
+        "split) instead of a tight solve (always for the consistency sampler)",
+    )
     fit.add_argument("--out", help="grid file (.json; default RUN/grids/SAMPLER-STEPS.json), picture beside it")
     smp = _command(
         sub,

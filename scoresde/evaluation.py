@@ -28,6 +28,7 @@ __all__ = [
     "SamplerRun",
     "Comparison",
     "default_lineup",
+    "student_lineup",
     "compare_samplers",
     "measure_images",
     "HeldOut",
@@ -105,6 +106,22 @@ def default_lineup(quick: bool = False) -> list[SamplerSpec]:
     ]
     lineup += [SamplerSpec("ode (dopri5, adaptive)", "ode", {"rtol": tol, "atol": tol}) for tol in ode_tolerances]
     return lineup
+
+
+def student_lineup(student: ScoreFn, config, name: str, counts: Sequence[int] = (1, 2, 4)) -> list[SamplerSpec]:
+    """A distilled student (``config.distill`` set: `scoresde.distillation`) as points of a comparison, sampled the
+    way it was distilled (`scoresde.distillation.student_sampling`): a consistency model at each of ``counts`` steps
+    (NFE = steps), a progressive student at its own steps only. ``name`` labels its family."""
+    from .distillation import student_sampling
+
+    method = config.distill.method
+    if method is None:
+        raise ValueError(f"{name} is not a distilled student (scoresde distill writes one)")
+    specs = []
+    for steps in (config.distill.steps,) if method == "progressive" else counts:
+        plan = student_sampling(config, steps)
+        specs.append(SamplerSpec(f"{method} student ({name})", plan.pop("sampler"), plan, model=student))
+    return specs
 
 
 @dataclass

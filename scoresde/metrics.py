@@ -26,6 +26,7 @@ from ._checks import check_positive_int
 __all__ = [
     "energy_distance",
     "energy_distance_floor",
+    "sliced_energy_distance",
     "mmd",
     "sliced_wasserstein",
     "mean_and_standard_error",
@@ -82,6 +83,35 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
     x, y = _pair(x, y)
     dist = torch.sqrt
     return float(2 * _pairwise_mean(x, y, dist) - _pairwise_mean(x, x, dist) - _pairwise_mean(y, y, dist))
+
+
+def sliced_energy_distance(
+    x: Tensor, y: Tensor, n_projections: int = 128, *, generator: torch.Generator | None = None
+) -> float:
+    r"""`energy_distance` through one-dimensional projections, in $O((n + m) \log(n + m))$ per direction instead of
+    $O(nm)$: for directions $\theta$ uniform on the sphere $S^{d-1}$,
+
+    $$\mathcal E(x, y) = C_d\,\mathbb E_\theta\Big[2\int (F_\theta - G_\theta)^2\,du\Big],\qquad
+    C_d = \frac{\sqrt\pi\,\Gamma(\frac{d+1}{2})}{\Gamma(\frac d2)},$$
+
+    with $F_\theta$, $G_\theta$ the empirical distribution functions of $\theta^\top x$ and $\theta^\top y$ (in one
+    dimension $2\int (F - G)^2$ is the energy distance's V-statistic exactly; $E|\theta^\top z| = |z| / C_d$).
+    Unbiased for `energy_distance` over the directions; ``n_projections`` of them, fixed by ``generator`` (default
+    seed 0). For samples too large for the pairwise form (a grid fitted on 10^5 draws)."""
+    x, y = _pair(x, y)
+    n, m, d = x.shape[0], y.shape[0], x.shape[1]
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    n_projections = check_positive_int("n_projections", n_projections) if d > 1 else 1
+    theta = torch.randn(d, n_projections, generator=generator, dtype=torch.float64).to(x.device)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    z, order = (theta.T @ torch.cat([x.to(torch.float64), y.to(torch.float64)]).T).sort(dim=1)  # [P, n + m]
+    weights = torch.tensor([1.0 / n, -1.0 / m], dtype=torch.float64, device=z.device)
+    step = weights[(order >= n).long()]  # +1/n at a point of x, -1/m at a point of y
+    difference = step.cumsum(1)[:, :-1]  # F - G between consecutive projected points
+    area = (difference.pow(2) * z.diff(dim=1)).sum(1)
+    c_d = math.exp(0.5 * math.log(math.pi) + math.lgamma((d + 1) / 2) - math.lgamma(d / 2))
+    return float(2.0 * c_d * area.mean())
 
 
 def energy_distance_floor(

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .evaluation import Comparison, compare_samplers, default_lineup, held_out
+from .evaluation import Comparison, compare_samplers, default_lineup, held_out, student_lineup
 from .metrics import mean_and_standard_error
 from .sde import SDE, ScoreFn
 
@@ -179,6 +179,7 @@ DEMO_FILES = (
     "metrics.json",
     "likelihood.json",
     "run",
+    "student",
     "forward.png",
     "score_field.png",
     "trajectories.png",
@@ -186,7 +187,8 @@ DEMO_FILES = (
     "reverse.gif",
     *COMPARE_FILES,
 )
-"""What `run_demo` writes into its folder (``run`` is the training run's folder)."""
+"""What `run_demo` writes into its folder (``run`` is the training run's folder, ``student`` its consistency
+student's)."""
 
 DEMO_DATA = "8gaussians"
 
@@ -210,6 +212,19 @@ def _demo_config(quick: bool, seed: int):
     else:
         sets += ["train.steps=5000"]
     return override(preset("toy-vp"), *sets)
+
+
+def _demo_student(out: Path, quick: bool, *, device, progress: bool) -> tuple[list, object]:
+    """The demo model distilled into a consistency model (consistency distillation, Heun teacher steps; 1,500 steps,
+    about 40 s on 2 CPU cores, or 150 for ``quick``) in ``out/student``: its comparison points at 1, 2 and 4 NFE and
+    the distillation's `TrainResult`."""
+    from .distillation import distill, distillation_config
+    from .training import load_score_model
+
+    config = distillation_config(str(out / "run"), "consistency", train_steps=150 if quick else 1500)
+    (result,) = distill(config, out / "student", device=device, progress=progress, resume=False, overwrite=True)
+    student, config, _ = load_score_model(out / "student", device=device)
+    return student_lineup(student, config, "student/"), result
 
 
 @contextlib.contextmanager
@@ -262,6 +277,9 @@ def run_demo(
         save(plot_training_curve(trained.history), "run/loss.png")
     model, sde = trainer.score_fn, trainer.sde
 
+    with _timed(timings, "distil"):
+        student, distilled = _demo_student(out, quick, device=device, progress=progress)
+
     with _timed(timings, "figures"):
         figures = [
             save(plot_forward_process(sde, toy.mixture, seed=seed), "forward.png"),
@@ -277,7 +295,7 @@ def run_demo(
             sde,
             model,
             data.x,
-            lineup=default_lineup(quick),
+            lineup=default_lineup(quick) + student,
             n=len(data.x),
             floor_reference=data.floor,
             true_log_prob=data.sample_log_prob,
@@ -342,6 +360,7 @@ def run_demo(
             "final_loss": trained.loss,
             "parameters": sum(p.numel() for p in model.parameters()),
         },
+        "student": {"method": "consistency", "steps": distilled.step, "seconds": distilled.seconds},
         "likelihood": likelihood,
         "compare": comparison.to_dict(),
         "best_sampler": best.spec.label,
@@ -388,6 +407,10 @@ distance, but the samples' true NLL and the sliced distance see it. With a plain
 samplers (ODE, DDIM, Heun, DPM-Solver) did exactly that to the prior's tail draws (|x_T| > 3.5), where the
 network's output saturates and the score stops pulling inward; this model is EDM-preconditioned
 (`model.parameterization=edm`), whose score keeps the prior's linear pull there (docs/concepts/sampling.md).
+
+The `consistency student` rows are the trained model distilled into a consistency model (`student/`, consistency
+distillation with the model itself as teacher, {metrics["student"]["steps"]} steps in
+{metrics["student"]["seconds"]:.0f} s): one to four network evaluations, next to the solvers at five and more.
 
 ![comparison](compare.png)
 

@@ -23,6 +23,7 @@ __all__ = [
     "plot_toy_datasets",
     "plot_forward_process",
     "plot_samples",
+    "plot_sample_grids",
     "plot_score_field",
     "plot_trajectories",
     "plot_model_density",
@@ -141,6 +142,30 @@ def plot_samples(
     low, high = (0.0, float(levels - 1)) if levels is not None else (-1.0, 1.0)
     fig, ax = plt.subplots(figsize=(0.55 * cols + 0.6, 0.55 * math.ceil(n / cols) + 0.8))
     _show_images(ax, x[:n], low, high, cols, title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sample_grids(
+    samples: dict[str, torch.Tensor],
+    n: int = 40,
+    cols: int = 10,
+    low: float = -1.0,
+    high: float = 1.0,
+    panels_per_row: int = 3,
+) -> Figure:
+    """Image samples side by side, one panel per entry of ``samples`` (a label -> ``[N, C, H, W]`` in
+    ``[low, high]``, the first ``n`` of each, ``cols`` images a row), ``panels_per_row`` panels a row: e.g. a teacher
+    and its few-step students from the same prior draw."""
+    for x in samples.values():
+        _check_samples(x)
+    rows, wide = math.ceil(n / cols), min(len(samples), panels_per_row)
+    tall = math.ceil(len(samples) / wide)
+    fig, axes = plt.subplots(tall, wide, figsize=(0.5 * cols * wide + 0.4, (0.5 * rows + 0.7) * tall), squeeze=False)
+    for ax in axes.flat[len(samples) :]:
+        ax.axis("off")
+    for ax, (label, x) in zip(axes.flat, samples.items()):
+        _show_images(ax, x[:n], low, high, cols, label)
     fig.tight_layout()
     return fig
 

@@ -148,11 +148,14 @@ def test_demo_quick_writes_the_report(tmp_path):
     assert json.loads((out / "metrics.json").read_text()) == metrics
     lik = metrics["likelihood"]
     assert lik["n"] == 200 and abs(lik["true_nll_nats"] - 2.83) < 0.3 and lik["nll_gap_nats"] > -0.2
-    assert metrics["train"]["steps"] == 400 and len(metrics["compare"]["runs"]) == 11
+    assert metrics["train"]["steps"] == 400 and len(metrics["compare"]["runs"]) == 14
+    students = [run for run in metrics["compare"]["runs"] if run["family"] == "consistency student (student/)"]
+    assert [run["nfe"] for run in students] == [1, 2, 4] and metrics["student"]["steps"] == 150
+    assert (out / "student" / "checkpoint.safetensors").is_file() and "consistency student" in report
     families = {run["family"] for run in metrics["compare"]["runs"]}
     assert {"unipc (2, warped log-SNR)", "dpm_solver (3M, warped log-SNR)"} <= families  # the benchmarks' best settings
     summary = _demo_summary(metrics, out)
-    assert len(summary.splitlines()) <= 24 and "gap" in summary and "report.md" in summary
+    assert len(summary.splitlines()) <= 27 and "gap" in summary and "report.md" in summary
     from PIL import Image
 
     with Image.open(out / "reverse.gif") as gif:

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from scoresde import VESDE, VPSDE, GaussianMixture, sample
+from scoresde import VESDE, VPSDE, GaussianMixture, fit_grid, sample
 from scoresde.cli import main
 from scoresde.config import config_from_dict
 from scoresde.distillation import (
@@ -287,7 +287,6 @@ def test_a_grid_fitted_to_the_exact_score_beats_the_fixed_grid_on_fresh_draws(sd
     the warped grid, 1.7x and 1.8x fitted, VP and VE) lowers the energy distance of 4,000 fresh samples at least
     threefold; it is a valid grid (decreasing from T to t_min) and its calibration error is below the start's."""
     from scoresde import energy_distance, toy_dataset
-    from scoresde.samplers import fit_grid
 
     sde, toy = SDES[sde_name](), toy_dataset("gmm")
     score = toy.oracle.score_fn(sde)
@@ -304,6 +303,36 @@ def test_a_grid_fitted_to_the_exact_score_beats_the_fixed_grid_on_fresh_draws(sd
         assert result.nfe == 5
         energies[label] = energy_distance(result.x, truth)
     assert energies["fitted"] < energies["warped"] / 3, energies
+
+
+class PosteriorMeanAsConsistency(torch.nn.Module):
+    """A wrong consistency function with a known best grid: Tweedie's denoiser E[x_0 | x_t] of N(0, s^2) data,
+    k(t) x with k = alpha s^2 / (alpha^2 s^2 + sigma^2). Two-step consistency sampling with it gives
+    Var = k(tau)^2 (alpha^2 Var(x_1) + sigma^2) at the middle time tau; from x_1 = k(T) x_T ~ 0 that is
+    s^2 r / (1 + r)^2, r = sigma^2 / (alpha^2 s^2), largest (closest to the data's s^2) at r = 1:
+    the best middle time has sigma/alpha = s."""
+
+    is_consistency_model = True
+
+    def __init__(self, sde, std: float) -> None:
+        super().__init__()
+        self.sde, self.t_min, self.std = sde, 1e-3, std
+
+    def forward(self, x, t):
+        alpha, sigma = self.sde.alpha(t)[:, None], self.sde.sigma(t)[:, None]
+        return alpha * self.std**2 / (alpha**2 * self.std**2 + sigma**2) * x
+
+
+@pytest.mark.parametrize("sde_name", SDES)
+def test_a_consistency_grid_fitted_to_data_finds_the_closed_form_best_time(sde_name):
+    sde, std = SDES[sde_name](), 0.8
+    model = PosteriorMeanAsConsistency(sde, std)
+    data = torch.randn(2048, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * std
+    fit = fit_grid(sde, model, "consistency", 2, (1, 1), n=2048, data=data, iterations=60)
+    ratio = float(noise_to_signal(sde, fit.times[1:2])) / std
+    assert 0.7 < ratio < 1.45 and fit.error < fit.start_error, (ratio, fit.error, fit.start_error)
+    with pytest.raises(ValueError, match=r"data must be finite samples shaped \[m, 1\]"):
+        fit_grid(sde, model, "consistency", 2, (1, 1), n=16, data=torch.zeros(8, 2))
 
 
 def test_fit_grid_sample_with_it_and_compare_a_student_from_the_command_line(tmp_path, capsys):
@@ -327,6 +356,14 @@ def test_fit_grid_sample_with_it_and_compare_a_student_from_the_command_line(tmp
     assert main(["distill", "--teacher", run, "--method", "consistency", "--train-steps", "3", "--out", student,
                  "--json"]) == 0  # fmt: skip
     capsys.readouterr()
+    assert main(["fit-grid", "--checkpoint", student, "--steps", "2", "-n", "64", "--iterations", "8", "--json"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["grid"].endswith("consistency-2.json") and len(fitted["times"]) == 3
+    assert main(["sample", "--checkpoint", student, "--grid", fitted["grid"], "-n", "20", "--out",
+                 str(tmp_path / "c.npz"), "--json"]) == 0  # fmt: skip
+    assert '"nfe": 2' in capsys.readouterr().out
+    assert main(["fit-grid", "--checkpoint", student, "--sampler", "ddim", "--steps", "2", "--force"]) == 2
+    assert "fit the grid of --sampler consistency" in capsys.readouterr().err
     assert main(["compare", "--checkpoint", run, "--quick", "-n", "100", "--student", student, "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)["runs"]
     assert [(r["nfe"], r["label"].split(",")[0]) for r in runs[-3:]] == [

@@ -80,6 +80,12 @@ def test_image_grids_and_bad_shapes():
     assert fig.axes[0].images[0].get_array().shape == (2 * 9 - 1, 10 * 9 - 1)
     with pytest.raises(ValueError, match=r"expected 2D points \[N, 2\] or images"):
         viz.plot_samples(torch.zeros(4, 3))
+    fig = viz.plot_sample_grids({"teacher": images / 8 - 1, "student": -images / 8 + 1}, n=12, cols=6)
+    assert [ax.get_title() for ax in fig.axes] == ["teacher", "student"]
+    first, second = (ax.images[0].get_array() for ax in fig.axes)
+    assert first.shape == (2 * 9 - 1, 6 * 9 - 1) and np.allclose(first[:8, :8] + second[:8, :8], 1.0)
+    with pytest.raises(ValueError, match=r"expected 2D points \[N, 2\] or images"):
+        viz.plot_sample_grids({"bad": torch.zeros(4, 1, 8)})
 
 
 def test_training_curve_from_a_metrics_file(tmp_path):

@@ -1,0 +1,123 @@
+"""digits-ddpm distilled to 1, 2 and 4 NFE: FD-digits, KID, precision and recall against the teacher at 50 NFE.
+
+The teacher is benchmarks/training.py's ``digits-ddpm`` run (trained on its preset if the folder holds no finished
+checkpoint). Students (`scoresde.distillation`, through `scoresde.training.Trainer`, wall time from the run's own
+metrics.csv on --threads CPU threads): consistency distillation (Heun teacher steps, squared L2; one student sampled
+with 1, 2 and 4 steps) and, with --progressive, progressive distillation from a 64-step DDIM teacher (rounds
+64 -> 32 -> ... -> 1; a k-step student's time includes the rounds before it). Every sampler starts from the same
+prior draw of 1,438 samples (the training split's size, so the floor, the training split scored the same way, is at
+the same n); features: the shipped digits network (``scoresde.features``, FD-digits).
+
+    python benchmarks/distillation_digits.py [--out benchmarks/results] [--threads 2] [--progressive] [--reuse]
+
+Writes distillation_digits.json, .md, .png (FD-digits against NFE) and distillation_digits_samples.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from digits_quality import markdown as quality_table  # noqa: E402
+from digits_quality import plot as quality_plot  # noqa: E402
+from distillation import train_student  # noqa: E402
+from report_files import write_report  # noqa: E402
+
+from scoresde import image_dataset  # noqa: E402
+from scoresde.config import preset  # noqa: E402
+from scoresde.evaluation import SamplerSpec, compare_samplers, student_lineup  # noqa: E402
+from scoresde.features import image_metric  # noqa: E402
+from scoresde.training import Trainer, load_score_model  # noqa: E402
+from scoresde.viz import plot_sample_grids  # noqa: E402
+
+CONSISTENCY = {"train_steps": 1500, "train.lr": 4e-4, "train.ema_decay": 0.995}
+PROGRESSIVE = {"train_steps": 300, "train.lr": 3e-4, "train.ema_decay": 0.99}  # per round, 6 rounds
+
+
+def teacher_lineup() -> list[SamplerSpec]:
+    """The teacher at 50 NFE (the reference) and the solvers at the students' budgets."""
+    return [
+        SamplerSpec("teacher: ddim", "ddim", {"steps": 50, "denoise": False}),
+        *(SamplerSpec("teacher: ddim", "ddim", {"steps": k, "denoise": False}) for k in (2, 4)),
+        *(SamplerSpec("teacher: dpm_solver (3M)", "dpm_solver", {"steps": k, "order": 3, "denoise": False})
+          for k in (2, 4)),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--progressive", action="store_true", help="also progressive distillation (6 rounds)")
+    parser.add_argument("--reuse", action="store_true", help="keep students trained before with the same config")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    runs = out / "training_runs"
+    trainer = Trainer(preset("digits-ddpm"), runs / "digits-ddpm", progress=True)
+    trainer.train()
+    teacher = os.path.relpath(trainer.out_dir)
+    students, lineup = {}, teacher_lineup()
+    plans = [("consistency", "consistency", CONSISTENCY, None)]
+    if args.progressive:
+        plans.append(("progressive", "progressive", PROGRESSIVE, 64))
+    for name, method, settings, teacher_steps in plans:
+        extra = {k: v for k, v in settings.items() if k != "train_steps"}
+        config, seconds = train_student(
+            teacher, name, method, runs / "distill-digits", args.reuse, train_steps=settings["train_steps"],
+            teacher_steps=teacher_steps, **extra
+        )  # fmt: skip
+        students[name] = {"train_steps": settings["train_steps"], "seconds": seconds, **extra}
+        print(f"{name}: {seconds}", flush=True)
+        folder = runs / "distill-digits" / name
+        if method == "progressive":
+            for steps in (4, 2, 1):
+                student, student_config, _ = load_score_model(folder if steps == 1 else folder / "rounds" / str(steps))
+                lineup += student_lineup(student, student_config, f"{settings['train_steps']} steps a round")
+        else:
+            student, student_config, _ = load_score_model(folder)
+            lineup += student_lineup(student, student_config, f"{settings['train_steps']} training steps")
+
+    config, model = trainer.config, trainer.score_fn
+    transform = config.data.transform()
+    test, train = (image_dataset("digits", split) for split in ("test", "train"))
+    metric = image_metric(config.data, cache_dir=trainer.out_dir / "reference_features")
+    with torch.no_grad():
+        comparison = compare_samplers(
+            trainer.sde,
+            model,
+            transform.to_model(test.x.float() + 0.5),
+            lineup=lineup,
+            n=len(train),
+            floor_reference=transform.to_model(train.x.float() + 0.5),
+            postprocess=lambda x: transform.to_model(transform.from_model(x) + 0.5),
+            image_metric=metric,
+            progress=True,
+        )
+    report = {
+        "teacher": teacher,
+        "step": trainer.step,
+        "n": comparison.n,
+        "students": students,
+        "feature_network": {"name": metric.network.name, "label": metric.label, **metric.network.metadata},
+        "floor": comparison.image_floor.to_dict(),
+        "runs": [run.to_dict() for run in comparison.runs],
+    }
+    shown = {run.spec.label: run.x for run in comparison.runs if run.spec.sampler != "dpm_solver"}
+    fig = plot_sample_grids(shown)
+    fig.savefig(out / "distillation_digits_samples.png", dpi=100)
+    plt.close(fig)
+    text = quality_table(report).replace("digits-ddpm (step", "digits-ddpm and its students (teacher step", 1)
+    times = ", ".join(f"{name} {max(s['seconds'].values()):.0f} s" for name, s in students.items())
+    write_report(out, "distillation_digits", report, text + f"\nStudents' training (wall, --threads): {times}\n",
+                 quality_plot)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
