@@ -93,16 +93,24 @@ def main() -> None:
     out = Path(args.out)
     trainer = Trainer(preset("digits-ddpm"), out / "training_runs" / "digits-ddpm", progress=True)
     trainer.train()
-    config, model = trainer.config, trainer.score_fn
+    _, report = compare_on_digits(trainer, lineup())
+    write_report(out, "digits_quality", report, markdown(report), plot)
+
+
+def compare_on_digits(trainer: Trainer, specs: list[SamplerSpec]) -> tuple:
+    """``specs`` on the trained digits model from one prior draw of as many samples as the training split has
+    images, scored against the test split with the shipped digits network. Returns the `Comparison` and its report
+    (JSON-safe: the floor, one row per run)."""
+    config = trainer.config
     transform = config.data.transform()
     test, train = (image_dataset("digits", split) for split in ("test", "train"))
     metric = image_metric(config.data, cache_dir=trainer.out_dir / "reference_features")
     with torch.no_grad():
         comparison = compare_samplers(
             trainer.sde,
-            model,
+            trainer.score_fn,
             transform.to_model(test.x.float() + 0.5),
-            lineup=lineup(),
+            lineup=specs,
             n=len(train),
             floor_reference=transform.to_model(train.x.float() + 0.5),
             postprocess=lambda x: transform.to_model(transform.from_model(x) + 0.5),
@@ -116,7 +124,7 @@ def main() -> None:
         "floor": comparison.image_floor.to_dict(),
         "runs": [run.to_dict() for run in comparison.runs],
     }
-    write_report(out, "digits_quality", report, markdown(report), plot)
+    return comparison, report
 
 
 if __name__ == "__main__":

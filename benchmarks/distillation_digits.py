@@ -24,15 +24,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from digits_quality import compare_on_digits  # noqa: E402
 from digits_quality import markdown as quality_table  # noqa: E402
 from digits_quality import plot as quality_plot  # noqa: E402
 from distillation import train_student  # noqa: E402
 from report_files import write_report  # noqa: E402
 
-from scoresde import image_dataset  # noqa: E402
 from scoresde.config import preset  # noqa: E402
-from scoresde.evaluation import SamplerSpec, compare_samplers, student_lineup  # noqa: E402
-from scoresde.features import image_metric  # noqa: E402
+from scoresde.evaluation import SamplerSpec, student_lineup  # noqa: E402
 from scoresde.training import Trainer, load_score_model  # noqa: E402
 from scoresde.viz import plot_sample_grids  # noqa: E402
 
@@ -84,31 +83,8 @@ def main() -> None:
             student, student_config, _ = load_score_model(folder)
             lineup += student_lineup(student, student_config, f"{settings['train_steps']} training steps")
 
-    config, model = trainer.config, trainer.score_fn
-    transform = config.data.transform()
-    test, train = (image_dataset("digits", split) for split in ("test", "train"))
-    metric = image_metric(config.data, cache_dir=trainer.out_dir / "reference_features")
-    with torch.no_grad():
-        comparison = compare_samplers(
-            trainer.sde,
-            model,
-            transform.to_model(test.x.float() + 0.5),
-            lineup=lineup,
-            n=len(train),
-            floor_reference=transform.to_model(train.x.float() + 0.5),
-            postprocess=lambda x: transform.to_model(transform.from_model(x) + 0.5),
-            image_metric=metric,
-            progress=True,
-        )
-    report = {
-        "teacher": teacher,
-        "step": trainer.step,
-        "n": comparison.n,
-        "students": students,
-        "feature_network": {"name": metric.network.name, "label": metric.label, **metric.network.metadata},
-        "floor": comparison.image_floor.to_dict(),
-        "runs": [run.to_dict() for run in comparison.runs],
-    }
+    comparison, report = compare_on_digits(trainer, lineup)
+    report = {"teacher": teacher, "students": students, **report}
     shown = {run.spec.label: run.x for run in comparison.runs if run.spec.sampler != "dpm_solver"}
     fig = plot_sample_grids(shown)
     fig.savefig(out / "distillation_digits_samples.png", dpi=100)
