@@ -273,7 +273,7 @@ def cmd_fit_grid(args: argparse.Namespace) -> dict:
     check_in_registry("sampler", args.sampler, samplers())
     if consistency and args.sampler != "consistency":
         raise UserError(f"{args.checkpoint} is a consistency model: fit the grid of --sampler consistency")
-    data = None
+    data, start = None, "edm" if args.sampler == "consistency" else "log_snr_warped"  # the sampler's usual grid
     if args.to_data or args.sampler == "consistency":
         if data_config is None:
             raise UserError(f"--to-data needs the run's data set, and {args.checkpoint} names none")
@@ -282,11 +282,9 @@ def cmd_fit_grid(args: argparse.Namespace) -> dict:
     out = _out_file(str(out), ".json", args.force, out.with_suffix(".png").name)
     fit = fit_grid(model.sde, model, args.sampler, args.steps, (1, *_sample_shape(model)), n=args.n,
                    iterations=args.iterations, generator=torch.Generator().manual_seed(args.seed),
-                   dtype=torch.float32, data=data, **options)  # fmt: skip
+                   dtype=torch.float32, data=data, start=start, **options)  # fmt: skip
     out.write_text(json.dumps(fit.to_dict(), indent=2))
-    fig = plot_grid(
-        model.sde, {"log_snr_warped": time_grid(model.sde, args.steps, "log_snr_warped"), "fitted": fit.times}
-    )
+    fig = plot_grid(model.sde, {start: time_grid(model.sde, args.steps, start), "fitted": fit.times})
     fig.savefig(out.with_suffix(".png"), dpi=100)
     return {
         "grid": str(out),

@@ -9,8 +9,8 @@ with $\Phi$ a tight solve of the same probability-flow ODE (DPM-Solver++ 3M, 256
 same ``t_min`` (as in the grid search of DEIS / "Align Your Steps" (Sabour et al. 2024), which fit the grid to the
 score; here by matching trajectories). The interior times are parameterised by the shares of the log-SNR interval
 $[\lambda_T, \lambda_{t_{min}}]$ each step covers (a softmax, so any parameters give a valid grid) and optimised by
-Nelder-Mead from the ``log_snr_warped`` grid, which is never worse than where it started. The calibration draws come
-from their own generator: evaluate the fitted grid on fresh draws.
+Nelder-Mead from a named grid (``start``, default ``log_snr_warped``), never worse than where it started. The
+calibration draws come from their own generator: evaluate the fitted grid on fresh draws.
 
 With ``data`` (samples of the data distribution, never the evaluation ones) the objective is distributional instead:
 the energy distance $2E\|X - Y\| - E\|X - X'\| - E\|Y - Y'\|$ of the few-step samples to ``data``, through 64
@@ -42,7 +42,7 @@ REFERENCE = {"sampler": "dpm_solver", "order": 3, "steps": 256, "schedule": "log
 @dataclass
 class GridFit:
     """A fitted grid: ``times`` (decreasing, float64, ``steps + 1``), the objective ``J`` at the start
-    (``log_snr_warped``) and at the end, the objective evaluations spent, and the settings (JSON-safe)."""
+    (the named ``start`` grid) and at the end, the objective evaluations spent, and the settings (JSON-safe)."""
 
     times: Tensor
     start_error: float
@@ -82,6 +82,7 @@ def fit_grid(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     data: Tensor | None = None,
+    start: str = "log_snr_warped",
     **options,
 ) -> GridFit:
     r"""Fit the ``steps``-step grid of ``sampler`` (with its ``options``; ``denoise=False`` unless given, so NFE =
@@ -112,8 +113,7 @@ def fit_grid(
             reference = sample(sde, score_fn, x_T.shape, x_T=x_T, t_min=t_min, denoise=False, dtype=dtype,
                                **REFERENCE).x  # fmt: skip
     lam_T, lam_min = sde.log_snr(torch.tensor([sde.T, t_min], dtype=torch.float64)).tolist()
-    start = time_grid(sde, steps, "log_snr_warped", t_min)
-    lam_start = sde.log_snr(start).numpy()
+    lam_start = sde.log_snr(time_grid(sde, steps, start, t_min)).numpy()
     theta0 = np.log(np.clip(np.diff(lam_start) / (lam_min - lam_T), 1e-12, None))
     count = [0]
 
@@ -136,7 +136,7 @@ def fit_grid(
                       options={"maxfev": iterations, "xatol": 1e-4, "fatol": 1e-10})  # fmt: skip
     best = result.x if result.fun < start_error else theta0
     target = REFERENCE if data is None else {"energy_distance_to_data": len(data)}
-    settings = {"sampler": sampler, "steps": steps, "n": n, "t_min": t_min, "reference": target,
+    settings = {"sampler": sampler, "steps": steps, "n": n, "t_min": t_min, "reference": target, "start": start,
                 **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))}}  # fmt: skip
     return GridFit(
         times=_times_from(best, lam_T, lam_min, sde, t_min),
