@@ -87,7 +87,7 @@ def fitted_rows(report: dict, name: str, model, toy, floors: dict) -> None:
     for nfe in FITTED:
         start = time.perf_counter()
         fit = fit_grid(model.sde, model, "consistency", nfe, (1, 2), n=CALIBRATION, data=calibration, iterations=150,
-                       dtype=torch.float32, start="edm")  # fmt: skip
+                       dtype=torch.float32, start=("edm", "log_snr_warped"))  # fmt: skip
         row = {"method": f"{name} (fitted times)", "times": fit.times.tolist(),
                "fit_seconds": time.perf_counter() - start,
                **quality(model.sde, model, toy, "consistency", nfe, floors, schedule=fit.times)}  # fmt: skip

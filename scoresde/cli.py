@@ -273,7 +273,7 @@ def cmd_fit_grid(args: argparse.Namespace) -> dict:
     check_in_registry("sampler", args.sampler, samplers())
     if consistency and args.sampler != "consistency":
         raise UserError(f"{args.checkpoint} is a consistency model: fit the grid of --sampler consistency")
-    data, start = None, "edm" if args.sampler == "consistency" else "log_snr_warped"  # the sampler's usual grid
+    data, start = None, ("edm", "log_snr_warped") if args.sampler == "consistency" else ("log_snr_warped",)
     if args.to_data or args.sampler == "consistency":
         if data_config is None:
             raise UserError(f"--to-data needs the run's data set, and {args.checkpoint} names none")
@@ -284,7 +284,9 @@ def cmd_fit_grid(args: argparse.Namespace) -> dict:
                    iterations=args.iterations, generator=torch.Generator().manual_seed(args.seed),
                    dtype=torch.float32, data=data, start=start, **options)  # fmt: skip
     out.write_text(json.dumps(fit.to_dict(), indent=2))
-    fig = plot_grid(model.sde, {start: time_grid(model.sde, args.steps, start), "fitted": fit.times})
+    fig = plot_grid(
+        model.sde, {**{name: time_grid(model.sde, args.steps, name) for name in start}, "fitted": fit.times}
+    )
     fig.savefig(out.with_suffix(".png"), dpi=100)
     return {
         "grid": str(out),

@@ -9,7 +9,9 @@ with $\Phi$ a tight solve of the same probability-flow ODE (DPM-Solver++ 3M, 256
 same ``t_min`` (as in the grid search of DEIS / "Align Your Steps" (Sabour et al. 2024), which fit the grid to the
 score; here by matching trajectories). The interior times are parameterised by the shares of the log-SNR interval
 $[\lambda_T, \lambda_{t_{min}}]$ each step covers (a softmax, so any parameters give a valid grid) and optimised by
-Nelder-Mead from a named grid (``start``, default ``log_snr_warped``), never worse than where it started. The
+Nelder-Mead from a named grid (``start``, default ``log_snr_warped``), never worse than where it started; several
+names start several searches and the best end is kept (the energy distance has local minima: a consistency
+student's 2-step time was found at 3.2x the floor from ``edm`` and at 1.7x from ``log_snr_warped``). The
 calibration draws come from their own generator: evaluate the fitted grid on fresh draws.
 
 With ``data`` (samples of the data distribution, never the evaluation ones) the objective is distributional instead:
@@ -23,6 +25,7 @@ chose those times by a search on FID; this is that search on the energy distance
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +45,8 @@ REFERENCE = {"sampler": "dpm_solver", "order": 3, "steps": 256, "schedule": "log
 @dataclass
 class GridFit:
     """A fitted grid: ``times`` (decreasing, float64, ``steps + 1``), the objective ``J`` at the start
-    (the named ``start`` grid) and at the end, the objective evaluations spent, and the settings (JSON-safe)."""
+    (the best of the named ``start`` grids) and at the end, the objective evaluations spent, and the settings
+    (JSON-safe)."""
 
     times: Tensor
     start_error: float
@@ -82,7 +86,7 @@ def fit_grid(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     data: Tensor | None = None,
-    start: str = "log_snr_warped",
+    start: str | Sequence[str] = "log_snr_warped",
     **options,
 ) -> GridFit:
     r"""Fit the ``steps``-step grid of ``sampler`` (with its ``options``; ``denoise=False`` unless given, so NFE =
@@ -113,8 +117,6 @@ def fit_grid(
             reference = sample(sde, score_fn, x_T.shape, x_T=x_T, t_min=t_min, denoise=False, dtype=dtype,
                                **REFERENCE).x  # fmt: skip
     lam_T, lam_min = sde.log_snr(torch.tensor([sde.T, t_min], dtype=torch.float64)).tolist()
-    lam_start = sde.log_snr(time_grid(sde, steps, start, t_min)).numpy()
-    theta0 = np.log(np.clip(np.diff(lam_start) / (lam_min - lam_T), 1e-12, None))
     count = [0]
 
     def objective(theta: np.ndarray) -> float:
@@ -131,17 +133,25 @@ def fit_grid(
             error = float((x - reference).reshape(len(x), -1).pow(2).sum(1).mean())
         return error if np.isfinite(error) else float("inf")
 
-    start_error = objective(theta0)
-    result = minimize(objective, theta0, method="Nelder-Mead",
-                      options={"maxfev": iterations, "xatol": 1e-4, "fatol": 1e-10})  # fmt: skip
-    best = result.x if result.fun < start_error else theta0
+    starts = [start] if isinstance(start, str) else list(start)
+    start_error, best, best_error = float("inf"), None, float("inf")
+    for name in starts:  # each search ends no worse than its start; the best end wins
+        lam_start = sde.log_snr(time_grid(sde, steps, name, t_min)).numpy()
+        theta0 = np.log(np.clip(np.diff(lam_start) / (lam_min - lam_T), 1e-12, None))
+        error0 = objective(theta0)
+        start_error = min(start_error, error0)
+        result = minimize(objective, theta0, method="Nelder-Mead",
+                          options={"maxfev": iterations, "xatol": 1e-4, "fatol": 1e-10})  # fmt: skip
+        theta, error = (result.x, float(result.fun)) if result.fun < error0 else (theta0, error0)
+        if error < best_error:
+            best, best_error = theta, error
     target = REFERENCE if data is None else {"energy_distance_to_data": len(data)}
-    settings = {"sampler": sampler, "steps": steps, "n": n, "t_min": t_min, "reference": target, "start": start,
+    settings = {"sampler": sampler, "steps": steps, "n": n, "t_min": t_min, "reference": target, "start": starts,
                 **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))}}  # fmt: skip
     return GridFit(
         times=_times_from(best, lam_T, lam_min, sde, t_min),
         start_error=start_error,
-        error=min(float(result.fun), start_error),
+        error=best_error,
         evaluations=count[0],
         settings=settings,
     )
