@@ -216,7 +216,7 @@ def _demo_config(quick: bool, seed: int):
 
 def _demo_student(out: Path, quick: bool, *, device, progress: bool) -> tuple[list, object]:
     """The demo model distilled into a consistency model (consistency distillation, Heun teacher steps; 1,500 steps,
-    about 40 s on 2 CPU cores, or 150 for ``quick``) in ``out/student``: its comparison points at 1, 2 and 4 NFE and
+    about 50 s on 2 CPU cores, or 150 for ``quick``) in ``out/student``: its comparison points at 1, 2 and 4 NFE and
     the distillation's `TrainResult`."""
     from .distillation import distill, distillation_config
     from .training import load_score_model
@@ -410,7 +410,9 @@ network's output saturates and the score stops pulling inward; this model is EDM
 
 The `consistency student` rows are the trained model distilled into a consistency model (`student/`, consistency
 distillation with the model itself as teacher, {metrics["student"]["steps"]} steps in
-{metrics["student"]["seconds"]:.0f} s): one to four network evaluations, next to the solvers at five and more.
+{metrics["student"]["seconds"]:.0f} s): one to four network evaluations, next to the solvers at five and more. A
+student this short is still blurred between the modes; `benchmarks/distillation.py` trains 6,000 steps (about 3
+minutes) and reaches 1.5-3x the noise floor at 1-4 NFE on the gmm oracle (docs/concepts/distillation.md).
 
 ![comparison](compare.png)
 
