@@ -157,8 +157,9 @@ def plot_sample_grids(
     """Image samples side by side, one panel per entry of ``samples`` (a label -> ``[N, C, H, W]`` in
     ``[low, high]``, the first ``n`` of each, ``cols`` images a row), ``panels_per_row`` panels a row: e.g. a teacher
     and its few-step students from the same prior draw."""
-    for x in samples.values():
-        _check_samples(x)
+    for label, x in samples.items():
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"samples[{label!r}]: expected images [N, 1|3, H, W], got shape {tuple(x.shape)}")
     rows, wide = math.ceil(n / cols), min(len(samples), panels_per_row)
     tall = math.ceil(len(samples) / wide)
     fig, axes = plt.subplots(tall, wide, figsize=(0.5 * cols * wide + 0.4, (0.5 * rows + 0.7) * tall), squeeze=False)

@@ -84,8 +84,9 @@ def test_image_grids_and_bad_shapes():
     assert [ax.get_title() for ax in fig.axes] == ["teacher", "student"]
     first, second = (ax.images[0].get_array() for ax in fig.axes)
     assert first.shape == (2 * 9 - 1, 6 * 9 - 1) and np.allclose(first[:8, :8] + second[:8, :8], 1.0)
-    with pytest.raises(ValueError, match=r"expected 2D points \[N, 2\] or images"):
-        viz.plot_sample_grids({"bad": torch.zeros(4, 1, 8)})
+    for bad in (torch.zeros(4, 1, 8), torch.zeros(4, 2)):  # not images; 2D points have plot_samples
+        with pytest.raises(ValueError, match=r"samples\['bad'\]: expected images \[N, 1\|3, H, W\]"):
+            viz.plot_sample_grids({"bad": bad})
 
 
 def test_training_curve_from_a_metrics_file(tmp_path):
