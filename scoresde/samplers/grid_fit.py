@@ -143,7 +143,7 @@ def fit_grid(
         result = minimize(objective, theta0, method="Nelder-Mead",
                           options={"maxfev": iterations, "xatol": 1e-4, "fatol": 1e-10})  # fmt: skip
         theta, error = (result.x, float(result.fun)) if result.fun < error0 else (theta0, error0)
-        if error < best_error:
+        if best is None or error < best_error:  # every end infinite: the first start, as a single search returns
             best, best_error = theta, error
     target = REFERENCE if data is None else {"energy_distance_to_data": len(data)}
     settings = {"sampler": sampler, "steps": steps, "n": n, "t_min": t_min, "reference": target, "start": starts,
