@@ -16,7 +16,7 @@ def main() -> int:
     received: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
-        from scoresde.cli import main as run
+        from scoresde.app.cli import main as run
     finally:
         signal.signal(signal.SIGINT, previous)
     try:

@@ -4,7 +4,8 @@ The model is benchmarks/training.py's ``digits-ddpm`` run (trained here on its p
 finished checkpoint: about 9 minutes on 2 cores). Every sampler starts from the same prior draw of as many samples as
 the training split has images (1,438), so the floor, the training split itself scored the same way, is measured at
 the same n (the Fréchet distance is biased upwards at small n). Features: the shipped digits network
-(``scoresde.features``, FD-digits: not comparable with an Inception FID). Reference: the test split (359 images).
+(``scoresde.evaluation.features``, FD-digits: not comparable with an Inception FID). Reference: the test split (359
+images).
 
     python benchmarks/digits_quality.py [--out benchmarks/results] [--threads 2]
 
@@ -24,10 +25,10 @@ import torch  # noqa: E402
 from report_files import write_report  # noqa: E402
 
 from scoresde import image_dataset  # noqa: E402
-from scoresde.config import preset  # noqa: E402
-from scoresde.evaluation import SamplerSpec, compare_samplers  # noqa: E402
-from scoresde.features import image_metric  # noqa: E402
-from scoresde.training import Trainer  # noqa: E402
+from scoresde.config.schema import preset  # noqa: E402
+from scoresde.evaluation.comparison import SamplerSpec, compare_samplers  # noqa: E402
+from scoresde.evaluation.features import image_metric  # noqa: E402
+from scoresde.training.trainer import Trainer  # noqa: E402
 
 FAMILIES = {
     "ddim": ("ddim", {}, [5, 10, 20, 50]),

@@ -1,6 +1,7 @@
 """Few-step students against the best solvers at the same NFE, on the gmm oracle with the exact score as teacher.
 
-Students (`scoresde.distillation`, trained through `scoresde.training.Trainer`, wall time measured on --threads CPU
+Students (`scoresde.training.distillation`, trained through `scoresde.training.Trainer`, wall time measured on
+--threads CPU
 threads): consistency distillation (one student, sampled with 1, 2 and 4 steps), consistency training (no teacher),
 and progressive distillation from a --teacher-steps DDIM teacher (default 128; rounds 128 -> 64 -> ... -> 1, the
 students of 4, 2 and 1 steps among them, each round a sixth of --train-steps; the teacher's own quality is
@@ -12,7 +13,8 @@ final denoising evaluation, so NFE = steps.
 Figures: the energy distance of 10,000 samples to 10,000 fresh true samples over the true-vs-true floor (the mean and
 its standard error over 3 evaluations with fresh seeds: a few samples thrown far away move one such figure by the
 floor or more), the floor
-both in closed form ((1/n + 1/m) E|X - X'| from 10^6 pairs, `scoresde.metrics.energy_distance_floor`) and measured
+both in closed form ((1/n + 1/m) E|X - X'| from 10^6 pairs, `scoresde.evaluation.metrics.energy_distance_floor`) and
+measured
 (the mean over 10 true-vs-true pairs); the samples' mean true NLL under the oracle beside the data's entropy.
 
     python benchmarks/distillation.py [--out benchmarks/results] [--threads 2] [--sde vp] [--quick]
@@ -34,12 +36,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from report_files import write_report  # noqa: E402
 
-from scoresde import energy_distance, fit_grid, sample, toy_dataset  # noqa: E402
-from scoresde.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from scoresde.config import override  # noqa: E402
-from scoresde.distillation import distill, distillation_config, student_sampling  # noqa: E402
-from scoresde.metrics import energy_distance_floor, mean_and_standard_error  # noqa: E402
-from scoresde.training import load_score_model  # noqa: E402
+from scoresde import energy_distance, sample, toy_dataset
+from scoresde._stats import mean_and_standard_error  # noqa: E402
+from scoresde.config.schema import override  # noqa: E402
+from scoresde.evaluation.metrics import energy_distance_floor  # noqa: E402
+from scoresde.samplers import fit_grid
+from scoresde.training.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from scoresde.training.distill import distill, distillation_config, student_sampling  # noqa: E402
+from scoresde.training.runs import load_score_model  # noqa: E402
 
 N_SAMPLES = 10_000
 SEEDS = 3

@@ -1,12 +1,13 @@
 """digits-ddpm distilled to 1, 2 and 4 NFE: FD-digits, KID, precision and recall against the teacher at 50 NFE.
 
 The teacher is benchmarks/training.py's ``digits-ddpm`` run (trained on its preset if the folder holds no finished
-checkpoint). Students (`scoresde.distillation`, through `scoresde.training.Trainer`, wall time from the run's own
+checkpoint). Students (`scoresde.training.distillation`, through `scoresde.training.Trainer`, wall time from the run's
+own
 metrics.csv on --threads CPU threads): consistency distillation (Heun teacher steps, squared L2; one student sampled
 with 1, 2 and 4 steps) and, with --progressive, progressive distillation from a 64-step DDIM teacher (rounds
 64 -> 32 -> ... -> 1; a k-step student's time includes the rounds before it). Every sampler starts from the same
 prior draw of 1,438 samples (the training split's size, so the floor, the training split scored the same way, is at
-the same n); features: the shipped digits network (``scoresde.features``, FD-digits).
+the same n); features: the shipped digits network (``scoresde.evaluation.features``, FD-digits).
 
     python benchmarks/distillation_digits.py [--out benchmarks/results] [--threads 2] [--progressive] [--reuse]
 
@@ -30,10 +31,11 @@ from digits_quality import plot as quality_plot  # noqa: E402
 from distillation import train_student  # noqa: E402
 from report_files import write_report  # noqa: E402
 
-from scoresde.config import preset  # noqa: E402
-from scoresde.evaluation import SamplerSpec, student_lineup  # noqa: E402
-from scoresde.training import Trainer, load_score_model  # noqa: E402
-from scoresde.viz import plot_sample_grids  # noqa: E402
+from scoresde.app.figures import plot_sample_grids  # noqa: E402
+from scoresde.config.schema import preset  # noqa: E402
+from scoresde.evaluation.comparison import SamplerSpec, student_lineup  # noqa: E402
+from scoresde.training.runs import load_score_model  # noqa: E402
+from scoresde.training.trainer import Trainer  # noqa: E402
 
 CONSISTENCY = {"train_steps": 1500, "train.lr": 4e-4, "train.ema_decay": 0.995}
 PROGRESSIVE = {"train_steps": 300, "train.lr": 3e-4, "train.ema_decay": 0.99}  # per round, 6 rounds

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from report_files import write_report  # noqa: E402
 
 from scoresde import VESDE, VPSDE, energy_distance, sample, toy_dataset  # noqa: E402
-from scoresde.metrics import energy_distance_floor  # noqa: E402
+from scoresde.evaluation.metrics import energy_distance_floor  # noqa: E402
 from scoresde.samplers import fit_grid  # noqa: E402
 
 N, SEEDS = 10_000, 3

@@ -3,7 +3,8 @@
 1. ``digits-ddpm-cond``: the digits U-Net with a label embedding, trained with 10% label dropout (its preset's
    4500 steps; resumed if the run folder holds a checkpoint).
 2. An independent digits classifier (scikit-learn SVC on the clean training split; its test accuracy is reported),
-   and the shipped FD-digits feature network (``scoresde.features``) for the image quality of every sample set:
+   and the shipped FD-digits feature network (``scoresde.evaluation.features``) for the image quality of every sample
+   set:
    FD-digits and KID against the test split, beside the training split's own (the floor).
 3. Classifier-free guidance: for each weight w, 50 samples of every class (DPM-Solver++ 3M, 20 steps), quantised to
    the 17 levels; accuracy = the share the classifier assigns to the requested class. Plot: accuracy against w.
@@ -33,12 +34,14 @@ import torch  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
 from scoresde import image_dataset, sample  # noqa: E402
-from scoresde.config import override, preset  # noqa: E402
-from scoresde.features import feature_network, image_features, image_quality, reference_features  # noqa: E402
+from scoresde.app.figures import plot_accuracy_vs_guidance, plot_inpainting, plot_samples  # noqa: E402
+from scoresde.config.schema import override, preset  # noqa: E402
+from scoresde.evaluation.features import feature_network, image_features, image_quality, reference_features  # noqa: E402
 from scoresde.models import NoiseConditionalClassifier  # noqa: E402
 from scoresde.samplers import ClassifierFreeGuidance, ClassifierGuidance, inpaint, named_mask  # noqa: E402
-from scoresde.training import Trainer, load_score_model, train_classifier  # noqa: E402
-from scoresde.viz import plot_accuracy_vs_guidance, plot_inpainting, plot_samples  # noqa: E402
+from scoresde.training.classifier import train_classifier  # noqa: E402
+from scoresde.training.runs import load_score_model  # noqa: E402
+from scoresde.training.trainer import Trainer  # noqa: E402
 
 CFG_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
 CG_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from scoresde import VESDE, VPSDE, GaussianMixture, SubVPSDE, ddpm_bound, elbo, log_likelihood, toy_dataset  # noqa: E402
-from scoresde.likelihood import LIKELIHOOD_T_MIN  # noqa: E402
+from scoresde.likelihood.pf_ode import LIKELIHOOD_T_MIN  # noqa: E402
 
 
 def mixture_10d(seed: int = 0) -> GaussianMixture:

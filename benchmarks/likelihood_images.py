@@ -36,9 +36,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from scoresde import VPSDE, bits_per_dim, image_dataset, log_likelihood, toy_dataset  # noqa: E402
-from scoresde.config import override, preset  # noqa: E402
-from scoresde.report import IMAGE_LIKELIHOOD  # noqa: E402
-from scoresde.training import Trainer, build_model  # noqa: E402
+from scoresde.app.report import IMAGE_LIKELIHOOD  # noqa: E402
+from scoresde.config.schema import override, preset  # noqa: E402
+from scoresde.training.runs import build_model  # noqa: E402
+from scoresde.training.trainer import Trainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from likelihood import mixture_10d  # noqa: E402

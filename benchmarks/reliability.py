@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scoresde.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
-from scoresde.run_folder import RUN_FILES
+from scoresde.training.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+from scoresde.training.run_folder import RUN_FILES
 
 STEPS, CHECKPOINT_EVERY = 60, 10
 TRAIN = [sys.executable, "-m", "scoresde", "train", "--steps", str(STEPS), "--json"] + [
@@ -128,7 +128,7 @@ def user_error_battery(tmp: Path, run: Path) -> list[dict]:
     (bad / "syntax.yaml").write_text("train:\n  steps: [1\n")
     (bad / "pickle.safetensors").write_bytes(b"\x80\x04K\x01.")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time\nfrom scoresde.run_folder import RunLock\n"
+        [sys.executable, "-c", "import sys,time\nfrom scoresde.training.run_folder import RunLock\n"
          "with RunLock(sys.argv[1]):\n print('held', flush=True); time.sleep(600)", str(tmp / "held")],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -36,8 +36,8 @@ import torch  # noqa: E402
 from report_files import write_report  # noqa: E402
 
 from scoresde import VPSDE, log_likelihood, sample, toy_dataset  # noqa: E402
-from scoresde.config import override, preset  # noqa: E402
-from scoresde.training import Trainer  # noqa: E402
+from scoresde.config.schema import override, preset  # noqa: E402
+from scoresde.training.trainer import Trainer  # noqa: E402
 
 VARIANTS = {
     "eps": ["model.parameterization=eps", "model.sigma_data=0.5"],

@@ -25,7 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from scoresde import VESDE, VPSDE, energy_distance, sample, sliced_wasserstein, toy_dataset  # noqa: E402
+from scoresde import VESDE, VPSDE, energy_distance, sample, toy_dataset
+from scoresde.evaluation import sliced_wasserstein
 
 LADDER = (5, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 2000)
 

@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from scoresde import bits_per_dim, image_dataset, log_likelihood, sample, toy_dataset  # noqa: E402
-from scoresde.config import override, preset, presets  # noqa: E402
-from scoresde.report import IMAGE_LIKELIHOOD  # noqa: E402
-from scoresde.training import Trainer  # noqa: E402
+from scoresde.app.report import IMAGE_LIKELIHOOD  # noqa: E402
+from scoresde.config.schema import override, preset, presets  # noqa: E402
+from scoresde.training.trainer import Trainer  # noqa: E402
 
 
 def stop_if_interrupted(result) -> None:

@@ -1,7 +1,8 @@
 """The reverse chain's variance against the number of steps: DDPM's bound and the samples' quality.
 
 For each variance choice (``beta``, ``beta_tilde``, ``analytic``, and ``learned`` for the models trained with a
-variance channel; `scoresde.reverse_variance`) and K steps of the chain (10, 25, 100, 1000 on a uniform grid; the
+variance channel; `scoresde.processes.reverse_variance`) and K steps of the chain (10, 25, 100, 1000 on a uniform grid;
+the
 bound's chain from t_min = 1e-5, the sampler's from 1e-3):
 
 - **gmm oracle** (the exact score): the DDPM bound minus the exact NLL of 2,000 points (nats; the exact
@@ -43,12 +44,12 @@ import torch  # noqa: E402
 from report_files import write_report  # noqa: E402
 
 from scoresde import VPSDE, ddpm_bound, energy_distance, image_dataset, sample, toy_dataset  # noqa: E402
-from scoresde.features import image_metric  # noqa: E402
-from scoresde.losses import hybrid_loss  # noqa: E402
+from scoresde.evaluation.features import image_metric  # noqa: E402
 from scoresde.models import create_model  # noqa: E402
-from scoresde.reverse_variance import VARIANCES, chain_step, score_moments  # noqa: E402
+from scoresde.processes.reverse_variance import VARIANCES, chain_step, score_moments  # noqa: E402
 from scoresde.samplers import time_grid  # noqa: E402
-from scoresde.training import load_score_model  # noqa: E402
+from scoresde.training.losses import hybrid_loss  # noqa: E402
+from scoresde.training.runs import load_score_model  # noqa: E402
 
 BOUND_T_MIN = 1e-5
 SECTIONS = {  # report key: title

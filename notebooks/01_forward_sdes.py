@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -32,7 +34,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, toy_dataset
-from scoresde.viz import plot_forward_process
+from scoresde.app.figures import plot_forward_process
 
 QUICK = os.environ.get("SCORESDE_NOTEBOOK_QUICK") == "1"  # the test suite runs every notebook on small settings
 N = 2000 if QUICK else 20000

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -31,7 +33,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from scoresde import VPSDE, ScoreMLP, ScoreModel, dsm_loss, toy_dataset
-from scoresde.viz import plot_score_field
+from scoresde.app.figures import plot_score_field
 
 QUICK = os.environ.get("SCORESDE_NOTEBOOK_QUICK") == "1"  # the test suite runs every notebook on small settings
 STEPS = 150 if QUICK else 3000

@@ -35,8 +35,10 @@ import tempfile
 import matplotlib.pyplot as plt
 import torch
 
-from scoresde import Trainer, compare_samplers, default_lineup, held_out, override, preset, toy_dataset
-from scoresde.viz import plot_comparison, plot_trajectories
+from scoresde import Trainer, compare_samplers, preset, toy_dataset
+from scoresde.evaluation.comparison import default_lineup, held_out
+from scoresde.config.schema import override
+from scoresde.app.figures import plot_comparison, plot_trajectories
 
 QUICK = os.environ.get("SCORESDE_NOTEBOOK_QUICK") == "1"  # the test suite runs every notebook on small settings
 N = 400 if QUICK else 2000

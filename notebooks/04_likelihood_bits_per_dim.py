@@ -32,8 +32,8 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from scoresde import (VPSDE, Trainer, bits_per_dim, elbo, image_dataset, log_likelihood, override, preset,
-                      toy_dataset)
+from scoresde import VPSDE, Trainer, bits_per_dim, elbo, image_dataset, log_likelihood, preset, toy_dataset
+from scoresde.config.schema import override
 
 QUICK = os.environ.get("SCORESDE_NOTEBOOK_QUICK") == "1"  # the test suite runs every notebook on small settings
 N = 100 if QUICK else 1000

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -26,8 +28,9 @@ import tempfile
 import matplotlib.pyplot as plt
 import torch
 
-from scoresde import Trainer, bits_per_dim, image_dataset, override, preset, sample
-from scoresde.viz import plot_samples, plot_training_curve
+from scoresde import Trainer, bits_per_dim, image_dataset, preset, sample
+from scoresde.config.schema import override
+from scoresde.app.figures import plot_samples, plot_training_curve
 
 QUICK = os.environ.get("SCORESDE_NOTEBOOK_QUICK") == "1"  # the test suite runs every notebook on small settings
 

@@ -1,205 +1,142 @@
 """scoresde: score-based generative modelling with stochastic differential equations.
 
-The public API lives here; module layout behind it may change, these names may not. The figures live in
-`scoresde.viz` (imported on demand: it loads matplotlib).
+The public API: about forty names, the ones most programs need. Everything else lives in its subpackage, which
+shows the layers (lowest first): `scoresde.processes` (SDEs, grids, the model seam's declaration),
+`scoresde.oracles` (exact models), `scoresde.datasets`, `scoresde.models` (networks), `scoresde.samplers`,
+`scoresde.likelihood`, `scoresde.config`, `scoresde.training`, `scoresde.evaluation`, and `scoresde.app` (the
+command line, reports and figures, `scoresde.app.figures`). Names that used to be here, and the old module paths
+(``scoresde.sde``, ``scoresde.viz``, ...), keep working for one release with a `ScoresdeDeprecationWarning`.
 """
 
-from .analytic import GaussianMixture, LabelledMixture, MixtureScore, entropy_by_quadrature
-from .bounds import ELBOResult, ddpm_bound, elbo
-from .bpd import BitsPerDimResult, bits_per_dim
-from .config import (
-    ConfigError,
-    DataConfig,
-    ModelConfig,
-    RunConfig,
-    SDEConfig,
-    TrainConfig,
-    load_config,
-    override,
-    preset,
-    presets,
-    save_config,
-)
-from .datasets import (
-    DataTransform,
-    ImageDataset,
-    ToyDataset,
-    image_dataset,
-    image_datasets,
-    register_toy,
-    toy_dataset,
-    toy_datasets,
-)
-from .distillation import ConsistencyModel, distill, distillation_config
-from .evaluation import (
-    Comparison,
-    HeldOut,
-    SamplerRun,
-    SamplerSpec,
-    compare_samplers,
-    default_lineup,
-    held_out,
-    student_lineup,
-)
-from .likelihood import LikelihoodResult, log_likelihood
-from .losses import classifier_loss, ddpm_loss, dsm_loss, hybrid_loss, smld_loss
-from .metrics import (
-    energy_distance,
-    energy_distance_floor,
-    mean_and_standard_error,
-    mmd,
-    sliced_energy_distance,
-    sliced_wasserstein,
-)
-from .models import NCSN, DDPMUNet, NoiseConditionalClassifier, ScoreMLP, ScoreModel, create_model, register_model
-from .models import models as model_names
-from .report import likelihood_summary, run_demo, write_comparison
-from .run_folder import RunFolderError
-from .samplers import (
-    ClassifierFreeGuidance,
-    ClassifierGuidance,
-    SampleResult,
-    correctors,
-    fit_grid,
-    inpaint,
-    named_mask,
-    predictors,
-    register_corrector,
-    register_predictor,
-    register_sampler,
-    sample,
-    sampler_options,
-    time_grid,
-)
-from .samplers import samplers as sampler_names
-from .sde import (
-    SDE,
-    VESDE,
-    VPSDE,
-    ProbabilityFlow,
-    ReverseSDE,
-    ScoreFn,
-    SubVPSDE,
-    create_sde,
-    evaluate_score,
-    register_sde,
-    sde_names,
-)
-from .training import (
-    CheckpointError,
-    Trainer,
-    TrainingDiverged,
-    TrainResult,
-    load_checkpoint,
-    load_score_model,
-    save_checkpoint,
-    train_classifier,
-)
-from .uniform_boxes import UniformBoxes
-
-# `scoresde.samplers` and `scoresde.models` are the subpackages; their name lists are `sampler_names()` and
-# `model_names()` here (the functions `samplers()` / `models()` stay in the subpackages).
+from ._deprecated import ScoresdeDeprecationWarning, forward, install
+from .config import ConfigError, RunConfig, load_config, preset, presets
+from .datasets import DataTransform, image_dataset, toy_dataset
+from .evaluation import compare_samplers, energy_distance, energy_distance_floor, mmd
+from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, ddpm_bound, elbo, log_likelihood
+from .models import NCSN, ConsistencyModel, DDPMUNet, ModelSpec, ScoreMLP, ScoreModel, create_model
+from .oracles import GaussianMixture, LabelledMixture, UniformBoxes
+from .processes import SDE, VESDE, VPSDE, SubVPSDE, create_sde
+from .samplers import ClassifierFreeGuidance, ClassifierGuidance, SampleResult, inpaint, sample, time_grid
+from .training import Trainer, TrainResult, distill, dsm_loss, load_score_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError",
-    "DataConfig",
-    "ModelConfig",
-    "RunConfig",
-    "SDEConfig",
-    "TrainConfig",
-    "load_config",
-    "override",
-    "preset",
-    "presets",
-    "save_config",
-    "ImageDataset",
-    "image_dataset",
-    "image_datasets",
-    "ddpm_loss",
-    "dsm_loss",
-    "hybrid_loss",
-    "ConsistencyModel",
-    "distill",
-    "distillation_config",
-    "energy_distance_floor",
-    "sliced_energy_distance",
-    "fit_grid",
-    "smld_loss",
-    "NCSN",
-    "DDPMUNet",
-    "ScoreMLP",
-    "ScoreModel",
-    "create_model",
-    "model_names",
-    "register_model",
-    "CheckpointError",
-    "RunFolderError",
-    "Trainer",
-    "UniformBoxes",
-    "TrainingDiverged",
-    "TrainResult",
-    "load_checkpoint",
-    "load_score_model",
-    "save_checkpoint",
+    # forward processes
     "SDE",
     "VPSDE",
     "SubVPSDE",
     "VESDE",
-    "ReverseSDE",
-    "ProbabilityFlow",
-    "ScoreFn",
-    "evaluate_score",
     "create_sde",
-    "register_sde",
-    "sde_names",
+    # exact models
     "GaussianMixture",
-    "MixtureScore",
-    "entropy_by_quadrature",
-    "ToyDataset",
-    "register_toy",
-    "toy_dataset",
-    "toy_datasets",
+    "LabelledMixture",
+    "UniformBoxes",
+    # models and their declaration
+    "ModelSpec",
+    "ScoreModel",
+    "ScoreMLP",
+    "NCSN",
+    "DDPMUNet",
+    "ConsistencyModel",
+    "create_model",
+    # sampling
     "sample",
     "SampleResult",
-    "sampler_names",
-    "sampler_options",
-    "predictors",
-    "correctors",
-    "register_sampler",
-    "register_predictor",
-    "register_corrector",
     "time_grid",
-    "energy_distance",
-    "mmd",
-    "sliced_wasserstein",
-    "mean_and_standard_error",
+    "ClassifierFreeGuidance",
+    "ClassifierGuidance",
+    "inpaint",
+    # likelihoods
     "log_likelihood",
     "LikelihoodResult",
     "bits_per_dim",
     "BitsPerDimResult",
-    "DataTransform",
     "elbo",
     "ddpm_bound",
-    "ELBOResult",
+    # training
+    "Trainer",
+    "TrainResult",
+    "distill",
+    "dsm_loss",
+    "load_score_model",
+    # configs
+    "RunConfig",
+    "preset",
+    "presets",
+    "load_config",
+    "ConfigError",
+    # data
+    "DataTransform",
+    "toy_dataset",
+    "image_dataset",
+    # evaluation
+    "energy_distance",
+    "energy_distance_floor",
+    "mmd",
     "compare_samplers",
-    "default_lineup",
-    "student_lineup",
-    "SamplerSpec",
-    "SamplerRun",
-    "Comparison",
-    "held_out",
-    "HeldOut",
-    "likelihood_summary",
-    "write_comparison",
-    "run_demo",
-    "ClassifierFreeGuidance",
-    "ClassifierGuidance",
-    "inpaint",
-    "named_mask",
-    "LabelledMixture",
-    "NoiseConditionalClassifier",
-    "classifier_loss",
-    "train_classifier",
+    "ScoresdeDeprecationWarning",
 ]
+
+_DROPPED = {
+    "DataConfig": "scoresde.config",
+    "ModelConfig": "scoresde.config",
+    "SDEConfig": "scoresde.config",
+    "TrainConfig": "scoresde.config",
+    "override": "scoresde.config",
+    "save_config": "scoresde.config",
+    "ImageDataset": "scoresde.datasets",
+    "ToyDataset": "scoresde.datasets",
+    "image_datasets": "scoresde.datasets",
+    "register_toy": "scoresde.datasets",
+    "toy_datasets": "scoresde.datasets",
+    "distillation_config": "scoresde.training",
+    "Comparison": "scoresde.evaluation",
+    "HeldOut": "scoresde.evaluation",
+    "SamplerRun": "scoresde.evaluation",
+    "SamplerSpec": "scoresde.evaluation",
+    "default_lineup": "scoresde.evaluation",
+    "held_out": "scoresde.evaluation",
+    "student_lineup": "scoresde.evaluation",
+    "classifier_loss": "scoresde.training",
+    "ddpm_loss": "scoresde.training",
+    "hybrid_loss": "scoresde.training",
+    "smld_loss": "scoresde.training",
+    "mean_and_standard_error": "scoresde.evaluation",
+    "sliced_energy_distance": "scoresde.evaluation",
+    "sliced_wasserstein": "scoresde.evaluation",
+    "NoiseConditionalClassifier": "scoresde.models",
+    "register_model": "scoresde.models",
+    "model_names": "scoresde.models:models",
+    "likelihood_summary": "scoresde.app.report",
+    "write_comparison": "scoresde.app.report",
+    "run_demo": "scoresde.app.report",
+    "RunFolderError": "scoresde.training",
+    "correctors": "scoresde.samplers",
+    "fit_grid": "scoresde.samplers",
+    "named_mask": "scoresde.samplers",
+    "predictors": "scoresde.samplers",
+    "register_corrector": "scoresde.samplers",
+    "register_predictor": "scoresde.samplers",
+    "register_sampler": "scoresde.samplers",
+    "sampler_options": "scoresde.samplers",
+    "sampler_names": "scoresde.samplers:samplers",
+    "ProbabilityFlow": "scoresde.processes",
+    "ReverseSDE": "scoresde.processes",
+    "ScoreFn": "scoresde.processes",
+    "evaluate_score": "scoresde.processes",
+    "register_sde": "scoresde.processes",
+    "sde_names": "scoresde.processes",
+    "MixtureScore": "scoresde.oracles",
+    "entropy_by_quadrature": "scoresde.oracles",
+    "ELBOResult": "scoresde.likelihood",
+    "CheckpointError": "scoresde.training",
+    "TrainingDiverged": "scoresde.training",
+    "load_checkpoint": "scoresde.training",
+    "save_checkpoint": "scoresde.training",
+    "train_classifier": "scoresde.training",
+}
+"""Names the top level had before the curation -> their home now (forwarded with a deprecation warning)."""
+
+__getattr__ = forward("scoresde", _DROPPED)
+install()

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from ._deprecated import ScoresdeDeprecationWarning
+
 __all__ = [
     "check_finite",
     "check_positive",
@@ -138,7 +140,7 @@ def renamed_t_min(t_min: float | None, eps: float | None, where: str) -> float |
     if eps is None:
         return t_min
     warnings.warn(
-        f"{where}: the smallest time is now called t_min; eps= is deprecated", DeprecationWarning, stacklevel=3
+        f"{where}: the smallest time is now called t_min; eps= is deprecated", ScoresdeDeprecationWarning, stacklevel=3
     )
     if t_min is not None:
         raise ValueError(f"{where}: pass the smallest time once, as t_min (eps is its deprecated name)")

@@ -1,6 +1,7 @@
 """Train the feature network that the FD-<data> image metric uses, and write its weights into the package.
 
-The network (`scoresde.features.DigitsFeatureNet`) is a small CNN classifier trained on the *training split* only
+The network (`scoresde.evaluation.features.DigitsFeatureNet`) is a small CNN classifier trained on the *training split*
+only
 (the metric's reference statistics come from the test split); its test-set accuracy is measured here and stored in the
 weights file's metadata with the settings that produced it. Deterministic for a seed on the CPU.
 
@@ -26,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save
 
+from scoresde._io import write_atomic
 from scoresde.datasets import image_dataset
-from scoresde.features import DigitsFeatureNet, shipped_weights_path
-from scoresde.run_folder import write_atomic
+from scoresde.evaluation.features import DigitsFeatureNet, shipped_weights_path
 
 
 def load(data: str, data_dir: str | None) -> tuple:

@@ -10,7 +10,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # one intra-op thread per xdist worker: the tests' small tensors run faster without oversubscription
     torch.set_num_threads(1)
 
-from scoresde import create_sde, sde_names, toy_dataset
+from scoresde import create_sde, toy_dataset
+from scoresde.processes import sde_names
 
 
 @pytest.fixture(params=sde_names(), ids=sde_names())

@@ -9,7 +9,7 @@ import torch
 from conftest import assert_true_nll_matches_the_entropy
 
 from scoresde import toy_dataset
-from scoresde.cli import main
+from scoresde.app.cli import main
 
 TINY_TRAIN = ["--steps", "5", "--set", "model.kwargs.width=16", "--set", "train.batch_size=32"]
 """A run of a few steps of a small network: enough to exercise the commands, not to train."""

@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import assert_true_nll_matches_the_entropy
 
-from scoresde.cli import _demo_summary, build_parser, main
-from scoresde.report import DEMO_FILES
+from scoresde.app.cli import _demo_summary, build_parser, main
+from scoresde.app.report import DEMO_FILES
 
 COMMANDS = ["demo", "toys", "train", "sample", "likelihood", "compare", "inpaint", "list"]
 

@@ -9,20 +9,20 @@ import math
 import pytest
 import torch
 
-from scoresde import VESDE, VPSDE, GaussianMixture, fit_grid, sample
-from scoresde.cli import main
-from scoresde.config import config_from_dict
-from scoresde.distillation import (
-    ConsistencyModel,
+from scoresde import VESDE, VPSDE, GaussianMixture, sample
+from scoresde.app.cli import main
+from scoresde.config.schema import config_from_dict
+from scoresde.models import ModelSpec, create_model
+from scoresde.models.consistency import ConsistencyModel, noise_to_signal
+from scoresde.samplers import fit_grid
+from scoresde.training.distillation import (
     consistency_loss,
     consistency_times,
-    noise_to_signal,
     progressive_grid,
     progressive_loss,
     teacher_step,
 )
-from scoresde.models import create_model
-from scoresde.training import Trainer
+from scoresde.training.trainer import Trainer
 
 MEAN, STD = torch.tensor([0.5, -0.3], dtype=torch.float64), 0.6
 GAUSS = GaussianMixture([1.0], [MEAN.tolist()], [[STD**2, STD**2]])
@@ -40,7 +40,7 @@ def flow_map(sde, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Te
 class ExactConsistency(torch.nn.Module):
     """The exact consistency function of the Gaussian data: the flow map from t to t_min."""
 
-    is_consistency_model = True
+    spec = ModelSpec(output="consistency")
 
     def __init__(self, sde, t_min: float, scale: float = 1.0) -> None:
         super().__init__()
@@ -239,7 +239,7 @@ def test_consistency_sampler_counts_its_evaluations_and_refuses_a_score():
         assert abs(float(result.x.std(0).mean()) - std_end) < 0.05
     with pytest.raises(ValueError, match="needs a consistency model"):
         sample(sde, GAUSS.score_fn(sde), (4, 2), "consistency", dtype=torch.float64)
-    with pytest.raises(ValueError, match="sampled with sampler 'consistency'"):
+    with pytest.raises(ValueError, match="sample it with sampler 'consistency'"):
         sample(sde, exact, (4, 2), "ddim", dtype=torch.float64)
 
 
@@ -312,7 +312,7 @@ class PosteriorMeanAsConsistency(torch.nn.Module):
     s^2 r / (1 + r)^2, r = sigma^2 / (alpha^2 s^2), largest (closest to the data's s^2) at r = 1:
     the best middle time has sigma/alpha = s."""
 
-    is_consistency_model = True
+    spec = ModelSpec(output="consistency")
 
     def __init__(self, sde, std: float) -> None:
         super().__init__()

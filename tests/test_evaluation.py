@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from scoresde import VPSDE, toy_dataset
-from scoresde.config import DataConfig
-from scoresde.evaluation import SamplerSpec, compare_samplers, default_lineup, held_out
+from scoresde.config.schema import DataConfig
+from scoresde.evaluation.comparison import SamplerSpec, compare_samplers, default_lineup, held_out
 
 TOY = toy_dataset("8gaussians")
 SDE = VPSDE()

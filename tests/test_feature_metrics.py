@@ -8,7 +8,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from scoresde.metrics import GaussianStatistics, frechet_distance, kernel_distance, precision_recall
+from scoresde.evaluation.metrics import GaussianStatistics, frechet_distance, kernel_distance, precision_recall
 
 
 def _orthogonal(d: int, seed: int) -> torch.Tensor:

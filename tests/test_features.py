@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from scoresde.datasets import image_dataset
-from scoresde.features import (
+from scoresde.evaluation.features import (
     FeatureNetworkUnavailable,
     feature_network,
     feature_networks,
@@ -15,7 +15,7 @@ from scoresde.features import (
     image_quality,
     reference_features,
 )
-from scoresde.metrics import frechet_distance
+from scoresde.evaluation.metrics import frechet_distance
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from scoresde import VPSDE, GaussianMixture, ScoreMLP, ScoreModel, energy_distance, toy_dataset
-from scoresde.analytic import LabelledMixture
-from scoresde.samplers import ClassifierFreeGuidance, ClassifierGuidance, inpaint, named_mask, sample, samplers
+from scoresde.oracles.gaussian_mixture import LabelledMixture
+from scoresde.samplers import ClassifierFreeGuidance, ClassifierGuidance, inpaint, named_mask, samplers
+from scoresde.samplers.sampling import sample
 
 SDE = VPSDE()
 GMM = toy_dataset("gmm").mixture
@@ -83,7 +84,7 @@ def test_classifier_free_guidance_formula_and_every_sampler():
             )
             assert torch.isfinite(out.x).all() and out.nfe > 0, (name, kind)
             # with a strong weight towards class 1 the samples land in its components (exact classifier's verdict)
-            verdict = ORACLE.classifier(out.x, torch.full((8,), SDE.sampling_eps, dtype=torch.float64)).argmax(1)
+            verdict = ORACLE.classifier(out.x, torch.full((8,), SDE.sampling_t_min, dtype=torch.float64)).argmax(1)
             assert int((verdict == 1).sum()) >= 6, (name, kind, verdict)
 
 
@@ -98,7 +99,7 @@ def test_guidance_bad_input():
         unconditional(torch.zeros(2, 2), torch.full((2,), 0.5), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="finite"):
         ClassifierFreeGuidance(net, 0, float("nan"))
-    with pytest.raises(ValueError, match="takes an unconditional score"):
+    with pytest.raises(ValueError, match="takes an unconditional model"):
         ClassifierGuidance(net, ORACLE.classifier, 0, 1.0)
     with pytest.raises(ValueError, match="outside the model's classes 0..3"):
         ClassifierGuidance(GMM.score_fn(SDE), ORACLE.classifier, 7, 1.0)(
@@ -207,7 +208,8 @@ def test_dsm_loss_passes_labels_and_the_exact_conditional_score_is_its_minimiser
 
 
 def test_trainer_trains_a_conditional_model_with_label_dropout(tmp_path):
-    from scoresde import Trainer, override, preset
+    from scoresde import Trainer, preset
+    from scoresde.config import override
 
     config = override(
         preset("toy-vp"),
@@ -233,7 +235,7 @@ def test_noise_conditional_classifier_learns_and_guides():
     """A classifier trained on perturbed gmm data beats chance at moderate noise and, as guidance, moves samples to
     the requested class."""
     from scoresde.models import NoiseConditionalClassifier
-    from scoresde.training import train_classifier
+    from scoresde.training.classifier import train_classifier
 
     torch.manual_seed(0)
     x, k = toy_dataset("gmm").sample_labelled(8000, torch.Generator().manual_seed(3))
@@ -248,7 +250,7 @@ def test_noise_conditional_classifier_learns_and_guides():
     assert accuracy > 0.7  # four classes: chance is ~0.25
     guided = ClassifierGuidance(GMM.score_fn(SDE), classifier, 1, 2.0)
     samples = sample(SDE, guided, (500, 2), "dpm_solver", steps=20, generator=torch.Generator().manual_seed(4)).x
-    exact_class = ORACLE.classifier(samples.double(), torch.full((500,), SDE.sampling_eps, dtype=torch.float64)).argmax(
-        1
-    )
+    exact_class = ORACLE.classifier(
+        samples.double(), torch.full((500,), SDE.sampling_t_min, dtype=torch.float64)
+    ).argmax(1)
     assert float((exact_class == 1).float().mean()) > 0.8

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from scoresde.cli import main
-from scoresde.interop import InteropError, load_diffusers
+from scoresde.app.cli import main
+from scoresde.processes.sde import VPSDE, DiscreteVPSDE
 from scoresde.samplers.pc import ancestral_sampling
 from scoresde.samplers.thresholding import ThresholdedScore
-from scoresde.sde import VPSDE, DiscreteVPSDE
+from scoresde.training.interop import InteropError, load_diffusers
 
 diffusers = pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, DataTransform, GaussianMixture, SubVPSDE, log_likelihood, toy_dataset
-from scoresde.likelihood import LIKELIHOOD_T_MIN
+from scoresde.likelihood.pf_ode import LIKELIHOOD_T_MIN
 
 
 def _mixture_10d(seed=0):

@@ -7,7 +7,7 @@ import torch
 from scipy.integrate import quad
 
 from scoresde import VESDE, VPSDE, GaussianMixture
-from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
+from scoresde.training.losses import ddpm_loss, dsm_loss, smld_loss
 
 DIM, MEAN, VAR, N = 3, 0.4, 0.5, 40_000
 
@@ -45,7 +45,7 @@ def test_dsm_loss_at_the_exact_score_is_its_analytic_minimum_and_a_worse_score_c
     mix = _gaussian()
     x0 = mix.sample(N, torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = mix.score_fn(sde)
-    eps = sde.sampling_eps
+    eps = sde.sampling_t_min
     expected = quad(lambda t: _minimum_integrand(sde, weighting, t), eps, sde.T, limit=200, points=[0.01, 0.1])[0] / (
         sde.T - eps
     )
@@ -87,7 +87,7 @@ def test_discrete_losses_average_the_minimum_over_the_chain(loss, sde):
     mix, n_steps = _gaussian(), 10
     x0 = mix.sample(N, torch.Generator().manual_seed(0), dtype=torch.float64)
     values = loss(mix.score_fn(sde), sde, x0, n_steps=n_steps, generator=torch.Generator().manual_seed(1))
-    eps = sde.sampling_eps
+    eps = sde.sampling_t_min
     times = [eps + (sde.T - eps) * i / (n_steps - 1) for i in range(n_steps)]
     weighting = "eps" if loss is ddpm_loss else "sigma2"
     expected = sum(_minimum_integrand(sde, weighting, t) for t in times) / n_steps

@@ -6,8 +6,9 @@ import pytest
 import torch
 from scipy.stats import norm, wasserstein_distance
 
-from scoresde import energy_distance, mmd, sliced_wasserstein
-from scoresde.metrics import sliced_energy_distance
+from scoresde import energy_distance, mmd
+from scoresde._stats import sliced_energy_distance
+from scoresde.evaluation import sliced_wasserstein
 
 
 def _brute_energy(x, y):
@@ -112,7 +113,7 @@ def test_metrics_reject_bad_input():
 def test_energy_distance_floor_is_the_true_vs_true_expectation():
     """For N(0, 1) in 1-D, E|X - X'| = 2/sqrt(pi): the floor (1/n + 1/m) E|X - X'| is estimated within 4 standard
     errors, and 1,000 measured true-vs-true energy distances (n = 50, m = 80) average to it within 4 of theirs."""
-    from scoresde.metrics import energy_distance_floor
+    from scoresde.evaluation.metrics import energy_distance_floor
 
     def draw(k, generator):
         return torch.randn(k, 1, generator=generator, dtype=torch.float64)

@@ -22,13 +22,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from scoresde import VPSDE, GaussianMixture, log_likelihood, sample
-from scoresde.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
-from scoresde.cli import main
-from scoresde.config import ConfigError, override, preset, save_config
-from scoresde.metrics import mean_and_standard_error, mmd
-from scoresde.report import json_text
-from scoresde.run_folder import LOCK_FILE, RunFolderError, RunLock, truncate_log
-from scoresde.training import Trainer, load_score_model
+from scoresde._stats import mean_and_standard_error
+from scoresde.app.cli import main
+from scoresde.app.report import json_text
+from scoresde.config.schema import ConfigError, override, preset, save_config
+from scoresde.evaluation.metrics import mmd
+from scoresde.training.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+from scoresde.training.run_folder import LOCK_FILE, RunFolderError, RunLock, truncate_log
+from scoresde.training.runs import load_score_model
+from scoresde.training.trainer import Trainer
 
 TINY = ["--set", "model.kwargs.width=16", "--set", "model.kwargs.depth=1", "--set", "train.batch_size=32"]
 
@@ -323,7 +325,7 @@ def test_a_second_trainer_is_refused_while_the_first_holds_the_folder(tmp_path, 
         [
             sys.executable,
             "-c",
-            "import sys, time; from scoresde.run_folder import RunLock\n"
+            "import sys, time; from scoresde.training.run_folder import RunLock\n"
             "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)",
             str(tmp_path),
         ],

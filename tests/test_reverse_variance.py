@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, GaussianMixture, ddpm_bound, sample, toy_dataset
-from scoresde.analytic import grid_cells
-from scoresde.reverse_variance import VARIANCES, ScoreMoments, chain_step, reverse_variance, score_moments
+from scoresde.models import ModelSpec
+from scoresde.oracles.gaussian_mixture import grid_cells
+from scoresde.processes.reverse_variance import VARIANCES, ScoreMoments, chain_step, reverse_variance, score_moments
 
 MIX = toy_dataset("gmm").mixture
 NOT_LEARNED = tuple(v for v in VARIANCES if v != "learned")  # what a score function without a variance channel has
@@ -63,7 +64,7 @@ def test_the_analytic_variance_gives_the_smallest_bound(n_steps):
     score = MIX.score_fn(sde)
     x = MIX.sample(200, torch.Generator().manual_seed(4), dtype=torch.float64)
     data = MIX.sample(500, torch.Generator().manual_seed(5), dtype=torch.float64)
-    from scoresde.samplers.grids import time_grid
+    from scoresde.processes.grids import time_grid
 
     moments = score_moments(sde, score, data, time_grid(sde, n_steps, "uniform", 1e-5))
     bounds = {
@@ -90,7 +91,7 @@ def test_for_gaussian_data_the_analytic_variance_makes_the_chain_exact(sde_name)
     sde, mix = SDES[sde_name](), _gaussian(0.5)
     score = mix.score_fn(sde)
     data = mix.sample(20000, torch.Generator().manual_seed(7), dtype=torch.float64)
-    from scoresde.samplers.grids import time_grid
+    from scoresde.processes.grids import time_grid
 
     grid = time_grid(sde, 10, "uniform")
     moments = score_moments(sde, score, data, grid, generator=torch.Generator().manual_seed(8))
@@ -153,9 +154,9 @@ def test_bad_variance_choices_raise_clear_errors():
     sde, x = VPSDE(), MIX.sample(4, torch.Generator().manual_seed(0), dtype=torch.float64)
     with pytest.raises(ValueError, match="analytic, beta, beta_tilde, learned"):
         ddpm_bound(sde, MIX.score_fn(sde), x, n_steps=10, variance="optimal")
-    with pytest.raises(ValueError, match="needs a model trained with a learned variance"):
+    with pytest.raises(ValueError, match="needs a learned variance"):
         ddpm_bound(sde, MIX.score_fn(sde), x, n_steps=10, variance="learned")
-    with pytest.raises(ValueError, match="needs a model trained with a learned variance"):
+    with pytest.raises(ValueError, match="needs a learned variance"):
         sample(sde, MIX.score_fn(sde), (4, 2), "ddpm", steps=5, variance="learned")
     with pytest.raises(ValueError, match="needs moments"):
         ddpm_bound(sde, MIX.score_fn(sde), x, n_steps=10, variance="analytic")
@@ -167,7 +168,7 @@ def test_bad_variance_choices_raise_clear_errors():
 
 
 def _learned_config(n_steps: int, steps: int, importance: bool, width: int = 64):
-    from scoresde.config import config_from_dict
+    from scoresde.config.schema import config_from_dict
 
     return config_from_dict(
         {
@@ -227,13 +228,13 @@ def test_hybrid_loss_vanishes_at_the_exact_posterior_and_trains_only_the_varianc
     """For data at one point c the exact eps and x0_hat = c are known: with them and Sigma = beta_tilde (f = 0) every
     KL term and L_simple are 0 to round-off, and positive for f = 1. The stop-gradient: L_vlb's gradient reaches the
     variance channel only (the mean rows of the output layer get the same gradient with and without it)."""
-    from scoresde.losses import hybrid_loss
+    from scoresde.training.losses import hybrid_loss
 
     sde, c = VPSDE(), torch.tensor([0.7, -1.2], dtype=torch.float64)
     x0 = c.expand(256, 2).clone()
 
     class Exact(torch.nn.Module):
-        learns_variance = True
+        spec = ModelSpec(variance=True, scaled=True)  # the seam's declaration: a score with its variance channel
 
         def __init__(self, fraction):
             super().__init__()
@@ -265,7 +266,7 @@ def test_hybrid_loss_vanishes_at_the_exact_posterior_and_trains_only_the_varianc
 def test_step_importance_sampler_is_unbiased_and_keeps_its_state():
     """Uniform until every step has its 10 values; then p_i proportional to the root mean square of the history
     (mixed with 0.1 % uniform), and the weights 1/(N p_i) keep any per-step quantity's mean."""
-    from scoresde.losses import VLBTimeSampler
+    from scoresde.training.losses import VLBTimeSampler
 
     n = 5
     sampler = VLBTimeSampler(n)
@@ -289,7 +290,7 @@ def test_step_importance_sampler_is_unbiased_and_keeps_its_state():
 def test_learned_variance_run_resumes_exactly(tmp_path):
     """Hybrid loss with step importance sampling: 30 steps, then 30 more after a restart from the checkpoint (its
     step history saved in it), give the weights and the history of 60 steps in one run."""
-    from scoresde.training import Trainer
+    from scoresde.training.trainer import Trainer
 
     config = _learned_config(n_steps=10, steps=60, importance=True, width=32)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=64))
@@ -310,8 +311,8 @@ def test_learned_variance_approaches_the_kl_optimal_variance():
     beta_tilde + a^2 E|x0 - x0_hat|^2 / d (e^0.3 of the one for the exact score's mean, the analytic optimum),
     while beta / beta_tilde reaches 300 at the second step. A ratio r costs (r - 1 - log r)/2 nats per dimension and
     step: at most 0.02 at e^0.2. Its 20-step bound is below both fixed choices' on the same draws."""
-    from scoresde.reverse_variance import decoder_step
-    from scoresde.training import Trainer
+    from scoresde.processes.reverse_variance import decoder_step
+    from scoresde.training.trainer import Trainer
 
     n_steps = 20
     config = _learned_config(n_steps=n_steps, steps=1000, importance=False)
@@ -363,7 +364,7 @@ def _tmp_dir():
 
 
 def test_learned_variance_config_is_checked():
-    from scoresde.config import ConfigError, config_from_dict, preset
+    from scoresde.config.schema import ConfigError, config_from_dict, preset
 
     with pytest.raises(ConfigError, match="train.n_steps"):
         config_from_dict({"model": {"name": "mlp", "kwargs": {"dim": 2, "learn_variance": True}}})
@@ -373,7 +374,7 @@ def test_learned_variance_config_is_checked():
 def test_learned_variance_from_the_command_line(tmp_path, capsys):
     """A toy-vp-learned-var run samples with --option variance=learned at K + 1 NFE; a run without the variance
     channel is refused in one line."""
-    from scoresde.cli import main
+    from scoresde.app.cli import main
 
     run, plain = str(tmp_path / "learned"), str(tmp_path / "plain")
     assert main(["train", "--preset", "toy-vp-learned-var", "--out", run, "--steps", "20", "--json"]) == 0
@@ -383,7 +384,7 @@ def test_learned_variance_from_the_command_line(tmp_path, capsys):
     assert main([*args, "--checkpoint", run, "--out", str(tmp_path / "a.npz")]) == 0
     assert '"nfe": 11' in capsys.readouterr().out
     assert main([*args, "--checkpoint", plain, "--out", str(tmp_path / "b.npz")]) == 2
-    assert "needs a model trained with a learned variance" in capsys.readouterr().err
+    assert "needs a learned variance" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("sde_name", SDES)
@@ -394,7 +395,7 @@ def test_analytic_ddim_makes_the_chain_exact_for_gaussian_data(sde_name, eta):
     variance (20,000 samples, within 4 standard errors) at any eta, where plain DDIM misses by over 10."""
     sde, mix = SDES[sde_name](), _gaussian(0.5)
     score = mix.score_fn(sde)
-    from scoresde.samplers.grids import time_grid
+    from scoresde.processes.grids import time_grid
 
     grid = time_grid(sde, 10, "uniform")
     data = mix.sample(20000, torch.Generator().manual_seed(7), dtype=torch.float64)

@@ -7,18 +7,9 @@ import warnings
 import pytest
 import torch
 
-from scoresde import (
-    VESDE,
-    VPSDE,
-    SubVPSDE,
-    correctors,
-    create_sde,
-    energy_distance,
-    predictors,
-    sample,
-    sampler_names,
-    toy_dataset,
-)
+from scoresde import VESDE, VPSDE, SubVPSDE, create_sde, energy_distance, sample, toy_dataset
+from scoresde.samplers import correctors, predictors
+from scoresde.samplers import samplers as sampler_names
 
 N_SAMPLES = 3000
 FLOOR_SEEDS = 16

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from scoresde import toy_dataset, toy_datasets
-from scoresde.analytic import grid_cells
+from scoresde import toy_dataset
+from scoresde.datasets import toy_datasets
+from scoresde.oracles.gaussian_mixture import grid_cells
 
 FFJORD_TOYS = ["swissroll", "circles", "rings", "moons", "8gaussians", "pinwheel", "2spirals", "checkerboard", "gmm"]
 DENSITY_TOYS = ["8gaussians", "checkerboard", "gmm"]

@@ -10,8 +10,9 @@ import textwrap
 import pytest
 import torch
 
-from scoresde.config import ConfigError, load_config, override, preset, presets, save_config
-from scoresde.training import CheckpointError, Trainer, TrainingDiverged, load_checkpoint, load_score_model
+from scoresde.config.schema import ConfigError, load_config, override, preset, presets, save_config
+from scoresde.training.runs import load_score_model
+from scoresde.training.trainer import CheckpointError, Trainer, TrainingDiverged, load_checkpoint
 
 SMALL = (
     "train.batch_size=64",

@@ -6,8 +6,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from scoresde import VPSDE, sample, toy_dataset, viz
-from scoresde.evaluation import SamplerSpec, compare_samplers
+from scoresde import VPSDE, sample, toy_dataset
+from scoresde.app import figures as viz
+from scoresde.evaluation.comparison import SamplerSpec, compare_samplers
 
 TOY = toy_dataset("8gaussians")
 SDE = VPSDE()

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, check_positive_int
-from ..analytic import GaussianMixture
-from ..uniform_boxes import UniformBoxes
+from ..oracles.gaussian_mixture import GaussianMixture
+from ..oracles.uniform_boxes import UniformBoxes
 
 __all__ = ["ToyDataset", "register_toy", "toy_dataset", "toy_datasets", "gmm_mixture", "eight_gaussians_mixture"]
 

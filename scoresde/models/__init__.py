@@ -1,6 +1,9 @@
-"""Score networks (``ScoreMLP``, ``NCSN``, ``DDPMUNet``), their registry and the output parameterisations."""
+"""Score networks (``ScoreMLP``, ``NCSN``, ``DDPMUNet``), their registry, the output parameterisations, consistency
+models, and the model seam's declaration (`ModelSpec`, defined beside the SDEs in `scoresde.processes.seam`)."""
 
+from ..processes.seam import ModelSpec, spec_of
 from .classifier import NoiseConditionalClassifier
+from .consistency import ConsistencyModel
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding, sinusoidal_embedding
 from .mlp import ScoreMLP
 from .ncsn import NCSN
@@ -9,6 +12,9 @@ from .registry import create_model, models, register_model
 from .unet import DDPMUNet
 
 __all__ = [
+    "ModelSpec",
+    "spec_of",
+    "ConsistencyModel",
     "NoiseConditionalClassifier",
     "ScoreMLP",
     "NCSN",

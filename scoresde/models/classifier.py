@@ -1,5 +1,5 @@
 r"""A noise-conditional classifier $p_\phi(y \mid x_t, t)$ for classifier guidance (Dhariwal & Nichol 2021;
-Song et al. 2021, controllable generation), trained on perturbed data by `scoresde.losses.classifier_loss`:
+Song et al. 2021, controllable generation), trained on perturbed data by `scoresde.training.losses.classifier_loss`:
 
 $$\mathcal L(\phi) = \mathbb E_{t, x_0, y, \epsilon}\big[-\log p_\phi(y \mid \alpha(t)x_0
 + \sigma(t)\epsilon, t)\big].$$

@@ -57,7 +57,7 @@ class ScoreMLP(nn.Module):
         num_classes: with ``K > 0``, a class-conditional network ``(x, t, y)``: a label embedding (``K`` classes
             and the null label ``K``) is added to the time embedding.
         learn_variance: output a second ``dim`` channels ``v``, the reverse chain's learned variance
-            (Improved DDPM; `scoresde.reverse_variance`): the network then maps to ``[B, 2 dim]``.
+            (Improved DDPM; `scoresde.processes.reverse_variance`): the network then maps to ``[B, 2 dim]``.
     """
 
     def __init__(

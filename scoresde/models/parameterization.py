@@ -28,7 +28,8 @@ every t.
 
 A network built with ``learn_variance`` outputs twice the data's channels: the first half is the output above, the
 second $v$, the learned reverse variance's log-domain interpolation fraction $(v + 1)/2$ between $\beta$ and
-$\tilde\beta$ (Improved DDPM; `scoresde.reverse_variance`). `ScoreModel.variance_fraction` returns it; the last
+$\tilde\beta$ (Improved DDPM; `scoresde.processes.reverse_variance`). `ScoreModel.variance_fraction` returns it; the
+last
 evaluation's fraction is kept, so asking for it right after the score at the same ``(x, t)`` costs no network
 evaluation (the samplers' NFE stays honest).
 """
@@ -39,7 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_in_registry, check_positive, expand_to
-from ..sde import SDE, check_sde
+from ..processes.sde import SDE, check_sde
+from ..processes.seam import ModelSpec, to_sigma_score
 
 __all__ = ["ScoreModel", "PARAMETERIZATIONS"]
 
@@ -60,6 +62,12 @@ class ScoreModel(nn.Module):
             t = torch.tensor([0.5 * sde.T], dtype=torch.float64)
             if abs(float(sde.alpha(t) ** 2 + sde.sigma(t) ** 2) - 1) > 1e-9:
                 raise ValueError(f"the 'v' parameterisation needs a variance-preserving SDE (VP), got {sde!r}")
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The declaration (`scoresde.processes.seam`): a score, with ``scaled_score``, its variance channel and
+        classes."""
+        return ModelSpec(output="score", variance=self.learns_variance, num_classes=self.num_classes, scaled=True)
 
     @property
     def learns_variance(self) -> bool:
@@ -113,14 +121,7 @@ class ScoreModel(nn.Module):
 
     def _from_output(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
         r"""$\sigma s$ from the network's mean output in this parameterisation (module docstring)."""
-        if self.parameterization == "eps":
-            return -out
-        sigma = expand_to(self.sde.sigma(t), x)
-        if self.parameterization == "score":
-            return sigma * out
-        if self.parameterization == "v":
-            return -(expand_to(self.sde.alpha(t), x) * out + sigma * x)
-        return (expand_to(self.sde.alpha(t), x) * out - x) / sigma
+        return to_sigma_score(self.sde, self.parameterization, out, x, t)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The score $s_\\theta(x, t)$, or the class-conditional $s_\\theta(x, t, y)$ (``y = num_classes``:

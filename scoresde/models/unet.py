@@ -84,7 +84,7 @@ class DDPMUNet(nn.Module):
         num_classes: with ``K > 0``, class-conditional ``(x, t, y)``: a label embedding (``K`` classes and the null
             label ``K``) is added to the time embedding (as in guided-diffusion and classifier-free guidance).
         learn_variance: output ``2 in_channels`` channels, the second half ``v`` the reverse chain's learned variance
-            (Improved DDPM, Nichol & Dhariwal 2021; `scoresde.reverse_variance`).
+            (Improved DDPM, Nichol & Dhariwal 2021; `scoresde.processes.reverse_variance`).
     """
 
     def __init__(

@@ -18,35 +18,15 @@ a sequence of times) and hands it in: any grid works with any sampler, and each 
 algorithm's. `sample` also validates once (the grid, ``x_T`` and the first score output); the loops do not.
 """
 
-from __future__ import annotations
-
-import math
-from collections.abc import Callable, Sequence
-from typing import Any
-
-import torch
-from torch import Tensor
-
-from .._checks import check_finite, renamed_t_min
-from ..sde import SDE, ProbabilityFlow, ScoreFn, check_sde
+from ..processes.grids import GRIDS, time_grid
+from ..processes.sde import ProbabilityFlow
 from . import consistency, ddpm, fast, ode, pc, reverse_sde  # noqa: F401  (registration)
-from .base import (
-    CountingScore,
-    SampleResult,
-    Sampling,
-    algorithm_options,
-    get_sampler,
-    grid_defaults,
-    honours_constraint,
-    register_sampler,
-    sampler_options,
-    samplers,
-)
+from .base import SampleResult, Sampling, grid_defaults, register_sampler, sampler_options, samplers
 from .grid_fit import GridFit, fit_grid
-from .grids import EDM_RHO, GRIDS, LOG_SNR_WARP, grid_settings, time_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .inpaint import INPAINT_METHODS, MASKS, inpaint, named_mask
 from .pc import correctors, predictors, register_corrector, register_predictor
+from .sampling import sample
 from .thresholding import ThresholdedScore
 
 __all__ = [
@@ -74,140 +54,3 @@ __all__ = [
     "MASKS",
     "INPAINT_METHODS",
 ]
-
-
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(s) for s in shape)
-        ok = len(dims) >= 2 and all(d >= 1 and d == s for d, s in zip(dims, shape))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"shape must be a sequence [B, ...] of at least two positive integers (batch first), got {shape!r}"
-        )
-    return dims
-
-
-def sample(
-    sde: SDE,
-    score_fn: ScoreFn,
-    shape: Sequence[int],
-    sampler: str = "pc",
-    *,
-    steps: int | None = None,
-    schedule: str | Sequence[float] | Tensor | None = None,
-    t_min: float | None = None,
-    rho: float = EDM_RHO,
-    warp: float = LOG_SNR_WARP,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    progress: bool = False,
-    return_trajectory: bool = False,
-    x_T: Tensor | None = None,
-    constraint: Callable[[Tensor, float], Tensor] | None = None,
-    x0_range: tuple[float, float] | None = None,
-    threshold_percentile: float | None = None,
-    **options: Any,
-) -> SampleResult:
-    r"""Draw samples ``[B, ...]`` of the data distribution by reversing ``sde`` with ``score_fn``.
-
-    The prior draw $x_T \sim \mathcal N(0, \text{prior\_std}^2 I)$ (or the given ``x_T``) is carried
-    from ``T`` to a small time ``t_min`` by the named sampler on the time grid
-    ``time_grid(sde, steps, schedule, t_min, rho, warp)``, then by default denoised with Tweedie's formula
-    $\hat x_0 = (x + \sigma^2 s_\theta)/\alpha$.
-
-    Args:
-        sde: the forward process the score belongs to.
-        score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``.
-        shape: ``[B, ...]`` of the samples.
-        sampler: a name from `samplers` (an unknown name raises, listing the valid ones).
-        steps: number of steps of the time grid (each sampler declares its default).
-        schedule: the grid's spacing (a name from ``GRIDS``; each sampler declares its default), or a strictly
-            decreasing sequence of times in ``(0, T]`` (then ``steps`` and ``t_min`` are not used).
-        t_min: the grid's last time (default ``sde.sampling_t_min``); ``eps=`` is its deprecated name.
-        rho: the exponent of the ``edm`` schedule.
-        warp: the exponent of the ``log_snr_warped`` schedule.
-        generator: the only source of randomness (prior draw and every noise), for reproducibility.
-        device: of the samples (default: the generator's device).
-        dtype: of the samples (default: torch's default dtype).
-        progress: show a progress bar over the steps (when the output is a terminal).
-        return_trajectory: keep the states on the time grid in ``result.trajectory``.
-        x_T: start from this prior draw instead of sampling one (e.g. to compare samplers on the same noise).
-        constraint: ``constraint(x, t) -> x`` applied after every step (e.g. inpainting's replacement of the
-            known part); only samplers that step state by state accept one (``pc``, ``ddim``).
-        x0_range: ``(low, high)``, the data's range in the model's space: every score evaluation's denoised
-            estimate is clipped to it (`ThresholdedScore`; off by default, recorded in ``settings``).
-        threshold_percentile: with ``x0_range``, dynamic thresholding at this percentile (Imagen: 99.5) instead of
-            static clipping.
-        **options: the sampler's own options (see `sampler_options`); unknown ones raise.
-    """
-    t_min = renamed_t_min(t_min, options.pop("eps", None), "sample")
-    check_sde(sde)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got {generator!r}"
-        )
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
-    own = algorithm_options(sampler)
-    if getattr(score_fn, "is_consistency_model", False) and sampler != "consistency":
-        raise ValueError(f"a consistency model is sampled with sampler 'consistency', not {sampler!r}")
-    unknown = sorted(set(options) - set(own))
-    if unknown:
-        valid = ", ".join(sampler_options(sampler))
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {sampler!r}; valid options are: {valid}")
-    if constraint is not None and not honours_constraint(sampler):
-        accepting = ", ".join(name for name in samplers() if honours_constraint(name))
-        raise ValueError(
-            f"sampler {sampler!r} does not apply a constraint after its steps; samplers that do: {accepting}"
-        )
-    if x0_range is not None:
-        if not isinstance(x0_range, (tuple, list)) or len(x0_range) != 2:
-            raise ValueError(f"x0_range must be two finite numbers low < high, got {x0_range!r}")
-        score_fn = ThresholdedScore(sde, score_fn, *x0_range, percentile=threshold_percentile)
-    elif threshold_percentile is not None:
-        raise ValueError("threshold_percentile needs x0_range (the data's range it thresholds to)")
-    resolved = {**own, **options}
-    defaults = grid_defaults(sampler)
-    schedule = defaults.schedule if schedule is None else schedule
-    steps = defaults.resolve_steps(resolved) if steps is None else steps
-    grid = time_grid(sde, steps, schedule, t_min, rho, warp)
-    if x_T is None:
-        shape = _check_shape(shape)
-        if device is None and generator is not None:
-            device = generator.device
-        x_T = sde.prior_sampling(shape, generator, device=device, dtype=dtype or torch.get_default_dtype())
-    else:
-        check_finite("x_T", x_T)
-        if tuple(x_T.shape) != _check_shape(shape):
-            raise ValueError(f"x_T must have the requested shape {tuple(shape)}, got {tuple(x_T.shape)}")
-    score = CountingScore(score_fn)
-    run = Sampling(sde, score, generator, progress, return_trajectory, constraint)
-    with torch.no_grad():
-        x = get_sampler(sampler)(run, x_T, grid, **options)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(
-            f"sampler {sampler!r} produced non-finite samples: the score or the sampler diverged on this grid "
-            f"({len(grid) - 1} steps); check the model's score, or take more steps"
-        )
-    trajectory, times = run.trajectory()
-    settings = {**resolved, **grid_settings(grid, schedule, rho, warp)}
-    settings.update(x0_range=None if x0_range is None else repr(tuple(float(v) for v in x0_range)))
-    settings.update(threshold_percentile=threshold_percentile)
-    settings = {
-        k: (
-            v if isinstance(v, (int, str, bool, type(None))) or (isinstance(v, float) and math.isfinite(v)) else repr(v)
-        )
-        for k, v in settings.items()
-    }
-    return SampleResult(
-        x=x,
-        nfe=score.calls,
-        trajectory=trajectory,
-        times=times,
-        sampler=sampler,
-        settings=settings,
-        log_density=None if run.log_density is None else run.log_density.detach().to(torch.float64).cpu(),
-    )

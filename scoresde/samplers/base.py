@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_in_registry, expand_to, progress_bar, registering, standard_normal_like
-from ..sde import SDE, ScoreFn, evaluate_score
-from .grids import grid_options
+from .._checks import check_in_registry, progress_bar, registering, standard_normal_like
+from ..processes.grids import grid_options
+from ..processes.sde import SDE
+from ..processes.seam import CountingScore, x0_from_score
 
 __all__ = [
     "SampleResult",
-    "CountingScore",
     "Sampling",
     "GridDefaults",
     "register_sampler",
@@ -64,25 +64,6 @@ class SampleResult:
     def to_dict(self) -> dict:
         """JSON-safe summary (no tensors): sampler, nfe, shape and settings."""
         return {"sampler": self.sampler, "nfe": self.nfe, "shape": list(self.x.shape), "settings": self.settings}
-
-
-class CountingScore:
-    """Wraps a ``score_fn``: counts every call and checks the first output (type, shape, finiteness, with the time).
-
-    The boundary (`scoresde.sample`, the likelihoods) validates once; later calls are not checked again, so a
-    loop costs no host synchronisation per step (a sampler checks its result at the end instead)."""
-
-    def __init__(self, score_fn: ScoreFn) -> None:
-        if not callable(score_fn):
-            raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")
-        self.score_fn = score_fn
-        self.calls = 0
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.calls += 1
-        if self.calls == 1:
-            return evaluate_score(self.score_fn, x, t)
-        return self.score_fn(x, t)
 
 
 class Sampling:
@@ -128,8 +109,7 @@ class Sampling:
 
     def x0_hat(self, x: Tensor, t: Tensor) -> Tensor:
         r"""Tweedie's denoised estimate $\hat x_0 = (x + \sigma(t)^2\,s_\theta(x, t)) / \alpha(t)$ (one NFE)."""
-        score = self.score(x, t)
-        return (x + expand_to(self.sde.sigma(t) ** 2, x) * score) / expand_to(self.sde.alpha(t), x)
+        return x0_from_score(self.sde, x, t, self.score(x, t))
 
     def steps(self, n: int, desc: str) -> Iterable[int]:
         """``range(n)``, with a tqdm progress bar when the run asked for one (and the output is a terminal)."""
@@ -177,22 +157,30 @@ class _Entry:
     fn: Callable[..., Tensor]
     grid: GridDefaults
     constraint: bool
+    model: str
 
 
 _SAMPLERS: dict[str, _Entry] = {}
 
 
 def register_sampler(
-    name: str, *, steps: int | Callable[[dict], int], schedule: str = "uniform", constraint: bool = False
+    name: str,
+    *,
+    steps: int | Callable[[dict], int],
+    schedule: str = "uniform",
+    constraint: bool = False,
+    model: str = "score",
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator adding a sampler ``fn(run: Sampling, x, grid, *, ...options) -> Tensor`` to the registry.
 
     Its keyword-only parameters (with defaults) are the options `scoresde.sample` accepts for it; ``steps`` and
     ``schedule`` are the defaults of the grid `scoresde.sample` builds for it; ``constraint`` says that the
-    sampler applies `Sampling.constrain` after every step (only those accept a constraint)."""
+    sampler applies `Sampling.constrain` after every step (only those accept a constraint); ``model`` is the output
+    kind it needs (`scoresde.processes.seam.OUTPUTS`: ``score``, or ``consistency`` for a consistency model), checked
+    once by `scoresde.sample`."""
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        registering("sampler", _SAMPLERS, name)(_Entry(fn, GridDefaults(steps, schedule), constraint))
+        registering("sampler", _SAMPLERS, name)(_Entry(fn, GridDefaults(steps, schedule), constraint, model))
         return fn
 
     return register
@@ -220,6 +208,11 @@ def grid_defaults(name: str) -> GridDefaults:
 def honours_constraint(name: str) -> bool:
     """Whether the sampler applies a constraint (e.g. inpainting's replacement) after every step."""
     return _entry(name).constraint
+
+
+def model_kind(name: str) -> str:
+    """The output kind the sampler needs from its model (``score`` or ``consistency``)."""
+    return _entry(name).model
 
 
 def algorithm_options(name: str) -> dict[str, Any]:

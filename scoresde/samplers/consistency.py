@@ -1,6 +1,6 @@
 r"""Multistep consistency sampling (Song, Dhariwal, Chen & Sutskever 2023, Algorithm 1).
 
-With a consistency function $f(x, t)$ (`scoresde.distillation.ConsistencyModel`: the end at $t_{min}$ of the
+With a consistency function $f(x, t)$ (`scoresde.training.distillation.ConsistencyModel`: the end at $t_{min}$ of the
 probability-flow trajectory through $x$ at $t$): $\hat x = f(x_T, T)$, then for each further time $\tau$ of the grid
 (its last point, $t_{min}$, excepted) the estimate is noised back, $x_\tau = \alpha_{\tau|t_{min}}\hat x +
 \sigma_{\tau|t_{min}} z$, and mapped again, $\hat x = f(x_\tau, \tau)$. A grid of K steps costs K evaluations.
@@ -16,15 +16,10 @@ from .base import Sampling, register_sampler
 __all__ = ["consistency"]
 
 
-@register_sampler("consistency", steps=1, schedule="edm")
+@register_sampler("consistency", steps=1, schedule="edm", model="consistency")
 def consistency(run: Sampling, x: Tensor, grid: Tensor) -> Tensor:
     r"""Multistep consistency sampling on ``grid`` (module docstring): NFE = number of steps. ``score_fn`` must be a
-    consistency model (``scoresde distill --method consistency``)."""
-    if not getattr(run.score.score_fn, "is_consistency_model", False):
-        raise ValueError(
-            "the consistency sampler needs a consistency model (scoresde distill --method consistency, or "
-            "scoresde.distillation.ConsistencyModel), not a score function"
-        )
+    consistency model (``scoresde distill --method consistency``): declared by the registry, checked by `sample`."""
     times, t_values = run.times(grid, x), grid.tolist()
     t_end = times[-1].expand(x.shape[0])
     run.record(t_values[0], x)

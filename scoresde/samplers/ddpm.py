@@ -1,4 +1,4 @@
-r"""DDPM's ancestral chain on any grid, with a choice of reverse variance (`scoresde.reverse_variance`).
+r"""DDPM's ancestral chain on any grid, with a choice of reverse variance (`scoresde.processes.reverse_variance`).
 
 From ``t`` to ``s < t``: $x_s = a\,\hat x_0 + b\,x_t + \sqrt\Sigma\,z$ with Tweedie's $\hat x_0$; on a grid of ``K``
 steps this is the strided sub-chain with respaced betas (Nichol & Dhariwal 2021), so "fewer steps" is ``steps``.
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._checks import expand_to
-from ..reverse_variance import (
+from ..processes.reverse_variance import (
     ScoreMoments,
     chain_step,
     check_variance,
@@ -38,7 +38,7 @@ def ddpm(
     network's own variance channel, read from the same evaluation as the score) or ``analytic`` (Analytic-DPM:
     needs ``moments``, the run's table of $\Gamma_t$; ``data_range`` tightens its bound). NFE = ``K + denoise``."""
     check_variance(variance, moments)
-    fraction_fn = learned_variance_fraction(run.score.score_fn) if variance == "learned" else None
+    fraction_fn = learned_variance_fraction(run.score) if variance == "learned" else None
     times, t_values = run.times(grid, x), grid.tolist()
     x = run.constrain(x, t_values[0])
     run.record(t_values[0], x)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, check_positive, expand_to
-from ..reverse_variance import ChainStep, ScoreMoments, check_variance, reverse_variance
+from ..processes.reverse_variance import ChainStep, ScoreMoments, check_variance, reverse_variance
 from .base import Sampling, register_sampler
 
 __all__ = ["ddim", "heun", "dpm_solver", "unipc"]
@@ -64,7 +64,8 @@ def ddim(
     DDPM ancestral sampling at ``eta = 1``, with $\Sigma = c^2$ (``variance="beta_tilde"``, DDIM's own). With
     ``variance="analytic"`` (Analytic-DDIM, Bao et al. 2022) the step's mean $k\hat x_0 + \frac{\sqrt{\sigma_s^2 -
     c^2}}{\sigma_t}x_t$, $k = \alpha_s - \sqrt{\sigma_s^2 - c^2}\,\alpha_t/\sigma_t$, gets its optimal variance
-    $\Sigma = c^2 + k^2\frac{\sigma_t^2}{\alpha_t^2}(1 - \sigma_t^2\Gamma_t)$ (`scoresde.reverse_variance`: needs
+    $\Sigma = c^2 + k^2\frac{\sigma_t^2}{\alpha_t^2}(1 - \sigma_t^2\Gamma_t)$ (`scoresde.processes.reverse_variance`:
+    needs
     ``moments``; ``data_range`` tightens it), noise even at ``eta = 0``. Applies the run's constraint after every step
     (inpainting). NFE = ``N + denoise``."""
     eta = check_positive("eta", eta, strict=False)

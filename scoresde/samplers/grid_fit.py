@@ -16,7 +16,7 @@ calibration draws come from their own generator: evaluate the fitted grid on fre
 
 With ``data`` (samples of the data distribution, never the evaluation ones) the objective is distributional instead:
 the energy distance $2E\|X - Y\| - E\|X - X'\| - E\|Y - Y'\|$ of the few-step samples to ``data``, through 64
-fixed projections (`scoresde.metrics.sliced_energy_distance`, $O(n \log n)$, so ``n`` can be 10^4-10^5: the
+fixed projections (`scoresde.evaluation.metrics.sliced_energy_distance`, $O(n \log n)$, so ``n`` can be 10^4-10^5: the
 statistic's noise, not the optimiser, limits such a fit), with the sampler's noise fixed across evaluations
 (common random numbers). It needs no tight solve, so it also fits the grid
 of a stochastic sampler: multistep consistency sampling, whose re-noising makes a trajectory random (Song et al. 2023
@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_positive_int
-from ..sde import SDE, ScoreFn
-from .grids import time_grid
+from ..processes.grids import time_grid
+from ..processes.sde import SDE, ScoreFn
 
 __all__ = ["GridFit", "fit_grid", "REFERENCE"]
 
@@ -95,8 +95,9 @@ def fit_grid(
     `scoresde.sample`'s ``schedule``."""
     from scipy.optimize import minimize
 
-    from ..metrics import sliced_energy_distance
-    from . import sample, sampler_options
+    from .._stats import sliced_energy_distance
+    from .base import sampler_options
+    from .sampling import sample
 
     steps = check_positive_int("steps", steps)
     if steps < 2:

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_labels
-from ..sde import ScoreFn
+from ..processes.sde import ScoreFn
+from ..processes.seam import ModelSpec, ModelWrapper, require
 
 __all__ = ["ClassifierFreeGuidance", "ClassifierGuidance"]
 
@@ -35,20 +36,10 @@ def _check_weight(w: float) -> float:
     return w
 
 
-def _num_classes(model) -> int:
-    classes = int(getattr(model, "num_classes", 0) or 0)
-    if classes < 1:
-        raise ValueError(
-            f"guidance needs a class-conditional model (num_classes > 0); {type(model).__name__} is unconditional: "
-            f"train with model.kwargs.num_classes and train.label_dropout > 0"
-        )
-    return classes
-
-
-class ClassifierFreeGuidance:
+class ClassifierFreeGuidance(ModelWrapper):
     r"""``score_fn(x, t)`` $= (1 + w)\,s(x, t, y) - w\,s(x, t, \varnothing)$ from a class-conditional ``model(x, t, y)``
-    whose null label is ``model.num_classes``. One batched model call per evaluation (conditional and null rows
-    together); for ``w = 0`` only the conditional rows.
+    whose null label is its declared ``num_classes``. One batched model call per evaluation (conditional and null
+    rows together); for ``w = 0`` only the conditional rows. A learned variance is the conditional model's.
 
     Args:
         model: class-conditional score ``model(x, t, y) -> like x`` with ``num_classes``.
@@ -57,10 +48,19 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, model: Callable, y: Tensor | int, w: float = 0.0) -> None:
-        self.model, self.num_classes = model, _num_classes(model)
+        self.num_classes = require(model, "classifier-free guidance", output="score", classes=True).num_classes
+        super().__init__(model)
+        self.model = model
         self.w = _check_weight(w)
         self.y = torch.as_tensor(y)
         check_labels(self.y, self.y.numel() if self.y.ndim else 1, self.num_classes, torch.device("cpu"))  # fail early
+
+    def wrap_spec(self, spec: ModelSpec) -> ModelSpec:
+        return ModelSpec(output="score", variance=spec.variance)  # the labels are closed over
+
+    def variance_fraction(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The conditional model's learned-variance fraction at this wrapper's labels."""
+        return self.model.variance_fraction(x, t, check_labels(self.y, x.shape[0], self.num_classes, x.device))
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         y = check_labels(self.y, x.shape[0], self.num_classes, x.device)
@@ -72,7 +72,7 @@ class ClassifierFreeGuidance:
         return (1 + self.w) * conditional - self.w * unconditional
 
 
-class ClassifierGuidance:
+class ClassifierGuidance(ModelWrapper):
     r"""``score_fn(x, t)`` $= s(x, t) + w\,\nabla_x \log p_\phi(y \mid x, t)$ from an unconditional ``score_fn`` and a
     noise-conditional ``classifier(x, t) -> logits [B, C]``. The gradient is taken with autograd (also inside the
     samplers' ``no_grad``); one classifier forward and backward per evaluation.
@@ -87,11 +87,13 @@ class ClassifierGuidance:
     def __init__(
         self, score_fn: ScoreFn, classifier: Callable[[Tensor, Tensor], Tensor], y: Tensor | int, w: float = 1.0
     ) -> None:
-        if getattr(score_fn, "num_classes", 0):
-            raise ValueError(
-                "classifier guidance takes an unconditional score; this model is class-conditional "
-                "(use ClassifierFreeGuidance, or its null label)"
-            )
+        require(
+            score_fn,
+            "classifier guidance (use ClassifierFreeGuidance for a class-conditional model)",
+            output="score",
+            unconditional=True,
+        )
+        super().__init__(score_fn)
         self.score_fn, self.classifier, self.y, self.w = score_fn, classifier, torch.as_tensor(y), _check_weight(w)
 
     def class_log_prob_grad(self, x: Tensor, t: Tensor) -> Tensor:

@@ -27,9 +27,10 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_in_registry, expand_to, progress_bar, renamed_t_min, standard_normal_like
-from ..sde import SDE, ScoreFn, check_sde
-from .base import CountingScore, SampleResult
-from .grids import time_grid
+from ..processes.grids import time_grid
+from ..processes.sde import SDE, ScoreFn, check_sde
+from ..processes.seam import CountingScore
+from .base import SampleResult
 
 __all__ = ["inpaint", "named_mask", "MASKS", "INPAINT_METHODS"]
 
@@ -128,7 +129,7 @@ def inpaint(
         x = _smc(sde, score, x_known, known, steps, t_min, generator, progress)
         settings = {"method": method, "steps": steps, "particles": x.shape[0], "t_min": sde.check_t_min(t_min)}
         return SampleResult(x=x, nfe=score.calls, sampler="inpaint (smc)", settings=settings)
-    from . import sample
+    from .sampling import sample
 
     x_T = sde.prior_sampling(tuple(x_known.shape), generator, device=x_known.device, dtype=x_known.dtype)
     corrector = "langevin" if method == "pc" else "none"

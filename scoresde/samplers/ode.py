@@ -8,7 +8,7 @@ In the log-SNR $\lambda(t) = \log(\alpha^2/\sigma^2)$, with $d\lambda/dt = -g^2/
 $$\frac{dx}{d\lambda} = -\frac{\sigma^2}{g^2}\, f\, x + \tfrac12 \sigma^2\, s_\theta(x, t(\lambda)),$$
 
 a far less stiff field near the data end for VP and sub-VP (the sampler offers both; the likelihood
-module measures both). The field is `scoresde.sde.ProbabilityFlow`, the reverse SDE's ODE form.
+module measures both). The field is `scoresde.processes.sde.ProbabilityFlow`, the reverse SDE's ODE form.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, check_positive
-from ..sde import VARIABLES, ProbabilityFlow
+from ..processes.sde import VARIABLES, ProbabilityFlow
 from .base import Sampling, register_sampler
 
 __all__ = ["ProbabilityFlow", "ode_sampler", "ADAPTIVE_METHODS", "FIXED_GRID_METHODS", "VARIABLES"]
@@ -95,7 +95,7 @@ def _solve_with_density(
     run: Sampling, flow: ProbabilityFlow, x: Tensor, us: Tensor, method, rtol, atol, backend, denoise, divergence
 ) -> Tensor:
     """`solve_flow` with the log-density carried along (``d log p / du = -div v``); sets ``run.log_density``."""
-    from ..likelihood import DIVERGENCES, divergence_fn, draw_probes
+    from ..processes.divergence import DIVERGENCES, divergence_fn, draw_probes
 
     if backend != "torchdiffeq" or denoise:
         raise ValueError(

@@ -25,7 +25,7 @@ from .._checks import (
     registering,
     standard_normal_like,
 )
-from ..sde import SDE, ReverseSDE, ScoreFn
+from ..processes.sde import SDE, ReverseSDE, ScoreFn
 from .base import Sampling, register_sampler
 
 __all__ = [

@@ -9,7 +9,8 @@ so every sampler of the registry applies it unchanged. Static clipping clamps ea
 thresholding maps $u = (\hat x_0 - c)/r$ (centre $c$, half-width $r$) to $\mathrm{clamp}(u, -q, q)/q$ with $q$ the
 ``percentile`` of $|u|$ over each sample's coordinates, at least 1, which keeps detail where static clipping
 saturates. Off by default (toys have no range); ``sample(..., x0_range=(l, h))`` turns it on and records it in
-``result.settings``.
+``result.settings``. A consistency model's output is its $\hat x_0$ and is clipped directly; a learned variance and
+classes are forwarded (`scoresde.processes.seam.ModelWrapper`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import torch
 from torch import Tensor
 
 from .._checks import expand_to
-from ..sde import SDE, ScoreFn
+from ..processes.sde import SDE, ScoreFn
+from ..processes.seam import ModelWrapper, spec_of, x0_from_score
 
 __all__ = ["ThresholdedScore"]
 
 
-class ThresholdedScore:
+class ThresholdedScore(ModelWrapper):
     """``score_fn(x, t)`` whose denoised estimate is clipped to ``[low, high]`` (``percentile``: dynamic thresholding).
 
     Args:
@@ -43,13 +45,14 @@ class ThresholdedScore:
             raise ValueError(f"x0_range must be two finite numbers low < high, got ({low}, {high})")
         if percentile is not None and not 0 < float(percentile) <= 100:
             raise ValueError(f"threshold_percentile must lie in (0, 100], got {percentile!r}")
+        super().__init__(score_fn)
         self.sde, self.score_fn = sde, score_fn
+        self.clips_output = spec_of(score_fn).output == "consistency"
         self.centre, self.radius = (low + high) / 2, (high - low) / 2
         self.percentile = None if percentile is None else float(percentile)
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        alpha, sigma = expand_to(self.sde.alpha(t), x), expand_to(self.sde.sigma(t), x)
-        x0 = (x + sigma**2 * self.score_fn(x, t)) / alpha
+    def clip(self, x0: Tensor) -> Tensor:
+        """``x0`` clipped (or dynamically thresholded) into ``[low, high]``."""
         u = (x0 - self.centre) / self.radius
         if self.percentile is None:
             u = u.clamp(-1.0, 1.0)
@@ -57,4 +60,10 @@ class ThresholdedScore:
             q = torch.quantile(u.abs().flatten(1), self.percentile / 100, dim=1).clamp(min=1.0)
             q = expand_to(q, u)
             u = torch.maximum(torch.minimum(u, q), -q) / q
-        return (alpha * (self.centre + self.radius * u) - x) / sigma**2
+        return self.centre + self.radius * u
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.clips_output:
+            return self.clip(self.score_fn(x, t))
+        x0 = self.clip(x0_from_score(self.sde, x, t, self.score_fn(x, t)))
+        return (expand_to(self.sde.alpha(t), x) * x0 - x) / expand_to(self.sde.sigma(t), x) ** 2

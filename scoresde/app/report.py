@@ -1,0 +1,439 @@
+r"""What the ``compare``, ``likelihood`` and ``demo`` commands compute and write, as plain functions:
+a Python user gets the same files and figures as the command line.
+
+- `likelihood_summary`: exact NLL (probability-flow ODE) with its standard error, bits/dim, NFE and
+  the ELBO beside it, and for data with a known density the paired gap to the true NLL.
+- `write_comparison`: a `Comparison` as ``compare.json``, ``compare.md``
+  and ``compare.png`` (samples side by side and quality against NFE).
+- `run_demo`: train a score model on a 2D toy with a known density, compare the samplers, measure the
+  likelihood, draw the teaching figures and write ``report.md`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .._stats import mean_and_standard_error
+from ..evaluation.comparison import Comparison, compare_samplers, default_lineup, held_out, student_lineup
+from ..processes.sde import SDE, ScoreFn
+
+__all__ = ["likelihood_summary", "write_comparison", "run_demo", "DEMO_FILES", "json_text"]
+
+
+def json_text(data) -> str:
+    """``data`` as indented, valid JSON: a non-finite float (a standard error of one sample, a diverged figure)
+    becomes ``null``, which every JSON reader accepts, where ``json.dumps`` would write ``NaN``."""
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(data), indent=2, default=str)
+
+
+IMAGE_LIKELIHOOD = {"method": "ei", "rtol": 1e-2, "atol": 1e-2, "error_control": "batch"}
+"""The solver settings of image bits/dim, chosen by measurement on digits-ddpm (benchmarks/likelihood_images.py,
+359 test images, 2 CPU threads): 71 NFE, 25 s, 1.3e-4 bits/dim from a tight solve (standard error 0.014;
+estimate 0.004). Per-sample control at 1e-2 needed 322 NFE for the same figure; the previous default (dopri5,
+per-sample, 1e-5) 1832 NFE, 598 s; rtol = atol = 3e-2 reaches 17 s at 1.4e-3 bits/dim from the tight solve."""
+
+
+def likelihood_summary(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    *,
+    transform=None,
+    true_nll: Tensor | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    t_min: float | None = None,
+    rigorous: bool = True,
+    **solver,
+) -> dict:
+    r"""NLL and bits/dim of held-out ``x`` with standard errors over points, NFE and the ELBO on the same points.
+
+    Continuous data (``transform`` None): $-\log p_\theta(x)$ in nats through the probability-flow ODE
+    (exact divergence, float64), bits/dim $= \mathrm{NLL}/(D\ln 2)$, the continuous ELBO, and with
+    ``true_nll`` the paired gap $\overline{\mathrm{NLL}_\theta - \mathrm{NLL}}$ and its standard error.
+    Discrete images (a `DataTransform`): `bits_per_dim` (uniform dequantisation, Hutchinson divergence,
+    float32 as the reference code), its error budget (integration error, the standard error by source), the
+    rigorous bound beside it (``rigorous``) and the ELBO counterpart. ``t_min`` defaults to 1e-5; ``solver``
+    (method, rtol, atol, error_control, n_probes, probe) overrides `IMAGE_LIKELIHOOD` for images and
+    `log_likelihood`'s defaults for continuous data.
+    """
+    from ..likelihood.bounds import elbo
+    from ..likelihood.bpd import bits_per_dim
+    from ..likelihood.pf_ode import log_likelihood
+
+    generator = torch.Generator().manual_seed(seed)
+    if transform is not None:
+        options = {"divergence": "hutchinson", **IMAGE_LIKELIHOOD, **solver}
+        exact = bits_per_dim(
+            sde,
+            score_fn,
+            x.float(),
+            transform,
+            generator=generator,
+            dtype=torch.float32,
+            batch_size=512,
+            progress=progress,
+            t_min=t_min,
+            rigorous=rigorous,
+            **options,
+        )
+        bound = bits_per_dim(
+            sde,
+            score_fn,
+            x.float(),
+            transform,
+            estimator="elbo",
+            divergence="hutchinson",
+            n_times=16,
+            generator=generator,
+            dtype=torch.float32,
+            t_min=t_min,
+        )
+        return {
+            "n": int(x.shape[0]),
+            "bits_per_dim": exact.bpd,
+            "bits_per_dim_standard_error": exact.bpd_standard_error,
+            "bits_per_dim_integration_error": exact.integration_error,
+            "standard_errors": exact.standard_errors,
+            "rigorous_bits_per_dim": exact.rigorous_bpd,
+            "rigorous_bits_per_dim_standard_error": exact.rigorous_bpd_standard_error,
+            "t_min": exact.settings["t_min"],
+            "nll_nats": exact.nats_per_sample,
+            "nfe": exact.nfe,
+            "elbo_bits_per_dim": bound.bpd,
+            "elbo_bits_per_dim_standard_error": bound.bpd_standard_error,
+            "settings": exact.settings,
+        }
+    x = x.to(torch.float64)
+    model = (
+        copy.deepcopy(score_fn).double() if isinstance(score_fn, torch.nn.Module) else score_fn
+    )  # the caller's stays float32
+    # continuous data: `log_likelihood`'s own defaults (ei, every sample to 1e-5: its NLL is compared with the truth)
+    result = log_likelihood(sde, model, x, progress=progress, batch_size=1000, t_min=t_min, **solver)
+    bound = elbo(sde, model, x, generator=generator, t_min=t_min)
+    dim = x[0].numel()
+    nll, nll_se = mean_and_standard_error(result.nll)
+    elbo_mean, elbo_se = mean_and_standard_error(bound.bound)
+    summary = {
+        "n": int(x.shape[0]),
+        "nll_nats": nll,
+        "nll_standard_error": nll_se,
+        "nll_integration_error": result.to_dict()["integration_error"],
+        "bits_per_dim": nll / (dim * math.log(2)),
+        "t_min": result.settings["t_min"],
+        "nfe": result.nfe,
+        "elbo_nats": elbo_mean,
+        "elbo_standard_error": elbo_se,
+        "settings": result.settings,
+    }
+    if true_nll is not None:
+        gap, gap_se = mean_and_standard_error(result.nll - true_nll.double().cpu())
+        summary.update(
+            {"true_nll_nats": float(true_nll.double().mean()), "nll_gap_nats": gap, "nll_gap_standard_error": gap_se}
+        )
+    return summary
+
+
+COMPARE_FILES = ("compare.json", "compare.md", "compare.png")
+
+
+def write_comparison(
+    comparison: Comparison, reference: Tensor, folder: str | Path, *, extent: float | None = None
+) -> list[Path]:
+    """Write ``compare.json`` (every run's figures), ``compare.md`` (the table) and ``compare.png``
+    (`plot_comparison`) into ``folder``; returns the paths."""
+    import matplotlib.pyplot as plt
+
+    from .figures import plot_comparison
+
+    folder = Path(folder)
+    paths = [folder / name for name in COMPARE_FILES]
+    paths[0].write_text(json_text(comparison.to_dict()))
+    paths[1].write_text(comparison.markdown())
+    fig = plot_comparison(comparison, reference, extent=extent)
+    fig.savefig(paths[2], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+DEMO_FILES = (
+    "report.md",
+    "metrics.json",
+    "likelihood.json",
+    "run",
+    "student",
+    "forward.png",
+    "score_field.png",
+    "trajectories.png",
+    "density.png",
+    "reverse.gif",
+    *COMPARE_FILES,
+)
+"""What `run_demo` writes into its folder (``run`` is the training run's folder, ``student`` its consistency
+student's)."""
+
+DEMO_DATA = "8gaussians"
+
+
+def _demo_config(quick: bool, seed: int):
+    """The demo's run: the ``toy-vp`` preset on 8 Gaussians; 5000 steps (about 90 s on 2 CPU cores), or
+    for ``quick`` a small network for 400 steps (a few seconds: for tests, not for quality)."""
+    from ..config.schema import override, preset
+
+    sets = [f"data.name={DEMO_DATA}", f"train.seed={seed}", "train.checkpoint_every=0"]
+    if quick:
+        sets += [
+            "train.steps=400",
+            "train.batch_size=256",
+            "model.kwargs.width=64",
+            "model.kwargs.depth=2",
+            "train.warmup=50",
+            "train.lr=3e-3",
+            "train.ema_decay=0.99",
+        ]
+    else:
+        sets += ["train.steps=5000"]
+    return override(preset("toy-vp"), *sets)
+
+
+def _demo_student(out: Path, quick: bool, *, device, progress: bool) -> tuple[list, object]:
+    """The demo model distilled into a consistency model (consistency distillation, Heun teacher steps; 1,500 steps,
+    about 50 s on 2 CPU cores, or 150 for ``quick``) in ``out/student``: its comparison points at 1, 2 and 4 NFE and
+    the distillation's `TrainResult`."""
+    from ..training.distill import distill, distillation_config
+    from ..training.runs import load_score_model
+
+    config = distillation_config(str(out / "run"), "consistency", train_steps=150 if quick else 1500)
+    (result,) = distill(config, out / "student", device=device, progress=progress, resume=False, overwrite=True)
+    student, config, _ = load_score_model(out / "student", device=device)
+    return student_lineup(student, config, "student/"), result
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str):
+    """Adds the wall time of the block to ``timings[name]``."""
+    clock = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - clock
+
+
+def run_demo(
+    out: str | Path, *, quick: bool = False, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True
+) -> dict:
+    """The end-to-end demo on a 2D toy whose density is known (8 Gaussians, VP SDE): train, compare the
+    samplers, measure the likelihood against the truth, draw the teaching figures, and write
+    ``out/report.md``, ``out/metrics.json`` and the figures (`DEMO_FILES`). Returns the metrics.
+
+    ``quick``: small model, short training, few points (under 30 s; for tests). The full demo takes about
+    2.5 minutes on 2 CPU cores.
+    """
+    import matplotlib.pyplot as plt
+
+    from ..datasets import toy_dataset
+    from ..samplers.sampling import sample
+    from ..training.trainer import Trainer
+    from .figures import (
+        animate_reverse_process,
+        plot_forward_process,
+        plot_model_density,
+        plot_score_field,
+        plot_training_curve,
+        plot_trajectories,
+    )
+
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = _demo_config(quick, seed)
+    toy = toy_dataset(config.data.name)
+    timings: dict[str, float] = {}
+
+    def save(fig, name: str) -> str:
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        return name
+
+    with _timed(timings, "train"):
+        trainer = Trainer(config, out / "run", device=device, progress=progress, resume=False, overwrite=True)
+        trained = trainer.train()
+        save(plot_training_curve(trained.history), "run/loss.png")
+    model, sde = trainer.score_fn, trainer.sde
+
+    with _timed(timings, "distil"):
+        student, distilled = _demo_student(out, quick, device=device, progress=progress)
+
+    with _timed(timings, "figures"):
+        figures = [
+            save(plot_forward_process(sde, toy.mixture, seed=seed), "forward.png"),
+            save(plot_score_field(sde, model, mixture=toy.mixture, extent=toy.extent), "score_field.png"),
+        ]
+        data = held_out(config.data, 400 if quick else 2000, seed)
+        figures.append(
+            save(plot_trajectories(sde, model, seed=seed, extent=toy.extent, data=data.x), "trajectories.png")
+        )
+
+    with _timed(timings, "compare"):
+        comparison = compare_samplers(
+            sde,
+            model,
+            data.x,
+            lineup=default_lineup(quick) + student,
+            n=len(data.x),
+            floor_reference=data.floor,
+            true_log_prob=data.sample_log_prob,
+            entropy=data.entropy,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
+        figures += [p.name for p in write_comparison(comparison, data.x, out, extent=toy.extent)]
+
+    with _timed(timings, "likelihood"):
+        points = data.x[: 200 if quick else 1000]
+        likelihood = likelihood_summary(
+            sde, model, points, true_nll=-data.log_prob(points.double()), seed=seed, progress=progress
+        )
+        (out / "likelihood.json").write_text(json_text(likelihood))
+        figures.append(
+            save(
+                plot_model_density(
+                    sde,
+                    model,
+                    extent=toy.extent,
+                    grid=24 if quick else 64,
+                    true_log_prob=toy.log_prob,
+                    progress=progress,
+                ),
+                "density.png",
+            )
+        )
+
+    with _timed(timings, "animation"):
+        walk = sample(
+            sde,
+            model,
+            (300 if quick else 1000, 2),
+            "pc",
+            steps=100,
+            predictor="euler_maruyama",
+            corrector="none",
+            generator=torch.Generator(device=device).manual_seed(seed),
+            device=device,
+            return_trajectory=True,
+        )
+        animation = animate_reverse_process(
+            walk.trajectory, walk.times, extent=toy.extent, frames=15 if quick else 40, title="reverse SDE"
+        )
+        animation.save(out / "reverse.gif", writer="pillow", dpi=60 if quick else 80)
+        plt.close(animation._fig)
+        figures.append("reverse.gif")
+    timings["total"] = time.perf_counter() - start
+
+    best = comparison.best()
+    metrics = {
+        "data": config.data.name,
+        "sde": repr(sde),
+        "quick": quick,
+        "seed": seed,
+        "device": str(device),
+        "train": {
+            "steps": trained.step,
+            "seconds": trained.seconds,
+            "final_loss": trained.loss,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "student": {"method": "consistency", "steps": distilled.step, "seconds": distilled.seconds},
+        "likelihood": likelihood,
+        "compare": comparison.to_dict(),
+        "best_sampler": best.spec.label,
+        "entropy_nats": toy.entropy(),
+        "timings_seconds": timings,
+        "files": figures + ["report.md", "metrics.json", "likelihood.json"],
+    }
+    (out / "metrics.json").write_text(json_text(metrics))
+    (out / "report.md").write_text(_demo_report(metrics, comparison))
+    return metrics
+
+
+def _demo_report(metrics: dict, comparison: Comparison) -> str:
+    lik, train = metrics["likelihood"], metrics["train"]
+    return f"""# scoresde demo: a score model of `{metrics["data"]}`, checked against its exact density
+
+Forward process: `{metrics["sde"]}`. Seed {metrics["seed"]}, device
+`{metrics["device"]}`{", **quick settings** (not for quality)" if metrics["quick"] else ""}.
+
+## 1. The forward process
+Samples of p_t next to the closed-form density of the same marginal (the data is a Gaussian mixture, so
+every p_t is one too).
+
+![forward process](forward.png)
+
+## 2. Training (denoising score matching)
+{train["steps"]} steps in {train["seconds"]:.1f} s, {train["parameters"]:,} parameters,
+final loss {train["final_loss"]:.4g}
+(`run/` holds the checkpoint, config.yaml, metrics.csv and the loss curve).
+
+![training curve](run/loss.png)
+
+The learned score field against the exact one, sigma(t) x score, over the true p_t:
+
+![score field](score_field.png)
+
+## 3. Sampling: predictor-corrector against ODE against few-step solvers
+All samplers start from the same prior draw. Quality: energy distance and sliced Wasserstein-2 to held-out
+data, and the mean true NLL of the samples (a perfect sampler scores the entropy, {metrics["entropy_nats"]:.3f} nats).
+
+{comparison.markdown()}
+Read the last two columns too: a sampler that throws a few draws far from the data is hardly seen by the energy
+distance, but the samples' true NLL and the sliced distance see it. With a plain `eps` network the deterministic
+samplers (ODE, DDIM, Heun, DPM-Solver) did exactly that to the prior's tail draws (|x_T| > 3.5), where the
+network's output saturates and the score stops pulling inward; this model is EDM-preconditioned
+(`model.parameterization=edm`), whose score keeps the prior's linear pull there (docs/concepts/sampling.md).
+
+The `consistency student` rows are the trained model distilled into a consistency model (`student/`, consistency
+distillation with the model itself as teacher, {metrics["student"]["steps"]} steps in
+{metrics["student"]["seconds"]:.0f} s): one to four network evaluations, next to the solvers at five and more. A
+student this short is still blurred between the modes; `benchmarks/distillation.py` trains 6,000 steps (about 3
+minutes) and reaches 1.5-3x the noise floor at 1-4 NFE on the gmm oracle (docs/concepts/distillation.md).
+
+![comparison](compare.png)
+
+Reverse SDE against probability-flow ODE from the same starting noise:
+
+![trajectories](trajectories.png)
+
+An animation of the reverse SDE: `reverse.gif`.
+
+![reverse process](reverse.gif)
+
+## 4. Likelihood
+On {lik["n"]} held-out points: exact NLL through the probability-flow ODE
+**{lik["nll_nats"]:.4f} ± {lik["nll_standard_error"]:.4f} nats**
+({lik["bits_per_dim"]:.4f} bits/dim, {lik["nfe"]} NFE); true NLL {lik["true_nll_nats"]:.4f}, paired gap
+**{lik["nll_gap_nats"]:.4f} ± {lik["nll_gap_standard_error"]:.4f} nats**;
+ELBO {lik["elbo_nats"]:.4f} ± {lik["elbo_standard_error"]:.4f} nats
+(a bound on the NLL of the reverse-SDE model, which is a different model from the ODE's once the score is not
+exact: it may fall below the ODE's NLL).
+
+![model density against the true density](density.png)
+
+Timings (s): {", ".join(f"{k} {v:.1f}" for k, v in metrics["timings_seconds"].items())}.
+"""

@@ -1,0 +1,48 @@
+"""Evaluation: sample metrics (energy distance, MMD, sliced Wasserstein; FD / KID / precision-recall on features),
+feature networks, and sampler comparisons on held-out data."""
+
+from .comparison import (
+    Comparison,
+    HeldOut,
+    SamplerRun,
+    SamplerSpec,
+    compare_samplers,
+    default_lineup,
+    held_out,
+    measure_images,
+    student_lineup,
+)
+from .metrics import (
+    GaussianStatistics,
+    energy_distance,
+    energy_distance_floor,
+    frechet_distance,
+    kernel_distance,
+    mean_and_standard_error,
+    mmd,
+    precision_recall,
+    sliced_energy_distance,
+    sliced_wasserstein,
+)
+
+__all__ = [
+    "Comparison",
+    "HeldOut",
+    "SamplerRun",
+    "SamplerSpec",
+    "compare_samplers",
+    "default_lineup",
+    "held_out",
+    "measure_images",
+    "student_lineup",
+    "GaussianStatistics",
+    "energy_distance",
+    "energy_distance_floor",
+    "frechet_distance",
+    "kernel_distance",
+    "mean_and_standard_error",
+    "mmd",
+    "precision_recall",
+    "sliced_energy_distance",
+    "sliced_wasserstein",
+]

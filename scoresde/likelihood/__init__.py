@@ -1,0 +1,43 @@
+"""Likelihoods: the exact log-likelihood through the probability-flow ODE (torchdiffeq or the exponential
+integrator), the variational bounds (continuous-time ELBO, the DDPM chain's bound) and bits/dim."""
+
+from .bounds import TIME_SAMPLINGS, ELBOResult, ddpm_bound, elbo
+from .bpd import ESTIMATORS, BitsPerDimResult, bits_per_dim
+from .pf_ode import (
+    DIVERGENCES,
+    LIKELIHOOD_T_MIN,
+    PROBES,
+    SOLVERS,
+    LikelihoodResult,
+    check_data,
+    divergence_fn,
+    draw_probes,
+    error_budget,
+    exact_divergence,
+    likelihood_t_min,
+    log_likelihood,
+    probe_divergences,
+)
+
+__all__ = [
+    "log_likelihood",
+    "LikelihoodResult",
+    "bits_per_dim",
+    "BitsPerDimResult",
+    "elbo",
+    "ddpm_bound",
+    "ELBOResult",
+    "TIME_SAMPLINGS",
+    "ESTIMATORS",
+    "check_data",
+    "error_budget",
+    "likelihood_t_min",
+    "LIKELIHOOD_T_MIN",
+    "SOLVERS",
+    "DIVERGENCES",
+    "PROBES",
+    "divergence_fn",
+    "draw_probes",
+    "exact_divergence",
+    "probe_divergences",
+]

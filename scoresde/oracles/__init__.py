@@ -1,0 +1,8 @@
+"""Exact models: Gaussian mixtures (every marginal, score and log-density in closed form) and uniform boxes.
+
+They enter at the model seam like any network, so every sampler and likelihood is tested against them."""
+
+from .gaussian_mixture import GaussianMixture, LabelledMixture, MixtureScore, entropy_by_quadrature
+from .uniform_boxes import UniformBoxes
+
+__all__ = ["GaussianMixture", "LabelledMixture", "MixtureScore", "entropy_by_quadrature", "UniformBoxes"]

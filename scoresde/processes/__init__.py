@@ -1,0 +1,57 @@
+"""Forward processes: the SDE families (VP, cosine VP, sub-VP, VE, discrete VP), reverse SDE and probability flow,
+time grids, the discrete chain and its reverse variances, divergences, and the model seam's declaration.
+
+Imports only the private helpers: everything above builds on it."""
+
+from .divergence import DIVERGENCES, PROBES, divergence_fn, draw_probes, exact_divergence, probe_divergences
+from .grids import GRIDS, time_grid
+from .reverse_variance import VARIANCES, ScoreMoments, reverse_variance, score_moments
+from .sde import (
+    SDE,
+    VARIABLES,
+    VESDE,
+    VPSDE,
+    DiscreteVPSDE,
+    ProbabilityFlow,
+    ReverseSDE,
+    ScoreFn,
+    SubVPSDE,
+    check_sde,
+    create_sde,
+    evaluate_score,
+    log_snr_times,
+    register_sde,
+    sde_names,
+)
+from .seam import CountingScore
+
+__all__ = [
+    "SDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "DiscreteVPSDE",
+    "ReverseSDE",
+    "ProbabilityFlow",
+    "ScoreFn",
+    "VARIABLES",
+    "check_sde",
+    "create_sde",
+    "evaluate_score",
+    "log_snr_times",
+    "register_sde",
+    "sde_names",
+    "GRIDS",
+    "time_grid",
+    "VARIANCES",
+    "ScoreMoments",
+    "reverse_variance",
+    "score_moments",
+    "DIVERGENCES",
+    "PROBES",
+    "divergence_fn",
+    "draw_probes",
+    "exact_divergence",
+    "probe_divergences",
+    "CountingScore",
+]

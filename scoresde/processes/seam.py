@@ -1,0 +1,242 @@
+r"""The model seam: what a model predicts and what it carries, declared once and checked once where it is needed.
+
+Every sampler, likelihood and bound calls one thing, ``model(x [B, ...], t [B]) -> [B, ...]``. What it returns and
+what else it offers is its `ModelSpec`, read by `spec_of` from the model's ``spec`` attribute (a plain callable
+declares nothing and is a score function, as the oracles' scores are):
+
+==================  ==========================================================================================
+``output``          what ``model(x, t)`` returns: ``score`` $\nabla_x\log p_t$, ``eps`` $\hat\epsilon$, ``x0``
+                    $\hat x_0$, ``v`` $\alpha\hat\epsilon - \sigma\hat x_0$, or ``consistency`` (the end of the
+                    probability-flow trajectory: not a score, and never converted to one)
+``variance``        ``model.variance_fraction(x, t[, y])``: the learned reverse variance's fraction (Improved DDPM)
+``num_classes``     ``model(x, t, y)`` with labels ``0 .. K-1`` and the null label ``K`` (classifier-free guidance)
+``scaled``          ``model.scaled_score(x, t[, y])`` $= \sigma(t)\,s$ without dividing by a small $\sigma$
+==================  ==========================================================================================
+
+The kinds are linked by $x_t = \alpha x_0 + \sigma\epsilon$ and Tweedie's formula
+$\alpha\,\mathbb E[x_0 \mid x_t] = x_t + \sigma^2\nabla\log p_t$; `to_sigma_score` is the one converter:
+
+$$\sigma s = -\hat\epsilon\ (\texttt{eps}),\qquad \sigma s = \frac{\alpha\hat x_0 - x}{\sigma}\ (\texttt{x0}),\qquad
+\sigma s = -(\alpha v + \sigma x)\ (\texttt{v}, \alpha^2 + \sigma^2 = 1),\qquad \sigma s = \sigma\,\text{out}\
+(\texttt{score}),$$
+
+and `x0_from_score` is Tweedie's $\hat x_0 = (x + \sigma^2 s)/\alpha$.
+
+Wrappers (`ModelWrapper`: the counted score, thresholding, guidance, the conversion `AsScore`) are themselves models
+and pass the declaration on, like k-diffusion's ``external.py``. A boundary (`scoresde.sample`,
+`scoresde.log_likelihood`, a bound, an objective) calls `require` once: a missing capability is a one-line
+``ValueError`` naming it and how to get it. A new model kind (a latent model with a decoder, a super-resolution
+model with a low-resolution condition) adds a field here and a `require` where it is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import Tensor
+
+from .._checks import check_in_registry, expand_to
+from .sde import SDE, ScoreFn, evaluate_score
+
+__all__ = [
+    "OUTPUTS",
+    "ModelSpec",
+    "spec_of",
+    "require",
+    "to_sigma_score",
+    "x0_from_score",
+    "x0_from_sigma_score",
+    "sigma_score",
+    "ModelWrapper",
+    "CountingScore",
+    "AsScore",
+    "as_score",
+]
+
+OUTPUTS = ("score", "eps", "x0", "v", "consistency")
+"""The output kinds a model may declare."""
+
+_CONVERTIBLE = ("score", "eps", "x0", "v")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model predicts and carries (module docstring): ``output`` in `OUTPUTS`, ``variance`` (it has
+    ``variance_fraction``), ``num_classes`` (it takes labels), ``scaled`` (it has ``scaled_score``)."""
+
+    output: str = "score"
+    variance: bool = False
+    num_classes: int = 0
+    scaled: bool = False
+
+    def __post_init__(self) -> None:
+        check_in_registry("model output", self.output, OUTPUTS)
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative integer, got {self.num_classes!r}")
+
+
+_PLAIN = ModelSpec()
+
+
+def spec_of(model: Any) -> ModelSpec:
+    """The declaration of ``model``: its ``spec`` attribute, or a plain score function's (output ``score``, nothing
+    else) for a callable that declares none. The one place the declaration is read."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return _PLAIN
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"{type(model).__name__}.spec must be a scoresde ModelSpec, got {type(spec).__name__}")
+    return spec
+
+
+_HOW = {
+    "score": "a score model (output score, eps, x0 or v: a ScoreModel, an oracle's score)",
+    "consistency": "a consistency model (scoresde distill --method consistency)",
+}
+
+
+def _name(model: Any) -> str:
+    """The class name of the model inside any wrappers (what the user passed)."""
+    while isinstance(model, ModelWrapper):
+        model = model.inner
+    return type(model).__name__
+
+
+def require(
+    model: Any,
+    where: str,
+    *,
+    output: str | tuple[str, ...] | None = None,
+    variance: bool = False,
+    classes: bool = False,
+    unconditional: bool = False,
+) -> ModelSpec:
+    """Check once, at a boundary named ``where``, that ``model`` declares what it needs: one of the ``output`` kinds,
+    a learned ``variance``, ``classes`` (class-conditional), or ``unconditional`` (no classes); a one-line
+    ``ValueError`` names the missing capability and how to get it. Returns the declaration."""
+    if not callable(model):
+        raise TypeError(f"{where}: the model must be callable as model(x, t), got {type(model).__name__}")
+    spec = spec_of(model)
+    name = _name(model)
+    wanted = (output,) if isinstance(output, str) else output
+    if wanted is not None and spec.output not in wanted:
+        hint = _HOW.get(wanted[0], "a model with output " + " or ".join(repr(w) for w in wanted))
+        other = " (sample it with sampler 'consistency')" if spec.output == "consistency" else ""
+        raise ValueError(f"{where} needs {hint}; this {name} declares output {spec.output!r}{other}")
+    if variance and not spec.variance:
+        raise ValueError(
+            f"{where} needs a learned variance (model.kwargs.learn_variance: true, e.g. preset toy-vp-learned-var); "
+            f"this {name} has none"
+        )
+    if classes and not spec.num_classes:
+        raise ValueError(
+            f"{where} needs a class-conditional model (num_classes > 0); this {name} is unconditional: train with "
+            f"model.kwargs.num_classes and train.label_dropout > 0"
+        )
+    if unconditional and spec.num_classes:
+        raise ValueError(f"{where} takes an unconditional model; this {name} is class-conditional (num_classes > 0)")
+    return spec
+
+
+def to_sigma_score(sde: SDE, kind: str, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    r"""$\sigma(t)\,s$ from a model output ``out`` of ``kind`` (``score``, ``eps``, ``x0``, ``v``) at ``(x, t)``
+    (module docstring): the one converter between output kinds."""
+    if kind == "eps":
+        return -out
+    sigma = expand_to(sde.sigma(t), x)
+    if kind == "score":
+        return sigma * out
+    if kind == "v":
+        return -(expand_to(sde.alpha(t), x) * out + sigma * x)
+    if kind == "x0":
+        return (expand_to(sde.alpha(t), x) * out - x) / sigma
+    raise ValueError(f"no score from a model output of kind {kind!r}; convertible kinds: {', '.join(_CONVERTIBLE)}")
+
+
+def x0_from_score(sde: SDE, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+    r"""Tweedie's denoised estimate $\hat x_0 = (x + \sigma(t)^2\,s)/\alpha(t)$."""
+    return (x + expand_to(sde.sigma(t) ** 2, x) * score) / expand_to(sde.alpha(t), x)
+
+
+def x0_from_sigma_score(sde: SDE, x: Tensor, t: Tensor, scaled: Tensor) -> Tensor:
+    r"""Tweedie's $\hat x_0 = (x + \sigma(t)\,[\sigma s])/\alpha(t)$ from the scaled score $\sigma s$ (no division by
+    a small $\sigma$ anywhere)."""
+    return (x + expand_to(sde.sigma(t), x) * scaled) / expand_to(sde.alpha(t), x)
+
+
+def sigma_score(sde: SDE, model: Any, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    r"""$\sigma(t)\,s(x, t[, y])$ of a score model: its own ``scaled_score`` when it declares one (no division by a
+    small $\sigma$), else $\sigma$ times its score."""
+    if spec_of(model).scaled:
+        return model.scaled_score(x, t) if y is None else model.scaled_score(x, t, y)
+    score = model(x, t) if y is None else model(x, t, y)
+    return expand_to(sde.sigma(t), x) * score
+
+
+class ModelWrapper:
+    """A model around ``inner`` that keeps its declaration (``spec``, less what the wrapper changes in `wrap_spec`)
+    and forwards ``variance_fraction`` to it, so that a capability is never dropped by wrapping."""
+
+    def __init__(self, inner: Any) -> None:
+        if not callable(inner):
+            raise TypeError(f"the model must be callable as model(x, t), got {type(inner).__name__}")
+        self.inner = inner
+        self.spec = self.wrap_spec(spec_of(inner))
+
+    def wrap_spec(self, spec: ModelSpec) -> ModelSpec:
+        """The wrapper's declaration from its model's (default: the same, less ``scaled``, which it does not offer)."""
+        return replace(spec, scaled=False)
+
+    def variance_fraction(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The wrapped model's learned-variance fraction (declared by ``spec.variance``)."""
+        return self.inner.variance_fraction(x, t) if y is None else self.inner.variance_fraction(x, t, y)
+
+
+class CountingScore(ModelWrapper):
+    """Wraps a model: counts every call and checks the first output (type, shape, finiteness, with the time).
+
+    The boundary (`scoresde.sample`, the likelihoods) validates once; later calls are not checked again, so a
+    loop costs no host synchronisation per step (a sampler checks its result at the end instead). The learned
+    variance is read from the same evaluation (no call counted)."""
+
+    def __init__(self, score_fn: ScoreFn) -> None:
+        super().__init__(score_fn)
+        self.calls = 0
+
+    @property
+    def score_fn(self) -> ScoreFn:
+        """The counted model."""
+        return self.inner
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            return evaluate_score(self.inner, x, t)
+        return self.inner(x, t)
+
+
+class AsScore(ModelWrapper):
+    """A model declaring output ``eps``, ``x0`` or ``v`` seen as a score function, through `to_sigma_score`."""
+
+    def __init__(self, sde: SDE, model: Callable[[Tensor, Tensor], Tensor]) -> None:
+        super().__init__(model)
+        self.sde, self.kind = sde, spec_of(model).output
+
+    def wrap_spec(self, spec: ModelSpec) -> ModelSpec:
+        return replace(spec, output="score", scaled=True)
+
+    def scaled_score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        out = self.inner(x, t) if y is None else self.inner(x, t, y)
+        return to_sigma_score(self.sde, self.kind, out, x, t)
+
+    def __call__(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.scaled_score(x, t, y) / expand_to(self.sde.sigma(t), x)
+
+
+def as_score(sde: SDE, model: Any, where: str) -> Any:
+    """``model`` as a score function at the boundary ``where``: itself when it declares output ``score``, converted
+    (`AsScore`) for ``eps`` / ``x0`` / ``v``, refused in one line for a consistency model."""
+    spec = require(model, where, output=_CONVERTIBLE)
+    return model if spec.output == "score" else AsScore(sde, model)

@@ -1,0 +1,39 @@
+"""Training: objectives (denoising score matching, the hybrid learned-variance loss, distillation), the Trainer
+(the loop only), checkpoints, run folders, the model of a run, and diffusers imports."""
+
+from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
+from .classifier import train_classifier
+from .distill import distill, distillation_config, student_sampling
+from .losses import VLBTimeSampler, classifier_loss, ddpm_loss, dsm_loss, hybrid_loss, smld_loss
+from .run_folder import RunFolderError
+from .runs import build_model, load_score_model, load_teacher, wrap_network
+from .trainer import EMA, DataStream, Trainer, TrainingDiverged, TrainResult, init_distributed, learning_rate
+
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "TrainingDiverged",
+    "EMA",
+    "DataStream",
+    "init_distributed",
+    "learning_rate",
+    "CHECKPOINT",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "RunFolderError",
+    "build_model",
+    "wrap_network",
+    "load_score_model",
+    "load_teacher",
+    "train_classifier",
+    "distill",
+    "distillation_config",
+    "student_sampling",
+    "dsm_loss",
+    "ddpm_loss",
+    "smld_loss",
+    "hybrid_loss",
+    "classifier_loss",
+    "VLBTimeSampler",
+]

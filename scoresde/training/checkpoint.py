@@ -1,0 +1,167 @@
+"""Checkpoints that never lose work and never run code.
+
+One ``checkpoint.safetensors`` file holds model, EMA, optimiser state, step and the full run config. It is
+written atomically (a temporary file in the same folder, flushed to disk, renamed over the old one, the folder
+synced), so a kill at any moment leaves either the old or the new checkpoint; it is read with safetensors,
+which stores tensors and JSON text only, so loading a file cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._io import write_atomic
+from ..config.schema import RunConfig, config_from_dict
+
+__all__ = [
+    "CHECKPOINT",
+    "FORMAT",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "checkpoint_step",
+    "kept_checkpoint",
+]
+
+CHECKPOINT = "checkpoint.safetensors"
+FORMAT = "scoresde-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or from a different run."""
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    config: RunConfig,
+    extra: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write model, EMA, optimiser state, step, config and the trainer's ``extra`` state tensors (e.g. the hybrid
+    loss's step history) to one safetensors file, atomically
+    (`scoresde.training.run_folder.write_atomic`: a temporary file in the same folder, flushed to disk, renamed over
+    ``path``).
+    A failed write (disk full, permission lost) raises `CheckpointError` and leaves the previous checkpoint."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()})
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    tensors.update({f"extra.{k}": v.detach().contiguous().cpu() for k, v in (extra or {}).items()})
+    tensors["rng.torch"] = torch.get_rng_state()  # training draws from (seed, rank, step); kept for code around it
+    metadata = {
+        "format": FORMAT,
+        "step": str(int(step)),
+        "config": json.dumps(config.to_dict()),
+        "param_groups": json.dumps(opt["param_groups"]),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_atomic(path, save(tensors, metadata=metadata))
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {path} ({exc.strerror or exc}); {kept_checkpoint(path)}") from None
+
+
+def kept_checkpoint(path: Path) -> str:
+    """What a failed write leaves at ``path``, for its error message: the checkpoint of which step, or none."""
+    return f"the checkpoint of step {checkpoint_step(path)} is kept" if path.is_file() else "no checkpoint is kept"
+
+
+def _some(names: list[str]) -> str:
+    """The first three ``names`` (and an ellipsis if there are more), for a one-line message."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def checkpoint_step(path: Path) -> str:
+    """The step of the checkpoint at ``path`` as text, ``"?"`` when it cannot be read."""
+    try:
+        return str(load_checkpoint(path)["step"])
+    except CheckpointError:
+        return "?"
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint safely (safetensors: tensors and JSON text, no code): a dict with ``model``, ``ema``,
+    ``optimizer`` state dicts, ``step``, ``config`` (a `RunConfig`) and ``extra`` (the trainer's other state)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train first (scoresde train) or pass the run's directory")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as fh:
+            metadata = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); it may be truncated "
+            f"or not a scoresde checkpoint"
+        ) from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a scoresde checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})"
+        )
+    try:
+        config = config_from_dict(json.loads(metadata["config"]))
+        param_groups = json.loads(metadata["param_groups"])
+        step = int(metadata["step"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} has corrupt metadata ({exc})") from None
+    if step < 0:
+        raise CheckpointError(f"{path} has corrupt metadata (step {step} < 0)")
+    out = {"model": {}, "ema": {}, "extra": {}, "step": step, "config": config, "rng": tensors.get("rng.torch")}
+    optim_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        kind, _, rest = key.partition(".")
+        if kind in ("model", "ema", "extra"):
+            out[kind][rest] = value
+        elif kind == "optim":
+            index, _, name = rest.partition(".")
+            optim_state.setdefault(int(index), {})[name] = value
+    out["optimizer"] = {"state": optim_state, "param_groups": param_groups}
+    for kind in ("model", "ema"):
+        bad = [name for name, value in out[kind].items() if value.is_floating_point() and not value.isfinite().all()]
+        if bad:
+            raise CheckpointError(
+                f"{path} holds non-finite {kind} weights ({_some(bad)}); "
+                f"the run diverged before this checkpoint: retrain, or resume from an earlier copy"
+            )
+    return out
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, kind: str = "model") -> None:
+    """``module.load_state_dict(state)`` with a one-line `CheckpointError` naming what does not fit (missing,
+    unexpected or wrong-shape tensors) instead of torch's multi-line report."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    shapes = [
+        f"{name} {tuple(state[name].shape)} (the network has {tuple(value.shape)})"
+        for name, value in expected.items()
+        if name in state and state[name].shape != value.shape
+    ]
+    problems = [
+        f"{label} {_some(names)}"
+        for label, names in (("missing", missing), ("unexpected", extra), ("wrong shape:", shapes))
+        if names
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path}: the {kind} weights do not fit the network its config builds ({'; '.join(problems)}); "
+            f"the file was edited or written by another version"
+        )
+    module.load_state_dict(state)

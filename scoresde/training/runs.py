@@ -1,0 +1,77 @@
+"""The model of a run: built from its config, loaded from its checkpoint (the EMA weights), and a distillation's
+teacher (a run folder or an oracle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config.schema import RunConfig
+from ..datasets import toy_dataset, toy_datasets
+from ..models import ScoreModel, create_model
+from ..models.consistency import ConsistencyModel
+from ..processes.sde import SDE, ScoreFn
+from .checkpoint import CheckpointError, load_checkpoint, load_weights
+
+__all__ = ["build_model", "wrap_network", "load_score_model", "load_teacher"]
+
+
+def load_teacher(config, device: torch.device | str = "cpu") -> ScoreFn:
+    """The teacher of a distillation run's ``config.distill.teacher``: ``oracle:<toy>`` (that toy's exact score under
+    the run's SDE; the run's data must be that toy) or a run folder whose SDE and data are the run's (its EMA model,
+    frozen). Anything else: a one-line ``ValueError``."""
+
+    spec = config.distill.teacher
+    if spec.startswith("oracle:"):
+        name = spec.removeprefix("oracle:")
+        if name not in toy_datasets() or getattr(toy_dataset(name), "oracle", None) is None:
+            raise ValueError(
+                f"teacher {spec!r}: no toy with an exact score is called {name!r}; valid: {', '.join(toy_datasets())}"
+            )
+        if config.data.kind != "toy" or config.data.name != name:
+            raise ValueError(
+                f"teacher {spec!r} is the exact score of {name}, but the student's data is {config.data.name}"
+            )
+        return toy_dataset(name).oracle.score_fn(config.sde.build())
+
+    try:
+        teacher, teacher_config, _ = load_score_model(Path(spec), device)
+    except CheckpointError as exc:
+        raise ValueError(f"teacher {spec!r}: {exc}") from None
+    if teacher_config.distill.method in ("consistency", "consistency_training"):
+        raise ValueError(f"teacher {spec!r} is a consistency model, not a score model")
+    if teacher_config.data != config.data:
+        raise ValueError(
+            f"teacher {spec!r} was trained on {teacher_config.data.name} ({teacher_config.data.kind}), the student's "
+            f"data is {config.data.name} ({config.data.kind}): distil on the teacher's data"
+        )
+    if teacher_config.sde != config.sde:
+        raise ValueError(f"teacher {spec!r} has SDE {teacher_config.sde}, the student's config {config.sde}")
+    return teacher.requires_grad_(False)
+
+
+def build_model(config: RunConfig, sde: SDE, device: torch.device | str = "cpu") -> ScoreModel | ConsistencyModel:
+    """The model of ``config`` (network initialised from ``train.seed``), on ``device``: a `ScoreModel`, or a
+    `scoresde.training.distillation.ConsistencyModel` for a consistency run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        net = create_model(config.model.name, **config.model.kwargs)
+    return wrap_network(config, sde, net.to(device))
+
+
+def wrap_network(config: RunConfig, sde: SDE, net: nn.Module) -> ScoreModel | ConsistencyModel:
+    """``net`` as the run's model: a consistency function for the consistency methods, else a score model."""
+    if config.distill.method in ("consistency", "consistency_training"):
+        return ConsistencyModel(net, sde, sde.sampling_t_min, config.model.sigma_data)
+    return ScoreModel(net, sde, config.model.parameterization, config.model.sigma_data)
+
+
+def load_score_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ScoreModel, RunConfig, int]:
+    """The EMA model of a checkpoint (eval mode; a `ConsistencyModel` for a consistency run), its config and step."""
+    state = load_checkpoint(path, device)
+    config = state["config"]
+    model = build_model(config, config.sde.build(), device)
+    load_weights(model, state["ema"], path, "ema")
+    return model.eval(), config, state["step"]

@@ -1,0 +1,626 @@
+"""Training: a trainer that never loses work, on one process or many (torchrun / DDP).
+
+- AdamW with linear learning-rate warm-up, gradient-norm clipping, an EMA of the weights (the EMA model
+  is the one evaluated, sampled and returned), periodic evaluation hooks, a progress bar with the running
+  loss, CSV logging (and TensorBoard when it is installed).
+- Deterministic: every step's randomness (data draws, dequantisation, t, noise, dropout) comes from an
+  explicit generator seeded by ``(seed, rank, step)``, so a run is a function of its config and nothing else.
+  ``nn.Dropout`` takes no generator: for a network with active dropout, torch's global RNG is seeded from
+  that generator inside ``fork_rng`` for the step and restored after it; the caller's RNG state is untouched.
+- Checkpoints (`scoresde.training.checkpoint`) hold model, EMA, optimiser state, step, torch's RNG state and the full
+  config, written atomically and read without running code. Resume is exact: 100 + 100 steps with a
+  restart give the same weights as 200 in one run.
+- SIGINT / SIGTERM finish the current step, save a checkpoint and return (``interrupted=True``). A
+  non-finite loss stops training with `TrainingDiverged`, keeping the last good checkpoint.
+- Under torchrun (``torchrun --nproc_per_node=K``) the network is wrapped in DDP (gloo on CPU, NCCL on
+  GPU), finite data sets are split with ``DistributedSampler``, and only rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_positive_int, progress_bar
+from ..config.schema import ConfigError, RunConfig, load_config, save_config
+from ..datasets import DataTransform, image_dataset, toy_dataset
+from ..models import ScoreModel
+from .checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    checkpoint_step,
+    kept_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from .distillation import (
+    consistency_curriculum,
+    consistency_loss,
+    init_from_teacher,
+    progressive_grid,
+    progressive_loss,
+)
+from .losses import VLBTimeSampler, dsm_loss, hybrid_loss
+from .run_folder import RunFolderError, RunLock, remove_run_files, remove_stale_temporaries, run_files, truncate_log
+from .runs import build_model, load_teacher, wrap_network
+
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "TrainingDiverged",
+    "EMA",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
+    "DataStream",
+    "init_distributed",
+    "learning_rate",
+]
+
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every", "data.data_dir")
+"""Fields a resumed run may change (train longer, log differently, data moved); any other change is refused."""
+
+LOGS = ("metrics.csv", "evals.csv")
+
+
+def config_changes(ours: RunConfig, theirs: RunConfig) -> list[str]:
+    """The fields (``section.field``) in which two run configs differ, other than the `RESUMABLE_CHANGES`."""
+    a, b = ours.to_dict(), theirs.to_dict()
+    return [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; the last good checkpoint is kept."""
+
+
+class EMA:
+    r"""Exponential moving average of parameters and buffers, $\bar\theta \leftarrow d\,\bar\theta + (1 - d)\theta$,
+    with the warm-up $d_k = \min(d, (1 + k)/(10 + k))$ so early averages are not dominated by the initialisation."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for ema, p in zip(self.model.parameters(), model.parameters()):
+            ema.lerp_(p.detach(), 1 - d)
+        for ema, b in zip(self.model.buffers(), model.buffers()):
+            ema.copy_(b)
+
+
+def init_distributed(device: torch.device | str) -> tuple[int, int]:
+    """``(rank, world_size)``: joins the torchrun process group (gloo on CPU, NCCL on CUDA) when launched by
+    torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def learning_rate(tc, step: int) -> float:
+    r"""Linear warm-up over ``warmup`` steps, then constant or cosine $\tfrac12(1 + \cos(\pi k/K))$ to 0 at
+    ``steps``."""
+    warm = min(1.0, (step + 1) / tc.warmup) if tc.warmup else 1.0
+    if tc.lr_schedule == "cosine" and step >= tc.warmup:
+        progress = (step - tc.warmup) / max(tc.steps - tc.warmup, 1)
+        return tc.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return tc.lr * warm
+
+
+def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The generator of one step on one process: a function of ``(seed, rank, step)`` only."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1))
+
+
+class DataStream:
+    """Batches of model-range data for step ``k``: a deterministic function of ``(seed, rank, k)``.
+
+    Toys are infinite streams; image sets are finite, split across processes by ``DistributedSampler``
+    (reshuffled each epoch from the seed), dequantised uniformly and scaled by the `DataTransform`.
+    For a class-conditional model (``model.kwargs.num_classes > 0``) each batch comes with its labels."""
+
+    def __init__(self, config: RunConfig, rank: int, world: int, device: torch.device) -> None:
+        self.cfg, self.rank, self.world, self.device = config, rank, world, device
+        batch = config.train.batch_size
+        if batch % world:
+            raise ValueError(f"train.batch_size {batch} must be divisible by the number of processes {world}")
+        self.local_batch = batch // world
+        data = config.data
+        self.transform: DataTransform | None = config.data.transform()
+        self.num_classes = int(config.model.kwargs.get("num_classes", 0) or 0)
+        if data.kind == "toy":
+            self.toy = toy_dataset(data.name)
+            self.shape = (2,)
+            data_classes = self.toy.num_classes
+        else:
+            images = image_dataset(data.name, "train", data.data_dir, data.split_seed)
+            self.images, self.labels = images.x, images.labels.long()
+            self.shape = images.shape
+            data_classes = int(self.labels.max()) + 1
+            from torch.utils.data import DistributedSampler
+
+            self.sampler = DistributedSampler(
+                range(len(images)), num_replicas=world, rank=rank, shuffle=True, seed=config.train.seed, drop_last=True
+            )
+            self.per_epoch = len(self.sampler) // self.local_batch
+            if self.per_epoch == 0:
+                raise ValueError(
+                    f"{data.name}: {len(images)} images are fewer than one batch per process ({self.local_batch})"
+                )
+            self._epoch, self._order = -1, None
+        if self.num_classes and self.num_classes != data_classes:
+            fix = (
+                f"set model.kwargs.num_classes={data_classes}"
+                if data_classes
+                else "train it unconditionally (num_classes=0)"
+            )
+            raise ValueError(
+                f"model.kwargs.num_classes is {self.num_classes} but {data.name} has {data_classes or 'no'} classes; "
+                f"{fix}"
+            )
+
+    def batch(self, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """Data ``[b, ...]`` in the model's range and, for a class-conditional model, its labels ``[b]`` (else None)."""
+        if self.transform is None:
+            if self.num_classes:
+                x, y = self.toy.sample_labelled(self.local_batch, generator)
+                return x.to(self.device), y.to(self.device)
+            return self.toy.sample(self.local_batch, generator).to(self.device), None
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch, self._order = epoch, torch.tensor(list(self.sampler))
+        idx = self._order[k * self.local_batch : (k + 1) * self.local_batch]
+        x = self.images[idx]
+        x = self.transform.dequantize(x, generator) if self.cfg.data.dequantize else self.transform.to_model(x + 0.5)
+        return x.to(self.device), (self.labels[idx].to(self.device) if self.num_classes else None)
+
+
+@dataclass
+class TrainResult:
+    """What a call to `Trainer.train` did: steps reached, last logged loss, wall time, throughput."""
+
+    step: int
+    loss: float
+    seconds: float
+    steps_per_second: float
+    interrupted: bool = False
+    checkpoint: str | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            k: getattr(self, k) for k in ("step", "loss", "seconds", "steps_per_second", "interrupted", "checkpoint")
+        }
+
+
+class Trainer:
+    """Train the score model of ``config`` into ``out_dir`` (checkpoint, config.yaml, metrics.csv).
+
+    Args:
+        config: the run (see `scoresde.config`).
+        out_dir: the run folder (`scoresde.training.run_folder`); an existing checkpoint there is resumed
+            when ``resume``, and so is a run killed before its first checkpoint (its ``config.yaml`` equal to
+            ``config``: it starts again at step 0). Files of any other run are left alone: `train` refuses them unless
+            ``overwrite``, which removes the run files (`scoresde.training.run_folder.RUN_FILES`) and nothing else.
+        device: where to train. progress: show a progress bar (rank 0).
+        eval_fn: ``eval_fn(trainer, step) -> dict`` called every ``train.eval_every`` steps (rank 0, EMA model);
+            its figures go to ``evals.csv`` and `evals`.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+        resume: bool = True,
+        overwrite: bool = False,
+        eval_fn: Callable[[Trainer, int], dict] | None = None,
+    ) -> None:
+        self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
+        import torch.distributed as dist
+
+        self._owns_group = not (dist.is_available() and dist.is_initialized())
+        self.rank, self.world = init_distributed(self.device)
+        self._owns_group = self._owns_group and self.world > 1
+        if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))  # one GPU per process
+            torch.cuda.set_device(self.device)
+        self.progress, self.eval_fn = progress, eval_fn
+        self.sde = config.sde.build()
+        self.model = build_model(config, self.sde, self.device)
+        self.ema = EMA(self.model, config.train.ema_decay)
+        self._has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
+        tc = config.train
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.data = DataStream(config, self.rank, self.world, self.device)
+        self.time_sampler = (
+            VLBTimeSampler(tc.n_steps) if config.learns_variance and tc.vlb_importance_sampling else None
+        )
+        distill = config.distill
+        self.teacher = (
+            load_teacher(config, self.device) if distill.method not in (None, "consistency_training") else None
+        )
+        if distill.method == "progressive":
+            init_from_teacher(self.model, self.teacher)
+            init_from_teacher(self.ema.model, self.teacher)
+        self.target = (
+            EMA(self.model, distill.target_ema) if distill.method == "consistency" and distill.target_ema else None
+        )
+        self.step = 0
+        self.evals: list[dict] = []
+        self._stop = False
+        self._resume, self._overwrite, self._owns_folder = resume, overwrite, False
+        if resume and (self.out_dir / CHECKPOINT).is_file():
+            self._restore(self.out_dir / CHECKPOINT)
+            self._owns_folder = True
+        self._train_model = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(
+                self.model.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            self._train_model = wrap_network(config, self.sde, net)
+
+    # ------------------------------------------------------------------ public
+    @property
+    def score_fn(self) -> ScoreModel:
+        """The EMA model as a score function (eval mode)."""
+        return self.ema.model
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def train(self, steps: int | None = None) -> TrainResult:
+        """Train up to step ``steps`` (default ``train.steps``); returns early, after a checkpoint, on SIGINT /
+        SIGTERM (a second signal during that save is absorbed: the checkpoint is still written).
+
+        Rank 0 holds the run folder (`scoresde.training.run_folder.RunLock`) meanwhile: a second trainer there raises
+        `RunFolderError`. A write that fails (disk full, permission lost) raises `CheckpointError` /
+        `RunFolderError` in one line, keeping the last good checkpoint."""
+        tc = self.config.train
+        if steps is not None:
+            check_positive_int("steps", steps)
+        target = tc.steps if steps is None else min(int(steps), tc.steps)
+        start, start_step, history = time.perf_counter(), self.step, []
+        restore = self._install_signal_handlers()
+        try:
+            with RunLock(self.out_dir) if self.is_main else contextlib.nullcontext():
+                self._prepare_folder()
+                last_loss = self._loop(target, start, history)
+                path = self.save()
+        except OSError as exc:
+            kept = kept_checkpoint(self.out_dir / CHECKPOINT)
+            raise RunFolderError(f"cannot write into {self.out_dir} ({exc.strerror or exc}); {kept}") from None
+        finally:
+            restore()
+        seconds = time.perf_counter() - start
+        done = self.step - start_step
+        return TrainResult(
+            step=self.step,
+            loss=last_loss,
+            seconds=seconds,
+            steps_per_second=done / seconds if seconds > 0 else 0.0,
+            interrupted=self._stop,
+            checkpoint=str(path) if path else None,
+            history=history,
+        )
+
+    def _loop(self, target: int, start: float, history: list[dict]) -> float:
+        """Steps up to ``target`` (or a signal) with logging, evaluation and periodic checkpoints; the mean loss
+        of the last logging window."""
+        tc = self.config.train
+        running: list[float] = []
+        last_loss = float("nan")
+        bar = progress_bar(
+            None, "train", self.progress and self.is_main, total=target, initial=self.step, dynamic_ncols=True
+        )
+        try:
+            while self.step < target and not self._stop:
+                loss = self._train_step()
+                running.append(loss)
+                self.step += 1
+                bar.update(1)
+                if tc.log_every and (self.step % tc.log_every == 0 or self.step == target):
+                    last_loss = sum(running) / len(running)
+                    row = {
+                        "step": self.step,
+                        "loss": last_loss,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "seconds": time.perf_counter() - start,
+                    }
+                    history.append(row)
+                    running = []
+                    bar.set_postfix(loss=f"{last_loss:.4g}")
+                    self._log(row)
+                if tc.eval_every and self.step % tc.eval_every == 0 and self.eval_fn is not None and self.is_main:
+                    self._evaluate()
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+        return sum(running) / len(running) if running else last_loss
+
+    def _prepare_folder(self) -> None:
+        """Rank 0, holding the folder: remove a killed writer's partial checkpoints, then either continue this
+        trainer's own run (logs cut back to its step), or start one where no other run's files are (or
+        ``overwrite`` removed them), writing ``config.yaml``."""
+        if not self.is_main:
+            return
+        remove_stale_temporaries(self.out_dir)
+        if not self._owns_folder:
+            present = run_files(self.out_dir)
+            if present and self._overwrite:
+                remove_run_files(self.out_dir)
+            elif present and not (self._resume and self._killed_before_checkpoint()):
+                raise RunFolderError(
+                    f"{present[0]} already exists and is not a run this trainer resumes; "
+                    f"{'pass --force' if self._resume else 'pass --resume to continue it, or --force'} "
+                    f"(overwrite=True) to replace the run's files, or choose another folder"
+                )
+            self._owns_folder = True
+        for log in LOGS:
+            truncate_log(self.out_dir / log, self.step)
+        save_config(self.config, self.out_dir / "config.yaml")
+
+    def _killed_before_checkpoint(self) -> bool:
+        """Whether the folder holds this config's run, killed before it wrote a checkpoint."""
+        if (self.out_dir / CHECKPOINT).exists():
+            return False
+        try:
+            return not config_changes(self.config, load_config(self.out_dir / "config.yaml"))
+        except ConfigError:
+            return False
+
+    def close(self) -> None:
+        """Leave the process group this trainer joined under torchrun (a no-op on one process): the DDP wrapper,
+        whose reducer holds the group, is released first and the ranks meet at a barrier, so that no gloo / NCCL
+        thread outlives its group when the process exits. A group the caller created is left to the caller."""
+        if not self._owns_group:
+            return
+        import gc
+
+        import torch.distributed as dist
+
+        self._train_model = self.model
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
+        self._owns_group = False
+
+    def save(self) -> Path | None:
+        """Write the checkpoint (rank 0 only; atomic)."""
+        if not self.is_main:
+            return None
+        extra = {f"time_sampler.{k}": v for k, v in self.time_sampler.state_dict().items()} if self.time_sampler else {}
+        if self.target is not None:
+            extra.update({f"target.{k}": v for k, v in self.target.model.state_dict().items()})
+        return save_checkpoint(
+            self.out_dir / CHECKPOINT, self.model, self.ema.model, self.optimizer, self.step, self.config, extra
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _train_step(self) -> float:
+        generator = _step_generator(self.config.train.seed, self.rank, self.step)
+        dropout_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        if not self._has_dropout:  # every draw comes from the step's generator
+            return self._optimise(generator)
+        # nn.Dropout takes no generator: seed torch's global RNG for this step only, and restore it afterwards
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(dropout_seed)
+            return self._optimise(generator)
+
+    def _optimise(self, generator: torch.Generator) -> float:
+        """One optimiser step on the batch of ``self.step``, every draw from ``generator``; returns the loss."""
+        tc = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(tc, self.step)
+        self.model.train()
+        x0, y = self.data.batch(self.step, generator)
+        if y is not None and tc.label_dropout > 0:  # classifier-free guidance: some rows train the unconditional model
+            drop = torch.rand(y.shape, generator=generator) < tc.label_dropout
+            y = torch.where(drop.to(y.device), torch.full_like(y, self.data.num_classes), y)
+        loss = self._loss(x0, y, generator)
+        if not torch.isfinite(loss):
+            last = self.out_dir / CHECKPOINT
+            kept = (
+                f"the last good checkpoint {last} (step {checkpoint_step(last)}) is kept"
+                if last.is_file()
+                else "no checkpoint was written"
+            )
+            raise TrainingDiverged(
+                f"the loss became {float(loss.detach())} at step {self.step}; {kept}; lower train.lr, "
+                f"raise train.warmup or set train.grad_clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.model, self.step)
+        if self.target is not None:
+            self.target.update(self.model, self.step)
+        return float(loss.detach())
+
+    def _loss(self, x0: Tensor, y: Tensor | None, generator: torch.Generator) -> Tensor:
+        """The batch's loss: denoising score matching, or the hybrid loss for a learned variance (whose drawn steps'
+        bound terms, gathered from every rank, update the step sampler)."""
+        tc = self.config.train
+        if self.config.distill.method is not None:
+            return self._distillation_loss(x0, generator)
+        if not self.config.learns_variance:
+            return dsm_loss(
+                self._train_model,
+                self.sde,
+                x0,
+                weighting=tc.weighting,
+                importance_sampling=tc.importance_sampling,
+                t_min=tc.t_min,
+                n_steps=tc.n_steps,
+                generator=generator,
+                y=y,
+            ).mean()
+        parts = hybrid_loss(
+            self._train_model,
+            self.sde,
+            x0,
+            n_steps=tc.n_steps,
+            vlb_weight=tc.vlb_weight,
+            t_min=tc.t_min,
+            generator=generator,
+            y=y,
+            time_sampler=self.time_sampler,
+        )
+        if self.time_sampler is not None:
+            self.time_sampler.update(*_gathered(parts.index, parts.vlb, self.world))
+        return parts.loss.mean()
+
+    def _distillation_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        """The student's loss (`scoresde.training.distillation`): progressive, or consistency distillation / training on
+        the run's discretisation (training's N follows the curriculum of this step)."""
+        distill, sde = self.config.distill, self.sde
+        if distill.method == "progressive":
+            grid = progressive_grid(sde, distill.steps)
+            return progressive_loss(self._train_model, self.teacher, sde, x0, grid, generator=generator).mean()
+        n = distill.n_times if self.teacher is not None else consistency_curriculum(self.step, self.config.train.steps)
+        target = self.target.model if self.target is not None else self._train_model
+        return consistency_loss(
+            self._train_model,
+            target,
+            sde,
+            x0,
+            n,
+            teacher=self.teacher,
+            solver=distill.solver,
+            distance=distill.distance,
+            generator=generator,
+        ).mean()
+
+    def _evaluate(self) -> None:
+        figures = {"step": self.step, **self.eval_fn(self, self.step)}
+        self.evals.append(figures)
+        _append_csv(self.out_dir / "evals.csv", figures)
+
+    def _log(self, row: dict) -> None:
+        if not self.is_main:
+            return
+        _append_csv(self.out_dir / "metrics.csv", row)  # an OSError here is turned into one line by train()
+        writer = self._tensorboard()
+        if writer is not None:
+            for k, v in row.items():
+                if k != "step":
+                    writer.add_scalar(k, v, row["step"])
+
+    def _tensorboard(self):
+        if not hasattr(self, "_tb"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed: CSV only
+                self._tb = None
+        return self._tb
+
+    def _restore(self, path: Path) -> None:
+        """Continue the checkpoint at ``path`` exactly, or refuse: a different config, weights that do not fit or
+        are not finite, or a checkpoint without the optimiser state that an exact resume needs."""
+        state = load_checkpoint(path, device=self.device)
+        diff = config_changes(self.config, state["config"])
+        if diff:
+            raise CheckpointError(
+                f"{path} was written by a run with a different config ({', '.join(diff)}); "
+                f"use another out_dir, or resume=False (scoresde train --force) to start afresh"
+            )
+        n_params = len(list(self.model.parameters()))
+        optim = state["optimizer"]
+        if state["step"] > 0 and not optim["state"]:
+            raise CheckpointError(
+                f"{path} holds no optimizer state (step {state['step']}, {n_params} parameters), so a resume would "
+                f"not be exact; start afresh (scoresde train --force)"
+            )
+        load_weights(self.model, state["model"], path, "model")
+        load_weights(self.ema.model, state["ema"], path, "ema")
+        if self.target is not None:
+            target = {k.removeprefix("target."): v for k, v in state["extra"].items() if k.startswith("target.")}
+            load_weights(self.target.model, target, path, "consistency target")
+        try:
+            self.optimizer.load_state_dict(optim)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path} holds an optimizer state that does not fit the model ({exc})") from None
+        if self.time_sampler is not None:
+            saved = {
+                k.removeprefix("time_sampler."): v for k, v in state["extra"].items() if k.startswith("time_sampler.")
+            }
+            try:
+                self.time_sampler.load_state_dict(saved)
+            except (KeyError, ValueError) as exc:
+                raise CheckpointError(
+                    f"{path} holds no usable step history for the importance-sampled hybrid loss ({exc}), so a resume "
+                    f"would not be exact; start afresh (scoresde train --force)"
+                ) from None
+        self.step = state["step"]
+        if state["rng"] is not None:
+            torch.set_rng_state(state["rng"].cpu())
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            self._stop = True
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._stop = False
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+
+def _gathered(index: Tensor, values: Tensor, world: int) -> tuple[Tensor, Tensor]:
+    """``(index, values)`` of every rank, concatenated in rank order (the tensors themselves on one process)."""
+    if world == 1:
+        return index, values
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(index) for _ in range(world)], [torch.empty_like(values) for _ in range(world)]
+    dist.all_gather(parts[0], index)
+    dist.all_gather(parts[1], values)
+    return torch.cat(parts[0]), torch.cat(parts[1])
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
