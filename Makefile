@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 OUT ?= scoresde-out
 
-.PHONY: demo test docs install clean
+.PHONY: demo test test-fast docs install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m scoresde demo --out $(OUT) --force
 
-test: $(VENV)/.installed
+# the default tier (a fast version of every check), then the slow tier (full matrices, order studies, all notebooks,
+# the demo), so that nothing rots; `make test-fast` runs the default tier alone
+test: test-fast
+	$(PY) -m pytest -q -n 2 -m slow
+
+test-fast: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q -n 2

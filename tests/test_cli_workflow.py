@@ -129,6 +129,7 @@ def test_sample_likelihood_compare_on_a_trained_run(run, tmp_path):
     assert (folder / "compare.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_the_report(tmp_path):
     out = tmp_path / "demo"
     metrics = json.loads(scoresde("demo", "--quick", "--out", out, "--json").stdout)

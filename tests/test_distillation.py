@@ -248,7 +248,8 @@ def test_distill_command_errors_are_one_line(tmp_path, capsys):
     assert main(["distill", "--teacher", str(tmp_path / "missing"), "--method", "consistency", "--out", out]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["distill", "--teacher", "oracle:moons", "--method", "consistency", "--out", out]) == 2
-    assert "no toy with an exact score" in capsys.readouterr().err or True
+    err = capsys.readouterr().err
+    assert "no toy with an exact score is called 'moons'; valid: " in err and "moons" not in err.split("valid: ")[1]
     assert main(["distill", "--teacher", "oracle:gmm", "--method", "progressive", "--student-steps", "2",
                  "--teacher-steps", "6", "--train-steps", "2", "--out", out, "--json"]) == 2  # fmt: skip
     assert "power of two" in capsys.readouterr().err

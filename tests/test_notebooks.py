@@ -22,7 +22,11 @@ def test_the_five_notebooks_are_there():
     ]
 
 
-@pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "script",
+    [p if p.stem == "01_forward_sdes" else pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS],
+    ids=lambda p: p.stem,
+)
 def test_notebook_is_paired_and_runs(script, tmp_path, monkeypatch):
     paired = script.with_suffix(".ipynb")
     assert paired.is_file(), f"{paired} is missing: run jupytext --sync {script}"

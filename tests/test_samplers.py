@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import sde_matrix
 
 from scoresde import VESDE, VPSDE, SubVPSDE, create_sde, energy_distance, sample, toy_dataset
 from scoresde.samplers import correctors, predictors
@@ -82,8 +83,7 @@ def _run(sde_name, sampler, seed=0, score_scale=1.0, **options):
     return sample(sde, score_fn, (N_SAMPLES, 2), sampler, generator=g, dtype=torch.float64, **options)
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("predictor, corrector", PC_PAIRS)
+@pytest.mark.parametrize("sde_name, predictor, corrector", sde_matrix(PC_PAIRS, SDES))
 def test_every_predictor_corrector_pair_samples_the_mixture(sde_name, predictor, corrector, floor_tolerance):
     if predictor == "none" and sde_name == "subvp":
         pytest.skip(
@@ -101,8 +101,7 @@ def test_every_predictor_corrector_pair_samples_the_mixture(sde_name, predictor,
     assert _distance_to_truth(result.x, 0) < floor_tolerance
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("key", list(GENEROUS))
+@pytest.mark.parametrize("sde_name, key", sde_matrix(list(GENEROUS), SDES))
 def test_ode_sde_and_few_step_solvers_sample_the_mixture(sde_name, key, floor_tolerance):
     result = _run(sde_name, key.split("-")[0], **GENEROUS[key])
     assert _distance_to_truth(result.x, 1) < floor_tolerance

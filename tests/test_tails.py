@@ -48,7 +48,7 @@ def _gap(toy, score, sde, sampler: str) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("sde_name", SDES)
-@pytest.mark.parametrize("data", ["8gaussians", "gmm", "checkerboard"])
+@pytest.mark.parametrize("data", ["8gaussians", "gmm", pytest.param("checkerboard", marks=pytest.mark.slow)])
 def test_deterministic_samplers_of_the_exact_score_land_on_the_entropy(data, sde_name):
     """Checkerboard (edges, p = 0 off the squares): scored under the data blurred by 0.01, against a perfect
     sampler's mean under it (the exact score's samplers land within 0.006 nats of it, n = 4000)."""

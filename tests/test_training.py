@@ -211,7 +211,7 @@ DDP_SCRIPT = textwrap.dedent("""
     "preset_name, extra",
     [
         ("toy-vp", ("train.steps=12",) + SMALL),
-        (
+        pytest.param(
             "digits-ddpm",
             (
                 "train.steps=4",
@@ -221,6 +221,7 @@ DDP_SCRIPT = textwrap.dedent("""
                 "model.kwargs.num_res_blocks=1",
                 "train.checkpoint_every=0",
             ),
+            marks=pytest.mark.slow,
         ),
     ],
     ids=["toy", "digits"],

@@ -87,6 +87,7 @@ def test_the_board_matches_its_definition():
     assert len(share) == 8 and ((share - 1 / 8).abs() < 5 * math.sqrt(1 / 8 * 7 / 8 / 20000)).all()
 
 
+@pytest.mark.slow
 def test_checkerboard_perfect_nll_is_the_blurred_cross_entropy():
     """E_p[-log (p * N(0, s^2))] = log 32 + the edge cost. Each square's 4 edges (side 2) cost, to first order in s,
     (1/2) int_0^inf -log Phi(u / s) du each per unit length: 2 s c in all, c = int_0^inf -log Phi(z) dz (corners add

@@ -26,9 +26,10 @@ def load_teacher(config, device: torch.device | str = "cpu") -> ScoreFn:
     spec = config.distill.teacher
     if spec.startswith("oracle:"):
         name = spec.removeprefix("oracle:")
-        if name not in toy_datasets() or getattr(toy_dataset(name), "oracle", None) is None:
+        exact = [toy for toy in toy_datasets() if getattr(toy_dataset(toy), "oracle", None) is not None]
+        if name not in exact:
             raise ValueError(
-                f"teacher {spec!r}: no toy with an exact score is called {name!r}; valid: {', '.join(toy_datasets())}"
+                f"teacher {spec!r}: no toy with an exact score is called {name!r}; valid: {', '.join(exact)}"
             )
         if config.data.kind != "toy" or config.data.name != name:
             raise ValueError(
