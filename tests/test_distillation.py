@@ -164,8 +164,7 @@ def test_consistency_student_recovers_the_linear_flow_map(tmp_path):
     discretisation's 18 times (measured 0.02-0.11 of it), and its one-step samples have the data's mean and standard
     deviation within 0.1."""
     config = _config("consistency", 1, 600, n_times=18)
-    trainer = Trainer(config, tmp_path / "cd", progress=False)
-    trainer.teacher = GAUSS.score_fn(trainer.sde)
+    trainer = Trainer(config, tmp_path / "cd", progress=False, teacher=GAUSS.score_fn(config.sde.build()))
     with _GaussianData(trainer):
         trainer.train()
     student, sde = trainer.score_fn, trainer.sde
@@ -189,8 +188,7 @@ def test_progressive_student_recovers_its_teachers_two_step_map(tmp_path):
     """Progressive distillation to one DDIM step from the exact Gaussian score (teacher: 2 DDIM steps): the linear
     two-step map is known in closed form; the student's one-step map matches it within 5 % of the data's std."""
     config = _config("progressive", 1, 600)
-    trainer = Trainer(config, tmp_path / "pd", progress=False)
-    trainer.teacher = GAUSS.score_fn(trainer.sde)
+    trainer = Trainer(config, tmp_path / "pd", progress=False, teacher=GAUSS.score_fn(config.sde.build()))
     with _GaussianData(trainer):
         trainer.train()
     student, sde = trainer.score_fn, trainer.sde
@@ -206,7 +204,7 @@ def test_progressive_student_recovers_its_teachers_two_step_map(tmp_path):
     assert float(error) < 0.05 * STD, float(error)
 
 
-@pytest.mark.parametrize("method", ["consistency", "progressive"])
+@pytest.mark.parametrize("method", ["consistency", "progressive", "consistency_training"])
 def test_a_distillation_run_resumes_exactly(tmp_path, method):
     """20 + 20 steps with a restart (the consistency target network and the EMA in the checkpoint) give the weights
     of 40 in one run."""
@@ -221,7 +219,7 @@ def test_a_distillation_run_resumes_exactly(tmp_path, method):
     for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
     if method == "consistency":
-        for a, b in zip(whole.target.model.parameters(), resumed.target.model.parameters()):
+        for a, b in zip(whole.objective.ema.model.parameters(), resumed.objective.ema.model.parameters()):
             assert torch.equal(a, b)
 
 

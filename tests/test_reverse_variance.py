@@ -298,11 +298,15 @@ def test_learned_variance_run_resumes_exactly(tmp_path):
     whole.train()
     Trainer(config, tmp_path / "parts", progress=False).train(30)
     resumed = Trainer(config, tmp_path / "parts", progress=False)
-    assert resumed.step == 30 and (resumed.time_sampler.counts == 10).all()  # warmed up: the steps are importance drawn
+    assert (
+        resumed.step == 30 and (resumed.objective.time_sampler.counts == 10).all()
+    )  # warmed up: the steps are importance drawn
     resumed.train()
     for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
-    assert torch.equal(whole.time_sampler.state_dict()["values"], resumed.time_sampler.state_dict()["values"])
+    assert torch.equal(
+        whole.objective.time_sampler.state_dict()["values"], resumed.objective.time_sampler.state_dict()["values"]
+    )
 
 
 def test_learned_variance_approaches_the_kl_optimal_variance():

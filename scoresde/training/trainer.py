@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import math
 import os
@@ -37,6 +36,7 @@ from .._checks import check_positive_int, progress_bar
 from ..config.schema import ConfigError, RunConfig, load_config, save_config
 from ..datasets import DataTransform, image_dataset, toy_dataset
 from ..models import ScoreModel
+from ..processes.sde import ScoreFn
 from .checkpoint import (
     CHECKPOINT,
     CheckpointError,
@@ -46,14 +46,8 @@ from .checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from .distillation import (
-    consistency_curriculum,
-    consistency_loss,
-    init_from_teacher,
-    progressive_grid,
-    progressive_loss,
-)
-from .losses import VLBTimeSampler, dsm_loss, hybrid_loss
+from .ema import EMA
+from .objectives import Batch, Objective, build_objective, needs_teacher
 from .run_folder import RunFolderError, RunLock, remove_run_files, remove_stale_temporaries, run_files, truncate_log
 from .runs import build_model, load_teacher, wrap_network
 
@@ -84,25 +78,6 @@ def config_changes(ours: RunConfig, theirs: RunConfig) -> list[str]:
 
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the last good checkpoint is kept."""
-
-
-class EMA:
-    r"""Exponential moving average of parameters and buffers, $\bar\theta \leftarrow d\,\bar\theta + (1 - d)\theta$,
-    with the warm-up $d_k = \min(d, (1 + k)/(10 + k))$ so early averages are not dominated by the initialisation."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for ema, p in zip(self.model.parameters(), model.parameters()):
-            ema.lerp_(p.detach(), 1 - d)
-        for ema, b in zip(self.model.buffers(), model.buffers()):
-            ema.copy_(b)
 
 
 def init_distributed(device: torch.device | str) -> tuple[int, int]:
@@ -228,6 +203,10 @@ class Trainer:
         device: where to train. progress: show a progress bar (rank 0).
         eval_fn: ``eval_fn(trainer, step) -> dict`` called every ``train.eval_every`` steps (rank 0, EMA model);
             its figures go to ``evals.csv`` and `evals`.
+        objective: what the loop minimises (`scoresde.training.objectives`); default: the config's
+            (`build_objective`). The loop is the same for every objective.
+        teacher: the score a distillation objective learns from; default: loaded from ``config.distill.teacher``
+            (`scoresde.training.runs.load_teacher`).
     """
 
     def __init__(
@@ -240,6 +219,8 @@ class Trainer:
         resume: bool = True,
         overwrite: bool = False,
         eval_fn: Callable[[Trainer, int], dict] | None = None,
+        objective: Objective | None = None,
+        teacher: ScoreFn | None = None,
     ) -> None:
         self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
         import torch.distributed as dist
@@ -258,19 +239,11 @@ class Trainer:
         tc = config.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.data = DataStream(config, self.rank, self.world, self.device)
-        self.time_sampler = (
-            VLBTimeSampler(tc.n_steps) if config.learns_variance and tc.vlb_importance_sampling else None
-        )
-        distill = config.distill
-        self.teacher = (
-            load_teacher(config, self.device) if distill.method not in (None, "consistency_training") else None
-        )
-        if distill.method == "progressive":
-            init_from_teacher(self.model, self.teacher)
-            init_from_teacher(self.ema.model, self.teacher)
-        self.target = (
-            EMA(self.model, distill.target_ema) if distill.method == "consistency" and distill.target_ema else None
-        )
+        if objective is None:
+            teacher = teacher if teacher is not None or not needs_teacher(config) else load_teacher(config, self.device)
+            objective = build_objective(config, self.sde, teacher=teacher, world=self.world)
+        self.objective = objective
+        self.objective.init_model(self.model, self.ema.model)
         self.step = 0
         self.evals: list[dict] = []
         self._stop = False
@@ -418,9 +391,7 @@ class Trainer:
         """Write the checkpoint (rank 0 only; atomic)."""
         if not self.is_main:
             return None
-        extra = {f"time_sampler.{k}": v for k, v in self.time_sampler.state_dict().items()} if self.time_sampler else {}
-        if self.target is not None:
-            extra.update({f"target.{k}": v for k, v in self.target.model.state_dict().items()})
+        extra = self.objective.state_dict()
         return save_checkpoint(
             self.out_dir / CHECKPOINT, self.model, self.ema.model, self.optimizer, self.step, self.config, extra
         )
@@ -446,7 +417,7 @@ class Trainer:
         if y is not None and tc.label_dropout > 0:  # classifier-free guidance: some rows train the unconditional model
             drop = torch.rand(y.shape, generator=generator) < tc.label_dropout
             y = torch.where(drop.to(y.device), torch.full_like(y, self.data.num_classes), y)
-        loss = self._loss(x0, y, generator)
+        loss = self.objective(self._train_model, Batch(x0, y, self.step), generator)
         if not torch.isfinite(loss):
             last = self.out_dir / CHECKPOINT
             kept = (
@@ -464,63 +435,8 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimizer.step()
         self.ema.update(self.model, self.step)
-        if self.target is not None:
-            self.target.update(self.model, self.step)
+        self.objective.after_step(self.model, self.step)
         return float(loss.detach())
-
-    def _loss(self, x0: Tensor, y: Tensor | None, generator: torch.Generator) -> Tensor:
-        """The batch's loss: denoising score matching, or the hybrid loss for a learned variance (whose drawn steps'
-        bound terms, gathered from every rank, update the step sampler)."""
-        tc = self.config.train
-        if self.config.distill.method is not None:
-            return self._distillation_loss(x0, generator)
-        if not self.config.learns_variance:
-            return dsm_loss(
-                self._train_model,
-                self.sde,
-                x0,
-                weighting=tc.weighting,
-                importance_sampling=tc.importance_sampling,
-                t_min=tc.t_min,
-                n_steps=tc.n_steps,
-                generator=generator,
-                y=y,
-            ).mean()
-        parts = hybrid_loss(
-            self._train_model,
-            self.sde,
-            x0,
-            n_steps=tc.n_steps,
-            vlb_weight=tc.vlb_weight,
-            t_min=tc.t_min,
-            generator=generator,
-            y=y,
-            time_sampler=self.time_sampler,
-        )
-        if self.time_sampler is not None:
-            self.time_sampler.update(*_gathered(parts.index, parts.vlb, self.world))
-        return parts.loss.mean()
-
-    def _distillation_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
-        """The student's loss (`scoresde.training.distillation`): progressive, or consistency distillation / training on
-        the run's discretisation (training's N follows the curriculum of this step)."""
-        distill, sde = self.config.distill, self.sde
-        if distill.method == "progressive":
-            grid = progressive_grid(sde, distill.steps)
-            return progressive_loss(self._train_model, self.teacher, sde, x0, grid, generator=generator).mean()
-        n = distill.n_times if self.teacher is not None else consistency_curriculum(self.step, self.config.train.steps)
-        target = self.target.model if self.target is not None else self._train_model
-        return consistency_loss(
-            self._train_model,
-            target,
-            sde,
-            x0,
-            n,
-            teacher=self.teacher,
-            solver=distill.solver,
-            distance=distill.distance,
-            generator=generator,
-        ).mean()
 
     def _evaluate(self) -> None:
         figures = {"step": self.step, **self.eval_fn(self, self.step)}
@@ -566,24 +482,11 @@ class Trainer:
             )
         load_weights(self.model, state["model"], path, "model")
         load_weights(self.ema.model, state["ema"], path, "ema")
-        if self.target is not None:
-            target = {k.removeprefix("target."): v for k, v in state["extra"].items() if k.startswith("target.")}
-            load_weights(self.target.model, target, path, "consistency target")
         try:
             self.optimizer.load_state_dict(optim)
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path} holds an optimizer state that does not fit the model ({exc})") from None
-        if self.time_sampler is not None:
-            saved = {
-                k.removeprefix("time_sampler."): v for k, v in state["extra"].items() if k.startswith("time_sampler.")
-            }
-            try:
-                self.time_sampler.load_state_dict(saved)
-            except (KeyError, ValueError) as exc:
-                raise CheckpointError(
-                    f"{path} holds no usable step history for the importance-sampled hybrid loss ({exc}), so a resume "
-                    f"would not be exact; start afresh (scoresde train --force)"
-                ) from None
+        self.objective.load_state_dict(state["extra"], path)
         self.step = state["step"]
         if state["rng"] is not None:
             torch.set_rng_state(state["rng"].cpu())
@@ -603,18 +506,6 @@ class Trainer:
                 signal.signal(sig, old)
 
         return restore
-
-
-def _gathered(index: Tensor, values: Tensor, world: int) -> tuple[Tensor, Tensor]:
-    """``(index, values)`` of every rank, concatenated in rank order (the tensors themselves on one process)."""
-    if world == 1:
-        return index, values
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(index) for _ in range(world)], [torch.empty_like(values) for _ in range(world)]
-    dist.all_gather(parts[0], index)
-    dist.all_gather(parts[1], values)
-    return torch.cat(parts[0]), torch.cat(parts[1])
 
 
 def _append_csv(path: Path, row: dict) -> None:
