@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "json_safe", "json_text"]
 
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
@@ -34,3 +36,25 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
         finally:
             os.close(dir_fd)
     return path
+
+
+def json_safe(value):
+    """A JSON-safe copy of ``value``, the one rule every result and file of the package follows: a non-finite float
+    (a standard error of one sample, a diverged figure) becomes ``None`` (JSON ``null``, which every reader accepts,
+    where ``json.dumps`` would write ``NaN``); dicts, lists and tuples are copied element by element; ``None``,
+    booleans, integers, finite floats and strings stay; anything else (a tensor, a path, a table) is recorded as its
+    ``str``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+def json_text(data) -> str:
+    """``data`` as indented, valid JSON under the `json_safe` rule."""
+    return json.dumps(json_safe(data), indent=2)

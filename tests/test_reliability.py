@@ -22,9 +22,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from scoresde import VPSDE, GaussianMixture, log_likelihood, sample
+from scoresde._io import json_text
 from scoresde._stats import mean_and_standard_error
 from scoresde.app.cli import main
-from scoresde.app.report import json_text
 from scoresde.config.schema import ConfigError, override, preset, save_config
 from scoresde.evaluation.metrics import mmd
 from scoresde.training.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint

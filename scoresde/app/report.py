@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -21,27 +20,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._io import json_text
 from .._stats import mean_and_standard_error
 from ..evaluation.comparison import Comparison, compare_samplers, default_lineup, held_out, student_lineup
 from ..processes.sde import SDE, ScoreFn
 
-__all__ = ["likelihood_summary", "write_comparison", "run_demo", "DEMO_FILES", "json_text"]
-
-
-def json_text(data) -> str:
-    """``data`` as indented, valid JSON: a non-finite float (a standard error of one sample, a diverged figure)
-    becomes ``null``, which every JSON reader accepts, where ``json.dumps`` would write ``NaN``."""
-
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    return json.dumps(clean(data), indent=2, default=str)
+__all__ = ["likelihood_summary", "write_comparison", "run_demo", "DEMO_FILES"]
 
 
 IMAGE_LIKELIHOOD = {"method": "ei", "rtol": 1e-2, "atol": 1e-2, "error_control": "batch"}

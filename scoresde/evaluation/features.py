@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_in_registry, check_positive_int, registering
+from .._io import json_safe
 from .metrics import GaussianStatistics, frechet_distance, kernel_distance, precision_recall
 
 __all__ = [
@@ -287,7 +287,7 @@ class ImageQuality:
     n_reference: int
 
     def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return json_safe(asdict(self))
 
     def summary(self) -> str:
         """One line: the figures with their names."""

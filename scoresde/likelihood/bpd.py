@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_in_registry, check_positive_int
+from .._io import json_safe
 from .._stats import mean_and_standard_error
 from ..datasets.scalers import DataTransform
 from ..processes.sde import SDE, ScoreFn
@@ -150,10 +151,7 @@ def bits_per_dim(
         "dequantization": "uniform",
         "estimator": estimator,
         "t_min": t_min,
-        **{
-            k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-            for k, v in likelihood_options.items()
-        },
+        **json_safe(likelihood_options),
     }
     result = BitsPerDimResult(
         bpd=bpd,

@@ -25,14 +25,18 @@ chose those times by a search on FID; this is that search on the energy distance
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .._checks import check_positive_int
+from .._io import json_text, write_atomic
 from ..processes.grids import time_grid
 from ..processes.sde import SDE, ScoreFn
 
@@ -55,6 +59,7 @@ class GridFit:
     settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """JSON-safe: the times, the objective at the start and the end, the evaluations and the settings."""
         return {
             "times": self.times.tolist(),
             "start_error": self.start_error,
@@ -62,6 +67,40 @@ class GridFit:
             "evaluations": self.evaluations,
             **self.settings,
         }
+
+    def save(self, path: str | Path) -> Path:
+        """Write `to_dict` as JSON to ``path``, atomically (a kill leaves the old file or the new one)."""
+        return write_atomic(path, json_text(self.to_dict()).encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> GridFit:
+        """The grid `save` wrote (``scoresde fit-grid``): strictly decreasing finite times, or a one-line
+        ``ValueError`` naming the file and what is wrong. Plain JSON: nothing in the file is executed."""
+        try:
+            record = json.loads(Path(path).read_text())
+            times = torch.tensor([float(t) for t in record["times"]], dtype=torch.float64)
+            fit = cls(
+                times,
+                float(record.get("start_error", math.nan)),
+                float(record.get("error", math.nan)),
+                int(record.get("evaluations", 0)),
+                {k: v for k, v in record.items() if k not in ("times", "start_error", "error", "evaluations")},
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path} is not a grid written by scoresde fit-grid ({exc})") from None
+        if times.numel() < 2 or not bool(torch.isfinite(times).all()) or not bool((times.diff() < 0).all()):
+            raise ValueError(f"{path} is not a grid written by scoresde fit-grid (its times must decrease strictly)")
+        return fit
+
+    @property
+    def sampler(self) -> str | None:
+        """The sampler the grid was fitted for (None when the file does not say)."""
+        return self.settings.get("sampler")
+
+    @property
+    def steps(self) -> int:
+        """The number of steps of the grid (``len(times) - 1``)."""
+        return self.times.numel() - 1
 
 
 def _times_from(theta: np.ndarray, lam_T: float, lam_min: float, sde: SDE, t_min: float) -> Tensor:

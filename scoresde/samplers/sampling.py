@@ -3,7 +3,6 @@ declaration checked once at the boundary, every score evaluation counted)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, renamed_t_min
+from .._io import json_safe
 from ..processes.grids import EDM_RHO, LOG_SNR_WARP, grid_settings, time_grid
 from ..processes.sde import SDE, ScoreFn, check_sde
 from ..processes.seam import CountingScore, as_score, require
@@ -155,12 +155,7 @@ def sample(
     settings = {**resolved, **grid_settings(grid, schedule, rho, warp)}
     settings.update(x0_range=None if x0_range is None else repr(tuple(float(v) for v in x0_range)))
     settings.update(threshold_percentile=threshold_percentile)
-    settings = {
-        k: (
-            v if isinstance(v, (int, str, bool, type(None))) or (isinstance(v, float) and math.isfinite(v)) else repr(v)
-        )
-        for k, v in settings.items()
-    }
+    settings = json_safe(settings)
     return SampleResult(
         x=x,
         nfe=score.calls,

@@ -3,18 +3,19 @@ distillation run through `scoresde.training.Trainer`, and how a distilled studen
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .._checks import check_in_registry
-from ..config.schema import DISTILLATION_METHODS, config_from_dict, preset
+from ..config.schema import DISTILLATION_METHODS, RunConfig, config_from_dict, preset
 from ..datasets import toy_dataset
+from ..samplers.grid_fit import GridFit
 from .checkpoint import CheckpointError, load_checkpoint
 from .trainer import Trainer
 
-__all__ = ["distillation_config", "distill", "student_sampling"]
+__all__ = ["distillation_config", "distill", "student_sampling", "SamplingPlan", "sampling_plan"]
 
 
 def distillation_config(
@@ -123,3 +124,52 @@ def student_sampling(config, steps: int | None = None) -> dict:
             f"this consistency model was distilled on {distill.n_times} times: at most {limit} steps, got {steps}"
         )
     return {"sampler": "consistency", "steps": steps or distill.steps}
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How to sample a run: ``sampler``, ``steps`` (None: the sampler's default), ``schedule`` (None: the sampler's
+    default, or a fitted grid's times) and the sampler's ``options``; `scoresde.sample` takes them as they are."""
+
+    sampler: str
+    steps: int | None
+    schedule: list[float] | None
+    options: dict
+
+
+def sampling_plan(
+    config: RunConfig | None,
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+    options: dict | None = None,
+    grid: GridFit | None = None,
+) -> SamplingPlan:
+    """What ``scoresde sample`` runs for a run of ``config`` (None: an imported model) given the user's choices:
+
+    - a fitted ``grid`` (`scoresde.samplers.GridFit.load`) gives the times, and its sampler and its ``order`` /
+      ``denoise`` unless the user chose otherwise; ``steps`` must then be the grid's;
+    - a distilled student samples the way it was distilled (`student_sampling`): another sampler is refused;
+    - any other run takes ``sampler`` (default ``dpm_solver``).
+
+    Conflicts are one-line ``ValueError`` s; the user's options are never overwritten."""
+    options = dict(options or {})
+    schedule = None
+    if grid is not None:
+        sampler = sampler or grid.sampler
+        if sampler == grid.sampler:
+            options.update(
+                {k: grid.settings[k] for k in ("order", "denoise") if k in grid.settings and k not in options}
+            )
+        if steps not in (None, grid.steps):
+            raise ValueError(f"the grid has {grid.steps} steps; drop --steps or pass --steps {grid.steps}")
+        steps, schedule = grid.steps, grid.times.tolist()
+    if config is None or config.distill.method is None:
+        return SamplingPlan(sampler or "dpm_solver", steps, schedule, options)
+    plan = student_sampling(config, steps)
+    own = plan.pop("sampler")
+    if sampler not in (None, own):
+        raise ValueError(f"this {config.distill.method} student samples with --sampler {own}, not {sampler}")
+    steps = plan.pop("steps")
+    options.update({k: v for k, v in plan.items() if k not in options})
+    return SamplingPlan(own, steps, schedule, options)

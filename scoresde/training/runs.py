@@ -6,16 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ..config.schema import RunConfig
-from ..datasets import toy_dataset, toy_datasets
+from ..config.schema import DataConfig, RunConfig
+from ..datasets import image_dataset, toy_dataset, toy_datasets
 from ..models import ScoreModel, create_model
 from ..models.consistency import ConsistencyModel
+from ..processes.reverse_variance import ScoreMoments, score_moments
 from ..processes.sde import SDE, ScoreFn
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
 
-__all__ = ["build_model", "wrap_network", "load_score_model", "load_teacher"]
+__all__ = ["build_model", "wrap_network", "load_score_model", "load_teacher", "run_score_moments"]
 
 
 def load_teacher(config, device: torch.device | str = "cpu") -> ScoreFn:
@@ -76,3 +77,37 @@ def load_score_model(path: str | Path, device: torch.device | str = "cpu") -> tu
     model = build_model(config, config.sde.build(), device)
     load_weights(model, state["ema"], path, "ema")
     return model.eval(), config, state["step"]
+
+
+def run_score_moments(
+    folder: str | Path,
+    model: ScoreFn,
+    sde: SDE,
+    data: DataConfig | None,
+    grid: Tensor,
+    key: str,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> ScoreMoments:
+    r"""The table of $\Gamma_t = E|s|^2/d$ at the ``grid`` times that the analytic reverse variance needs, from 2,000
+    training points of the run's ``data`` (drawn with ``seed``) perturbed to each time, cached in the run
+    ``folder`` as ``score_moments-<key>.safetensors`` (recomputed when the folder is read-only). A one-line
+    ``ValueError`` when the data set is unknown (an imported model)."""
+    cache = Path(folder) / f"score_moments-{key}.safetensors"
+    if cache.is_file():
+        return ScoreMoments.load(cache)
+    if data is None:
+        raise ValueError("the analytic variance needs the model's training data, and this model's data set is unknown")
+    if data.kind == "toy":
+        x0 = toy_dataset(data.name).sample(2000, torch.Generator().manual_seed(seed))
+    else:
+        images = image_dataset(data.name, "train", data.data_dir, data.split_seed).x[:2000]
+        x0 = data.transform().to_model(images.float() + 0.5)
+    with torch.no_grad():
+        moments = score_moments(sde, model, x0.to(device), grid, generator=torch.Generator().manual_seed(0))
+    try:
+        moments.save(cache)
+    except OSError:  # a read-only run folder: the table is recomputed next time
+        pass
+    return moments

@@ -1,0 +1,79 @@
+"""``scoresde compare``: samplers (and distilled students) side by side on held-out data."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import (
+    UserError,
+    load_model,
+    plot_extent,
+    prepare_out,
+    run_folder_of,
+    run_image_metric,
+)
+
+
+def cmd_compare(args: argparse.Namespace) -> dict:
+    """PC against ODE against the few-step solvers on one checkpoint: a table, a JSON and one figure."""
+    from ...evaluation.comparison import compare_samplers, default_lineup, held_out
+    from ..report import COMPARE_FILES, write_comparison
+
+    if args.n < 2:
+        raise UserError(f"-n must be >= 2 (distances and standard errors need two samples), got {args.n}")
+    model, data_config, step, _ = load_model(args)
+    if data_config is None:
+        raise UserError("compare needs held-out data of the model's data set, unknown for this imported model's shape")
+    folder = prepare_out(args.out or str(run_folder_of(args.checkpoint)), args.force, list(COMPARE_FILES))
+    data = held_out(data_config, args.n, args.seed)
+    transform = data_config.transform()
+    quantise = (lambda x: transform.to_model(transform.from_model(x) + 0.5)) if transform is not None else None
+    comparison = compare_samplers(
+        model.sde,
+        model,
+        data.x,
+        lineup=default_lineup(args.quick) + _student_lineup(args, model, data_config),
+        n=len(data.x),
+        floor_reference=data.floor,
+        true_log_prob=data.sample_log_prob,
+        entropy=data.entropy,
+        postprocess=quantise,
+        image_metric=run_image_metric("compare", args, data_config, run_folder_of(args.checkpoint)),
+        seed=args.seed,
+        device=args.device,
+        progress=not args.json,
+    )
+    paths = write_comparison(comparison, data.x, folder, extent=plot_extent(data_config))
+    if not args.json:
+        print(comparison.markdown())
+    best = comparison.best()
+    return {
+        "checkpoint_step": step,
+        "n": comparison.n,
+        "best": best.spec.label,
+        "best_nfe": best.nfe,
+        "noise_floor": comparison.floor,
+        "files": [str(p) for p in paths],
+        **({"runs": comparison.to_dict()["runs"]} if args.json else {}),
+    }
+
+
+def _student_lineup(args: argparse.Namespace, teacher, data_config) -> list:
+    """``--student RUN`` (repeatable): each distilled student at the step counts it samples with (consistency: 1, 2
+    and 4 steps; progressive: its own), next to the teacher's solvers; a student of another SDE or data is refused."""
+    from ...evaluation.comparison import student_lineup
+    from ...training.runs import load_score_model
+
+    specs = []
+    for folder in args.student or []:
+        student, config, _ = load_score_model(folder, device=args.device)
+        if config.distill.method is None:
+            raise UserError(f"--student {folder} is not a distilled student (scoresde distill writes one)")
+        if repr(config.sde.build()) != repr(teacher.sde) or config.data != data_config:
+            raise UserError(
+                f"--student {folder} was distilled for {config.sde.build()!r} on {config.data.name}; the checkpoint is "
+                f"{teacher.sde!r} on {data_config.name}: compare a student with its own teacher"
+            )
+        specs += student_lineup(student, config, Path(folder).name)
+    return specs

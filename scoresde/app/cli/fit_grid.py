@@ -1,0 +1,60 @@
+"""``scoresde fit-grid``: fit a sampler's time grid to a run's score and store it with the run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..._checks import check_in_registry
+from ...processes.seam import spec_of
+from .common import (
+    UserError,
+    load_model,
+    out_file,
+    parse_options,
+    run_folder_of,
+    sample_shape,
+)
+
+
+def cmd_fit_grid(args: argparse.Namespace) -> dict:
+    """Fit a sampler's time grid to a run's score (`scoresde.samplers.fit_grid`) and store it with the run."""
+
+    import torch
+
+    from ...evaluation.comparison import held_out
+    from ...samplers import fit_grid, samplers, time_grid
+    from ..figures import plot_grid
+
+    options = parse_options(args.option)
+    model, data_config, step, _ = load_model(args)
+    consistency = spec_of(model).output == "consistency"
+    sampler = args.sampler or ("consistency" if consistency else "dpm_solver")
+    check_in_registry("sampler", sampler, samplers())
+    if consistency and sampler != "consistency":
+        raise UserError(f"{args.checkpoint} is a consistency model: fit the grid of --sampler consistency")
+    data, start = None, ("edm", "log_snr_warped") if sampler == "consistency" else ("log_snr_warped",)
+    if args.to_data or sampler == "consistency":
+        if data_config is None:
+            raise UserError(f"--to-data needs the run's data set, and {args.checkpoint} names none")
+        data = held_out(data_config, args.n, seed=args.seed + 1).floor.to(args.device)
+    out = Path(args.out) if args.out else run_folder_of(args.checkpoint) / "grids" / f"{sampler}-{args.steps}.json"
+    out = out_file(str(out), ".json", args.force, out.with_suffix(".png").name)
+    fit = fit_grid(model.sde, model, sampler, args.steps, (1, *sample_shape(model)), n=args.n,
+                   iterations=args.iterations, generator=torch.Generator().manual_seed(args.seed),
+                   dtype=torch.float32, data=data, start=start, **options)  # fmt: skip
+    fit.save(out)
+    fig = plot_grid(
+        model.sde, {**{name: time_grid(model.sde, args.steps, name) for name in start}, "fitted": fit.times}
+    )
+    fig.savefig(out.with_suffix(".png"), dpi=100)
+    return {
+        "grid": str(out),
+        "picture": str(out.with_suffix(".png")),
+        "times": fit.times.tolist(),
+        "start_error": fit.start_error,
+        "error": fit.error,
+        "evaluations": fit.evaluations,
+        "checkpoint_step": step,
+        "use": f"scoresde sample --checkpoint {args.checkpoint} --grid {out}",
+    }

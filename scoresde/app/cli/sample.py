@@ -1,0 +1,108 @@
+"""``scoresde sample``: sample a run (a student as distilled, a fitted grid, guidance); write .npz and .png."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..._checks import check_in_registry
+from .common import (
+    UserError,
+    data_transform,
+    load_model,
+    origin,
+    out_file,
+    parse_options,
+    plot_extent,
+    require_data,
+    run_folder_of,
+    run_image_metric,
+    sample_shape,
+)
+
+
+def _analytic_moments(args: argparse.Namespace, model, data, plan):
+    """The run's cached table of score moments at the plan's grid (`scoresde.training.runs.run_score_moments`)."""
+    from ...samplers import time_grid
+    from ...samplers.base import sampler_options
+    from ...training.runs import run_score_moments
+
+    defaults = sampler_options(plan.sampler)
+    steps = plan.steps or defaults["steps"]
+    schedule, t_min = plan.options.get("schedule", defaults["schedule"]), plan.options.get("t_min")
+    grid = time_grid(model.sde, steps, schedule, t_min)
+    key = f"{schedule}-{steps}-{float(grid[-1]):.3g}"
+    data = require_data(data, "a run of its own (the analytic variance needs the model's training data)")
+    return run_score_moments(
+        run_folder_of(args.checkpoint), model, model.sde, data, grid, key, seed=args.seed, device=args.device
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> dict:
+    """Sample a trained checkpoint; write the samples (.npz) and a picture next to them (.png)."""
+    import numpy as np
+    import torch
+
+    from ...samplers import ClassifierFreeGuidance, samplers
+    from ...samplers.grid_fit import GridFit
+    from ...samplers.sampling import sample
+    from ...training.distill import sampling_plan
+    from ..figures import plot_samples
+
+    if args.sampler is not None:
+        check_in_registry("sampler", args.sampler, samplers())  # before anything is written
+    options = parse_options(args.option)
+    if args.guidance is not None and args.label is None:
+        raise UserError("--guidance needs --label (the class to guide towards)")
+    model, data, step, config = load_model(args)
+    grid = None if args.grid is None else GridFit.load(args.grid)
+    plan = sampling_plan(config, sampler=args.sampler, steps=args.steps, options=options, grid=grid)
+    sampler, options = plan.sampler, plan.options
+    if sampler in ("ddpm", "ddim") and options.get("variance") == "analytic":
+        options["moments"] = _analytic_moments(args, model, data, plan)
+    score = model if args.label is None else ClassifierFreeGuidance(model, args.label, args.guidance or 0.0)
+    out = out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
+    picture = out.with_suffix(".png")
+    with torch.no_grad():
+        result = sample(
+            model.sde,
+            score,
+            (args.n, *sample_shape(model)),
+            sampler,
+            steps=plan.steps,
+            device=args.device,
+            generator=torch.Generator(device=args.device).manual_seed(args.seed),
+            **({"schedule": plan.schedule} if plan.schedule is not None else {}),
+            **options,
+        )
+    x = result.x.cpu()
+    transform = data_transform(data)
+    levels = transform.levels if transform else None
+    arrays = {"x_model": x.numpy(), "x": transform.from_model(x).numpy().astype(np.uint8) if transform else x.numpy()}
+    np.savez(out, **arrays)
+    extent = plot_extent(data)
+    guided = "" if args.label is None else f", class {args.label}, guidance w = {args.guidance or 0.0:g}"
+    fig = plot_samples(
+        torch.as_tensor(arrays["x"]).float(),
+        f"{sampler}: {args.n} samples, {result.nfe} NFE ({origin(step)}){guided}",
+        levels=levels,
+        extent=extent,
+    )
+    fig.savefig(picture, dpi=110)
+    from ...evaluation.comparison import measure_images
+
+    quality = measure_images(run_image_metric("sample", args, data, run_folder_of(args.checkpoint)), x)
+    if quality is not None and not args.json:
+        print(quality.summary())
+    return {
+        "samples": str(out),
+        "picture": str(picture),
+        "image_quality": quality.to_dict() if quality is not None else None,
+        "nfe": result.nfe,
+        "sampler": sampler,
+        "n": args.n,
+        "checkpoint_step": step,
+        "label": args.label,
+        "guidance": args.guidance,
+        "settings": result.settings,
+    }

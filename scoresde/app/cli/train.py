@@ -1,0 +1,105 @@
+"""``scoresde train``: train a preset or config into a run folder, or resume one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import (
+    Outcome,
+    UserError,
+    note,
+    prepare_out,
+    remove_if_empty,
+)
+
+
+def _train_config(args: argparse.Namespace, out: Path):
+    """The run config: a preset or file, or with ``--resume`` and neither, the run's own (see `_resumed_config`)."""
+    from ...config.schema import load_config, override, preset
+
+    if args.config and args.preset:
+        raise UserError("pass either --preset or --config, not both")
+    if args.config:
+        config = load_config(args.config)
+    elif args.resume and not args.preset:
+        config = _resumed_config(out) or preset("toy-vp")
+    else:
+        config = preset(args.preset or "toy-vp")
+    sets = list(args.set or [])
+    if args.data_dir:
+        sets.append(f"data.data_dir={args.data_dir}")
+    if args.steps is not None:
+        sets.append(f"train.steps={args.steps}")
+    if args.seed is not None:
+        sets.append(f"train.seed={args.seed}")
+    return override(config, *sets)
+
+
+def _resumed_config(out: Path):
+    """The config of the run in ``out``: its ``config.yaml``; the config its checkpoint carries when that file is
+    missing; ``config.yaml`` alone for a run killed before its first checkpoint (it starts again at step 0); None
+    (the preset's, from step 0) where no run wrote anything yet, so that a requeued ``--resume`` always works."""
+    from ...config.schema import load_config
+    from ...training.checkpoint import CHECKPOINT, load_checkpoint
+    from ...training.run_folder import run_files
+
+    checkpoint, saved = out / CHECKPOINT, out / "config.yaml"
+    if checkpoint.is_file():
+        if saved.is_file():
+            return load_config(saved)
+        config = load_checkpoint(checkpoint)["config"]
+        note("train", f"{saved} is missing: resuming with the config the checkpoint carries")
+        return config
+    if saved.is_file():
+        config = load_config(saved)
+        note(
+            "train",
+            f"{out} holds no checkpoint yet (the run stopped before its first): starting at step 0 with its config",
+        )
+        return config
+    if out.is_dir() and run_files(out):
+        raise UserError(f"--resume: {out} holds no checkpoint or config.yaml to resume; --force starts afresh")
+    note("train", f"{out} holds no run yet (none started, or it stopped before writing anything): starting at step 0")
+    return None
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    """Train a preset or config file (with ``--set`` overrides) into ``--out``; ``--resume`` continues a run there.
+    Nothing in ``--out`` is replaced without ``--force``, which replaces the run files only."""
+    from ...training.run_folder import RUN_FILES, run_files
+    from ...training.trainer import Trainer, TrainingDiverged
+    from ..figures import plot_training_curve
+
+    out = Path(args.out)
+    config = _train_config(args, out)
+    present = run_files(out) if out.is_dir() else []
+    if present and not (args.resume or args.force):
+        raise UserError(
+            f"{present[0]} already exists; pass --resume to continue the run in {out}, --force to replace its run "
+            f"files ({', '.join(RUN_FILES)}; nothing else is touched), or choose another --out"
+        )
+    created = not out.exists()
+    prepare_out(str(out), True, [])
+    try:
+        trainer = Trainer(
+            config, out, device=args.device, progress=not args.json, resume=args.resume, overwrite=args.force
+        )
+        try:
+            result = trainer.train()
+        finally:
+            trainer.close()  # under torchrun: leave the process group before exit
+    except (FileNotFoundError, TrainingDiverged) as exc:
+        remove_if_empty(out, created)
+        raise UserError(str(exc)) from None
+    except BaseException:
+        remove_if_empty(out, created)
+        raise
+    if not trainer.is_main:
+        return {}
+    summary = {**result.to_dict(), "out": str(out), "config": config.to_dict()}
+    if (out / "metrics.csv").is_file():
+        fig = plot_training_curve(out / "metrics.csv")
+        fig.savefig(out / "loss.png", dpi=100)
+        summary["loss_plot"] = str(out / "loss.png")
+    return Outcome(summary, 130) if result.interrupted else summary
