@@ -501,7 +501,9 @@ def animate_reverse_process(
         ax.set_title(f"{title}: t = {float(times[picks[k]]):.3f}", fontsize=9)
         return (dots,)
 
-    return FuncAnimation(fig, update, frames=len(picks), interval=interval, blit=False)
+    animation = FuncAnimation(fig, update, frames=len(picks), interval=interval, blit=False)
+    animation.figure = fig  # a public handle: close it with plt.close(animation.figure) once saved
+    return animation
 
 
 def plot_inpainting(

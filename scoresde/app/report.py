@@ -327,7 +327,7 @@ def run_demo(
             walk.trajectory, walk.times, extent=toy.extent, frames=15 if quick else 40, title="reverse SDE"
         )
         animation.save(out / "reverse.gif", writer="pillow", dpi=60 if quick else 80)
-        plt.close(animation._fig)
+        plt.close(animation.figure)
         figures.append("reverse.gif")
     timings["total"] = time.perf_counter() - start
 

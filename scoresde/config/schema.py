@@ -249,6 +249,10 @@ class TrainConfig:
         _require(self.vlb_weight >= 0, "train.vlb_weight", f"must be >= 0, got {self.vlb_weight!r}")
 
 
+TEACHER_SOLVERS = ("heun", "ddim")
+"""Consistency distillation's teacher ODE steps (`scoresde.training.distillation.teacher_step`)."""
+CONSISTENCY_DISTANCES = ("l2", "pseudo_huber")
+"""Consistency losses' distances (`scoresde.training.distillation.consistency_loss`)."""
 DISTILLATION_METHODS = ("progressive", "consistency", "consistency_training")  # scoresde.training.distillation's
 
 
@@ -288,11 +292,15 @@ class DistillConfig:
         )
         _require(self.steps >= 1, "distill.steps", f"must be a positive integer, got {self.steps!r}")
         _require(self.n_times >= 2, "distill.n_times", f"must be an integer >= 2, got {self.n_times!r}")
-        _require(self.solver in ("heun", "ddim"), "distill.solver", f"{self.solver!r} is not one of heun, ddim")
         _require(
-            self.distance in ("l2", "pseudo_huber"),
+            self.solver in TEACHER_SOLVERS,
+            "distill.solver",
+            f"{self.solver!r} is not one of {', '.join(TEACHER_SOLVERS)}",
+        )
+        _require(
+            self.distance in CONSISTENCY_DISTANCES,
             "distill.distance",
-            f"{self.distance!r} is not one of l2, pseudo_huber",
+            f"{self.distance!r} is not one of {', '.join(CONSISTENCY_DISTANCES)}",
         )
         _require(0 <= self.target_ema < 1, "distill.target_ema", f"must lie in [0, 1), got {self.target_ema!r}")
 

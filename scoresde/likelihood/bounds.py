@@ -29,7 +29,7 @@ from ..processes.reverse_variance import (
     reverse_variance,
 )
 from ..processes.sde import SDE, ScoreFn, check_sde, log_snr_times
-from ..processes.seam import CountingScore, as_score
+from ..processes.seam import CountingScore, as_score, tweedie
 from .pf_ode import check_data, likelihood_t_min
 
 __all__ = ["elbo", "ddpm_bound", "ELBOResult", "TIME_SAMPLINGS"]
@@ -80,6 +80,11 @@ def _time_draws(sde: SDE, t_min: float, n_times: int, sampling: str, generator, 
         yield log_snr_times(sde, t_min, (k + torch.rand(B, generator=generator, dtype=torch.float64)) / n_times, **opts)
 
 
+def _noised(x: Tensor, alpha: Tensor, sigma: Tensor, generator) -> Tensor:
+    r"""$\alpha x + \sigma z$, $z \sim \mathcal N(0, I)$: ``x`` carried along a transition with coefficients ``[B]``."""
+    return expand_to(alpha, x) * x + expand_to(sigma, x) * standard_normal_like(x, generator)
+
+
 def _gaussian_prior_term(sde: SDE, x: Tensor, a_T: Tensor, s_T: Tensor) -> Tensor:
     r"""$-\mathbb E\log\mathcal N(x_T; 0, \sigma_p^2 I)$ for $x_T \sim \mathcal N(a_T x, s_T^2 I)$, in closed form."""
     B, dim = x.shape[0], x[0].numel()
@@ -98,8 +103,7 @@ def _prior_term(sde: SDE, x: Tensor, t0: float, prior_logp, n_prior_draws: int, 
     if prior_logp is None:
         return _gaussian_prior_term(sde, x, a_T, s_T)
     draws = [
-        prior_logp(expand_to(a_T, x) * x + expand_to(s_T, x) * standard_normal_like(x, generator))
-        for _ in range(check_positive_int("n_prior_draws", n_prior_draws))
+        prior_logp(_noised(x, a_T, s_T, generator)) for _ in range(check_positive_int("n_prior_draws", n_prior_draws))
     ]
     return -torch.stack(draws).mean(0)
 
@@ -151,7 +155,7 @@ def elbo(
     values = []
     for t, weight in _time_draws(sde, t_min, n_times, time_sampling, generator, B, opts):
         a, s = sde.transition(t, torch.full_like(t, t_min))
-        xt = (expand_to(a, x) * x + expand_to(s, x) * standard_normal_like(x, generator)).requires_grad_(True)
+        xt = _noised(x, a, s, generator).requires_grad_(True)
         probes = draw_probes("rademacher", 1, x, generator) if divergence == "hutchinson" else None
         with torch.enable_grad():
             s_theta = score(xt, t)
@@ -261,16 +265,12 @@ def ddpm_bound(
         var = reverse_variance(variance, step, gamma=gamma, fraction=fraction, data_range=data_range)
         return step, var.reshape(B, -1)
 
-    def tweedie(i: Tensor, x_i: Tensor, alpha_i0: Tensor, sigma_i0: Tensor) -> Tensor:
-        return (x_i + expand_to(sigma_i0**2, x) * score(x_i, times[i])) / expand_to(alpha_i0, x)
+    def x0_hat(i: Tensor, x_i: Tensor, alpha_i0: Tensor, sigma_i0: Tensor) -> Tensor:
+        return tweedie(x_i, score(x_i, times[i]), alpha_i0, sigma_i0)
 
     def draw(i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         alpha_i0, sigma_i0 = sde.transition(times[i], t0)
-        return (
-            expand_to(alpha_i0, x) * x + expand_to(sigma_i0, x) * standard_normal_like(x, generator),
-            alpha_i0,
-            sigma_i0,
-        )
+        return _noised(x, alpha_i0, sigma_i0, generator), alpha_i0, sigma_i0
 
     # L_T: cross-entropy of the prior minus the entropy of q(x_T | x_0)
     sigma_T0 = sde.transition(times[-1].expand(B), t0)[1]
@@ -280,14 +280,14 @@ def ddpm_bound(
     # decoder term L_0
     one = torch.ones(B, dtype=torch.long, device=x.device)
     x_1, alpha_10, sigma_10 = draw(one)
-    residual = (x - tweedie(one, x_1, alpha_10, sigma_10)).reshape(B, -1).pow(2)
+    residual = (x - x0_hat(one, x_1, alpha_10, sigma_10)).reshape(B, -1).pow(2)
     decoder_var = reverse_step(one, x_1, decoder=True)[1]
     decoder = (0.5 * torch.log(2 * math.pi * decoder_var) + 0.5 * residual / decoder_var).sum(1)
     # KL terms L_{i-1}, i = 2..N (per-sample indices when sampled)
     terms = []
     for i in _term_indices(n_steps, n_terms, generator, B, x.device):
         x_i, alpha_i0, sigma_i0 = draw(i)
-        err = (x - tweedie(i, x_i, alpha_i0, sigma_i0)).reshape(B, -1).pow(2)
+        err = (x - x0_hat(i, x_i, alpha_i0, sigma_i0)).reshape(B, -1).pow(2)
         step, var = reverse_step(i, x_i)
         coef, post_var = step.a[:, None], step.beta_tilde[:, None]  # the posterior's x0 coefficient and variance
         terms.append((0.5 * (torch.log(var / post_var) + post_var / var - 1) + coef**2 * err / (2 * var)).sum(1))

@@ -97,7 +97,7 @@ class _Schedule:
             return self.t_min
         if lam == self.lamN:
             return self.sde.T
-        t = self.sde._t_from_log_snr(torch.tensor(2.0 * lam, dtype=torch.float64))
+        t = self.sde.t_from_log_snr(torch.tensor(2.0 * lam, dtype=torch.float64))
         return float(t.clamp(self.t_min, self.sde.T))
 
     def alpha_sigma(self, t: float) -> tuple[float, float]:
@@ -134,10 +134,12 @@ def solve_exponential(
 
     ``lams`` (decreasing from $\lambda(t_{min})$ to $\lambda(T)$) gives a fixed grid; without it the step
     size is adaptive: a step is accepted when ``error_norm(dx, dlogp) <= 1``, with ``dx`` the corrector–predictor
-    difference of the state scaled by ``atol + rtol |x|`` and ``dlogp`` that of the log-density over ``atol``.
+    difference of the state scaled by ``atol + rtol |x|`` and ``dlogp`` that of the log-density over ``atol``
+    (default `per_sample_norm`: the worst sample's).
     ``first_step`` is the first step in $\lambda$ (the order ramps up from 1 with the history)."""
     schedule = _Schedule(sde, t_min)
     B, dim = x.shape[0], x[0].numel()
+    error_norm = per_sample_norm if error_norm is None else error_norm
 
     def evaluate(state: Tensor, t: float, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
         """$\\epsilon = -\\sigma s$ and its divergence in $y = x/\\alpha$, $\\alpha\\nabla_x\\cdot\\epsilon$

@@ -130,9 +130,9 @@ class ScoreMoments:
 
     def at(self, sde: SDE, t: Tensor) -> Tensor:
         """$\\Gamma$ at times ``t`` (any shape), linear in the log-SNR between the table's times."""
-        lam_table = sde.log_snr(self.times).flip(0)  # increasing
-        gamma = self.gamma.flip(0)
-        lam = sde.log_snr(t.to(torch.float64).cpu()).clamp(float(lam_table[0]), float(lam_table[-1]))
+        lam_table = sde.log_snr(self.times).flip(0).to(t.device)  # increasing
+        gamma = self.gamma.flip(0).to(t.device)
+        lam = torch.minimum(torch.maximum(sde.log_snr(t.to(torch.float64)), lam_table[0]), lam_table[-1])
         k = torch.clamp(torch.searchsorted(lam_table, lam.contiguous()) - 1, 0, len(lam_table) - 2)
         w = (lam - lam_table[k]) / (lam_table[k + 1] - lam_table[k])
         return (gamma[k] + w * (gamma[k + 1] - gamma[k])).to(device=t.device, dtype=t.dtype)
@@ -205,8 +205,8 @@ def reverse_variance(
     r"""$\Sigma$ of one reverse step (module docstring) for ``choice`` in `VARIANCES`, shaped like the step's
     coefficients (``learned``: like ``fraction``, the network's $f = (v + 1)/2$ per dimension, the step's coefficients
     broadcasting over its leading axis). ``gamma``: $\Gamma_t$ (``analytic``); ``data_range``: $(l, h)$ of the data,
-    tightening the analytic upper bound."""
-    check_in_registry("reverse variance", choice, VARIANCES)
+    tightening the analytic upper bound. ``choice`` is not checked here: its user checks it once
+    (`check_variance`)."""
     if choice == "learned":
         if fraction is None:
             raise ValueError("the 'learned' variance needs the network's fraction f = (v + 1)/2 (variance_fraction)")

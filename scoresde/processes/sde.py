@@ -494,8 +494,7 @@ class ProbabilityFlow(ReverseSDE):
         self, u: Tensor, x: Tensor, divergence: Callable[[Tensor, Tensor], Tensor]
     ) -> tuple[Tensor, Tensor]:
         r"""$dx/du$ and ``divergence(v, x)`` of it (exact or Hutchinson, built under autograd), both detached: the
-                augmented field of the log-density, $d\log p/du = -
-        abla\cdot v$ (unchecked)."""
+        augmented field of the log-density, $d\log p/du = -\nabla\cdot v$ (unchecked)."""
         with torch.enable_grad():
             y = x.detach().requires_grad_(True)
             v = self.velocity(u, y)

@@ -46,6 +46,7 @@ __all__ = [
     "spec_of",
     "require",
     "to_sigma_score",
+    "tweedie",
     "x0_from_score",
     "x0_from_sigma_score",
     "sigma_score",
@@ -155,9 +156,15 @@ def to_sigma_score(sde: SDE, kind: str, out: Tensor, x: Tensor, t: Tensor) -> Te
     raise ValueError(f"no score from a model output of kind {kind!r}; convertible kinds: {', '.join(_CONVERTIBLE)}")
 
 
+def tweedie(x: Tensor, score: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    r"""Tweedie's formula for $x = \alpha x_0 + \sigma\epsilon$ with coefficients ``[B]``:
+    $\mathbb E[x_0 \mid x] = (x + \sigma^2\,\nabla\log p(x))/\alpha$."""
+    return (x + expand_to(sigma**2, x) * score) / expand_to(alpha, x)
+
+
 def x0_from_score(sde: SDE, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
-    r"""Tweedie's denoised estimate $\hat x_0 = (x + \sigma(t)^2\,s)/\alpha(t)$."""
-    return (x + expand_to(sde.sigma(t) ** 2, x) * score) / expand_to(sde.alpha(t), x)
+    r"""Tweedie's denoised estimate $\hat x_0 = (x + \sigma(t)^2\,s)/\alpha(t)$ (`tweedie` at ``sde``'s time ``t``)."""
+    return tweedie(x, score, sde.alpha(t), sde.sigma(t))
 
 
 def x0_from_sigma_score(sde: SDE, x: Tensor, t: Tensor, scaled: Tensor) -> Tensor:

@@ -35,7 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_in_registry, expand_to, standard_normal_like
-from ..config.schema import DISTILLATION_METHODS  # one list of the methods: the config validates it
+from ..config.schema import (  # one list of the methods: the config validates it
+    CONSISTENCY_DISTANCES,
+    DISTILLATION_METHODS,
+    TEACHER_SOLVERS,
+)
 from ..models.consistency import ConsistencyModel, noise_to_signal
 from ..processes.sde import SDE, ScoreFn
 from ..processes.seam import sigma_score, x0_from_sigma_score
@@ -53,10 +57,6 @@ __all__ = [
     "TEACHER_SOLVERS",
     "CONSISTENCY_DISTANCES",
 ]
-
-
-TEACHER_SOLVERS = ("heun", "ddim")
-CONSISTENCY_DISTANCES = ("l2", "pseudo_huber")
 
 
 def denoiser(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
