@@ -125,10 +125,12 @@ def test_chain_coefficients_and_the_fixed_choices():
     sde = VPSDE()
     t, s = torch.tensor([0.5], dtype=torch.float64), torch.tensor([0.4], dtype=torch.float64)
     step = chain_step(sde, t, s)
-    a2t, a2s = sde.alpha(t) ** 2, sde.alpha(s) ** 2
-    assert torch.allclose(step.beta, 1 - a2t / a2s) and torch.allclose(
-        step.beta_tilde, step.beta * (1 - a2s) / (1 - a2t)
-    )
+    # independently, by Gaussian conditioning of the forward process: beta = Var(x_t | x_s), and
+    # beta_tilde = Var(x_s | x_t, x_0) = Var(x_s|x0) - Cov(x_s, x_t | x0)^2 / Var(x_t|x0)
+    a_ts, s_ts = sde.transition(t, s)
+    assert torch.allclose(step.beta, s_ts**2)
+    var_s, var_t, cov = sde.sigma(s) ** 2, sde.sigma(t) ** 2, a_ts * sde.sigma(s) ** 2
+    assert torch.allclose(step.beta_tilde, var_s - cov**2 / var_t)
     decoder = chain_step(sde, t, s, t0=s)
     assert float(decoder.beta_tilde) == 0 and torch.equal(reverse_variance("beta_tilde", decoder), decoder.beta)
     for gamma in (0.0, 0.5, 100.0):
