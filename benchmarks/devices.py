@@ -8,12 +8,11 @@ Prints a markdown table and writes devices.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
+from common import benchmark_parser, parse, setup_run  # noqa: E402
 
 from scoresde import VESDE, VPSDE, energy_distance, sample, toy_dataset
 
@@ -30,10 +29,10 @@ DETERMINISTIC = {"ode", "ddim", "heun", "dpm_solver", "unipc"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, quick="1,000 samples")
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
+    args = parse(parser, n=1000)
+    out = setup_run(args)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     mixture = toy_dataset("gmm").mixture
     truth = mixture.sample(args.n, torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -74,8 +73,6 @@ def main() -> None:
             f"| {r['sde']} | {r['sampler']} | {r['device']} | {r['nfe']} | {r['seconds_per_10k']:.2f} | "
             f"{r['on_device_and_finite']} | {r['energy_distance']:.2e} | {diff} |"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = "devices_cuda.json" if len(devices) > 1 else "devices_cpu.json"
     (out / name).write_text(json.dumps({"n": args.n, "devices": devices, "rows": rows}, indent=2))
 

@@ -22,8 +22,6 @@ measured
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import statistics
 import time
@@ -34,15 +32,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from report_files import write_report  # noqa: E402
+from common import benchmark_parser, setup_run, train_student, write_report  # noqa: E402
 
 from scoresde import energy_distance, sample, toy_dataset
 from scoresde._stats import mean_and_standard_error  # noqa: E402
-from scoresde.config.schema import override  # noqa: E402
 from scoresde.evaluation.metrics import energy_distance_floor  # noqa: E402
 from scoresde.samplers import fit_grid
-from scoresde.training.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from scoresde.training.distill import distill, distillation_config, student_sampling  # noqa: E402
+from scoresde.training.distill import student_sampling  # noqa: E402
 from scoresde.training.runs import load_score_model  # noqa: E402
 
 N_SAMPLES = 10_000
@@ -99,56 +95,14 @@ def fitted_rows(report: dict, name: str, model, toy, floors: dict) -> None:
         print(json.dumps(row), flush=True)
 
 
-def finished(config, folder: Path) -> bool:
-    """Whether ``folder`` holds this very student, trained to its last step (then it is reused, not retrained)."""
-    try:
-        checkpoint = load_checkpoint(folder)
-    except CheckpointError:
-        return False
-    return checkpoint["config"].to_dict() == config.to_dict() and checkpoint["step"] == config.train.steps
-
-
-def training_seconds(folder: Path) -> float:
-    """The training's own wall time: the last ``seconds`` of the run's metrics.csv."""
-    with open(folder / "metrics.csv") as f:
-        return float(list(csv.DictReader(f))[-1]["seconds"])
-
-
-def train_student(
-    teacher: str, name: str, method: str, out: Path, reuse: bool, *, steps: int = 1, train_steps: int,
-    teacher_steps: int | None = None, sde: str = "vp", **extra
-) -> tuple:  # fmt: skip
-    """Distil ``teacher`` into ``out/name`` (kept if ``reuse`` and already trained with the same config). Returns the
-    config and the wall time of each student: ``{steps: seconds}``, a progressive round's the sum of the rounds up to
-    it (its teachers' training included)."""
-    config = distillation_config(teacher, method, steps=steps, sde=sde, train_steps=train_steps)
-    config = override(config, *(f"{k}={v}" for k, v in extra.items()))
-    folder = out / name
-    if not (reuse and finished(config, folder)):
-        distill(config, folder, teacher_steps=teacher_steps, progress=False, overwrite=True, resume=False)
-    if method != "progressive":
-        return config, {"any": training_seconds(folder)}
-    rounds = sorted((int(p.name) for p in (folder / "rounds").iterdir()), reverse=True)
-    seconds, total = {}, 0.0
-    for round_steps in rounds:
-        total += training_seconds(folder / "rounds" / str(round_steps))
-        seconds[round_steps] = total
-    seconds[steps] = total + training_seconds(folder)
-    return config, seconds
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser = benchmark_parser(__doc__, quick="300 training steps per student (a smoke run)")
     parser.add_argument("--sde", default="vp", choices=("vp", "ve"))
     parser.add_argument("--train-steps", type=int, default=6000, help="consistency students' steps (progressive: / 6)")
     parser.add_argument("--teacher-steps", type=int, default=128, help="the progressive teacher's DDIM steps")
-    parser.add_argument("--quick", action="store_true", help="300 training steps per student (a smoke run)")
     parser.add_argument("--reuse", action="store_true", help="keep students trained before with the same config")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = setup_run(args)
     runs = out / "training_runs" / f"distill-gmm-{args.sde}"
     toy = toy_dataset("gmm")
     train_steps = 300 if args.quick else args.train_steps

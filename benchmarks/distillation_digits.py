@@ -16,22 +16,25 @@ Writes distillation_digits.json, .md, .png (FD-digits against NFE) and distillat
 
 from __future__ import annotations
 
-import argparse
 import os
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from digits_quality import compare_on_digits  # noqa: E402
-from digits_quality import markdown as quality_table  # noqa: E402
-from digits_quality import plot as quality_plot  # noqa: E402
-from distillation import train_student  # noqa: E402
-from report_files import write_report  # noqa: E402
+from common import (  # noqa: E402
+    QUICK_TRAINING,  # noqa: E402
+    benchmark_parser,
+    compare_on_digits,
+    digits_markdown,
+    plot_digits_quality,
+    setup_run,
+    train_student,
+    write_report,
+)
 
 from scoresde.app.figures import plot_sample_grids  # noqa: E402
+from scoresde.config import override  # noqa: E402
 from scoresde.config.schema import preset  # noqa: E402
 from scoresde.evaluation.comparison import SamplerSpec, student_lineup  # noqa: E402
 from scoresde.training.runs import load_score_model  # noqa: E402
@@ -52,16 +55,14 @@ def teacher_lineup() -> list[SamplerSpec]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser = benchmark_parser(__doc__, quick="a 20-step teacher, a 20-step student")
     parser.add_argument("--progressive", action="store_true", help="also progressive distillation (6 rounds)")
     parser.add_argument("--reuse", action="store_true", help="keep students trained before with the same config")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = setup_run(args)
     runs = out / "training_runs"
-    trainer = Trainer(preset("digits-ddpm"), runs / "digits-ddpm", progress=True)
+    config = override(preset("digits-ddpm"), *QUICK_TRAINING) if args.quick else preset("digits-ddpm")
+    trainer = Trainer(config, runs / ("digits-ddpm-quick" if args.quick else "digits-ddpm"), progress=True)
     trainer.train()
     teacher = os.path.relpath(trainer.out_dir)
     students, lineup = {}, teacher_lineup()
@@ -70,8 +71,9 @@ def main() -> None:
         plans.append(("progressive", "progressive", PROGRESSIVE, 64))
     for name, method, settings, teacher_steps in plans:
         extra = {k: v for k, v in settings.items() if k != "train_steps"}
+        train_steps = 20 if args.quick else settings["train_steps"]
         config, seconds = train_student(
-            teacher, name, method, runs / "distill-digits", args.reuse, train_steps=settings["train_steps"],
+            teacher, name, method, runs / "distill-digits", args.reuse, train_steps=train_steps,
             teacher_steps=teacher_steps, **extra
         )  # fmt: skip
         students[name] = {"train_steps": settings["train_steps"], "seconds": seconds, **extra}
@@ -91,10 +93,10 @@ def main() -> None:
     fig = plot_sample_grids(shown)
     fig.savefig(out / "distillation_digits_samples.png", dpi=100)
     plt.close(fig)
-    text = quality_table(report).replace("digits-ddpm (step", "digits-ddpm and its students (teacher step", 1)
+    text = digits_markdown(report).replace("digits-ddpm (step", "digits-ddpm and its students (teacher step", 1)
     times = ", ".join(f"{name} {max(s['seconds'].values()):.0f} s" for name, s in students.items())
     write_report(out, "distillation_digits", report, text + f"\nStudents' training (wall, --threads): {times}\n",
-                 quality_plot)  # fmt: skip
+                 plot_digits_quality)  # fmt: skip
 
 
 if __name__ == "__main__":

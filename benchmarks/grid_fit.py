@@ -11,7 +11,6 @@ as the mean of 3 true-vs-true pairs). Prints a table; writes grid_fit.json, grid
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -22,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from report_files import write_report  # noqa: E402
+from common import benchmark_parser, setup_run, write_report  # noqa: E402
 
 from scoresde import VESDE, VPSDE, energy_distance, sample, toy_dataset  # noqa: E402
 from scoresde.evaluation.metrics import energy_distance_floor  # noqa: E402
@@ -43,12 +42,9 @@ def ratio(sde, score, toy, schedule, steps: int, order: int, floor: float) -> li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="gmm, VP, NFE 6 only")
+    parser = benchmark_parser(__doc__, quick="gmm, VP, NFE 6 only")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    out = setup_run(args)
     rows, floors = [], {}
     for toy_name in ("gmm",) if args.quick else ("gmm", "8gaussians"):
         toy = toy_dataset(toy_name)
@@ -79,7 +75,7 @@ def main() -> None:
                     })  # fmt: skip
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "fit"}), flush=True)
     report = {"floors": floors, "rows": rows, "samples": N, "seeds": SEEDS}
-    write_report(Path(args.out), "grid_fit", report, markdown(report), plot)
+    write_report(out, "grid_fit", report, markdown(report), plot)
 
 
 def markdown(report: dict) -> str:

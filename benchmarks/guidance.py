@@ -20,7 +20,6 @@ diversity for class fidelity: accuracy rises with the weight while FD-digits and
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import benchmark_parser, setup_run  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
 from scoresde import image_dataset, sample  # noqa: E402
@@ -94,14 +94,9 @@ def guided_accuracy(sde, score_for, clf, transform, per_class: int, seed: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--quick", action="store_true", help="a few training steps, few samples: a smoke run")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = benchmark_parser(__doc__, quick="a few training steps, few samples: a smoke run")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = setup_run(args)
     per_class = 5 if args.quick else 50
     report: dict = {"quick": args.quick}
 

@@ -16,29 +16,20 @@ Writes likelihood.json, likelihood.md and likelihood.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from common import benchmark_parser, setup_run  # noqa: E402
 
-from scoresde import VESDE, VPSDE, GaussianMixture, SubVPSDE, ddpm_bound, elbo, log_likelihood, toy_dataset  # noqa: E402
+from scoresde import VESDE, VPSDE, SubVPSDE, ddpm_bound, elbo, log_likelihood, toy_dataset  # noqa: E402
 from scoresde.likelihood.pf_ode import LIKELIHOOD_T_MIN  # noqa: E402
-
-
-def mixture_10d(seed: int = 0) -> GaussianMixture:
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(4, 10, 10, generator=g, dtype=torch.float64) / math.sqrt(10)
-    covs = 0.3 * A @ A.transpose(-1, -2) + 0.02 * torch.eye(10, dtype=torch.float64)
-    w = torch.rand(4, generator=g, dtype=torch.float64) + 0.2
-    return GaussianMixture(w / w.sum(), torch.randn(4, 10, generator=g, dtype=torch.float64), covs)
-
+from scoresde.oracles import random_mixture  # noqa: E402
 
 REFERENCE = "reference: RK45 in t, 1e-5, batch norm"
 
@@ -115,17 +106,16 @@ def variational_bounds(mix, sde, x, truth, prior) -> dict[str, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, quick="small sizes: a smoke run")
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    out = setup_run(args)
     n = 100 if args.quick else args.n
     report, lines = {"n": n, "threads": torch.get_num_threads(), "cases": {}}, []
     fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     cases = [
         (f"{d} {name}", mix, sde)
-        for d, mix in (("2D", toy_dataset("gmm").mixture), ("10D", mixture_10d()))
+        for d, mix in (("2D", toy_dataset("gmm").mixture), ("10D", random_mixture(10, 4, seed=0)))
         for name, sde in (("VP", VPSDE()), ("sub-VP", SubVPSDE()), ("VE", VESDE()))
     ]
     summary = []
@@ -218,8 +208,6 @@ def main() -> None:
         head.append(f"| {case} | {ref['nfe']} | {ref['mean_abs_error']:.2e} | " + " | ".join(cells) + " |")
     lines = head + lines
     fig.tight_layout()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "likelihood.png", dpi=110)
     (out / "likelihood.json").write_text(json.dumps(report, indent=2))
     (out / "likelihood.md").write_text("\n".join(lines) + "\n")

@@ -23,7 +23,6 @@ Writes likelihood_images.json, likelihood_images.md and likelihood_cost.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -34,6 +33,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from common import benchmark_parser, setup_run  # noqa: E402
 
 from scoresde import VPSDE, bits_per_dim, image_dataset, log_likelihood, toy_dataset  # noqa: E402
 from scoresde.app.report import IMAGE_LIKELIHOOD  # noqa: E402
@@ -42,7 +42,7 @@ from scoresde.training.runs import build_model  # noqa: E402
 from scoresde.training.trainer import Trainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from likelihood import mixture_10d  # noqa: E402
+from scoresde.oracles import random_mixture  # noqa: E402
 
 SEED = 1
 TIGHT = "tight: ei, batch, 1e-4"
@@ -139,7 +139,7 @@ def cost_rows(digits, quick: bool) -> dict:
     """NFE and seconds per 100 points against D, exact against Hutchinson (ei, batch control, 1e-2)."""
     n = 20 if quick else 100
     cases = []
-    for name, mix in (("2", toy_dataset("gmm").mixture), ("10", mixture_10d())):
+    for name, mix in (("2", toy_dataset("gmm").mixture), ("10", random_mixture(10, 4, seed=0))):
         sde = VPSDE()
         cases.append((int(name), sde, mix.score_fn(sde), mix.sample(n, torch.Generator().manual_seed(0)).float()))
     sde, model, x, transform = digits
@@ -216,12 +216,9 @@ def table(title: str, rows: dict, keys: tuple[str, ...]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--quick", action="store_true")
+    parser = benchmark_parser(__doc__, quick="small sizes: a smoke run")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = setup_run(args)
     digits = digits_model(out, args.quick)
     sde, model, x, transform = digits
     x = x[:40] if args.quick else x

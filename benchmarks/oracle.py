@@ -6,13 +6,12 @@ Prints a markdown table and writes oracle.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
+from common import benchmark_parser, parse, setup_run  # noqa: E402
 
 from scoresde import VESDE, VPSDE, GaussianMixture
 
@@ -48,10 +47,9 @@ def measure(sde, D: int, n: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="benchmarks/results")
+    parser = benchmark_parser(__doc__, quick="256 points")
     parser.add_argument("--n", type=int, default=4096)
-    args = parser.parse_args()
+    args = parse(parser, n=256)
     rows = [measure(sde, D, args.n) for sde in (VPSDE(), VESDE()) for D in (2, 10, 100)]
     print("| SDE | D | max rel. error vs autograd | score evals/s (fp32) | score evals/s (fp64) |")
     print("|---|---|---|---|---|")
@@ -60,8 +58,7 @@ def main() -> None:
             f"| {r['sde']} | {r['D']} | {r['max_rel_err_vs_autograd']:.1e} | {r['evals_per_s_float32']:.3g} | "
             f"{r['evals_per_s_float64']:.3g} |"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = setup_run(args)
     (out / "oracle.json").write_text(
         json.dumps({"n": args.n, "threads": torch.get_num_threads(), "rows": rows}, indent=2)
     )

@@ -14,13 +14,12 @@ Writes overhead_<label>.json into --out and prints a table (median over repeats,
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import benchmark_parser, parse, setup_run  # noqa: E402
 
 from scoresde import VPSDE, DDPMUNet, ScoreModel, sample
 
@@ -61,12 +60,11 @@ def _host_reads(run) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, quick="20 steps, one repeat")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--label", default="after", help="name of this measurement (before / after a change)")
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
+    args = parse(parser, steps=20, repeats=1)
     torch.set_num_threads(2)
     sde = VPSDE()
     torch.manual_seed(0)
@@ -102,8 +100,7 @@ def main() -> None:
                 f"{case:28s} {name:5s} {args.steps} steps, NFE {nfe:4d}: {us:10.1f} us / step, {reads} host reads",
                 flush=True,
             )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = setup_run(args)
     (out / f"overhead_{args.label}.json").write_text(
         json.dumps({"label": args.label, "threads": 2, "rows": rows}, indent=2)
     )

@@ -19,7 +19,6 @@ user wrote changed. Prints a table and writes ``reliability.json`` and ``reliabi
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import benchmark_parser, parse, setup_run  # noqa: E402
 
 from scoresde.training.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from scoresde.training.run_folder import RUN_FILES
@@ -189,11 +189,11 @@ def user_error_battery(tmp: Path, run: Path) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, quick="2 kill-and-resume trials")
     parser.add_argument("--n", type=int, default=20, help="kill-and-resume trials (half timed onto a write)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
+    args = parse(parser, n=2)
+    out = setup_run(args)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="scoresde-reliability-") as tmp_name:
         tmp = Path(tmp_name)
@@ -232,8 +232,6 @@ def main() -> None:
     ]
     table += ["", *misses] if misses else []
     print("\n" + "\n".join(table))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     report = {"n": args.n, "steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "run_seconds": run_seconds}
     report.update({"totals": totals, "trials": trials, "user_errors": errors, "battery": battery})
     (out / "reliability.json").write_text(json.dumps(report, indent=2))

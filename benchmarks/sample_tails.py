@@ -23,7 +23,6 @@ along the trajectories of those draws and of the others. Prints tables, writes `
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -33,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from report_files import write_report  # noqa: E402
+from common import benchmark_parser, parse, setup_run, write_report  # noqa: E402
 
 from scoresde import VPSDE, log_likelihood, sample, toy_dataset  # noqa: E402
 from scoresde.config.schema import override, preset  # noqa: E402
@@ -56,9 +55,9 @@ FAR = 10.0
 """True NLL (nats) above which a sample is far from every mode of 8gaussians (the modes' own NLL is about 2.8)."""
 
 
-def train(out: Path, data: str, variant: str):
+def train(out: Path, data: str, variant: str, steps: int = 5000):
     config = override(
-        preset("toy-vp"), f"data.name={data}", "train.seed=0", "train.checkpoint_every=0", "train.steps=5000"
+        preset("toy-vp"), f"data.name={data}", "train.seed=0", "train.checkpoint_every=0", f"train.steps={steps}"
     )
     trainer = Trainer(override(config, *VARIANTS[variant]), out / f"{variant}-{data}", progress=True)
     trainer.train()
@@ -200,12 +199,11 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, quick="300 samples, 1,000 diagnosis draws, 200 training steps")
     parser.add_argument("--n", type=int, default=2000, help="samples per sampler (and held-out points)")
     parser.add_argument("--diagnosis-n", type=int, default=20000, help="prior draws of the diagnosis")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
-    out = Path(args.out)
+    args = parse(parser, n=300, diagnosis_n=1000)
+    out = setup_run(args)
     runs = out / "training_runs"
     report: dict = {"n": args.n}
     for data in ("8gaussians", "checkerboard"):
@@ -215,7 +213,7 @@ def main() -> None:
         sde = VPSDE()
         report[data]["exact"] = sample_figures(toy, data, sde, toy.oracle.score_fn(sde), x_T)
         for variant in VARIANTS:
-            trainer = train(runs, data, variant)
+            trainer = train(runs, data, variant, 200 if args.quick else 5000)
             report[data][variant] = {
                 "samplers": sample_figures(toy, data, trainer.sde, trainer.score_fn, x_T),
                 "data_gap": data_gap(toy, trainer.sde, trainer.score_fn, args.n),

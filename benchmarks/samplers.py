@@ -13,17 +13,16 @@ Writes samplers.json, samplers.md and samplers.png into --out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from common import benchmark_parser, setup_run  # noqa: E402
 
 from scoresde import VESDE, VPSDE, energy_distance, sample, toy_dataset
 from scoresde.evaluation import sliced_wasserstein
@@ -101,18 +100,15 @@ def floor(mixture, n: int, seeds: int, device: str = "cpu") -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, quick="n=2000, 1 seed, NFE <= 50 (a smoke run)")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--quick", action="store_true", help="n=2000, 1 seed, NFE <= 50 (a smoke run)")
     parser.add_argument("--device", default="cpu", help="where to sample and measure (cpu, cuda, ...)")
     parser.add_argument("--floor-seeds", type=int, default=20, help="true-vs-true pairs averaged for the floor")
     args = parser.parse_args()
     n, seeds, ladder = (2000, 1, [k for k in LADDER if k <= 50]) if args.quick else (args.n, args.seeds, LADDER)
     toy = toy_dataset("gmm")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = setup_run(args)
     device = args.device
     where = (
         torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"

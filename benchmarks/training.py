@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import benchmark_parser, setup_run  # noqa: E402
 
 from scoresde import bits_per_dim, image_dataset, log_likelihood, sample, toy_dataset  # noqa: E402
 from scoresde.app.report import IMAGE_LIKELIHOOD  # noqa: E402
@@ -207,18 +208,13 @@ def throughput(out: Path, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--quick", action="store_true")
+    parser = benchmark_parser(__doc__, quick="small sizes: a smoke run")
     parser.add_argument(
         "--parts", default="toys,digits,throughput", help="comma-separated subset of toys, digits, throughput"
     )
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--evals", type=int, default=6)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = setup_run(args)
     runs = out / "training_runs"
     parts = set(args.parts.split(","))
     report_path = out / "training.json"

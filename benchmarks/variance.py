@@ -30,7 +30,6 @@ Prints tables; writes variance.json, variance.md and variance.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -41,7 +40,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from report_files import write_report  # noqa: E402
+from common import benchmark_parser, setup_run, write_report  # noqa: E402
 
 from scoresde import VPSDE, ddpm_bound, energy_distance, image_dataset, sample, toy_dataset  # noqa: E402
 from scoresde.evaluation.features import image_metric  # noqa: E402
@@ -294,13 +293,9 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="K = 10, 25 and fewer points")
+    parser = benchmark_parser(__doc__, quick="K = 10, 25 and fewer points")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = setup_run(args)
     steps_list = [10, 25] if args.quick else [10, 25, 100, 1000]
     n_bound, n_samples = (500, 1000) if args.quick else (2000, 4000)
     sde, gmm = VPSDE(), toy_dataset("gmm")

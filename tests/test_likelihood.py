@@ -8,17 +8,9 @@ import torch
 
 from scoresde import VESDE, VPSDE, DataTransform, GaussianMixture, SubVPSDE, log_likelihood, toy_dataset
 from scoresde.likelihood.pf_ode import LIKELIHOOD_T_MIN
+from scoresde.oracles import random_mixture
 
-
-def _mixture_10d(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(4, 10, 10, generator=g, dtype=torch.float64) / math.sqrt(10)
-    covs = 0.3 * A @ A.transpose(-1, -2) + 0.02 * torch.eye(10, dtype=torch.float64)
-    w = torch.rand(4, generator=g, dtype=torch.float64) + 0.2
-    return GaussianMixture(w / w.sum(), torch.randn(4, 10, generator=g, dtype=torch.float64), covs)
-
-
-MIXTURES = {"2d": lambda: toy_dataset("gmm").mixture, "10d": _mixture_10d}
+MIXTURES = {"2d": lambda: toy_dataset("gmm").mixture, "10d": random_mixture}
 
 
 def _truth(mix, sde, x, eps):
@@ -43,7 +35,7 @@ def test_exact_divergence_matches_the_true_log_density(sde, dim):
 
 
 def _error_against_tolerance(tolerances: tuple[float, ...]) -> list[float]:
-    mix, sde = _mixture_10d(), VPSDE()
+    mix, sde = random_mixture(), VPSDE()
     x = mix.sample(16, torch.Generator().manual_seed(2), dtype=torch.float64)
     truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
     return [
@@ -111,7 +103,7 @@ def test_hutchinson_is_unbiased_and_its_variance_falls_as_one_over_probes():
 
 
 def test_float32_batches_and_image_shapes():
-    mix, sde = _mixture_10d(), SubVPSDE()
+    mix, sde = random_mixture(), SubVPSDE()
     x = mix.sample(12, torch.Generator().manual_seed(5), dtype=torch.float32).reshape(12, 1, 2, 5)
     score = lambda y, t: mix.marginal_score(sde, y, t)  # noqa: E731  (works on any shape with 10 values)
     result = log_likelihood(
@@ -203,7 +195,7 @@ def test_exponential_integrator_converges_at_its_order_and_its_error_estimate_bo
 
 @pytest.mark.parametrize("control", ["per_sample", "batch"])
 def test_adaptive_exponential_integrator_meets_its_tolerance_with_an_estimate_that_covers_the_error(control):
-    mix, sde = _mixture_10d(), VPSDE()
+    mix, sde = random_mixture(), VPSDE()
     x = mix.sample(32, torch.Generator().manual_seed(9), dtype=torch.float64)
     truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
     prior = mix.marginal(sde, sde.T).log_prob
@@ -360,7 +352,7 @@ def test_fixed_step_rk4_converges_at_fourth_order_and_counts_its_nfe():
 
 
 def test_per_sample_error_control_bounds_the_worst_sample_better_than_a_batch_norm():
-    mix, sde = _mixture_10d(), VPSDE()
+    mix, sde = random_mixture(), VPSDE()
     x = mix.sample(64, torch.Generator().manual_seed(7), dtype=torch.float64)
     truth = _truth(mix, sde, x, LIKELIHOOD_T_MIN)
     prior = mix.marginal(sde, sde.T).log_prob

@@ -2,7 +2,7 @@
 
 They enter at the model seam like any network, so every sampler and likelihood is tested against them."""
 
-from .gaussian_mixture import GaussianMixture, LabelledMixture, MixtureScore, entropy_by_quadrature
+from .gaussian_mixture import GaussianMixture, LabelledMixture, MixtureScore, entropy_by_quadrature, random_mixture
 from .uniform_boxes import UniformBoxes
 
-__all__ = ["GaussianMixture", "LabelledMixture", "MixtureScore", "entropy_by_quadrature", "UniformBoxes"]
+__all__ = ["GaussianMixture", "LabelledMixture", "MixtureScore", "entropy_by_quadrature", "random_mixture", "UniformBoxes"]

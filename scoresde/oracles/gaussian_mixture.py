@@ -25,7 +25,7 @@ from .._checks import check_finite, check_labels, check_positive_int, check_prob
 from ..processes.sde import SDE, check_sde
 from ..processes.seam import ModelSpec
 
-__all__ = ["LabelledMixture", "GaussianMixture", "MixtureScore", "entropy_by_quadrature"]
+__all__ = ["random_mixture", "LabelledMixture", "GaussianMixture", "MixtureScore", "entropy_by_quadrature"]
 
 _SYMMETRY_RTOL = 1e-8
 """Relative asymmetry tolerated in a covariance (round-off from building it as A @ A.T)."""
@@ -343,6 +343,17 @@ class LabelledMixture:
     def classifier(self, x: Tensor, t: Tensor) -> Tensor:
         r"""Exact logits $\log p(y = c \mid x_t)$ ``[B, C]``."""
         return self.mixture.class_log_probs(self.sde, x, t, self.labels)
+
+
+def random_mixture(dim: int = 10, components: int = 4, seed: int = 0) -> GaussianMixture:
+    r"""A reproducible mixture in ``dim`` dimensions for tests and benchmarks: from a generator seeded with
+    ``seed``, $A_k \sim \mathcal N(0, 1/d)^{d\times d}$ and $\Sigma_k = 0.3\,A_k A_k^\top + 0.02\,I$ (well
+    conditioned, anisotropic), weights $u_k + 0.2$ normalised ($u_k \sim U(0, 1)$), means $\mathcal N(0, I)$."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(components, dim, dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
+    covs = 0.3 * a @ a.transpose(-1, -2) + 0.02 * torch.eye(dim, dtype=torch.float64)
+    w = torch.rand(components, generator=g, dtype=torch.float64) + 0.2
+    return GaussianMixture(w / w.sum(), torch.randn(components, dim, generator=g, dtype=torch.float64), covs)
 
 
 def grid_cells(lo: Sequence[float], hi: Sequence[float], points_per_dim: int) -> tuple[Tensor, float]:

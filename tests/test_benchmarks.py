@@ -1,0 +1,43 @@
+"""Every benchmark script runs end to end with ``--quick`` into a temporary folder and writes its results (slow:
+the scripts train and sample for real, on small settings). The scripts share one helper and import each other
+nowhere."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
+
+
+def test_scripts_import_the_library_and_the_shared_helper_never_each_other():
+    names = {p.stem for p in SCRIPTS}
+    for script in SCRIPTS:
+        tree = ast.parse(script.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not imported & names, f"{script.name} imports another script: {imported & names}"
+        assert "common" in imported, f"{script.name} does not use the shared helper (benchmarks/common.py)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_every_benchmark_runs_quick(script, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent), "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--threads", "1", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = [p for p in tmp_path.iterdir() if p.suffix in (".json", ".md", ".png")]
+    assert written, f"{script.name} --quick wrote no results into --out"
