@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -54,17 +55,17 @@ SOLVERS = {
 }
 
 
-def quality(sde, fn, toy, sampler: str, steps: int, floors: dict, **options) -> dict:
+def quality(sde, fn, toy, sampler: str, steps: int, floors: dict, n: int = N_SAMPLES, seeds: int = SEEDS, **options):
     """The figures of one sampler, each the mean over ``SEEDS`` evaluations (fresh prior draws and sampler noise,
     fresh true samples) with its standard error: a few samples thrown far away move one 10,000-sample energy
     distance by the floor or more, so one seed does not tell 2x from 4x."""
     energies, gaps = [], []
-    for k in range(SEEDS):
+    for k in range(seeds):
         with torch.no_grad():
-            result = sample(sde, fn, (N_SAMPLES, 2), sampler, steps=steps,
+            result = sample(sde, fn, (n, 2), sampler, steps=steps,
                             generator=torch.Generator().manual_seed(5 + 10 * k), **options)  # fmt: skip
         x = result.x.double()
-        reference = toy.sample(N_SAMPLES, torch.Generator().manual_seed(2 + 10 * k)).double()
+        reference = toy.sample(n, torch.Generator().manual_seed(2 + 10 * k)).double()
         energies.append(energy_distance(x, reference))
         gaps.append(float(-toy.nll_log_prob(x).mean()) - toy.perfect_nll())
     energy, energy_se = mean_and_standard_error(torch.tensor(energies))
@@ -80,23 +81,23 @@ def quality(sde, fn, toy, sampler: str, steps: int, floors: dict, **options) -> 
     }
 
 
-def fitted_rows(report: dict, name: str, model, toy, floors: dict) -> None:
+def fitted_rows(report: dict, name: str, model, toy, floors: dict, measure=quality, iterations: int = 150) -> None:
     """A consistency student on times fitted to data (`fit_grid` on the energy distance to 16,384 true draws of their
     own seed, prior draws and sampler noise of their own seeds too): 2 and 4 steps."""
     calibration = toy.sample(CALIBRATION, torch.Generator().manual_seed(77)).double()
     for nfe in FITTED:
         start = time.perf_counter()
-        fit = fit_grid(model.sde, model, "consistency", nfe, (1, 2), n=CALIBRATION, data=calibration, iterations=150,
-                       dtype=torch.float32, start=("edm", "log_snr_warped"))  # fmt: skip
+        fit = fit_grid(model.sde, model, "consistency", nfe, (1, 2), n=CALIBRATION, data=calibration,
+                       iterations=iterations, dtype=torch.float32, start=("edm", "log_snr_warped"))  # fmt: skip
         row = {"method": f"{name} (fitted times)", "times": fit.times.tolist(),
                "fit_seconds": time.perf_counter() - start,
-               **quality(model.sde, model, toy, "consistency", nfe, floors, schedule=fit.times)}  # fmt: skip
+               **measure(model.sde, model, toy, "consistency", nfe, floors, schedule=fit.times)}  # fmt: skip
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, quick="300 training steps per student (a smoke run)")
+    parser = benchmark_parser(__doc__, quick="60 training steps per student, 2,000 samples, one seed (a smoke run)")
     parser.add_argument("--sde", default="vp", choices=("vp", "ve"))
     parser.add_argument("--train-steps", type=int, default=6000, help="consistency students' steps (progressive: / 6)")
     parser.add_argument("--teacher-steps", type=int, default=128, help="the progressive teacher's DDIM steps")
@@ -105,12 +106,14 @@ def main() -> None:
     out = setup_run(args)
     runs = out / "training_runs" / f"distill-gmm-{args.sde}"
     toy = toy_dataset("gmm")
-    train_steps = 300 if args.quick else args.train_steps
-    closed, closed_se = energy_distance_floor(toy.sample, N_SAMPLES, generator=torch.Generator().manual_seed(0))
+    train_steps = 60 if args.quick else args.train_steps
+    n = 2000 if args.quick else N_SAMPLES
+    measure = partial(quality, n=n, seeds=1) if args.quick else quality
+    closed, closed_se = energy_distance_floor(toy.sample, n, generator=torch.Generator().manual_seed(0))
     measured = statistics.mean(
-        energy_distance(toy.sample(N_SAMPLES, torch.Generator().manual_seed(100 + 2 * k)).double(),
-                        toy.sample(N_SAMPLES, torch.Generator().manual_seed(101 + 2 * k)).double())
-        for k in range(10)
+        energy_distance(toy.sample(n, torch.Generator().manual_seed(100 + 2 * k)).double(),
+                        toy.sample(n, torch.Generator().manual_seed(101 + 2 * k)).double())
+        for k in range(2 if args.quick else 10)
     )  # fmt: skip
     floors = {"closed_form": closed, "closed_form_se": closed_se, "measured": measured}
     print(json.dumps({"floors": floors}), flush=True)
@@ -133,21 +136,21 @@ def main() -> None:
             folder = runs / name if method != "progressive" or nfe == 1 else runs / name / "rounds" / str(nfe)
             model, student_config, _ = load_score_model(folder / "checkpoint.safetensors")
             plan = student_sampling(student_config, nfe)
-            row = {"method": name, **quality(model.sde, model, toy, plan.pop("sampler"), plan.pop("steps"), floors,
+            row = {"method": name, **measure(model.sde, model, toy, plan.pop("sampler"), plan.pop("steps"), floors,
                                              **plan)}  # fmt: skip
             report["rows"].append(row)
             print(json.dumps(row), flush=True)
         if method != "progressive":
-            fitted_rows(report, name, model, toy, floors)
+            fitted_rows(report, name, model, toy, floors, measure, iterations=5 if args.quick else 150)
 
     sde = config.sde.build()
     score = toy.oracle.score_fn(sde)
-    report["teacher"] = {"steps": args.teacher_steps, **quality(sde, score, toy, "ddim", args.teacher_steps, floors,
+    report["teacher"] = {"steps": args.teacher_steps, **measure(sde, score, toy, "ddim", args.teacher_steps, floors,
                          schedule="log_snr", denoise=False, dtype=torch.float64)}  # fmt: skip
     for name, options in SOLVERS.items():
         for nfe in COLUMNS:
             options_left = dict(options)
-            row = {"method": name, **quality(sde, score, toy, options_left.pop("sampler"), nfe, floors,
+            row = {"method": name, **measure(sde, score, toy, options_left.pop("sampler"), nfe, floors,
                                              dtype=torch.float64, **options_left)}  # fmt: skip
             report["rows"].append(row)
             print(json.dumps(row), flush=True)

@@ -33,7 +33,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from common import benchmark_parser, setup_run  # noqa: E402
+from common import QUICK_TRAINING, benchmark_parser, setup_run  # noqa: E402
 
 from scoresde import VPSDE, bits_per_dim, image_dataset, log_likelihood, toy_dataset  # noqa: E402
 from scoresde.app.report import IMAGE_LIKELIHOOD  # noqa: E402
@@ -52,7 +52,7 @@ def digits_model(out: Path, quick: bool):
     """The digits-ddpm run of benchmarks/training.py (resumed or trained), its SDE, score and test split."""
     cfg = override(preset("digits-ddpm"), "train.checkpoint_every=500", "train.log_every=100")
     if quick:
-        cfg = override(cfg, "train.steps=50")
+        cfg = override(cfg, *QUICK_TRAINING)
     run = out / "training_runs" / ("digits-ddpm" + ("-quick" if quick else ""))
     trainer = Trainer(cfg, run, progress=True, resume=True)
     trainer.train()
@@ -216,12 +216,12 @@ def table(title: str, rows: dict, keys: tuple[str, ...]) -> list[str]:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, quick="small sizes: a smoke run")
+    parser = benchmark_parser(__doc__, quick="a 20-step small model, 16 test images")
     args = parser.parse_args()
     out = setup_run(args)
     digits = digits_model(out, args.quick)
     sde, model, x, transform = digits
-    x = x[:40] if args.quick else x
+    x = x[:16] if args.quick else x
     report = {"n_images": x.shape[0], "threads": torch.get_num_threads()}
     print(f"digits test set: {x.shape[0]} images, {torch.get_num_threads()} threads", flush=True)
     report["solvers"] = solver_rows(sde, model, x, transform, args.quick)

@@ -199,7 +199,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, quick="300 samples, 1,000 diagnosis draws, 200 training steps")
+    parser = benchmark_parser(__doc__, quick="300 samples, 1,000 diagnosis draws, 60 training steps")
     parser.add_argument("--n", type=int, default=2000, help="samples per sampler (and held-out points)")
     parser.add_argument("--diagnosis-n", type=int, default=20000, help="prior draws of the diagnosis")
     args = parse(parser, n=300, diagnosis_n=1000)
@@ -213,7 +213,7 @@ def main() -> None:
         sde = VPSDE()
         report[data]["exact"] = sample_figures(toy, data, sde, toy.oracle.score_fn(sde), x_T)
         for variant in VARIANTS:
-            trainer = train(runs, data, variant, 200 if args.quick else 5000)
+            trainer = train(runs, data, variant, 60 if args.quick else 5000)
             report[data][variant] = {
                 "samplers": sample_figures(toy, data, trainer.sde, trainer.score_fn, x_T),
                 "data_gap": data_gap(toy, trainer.sde, trainer.score_fn, args.n),

@@ -43,10 +43,16 @@ import torch  # noqa: E402
 from common import benchmark_parser, setup_run, write_report  # noqa: E402
 
 from scoresde import VPSDE, ddpm_bound, energy_distance, image_dataset, sample, toy_dataset  # noqa: E402
+from scoresde.config import override, preset  # noqa: E402
 from scoresde.evaluation.features import image_metric  # noqa: E402
-from scoresde.models import create_model  # noqa: E402
+from scoresde.models import (  # noqa: E402
+    ModelSpec,
+    create_model,  # noqa: E402
+    spec_of,
+)
 from scoresde.processes.reverse_variance import VARIANCES, chain_step, score_moments  # noqa: E402
 from scoresde.samplers import time_grid  # noqa: E402
+from scoresde.training import Trainer  # noqa: E402
 from scoresde.training.losses import hybrid_loss  # noqa: E402
 from scoresde.training.runs import load_score_model  # noqa: E402
 
@@ -65,7 +71,7 @@ COLUMNS = (*VARIANCES, "per_x_optimum")
 class OracleMeanLearnedVariance(torch.nn.Module):
     """The exact score as the mean and a toy MLP's variance channel as the learned variance (float64 in and out)."""
 
-    learns_variance = True
+    spec = ModelSpec(variance=True, scaled=True)  # the seam's declaration: a score with a variance channel
 
     def __init__(self, sde, score) -> None:
         super().__init__()
@@ -103,7 +109,7 @@ class PosteriorVariance:
     """The exact score with the per-point optimal variance of each step of the bound's uniform K-step chain,
     beta_tilde + a^2 diag Cov(x0 | x_t) from the oracle's Hessian, given to `ddpm_bound` as a 'learned' fraction."""
 
-    learns_variance = True
+    spec = ModelSpec(variance=True)  # the seam's declaration: a score with a variance
 
     def __init__(self, sde, score, steps: int) -> None:
         self.sde, self.score, self.h = sde, score, (sde.T - BOUND_T_MIN) / steps
@@ -153,7 +159,7 @@ def oracle_variance_rows(sde, toy, steps_list, n_bound: int) -> list[dict]:
 
 def variances_of(score) -> list[str]:
     """The choices a score function has: ``learned`` only with a variance channel."""
-    return [v for v in VARIANCES if v != "learned" or getattr(score, "learns_variance", False)]
+    return [v for v in VARIANCES if v != "learned" or spec_of(score).variance]
 
 
 def _moments(sde, score, x0, steps: int, t_min: float | None):
@@ -305,6 +311,11 @@ def main() -> None:
     report["oracle"] = toy_rows(sde, oracle, gmm, train, steps_list, n_bound, n_samples, torch.float64)
     report["oracle"] += oracle_variance_rows(sde, gmm, [k for k in steps_list if k <= 100], n_bound)
     runs = out / "training_runs"
+    if not (runs / "edm-8gaussians" / "checkpoint.safetensors").is_file():  # sample_tails.py's run, trained here
+        steps = 60 if args.quick else 5000
+        config = override(preset("toy-vp"), "data.name=8gaussians", "train.seed=0", "train.checkpoint_every=0",
+                          f"train.steps={steps}")  # fmt: skip
+        Trainer(config, runs / "edm-8gaussians", progress=not args.quick).train()
     model, config, _ = load_score_model(runs / "edm-8gaussians" / "checkpoint.safetensors")
     toy = toy_dataset("8gaussians")
     train = toy.sample(2000, torch.Generator().manual_seed(0))

@@ -5,4 +5,11 @@ They enter at the model seam like any network, so every sampler and likelihood i
 from .gaussian_mixture import GaussianMixture, LabelledMixture, MixtureScore, entropy_by_quadrature, random_mixture
 from .uniform_boxes import UniformBoxes
 
-__all__ = ["GaussianMixture", "LabelledMixture", "MixtureScore", "entropy_by_quadrature", "random_mixture", "UniformBoxes"]
+__all__ = [
+    "GaussianMixture",
+    "LabelledMixture",
+    "MixtureScore",
+    "entropy_by_quadrature",
+    "random_mixture",
+    "UniformBoxes",
+]
