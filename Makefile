@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 # the default tier (a fast version of every check), then the slow tier (full matrices, order studies, all notebooks,
 # the demo), so that nothing rots; `make test-fast` runs the default tier alone
 test: test-fast
-	$(PY) -m pytest -q -n 2 -m slow
+	$(PY) -m pytest -q -n 2 -m slow --durations=15
 
 test-fast: $(VENV)/.installed
 	$(PY) -m ruff check .

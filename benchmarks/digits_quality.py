@@ -28,7 +28,7 @@ from common import (  # noqa: E402
 )
 
 from scoresde.config import override  # noqa: E402
-from scoresde.config.schema import preset  # noqa: E402
+from scoresde.config.presets import preset  # noqa: E402
 from scoresde.evaluation.comparison import SamplerSpec  # noqa: E402
 from scoresde.training.trainer import Trainer  # noqa: E402
 

@@ -35,7 +35,7 @@ from common import (  # noqa: E402
 
 from scoresde.app.figures import plot_sample_grids  # noqa: E402
 from scoresde.config import override  # noqa: E402
-from scoresde.config.schema import preset  # noqa: E402
+from scoresde.config.presets import preset  # noqa: E402
 from scoresde.evaluation.comparison import SamplerSpec, student_lineup  # noqa: E402
 from scoresde.training.runs import load_score_model  # noqa: E402
 from scoresde.training.trainer import Trainer  # noqa: E402

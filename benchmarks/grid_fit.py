@@ -62,6 +62,7 @@ def main() -> None:
                 for steps in (6,) if args.quick or toy_name != "gmm" else (4, 6, 8):
                     start = time.perf_counter()
                     fit = fit_grid(sde, score, "dpm_solver", steps, (1, 2), order=order,
+                                   iterations=20 if args.quick else 400,
                                    generator=torch.Generator().manual_seed(7))  # fmt: skip
                     seconds = time.perf_counter() - start
                     warped = ratio(sde, score, toy, "log_snr_warped", steps, order, closed)

@@ -35,7 +35,8 @@ from sklearn.svm import SVC  # noqa: E402
 
 from scoresde import image_dataset, sample  # noqa: E402
 from scoresde.app.figures import plot_accuracy_vs_guidance, plot_inpainting, plot_samples  # noqa: E402
-from scoresde.config.schema import override, preset  # noqa: E402
+from scoresde.config.presets import preset  # noqa: E402
+from scoresde.config.schema import override  # noqa: E402
 from scoresde.evaluation.features import feature_network, image_features, image_quality, reference_features  # noqa: E402
 from scoresde.models import NoiseConditionalClassifier  # noqa: E402
 from scoresde.samplers import ClassifierFreeGuidance, ClassifierGuidance, inpaint, named_mask  # noqa: E402

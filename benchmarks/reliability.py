@@ -189,10 +189,10 @@ def user_error_battery(tmp: Path, run: Path) -> list[dict]:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, quick="2 kill-and-resume trials")
+    parser = benchmark_parser(__doc__, quick="one kill-and-resume trial")
     parser.add_argument("--n", type=int, default=20, help="kill-and-resume trials (half timed onto a write)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parse(parser, n=2)
+    args = parse(parser, n=1)
     out = setup_run(args)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="scoresde-reliability-") as tmp_name:

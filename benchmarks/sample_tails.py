@@ -35,7 +35,8 @@ import torch  # noqa: E402
 from common import benchmark_parser, parse, setup_run, write_report  # noqa: E402
 
 from scoresde import VPSDE, log_likelihood, sample, toy_dataset  # noqa: E402
-from scoresde.config.schema import override, preset  # noqa: E402
+from scoresde.config.presets import preset  # noqa: E402
+from scoresde.config.schema import override  # noqa: E402
 from scoresde.training.trainer import Trainer  # noqa: E402
 
 VARIANTS = {

@@ -100,13 +100,13 @@ def floor(mixture, n: int, seeds: int, device: str = "cpu") -> dict:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, quick="n=2000, 1 seed, NFE <= 50 (a smoke run)")
+    parser = benchmark_parser(__doc__, quick="n=1000, 1 seed, NFE <= 10 (a smoke run)")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="where to sample and measure (cpu, cuda, ...)")
     parser.add_argument("--floor-seeds", type=int, default=20, help="true-vs-true pairs averaged for the floor")
     args = parser.parse_args()
-    n, seeds, ladder = (2000, 1, [k for k in LADDER if k <= 50]) if args.quick else (args.n, args.seeds, LADDER)
+    n, seeds, ladder = (1000, 1, [k for k in LADDER if k <= 10]) if args.quick else (args.n, args.seeds, LADDER)
     toy = toy_dataset("gmm")
     out = setup_run(args)
     device = args.device

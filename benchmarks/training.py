@@ -35,7 +35,8 @@ from common import QUICK_TRAINING, benchmark_parser, setup_run  # noqa: E402
 
 from scoresde import bits_per_dim, image_dataset, log_likelihood, sample, toy_dataset  # noqa: E402
 from scoresde.app.report import IMAGE_LIKELIHOOD  # noqa: E402
-from scoresde.config.schema import override, preset, presets  # noqa: E402
+from scoresde.config.presets import preset, presets  # noqa: E402
+from scoresde.config.schema import override  # noqa: E402
 from scoresde.training.trainer import Trainer  # noqa: E402
 
 

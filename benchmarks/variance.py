@@ -133,14 +133,14 @@ class PosteriorVariance:
         return (var.log() - clipped.log()) / (beta.log() - clipped.log())
 
 
-def oracle_variance_rows(sde, toy, steps_list, n_bound: int) -> list[dict]:
+def oracle_variance_rows(sde, toy, steps_list, n_bound: int, iterations: int = 2000) -> list[dict]:
     """The ``learned`` (variance network on the exact mean) and ``per_x_optimum`` rows of the oracle."""
     x = toy.sample(n_bound, torch.Generator().manual_seed(1)).to(torch.float64)
     true_nll = -toy.oracle.marginal_log_prob(sde, x, torch.full((n_bound,), BOUND_T_MIN, dtype=torch.float64))
     rows = []
     for steps in steps_list:
         start = time.perf_counter()
-        learned = train_oracle_variance(sde, toy, steps)
+        learned = train_oracle_variance(sde, toy, steps, iterations)
         for name, score in (
             ("learned", learned),
             ("per_x_optimum", PosteriorVariance(sde, toy.oracle.score_fn(sde), steps)),
@@ -309,7 +309,9 @@ def main() -> None:
     train = gmm.sample(2000, torch.Generator().manual_seed(0)).double()
     oracle = gmm.oracle.score_fn(sde)
     report["oracle"] = toy_rows(sde, oracle, gmm, train, steps_list, n_bound, n_samples, torch.float64)
-    report["oracle"] += oracle_variance_rows(sde, gmm, [k for k in steps_list if k <= 100], n_bound)
+    report["oracle"] += oracle_variance_rows(
+        sde, gmm, [k for k in steps_list if k <= 100], n_bound, 100 if args.quick else 2000
+    )
     runs = out / "training_runs"
     if not (runs / "edm-8gaussians" / "checkpoint.safetensors").is_file():  # sample_tails.py's run, trained here
         steps = 60 if args.quick else 5000

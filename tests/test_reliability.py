@@ -25,7 +25,9 @@ from scoresde import VPSDE, GaussianMixture, log_likelihood, sample
 from scoresde._io import json_text
 from scoresde._stats import mean_and_standard_error
 from scoresde.app.cli import main
-from scoresde.config.schema import ConfigError, override, preset, save_config
+from scoresde.config.io import save_config
+from scoresde.config.presets import preset
+from scoresde.config.schema import ConfigError, override
 from scoresde.evaluation.metrics import mmd
 from scoresde.training.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from scoresde.training.run_folder import LOCK_FILE, RunFolderError, RunLock, truncate_log

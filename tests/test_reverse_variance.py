@@ -370,7 +370,8 @@ def _tmp_dir():
 
 
 def test_learned_variance_config_is_checked():
-    from scoresde.config.schema import ConfigError, config_from_dict, preset
+    from scoresde.config.presets import preset
+    from scoresde.config.schema import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError, match="train.n_steps"):
         config_from_dict({"model": {"name": "mlp", "kwargs": {"dim": 2, "learn_variance": True}}})

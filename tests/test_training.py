@@ -10,7 +10,9 @@ import textwrap
 import pytest
 import torch
 
-from scoresde.config.schema import ConfigError, load_config, override, preset, presets, save_config
+from scoresde.config.io import load_config, save_config
+from scoresde.config.presets import preset, presets
+from scoresde.config.schema import ConfigError, override
 from scoresde.training.runs import load_score_model
 from scoresde.training.trainer import CheckpointError, Trainer, TrainingDiverged, load_checkpoint
 

@@ -180,7 +180,8 @@ DEMO_DATA = "8gaussians"
 def _demo_config(quick: bool, seed: int):
     """The demo's run: the ``toy-vp`` preset on 8 Gaussians; 5000 steps (about 90 s on 2 CPU cores), or
     for ``quick`` a small network for 400 steps (a few seconds: for tests, not for quality)."""
-    from ..config.schema import override, preset
+    from ..config.presets import preset
+    from ..config.schema import override
 
     sets = [f"data.name={DEMO_DATA}", f"train.seed={seed}", "train.checkpoint_every=0"]
     if quick:

@@ -1,5 +1,7 @@
-"""Run configs: frozen typed sections (SDE, model, data, train, distill), YAML/TOML I/O and named presets."""
+"""Run configs: frozen typed sections (`schema`), YAML/TOML files (`io`) and named presets (`presets`)."""
 
+from .io import load_config, save_config
+from .presets import preset, presets, register_preset
 from .schema import (
     ConfigError,
     DataConfig,
@@ -9,12 +11,7 @@ from .schema import (
     SDEConfig,
     TrainConfig,
     config_from_dict,
-    load_config,
     override,
-    preset,
-    presets,
-    register_preset,
-    save_config,
 )
 
 __all__ = [

@@ -69,7 +69,7 @@ def _time_draws(sde: SDE, t_min: float, n_times: int, sampling: str, generator, 
     r"""Stratified draws of t on ``[t_min, T]`` with their importance weights $1/p(t)$, ``n_times`` of ``[B]``.
 
     ``"uniform"``: $p(t) = 1/(T - t_{min})$. ``"log_snr"``: uniform in the log-SNR
-    (`scoresde.processes.sde.log_snr_times`, density $\propto g^2/\sigma^2$)."""
+    (`scoresde.processes.base.log_snr_times`, density $\propto g^2/\sigma^2$)."""
     if sampling == "uniform":
         width = sde.T - t_min
         for k in range(n_times):

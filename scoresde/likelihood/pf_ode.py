@@ -9,7 +9,7 @@ $$\log p_{t_{min}}(x) = \log p_T(z) + \int_{t_{min}}^{T} \nabla_x\!\cdot v(x(t),
 We integrate the state and the divergence together, by default with the exponential integrator in the
 log-SNR of `scoresde.likelihood.exponential_integrator` (``method="ei"``), or with torchdiffeq in ``t`` or in the
 log-SNR
-$\lambda$ (`scoresde.processes.sde.ProbabilityFlow`; the divergence of $dx/d\lambda$
+$\lambda$ (`scoresde.processes.base.ProbabilityFlow`; the divergence of $dx/d\lambda$
 integrated in $\lambda$ gives the same integral). The divergence is exact (``D`` vector–Jacobian
 products, for small ``D``) or Skilling–Hutchinson's $\mathbb E_\epsilon[\epsilon^\top (\partial v/\partial x)\epsilon]$
 with probes drawn once and kept for the whole solve.

@@ -14,6 +14,7 @@ final step as EDM's Euler step to $\sigma = 0$).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -97,6 +98,21 @@ def ddim(
     return run.finish(x, t_values[-1], denoise)
 
 
+def ddim_update(x: Tensor, x0: Tensor, alpha_t, alpha_s, sigma_ratio) -> Tensor:
+    r"""DDIM's deterministic step ($\eta = 0$; the probability-flow ODE's first-order exponential integrator) from
+    ``x`` at $t$ to $s$ given the denoised $\hat x_0$: $x_s = \alpha_s\hat x_0 + \frac{\sigma_s}{\sigma_t}
+    (x - \alpha_t\hat x_0)$ (``sigma_ratio`` $= \sigma_s/\sigma_t$; coefficients floats or broadcastable)."""
+    return alpha_s * x0 + sigma_ratio * (x - alpha_t * x0)
+
+
+def heun_update(y: Tensor, h, d: Tensor, slope_at_end: Callable[[Tensor], Tensor]) -> Tensor:
+    r"""One Heun step of $dy/d\tilde\sigma = d(y, \tilde\sigma)$ over $h = \tilde\sigma_{next} - \tilde\sigma$
+    from the slope ``d`` at the start: $y' = y + h\,d$, $y_{next} = y + h\,\tfrac12\,(d + d(y'))$ with
+    ``slope_at_end(y')`` the slope at the end (EDM's Algorithm 2 without churn; the distillation teacher's step)."""
+    y_euler = y + h * d
+    return y + h * 0.5 * (d + slope_at_end(y_euler))
+
+
 @register_sampler("heun", steps=18, schedule="edm")
 def heun(
     run: Sampling,
@@ -146,9 +162,8 @@ def heun(
             t_hat, a_hat = run.batch_time(t_churn, x), float(sde.alpha(t_churn))
             xs = xs + s_noise * math.sqrt(max(sig_hat**2 - sig[i] ** 2, 0.0)) * run.noise_like(xs)
         d = slope(xs, t_hat, a_hat, sig_hat)
-        x_euler = xs + (sig[i + 1] - sig_hat) * d
-        d_next = slope(x_euler, times[i + 1].expand(x.shape[0]), alphas[i + 1], sig[i + 1])
-        xs = xs + (sig[i + 1] - sig_hat) * 0.5 * (d + d_next)
+        end = (times[i + 1].expand(x.shape[0]), alphas[i + 1], sig[i + 1])
+        xs = heun_update(xs, sig[i + 1] - sig_hat, d, lambda y, end=end: slope(y, *end))
         run.record(t_values[i + 1], alphas[i + 1] * xs)
     return run.finish(alphas[-1] * xs, t_values[-1], denoise)
 

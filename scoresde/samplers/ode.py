@@ -8,7 +8,7 @@ In the log-SNR $\lambda(t) = \log(\alpha^2/\sigma^2)$, with $d\lambda/dt = -g^2/
 $$\frac{dx}{d\lambda} = -\frac{\sigma^2}{g^2}\, f\, x + \tfrac12 \sigma^2\, s_\theta(x, t(\lambda)),$$
 
 a far less stiff field near the data end for VP and sub-VP (the sampler offers both; the likelihood
-module measures both). The field is `scoresde.processes.sde.ProbabilityFlow`, the reverse SDE's ODE form.
+module measures both). The field is `scoresde.processes.base.ProbabilityFlow`, the reverse SDE's ODE form.
 """
 
 from __future__ import annotations

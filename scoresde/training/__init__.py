@@ -3,11 +3,12 @@
 
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
 from .classifier import train_classifier
+from .data import DataStream
 from .distill import distill, distillation_config, student_sampling
 from .losses import VLBTimeSampler, classifier_loss, ddpm_loss, dsm_loss, hybrid_loss, smld_loss
 from .run_folder import RunFolderError
 from .runs import build_model, load_score_model, load_teacher, wrap_network
-from .trainer import EMA, DataStream, Trainer, TrainingDiverged, TrainResult, init_distributed, learning_rate
+from .trainer import EMA, Trainer, TrainingDiverged, TrainResult, init_distributed, learning_rate
 
 __all__ = [
     "Trainer",

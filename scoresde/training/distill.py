@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from .._checks import check_in_registry
-from ..config.schema import DISTILLATION_METHODS, RunConfig, config_from_dict, preset
+from ..config.presets import preset
+from ..config.schema import DISTILLATION_METHODS, RunConfig, config_from_dict
 from ..datasets import toy_dataset
 from ..samplers.grid_fit import GridFit
 from .checkpoint import CheckpointError, load_checkpoint

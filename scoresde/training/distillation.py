@@ -43,6 +43,7 @@ from ..config.schema import (  # one list of the methods: the config validates i
 from ..models.consistency import ConsistencyModel, noise_to_signal
 from ..processes.sde import SDE, ScoreFn
 from ..processes.seam import sigma_score, x0_from_sigma_score
+from ..samplers.fast import ddim_update, heun_update
 
 __all__ = [
     "denoiser",
@@ -66,20 +67,19 @@ def denoiser(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
 
 
 def teacher_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, solver: str = "heun") -> Tensor:
-    r"""One probability-flow ODE step of the teacher from ``t`` to ``s`` (``[B]`` each): ``ddim`` (first order, one
-    evaluation) $x_s = \alpha_s D + \sigma_s (x - \alpha_t D)/\sigma_t$, or ``heun`` (EDM's second-order step in
+    r"""One probability-flow ODE step of the teacher from ``t`` to ``s`` (``[B]`` each), the samplers' own steps
+    (`scoresde.samplers.fast.ddim_update`, `heun_update`): ``ddim`` (first order, one evaluation)
+    $x_s = \alpha_s D + \sigma_s (x - \alpha_t D)/\sigma_t$, or ``heun`` (EDM's second-order step in
     $(y, \tilde\sigma)$, two evaluations)."""
     check_in_registry("teacher solver", solver, TEACHER_SOLVERS)
     alpha_t, alpha_s = expand_to(sde.alpha(t), x), expand_to(sde.alpha(s), x)
     d_t = denoiser(sde, score_fn, x, t)
     if solver == "ddim":
-        return alpha_s * d_t + expand_to(sde.sigma(s) / sde.sigma(t), x) * (x - alpha_t * d_t)
+        return ddim_update(x, d_t, alpha_t, alpha_s, expand_to(sde.sigma(s) / sde.sigma(t), x))
     st, ss = expand_to(noise_to_signal(sde, t), x), expand_to(noise_to_signal(sde, s), x)
     y = x / alpha_t
-    slope = (y - d_t) / st
-    y_euler = y + (ss - st) * slope
-    slope_s = (y_euler - denoiser(sde, score_fn, alpha_s * y_euler, s)) / ss
-    return alpha_s * (y + (ss - st) * 0.5 * (slope + slope_s))
+    slope_s = lambda y_end: (y_end - denoiser(sde, score_fn, alpha_s * y_end, s)) / ss  # noqa: E731
+    return alpha_s * heun_update(y, ss - st, (y - d_t) / st, slope_s)
 
 
 def consistency_times(sde: SDE, n: int, t_min: float, rho: float = 7.0, positions: Tensor | None = None) -> Tensor:

@@ -4,7 +4,7 @@ A diffusers model predicts $\epsilon$ (or $v$, or $x_0$) at integer timesteps $k
 $\bar\alpha_k$ = the scheduler's ``alphas_cumprod`` (any beta schedule). `load_diffusers` turns it into this
 toolkit's pair:
 
-- the SDE: `scoresde.processes.sde.DiscreteVPSDE` of those $\bar\alpha_k$, whose continuous time puts step $k$ at
+- the SDE: `scoresde.processes.vp.DiscreteVPSDE` of those $\bar\alpha_k$, whose continuous time puts step $k$ at
   $t = (k + 1)/N$ (DPM-Solver's discrete schedule);
 - the score: the network evaluated at the fractional timestep $\tau = N t - 1$ (the sinusoidal embedding takes any
   real, as DPM-Solver's and k-diffusion's wrappers feed it), converted by `scoresde.models.ScoreModel`:

@@ -258,3 +258,58 @@ def check_device(name: str) -> None:
     except Exception as exc:  # noqa: BLE001 - each backend fails in its own way (RuntimeError, AssertionError, ...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"--device {name}: not usable here ({reason}); use --device cpu") from None
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help (where it has one), and the description's example kept on its own lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        shown = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+        if shown and action.option_strings and "%(default)" not in help:
+            help += " (default: %(default)s)"
+        return help
+
+
+def command(
+    sub, name: str, run, help: str, example: str, *, seed: int | None = 0, force: bool = True
+) -> argparse.ArgumentParser:
+    """A sub-command with the options every command takes: --device, --seed, --json (and --force where it writes)."""
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=f"{help[0].upper()}{help[1:]}.\n\nexample:\n  {example}",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=seed,
+        help="random seed" + (" (default: the config's train.seed)" if seed is None else ""),
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout (no progress bars)")
+    if force:
+        parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def features_option(parser: argparse.ArgumentParser) -> None:
+    from ...evaluation.features import feature_networks
+
+    parser.add_argument(
+        "--features",
+        choices=[*feature_networks(), "none"],
+        help=f"image runs: the feature network of the Fréchet distance / KID ({', '.join(feature_networks())}, or "
+        "none); default: the data set's own (digits: FD-digits, mnist: FD-mnist, others: Inception's FID)",
+    )
+
+
+def checkpoint_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run folder (or checkpoint file) written by scoresde train, or a diffusers model folder (UNet2DModel with "
+        "a DDPM / DDIM scheduler; pip install 'scoresde[diffusers]')",
+    )

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from .common import (
     UserError,
+    checkpoint_option,
+    command,
+    features_option,
     load_model,
     plot_extent,
     prepare_out,
@@ -77,3 +80,27 @@ def _student_lineup(args: argparse.Namespace, teacher, data_config) -> list:
             )
         specs += student_lineup(student, config, Path(folder).name)
     return specs
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``scoresde compare``: its sub-parser and options."""
+    cmp = command(
+        sub,
+        "compare",
+        cmd_compare,
+        "compare predictor-corrector, ODE and few-step samplers on one checkpoint "
+        "(NFE, wall time, distance to held-out data)",
+        "scoresde compare --checkpoint runs/toy --quick",
+    )
+    checkpoint_option(cmp)
+    cmp.add_argument(
+        "-n", type=int, default=2000, help="samples per sampler (and held-out points; images: at most the test split)"
+    )
+    cmp.add_argument("--quick", action="store_true", help="fewer samplers and step counts")
+    cmp.add_argument(
+        "--student", action="append", metavar="RUN", help="a distilled student (scoresde distill) to add (repeatable)"
+    )
+    cmp.add_argument(
+        "--out", help="output folder for compare.json, compare.md, compare.png (default: the checkpoint's folder)"
+    )
+    features_option(cmp)

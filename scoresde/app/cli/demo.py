@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .common import (
+    command,
     prepare_out,
 )
 
@@ -48,3 +49,18 @@ def _demo_summary(metrics: dict, folder: Path) -> str:
         f"  total time {metrics['timings_seconds']['total']:.0f} s",
     ]
     return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``scoresde demo``: its sub-parser and options."""
+    demo = command(
+        sub,
+        "demo",
+        cmd_demo,
+        "train on a 2D toy with a known density, compare samplers, measure the likelihood and write a report",
+        "scoresde demo --out scoresde-out",
+    )
+    demo.add_argument("--out", default="scoresde-out", help="output folder: report.md, metrics.json, figures, run/")
+    demo.add_argument(
+        "--quick", action="store_true", help="small model and few points (under 30 s; for tests, not for quality)"
+    )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...config.schema import DISTILLATION_METHODS
 from .common import (
     Outcome,
     UserError,
+    command,
 )
 
 
@@ -40,3 +42,29 @@ def cmd_distill(args: argparse.Namespace) -> dict:
         "config": config.to_dict(),
     }
     return Outcome(summary, 130) if results and results[-1].interrupted else summary
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``scoresde distill``: its sub-parser and options."""
+    dst = command(
+        sub,
+        "distill",
+        cmd_distill,
+        "distil a teacher into a 1-4 step student: progressive distillation or a consistency model",
+        "scoresde distill --teacher runs/toy --method consistency --out runs/toy-cd\n"
+        "  scoresde distill --teacher oracle:gmm --method progressive --student-steps 2 --out runs/gmm-pd\n"
+        "  scoresde sample --checkpoint runs/toy-cd --steps 2 --out runs/toy-cd/samples.npz",
+    )
+    dst.add_argument("--teacher", required=True, help="the teacher's run folder, or oracle:<toy> (its exact score)")
+    dst.add_argument("--method", required=True, choices=DISTILLATION_METHODS, help="how the student learns")
+    dst.add_argument("--out", required=True, help="the student's run folder")
+    dst.add_argument("--student-steps", type=int, default=1, help="the student's steps (progressive: DDIM steps)")
+    dst.add_argument(
+        "--teacher-steps", type=int, help="progressive: the teacher's steps (a power-of-two multiple; default 4x)"
+    )
+    dst.add_argument("--train-steps", type=int, help="training steps per round (default 2000)")
+    dst.add_argument("--sde", default="vp", help="oracle teachers: the forward SDE (vp or ve)")
+    dst.add_argument(
+        "--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one config field (repeatable)"
+    )
+    dst.add_argument("--resume", action="store_true", help="continue the distillation in --out")

@@ -9,6 +9,8 @@ from ..._checks import check_in_registry
 from ...processes.seam import spec_of
 from .common import (
     UserError,
+    checkpoint_option,
+    command,
     load_model,
     out_file,
     parse_options,
@@ -58,3 +60,33 @@ def cmd_fit_grid(args: argparse.Namespace) -> dict:
         "checkpoint_step": step,
         "use": f"scoresde sample --checkpoint {args.checkpoint} --grid {out}",
     }
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``scoresde fit-grid``: its sub-parser and options."""
+    fit = command(
+        sub,
+        "fit-grid",
+        cmd_fit_grid,
+        "fit a sampler's time grid to a run's score: a few-step solve matched to a tight one, or to the data",
+        "scoresde fit-grid --checkpoint runs/toy --sampler dpm_solver --steps 6 --option order=3\n"
+        "  scoresde sample --checkpoint runs/toy --grid runs/toy/grids/dpm_solver-6.json --out runs/toy/s6.npz\n"
+        "  scoresde fit-grid --checkpoint runs/toy-cd --steps 2   # a consistency student's times, fitted to the data",
+    )
+    checkpoint_option(fit)
+    fit.add_argument(
+        "--sampler", help="a sampler name (scoresde list; default dpm_solver, consistency for a consistency model)"
+    )
+    fit.add_argument("--steps", type=int, default=6, help="steps of the grid (NFE = steps for ddim, dpm_solver)")
+    fit.add_argument(
+        "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"
+    )
+    fit.add_argument("-n", type=int, default=1024, help="calibration draws (never the evaluation draws)")
+    fit.add_argument("--iterations", type=int, default=400, help="objective evaluations of the Nelder-Mead search")
+    fit.add_argument(
+        "--to-data",
+        action="store_true",
+        help="fit to the energy distance against n draws of the run's data (toys: fresh draws; images: the training "
+        "split) instead of a tight solve (always for the consistency sampler)",
+    )
+    fit.add_argument("--out", help="grid file (.json; default RUN/grids/SAMPLER-STEPS.json), picture beside it")

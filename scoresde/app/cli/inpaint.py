@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .common import (
     UserError,
+    checkpoint_option,
+    command,
     data_transform,
     load_mask,
     load_model,
@@ -72,3 +74,38 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
         "checkpoint_step": step,
         "settings": result.settings,
     }
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``scoresde inpaint``: its sub-parser and options."""
+    inp = command(
+        sub,
+        "inpaint",
+        cmd_inpaint,
+        "complete the missing part of images or 2D points (inpainting / imputation)",
+        "scoresde inpaint --checkpoint runs/digits --image test --mask left-half -n 16 --out runs/digits/inpaint.npz",
+    )
+    checkpoint_option(inp)
+    inp.add_argument(
+        "--image",
+        default="test",
+        help="'test' (held-out data of the run's data set) or a .npz file with array x "
+        "(data levels for images, points for toys)",
+    )
+    inp.add_argument(
+        "--mask",
+        required=True,
+        help="region to fill in: left-half, right-half, top-half, bottom-half, center "
+        "(images), x1 or x2 (2D points), or a .npz file whose array 'mask' is nonzero where data is missing",
+    )
+    inp.add_argument(
+        "--method",
+        default="pc",
+        help="replacement, pc (Song et al. 2021, App. I) or smc (SMCDiff; the batch is "
+        "the particle population of one observation)",
+    )
+    inp.add_argument("--steps", type=int, default=500, help="predictor steps")
+    inp.add_argument("-n", type=int, default=16, help="number of data to complete (the first n)")
+    inp.add_argument(
+        "--out", required=True, help="result file (.npz: x, original, known); the picture goes next to it (.png)"
+    )

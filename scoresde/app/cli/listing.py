@@ -9,6 +9,7 @@ from ...datasets import toy_dataset, toy_datasets
 from ...processes.sde import create_sde, sde_names
 from .common import (
     UserError,
+    command,
     prepare_out,
 )
 
@@ -39,7 +40,7 @@ def cmd_toys(args: argparse.Namespace) -> dict:
 
 def cmd_list(args: argparse.Namespace) -> dict:
     """List the registered names."""
-    from ...config.schema import presets
+    from ...config.presets import presets
     from ...datasets import image_datasets
     from ...models import models
     from ...samplers import GRIDS, correctors, predictors, samplers
@@ -55,3 +56,30 @@ def cmd_list(args: argparse.Namespace) -> dict:
         "models": models(),
         "presets": presets(),
     }
+
+
+def add_toys_parser(sub: argparse._SubParsersAction) -> None:
+    """``scoresde toys``: its sub-parser and options."""
+    toys = command(
+        sub,
+        "toys",
+        cmd_toys,
+        "sample the 2D toy data sets and draw the forward process of the gmm toy",
+        "scoresde toys moons 8gaussians --out out/ --sde ve",
+    )
+    toys.add_argument("names", nargs="*", help="toy data sets to draw (default: all)")
+    toys.add_argument("--out", default="scoresde-out", help="output folder")
+    toys.add_argument("-n", type=int, default=2000, help="samples per data set")
+    toys.add_argument("--sde", default="vp", help=f"forward SDE: {', '.join(sde_names())}")
+
+
+def add_list_parser(sub: argparse._SubParsersAction) -> None:
+    """``scoresde list``: its sub-parser and options."""
+    command(
+        sub,
+        "list",
+        cmd_list,
+        "list the SDEs, samplers (predictors, correctors, solvers), data sets, models and presets",
+        "scoresde list --json",
+        force=False,
+    )

@@ -8,7 +8,10 @@ from pathlib import Path
 from ..._checks import check_in_registry
 from .common import (
     UserError,
+    checkpoint_option,
+    command,
     data_transform,
+    features_option,
     load_model,
     origin,
     out_file,
@@ -106,3 +109,32 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         "guidance": args.guidance,
         "settings": result.settings,
     }
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``scoresde sample``: its sub-parser and options."""
+    smp = command(
+        sub,
+        "sample",
+        cmd_sample,
+        "draw samples from a checkpoint's EMA model; writes FILE.npz and FILE.png",
+        "scoresde sample --checkpoint runs/toy --sampler dpm_solver --steps 20 -n 2000 --out runs/toy/samples.npz",
+    )
+    checkpoint_option(smp)
+    smp.add_argument(
+        "--sampler", help="a sampler name (scoresde list; default dpm_solver, a distilled student's own sampler)"
+    )
+    smp.add_argument("--steps", type=int, help="steps of the sampler's grid (its own default if omitted)")
+    smp.add_argument(
+        "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"
+    )
+    smp.add_argument("--grid", help="a time grid written by scoresde fit-grid (its sampler and options by default)")
+    smp.add_argument("-n", type=int, default=2000, help="number of samples")
+    smp.add_argument("--label", type=int, help="class to sample (class-conditional models)")
+    smp.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t, null); 0 = the conditional model",
+    )
+    smp.add_argument("--out", required=True, help="samples file (.npz); the picture goes next to it (.png)")
+    features_option(smp)

@@ -8,6 +8,7 @@ from pathlib import Path
 from .common import (
     Outcome,
     UserError,
+    command,
     note,
     prepare_out,
     remove_if_empty,
@@ -16,7 +17,9 @@ from .common import (
 
 def _train_config(args: argparse.Namespace, out: Path):
     """The run config: a preset or file, or with ``--resume`` and neither, the run's own (see `_resumed_config`)."""
-    from ...config.schema import load_config, override, preset
+    from ...config.io import load_config
+    from ...config.presets import preset
+    from ...config.schema import override
 
     if args.config and args.preset:
         raise UserError("pass either --preset or --config, not both")
@@ -40,7 +43,7 @@ def _resumed_config(out: Path):
     """The config of the run in ``out``: its ``config.yaml``; the config its checkpoint carries when that file is
     missing; ``config.yaml`` alone for a run killed before its first checkpoint (it starts again at step 0); None
     (the preset's, from step 0) where no run wrote anything yet, so that a requeued ``--resume`` always works."""
-    from ...config.schema import load_config
+    from ...config.io import load_config
     from ...training.checkpoint import CHECKPOINT, load_checkpoint
     from ...training.run_folder import run_files
 
@@ -103,3 +106,30 @@ def cmd_train(args: argparse.Namespace) -> dict:
         fig.savefig(out / "loss.png", dpi=100)
         summary["loss_plot"] = str(out / "loss.png")
     return Outcome(summary, 130) if result.interrupted else summary
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``scoresde train``: its sub-parser and options."""
+    train = command(
+        sub,
+        "train",
+        cmd_train,
+        "train a score model from a preset or config file",
+        "scoresde train --preset toy-vp --out runs/toy --set train.steps=2000\n"
+        "  scoresde train --out runs/toy --resume --steps 4000\n"
+        "  torchrun --nproc_per_node=2 -m scoresde train --preset digits-ddpm --out runs/digits",
+        seed=None,
+    )
+    train.add_argument("--preset", help="named preset (scoresde list shows them; default toy-vp)")
+    train.add_argument("--config", help="YAML or TOML config file")
+    train.add_argument(
+        "--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one config field (repeatable)"
+    )
+    train.add_argument(
+        "--out", required=True, help="run folder: checkpoint.safetensors, config.yaml, metrics.csv, loss.png"
+    )
+    train.add_argument("--steps", type=int, help="train.steps (the total, counted from step 0)")
+    train.add_argument("--data-dir", help="folder with MNIST / CIFAR-10 files (data.data_dir)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (its config.yaml unless --preset/--config)"
+    )
