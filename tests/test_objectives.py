@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from scoresde.config import override, preset
+from scoresde.models import ModelSpec
 from scoresde.training import Trainer
 from scoresde.training.objectives import (
     ConsistencyDistillation,
@@ -31,6 +32,19 @@ def test_the_config_names_its_objective():
     with pytest.raises(ValueError, match="the consistency objective needs a teacher"):
         build_objective(cd, sde)
     assert isinstance(build_objective(cd, sde, teacher=lambda x, t: -x), ConsistencyDistillation)
+
+    class EpsTeacher:  # N(0, I) data under VP: eps = sigma x, the score -x
+        spec = ModelSpec(output="eps")
+
+        def __call__(self, x, t):
+            return sde.sigma(t)[:, None] * x
+
+    x, t = torch.randn(4, 2, dtype=torch.float64), torch.full((4,), 0.5, dtype=torch.float64)
+    converted = build_objective(cd, sde, teacher=EpsTeacher()).teacher_fn
+    torch.testing.assert_close(converted(x, t), -x)  # converted at the objective's boundary
+    student = ModelSpec(output="consistency")
+    with pytest.raises(ValueError, match="the consistency objective's teacher needs a score model"):
+        build_objective(cd, sde, teacher=type("Student", (), {"spec": student, "__call__": lambda s, x, t: x})())
 
 
 class PullToTarget(Objective):

@@ -42,6 +42,7 @@ from .sde import SDE, ScoreFn, evaluate_score
 
 __all__ = [
     "OUTPUTS",
+    "SCORE_OUTPUTS",
     "ModelSpec",
     "spec_of",
     "require",
@@ -59,7 +60,8 @@ __all__ = [
 OUTPUTS = ("score", "eps", "x0", "v", "consistency")
 """The output kinds a model may declare."""
 
-_CONVERTIBLE = ("score", "eps", "x0", "v")
+SCORE_OUTPUTS = ("score", "eps", "x0", "v")
+"""The output kinds that are a score, or convert to one (`to_sigma_score`)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def to_sigma_score(sde: SDE, kind: str, out: Tensor, x: Tensor, t: Tensor) -> Te
         return -(expand_to(sde.alpha(t), x) * out + sigma * x)
     if kind == "x0":
         return (expand_to(sde.alpha(t), x) * out - x) / sigma
-    raise ValueError(f"no score from a model output of kind {kind!r}; convertible kinds: {', '.join(_CONVERTIBLE)}")
+    raise ValueError(f"no score from a model output of kind {kind!r}; convertible kinds: {', '.join(SCORE_OUTPUTS)}")
 
 
 def tweedie(x: Tensor, score: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -245,5 +247,5 @@ class AsScore(ModelWrapper):
 def as_score(sde: SDE, model: Any, where: str) -> Any:
     """``model`` as a score function at the boundary ``where``: itself when it declares output ``score``, converted
     (`AsScore`) for ``eps`` / ``x0`` / ``v``, refused in one line for a consistency model."""
-    spec = require(model, where, output=_CONVERTIBLE)
+    spec = require(model, where, output=SCORE_OUTPUTS)
     return model if spec.output == "score" else AsScore(sde, model)

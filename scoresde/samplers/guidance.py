@@ -50,10 +50,14 @@ class ClassifierFreeGuidance(ModelWrapper):
     def __init__(self, model: Callable, y: Tensor | int, w: float = 0.0) -> None:
         self.num_classes = require(model, "classifier-free guidance", output="score", classes=True).num_classes
         super().__init__(model)
-        self.model = model
         self.w = _check_weight(w)
         self.y = torch.as_tensor(y)
         check_labels(self.y, self.y.numel() if self.y.ndim else 1, self.num_classes, torch.device("cpu"))  # fail early
+
+    @property
+    def model(self) -> Callable:
+        """The class-conditional model."""
+        return self.inner
 
     def wrap_spec(self, spec: ModelSpec) -> ModelSpec:
         return ModelSpec(output="score", variance=spec.variance)  # the labels are closed over
@@ -94,7 +98,12 @@ class ClassifierGuidance(ModelWrapper):
             unconditional=True,
         )
         super().__init__(score_fn)
-        self.score_fn, self.classifier, self.y, self.w = score_fn, classifier, torch.as_tensor(y), _check_weight(w)
+        self.classifier, self.y, self.w = classifier, torch.as_tensor(y), _check_weight(w)
+
+    @property
+    def score_fn(self) -> ScoreFn:
+        """The unconditional score."""
+        return self.inner
 
     def class_log_prob_grad(self, x: Tensor, t: Tensor) -> Tensor:
         r"""$\nabla_x \log p_\phi(y \mid x, t)$, shaped like ``x``."""

@@ -46,10 +46,15 @@ class ThresholdedScore(ModelWrapper):
         if percentile is not None and not 0 < float(percentile) <= 100:
             raise ValueError(f"threshold_percentile must lie in (0, 100], got {percentile!r}")
         super().__init__(score_fn)
-        self.sde, self.score_fn = sde, score_fn
+        self.sde = sde
         self.clips_output = spec_of(score_fn).output == "consistency"
         self.centre, self.radius = (low + high) / 2, (high - low) / 2
         self.percentile = None if percentile is None else float(percentile)
+
+    @property
+    def score_fn(self) -> ScoreFn:
+        """The wrapped model."""
+        return self.inner
 
     def clip(self, x0: Tensor) -> Tensor:
         """``x0`` clipped (or dynamically thresholded) into ``[low, high]``."""

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .._checks import check_in_registry, registering
 from ..config.schema import RunConfig
 from ..processes.sde import SDE, ScoreFn
-from ..processes.seam import require
+from ..processes.seam import as_score
 from .checkpoint import CheckpointError, load_weights
 from .distillation import (
     consistency_curriculum,
@@ -253,13 +253,15 @@ def _hybrid(config: RunConfig, sde: SDE, *, teacher: ScoreFn | None, world: int)
 
 @register_objective("progressive")
 def _progressive(config: RunConfig, sde: SDE, *, teacher: ScoreFn | None, world: int) -> Objective:
-    return ProgressiveDistillation(sde, _teacher(teacher, "progressive"), config.distill.steps)
+    return ProgressiveDistillation(sde, _teacher(sde, teacher, "progressive"), config.distill.steps)
 
 
 @register_objective("consistency")
 def _consistency(config: RunConfig, sde: SDE, *, teacher: ScoreFn | None, world: int) -> Objective:
     d = config.distill
-    return ConsistencyDistillation(sde, _teacher(teacher, "consistency"), d.n_times, d.solver, d.distance, d.target_ema)
+    return ConsistencyDistillation(
+        sde, _teacher(sde, teacher, "consistency"), d.n_times, d.solver, d.distance, d.target_ema
+    )
 
 
 @register_objective("consistency_training")
@@ -267,11 +269,11 @@ def _consistency_training(config: RunConfig, sde: SDE, *, teacher: ScoreFn | Non
     return ConsistencyTraining(sde, config.train.steps, config.distill.distance)
 
 
-def _teacher(teacher: ScoreFn | None, name: str) -> ScoreFn:
+def _teacher(sde: SDE, teacher: ScoreFn | None, name: str) -> ScoreFn:
+    """The teacher as a score function: an eps / x0 / v model converted here, a consistency model refused."""
     if teacher is None:
         raise ValueError(f"the {name} objective needs a teacher (a run folder or oracle:<toy>: distill.teacher)")
-    require(teacher, f"the {name} objective's teacher", output="score")
-    return teacher
+    return as_score(sde, teacher, f"the {name} objective's teacher")
 
 
 def objective_name(config: RunConfig) -> str:

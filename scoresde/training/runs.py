@@ -14,6 +14,7 @@ from ..models import ScoreModel, create_model
 from ..models.consistency import ConsistencyModel
 from ..processes.reverse_variance import ScoreMoments, score_moments
 from ..processes.sde import SDE, ScoreFn
+from ..processes.seam import SCORE_OUTPUTS, require
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
 
 __all__ = ["build_model", "wrap_network", "load_score_model", "load_teacher", "run_score_moments"]
@@ -23,7 +24,6 @@ def load_teacher(config, device: torch.device | str = "cpu") -> ScoreFn:
     """The teacher of a distillation run's ``config.distill.teacher``: ``oracle:<toy>`` (that toy's exact score under
     the run's SDE; the run's data must be that toy) or a run folder whose SDE and data are the run's (its EMA model,
     frozen). Anything else: a one-line ``ValueError``."""
-
     spec = config.distill.teacher
     if spec.startswith("oracle:"):
         name = spec.removeprefix("oracle:")
@@ -42,8 +42,7 @@ def load_teacher(config, device: torch.device | str = "cpu") -> ScoreFn:
         teacher, teacher_config, _ = load_score_model(Path(spec), device)
     except CheckpointError as exc:
         raise ValueError(f"teacher {spec!r}: {exc}") from None
-    if teacher_config.distill.method in ("consistency", "consistency_training"):
-        raise ValueError(f"teacher {spec!r} is a consistency model, not a score model")
+    require(teacher, f"teacher {spec!r}", output=SCORE_OUTPUTS)  # its declaration, not its config
     if teacher_config.data != config.data:
         raise ValueError(
             f"teacher {spec!r} was trained on {teacher_config.data.name} ({teacher_config.data.kind}), the student's "
