@@ -22,12 +22,8 @@ def test_the_five_notebooks_are_there():
     ]
 
 
-@pytest.mark.parametrize(
-    "script",
-    [p if p.stem == "01_forward_sdes" else pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS],
-    ids=lambda p: p.stem,
-)
-def test_notebook_is_paired_and_runs(script, tmp_path, monkeypatch):
+def _paired(script: Path):
+    """The notebook paired with ``script``, checked to hold the same cells, opening with what it teaches."""
     paired = script.with_suffix(".ipynb")
     assert paired.is_file(), f"{paired} is missing: run jupytext --sync {script}"
     ours, theirs = jupytext.read(script), nbformat.read(paired, as_version=4)
@@ -35,6 +31,19 @@ def test_notebook_is_paired_and_runs(script, tmp_path, monkeypatch):
         f"{paired.name} is out of date with {script.name}: run jupytext --sync {script}"
     )
     assert theirs.cells[0].cell_type == "markdown" and "What this notebook teaches" in theirs.cells[0].source
+    return theirs
+
+
+@pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_paired(script):
+    """The default tier's version: every notebook is the pair of its reviewed script (running them is slow)."""
+    _paired(script)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_paired_and_runs(script, tmp_path, monkeypatch):
+    theirs = _paired(script)
     monkeypatch.setenv("SCORESDE_NOTEBOOK_QUICK", "1")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: figures become image outputs
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -49,4 +58,4 @@ def test_notebook_is_paired_and_runs(script, tmp_path, monkeypatch):
         for o in c.get("outputs", [])
         if "image/png" in o.get("data", {})
     ]
-    assert figures, f"{paired.name} drew no figure"
+    assert figures, f"{script.with_suffix('.ipynb').name} drew no figure"
