@@ -16,16 +16,17 @@ def main() -> int:
     received: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
-        from scoresde.app.cli import main as run
+        from scoresde.app.cli.main import exiting
+        from scoresde.app.cli.main import main as run
     finally:
         signal.signal(signal.SIGINT, previous)
     try:
         if received:
             raise KeyboardInterrupt
-        return run()
+        return exiting(run())
     except KeyboardInterrupt:
         print("scoresde: interrupted", file=sys.stderr)
-        return 130
+        return exiting(130)
 
 
 if __name__ == "__main__":

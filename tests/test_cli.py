@@ -100,8 +100,12 @@ def test_train_writes_a_run_folder_and_resumes(tmp_path, capsys):
     fresh = json.loads(capsys.readouterr().out)
     assert fresh["step"] == 4 and fresh["config"]["train"]["seed"] == 3
     assert (out / "metrics.csv").read_text().splitlines()[-1].startswith("4,")
-    assert main(args[:1] + ["--out", str(tmp_path / "none"), "--resume", "--steps", "2"] + args[3:]) == 0  # requeued
-    assert "holds no run yet (none started, or it stopped before writing anything)" in capsys.readouterr().err
+    none = ["--out", str(tmp_path / "none"), "--resume", "--steps", "2"]
+    assert main(args[:1] + none + args[3:]) == 2  # nothing to resume and nothing named to start: refused
+    assert "none does not exist (looked for checkpoint.safetensors and config.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    assert main(args[:1] + none + ["--preset", "toy-vp"] + args[3:]) == 0  # a requeued job names its preset
+    assert "holds no run yet: starting the --preset toy-vp run there at step 0" in capsys.readouterr().err
 
 
 def test_train_user_errors_are_one_line(tmp_path):

@@ -132,7 +132,7 @@ def test_bad_input_gets_clear_errors():
 
 @pytest.mark.parametrize(
     "method, message",
-    [("dopri5", "did not converge .*max_num_steps.*reached t="), ("ei", "took 20 steps and reached t=")],
+    [("dopri5", "did not converge .*max_num_steps.*reached t="), ("ei", "spent its 20 steps and reached t=")],
 )
 def test_an_ode_that_cannot_converge_raises_with_the_time_reached(method, message):
     mix, sde = toy_dataset("gmm").mixture, VPSDE()

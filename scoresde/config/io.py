@@ -54,6 +54,11 @@ def load_config(path: str | Path) -> RunConfig:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    if not data:
+        raise ConfigError(
+            f"config file {path} is empty (no section is set); write the fields of the run (scoresde list shows the "
+            f"presets; a run's config.yaml is a full example), or pass --preset"
+        )
     try:
         return config_from_dict(data)
     except ConfigError as exc:

@@ -37,7 +37,15 @@ from ..processes.grids import custom_grid, time_grid
 from ..processes.sde import SDE, VARIABLES, ProbabilityFlow, ScoreFn, check_sde
 from ..processes.seam import CountingScore, as_score
 from ..samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
-from .exponential_integrator import MAX_ORDER, batch_norm, per_sample_norm, solve_exponential
+from .exponential_integrator import (
+    MAX_ORDER,
+    SolverError,
+    batch_norm,
+    check_output,
+    per_sample_norm,
+    solve_exponential,
+    step_budget,
+)
 
 __all__ = [
     "log_likelihood",
@@ -164,7 +172,11 @@ def _solve_torchdiffeq(
 
     def augmented(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         reached["u"] = float(u)
-        return flow.velocity_and_divergence(u, state[0], divergence)
+        velocity, div = flow.velocity_and_divergence(u, state[0], divergence)
+        t = float(flow.time(u.detach().to(torch.float64)))
+        check_output(velocity, t, "probability-flow velocity")
+        check_output(div.reshape(-1, x.shape[0]).T, t, "divergence")
+        return velocity, div
 
     if method in ADAPTIVE_METHODS:
         us = torch.tensor(span, dtype=x.dtype, device=x.device)
@@ -184,11 +196,14 @@ def _solve_torchdiffeq(
         else:  # torchdiffeq's default: one RMS over the whole batch, rtol on the log-density too
             rtols, atols = rtol, atol
         xs, deltas = odeint(augmented, (x, delta0), us, method=method, rtol=rtols, atol=atols, options=options)
+    except SolverError:
+        raise
     except (AssertionError, RuntimeError) as exc:
         t = float(flow.time(torch.tensor(reached["u"], dtype=torch.float64)))
-        raise RuntimeError(
+        raise SolverError(
             f"the probability-flow ODE did not converge ({exc}); it reached t={t:.6g} "
-            f"(in {flow.variable}: {reached['u']:.6g}); loosen rtol/atol, raise max_steps or check the score"
+            f"(in {flow.variable}: {reached['u']:.6g})",
+            t,
         ) from None
     return xs[-1], deltas[-1]
 
@@ -234,7 +249,11 @@ def _solve(
         return sol.z, sol.delta, sol.z_low, sol.delta_low
     flow = ProbabilityFlow(sde, score, options["variable"])
     span = flow.span(t_min)[::-1]  # from the data end to T
-    args = (options["rtol"], options["atol"], options["max_steps"], options["steps"], options["error_control"])
+    max_steps = options["max_steps"]
+    if max_steps is None:  # the budget of a 4th-order method over the same log-SNR span
+        lam = 0.5 * sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64))
+        max_steps = step_budget(float(lam[0] - lam[1]), options["rtol"], options["atol"], 4)
+    args = (options["rtol"], options["atol"], max_steps, options["steps"], options["error_control"])
     z, delta = _solve_torchdiffeq(flow, part, per_probe, span, method, *args)
     if not options["error_estimate"]:
         return z, delta, None, None
@@ -262,7 +281,7 @@ def log_likelihood(
     progress: bool = False,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     batch_size: int | None = None,
-    max_steps: int = 100_000,
+    max_steps: int | None = None,
     steps: int = 100,
     error_control: str = "per_sample",
     order: int = 3,
@@ -299,8 +318,10 @@ def log_likelihood(
         batch_size: evaluate in batches of this size (default: all at once).
             Under torchrun (an initialised process group), each process evaluates every world-size-th point
             and the results are all-gathered in data order; every process returns the whole result.
-        max_steps: bound on an adaptive solver's steps: a stiff or broken ODE raises, naming the time
-            it reached, instead of running forever.
+        max_steps: bound on an adaptive solver's steps (default: `step_budget`, about 20 times what a smooth
+            solve at these tolerances takes). A solve that cannot finish raises `SolverError` as soon as that is
+            known, naming the sample and the time: a model output that is not finite (checked at every
+            evaluation), a collapsed step size, or the budget spent.
         steps: number of equal steps of a fixed-grid method (``ei_fixed``, ``rk4``, ...).
         error_control: ``"per_sample"`` (default: every sample meets the tolerance) or ``"batch"``
             (one RMS over the batch, as the reference implementation's flattened solve).
@@ -319,7 +340,8 @@ def log_likelihood(
     check_in_registry("probe", probe, PROBES)
     check_in_registry("ODE time variable", variable, VARIABLES)
     check_in_registry("likelihood solver (method)", method, SOLVERS)
-    n_probes, max_steps = check_positive_int("n_probes", n_probes), check_positive_int("max_steps", max_steps)
+    n_probes = check_positive_int("n_probes", n_probes)
+    max_steps = None if max_steps is None else check_positive_int("max_steps", max_steps)
     steps = check_positive_int("steps", steps)
     order = check_positive_int("order", order)
     if order > MAX_ORDER:
@@ -352,9 +374,14 @@ def log_likelihood(
     }
     parts = list(x.split(batch_size)) if x.shape[0] else []
     priors, deltas, zs, errors, probe_nlls = [], [], [], [], []
+    offset = 0
     for part in progress_bar(parts, "log-likelihood", progress):
         probes = draw_probes(probe, n_probes, part, generator) if divergence == "hutchinson" else None
-        z, delta, z_low, delta_low = _solve(sde, score, part, probes, options)
+        try:
+            z, delta, z_low, delta_low = _solve(sde, score, part, probes, options)
+        except SolverError as exc:
+            raise _cannot_finish(exc, offset, shard) from None
+        offset += part.shape[0]
         prior_part = _prior(prior, z, part.shape[0])
         per_probe = -(prior_part + delta.to(torch.float64))  # [P, B]
         priors.append(prior_part.cpu())
@@ -420,6 +447,20 @@ _ERROR_ESTIMATES = {
     True: "embedded: |nll - nll of an explicit predictor of the corrector's order on the same evaluations|",
     False: f"|nll - nll at {ERROR_ESTIMATE_LOOSENING:g}x looser tolerances (half the steps)|",
 }
+
+
+def _cannot_finish(exc: SolverError, offset: int, shard: Tensor | None) -> SolverError:
+    """``exc`` of one batch, in one line for the user: which sample (its index in ``x``), which time, what to try."""
+    where = f"t={exc.t:.6g}"
+    if exc.sample is not None:
+        index = offset + exc.sample
+        index = int(shard[index]) if shard is not None else index
+        where = f"sample {index}, {where}"
+    advice = (
+        "check the model (its weights may overflow: scoresde sample refuses such a model too) and that the data are "
+        "in its range; for a stiff but sound model, loosen rtol/atol (e.g. 1e-3) or pass a larger max_steps"
+    )
+    return SolverError(f"the likelihood cannot be computed ({where}): {exc}; {advice}", exc.t, exc.sample)
 
 
 def _prior(prior: Callable[[Tensor], Tensor], z: Tensor, batch: int) -> Tensor:

@@ -1,6 +1,7 @@
 """Checkpoints that never lose work and never run code.
 
-One ``checkpoint.safetensors`` file holds model, EMA, optimiser state, step and the full run config. It is
+One ``checkpoint.safetensors`` file holds model, EMA, optimiser state, step and the full run config, and nothing
+else: two identical runs write identical files, byte for byte. It is
 written atomically (a temporary file in the same folder, flushed to disk, renamed over the old one, the folder
 synced), so a kill at any moment leaves either the old or the new checkpoint; it is read with safetensors,
 which stores tensors and JSON text only, so loading a file cannot execute code.
@@ -24,6 +25,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_weights",
+    "check_optimizer_state",
     "checkpoint_step",
     "kept_checkpoint",
 ]
@@ -60,7 +62,6 @@ def save_checkpoint(
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
     tensors.update({f"extra.{k}": v.detach().contiguous().cpu() for k, v in (extra or {}).items()})
-    tensors["rng.torch"] = torch.get_rng_state()  # training draws from (seed, rank, step); kept for code around it
     metadata = {
         "format": FORMAT,
         "step": str(int(step)),
@@ -69,9 +70,21 @@ def save_checkpoint(
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_atomic(path, save(tensors, metadata=metadata))
+        return write_atomic(path, _canonical(save(tensors, metadata=metadata)))
     except OSError as exc:
         raise CheckpointError(f"cannot write {path} ({exc.strerror or exc}); {kept_checkpoint(path)}") from None
+
+
+def _canonical(data: bytes) -> bytes:
+    """The safetensors file ``data`` with its JSON header's metadata in sorted order: safetensors writes it from a
+    hash map, in an order that changes from process to process. The tensors and their offsets (relative to the end
+    of the header) are unchanged; the header is padded with spaces to a multiple of 8 bytes, as safetensors pads."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
 
 
 def kept_checkpoint(path: Path) -> str:
@@ -126,7 +139,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         raise CheckpointError(f"{path} has corrupt metadata ({exc})") from None
     if step < 0:
         raise CheckpointError(f"{path} has corrupt metadata (step {step} < 0)")
-    out = {"model": {}, "ema": {}, "extra": {}, "step": step, "config": config, "rng": tensors.get("rng.torch")}
+    # earlier versions also stored torch's global RNG state (``rng.torch``), on which no result depends: every draw
+    # of training comes from (seed, rank, step); it is ignored, so that two identical runs write identical files
+    out = {"model": {}, "ema": {}, "extra": {}, "step": step, "config": config}
     optim_state: dict[int, dict] = {}
     for key, value in tensors.items():
         kind, _, rest = key.partition(".")
@@ -168,3 +183,36 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: str | 
             f"the file was edited or written by another version"
         )
     module.load_state_dict(state)
+
+
+def check_optimizer_state(state: dict, module: nn.Module, path: str | Path) -> None:
+    """Refuse, in one line naming the tensor, an optimiser state (``optimizer.state_dict()`` form) that does not fit
+    ``module``'s parameters or could not continue a run: a state for a parameter the network lacks, a per-parameter
+    tensor of another shape, a NaN or infinity, or a negative second moment (Adam's ``exp_avg_sq``). torch would
+    load the first with a traceback and the others silently, and the run would then fail with a loss that blames the
+    learning rate."""
+    params = list(module.named_parameters())
+    for index, entries in sorted(state["state"].items()):
+        if not 0 <= index < len(params):
+            raise CheckpointError(
+                f"{path}: optimizer state optim.{index}.* is for parameter {index}, but the network has "
+                f"{len(params)}; the file was edited or written by another version: start afresh (--force)"
+            )
+        name, param = params[index]
+        for key, value in entries.items():
+            tensor, where = torch.as_tensor(value), f"{path}: optimizer tensor optim.{index}.{key} (of {name})"
+            if tensor.ndim and tensor.shape != param.shape:
+                raise CheckpointError(
+                    f"{where} has shape {tuple(tensor.shape)}, the parameter {tuple(param.shape)}; the file was "
+                    f"edited or written by another version: resume from an earlier copy or start afresh (--force)"
+                )
+            if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+                raise CheckpointError(
+                    f"{where} holds non-finite values; the file was edited or corrupted: resume from an earlier copy "
+                    f"or start afresh (--force)"
+                )
+            if key == "exp_avg_sq" and bool((tensor < 0).any()):
+                raise CheckpointError(
+                    f"{where} holds negative second moments; the file was edited or corrupted: resume from an "
+                    f"earlier copy or start afresh (--force)"
+                )

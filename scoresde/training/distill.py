@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .._checks import check_in_registry
+from .._checks import check_in_registry, check_positive_int
 from ..config.presets import preset
 from ..config.schema import DISTILLATION_METHODS, RunConfig, config_from_dict
 from ..datasets import toy_dataset
@@ -33,6 +33,9 @@ def distillation_config(
     round). Change any field with `scoresde.config.override`."""
 
     check_in_registry("distillation method", method, DISTILLATION_METHODS)
+    check_positive_int("steps", steps)
+    if train_steps is not None:
+        check_positive_int("train_steps", train_steps)
     if teacher.startswith("oracle:"):
         name = teacher.removeprefix("oracle:")
         base = preset("toy-vp" if sde == "vp" else "toy-ve").to_dict()
@@ -48,7 +51,7 @@ def distillation_config(
             raise ValueError(f"teacher {teacher!r}: {exc}") from None
     base["train"] = {
         **base["train"],
-        "steps": train_steps or 2000,
+        "steps": 2000 if train_steps is None else train_steps,
         "lr": 1e-3,
         "warmup": 100,
         "lr_schedule": "cosine",
@@ -84,7 +87,7 @@ def distill(
     plan = [(config, out_dir)]
     if config.distill.method == "progressive":
         final = config.distill.steps
-        start = teacher_steps or 4 * final
+        start = 4 * final if teacher_steps is None else check_positive_int("teacher_steps", teacher_steps)
         ratio = start // final
         if start % final or ratio < 2 or ratio & (ratio - 1):
             raise ValueError(

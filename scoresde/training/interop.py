@@ -97,6 +97,30 @@ def _read_json(path: Path, what: str) -> dict:
         raise InteropError(f"cannot read the {what} {path}: {exc}") from None
 
 
+def _load_unet(diffusers, unet_dir: Path, dtype: torch.dtype):
+    """``UNet2DModel.from_pretrained`` offline and quietly (diffusers' warnings, e.g. that ``accelerate`` is not
+    installed, are about loading speed, not the model); weights that do not fit the folder's ``config.json`` are
+    a one-line `InteropError` naming the first tensor that does not fit."""
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return diffusers.UNet2DModel.from_pretrained(
+            unet_dir, local_files_only=True, low_cpu_mem_usage=False, torch_dtype=dtype
+        )
+    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected"))), None)
+        reason = first or (lines[0] if lines else type(exc).__name__)
+        raise InteropError(
+            f"{unet_dir}: the weights do not fit its config.json ({reason[:200]}); the config was edited or belongs "
+            f"to another model"
+        ) from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
 def load_diffusers(
     path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[ScoreModel, ImportedModel]:
@@ -129,7 +153,7 @@ def load_diffusers(
     except ImportError:
         raise InteropError("diffusers models need the diffusers package: pip install 'scoresde[diffusers]'") from None
     scheduler = getattr(diffusers, kind).from_config(scheduler_config)
-    unet = diffusers.UNet2DModel.from_pretrained(unet_dir, local_files_only=True).to(device=device, dtype=dtype)
+    unet = _load_unet(diffusers, unet_dir, dtype).to(device=device)
     sde = DiscreteVPSDE(scheduler.alphas_cumprod)
     model = ScoreModel(DiffusersNet(unet.eval(), sde), sde, parameterization=PREDICTION_TYPES[prediction]).eval()
     shape = (int(unet_config["in_channels"]), int(unet_config["sample_size"]), int(unet_config["sample_size"]))

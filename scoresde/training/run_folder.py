@@ -138,6 +138,8 @@ class RunLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self._fd: int | None = None
+        self.left = False
+        """Whether the lock file could not be removed on release (it holds no lock then; the next run reuses it)."""
 
     def __enter__(self) -> RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,11 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         if self._fd is None:
             return
-        self.path.unlink(missing_ok=True)  # while still held: a waiting process never takes a removed file
+        try:
+            self.path.unlink(missing_ok=True)  # while still held: a waiting process never takes a removed file
+        except OSError:  # the folder was made read-only meanwhile: the file stays, emptied and unlocked
+            os.ftruncate(self._fd, 0)
+            self.left = True
         os.close(self._fd)  # releases the flock
         self._fd = None
 

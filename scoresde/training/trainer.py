@@ -40,6 +40,7 @@ from ..processes.sde import ScoreFn
 from .checkpoint import (
     CHECKPOINT,
     CheckpointError,
+    check_optimizer_state,
     checkpoint_step,
     kept_checkpoint,
     load_checkpoint,
@@ -220,14 +221,21 @@ class Trainer:
         target = tc.steps if steps is None else min(int(steps), tc.steps)
         start, start_step, history = time.perf_counter(), self.step, []
         restore = self._install_signal_handlers()
+        lock = RunLock(self.out_dir) if self.is_main else None
         try:
-            with RunLock(self.out_dir) if self.is_main else contextlib.nullcontext():
+            with lock or contextlib.nullcontext():
                 self._prepare_folder()
                 last_loss = self._loop(target, start, history)
                 path = self.save()
-        except OSError as exc:
-            kept = kept_checkpoint(self.out_dir / CHECKPOINT)
-            raise RunFolderError(f"cannot write into {self.out_dir} ({exc.strerror or exc}); {kept}") from None
+        except (OSError, CheckpointError) as exc:
+            if isinstance(exc, CheckpointError):  # a failed checkpoint write, already in one line
+                error, message = CheckpointError, str(exc)
+            else:
+                kept = kept_checkpoint(self.out_dir / CHECKPOINT)
+                error, message = RunFolderError, f"cannot write into {self.out_dir} ({exc.strerror or exc}); {kept}"
+            if lock is not None and lock.left:
+                message += f"; {lock.path} could not be removed (it holds no lock): delete it once you can"
+            raise error(message) from None
         finally:
             restore()
         seconds = time.perf_counter() - start
@@ -419,14 +427,32 @@ class Trainer:
             )
         load_weights(self.model, state["model"], path, "model")
         load_weights(self.ema.model, state["ema"], path, "ema")
+        self._check_outputs(path)
+        check_optimizer_state(optim, self.model, path)
         try:
             self.optimizer.load_state_dict(optim)
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path} holds an optimizer state that does not fit the model ({exc})") from None
         self.objective.load_state_dict(state["extra"], path)
         self.step = state["step"]
-        if state["rng"] is not None:
-            torch.set_rng_state(state["rng"].cpu())
+
+    def _check_outputs(self, path: Path) -> None:
+        """Refuse restored weights that are finite but overflow: the model's and the EMA's outputs on two rows of the
+        data at two times must be finite (as `scoresde.sample` refuses such a model's samples)."""
+        x0, y = self.data.batch(0, torch.Generator().manual_seed(0))
+        x0, y = x0[:2], None if y is None else y[:2]
+        with torch.no_grad():
+            for kind, model in (("model", self.model), ("ema", self.ema.model)):
+                model.eval()  # no dropout draw; the loop sets train mode at every step
+                for t in (0.5 * self.sde.T, self.sde.T):
+                    times = torch.full((x0.shape[0],), t, dtype=x0.dtype, device=x0.device)
+                    out = model(x0, times) if y is None else model(x0, times, y)
+                    if not bool(torch.isfinite(out).all()):
+                        raise CheckpointError(
+                            f"{path} holds {kind} weights that are finite but overflow (the {kind} network's output "
+                            f"at t={t:g} is not finite); the file was edited or the run diverged: resume from an "
+                            f"earlier copy or start afresh (--force)"
+                        )
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():

@@ -32,6 +32,18 @@ def prepare_out(out: str, force: bool, names: list[str]) -> Path:
     return folder
 
 
+def count(text: str) -> int:
+    """An argparse ``type``: an integer >= 1 (a number of steps, samples, iterations), else argparse's one-line
+    error naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def note(command: str, message: str) -> None:
     """One line to stderr that tells the user what the command decided for them."""
     print(f"scoresde {command}: {message}", file=sys.stderr)
@@ -198,8 +210,10 @@ def read_npz(file: str, key: str, option: str):
         raise UserError(
             f"{option} file {path}: array '{key}' must hold at least one row (one per sample), got shape {array.shape}"
         )
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise UserError(f"{option} file {path}: array '{key}' must be numeric, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.complexfloating) or not (
+        np.issubdtype(array.dtype, np.number) or array.dtype == bool
+    ):
+        raise UserError(f"{option} file {path}: array '{key}' must be real numbers, got dtype {array.dtype}")
     return array
 
 

@@ -9,6 +9,7 @@ from .common import (
     UserError,
     checkpoint_option,
     command,
+    count,
     features_option,
     load_model,
     plot_extent,
@@ -94,7 +95,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     checkpoint_option(cmp)
     cmp.add_argument(
-        "-n", type=int, default=2000, help="samples per sampler (and held-out points; images: at most the test split)"
+        "-n", type=count, default=2000, help="samples per sampler (and held-out points; images: at most the test split)"
     )
     cmp.add_argument("--quick", action="store_true", help="fewer samplers and step counts")
     cmp.add_argument(

@@ -10,6 +10,8 @@ from .common import (
     Outcome,
     UserError,
     command,
+    count,
+    note,
 )
 
 
@@ -27,6 +29,8 @@ def cmd_distill(args: argparse.Namespace) -> dict:
         *(args.set or []),
     )  # fmt: skip
     present = run_files(out) if out.is_dir() else []
+    if args.resume and not (present or (out / "rounds").is_dir()):
+        note("distill", f"--resume: {out} holds no distillation yet: starting this one there at step 0")
     if present and not (args.resume or args.force):
         raise UserError(
             f"{present[0]} already exists; pass --resume to continue the distillation in {out}, --force to replace its "
@@ -58,11 +62,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dst.add_argument("--teacher", required=True, help="the teacher's run folder, or oracle:<toy> (its exact score)")
     dst.add_argument("--method", required=True, choices=DISTILLATION_METHODS, help="how the student learns")
     dst.add_argument("--out", required=True, help="the student's run folder")
-    dst.add_argument("--student-steps", type=int, default=1, help="the student's steps (progressive: DDIM steps)")
+    dst.add_argument("--student-steps", type=count, default=1, help="the student's steps (progressive: DDIM steps)")
     dst.add_argument(
-        "--teacher-steps", type=int, help="progressive: the teacher's steps (a power-of-two multiple; default 4x)"
+        "--teacher-steps", type=count, help="progressive: the teacher's steps (a power-of-two multiple; default 4x)"
     )
-    dst.add_argument("--train-steps", type=int, help="training steps per round (default 2000)")
+    dst.add_argument("--train-steps", type=count, help="training steps per round (default 2000)")
     dst.add_argument("--sde", default="vp", help="oracle teachers: the forward SDE (vp or ve)")
     dst.add_argument(
         "--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one config field (repeatable)"

@@ -11,6 +11,7 @@ from .common import (
     UserError,
     checkpoint_option,
     command,
+    count,
     load_model,
     out_file,
     parse_options,
@@ -77,12 +78,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--sampler", help="a sampler name (scoresde list; default dpm_solver, consistency for a consistency model)"
     )
-    fit.add_argument("--steps", type=int, default=6, help="steps of the grid (NFE = steps for ddim, dpm_solver)")
+    fit.add_argument("--steps", type=count, default=6, help="steps of the grid (NFE = steps for ddim, dpm_solver)")
     fit.add_argument(
         "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"
     )
-    fit.add_argument("-n", type=int, default=1024, help="calibration draws (never the evaluation draws)")
-    fit.add_argument("--iterations", type=int, default=400, help="objective evaluations of the Nelder-Mead search")
+    fit.add_argument("-n", type=count, default=1024, help="calibration draws (never the evaluation draws)")
+    fit.add_argument("--iterations", type=count, default=400, help="objective evaluations of the Nelder-Mead search")
     fit.add_argument(
         "--to-data",
         action="store_true",

@@ -9,6 +9,7 @@ from .common import (
     UserError,
     checkpoint_option,
     command,
+    count,
     data_transform,
     load_mask,
     load_model,
@@ -104,8 +105,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="replacement, pc (Song et al. 2021, App. I) or smc (SMCDiff; the batch is "
         "the particle population of one observation)",
     )
-    inp.add_argument("--steps", type=int, default=500, help="predictor steps")
-    inp.add_argument("-n", type=int, default=16, help="number of data to complete (the first n)")
+    inp.add_argument("--steps", type=count, default=500, help="predictor steps")
+    inp.add_argument("-n", type=count, default=16, help="number of data to complete (the first n)")
     inp.add_argument(
         "--out", required=True, help="result file (.npz: x, original, known); the picture goes next to it (.png)"
     )

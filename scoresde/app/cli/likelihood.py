@@ -9,6 +9,7 @@ from .common import (
     UserError,
     checkpoint_option,
     command,
+    count,
     data_transform,
     load_model,
     load_points,
@@ -64,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="data set name or .npz file with array x (default: the run's data set; toys: fresh draws "
         "with their true NLL; images: the test split)",
     )
-    lik.add_argument("-n", type=int, default=1000, help="number of points (images: the first n of the test split)")
+    lik.add_argument("-n", type=count, default=1000, help="number of points (images: the first n of the test split)")
     lik.add_argument(
         "--t-min",
         type=float,
@@ -75,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lik.add_argument("--rtol", type=float, help="relative tolerance (default: images 1e-2, toys 1e-5)")
     lik.add_argument("--atol", type=float, help="absolute tolerance (default: images 1e-2, toys 1e-5)")
     lik.add_argument("--error-control", choices=("per_sample", "batch"), help="default: images batch, toys per_sample")
-    lik.add_argument("--probes", type=int, help="Hutchinson probes per image (default 1)")
+    lik.add_argument("--probes", type=count, help="Hutchinson probes per image (default 1)")
     lik.add_argument(
         "--no-rigorous",
         dest="rigorous",

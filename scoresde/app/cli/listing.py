@@ -10,6 +10,7 @@ from ...processes.sde import create_sde, sde_names
 from .common import (
     UserError,
     command,
+    count,
     prepare_out,
 )
 
@@ -69,7 +70,7 @@ def add_toys_parser(sub: argparse._SubParsersAction) -> None:
     )
     toys.add_argument("names", nargs="*", help="toy data sets to draw (default: all)")
     toys.add_argument("--out", default="scoresde-out", help="output folder")
-    toys.add_argument("-n", type=int, default=2000, help="samples per data set")
+    toys.add_argument("-n", type=count, default=2000, help="samples per data set")
     toys.add_argument("--sde", default="vp", help=f"forward SDE: {', '.join(sde_names())}")
 
 

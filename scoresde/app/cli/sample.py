@@ -10,6 +10,7 @@ from .common import (
     UserError,
     checkpoint_option,
     command,
+    count,
     data_transform,
     features_option,
     load_model,
@@ -124,12 +125,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     smp.add_argument(
         "--sampler", help="a sampler name (scoresde list; default dpm_solver, a distilled student's own sampler)"
     )
-    smp.add_argument("--steps", type=int, help="steps of the sampler's grid (its own default if omitted)")
+    smp.add_argument("--steps", type=count, help="steps of the sampler's grid (its own default if omitted)")
     smp.add_argument(
         "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"
     )
     smp.add_argument("--grid", help="a time grid written by scoresde fit-grid (its sampler and options by default)")
-    smp.add_argument("-n", type=int, default=2000, help="number of samples")
+    smp.add_argument("-n", type=count, default=2000, help="number of samples")
     smp.add_argument("--label", type=int, help="class to sample (class-conditional models)")
     smp.add_argument(
         "--guidance",

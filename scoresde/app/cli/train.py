@@ -9,6 +9,7 @@ from .common import (
     Outcome,
     UserError,
     command,
+    count,
     note,
     prepare_out,
     remove_if_empty,
@@ -26,9 +27,12 @@ def _train_config(args: argparse.Namespace, out: Path):
     if args.config:
         config = load_config(args.config)
     elif args.resume and not args.preset:
-        config = _resumed_config(out) or preset("toy-vp")
+        config = _resumed_config(out)
     else:
         config = preset(args.preset or "toy-vp")
+    if args.resume and (args.config or args.preset) and not _has_run(out):
+        named = f"--preset {args.preset}" if args.preset else f"--config {args.config}"
+        note("train", f"--resume: {out} holds no run yet: starting the {named} run there at step 0")
     sets = list(args.set or [])
     if args.data_dir:
         sets.append(f"data.data_dir={args.data_dir}")
@@ -39,15 +43,24 @@ def _train_config(args: argparse.Namespace, out: Path):
     return override(config, *sets)
 
 
+def _has_run(out: Path) -> bool:
+    """Whether ``out`` holds a run's checkpoint or config (what ``--resume`` continues)."""
+    from ...training.checkpoint import CHECKPOINT
+
+    return (out / CHECKPOINT).exists() or (out / "config.yaml").exists()
+
+
 def _resumed_config(out: Path):
     """The config of the run in ``out``: its ``config.yaml``; the config its checkpoint carries when that file is
-    missing; ``config.yaml`` alone for a run killed before its first checkpoint (it starts again at step 0); None
-    (the preset's, from step 0) where no run wrote anything yet, so that a requeued ``--resume`` always works."""
+    missing; ``config.yaml`` alone for a run killed before its first checkpoint (it starts again at step 0).
+    Nothing to resume (a missing or empty folder, or one with only other files) is refused: without ``--preset``
+    or ``--config`` there is no run to start, and a mistyped ``--out`` must not start the default one."""
     from ...config.io import load_config
     from ...training.checkpoint import CHECKPOINT, load_checkpoint
-    from ...training.run_folder import run_files
 
     checkpoint, saved = out / CHECKPOINT, out / "config.yaml"
+    if checkpoint.exists() and not checkpoint.is_file():
+        raise UserError(f"--resume: {checkpoint} is not a file (a folder?); move it away, or --force starts afresh")
     if checkpoint.is_file():
         if saved.is_file():
             return load_config(saved)
@@ -61,10 +74,11 @@ def _resumed_config(out: Path):
             f"{out} holds no checkpoint yet (the run stopped before its first): starting at step 0 with its config",
         )
         return config
-    if out.is_dir() and run_files(out):
-        raise UserError(f"--resume: {out} holds no checkpoint or config.yaml to resume; --force starts afresh")
-    note("train", f"{out} holds no run yet (none started, or it stopped before writing anything): starting at step 0")
-    return None
+    where = "does not exist" if not out.exists() else "is not a folder" if not out.is_dir() else "holds no run"
+    raise UserError(
+        f"--resume: {out} {where} (looked for {CHECKPOINT} and config.yaml there); check --out, or pass --preset or "
+        f"--config to start a run"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
@@ -128,7 +142,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--out", required=True, help="run folder: checkpoint.safetensors, config.yaml, metrics.csv, loss.png"
     )
-    train.add_argument("--steps", type=int, help="train.steps (the total, counted from step 0)")
+    train.add_argument("--steps", type=count, help="train.steps (the total, counted from step 0)")
     train.add_argument("--data-dir", help="folder with MNIST / CIFAR-10 files (data.data_dir)")
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out (its config.yaml unless --preset/--config)"
