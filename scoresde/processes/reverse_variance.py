@@ -32,6 +32,7 @@ $\mathbb E\|x_0 - \hat x_0\|^2/d = \sigma_1^2(1 - \sigma_1^2\Gamma_1)/\alpha_1^2
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -127,6 +128,8 @@ class ScoreMoments:
     gamma: Tensor
     standard_error: Tensor
     n: int
+    belongs_to: dict | None = None
+    """What the table was computed for (`scoresde.processes.artefacts.belongs_to`: SDE, data set, model)."""
 
     def at(self, sde: SDE, t: Tensor) -> Tensor:
         """$\\Gamma$ at times ``t`` (any shape), linear in the log-SNR between the table's times."""
@@ -155,15 +158,24 @@ class ScoreMoments:
 
         from .._io import write_atomic
 
-        write_atomic(Path(path), save({k: v.contiguous() for k, v in self.to_tensors().items()}))
+        metadata = None if self.belongs_to is None else {"belongs_to": json.dumps(self.belongs_to, sort_keys=True)}
+        write_atomic(Path(path), save({k: v.contiguous() for k, v in self.to_tensors().items()}, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | Path) -> ScoreMoments:
-        """Read a table written by `save` (safetensors: no code runs)."""
-        from safetensors.torch import load
+        """Read a table written by `save` (safetensors: no code runs); a file that is not one is a one-line
+        ``ValueError``."""
+        from safetensors import safe_open
 
-        tensors = load(Path(path).read_bytes())
-        return cls(tensors["times"], tensors["gamma"], tensors["standard_error"], int(tensors["n"]))
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                record = (fh.metadata() or {}).get("belongs_to")
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            moments = cls(tensors["times"], tensors["gamma"], tensors["standard_error"], int(tensors["n"]))
+            moments.belongs_to = None if record is None else json.loads(record)
+        except Exception as exc:  # safetensors' own errors for a foreign or truncated file, a missing tensor
+            raise ValueError(f"{path} is not a table of score moments ({type(exc).__name__}: {exc})") from None
+        return moments
 
 
 @torch.no_grad()

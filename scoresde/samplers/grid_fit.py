@@ -35,15 +35,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_positive_int
+from .._checks import check_in_registry, check_positive_int
 from .._io import json_text, write_atomic
+from ..processes.artefacts import belongs_to, check_belongs
 from ..processes.grids import time_grid
 from ..processes.sde import SDE, ScoreFn
+from .base import sampler_options, samplers
 
-__all__ = ["GridFit", "fit_grid", "REFERENCE"]
+__all__ = ["GridFit", "fit_grid", "check_grid_sampler", "REFERENCE", "GRID_SAMPLERS"]
 
 REFERENCE = {"sampler": "dpm_solver", "order": 3, "steps": 256, "schedule": "log_snr"}
 """The tight solve the few-step solve is fitted to."""
+
+GRID_SAMPLERS = ("ddim", "dpm_solver", "heun", "unipc", "consistency")
+"""The samplers whose grid `fit_grid` fits: the few-step probability-flow solvers (deterministic, so a trajectory
+can be matched to the tight solve's) and multistep consistency sampling (fitted to data). The stochastic samplers
+(``pc``, ``sde``, ``ddpm``) take hundreds of steps, where the grid's spacing matters little, and have no
+trajectory to match; ``ode``'s adaptive methods choose their own steps."""
+
+_STOCHASTIC_OPTIONS = {"eta": 0.0, "s_churn": 0.0}
+"""Options that make a grid sampler stochastic, with their deterministic value (a tight-solve fit needs it)."""
 
 
 @dataclass
@@ -73,9 +84,10 @@ class GridFit:
         return write_atomic(path, json_text(self.to_dict()).encode())
 
     @classmethod
-    def load(cls, path: str | Path) -> GridFit:
-        """The grid `save` wrote (``scoresde fit-grid``): strictly decreasing finite times, or a one-line
-        ``ValueError`` naming the file and what is wrong. Plain JSON: nothing in the file is executed."""
+    def load(cls, path: str | Path, sde: SDE | None = None, model: ScoreFn | None = None) -> GridFit:
+        """The grid `save` wrote (``scoresde fit-grid``): strictly decreasing finite times, a sampler whose grid
+        `fit_grid` fits (`GRID_SAMPLERS`), and, given ``sde`` and ``model``, fitted for them (`check`); else a
+        one-line ``ValueError`` naming the file and what is wrong. Plain JSON: nothing in the file is executed."""
         try:
             record = json.loads(Path(path).read_text())
             times = torch.tensor([float(t) for t in record["times"]], dtype=torch.float64)
@@ -90,7 +102,24 @@ class GridFit:
             raise ValueError(f"{path} is not a grid written by scoresde fit-grid ({exc})") from None
         if times.numel() < 2 or not bool(torch.isfinite(times).all()) or not bool((times.diff() < 0).all()):
             raise ValueError(f"{path} is not a grid written by scoresde fit-grid (its times must decrease strictly)")
-        return fit
+        if fit.sampler not in GRID_SAMPLERS:
+            raise ValueError(
+                f"{path} names sampler {fit.sampler!r}, whose grid scoresde fit-grid does not fit; a grid file names "
+                f"one of: {', '.join(GRID_SAMPLERS)}"
+            )
+        if record := fit.settings.get("steps"):
+            if record != fit.steps:
+                raise ValueError(f"{path} says {record} steps but holds {fit.steps + 1} times; refit it")
+        return fit if sde is None or model is None else fit.check(sde, model, path)
+
+    def check(self, sde: SDE, model: ScoreFn, path: str | Path = "the grid") -> GridFit:
+        """This grid, if it was fitted for ``model`` of ``sde`` (`scoresde.processes.artefacts`); else a one-line
+        ``ValueError`` naming what differs and how to fit one."""
+        remedy = (
+            f"fit one for this model: scoresde fit-grid --checkpoint RUN --sampler {self.sampler} --steps {self.steps}"
+        )
+        check_belongs(self.settings.get("belongs_to"), belongs_to(sde, model), path, "grid", remedy)
+        return self
 
     @property
     def sampler(self) -> str | None:
@@ -101,6 +130,17 @@ class GridFit:
     def steps(self) -> int:
         """The number of steps of the grid (``len(times) - 1``)."""
         return self.times.numel() - 1
+
+
+def check_grid_sampler(sampler: str) -> str:
+    """``sampler`` if `fit_grid` fits its grid (`GRID_SAMPLERS`), else a one-line ``ValueError`` listing those."""
+    check_in_registry("sampler", sampler, samplers())
+    if sampler not in GRID_SAMPLERS:
+        raise ValueError(
+            f"fit-grid fits the grid of a few-step solver, not of sampler {sampler!r}; one of: "
+            f"{', '.join(GRID_SAMPLERS)}"
+        )
+    return sampler
 
 
 def _times_from(theta: np.ndarray, lam_T: float, lam_min: float, sde: SDE, t_min: float) -> Tensor:
@@ -135,12 +175,19 @@ def fit_grid(
     from scipy.optimize import minimize
 
     from .._stats import sliced_energy_distance
-    from .base import sampler_options
     from .sampling import sample
 
     steps = check_positive_int("steps", steps)
+    iterations = check_positive_int("iterations", iterations)
+    check_grid_sampler(sampler)
     if steps < 2:
         raise ValueError(f"a grid of {steps} step has no interior time to fit; steps must be >= 2")
+    noisy = [f"{k}={options[k]}" for k, v in _STOCHASTIC_OPTIONS.items() if options.get(k, v) != v]
+    if data is None and (noisy or sampler == "consistency"):
+        raise ValueError(
+            f"a stochastic solve ({sampler} {' '.join(noisy)}) has no trajectory to match to the tight solve's: "
+            "fit it to data (data=...; scoresde fit-grid --to-data)"
+        )
     if "denoise" in sampler_options(sampler):
         options.setdefault("denoise", False)
     t_min = sde.check_t_min(t_min)
@@ -187,6 +234,7 @@ def fit_grid(
             best, best_error = theta, error
     target = REFERENCE if data is None else {"energy_distance_to_data": len(data)}
     settings = {"sampler": sampler, "steps": steps, "n": n, "t_min": t_min, "reference": target, "start": starts,
+                "belongs_to": belongs_to(sde, score_fn),
                 **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))}}  # fmt: skip
     return GridFit(
         times=_times_from(best, lam_T, lam_min, sde, t_min),

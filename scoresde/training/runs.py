@@ -12,6 +12,7 @@ from ..config.schema import DataConfig, RunConfig
 from ..datasets import image_dataset, toy_dataset, toy_datasets
 from ..models import ScoreModel, create_model
 from ..models.consistency import ConsistencyModel
+from ..processes.artefacts import belongs_to, mismatch
 from ..processes.reverse_variance import ScoreMoments, score_moments
 from ..processes.sde import SDE, ScoreFn
 from ..processes.seam import SCORE_OUTPUTS, require
@@ -91,11 +92,19 @@ def run_score_moments(
 ) -> ScoreMoments:
     r"""The table of $\Gamma_t = E|s|^2/d$ at the ``grid`` times that the analytic reverse variance needs, from 2,000
     training points of the run's ``data`` (drawn with ``seed``) perturbed to each time, cached in the run
-    ``folder`` as ``score_moments-<key>.safetensors`` (recomputed when the folder is read-only). A one-line
+    ``folder`` as ``score_moments-<key>.safetensors`` with what it belongs to (recomputed and replaced when it was
+    computed for another SDE, data set or model, e.g. before the run trained on; recomputed every time when the
+    folder is read-only). A one-line
     ``ValueError`` when the data set is unknown (an imported model)."""
     cache = Path(folder) / f"score_moments-{key}.safetensors"
+    record = belongs_to(sde, model, None if data is None else data.name)
     if cache.is_file():
-        return ScoreMoments.load(cache)
+        try:
+            cached = ScoreMoments.load(cache)
+        except ValueError:
+            cached = None  # a damaged cache is recomputed
+        if cached is not None and isinstance(cached.belongs_to, dict) and mismatch(cached.belongs_to, record) is None:
+            return cached
     if data is None:
         raise ValueError("the analytic variance needs the model's training data, and this model's data set is unknown")
     if data.kind == "toy":
@@ -105,6 +114,7 @@ def run_score_moments(
         x0 = data.transform().to_model(images.float() + 0.5)
     with torch.no_grad():
         moments = score_moments(sde, model, x0.to(device), grid, generator=torch.Generator().manual_seed(0))
+    moments.belongs_to = record
     try:
         moments.save(cache)
     except OSError:  # a read-only run folder: the table is recomputed next time

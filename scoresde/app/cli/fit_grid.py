@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..._checks import check_in_registry
 from ...processes.seam import spec_of
 from .common import (
     UserError,
@@ -26,14 +25,14 @@ def cmd_fit_grid(args: argparse.Namespace) -> dict:
     import torch
 
     from ...evaluation.comparison import held_out
-    from ...samplers import fit_grid, samplers, time_grid
+    from ...samplers import fit_grid, time_grid
+    from ...samplers.grid_fit import check_grid_sampler
     from ..figures import plot_grid
 
     options = parse_options(args.option)
     model, data_config, step, _ = load_model(args)
     consistency = spec_of(model).output == "consistency"
-    sampler = args.sampler or ("consistency" if consistency else "dpm_solver")
-    check_in_registry("sampler", sampler, samplers())
+    sampler = check_grid_sampler(args.sampler or ("consistency" if consistency else "dpm_solver"))
     if consistency and sampler != "consistency":
         raise UserError(f"{args.checkpoint} is a consistency model: fit the grid of --sampler consistency")
     data, start = None, ("edm", "log_snr_warped") if sampler == "consistency" else ("log_snr_warped",)

@@ -59,7 +59,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     if args.guidance is not None and args.label is None:
         raise UserError("--guidance needs --label (the class to guide towards)")
     model, data, step, config = load_model(args)
-    grid = None if args.grid is None else GridFit.load(args.grid)
+    grid = None if args.grid is None else GridFit.load(args.grid, model.sde, model)
     plan = sampling_plan(config, sampler=args.sampler, steps=args.steps, options=options, grid=grid)
     sampler, options = plan.sampler, plan.options
     if sampler in ("ddpm", "ddim") and options.get("variance") == "analytic":
