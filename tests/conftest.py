@@ -10,7 +10,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # one intra-op thread per xdist worker: the tests' small tensors run faster without oversubscription
     torch.set_num_threads(1)
 
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from scoresde import create_sde, toy_dataset
+from scoresde.app.cli import main
+from scoresde.config.presets import preset
+from scoresde.config.schema import override
 from scoresde.processes import sde_names
 
 
@@ -45,3 +53,30 @@ def assert_true_nll_matches_the_entropy(true_nll: float, toy: str, n: int) -> No
     data = toy_dataset(toy)
     nll = -data.log_prob(data.sample(20_000, torch.Generator().manual_seed(1)).double())
     assert abs(true_nll - data.entropy()) < 4 * float(nll.std()) / math.sqrt(n), (true_nll, data.entropy())
+
+
+# the fault battery's helpers (test_reliability, test_refusals) -----------------------------------------------
+TINY = ["--set", "model.kwargs.width=16", "--set", "model.kwargs.depth=1", "--set", "train.batch_size=32"]
+
+
+def tiny_toy(steps: int, *extra: str):
+    sets = [s for s in TINY if s != "--set"]
+    return override(preset("toy-vp"), f"train.steps={steps}", "train.warmup=2", "train.log_every=1", *sets, *extra)
+
+
+def one_line(capsys, message: str) -> str:
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err and message in err, err
+    return err
+
+
+def train_cli(out: Path, *args: str) -> int:
+    return main(["train", "--out", str(out), *TINY, "--json", *args])
+
+
+def rewrite_checkpoint(path: Path, edit) -> None:
+    """Rewrite a checkpoint with ``edit(tensors, metadata)`` applied (a file a user or a fault changed)."""
+    with safe_open(str(path), framework="pt") as fh:
+        metadata, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
+    edit(tensors, metadata)
+    save_file(tensors, str(path), metadata=metadata)

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from conftest import TINY, one_line, rewrite_checkpoint, tiny_toy, train_cli
 
 from scoresde import VPSDE, GaussianMixture, log_likelihood, sample
 from scoresde._io import json_text
@@ -34,31 +33,6 @@ from scoresde.training.run_folder import LOCK_FILE, RunFolderError, RunLock, tru
 from scoresde.training.runs import load_score_model
 from scoresde.training.trainer import Trainer
 
-TINY = ["--set", "model.kwargs.width=16", "--set", "model.kwargs.depth=1", "--set", "train.batch_size=32"]
-
-
-def _toy(steps: int, *extra: str):
-    sets = [s for s in TINY if s != "--set"]
-    return override(preset("toy-vp"), f"train.steps={steps}", "train.warmup=2", "train.log_every=1", *sets, *extra)
-
-
-def one_line(capsys, message: str) -> str:
-    err = capsys.readouterr().err
-    assert err.strip().count("\n") == 0 and "Traceback" not in err and message in err, err
-    return err
-
-
-def _train(out: Path, *args: str) -> int:
-    return main(["train", "--out", str(out), *TINY, "--json", *args])
-
-
-def _rewrite_checkpoint(path: Path, edit) -> None:
-    """Rewrite a checkpoint with ``edit(tensors, metadata)`` applied (a file a user or a fault changed)."""
-    with safe_open(str(path), framework="pt") as fh:
-        metadata, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
-    edit(tensors, metadata)
-    save_file(tensors, str(path), metadata=metadata)
-
 
 # 1. user files ---------------------------------------------------------------------------------------------------
 def test_train_never_changes_user_files_without_force(tmp_path, capsys):
@@ -67,15 +41,15 @@ def test_train_never_changes_user_files_without_force(tmp_path, capsys):
     mine = {"config.yaml": "keep\n", "evals.csv": "x\n", "notes.txt": "mine\n"}
     for name, text in mine.items():
         (folder / name).write_text(text)
-    assert _train(folder, "--steps", "3") == 2
+    assert train_cli(folder, "--steps", "3") == 2
     one_line(capsys, "config.yaml already exists; pass --resume to continue the run")
     assert {p.name: p.read_text() for p in folder.iterdir()} == mine
-    assert _train(folder, "--steps", "3", "--resume") == 2  # not a run this trainer resumes: a bad config.yaml
+    assert train_cli(folder, "--steps", "3", "--resume") == 2  # not a run this trainer resumes: a bad config.yaml
     one_line(capsys, "config.yaml")
     assert {p.name: p.read_text() for p in folder.iterdir()} == mine
     assert main(["train", "--out", "", "--steps", "3"]) == 2
     one_line(capsys, "--out is empty")
-    assert _train(folder, "--steps", "3", "--force") == 0  # --force replaces the run's files and nothing else
+    assert train_cli(folder, "--steps", "3", "--force") == 0  # --force replaces the run's files and nothing else
     capsys.readouterr()
     assert (folder / "notes.txt").read_text() == "mine\n" and not (folder / "evals.csv").exists()
     assert load_checkpoint(folder)["step"] == 3 and (folder / "config.yaml").read_text() != "keep\n"
@@ -94,7 +68,7 @@ def test_a_failed_train_leaves_no_folder_behind(tmp_path, capsys):
 def test_a_second_signal_during_the_interrupt_save_keeps_that_checkpoint(tmp_path, signum):
     """The first signal stops training at step 3, before any regular checkpoint; a second one arrives while the
     interrupt's checkpoint is being written: it is absorbed and the checkpoint of step 3 is on disk."""
-    trainer = Trainer(_toy(1000, "train.checkpoint_every=500"), tmp_path, progress=False)
+    trainer = Trainer(tiny_toy(1000, "train.checkpoint_every=500"), tmp_path, progress=False)
     train_step, save = trainer._train_step, trainer.save
 
     def step_then_signal():
@@ -133,7 +107,7 @@ def test_ctrl_c_during_start_up_exits_130_in_one_line(tmp_path):
 
 # 3. resume after kills ----------------------------------------------------------------------------------------------
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_at_step_0(tmp_path, capsys):
-    config = _toy(4, "train.seed=3")
+    config = tiny_toy(4, "train.seed=3")
     tmp_path.mkdir(exist_ok=True)
     save_config(config, tmp_path / "config.yaml")  # what the run had written when it was killed
     (tmp_path / "metrics.csv").write_text("step,loss,lr,seconds\n1,0.9,0.001,0.1\n2,0.8")  # a row cut short
@@ -145,7 +119,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_at_step_0(tmp
 
 
 def test_resume_without_config_yaml_uses_the_checkpoints_config(tmp_path, capsys):
-    assert _train(tmp_path, "--steps", "3", "--seed", "5") == 0
+    assert train_cli(tmp_path, "--steps", "3", "--seed", "5") == 0
     capsys.readouterr()
     (tmp_path / "config.yaml").unlink()
     assert main(["train", "--out", str(tmp_path), "--resume", "--steps", "5", "--json"]) == 0
@@ -205,9 +179,9 @@ def test_a_kill_during_a_checkpoint_write_resumes_bit_exactly(tmp_path):
     ids=["nan-ema", "no-optimizer", "negative-step", "extra", "missing", "wrong-shape"],
 )
 def test_resume_and_loading_refuse_untrustworthy_checkpoints(tmp_path, capsys, edit, message):
-    assert _train(tmp_path, "--steps", "2") == 0
+    assert train_cli(tmp_path, "--steps", "2") == 0
     capsys.readouterr()
-    _rewrite_checkpoint(tmp_path / CHECKPOINT, edit)
+    rewrite_checkpoint(tmp_path / CHECKPOINT, edit)
     before = (tmp_path / CHECKPOINT).read_bytes()
     assert main(["train", "--out", str(tmp_path), "--resume", "--steps", "4"]) == 2
     one_line(capsys, message)
@@ -231,7 +205,7 @@ def test_a_write_failure_during_training_is_one_line_and_keeps_the_last_checkpoi
         return fsync(fd)
 
     monkeypatch.setattr(os, "fsync", disk_full_on_the_second_checkpoint)
-    assert _train(tmp_path, "--steps", "6", "--set", "train.checkpoint_every=2") == 2
+    assert train_cli(tmp_path, "--steps", "6", "--set", "train.checkpoint_every=2") == 2
     monkeypatch.undo()
     one_line(capsys, "(No space left on device); the checkpoint of step 2 is kept")
     assert load_checkpoint(tmp_path)["step"] == 2
@@ -274,14 +248,14 @@ def test_bad_npz_inputs_are_one_line_errors(toy_run, tmp_path, capsys, kind):
 
 @pytest.mark.parametrize("device", ["meta", "xpu", "cuda:7"])
 def test_unusable_devices_are_one_line_errors(tmp_path, capsys, device):
-    assert _train(tmp_path / "run", "--steps", "2", "--device", device) == 2
+    assert train_cli(tmp_path / "run", "--steps", "2", "--device", device) == 2
     one_line(capsys, f"--device {device}")
     assert not (tmp_path / "run").exists()
 
 
 # 6. leftovers -------------------------------------------------------------------------------------------------------
 def test_resume_removes_stale_temporaries_and_repeated_log_rows(tmp_path, capsys):
-    assert _train(tmp_path, "--steps", "4", "--set", "train.log_every=1") == 0
+    assert train_cli(tmp_path, "--steps", "4", "--set", "train.log_every=1") == 0
     capsys.readouterr()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -314,7 +288,7 @@ def test_truncate_log_keeps_rows_up_to_the_step_and_drops_a_cut_row(tmp_path):
 def test_checkpoints_are_readable_by_the_group_as_the_umask_allows(tmp_path):
     old = os.umask(0o022)
     try:
-        Trainer(_toy(2), tmp_path, progress=False).train()
+        Trainer(tiny_toy(2), tmp_path, progress=False).train()
     finally:
         os.umask(old)
     assert (tmp_path / CHECKPOINT).stat().st_mode & 0o777 == 0o644
@@ -336,15 +310,15 @@ def test_a_second_trainer_is_refused_while_the_first_holds_the_folder(tmp_path, 
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert _train(tmp_path, "--steps", "2") == 2
+        assert train_cli(tmp_path, "--steps", "2") == 2
         one_line(capsys, f"is in use by another training process (pid {holder.pid})")
         assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]
         with pytest.raises(RunFolderError, match="in use"):
-            Trainer(_toy(2), tmp_path, progress=False).train()
+            Trainer(tiny_toy(2), tmp_path, progress=False).train()
     finally:
         holder.kill()
         holder.wait()
-    assert _train(tmp_path, "--steps", "2") == 0  # the dead owner's lock is taken over
+    assert train_cli(tmp_path, "--steps", "2") == 0  # the dead owner's lock is taken over
     assert load_checkpoint(tmp_path)["step"] == 2 and not (tmp_path / LOCK_FILE).exists()
 
 
@@ -375,7 +349,7 @@ def test_config_types_are_checked(assignment, message, tmp_path, capsys):
 
 
 def test_library_edges_raise_errors_naming_the_argument():
-    trainer_config = _toy(2)
+    trainer_config = tiny_toy(2)
     with pytest.raises(ValueError, match="steps must be an integer >= 1, got -5"):
         Trainer(trainer_config, Path("unused-never-written"), progress=False).train(steps=-5)
     assert not Path("unused-never-written").exists()
