@@ -131,3 +131,20 @@ def test_folders_that_are_not_supported_diffusers_models_are_one_line_errors(eps
     assert main(["sample", "--checkpoint", str(pndm), "-n", "4", "--out", str(tmp_path / "x.npz")]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "DDPMScheduler" in err and "Traceback" not in err
+
+
+def test_a_config_that_does_not_fit_the_weights_is_one_line_and_loading_is_quiet(eps_folder, tmp_path, capfd):
+    """diffusers' own warnings (accelerate missing, a dtype cast) are not the user's business; a config.json edited
+    away from its weights is one line naming the first tensor that does not fit (it was a 147-line traceback)."""
+    args = ["sample", "--checkpoint", str(eps_folder), "-n", "2", "--steps", "2", "--json"]
+    assert main([*args, "--out", str(tmp_path / "x.npz")]) == 0
+    assert capfd.readouterr().err.strip() == ""  # not a word from diffusers
+    bad = tmp_path / "bad"
+    _save(bad, diffusers.DDPMScheduler())
+    config = json.loads((bad / "unet" / "config.json").read_text())
+    (bad / "unet" / "config.json").write_text(json.dumps({**config, "block_out_channels": [8, 32]}))
+    with pytest.raises(InteropError, match="the weights do not fit its config.json \\(size mismatch for "):
+        load_diffusers(bad)
+    assert main(["sample", "--checkpoint", str(bad), "-n", "2", "--out", str(tmp_path / "y.npz")]) == 2
+    err = capfd.readouterr().err
+    assert err.strip().count("\n") == 0 and "the weights do not fit its config.json" in err and "Traceback" not in err
