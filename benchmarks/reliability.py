@@ -10,9 +10,16 @@ moment of the run (start-up included). The same command is then run again with `
 - no stale files: nothing but the run files is left in the folder (no temporaries, no lock);
 - no repeated metrics: ``metrics.csv`` holds each step once, in order.
 
+The resumed run's checkpoint file is also compared byte for byte with the uninterrupted run's (checkpoints hold no
+state that differs between identical runs).
+
 A battery of user errors follows (bad values, bad files, wrong devices, a folder with a user's files, a folder
-another trainer holds): for each, the exit status, whether a traceback was printed, and whether any file the
-user wrote changed. Prints a table and writes ``reliability.json`` and ``reliability.md``.
+another trainer holds; and the third pass's: ``--resume`` with nothing to resume, zero counts, a model whose weights
+overflow, untrustworthy optimizer state, artefacts of another model or edited by hand, an empty config, a checkpoint
+that is a folder, a complex ``.npz``, a diffusers config that does not fit its weights): for each, the exit status,
+whether a traceback was printed, the last line, and whether any file the user wrote changed. Last, two Ctrl-C 50 ms
+apart at random moments of a training command. Prints a table and writes ``reliability.json`` and
+``reliability.md``.
 
     python benchmarks/reliability.py --n 20
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +44,7 @@ from scoresde.training.checkpoint import CHECKPOINT, CheckpointError, load_check
 from scoresde.training.run_folder import RUN_FILES
 
 STEPS, CHECKPOINT_EVERY = 60, 10
-TRAIN = [sys.executable, "-m", "scoresde", "train", "--steps", str(STEPS), "--json"] + [
+TRAIN = [sys.executable, "-m", "scoresde", "train", "--preset", "toy-vp", "--steps", str(STEPS), "--json"] + [
     arg
     for s in (
         "model.kwargs.width=256",
@@ -47,7 +55,14 @@ TRAIN = [sys.executable, "-m", "scoresde", "train", "--steps", str(STEPS), "--js
     )
     for arg in ("--set", s)
 ]
-LINES = ("checkpoint loads", "resume succeeds", "final weights bit-identical", "no stale files", "no repeated metrics")
+LINES = (
+    "checkpoint loads",
+    "resume succeeds",
+    "final weights bit-identical",
+    "checkpoint file identical",
+    "no stale files",
+    "no repeated metrics",
+)
 
 
 def _weights_equal(a: dict, b: dict) -> bool:
@@ -83,7 +98,9 @@ def _kill(folder: Path, on_write: bool, run_seconds: float, rng: random.Random) 
     return {"moment": moment, "killed": proc.returncode == -9 and hit, "seconds": time.perf_counter() - start}
 
 
-def _trial(folder: Path, reference: dict, on_write: bool, run_seconds: float, rng: random.Random) -> dict:
+def _trial(
+    folder: Path, reference: dict, reference_bytes: bytes, on_write: bool, run_seconds: float, rng: random.Random
+) -> dict:
     row = {"on_write": on_write, **_kill(folder, on_write, run_seconds, rng)}
     try:
         left = load_checkpoint(folder)
@@ -98,6 +115,8 @@ def _trial(folder: Path, reference: dict, on_write: bool, run_seconds: float, rn
         row["final weights bit-identical"] = _weights_equal(reference, load_checkpoint(folder))
     except CheckpointError:
         row["final weights bit-identical"] = False
+    final = folder / CHECKPOINT
+    row["checkpoint file identical"] = final.is_file() and final.read_bytes() == reference_bytes
     row["no stale files"] = folder.is_dir() and [p.name for p in folder.iterdir() if p.name not in RUN_FILES] == []
     metrics = folder / "metrics.csv"
     steps = [int(line.split(",")[0]) for line in metrics.read_text().split()[1:]] if metrics.is_file() else []
@@ -111,8 +130,181 @@ def _fingerprint(folder: Path) -> dict[str, str]:
     }
 
 
-def user_error_battery(tmp: Path, run: Path) -> list[dict]:
-    """User errors against the CLI: exit status, traceback, and whether any file the user wrote changed."""
+def _artefacts(tmp: Path, run: Path) -> Path:
+    """What the third pass's cases need, made in-process: edited copies of ``run`` (overflowing EMA weights, a
+    wrong-shape and a NaN optimizer tensor, a checkpoint that is a folder), a VE run, a grid fitted on ``run`` and
+    two hand-edited copies, an empty config, a complex .npz, and (with the diffusers extra) a model folder whose
+    config.json does not fit its weights."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from scoresde.config.presets import preset
+    from scoresde.config.schema import override
+    from scoresde.samplers.grid_fit import fit_grid
+    from scoresde.training.runs import load_score_model
+    from scoresde.training.trainer import Trainer
+
+    made = tmp / "made"
+    made.mkdir()
+
+    def edited(name: str, edit) -> Path:
+        folder = made / name
+        folder.mkdir()
+        for file in ("config.yaml", CHECKPOINT):
+            (folder / file).write_bytes((run / file).read_bytes())
+        with safe_open(str(folder / CHECKPOINT), framework="pt") as fh:
+            metadata, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
+        edit(tensors)
+        save_file(tensors, str(folder / CHECKPOINT), metadata=metadata)
+        return folder
+
+    edited("overflowing-ema", lambda t: t.update({k: v * 1e18 for k, v in t.items() if k.startswith("ema.")}))
+    edited("optim-shape", lambda t: t.update({"optim.0.exp_avg": t["optim.0.exp_avg"][:1]}))
+    edited("optim-nan", lambda t: t.update({"optim.1.exp_avg_sq": t["optim.1.exp_avg_sq"] * float("nan")}))
+    (made / "checkpoint-folder" / CHECKPOINT).mkdir(parents=True)
+    ve = override(preset("toy-ve"), "train.steps=2", "model.kwargs.width=16", "model.kwargs.depth=1")
+    Trainer(ve, made / "ve", progress=False).train()
+    model = load_score_model(run)[0]
+    grid = fit_grid(model.sde, model, "dpm_solver", 3, (1, 2), n=32, iterations=3, dtype=torch.float32)
+    record = grid.save(made / "grid.json") and json.loads((made / "grid.json").read_text())
+    for sampler in ("pc", None):
+        (made / f"grid-{sampler}.json").write_text(json.dumps({**record, "sampler": sampler}))
+    (made / "empty.yaml").write_text("# nothing set\n")
+    np.savez(made / "complex.npz", x=np.ones((8, 2), dtype=np.complex64))
+    try:
+        import diffusers
+    except ImportError:
+        return made
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
+                                 up_block_types=("UpBlock2D",) * 2, norm_num_groups=4)  # fmt: skip
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(made / "diffusers")
+    config = json.loads((made / "diffusers" / "unet" / "config.json").read_text())
+    (made / "diffusers" / "unet" / "config.json").write_text(json.dumps({**config, "block_out_channels": [8, 32]}))
+    return made
+
+
+def _cases(tmp: Path, run: Path, user: Path, bad: Path, made: Path) -> list[tuple[str, str, list]]:
+    """``(kind, case, arguments)`` of every user error; ``--quick`` runs the first case of each kind."""
+    out = tmp / "outs"
+    data_cases = [
+        (kind, f"{command} --{option} {name}", [command, "--checkpoint", run, f"--{option}", bad / name, *extra])
+        for kind, command, option, extra in (
+            ("bad data file", "likelihood", "data", ["--out", out / "l.json"]),
+            ("bad image file", "inpaint", "image", ["--mask", "x1", "--out", out / "i.npz"]),
+        )
+        for name in ("empty.npz", "scalar.npz", "rows0.npz", "trunc.npz")
+    ]
+    cases = [
+        ("user files", "train into a folder with user files", ["train", "--out", user, "--steps", 5]),
+        ("user files", "train --resume on user files", ["train", "--out", user, "--resume", "--steps", 5]),
+        ("bad value", "train --out ''", ["train", "--out", "", "--steps", 5]),
+        ("bad value", "train --set train.steps=true", ["train", "--out", out / "a", "--set", "train.steps=true"]),
+        ("bad value", "train --set sde.beta_max=inf", ["train", "--out", out / "b", "--set", "sde.beta_max=inf"]),
+        (
+            "bad file",
+            "train --config with a YAML syntax error",
+            ["train", "--out", out / "c", "--config", bad / "syntax.yaml"],
+        ),
+        ("device", "train --device meta", ["train", "--out", out / "d", "--device", "meta"]),
+        ("device", "train --device xpu", ["train", "--out", out / "e", "--device", "xpu"]),
+        ("bad value", "train without --out", ["train"]),
+        ("lock", "train into a folder another trainer holds", ["train", "--out", tmp / "held", "--steps", 5]),
+        (
+            "pickle",
+            "sample a pickle as checkpoint",
+            ["sample", "--checkpoint", bad / "pickle.safetensors", "--out", out / "s.npz"],
+        ),
+        ("bad value", "compare -n 1", ["compare", "--checkpoint", run, "-n", 1, "--out", out / "cmp"]),
+        *data_cases,
+        # the third pass (issue 30)
+        (
+            "resume nothing",
+            "train --resume into a missing folder",
+            ["train", "--out", out / "missing", "--resume", "--steps", 20],
+        ),
+        (
+            "resume nothing",
+            "train --resume into an empty folder",
+            ["train", "--out", made / "empty-folder", "--resume"],
+        ),
+        (
+            "zero count",
+            "distill --train-steps 0",
+            ["distill", "--teacher", "oracle:gmm", "--method", "consistency", "--train-steps", 0, "--out", out / "f"],
+        ),
+        (
+            "zero count",
+            "fit-grid --iterations 0",
+            ["fit-grid", "--checkpoint", run, "--iterations", 0, "--out", out / "g.json"],
+        ),
+        (
+            "overflowing model",
+            "likelihood of EMA weights x 1e18",
+            ["likelihood", "--checkpoint", made / "overflowing-ema", "-n", 50, "--out", out / "l2.json"],
+        ),
+        (
+            "overflowing model",
+            "train --resume with EMA weights x 1e18",
+            ["train", "--out", made / "overflowing-ema", "--resume", "--steps", 70],
+        ),
+        (
+            "optimizer state",
+            "train --resume with a wrong-shape exp_avg",
+            ["train", "--out", made / "optim-shape", "--resume", "--steps", 70],
+        ),
+        (
+            "optimizer state",
+            "train --resume with a NaN exp_avg_sq",
+            ["train", "--out", made / "optim-nan", "--resume", "--steps", 70],
+        ),
+        (
+            "artefact",
+            "sample a VE run with a VP run's grid",
+            ["sample", "--checkpoint", made / "ve", "--grid", made / "grid.json", "--out", out / "s2.npz"],
+        ),
+        (
+            "artefact",
+            "sample with a grid edited to sampler pc",
+            ["sample", "--checkpoint", run, "--grid", made / "grid-pc.json", "--out", out / "s3.npz"],
+        ),
+        (
+            "artefact",
+            "sample with a grid edited to sampler null",
+            ["sample", "--checkpoint", run, "--grid", made / "grid-None.json", "--out", out / "s4.npz"],
+        ),
+        (
+            "artefact",
+            "fit-grid --sampler pc",
+            ["fit-grid", "--checkpoint", run, "--sampler", "pc", "--out", out / "g2.json"],
+        ),
+        (
+            "bad file",
+            "train --config with an empty file",
+            ["train", "--out", out / "h", "--config", made / "empty.yaml"],
+        ),
+        (
+            "bad file",
+            "train --resume where the checkpoint is a folder",
+            ["train", "--out", made / "checkpoint-folder", "--resume"],
+        ),
+        (
+            "bad file",
+            "likelihood --data complex.npz",
+            ["likelihood", "--checkpoint", run, "--data", made / "complex.npz", "--out", out / "l3.json"],
+        ),
+    ]
+    (made / "empty-folder").mkdir(exist_ok=True)
+    if (made / "diffusers").is_dir():
+        cases.append(("diffusers", "sample a diffusers folder whose config.json does not fit its weights",
+                      ["sample", "--checkpoint", made / "diffusers", "--out", out / "s5.npz"]))  # fmt: skip
+    return cases
+
+
+def user_error_battery(tmp: Path, run: Path, quick: bool = False) -> list[dict]:
+    """User errors against the CLI: exit status, traceback, the last line, and whether any file the user wrote (their
+    own files, the data files, the runs and artefacts the cases use) changed."""
     user = tmp / "user"
     user.mkdir()
     (user / "config.yaml").write_text("keep\n")
@@ -127,59 +319,34 @@ def user_error_battery(tmp: Path, run: Path) -> list[dict]:
     (bad / "trunc.npz").write_bytes((bad / "trunc.npz").read_bytes()[:120])
     (bad / "syntax.yaml").write_text("train:\n  steps: [1\n")
     (bad / "pickle.safetensors").write_bytes(b"\x80\x04K\x01.")
+    made = _artefacts(tmp, run)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys,time\nfrom scoresde.training.run_folder import RunLock\n"
          "with RunLock(sys.argv[1]):\n print('held', flush=True); time.sleep(600)", str(tmp / "held")],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     holder.stdout.readline()
-    out = tmp / "outs"
-    cases = {
-        "train into a folder with user files": ["train", "--out", user, "--steps", 5],
-        "train --resume on user files": ["train", "--out", user, "--resume", "--steps", 5],
-        "train --out ''": ["train", "--out", "", "--steps", 5],
-        "train --set train.steps=true": ["train", "--out", out / "a", "--set", "train.steps=true"],
-        "train --set sde.beta_max=inf": ["train", "--out", out / "b", "--set", "sde.beta_max=inf"],
-        "train --config with a YAML syntax error": ["train", "--out", out / "c", "--config", bad / "syntax.yaml"],
-        "train --device meta": ["train", "--out", out / "d", "--device", "meta"],
-        "train --device xpu": ["train", "--out", out / "e", "--device", "xpu"],
-        "train without --out": ["train"],
-        "train into a folder another trainer holds": ["train", "--out", tmp / "held", "--steps", 5],
-        "sample a pickle as checkpoint": ["sample", "--checkpoint", bad / "pickle.safetensors", "--out", out / "s.npz"],
-        "compare -n 1": ["compare", "--checkpoint", run, "-n", 1, "--out", out / "cmp"],
-        **{
-            f"likelihood --data {name}": [
-                "likelihood",
-                "--checkpoint",
-                run,
-                "--data",
-                bad / name,
-                "--out",
-                out / "l.json",
-            ]
-            for name in ("empty.npz", "scalar.npz", "rows0.npz", "trunc.npz")
-        },
-        **{
-            f"inpaint --image {name}": ["inpaint", "--checkpoint", run, "--image", bad / name, "--mask", "x1"]
-            + ["--out", out / "i.npz"]
-            for name in ("empty.npz", "scalar.npz", "rows0.npz", "trunc.npz")
-        },
-    }
+    cases, seen = _cases(tmp, run, user, bad, made), set()
+    if quick:  # one case of each kind
+        cases = [case for case in cases if not (case[0] in seen or seen.add(case[0]))]
+    watched = (user, bad, made, run)
     rows = []
     try:
-        for name, args in cases.items():
-            before = _fingerprint(user)
+        for kind, name, args in cases:
+            before = [_fingerprint(folder) for folder in watched]
             proc = subprocess.run(
                 [sys.executable, "-m", "scoresde", *map(str, args)], capture_output=True, text=True, cwd=tmp
             )
+            lines = proc.stderr.strip().splitlines()
             rows.append(
                 {
+                    "kind": kind,
                     "case": name,
                     "exit": proc.returncode,
                     "traceback": "Traceback" in proc.stderr,
-                    "one_line": proc.stderr.strip().count("\n") == 0,
-                    "user_files_changed": _fingerprint(user) != before,
-                    "message": proc.stderr.strip()[:160],
+                    "one_line": len(lines) <= 1,
+                    "user_files_changed": [_fingerprint(folder) for folder in watched] != before,
+                    "message": lines[-1].replace(f"{tmp}/", "")[:200] if lines else "",  # paths relative to tmp
                 }
             )
     finally:
@@ -188,11 +355,41 @@ def user_error_battery(tmp: Path, run: Path) -> list[dict]:
     return rows
 
 
+def double_interrupts(tmp: Path, trials: int, rng: random.Random) -> list[dict]:
+    """Two SIGINTs 50 ms apart at a random moment of a training command run as users run it (the console script):
+    the exit status, whether a traceback was printed, and whether the stop's checkpoint loads."""
+    script = [sys.executable, "-c", "import sys, scoresde_cli; sys.exit(scoresde_cli.main())"]
+    rows = []
+    for i in range(trials):
+        folder = tmp / f"interrupted{i}"
+        proc = subprocess.Popen([*script, *TRAIN[3:], "--steps", "100000", "--out", str(folder)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        delay = rng.uniform(0.5, 6.0)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        try:
+            step = load_checkpoint(folder)["step"]
+        except CheckpointError:
+            step = None
+        rows.append({"delay": round(delay, 2), "exit": proc.returncode, "traceback": "Traceback" in err, "step": step})
+        print(f"double Ctrl-C {i}: at {delay:.2f} s exit {proc.returncode} checkpoint step {step}", flush=True)
+    return rows
+
+
 def main() -> None:
-    parser = benchmark_parser(__doc__, quick="one kill-and-resume trial")
+    parser = benchmark_parser(
+        __doc__, quick="one kill-and-resume trial, one user error of each kind, one double Ctrl-C"
+    )
     parser.add_argument("--n", type=int, default=20, help="kill-and-resume trials (half timed onto a write)")
+    parser.add_argument("--interrupts", type=int, default=10, help="double Ctrl-C trials")
     parser.add_argument("--seed", type=int, default=0)
-    args = parse(parser, n=1)
+    args = parse(parser, n=1, interrupts=1)
     out = setup_run(args)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="scoresde-reliability-") as tmp_name:
@@ -201,13 +398,15 @@ def main() -> None:
         subprocess.run([*TRAIN, "--out", str(tmp / "whole")], check=True, capture_output=True)
         run_seconds = time.perf_counter() - start
         reference = load_checkpoint(tmp / "whole")
+        reference_bytes = (tmp / "whole" / CHECKPOINT).read_bytes()
         trials = []
         for i in range(args.n):
-            row = _trial(tmp / f"trial{i}", reference, i % 2 == 0, run_seconds, rng)
+            row = _trial(tmp / f"trial{i}", reference, reference_bytes, i % 2 == 0, run_seconds, rng)
             trials.append(row)
             flags = " ".join("ok " if row[line] is True else "NO " for line in LINES)
             print(f"trial {i:2d} kill at {row['moment']:<24} {flags} resumed from {row['checkpoint_step']}", flush=True)
-        battery = user_error_battery(tmp, tmp / "whole")
+        battery = user_error_battery(tmp, tmp / "whole", quick=args.quick)
+        interrupts = double_interrupts(tmp, args.interrupts, rng)
     totals = {line: sum(row[line] is True for row in trials) for line in LINES}
     errors = {
         "cases": len(battery),
@@ -225,15 +424,24 @@ def main() -> None:
     table += [f"| {line} | {totals[line]}/{args.n} |" for line in LINES]
     table += ["", f"user errors ({errors['cases']} cases):", "", "| check | cases |", "|---|---|"]
     table += [f"| {key} | {errors[key]} |" for key in ("exit 2", "tracebacks", "not one line", "user files changed")]
-    misses = [
-        f"- {row['case']}: exit {row['exit']}: {row['message']}"
+    table += ["", "| case | exit | last line | files changed |", "|---|---|---|---|"]
+    table += [
+        f"| {row['case']} | {row['exit']} | {row['message'].replace('|', '/')} | "
+        f"{'**yes**' if row['user_files_changed'] else 'no'} |"
         for row in battery
-        if row["exit"] != 2 or row["traceback"] or not row["one_line"] or row["user_files_changed"]
     ]
-    table += ["", *misses] if misses else []
+    clean = sum(row["exit"] == 130 and not row["traceback"] for row in interrupts)
+    saved = sum(row["step"] is not None for row in interrupts)
+    table += [
+        "",
+        f"two Ctrl-C 50 ms apart at a random moment of a training command (console script): {clean}/{len(interrupts)} "
+        f"exit 130 without a traceback; {saved} stopped while training, each with its checkpoint on disk, the others "
+        f"during start-up (nothing to save yet)",
+    ]
     print("\n" + "\n".join(table))
     report = {"n": args.n, "steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "run_seconds": run_seconds}
     report.update({"totals": totals, "trials": trials, "user_errors": errors, "battery": battery})
+    report.update({"double_interrupts": interrupts})
     (out / "reliability.json").write_text(json.dumps(report, indent=2))
     (out / "reliability.md").write_text("\n".join(table) + "\n")
     print(f"\nwrote {out / 'reliability.json'} and reliability.md")
