@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..processes.quadrature import lagrange_integrals
 from ..processes.sde import SDE
 
 __all__ = [
@@ -52,32 +53,9 @@ __all__ = [
     "batch_norm",
 ]
 
-_GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(16)
-
 MAX_ORDER = 4
 """Highest predictor order (the corrector is one higher). Measured on the oracle: order 3 is the best at
 the likelihood's accuracies; higher orders extrapolate sharp posterior transitions badly at coarse steps."""
-
-
-def lagrange_integrals(
-    nodes: list[float], a: float, b: float, weight: Callable[[np.ndarray], np.ndarray]
-) -> list[float]:
-    r"""$\int_a^b w(\lambda)\,\ell_j(\lambda)\,d\lambda$ for the Lagrange basis $\ell_j$ on ``nodes``.
-
-    The weight is a closed form; the product is integrated by 16-point Gauss–Legendre (exact for a
-    polynomial weight up to degree ``31 - len(nodes)``, to rounding for the smooth weights used here on steps
-    of the size the solver takes)."""
-    mid, half = 0.5 * (a + b), 0.5 * (b - a)
-    lam = mid + half * _GAUSS_NODES
-    w = weight(lam) * _GAUSS_WEIGHTS * half
-    out = []
-    for j, node_j in enumerate(nodes):
-        basis = np.ones_like(lam)
-        for m, node_m in enumerate(nodes):
-            if m != j:
-                basis *= (lam - node_m) / (node_j - node_m)
-        out.append(float((w * basis).sum()))
-    return out
 
 
 @dataclass

@@ -249,7 +249,9 @@ class SDE(abc.ABC):
         t = self._t_from_log_snr(lam)
         slack = _T_SLACK * self.T
         if t.numel() and not (
-            bool(torch.isfinite(t).all()) and float(t.min()) >= -slack and float(t.max()) <= self.T + slack
+            bool(torch.isfinite(t).all())
+            and float(t.detach().min()) >= -slack
+            and float(t.detach().max()) <= self.T + slack
         ):
             ends = self.log_snr(torch.tensor([self.T, 0.0], dtype=torch.float64))
             raise ValueError(

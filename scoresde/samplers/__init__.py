@@ -8,6 +8,9 @@ r"""Sampling from a score-based model: one entry point, `sample`, over a registr
 ``heun``                  EDM's Heun sampler with stochastic churn (Karras et al. 2022)
 ``dpm_solver``            DPM-Solver++ multistep, orders 1–3 (Lu et al. 2022)
 ``unipc``                 UniPC predictor–corrector multistep, orders 1–3 (Zhao et al. 2023)
+``ipndm``                 improved PNDM: equal-step Adams–Bashforth in rho = sigma/alpha, orders 1–4
+``deis``                  DEIS-tAB: exponential integrator, Lagrange extrapolation in t (Zhang & Chen 2023)
+``fitted``                DPM-Solver++ with per-step corrections and times fitted to the model (`fit_solver`)
 ``ddpm``                  DDPM's ancestral chain with a choice of reverse variance
 ``consistency``           multistep consistency sampling of a consistency model (Song et al. 2023)
 ========================  =====================================================================
@@ -20,13 +23,15 @@ algorithm's. `sample` also validates once (the grid, ``x_T`` and the first score
 
 from ..processes.grids import GRIDS, time_grid
 from ..processes.sde import ProbabilityFlow
-from . import consistency, ddpm, fast, ode, pc, reverse_sde  # noqa: F401  (registration)
+from . import consistency, ddpm, fast, multistep, ode, pc, reverse_sde  # noqa: F401  (registration)
 from .base import SampleResult, Sampling, grid_defaults, register_sampler, sampler_options, samplers
+from .fitted_solver import FittedSolver
 from .grid_fit import GridFit, fit_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .inpaint import INPAINT_METHODS, MASKS, inpaint, named_mask
 from .pc import correctors, predictors, register_corrector, register_predictor
 from .sampling import sample
+from .solver_fit import fit_solver
 from .thresholding import ThresholdedScore
 
 __all__ = [
@@ -44,6 +49,8 @@ __all__ = [
     "time_grid",
     "fit_grid",
     "GridFit",
+    "fit_solver",
+    "FittedSolver",
     "GRIDS",
     "grid_defaults",
     "ProbabilityFlow",

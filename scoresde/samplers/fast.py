@@ -195,26 +195,37 @@ def dpm_solver(
     run.record(t_values[0], x)
     for i in run.steps(steps, f"dpm_solver++ {order}M"):
         x0s = (x0s + [run.x0_hat(x, times[i].expand(x.shape[0]))])[-3:]
-        k = _multistep_order(order, i, steps, lower_order_final)
-        h = lam[i + 1] - lam[i]
-        phi1 = math.expm1(-h)
-        x_next = (sigmas[i + 1] / sigmas[i]) * x - alphas[i + 1] * phi1 * x0s[-1]
-        if k >= 2:
-            r0 = (lam[i] - lam[i - 1]) / h
-            d1_0 = (x0s[-1] - x0s[-2]) / r0
-            if k == 2:
-                x_next = x_next - 0.5 * alphas[i + 1] * phi1 * d1_0
-            else:
-                r1 = (lam[i - 1] - lam[i - 2]) / h
-                d1_1 = (x0s[-2] - x0s[-3]) / r1
-                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi2 = phi1 / h + 1.0
-                phi3 = phi2 / h - 0.5
-                x_next = x_next + alphas[i + 1] * phi2 * d1 - alphas[i + 1] * phi3 * d2
-        x = x_next
+        x = dpmpp_step(x, x0s, lam, alphas, sigmas, i, _multistep_order(order, i, steps, lower_order_final))
         run.record(t_values[i + 1], x)
     return run.finish(x, t_values[-1], denoise)
+
+
+def expm1(h: float | Tensor) -> float | Tensor:
+    """$e^h - 1$ of a float (``math``) or of a tensor (``torch``: differentiable)."""
+    return torch.expm1(h) if isinstance(h, Tensor) else math.expm1(h)
+
+
+def dpmpp_step(x: Tensor, x0s: list[Tensor], lam: list, alphas: list, sigmas: list, i: int, k: int) -> Tensor:
+    """One DPM-Solver++ ``k``M step from grid point ``i`` to ``i + 1`` with the last ``k`` data predictions ``x0s``
+    (see `dpm_solver`). The grid's ``lam``, ``alphas``, ``sigmas`` are floats when sampling, or 0-d tensors when a
+    fit differentiates through them (`scoresde.samplers.solver_fit`): the same arithmetic either way."""
+    h = lam[i + 1] - lam[i]
+    phi1 = expm1(-h)
+    x_next = (sigmas[i + 1] / sigmas[i]) * x - alphas[i + 1] * phi1 * x0s[-1]
+    if k >= 2:
+        r0 = (lam[i] - lam[i - 1]) / h
+        d1_0 = (x0s[-1] - x0s[-2]) / r0
+        if k == 2:
+            x_next = x_next - 0.5 * alphas[i + 1] * phi1 * d1_0
+        else:
+            r1 = (lam[i - 1] - lam[i - 2]) / h
+            d1_1 = (x0s[-2] - x0s[-3]) / r1
+            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi2 = phi1 / h + 1.0
+            phi3 = phi2 / h - 0.5
+            x_next = x_next + alphas[i + 1] * phi2 * d1 - alphas[i + 1] * phi3 * d2
+    return x_next
 
 
 def _unipc_coefficients(rks: list[float], h: float) -> tuple[Tensor, Tensor, float, float]:

@@ -25,6 +25,7 @@ from .base import (
     sampler_options,
     samplers,
 )
+from .fitted_solver import FittedSolver
 from .thresholding import ThresholdedScore
 
 __all__ = ["sample"]
@@ -43,12 +44,28 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return dims
 
 
+def _solver_settings(solver, sampler, schedule, steps, t_min, options) -> tuple:
+    """The sampler, grid and options of a fitted ``solver``; a one-line ``ValueError`` for a clash with them."""
+    if not isinstance(solver, FittedSolver):
+        raise TypeError(f"solver must be a FittedSolver (FittedSolver.load(path)), got {type(solver).__name__}")
+    clashes = [name for name, value in (("sampler", sampler if sampler != "fitted" else None), ("schedule", schedule),
+               ("steps", steps if steps != solver.steps else None), ("t_min", t_min)) if value is not None]  # fmt: skip
+    clashes += sorted(set(options) & set(solver.options()))
+    if clashes:
+        raise ValueError(
+            f"a fitted solver sets its own sampler, grid and coefficients; drop {', '.join(clashes)} "
+            f"(it has {solver.steps} steps)"
+        )
+    return "fitted", solver.times, None, None, {**options, **solver.options()}
+
+
 def sample(
     sde: SDE,
     score_fn: ScoreFn,
     shape: Sequence[int],
-    sampler: str = "pc",
+    sampler: str | None = None,
     *,
+    solver: Any = None,
     steps: int | None = None,
     schedule: str | Sequence[float] | Tensor | None = None,
     t_min: float | None = None,
@@ -78,7 +95,11 @@ def sample(
             (`scoresde.processes.seam.ModelSpec`): a score (``eps`` / ``x0`` / ``v`` outputs are converted), or a
             consistency model for the ``consistency`` sampler; checked once here.
         shape: ``[B, ...]`` of the samples.
-        sampler: a name from `samplers` (an unknown name raises, listing the valid ones).
+        sampler: a name from `samplers` (an unknown name raises, listing the valid ones); default ``pc``, or
+            ``fitted`` with a ``solver``.
+        solver: a `scoresde.samplers.solver_fit.FittedSolver` (`FittedSolver.load` checks a file against the
+            model): the ``fitted`` sampler on its times with its coefficients (``steps``, ``schedule`` and
+            ``t_min`` come from it).
         steps: number of steps of the time grid (each sampler declares its default).
         schedule: the grid's spacing (a name from ``GRIDS``; each sampler declares its default), or a strictly
             decreasing sequence of times in ``(0, T]`` (then ``steps`` and ``t_min`` are not used).
@@ -101,6 +122,9 @@ def sample(
     """
     t_min = renamed_t_min(t_min, options.pop("eps", None), "sample")
     check_sde(sde)
+    if solver is not None:
+        sampler, schedule, steps, t_min, options = _solver_settings(solver, sampler, schedule, steps, t_min, options)
+    sampler = "pc" if sampler is None else sampler
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got {generator!r}"
