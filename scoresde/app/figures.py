@@ -31,6 +31,7 @@ __all__ = [
     "plot_comparison",
     "plot_training_curve",
     "plot_grid",
+    "plot_solver",
     "animate_reverse_process",
     "plot_inpainting",
     "plot_accuracy_vs_guidance",
@@ -437,6 +438,33 @@ def plot_grid(sde, grids: dict) -> Figure:
         ax.plot(range(len(lam)), lam.tolist(), "-o", label=f"{label} ({len(lam) - 1} steps)")
     ax.set(xlabel="step i", ylabel="log-SNR at t_i", title="time grids")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_solver(sde, solver) -> Figure:
+    r"""A fitted solver (`scoresde.samplers.FittedSolver`): its times as the log-SNR $\lambda(t_i)$ against the step
+    beside the start grid's, and its per-step corrections $c_{ij}$ (one bar group a step, one bar a past
+    prediction $j$)."""
+    from ..processes.grids import time_grid
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    start = solver.settings.get("start", "log_snr_warped")
+    t_min = float(solver.times[-1])
+    for label, times in ((f"{start} (start)", time_grid(sde, solver.steps, start, t_min)), ("fitted", solver.times)):
+        lam = sde.log_snr(torch.as_tensor(times, dtype=torch.float64))
+        left.plot(range(len(lam)), lam.tolist(), "-o", label=label)
+    left.set(xlabel="step i", ylabel="log-SNR at t_i", title=f"times ({solver.steps} steps)")
+    left.legend(fontsize=8)
+    width = max((len(c) for c in solver.corrections), default=0)
+    for j in range(width):
+        values = [c[j] if j < len(c) else 0.0 for c in solver.corrections]
+        right.bar([i + (j - (width - 1) / 2) * 0.25 for i in range(solver.steps)], values, width=0.25,
+                  label=f"c_i{j + 1}: x0(i-{j + 1}) - x0(i)")  # fmt: skip
+    right.axhline(0.0, color="k", lw=0.6)
+    right.set(xlabel="step i", ylabel="correction", title=f"corrections to DPM-Solver++ {solver.order}M")
+    right.legend(fontsize=7)
+    fig.suptitle(f"fitted solver: objective {solver.start_error:.3g} -> {solver.error:.3g}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -32,6 +32,7 @@ __all__ = [
     "Comparison",
     "default_lineup",
     "student_lineup",
+    "solver_lineup",
     "compare_samplers",
     "measure_images",
     "HeldOut",
@@ -62,7 +63,8 @@ class SamplerSpec:
 def default_lineup(quick: bool = False) -> list[SamplerSpec]:
     """The samplers `compare_samplers` runs by default: predictor–corrector (reverse diffusion +
     Langevin, and Euler–Maruyama alone), the reverse SDE (torchsde), the adaptive probability-flow ODE, and the
-    few-step solvers DDIM, EDM's Heun, DPM-Solver++ 3M and UniPC, each at several step counts (NFE budgets).
+    few-step solvers DDIM, EDM's Heun, DPM-Solver++ 3M, UniPC, iPNDM and DEIS, each at several step counts (NFE
+    budgets).
     The multistep solvers run on their default grids and on the warped log-SNR grid, the setting
     ``benchmarks/samplers.py`` found best at 10 NFE on the oracle (within 1.3-1.5x of the noise floor for VP
     and VE). ``quick``: one or two budgets each, for tests and the quick demo."""
@@ -78,6 +80,8 @@ def default_lineup(quick: bool = False) -> list[SamplerSpec]:
         dpm: [5, 10, 20],
         dpm_warped: [5, 10, 20],
         unipc: [5, 10, 20],
+        "ipndm (4, EDM grid)": [5, 10],
+        "deis (tAB3, EDM grid)": [5, 10],
     }
     samplers_of = {
         pc: ("pc", {}),
@@ -88,6 +92,8 @@ def default_lineup(quick: bool = False) -> list[SamplerSpec]:
         dpm: ("dpm_solver", {"order": 3}),
         dpm_warped: ("dpm_solver", {"order": 3, "schedule": "log_snr_warped"}),
         unipc: ("unipc", {"order": 2}),
+        "ipndm (4, EDM grid)": ("ipndm", {"order": 4}),
+        "deis (tAB3, EDM grid)": ("deis", {"order": 3}),
     }
     ode_tolerances = [1e-3, 1e-5]
     if quick:
@@ -109,6 +115,13 @@ def default_lineup(quick: bool = False) -> list[SamplerSpec]:
     ]
     lineup += [SamplerSpec("ode (dopri5, adaptive)", "ode", {"rtol": tol, "atol": tol}) for tol in ode_tolerances]
     return lineup
+
+
+def solver_lineup(solver, name: str) -> list[SamplerSpec]:
+    """A fitted solver (`scoresde.samplers.FittedSolver`) as a point of a comparison, on its own times with its own
+    coefficients (NFE = its steps); ``name`` labels its family."""
+    options = {**solver.options(), "schedule": solver.times.tolist(), "steps": solver.steps}
+    return [SamplerSpec(f"fitted solver ({name})", "fitted", options)]
 
 
 def student_lineup(student: ScoreFn, config, name: str, counts: Sequence[int] = (1, 2, 4)) -> list[SamplerSpec]:

@@ -37,7 +37,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
         model.sde,
         model,
         data.x,
-        lineup=default_lineup(args.quick) + _student_lineup(args, model, data_config),
+        lineup=default_lineup(args.quick) + _student_lineup(args, model, data_config) + _solver_lineup(args, model),
         n=len(data.x),
         floor_reference=data.floor,
         true_log_prob=data.sample_log_prob,
@@ -83,6 +83,18 @@ def _student_lineup(args: argparse.Namespace, teacher, data_config) -> list:
     return specs
 
 
+def _solver_lineup(args: argparse.Namespace, model) -> list:
+    """``--solver FILE`` (repeatable): each fitted solver, checked to belong to the checkpoint's model."""
+    from ...evaluation.comparison import solver_lineup
+    from ...samplers.fitted_solver import FittedSolver
+
+    return [
+        spec
+        for file in args.solver or []
+        for spec in solver_lineup(FittedSolver.load(file, model.sde, model), Path(file).stem)
+    ]
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``scoresde compare``: its sub-parser and options."""
     cmp = command(
@@ -100,6 +112,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--quick", action="store_true", help="fewer samplers and step counts")
     cmp.add_argument(
         "--student", action="append", metavar="RUN", help="a distilled student (scoresde distill) to add (repeatable)"
+    )
+    cmp.add_argument(
+        "--solver", action="append", metavar="FILE", help="a fitted solver (scoresde fit-solver) to add (repeatable)"
     )
     cmp.add_argument(
         "--out", help="output folder for compare.json, compare.md, compare.png (default: the checkpoint's folder)"

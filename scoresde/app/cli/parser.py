@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import compare, demo, distill, fit_grid, inpaint, likelihood, listing, sample, train
+from . import compare, demo, distill, fit_grid, fit_solver, inpaint, likelihood, listing, sample, train
 from .common import HelpFormatter
 
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     distill.add_parser(sub)
     fit_grid.add_parser(sub)
+    fit_solver.add_parser(sub)
     sample.add_parser(sub)
     likelihood.add_parser(sub)
     compare.add_parser(sub)

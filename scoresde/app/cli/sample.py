@@ -48,9 +48,10 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     import torch
 
     from ...samplers import ClassifierFreeGuidance, samplers
+    from ...samplers.fitted_solver import FittedSolver
     from ...samplers.grid_fit import GridFit
     from ...samplers.sampling import sample
-    from ...training.distill import sampling_plan
+    from ...training.distill import SamplingPlan, sampling_plan
     from ..figures import plot_samples
 
     if args.sampler is not None:
@@ -58,9 +59,18 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     options = parse_options(args.option)
     if args.guidance is not None and args.label is None:
         raise UserError("--guidance needs --label (the class to guide towards)")
+    if args.solver is not None:
+        clash = [name for name, value in (("--grid", args.grid), ("--sampler", args.sampler), ("--steps", args.steps),
+                                          ("--option", args.option)) if value]  # fmt: skip
+        if clash:
+            raise UserError(f"--solver sets the sampler, its grid and its coefficients; drop {', '.join(clash)}")
     model, data, step, config = load_model(args)
+    solver = None if args.solver is None else FittedSolver.load(args.solver, model.sde, model)
     grid = None if args.grid is None else GridFit.load(args.grid, model.sde, model)
-    plan = sampling_plan(config, sampler=args.sampler, steps=args.steps, options=options, grid=grid)
+    if solver is None:
+        plan = sampling_plan(config, sampler=args.sampler, steps=args.steps, options=options, grid=grid)
+    else:
+        plan = SamplingPlan("fitted", None, None, {})
     sampler, options = plan.sampler, plan.options
     if sampler in ("ddpm", "ddim") and options.get("variance") == "analytic":
         options["moments"] = _analytic_moments(args, model, data, plan)
@@ -77,6 +87,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
             device=args.device,
             generator=torch.Generator(device=args.device).manual_seed(args.seed),
             **({"schedule": plan.schedule} if plan.schedule is not None else {}),
+            **({"solver": solver} if solver is not None else {}),
             **options,
         )
     x = result.x.cpu()
@@ -130,6 +141,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--option", action="append", metavar="NAME=VALUE", help="sampler option, e.g. order=3 (repeatable)"
     )
     smp.add_argument("--grid", help="a time grid written by scoresde fit-grid (its sampler and options by default)")
+    smp.add_argument(
+        "--solver", help="a solver fitted by scoresde fit-solver (its own sampler, times and coefficients; NFE = steps)"
+    )
     smp.add_argument("-n", type=count, default=2000, help="number of samples")
     smp.add_argument("--label", type=int, help="class to sample (class-conditional models)")
     smp.add_argument(
