@@ -23,7 +23,6 @@ measured
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from functools import partial
 from pathlib import Path
@@ -33,11 +32,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from common import benchmark_parser, setup_run, train_student, write_report  # noqa: E402
+from common import benchmark_parser, setup_run, toy_floors, toy_quality, train_student, write_report  # noqa: E402
 
-from scoresde import energy_distance, sample, toy_dataset
-from scoresde._stats import mean_and_standard_error  # noqa: E402
-from scoresde.evaluation.metrics import energy_distance_floor  # noqa: E402
+from scoresde import toy_dataset
 from scoresde.samplers import fit_grid
 from scoresde.training.distill import student_sampling  # noqa: E402
 from scoresde.training.runs import load_score_model  # noqa: E402
@@ -55,33 +52,7 @@ SOLVERS = {
 }
 
 
-def quality(sde, fn, toy, sampler: str, steps: int, floors: dict, n: int = N_SAMPLES, seeds: int = SEEDS, **options):
-    """The figures of one sampler, each the mean over ``SEEDS`` evaluations (fresh prior draws and sampler noise,
-    fresh true samples) with its standard error: a few samples thrown far away move one 10,000-sample energy
-    distance by the floor or more, so one seed does not tell 2x from 4x."""
-    energies, gaps = [], []
-    for k in range(seeds):
-        with torch.no_grad():
-            result = sample(sde, fn, (n, 2), sampler, steps=steps,
-                            generator=torch.Generator().manual_seed(5 + 10 * k), **options)  # fmt: skip
-        x = result.x.double()
-        reference = toy.sample(n, torch.Generator().manual_seed(2 + 10 * k)).double()
-        energies.append(energy_distance(x, reference))
-        gaps.append(float(-toy.nll_log_prob(x).mean()) - toy.perfect_nll())
-    energy, energy_se = mean_and_standard_error(torch.tensor(energies))
-    return {
-        "nfe": result.nfe,
-        "energy": energy,
-        "energy_se": energy_se,
-        "energies": energies,
-        "over_floor": energy / floors["closed_form"],
-        "over_floor_se": energy_se / floors["closed_form"],
-        "over_measured_floor": energy / floors["measured"],
-        "nll_minus_entropy": statistics.mean(gaps),
-    }
-
-
-def fitted_rows(report: dict, name: str, model, toy, floors: dict, measure=quality, iterations: int = 150) -> None:
+def fitted_rows(report: dict, name: str, model, toy, floors: dict, measure=toy_quality, iterations: int = 150) -> None:
     """A consistency student on times fitted to data (`fit_grid` on the energy distance to 16,384 true draws of their
     own seed, prior draws and sampler noise of their own seeds too): 2 and 4 steps."""
     calibration = toy.sample(CALIBRATION, torch.Generator().manual_seed(77)).double()
@@ -108,14 +79,8 @@ def main() -> None:
     toy = toy_dataset("gmm")
     train_steps = 60 if args.quick else args.train_steps
     n = 2000 if args.quick else N_SAMPLES
-    measure = partial(quality, n=n, seeds=1) if args.quick else quality
-    closed, closed_se = energy_distance_floor(toy.sample, n, generator=torch.Generator().manual_seed(0))
-    measured = statistics.mean(
-        energy_distance(toy.sample(n, torch.Generator().manual_seed(100 + 2 * k)).double(),
-                        toy.sample(n, torch.Generator().manual_seed(101 + 2 * k)).double())
-        for k in range(2 if args.quick else 10)
-    )  # fmt: skip
-    floors = {"closed_form": closed, "closed_form_se": closed_se, "measured": measured}
+    measure = partial(toy_quality, n=n, seeds=1) if args.quick else toy_quality
+    floors = toy_floors(toy, n, 2 if args.quick else 10)
     print(json.dumps({"floors": floors}), flush=True)
     report: dict = {"sde": args.sde, "floors": floors, "entropy": toy.perfect_nll(), "rows": [], "students": {}}
 
