@@ -22,7 +22,14 @@ from torch import Tensor
 
 from .._io import json_text
 from .._stats import mean_and_standard_error
-from ..evaluation.comparison import Comparison, compare_samplers, default_lineup, held_out, student_lineup
+from ..evaluation.comparison import (
+    Comparison,
+    compare_samplers,
+    default_lineup,
+    held_out,
+    solver_lineup,
+    student_lineup,
+)
 from ..processes.sde import SDE, ScoreFn
 
 __all__ = ["likelihood_summary", "write_comparison", "run_demo", "DEMO_FILES"]
@@ -212,6 +219,33 @@ def _demo_student(out: Path, quick: bool, *, device, progress: bool) -> tuple[li
     return student_lineup(student, config, "student/"), result
 
 
+DEMO_SOLVER_STEPS = (3, 4, 5)
+"""The step counts of the demo's fitted solvers (`_demo_solvers`)."""
+
+
+def _demo_solvers(out: Path, model, quick: bool, seed: int) -> tuple[list, dict]:
+    """The demo model's few-step panel: solvers fitted to it (`scoresde.samplers.fit_solver`, 1,024 calibration
+    draws, 300 Adam steps: about 10 s each on 2 CPU cores; ``quick``: 4 steps only, 40 Adam steps) at 3, 4 and 5
+    NFE, saved in ``out/run/solvers`` with their pictures. Returns their comparison points and their fits."""
+    import matplotlib.pyplot as plt
+
+    from ..samplers.solver_fit import fit_solver
+    from .figures import plot_solver
+
+    specs, fits = [], {}
+    for steps in (4,) if quick else DEMO_SOLVER_STEPS:
+        fit = fit_solver(model.sde, model, steps, (1, 2), n=256 if quick else 1024, iterations=40 if quick else 300,
+                         generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float32)  # fmt: skip
+        path = fit.save(out / "run" / "solvers" / f"fitted-{steps}.json")
+        fig = plot_solver(model.sde, fit)
+        fig.savefig(path.with_suffix(".png"), dpi=100)
+        plt.close(fig)
+        specs += solver_lineup(fit, "run/solvers")
+        fits[steps] = {"file": str(path.relative_to(out)), "seconds": fit.settings["seconds"],
+                       "start_error": fit.start_error, "error": fit.error}  # fmt: skip
+    return specs, fits
+
+
 @contextlib.contextmanager
 def _timed(timings: dict[str, float], name: str):
     """Adds the wall time of the block to ``timings[name]``."""
@@ -265,6 +299,9 @@ def run_demo(
     with _timed(timings, "distil"):
         student, distilled = _demo_student(out, quick, device=device, progress=progress)
 
+    with _timed(timings, "fit solvers"):
+        solvers, fitted = _demo_solvers(out, model, quick, seed)
+
     with _timed(timings, "figures"):
         figures = [
             save(plot_forward_process(sde, toy.mixture, seed=seed), "forward.png"),
@@ -280,7 +317,7 @@ def run_demo(
             sde,
             model,
             data.x,
-            lineup=default_lineup(quick) + student,
+            lineup=default_lineup(quick) + student + solvers,
             n=len(data.x),
             floor_reference=data.floor,
             true_log_prob=data.sample_log_prob,
@@ -346,6 +383,7 @@ def run_demo(
             "parameters": sum(p.numel() for p in model.parameters()),
         },
         "student": {"method": "consistency", "steps": distilled.step, "seconds": distilled.seconds},
+        "fitted_solvers": fitted,
         "likelihood": likelihood,
         "compare": comparison.to_dict(),
         "best_sampler": best.spec.label,
@@ -356,6 +394,12 @@ def run_demo(
     (out / "metrics.json").write_text(json_text(metrics))
     (out / "report.md").write_text(_demo_report(metrics, comparison))
     return metrics
+
+
+def _fit_seconds(metrics: dict) -> str:
+    """The fitted solvers' fitting times, in words."""
+    seconds = [fit["seconds"] for fit in metrics["fitted_solvers"].values()]
+    return f"{min(seconds):.0f}-{max(seconds):.0f} s a solver" if len(seconds) > 1 else f"{seconds[0]:.0f} s"
 
 
 def _demo_report(metrics: dict, comparison: Comparison) -> str:
@@ -398,6 +442,11 @@ distillation with the model itself as teacher, {metrics["student"]["steps"]} ste
 {metrics["student"]["seconds"]:.0f} s): one to four network evaluations, next to the solvers at five and more. A
 student this short is still blurred between the modes; `benchmarks/distillation.py` trains 6,000 steps (about 3
 minutes) and reaches 1.5-3x the noise floor at 1-4 NFE on the gmm oracle (docs/concepts/distillation.md).
+
+The `fitted solver` rows are what 3-5 NFE do at their best without a student: DPM-Solver++ 3M whose times and
+per-step coefficients were fitted to this very model ({_fit_seconds(metrics)} of fitting; `run/solvers/` holds each
+solver and a picture of its times and corrections; `scoresde fit-solver` makes one, `scoresde sample --solver`
+uses it; docs/concepts/sampling.md).
 
 ![comparison](compare.png)
 

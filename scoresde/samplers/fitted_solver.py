@@ -56,7 +56,8 @@ class FittedSolver:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write `to_dict` as JSON to ``path``, atomically."""
+        """Write `to_dict` as JSON to ``path`` (its folder created), atomically."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         return write_atomic(path, json_text(self.to_dict()).encode())
 
     def check(self, sde: SDE, model: ScoreFn, path: str | Path = "the solver") -> FittedSolver:
