@@ -11,7 +11,7 @@ evaluation seeds, fresh prior draws), and the samples' mean true NLL minus the e
 ``benchmarks/digits_quality.py``, or here): FD-digits and KID of 1,438 samples at 4, 5, 6 and 8 NFE with each fit's
 wall time. Also measured: which objective fits best at 5 NFE on the gmm oracle (trajectory, distribution, mix).
 
-    python benchmarks/fitted_solver.py [--out benchmarks/results] [--threads 2] [--quick] [--skip-digits]
+    python benchmarks/fitted_solver.py [--out benchmarks/results] [--threads 2] [--quick] [--skip-digits|--digits-only]
 """
 
 from __future__ import annotations
@@ -210,6 +210,9 @@ def main() -> None:
         __doc__, quick="gmm (VP) at 5 NFE, 2,000 samples, one seed, short fits, a 20-step digits model"
     )
     parser.add_argument("--skip-digits", action="store_true", help="the toys only")
+    parser.add_argument(
+        "--digits-only", action="store_true", help="keep the toys' rows of --out/fitted_solver.json; run digits-ddpm"
+    )
     args = parse(parser)
     args.nfes, args.digits_nfes = ((5,), (5,)) if args.quick else (NFES, DIGITS_NFES)
     args.iterations, args.n_fit = (20, 256) if args.quick else (300, 1024)
@@ -218,13 +221,16 @@ def main() -> None:
     n, seeds = (2000, 1) if args.quick else (10_000, 3)
     out = setup_run(args)
     measure = partial(toy_quality, n=n, seeds=seeds)
-    floors = {toy: toy_floors(toy_dataset(toy), n, 2 if args.quick else 10) for toy in toys}
-    report = {"toys": toys, "sdes": sdes, "nfes": args.nfes, "digits_nfes": args.digits_nfes, "n": n,
-              "seeds": seeds, "floors": floors, "rows": []}  # fmt: skip
-    for toy in toys:
-        for sde in sdes:
-            report["rows"] += toy_rows(toy, sde, args, floors[toy], measure)
-    report["objectives"] = objective_rows(args, floors["gmm"], measure)
+    if args.digits_only:
+        report = json.loads((out / "fitted_solver.json").read_text())
+    else:
+        floors = {toy: toy_floors(toy_dataset(toy), n, 2 if args.quick else 10) for toy in toys}
+        report = {"toys": toys, "sdes": sdes, "nfes": args.nfes, "digits_nfes": args.digits_nfes, "n": n,
+                  "seeds": seeds, "floors": floors, "rows": []}  # fmt: skip
+        for toy in toys:
+            for sde in sdes:
+                report["rows"] += toy_rows(toy, sde, args, floors[toy], measure)
+        report["objectives"] = objective_rows(args, floors["gmm"], measure)
     if not args.skip_digits:
         report["digits"] = digits_rows(args, out)
     write_report(out, "fitted_solver", report, markdown(report), plot)
