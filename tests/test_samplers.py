@@ -264,7 +264,20 @@ def test_trajectory_holds_the_states_on_the_grid():
 
 
 def test_registries_list_their_names():
-    assert sampler_names() == ["consistency", "ddim", "ddpm", "dpm_solver", "heun", "ode", "pc", "sde", "unipc"]
+    assert sampler_names() == [
+        "consistency",
+        "ddim",
+        "ddpm",
+        "deis",
+        "dpm_solver",
+        "fitted",
+        "heun",
+        "ipndm",
+        "ode",
+        "pc",
+        "sde",
+        "unipc",
+    ]
     assert predictors() == ["ancestral_sampling", "euler_maruyama", "none", "reverse_diffusion"]
     assert correctors() == ["annealed_langevin", "langevin", "none"]
 
