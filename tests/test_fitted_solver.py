@@ -153,3 +153,6 @@ def test_fit_solver_sample_and_compare_from_the_command_line(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(other), "--solver", str(solver), "--out", str(tmp_path / "o.npz")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a fitted solver for another model" in err
+    assert main(["fit-solver", "--checkpoint", str(run), "--steps", "2", "--out", str(tmp_path / "k2.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "below the base solver's order 3" in err and not (tmp_path / "k2.json").exists()
