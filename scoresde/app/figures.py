@@ -451,7 +451,8 @@ def plot_solver(sde, solver) -> Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     start = solver.settings.get("start", "log_snr_warped")
     t_min = float(solver.times[-1])
-    for label, times in ((f"{start} (start)", time_grid(sde, solver.steps, start, t_min)), ("fitted", solver.times)):
+    start = start if start in ("uniform", "log_snr", "log_snr_warped", "edm") else "log_snr_warped"
+    for label, times in ((start, time_grid(sde, solver.steps, start, t_min)), ("fitted", solver.times)):
         lam = sde.log_snr(torch.as_tensor(times, dtype=torch.float64))
         left.plot(range(len(lam)), lam.tolist(), "-o", label=label)
     left.set(xlabel="step i", ylabel="log-SNR at t_i", title=f"times ({solver.steps} steps)")
