@@ -150,7 +150,10 @@ def test_demo_quick_writes_the_report(tmp_path):
     assert json.loads((out / "metrics.json").read_text()) == metrics
     lik = metrics["likelihood"]
     assert lik["n"] == 200 and abs(lik["true_nll_nats"] - 2.83) < 0.3 and lik["nll_gap_nats"] > -0.2
-    assert metrics["train"]["steps"] == 400 and len(metrics["compare"]["runs"]) == 14
+    assert metrics["train"]["steps"] == 400 and len(metrics["compare"]["runs"]) == 15
+    solvers = [run for run in metrics["compare"]["runs"] if run["family"] == "fitted solver (run/solvers)"]
+    assert [run["nfe"] for run in solvers] == [4] and (out / "run" / "solvers" / "fitted-4.png").is_file()
+    assert metrics["fitted_solvers"]["4"]["error"] <= metrics["fitted_solvers"]["4"]["start_error"]
     students = [run for run in metrics["compare"]["runs"] if run["family"] == "consistency student (student/)"]
     assert [run["nfe"] for run in students] == [1, 2, 4] and metrics["student"]["steps"] == 150
     assert (out / "student" / "checkpoint.safetensors").is_file() and "consistency student" in report
