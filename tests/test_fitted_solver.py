@@ -65,7 +65,7 @@ def test_the_fitted_solver_drives_the_closed_form_error_of_a_gaussian_toward_zer
     sde = SDES[name]()
     mu, s2 = torch.tensor([0.5, -1.0], dtype=torch.float64), torch.tensor([0.09, 1.44], dtype=torch.float64)
     score = GaussianMixture([1.0], mu[None], torch.diag(s2)[None]).score_fn(sde)
-    fit = fit_solver(sde, score, 4, (1, 2), n=512, iterations=200)
+    fit = fit_solver(sde, score, 4, (1, 2), n=512, iterations=200, start="log_snr_warped")
     T, t = (torch.tensor(v, dtype=torch.float64) for v in (sde.T, float(fit.times[-1])))
     c = lambda u: sde.alpha(u) ** 2 * s2 + sde.sigma(u) ** 2  # noqa: E731
     A = torch.diag((c(t) / c(T)).sqrt())
@@ -87,7 +87,7 @@ def test_a_solver_fitted_on_one_mixture_is_no_worse_on_another(name):
     (measured: at the floor, where the base is 2-5x above it)."""
     sde = SDES[name]()
     seen, unseen = random_mixture(2, 4, seed=1), random_mixture(2, 4, seed=2)
-    fit = fit_solver(sde, seen.score_fn(sde), 5, (1, 2), n=512, iterations=150)
+    fit = fit_solver(sde, seen.score_fn(sde), 5, (1, 2), n=512, iterations=150, start="log_snr_warped")
     base, score = _base(sde, 5, float(fit.times[-1])), unseen.score_fn(sde)
     distances = {"base": [], "fitted": []}
     for seed in range(3):
