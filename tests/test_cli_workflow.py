@@ -192,7 +192,7 @@ def test_user_errors_are_one_line_with_status_2(run, tmp_path, capsys):
         (["compare", "--checkpoint", bad, "--out", tmp_path / "c"], "is not a readable checkpoint"),
         (
             ["sample", "--checkpoint", run, "--sampler", "nope", "--out", tmp_path / "s.npz"],
-            "valid names are: consistency, ddim, ddpm, dpm_solver",
+            "valid names are: consistency, ddim, ddpm, deis, dpm_solver",
         ),
         (
             ["sample", "--checkpoint", run, "--option", "order=7", "--out", tmp_path / "s.npz"],

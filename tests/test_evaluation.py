@@ -67,7 +67,7 @@ def test_deterministic_samplers_share_the_prior_draw():
 
 def test_default_lineup_covers_pc_ode_and_the_few_step_solvers():
     samplers = {spec.sampler for spec in default_lineup()}
-    assert samplers == {"pc", "sde", "ode", "ddim", "heun", "dpm_solver", "unipc"}
+    assert samplers == {"pc", "sde", "ode", "ddim", "heun", "dpm_solver", "unipc", "ipndm", "deis"}
     # the benchmarks' best few-step setting (warped log-SNR grid) is in the line-up next to the defaults
     warped = {spec.sampler for spec in default_lineup() if spec.options.get("schedule") == "log_snr_warped"}
     assert warped == {"dpm_solver"} and any(

@@ -291,7 +291,8 @@ def _bad(message, sde=None, score=None, shape=(4, 2), sampler="pc", **options):
 
 def test_bad_input_gets_clear_errors():
     _bad(
-        "unknown sampler .euler.; valid names are: consistency, ddim, ddpm, dpm_solver, heun, ode, pc, sde, unipc",
+        "unknown sampler .euler.; valid names are: consistency, ddim, ddpm, deis, dpm_solver, fitted, heun, ipndm, "
+        "ode, pc, sde, unipc",
         sampler="euler",
     )
     _bad("unknown predictor 'em'; valid names are: ancestral_sampling, euler_maruyama", predictor="em")
