@@ -8,11 +8,13 @@ OUT ?= scoresde-out
 
 .PHONY: demo test test-fast docs install clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN)
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# the docs' math renderer, pinned (package-lock.json), served by the site itself (scripts/mkdocs_hooks.py)
+	npm ci --no-audit --no-fund --silent
 	touch $@
 
 install: $(VENV)/.installed

@@ -80,3 +80,54 @@ def rewrite_checkpoint(path: Path, edit) -> None:
         metadata, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
     edit(tensors, metadata)
     save_file(tensors, str(path), metadata=metadata)
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-background-networking",  # no connections to Google's hosts: the machine's network is closed
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium driven by Playwright (the Python package; the browser is Debian's, not a download), or a
+    skip with its one-line reason where none can run."""
+    import shutil
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright is not installed (pip install playwright): the browser tests need it")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium; .ci/run installs it)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url: str, *, offline: bool = False, viewport=(1450, 1000)):
+    """A new page at ``url`` with its console errors and uncaught exceptions collected in ``page.problems``; with
+    ``offline`` every request that leaves the machine (not file:// nor localhost) is refused and listed in
+    ``page.refused``."""
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.problems, page.refused = [], []
+    page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+    if offline:
+        local = ("file://", "http://127.0.0.1", "http://localhost")
+
+        def route(route):
+            if route.request.url.startswith(local):
+                return route.continue_()
+            page.refused.append(route.request.url)
+            return route.abort()
+
+        page.route("**/*", route)
+    page.goto(url)
+    return page

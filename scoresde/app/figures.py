@@ -6,6 +6,7 @@ import csv
 import math
 import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 # No backend is forced here: matplotlib picks Agg by itself where there is no display, and a notebook keeps its
@@ -26,6 +27,9 @@ __all__ = [
     "plot_sample_grids",
     "plot_score_field",
     "plot_trajectories",
+    "reverse_paths",
+    "DensityGrid",
+    "model_density_grid",
     "plot_model_density",
     "plot_quality_vs_nfe",
     "plot_comparison",
@@ -246,6 +250,35 @@ def plot_score_field(
     return fig
 
 
+def reverse_paths(sde: SDE, score_fn: ScoreFn, n: int, *, steps: int = 200, seed: int = 0) -> dict:
+    r"""``n`` prior draws $x_T$ carried to the data twice, with their whole paths: by the reverse SDE
+    $dx = [f - g^2 s_\theta]dt + g\,d\bar w$ (Euler–Maruyama, ``steps`` uniform steps) and by the probability-flow
+    ODE $dx/dt = f - \tfrac12 g^2 s_\theta$ (RK4, ``steps // 4`` steps: the same NFE). Returns
+    ``{name: SampleResult}`` with ``trajectory`` ``[K, n, ...]`` and ``times`` ``[K]`` (decreasing)."""
+    from ..samplers.sampling import sample
+
+    dtype, device = _model_dtype(score_fn)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x_T = sde.prior_sampling((n, 2), generator, device=device, dtype=dtype)
+    return {
+        "reverse SDE (Euler–Maruyama)": sample(
+            sde,
+            score_fn,
+            (n, 2),
+            "pc",
+            steps=steps,
+            predictor="euler_maruyama",
+            corrector="none",
+            x_T=x_T,
+            generator=generator,
+            return_trajectory=True,
+        ),
+        "probability-flow ODE (RK4)": sample(
+            sde, score_fn, (n, 2), "ode", method="rk4", steps=max(steps // 4, 1), x_T=x_T, return_trajectory=True
+        ),
+    }
+
+
 def plot_trajectories(
     sde: SDE,
     score_fn: ScoreFn,
@@ -261,28 +294,7 @@ def plot_trajectories(
     $dx/dt = f - \tfrac12 g^2 s_\theta$ (RK4), both on ``steps`` uniform steps. Left and middle:
     the paths in the plane over ``data`` (optional, grey); right: the first coordinate against ``t``.
     The ODE's paths are smooth and deterministic; the SDE's jitter yet end on the same distribution."""
-    from ..samplers.sampling import sample
-
-    dtype, device = _model_dtype(score_fn)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    x_T = sde.prior_sampling((n, 2), generator, device=device, dtype=dtype)
-    runs = {
-        "reverse SDE (Euler–Maruyama)": sample(
-            sde,
-            score_fn,
-            (n, 2),
-            "pc",
-            steps=steps,
-            predictor="euler_maruyama",
-            corrector="none",
-            x_T=x_T,
-            generator=generator,
-            return_trajectory=True,
-        ),
-        "probability-flow ODE (RK4)": sample(
-            sde, score_fn, (n, 2), "ode", method="rk4", steps=steps // 4, x_T=x_T, return_trajectory=True
-        ),
-    }
+    runs = reverse_paths(sde, score_fn, n, steps=steps, seed=seed)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
     for ax, (name, result), color in zip(axes[:2], runs.items(), ("C0", "C1")):
         path = result.trajectory.cpu().double()
@@ -321,6 +333,54 @@ def _square(ax, extent: float | None, title: str) -> None:
     ax.set_title(title, fontsize=9)
 
 
+@dataclass
+class DensityGrid:
+    r"""The model's log-density on the cells of a square (`model_density_grid`), beside the true one.
+
+    Attributes:
+        extent: half-width of the square; the cells are the ``grid x grid`` midpoints of ``[-extent, extent]^2``.
+        model_log_prob: $\log p_\theta$ as an image ``[grid, grid]`` (rows: $x_2$, for ``origin="lower"``).
+        true_log_prob: $\log p$ on the same cells, or None.
+        nfe: the probability-flow ODE's function evaluations.
+    """
+
+    extent: float
+    model_log_prob: torch.Tensor
+    true_log_prob: torch.Tensor | None
+    nfe: int
+
+    @property
+    def grid(self) -> int:
+        return self.model_log_prob.shape[0]
+
+
+def model_density_grid(
+    sde: SDE,
+    score_fn: ScoreFn,
+    *,
+    extent: float = 4.5,
+    grid: int = 64,
+    true_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    rtol: float = 1e-4,
+    atol: float = 1e-4,
+    progress: bool = False,
+) -> DensityGrid:
+    r"""The model's density $\log p_\theta(x) = -\mathrm{NLL}(x)$ from the exact likelihood
+    (`scoresde.log_likelihood`, probability-flow ODE, exact divergence) on a ``grid x grid`` grid of
+    ``[-extent, extent]^2``, with ``true_log_prob`` on the same cells where given. Costs one ODE solve of
+    ``grid**2`` points."""
+    from ..likelihood.pf_ode import log_likelihood
+
+    cells = _square_cells(extent, grid)
+    dtype, device = _model_dtype(score_fn)
+    result = log_likelihood(
+        sde, score_fn, cells.to(device=device, dtype=dtype), rtol=rtol, atol=atol, progress=progress, batch_size=4096
+    )
+    model_logp = _as_image(-result.nll.detach().cpu().double(), grid)
+    true_logp = _as_image(true_log_prob(cells), grid) if true_log_prob is not None else None
+    return DensityGrid(extent, model_logp, true_logp, result.nfe)
+
+
 def plot_model_density(
     sde: SDE,
     score_fn: ScoreFn,
@@ -331,22 +391,20 @@ def plot_model_density(
     rtol: float = 1e-4,
     atol: float = 1e-4,
     progress: bool = False,
+    density: DensityGrid | None = None,
 ) -> Figure:
     r"""The model's density $p_\theta(x) = \exp(-\mathrm{NLL}(x))$ from the exact likelihood
-    (`scoresde.log_likelihood`, probability-flow ODE, exact divergence) on a ``grid x grid`` grid,
-    next to the true density and the pointwise log-ratio $\log p_\theta - \log p$ where
-    ``true_log_prob`` is given. Costs one ODE solve of ``grid**2`` points."""
-    from ..likelihood.pf_ode import log_likelihood
-
-    cells = _square_cells(extent, grid)
-    dtype, device = _model_dtype(score_fn)
-    result = log_likelihood(
-        sde, score_fn, cells.to(device=device, dtype=dtype), rtol=rtol, atol=atol, progress=progress, batch_size=4096
-    )
-    model_logp = _as_image(-result.nll.detach().cpu().double(), grid)
-    panels = [(f"model density (PF-ODE, {result.nfe} NFE)", model_logp.exp(), "viridis")]
-    if true_log_prob is not None:
-        true_logp = _as_image(true_log_prob(cells), grid)
+    (`model_density_grid`) on a ``grid x grid`` grid, next to the true density and the pointwise log-ratio
+    $\log p_\theta - \log p$ where ``true_log_prob`` is given. Costs one ODE solve of ``grid**2`` points, unless
+    ``density`` (a `DensityGrid` computed before) is given, which is drawn instead."""
+    if density is None:
+        density = model_density_grid(
+            sde, score_fn, extent=extent, grid=grid, true_log_prob=true_log_prob, rtol=rtol, atol=atol,
+            progress=progress,
+        )  # fmt: skip
+    extent, grid, model_logp, true_logp = density.extent, density.grid, density.model_log_prob, density.true_log_prob
+    panels = [(f"model density (PF-ODE, {density.nfe} NFE)", model_logp.exp(), "viridis")]
+    if true_logp is not None:
         vmax = float(true_logp.exp().max())
         panels.append(("true density", true_logp.exp(), "viridis"))
         ratio = (model_logp - true_logp).clamp(-3, 3)

@@ -176,6 +176,7 @@ DEMO_FILES = (
     "trajectories.png",
     "density.png",
     "reverse.gif",
+    "explorer.html",
     *COMPARE_FILES,
 )
 """What `run_demo` writes into its folder (``run`` is the training run's folder, ``student`` its consistency
@@ -269,8 +270,11 @@ def run_demo(
     from ..datasets import toy_dataset
     from ..samplers.sampling import sample
     from ..training.trainer import Trainer
+    from .explorer import write_explorer
+    from .explorer_data import explorer_data
     from .figures import (
         animate_reverse_process,
+        model_density_grid,
         plot_forward_process,
         plot_model_density,
         plot_score_field,
@@ -334,19 +338,19 @@ def run_demo(
             sde, model, points, true_nll=-data.log_prob(points.double()), seed=seed, progress=progress
         )
         (out / "likelihood.json").write_text(json_text(likelihood))
-        figures.append(
-            save(
-                plot_model_density(
-                    sde,
-                    model,
-                    extent=toy.extent,
-                    grid=24 if quick else 64,
-                    true_log_prob=toy.log_prob,
-                    progress=progress,
-                ),
-                "density.png",
-            )
+        density = model_density_grid(
+            sde, model, extent=toy.extent, grid=24 if quick else 64, true_log_prob=toy.log_prob, progress=progress
         )
+        figures.append(save(plot_model_density(sde, model, density=density), "density.png"))
+
+    with _timed(timings, "explorer"):
+        page = explorer_data(
+            sde, model, toy.sample, oracle=toy.oracle, extent=toy.extent, title=f"scoresde demo: {toy.name}",
+            model_name=f"the demo's model (step {trained.step})", frames=21 if quick else 41,
+            n=300 if quick else 500, comparison=comparison, held_out=data.x, likelihood=density, seed=seed,
+        )  # fmt: skip
+        write_explorer(page, out / "explorer.html")
+        figures.append("explorer.html")
 
     with _timed(timings, "animation"):
         walk = sample(
@@ -468,6 +472,12 @@ ELBO {lik["elbo_nats"]:.4f} ± {lik["elbo_standard_error"]:.4f} nats
 exact: it may fall below the ODE's NLL).
 
 ![model density against the true density](density.png)
+
+## Explore it
+
+[explorer.html](explorer.html) is one self-contained page (it works offline): a slider over t moves the forward
+process, the learned score against the exact one and the reverse SDE's and ODE's paths; a menu switches between the
+samplers above; the likelihood panel repeats the density figure interactively.
 
 Timings (s): {", ".join(f"{k} {v:.1f}" for k, v in metrics["timings_seconds"].items())}.
 """

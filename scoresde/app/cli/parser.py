@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import compare, demo, distill, fit_grid, fit_solver, inpaint, likelihood, listing, sample, train
+from . import compare, demo, distill, explore, fit_grid, fit_solver, inpaint, likelihood, listing, sample, train
 from .common import HelpFormatter
 
 
@@ -33,5 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     likelihood.add_parser(sub)
     compare.add_parser(sub)
     inpaint.add_parser(sub)
+    explore.add_parser(sub)
     listing.add_list_parser(sub)
     return parser

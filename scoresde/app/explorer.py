@@ -1,0 +1,446 @@
+r"""The interactive explorer: one self-contained HTML page (plotly.js and every number inside it; no server, no
+network at view time) drawn from an `scoresde.app.explorer_data.ExplorerData`.
+
+Plotly draws it: its figures are JSON that plotly.js renders, with sliders, animation frames and drop-down menus
+declared in that JSON, so the page needs no hand-written JavaScript, and ``include_plotlyjs`` inlines the library
+for offline use. Three figures:
+
+1. **time** (one slider over $t$ moves every panel): samples of $p_t$ over its density; $\alpha(t)$, $\sigma(t)$
+   and the log-SNR; the learned score against the exact one ($\sigma(t)\,s$, i.e. $-\hat\epsilon$); their
+   difference $\sigma|s_\theta - \nabla\log p_t|$; the same prior draws on the reverse SDE's and the
+   probability-flow ODE's paths, with a menu to follow one draw.
+2. **samplers**: a menu over the comparison's runs (sampler and NFE), their samples beside held-out data, with the
+   energy distance over the noise floor and the samples' true NLL beside the entropy (and the whole table below).
+3. **likelihood**: the model's density (probability-flow ODE) beside the true one, and the log-ratio.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+from .._io import write_atomic
+from .explorer_data import ExplorerData
+
+__all__ = ["explorer_html", "write_explorer", "FIGURE_IDS"]
+
+FIGURE_IDS = ("explorer-time", "explorer-samplers", "explorer-likelihood")
+"""The ``id`` of each figure's ``div`` (what a test or a page's own script finds)."""
+
+_PLANE = {"showgrid": False, "zeroline": False}
+_SAMPLE_COLOUR, _LEARNED, _EXACT, _DATA = "#1f77b4", "#ff7f0e", "#444444", "#9a9a9a"
+
+
+def _heatmap_geometry(half: float, cells: int) -> dict:
+    """``x0, dx, y0, dy`` placing ``cells x cells`` midpoints on ``[-half, half]^2``."""
+    d = 2.0 * half / cells
+    return {"x0": -half + d / 2, "dx": d, "y0": -half + d / 2, "dy": d}
+
+
+ARROW_PIXELS = (4.0, 22.0)
+"""Smallest and largest size (pixels) of an arrow of the score field."""
+
+
+def _arrow_markers(vector: np.ndarray, longest: float) -> dict:
+    """The score field ``vector`` ``[N, 2]`` as arrow markers: each turned along its vector (plotly's angle:
+    degrees clockwise from up) and sized by its length, ``longest`` taking the largest size. One marker per arrow:
+    drawing a slider step costs per point drawn, and a shaft-and-barbs polyline takes seven (measured in headless
+    Chromium: 600 ms a step for two fields of 289 polylines, under 200 ms as markers)."""
+    length = np.linalg.norm(vector, axis=1)
+    angle = np.degrees(np.arctan2(vector[:, 0], vector[:, 1]))
+    low, high = ARROW_PIXELS
+    size = low + (high - low) * np.clip(length / max(longest, 1e-12), 0.0, 1.0)
+    return {"angle": angle.astype(np.float32), "size": size.astype(np.float32)}
+
+
+def _paths(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All draws' polylines through their positions ``[F, k, 2]``, separated by gaps (NaN)."""
+    f, k, _ = positions.shape
+    padded = np.concatenate([positions, np.full((1, k, 2), np.nan, dtype=positions.dtype)], axis=0)
+    flat = padded.transpose(1, 0, 2).reshape(-1, 2)
+    return flat[:, 0], flat[:, 1]
+
+
+def _no_error(has_learned: bool) -> str:
+    """The error panel's title when there is no error to draw."""
+    return "score error: none (the exact score alone)" if not has_learned else "score error: no exact score here"
+
+
+def _time_figure(data: ExplorerData):
+    """The slider figure: forward process, schedule, score, score error, SDE and ODE paths."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    has_learned, has_exact, has_error = data.learned is not None, data.exact is not None, data.error is not None
+    score_title = "learned (orange) vs exact (outline) score, σ(t)·s" if has_learned and has_exact else "score σ(t)·s"
+    titles = (
+        f"samples of p_t over its density ({data.density_kind})",
+        "α(t), σ(t) and log-SNR λ(t)",
+        score_title,
+        "score error σ(t)·|s_θ − ∇log p_t|" if has_error else _no_error(has_learned),
+        "reverse SDE from the prior draws",
+        "probability-flow ODE from the same draws",
+    )
+    fig = make_subplots(
+        rows=2,
+        cols=3,
+        subplot_titles=titles,
+        specs=[[{}, {"secondary_y": True}, {}], [{}, {}, {}]],
+        horizontal_spacing=0.09,
+        vertical_spacing=0.1,
+    )
+    frames_count, k = len(data.times), data.sde_paths.shape[1]
+    vectors = [v for v in (data.learned, data.exact) if v is not None]
+    # one arrow scale for every frame (the fields are sigma * score: bounded in t)
+    longest = max(float(np.nanmax(np.linalg.norm(v, axis=-1))) for v in vectors)
+    error_max = float(np.nanquantile(data.error, 0.99)) if has_error else 1.0
+    draw_colours = [f"hsl({int(360 * i / k)},70%,45%)" for i in range(k)]
+
+    def moving(j: int) -> list:
+        """The traces that change with the slider, at slider position ``j`` (the frames' data, in order)."""
+        half, t = float(data.half[j]), float(data.times[j])
+        traces = [
+            go.Heatmap(z=data.density[j], **_heatmap_geometry(half, data.density.shape[-1])),
+            go.Scatter(x=data.samples[j, :, 0], y=data.samples[j, :, 1]),
+            go.Scatter(x=[t, t], y=[float(data.alpha[j]), float(data.sigma[j])]),
+            go.Scatter(x=[t], y=[float(data.log_snr[j])]),
+        ]
+        for field in vectors:
+            traces.append(go.Scatter(marker=_arrow_markers(field[j], longest)))
+        if has_error:
+            traces.append(go.Heatmap(z=data.error[j], **_heatmap_geometry(data.extent, data.error.shape[-1])))
+        traces += [
+            go.Scatter(x=data.sde_paths[j, :, 0], y=data.sde_paths[j, :, 1]),
+            go.Scatter(x=data.ode_paths[j, :, 0], y=data.ode_paths[j, :, 1]),
+        ]
+        return traces
+
+    def caption(j: int) -> str:
+        text = (
+            f"t = {data.times[j]:.3f}:  α = {data.alpha[j]:.3f},  σ = {data.sigma[j]:.3f},  "
+            f"log-SNR = {data.log_snr[j]:.2f}"
+        )
+        if data.error_rms is not None:
+            text += f";  RMS of σ|s_θ − ∇log p_t| over p_t = {data.error_rms[j]:.3f}"
+        return text
+
+    start = moving(frames_count - 1)
+    styles = [
+        ({"colorscale": "Blues", "showscale": False, "hoverinfo": "skip", "name": "p_t"}, 1, 1, False),
+        ({"mode": "markers", "marker": {"size": 3, "color": _SAMPLE_COLOUR, "opacity": 0.6}, "name": "x_t"}, 1, 1, 0),
+        ({"mode": "markers", "marker": {"size": 9, "color": ["#2ca02c", "#d62728"]}, "name": "α, σ at t"}, 1, 2, 0),
+        ({"mode": "markers", "marker": {"size": 9, "color": "#9467bd"}, "name": "λ at t"}, 1, 2, True),
+    ]
+    for field, colour, name in ((data.learned, _LEARNED, "learned"), (data.exact, _EXACT, "exact")):
+        if field is not None:
+            # the exact field in outline over the learned one filled: where they agree the outline frames the fill
+            outline = {"symbol": "arrow-open", "color": colour, "line": {"width": 1.3, "color": colour}}
+            filled = {"symbol": "arrow", "color": colour, "opacity": 0.75, "line": {"width": 0}}
+            arrow = outline if name == "exact" else filled
+            styles.append(({"x": data.arrows[:, 0], "y": data.arrows[:, 1], "mode": "markers", "marker": arrow,
+                            "name": f"{name} score", "hoverinfo": "skip"}, 1, 3, 0))  # fmt: skip
+    if has_error:
+        colourbar = {"len": 0.42, "y": 0.21, "x": fig.get_subplot(2, 1).xaxis.domain[1] + 0.005, "thickness": 8}
+        styles.append(({"colorscale": "Reds", "zmin": 0, "zmax": error_max, "colorbar": colourbar,
+                        "name": "σ|Δs|"}, 2, 1, 0))  # fmt: skip
+    for col in (2, 3):
+        styles.append(({"mode": "markers", "marker": {"size": 7, "color": draw_colours, "line": {"width": 0.5}},
+                        "name": "x_t on the paths"}, 2, col, 0))  # fmt: skip
+    moving_index = []
+    for trace, (style, row, col, secondary) in zip(start, styles):
+        trace.update(**style, showlegend=False)
+        fig.add_trace(trace, row=row, col=col, secondary_y=bool(secondary) if (row, col) == (1, 2) else None)
+        moving_index.append(len(fig.data) - 1)
+
+    # the static traces: schedule curves, the paths, the followed draw
+    for y, colour, name, secondary in (
+        (data.curve_alpha, "#2ca02c", "α(t)", False),
+        (data.curve_sigma, "#d62728", "σ(t)", False),
+        (data.curve_log_snr, "#9467bd", "log-SNR λ(t)", True),
+    ):
+        fig.add_trace(go.Scatter(x=data.curve_t, y=y, mode="lines", line={"color": colour}, name=name), 1, 2,
+                      secondary_y=secondary)  # fmt: skip
+    followed = []
+    for col, positions in ((2, data.sde_paths), (3, data.ode_paths)):
+        x, y = _paths(positions)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line={"color": "rgba(120,120,120,0.35)", "width": 0.8},
+                                 hoverinfo="skip", showlegend=False), 2, col)  # fmt: skip
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines", line={"color": "black", "width": 2.5}, showlegend=False,
+                                 hoverinfo="skip", name="followed draw"), 2, col)  # fmt: skip
+        followed.append(len(fig.data) - 1)
+
+    follow = _follows_p_t(data.half)
+    frames = []
+    for j in range(frames_count):
+        layout = {"title": {"text": caption(j)}}
+        if follow:
+            layout.update({axis: {"range": [-float(data.half[j]), float(data.half[j])]} for axis in _PLANE_AXES})
+        frames.append(go.Frame(name=f"{j}", data=moving(j), traces=moving_index, layout=layout))
+    fig.frames = frames
+    animate = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
+    slider = {
+        "active": frames_count - 1,
+        "currentvalue": {"prefix": "t = "},
+        "pad": {"t": 40},
+        "steps": [
+            {"label": f"{t:.3f}", "method": "animate", "args": [[f"{j}"], animate]} for j, t in enumerate(data.times)
+        ],
+    }
+    play = {"frame": {"duration": 90, "redraw": True}, "transition": {"duration": 0}, "fromcurrent": False}
+    order = [f"{j}" for j in range(frames_count)]
+    menus = [
+        {
+            "type": "buttons",
+            "direction": "left",
+            "x": 0.0,
+            "y": 1.1,
+            "xanchor": "left",
+            "buttons": [
+                {"label": "▶ reverse (T → 0)", "method": "animate", "args": [order[::-1], play]},
+                {"label": "▶ forward (0 → T)", "method": "animate", "args": [order, play]},
+            ],
+        },
+        {
+            "type": "dropdown",
+            "x": 1.0,
+            "y": 1.1,
+            "xanchor": "right",
+            "buttons": [
+                {
+                    "label": "follow a draw: none",
+                    "method": "restyle",
+                    "args": [{"x": [[], []], "y": [[], []]}, followed],
+                }
+            ]  # fmt: skip
+            + [
+                {
+                    "label": f"follow draw {i + 1}",
+                    "method": "restyle",
+                    "args": [
+                        {
+                            "x": [_rounded(data.sde_paths[:, i, 0]), _rounded(data.ode_paths[:, i, 0])],
+                            "y": [_rounded(data.sde_paths[:, i, 1]), _rounded(data.ode_paths[:, i, 1])],
+                            "line.color": [draw_colours[i]] * 2,
+                        },
+                        followed,
+                    ],
+                }
+                for i in range(k)
+            ],
+        },
+    ]
+    last = frames_count - 1
+    plane_half = float(data.half[last] if follow else data.half.max())
+    plane = {"range": [-plane_half, plane_half]}
+    square = {"range": [-data.extent, data.extent]}
+    fig.update_layout(
+        title={"text": caption(last), "font": {"size": 13}, "x": 0.3, "y": 0.985},
+        height=920,
+        width=1350,
+        margin={"t": 110, "b": 90, "l": 50, "r": 30},
+        sliders=[slider],
+        updatemenus=menus,
+        showlegend=False,
+        plot_bgcolor="white",
+        **{axis: plane for axis in _PLANE_AXES},
+    )
+    for axis in _SQUARE_AXES:
+        fig.layout[axis].update(square)
+    for row, col in ((1, 1), (1, 3), (2, 1), (2, 2), (2, 3)):
+        x_name = fig.get_subplot(row, col).xaxis.plotly_name  # "xaxis5" is anchored as "x5"
+        fig.update_xaxes(_PLANE, row=row, col=col)
+        fig.update_yaxes(_PLANE, row=row, col=col, scaleanchor=x_name.replace("axis", ""))
+    fig.update_xaxes(title_text="t", row=1, col=2)
+    return fig
+
+
+FOLLOW_RATIO = 2.0
+r"""The plane panels keep one range (the widest $p_t$'s) unless $p_t$'s width varies by more than this factor over
+the slider (VE: from the data's square to $3\sigma_{max}$); then each slider step sets their range, which costs a
+third of a step's drawing time (measured in headless Chromium: 160 ms a step without, 290 ms with)."""
+
+
+def _follows_p_t(half: np.ndarray) -> bool:
+    """Whether the plane panels follow the width of $p_t$ (`FOLLOW_RATIO`)."""
+    return float(half.max()) > FOLLOW_RATIO * float(half.min())
+
+
+_PLANE_AXES = ("xaxis", "yaxis", "xaxis5", "yaxis6", "xaxis6", "yaxis7")
+"""The axes of the panels that follow p_t's scale (forward samples, SDE paths, ODE paths): the secondary y axis of
+the schedule panel takes ``yaxis3``, which shifts the y axes after it by one."""
+_SQUARE_AXES = ("xaxis3", "yaxis4", "xaxis4", "yaxis5")
+"""The axes of the score and error panels: the data's square."""
+
+
+def _rounded(values: np.ndarray, digits: int = 4) -> list:
+    """A short JSON list (menus carry plain lists, not typed arrays)."""
+    return [None if not np.isfinite(v) else round(float(v), digits) for v in values]
+
+
+def _samplers_figure(data: ExplorerData):
+    """The samplers' figure: a menu over the runs, the chosen run's samples beside held-out data."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panel = data.samplers
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("samples of the chosen sampler", "held-out data"))
+    best = int(np.nanargmin(panel.energy_distance))
+
+    def summary(i: int) -> str:
+        text = (
+            f"{panel.labels[i]}: NFE {panel.nfe[i]}, energy distance {panel.energy_distance[i]:.2e} "
+            f"= {panel.energy_distance[i] / panel.floor:.1f} × the noise floor"
+        )
+        if panel.true_nll is not None:
+            text += (
+                f"; true NLL of the samples {panel.true_nll[i]:.3f} ± {panel.true_nll_standard_error[i]:.3f} "
+                f"nats (entropy {panel.entropy:.3f})"
+            )
+        return text
+
+    marker = {"size": 3, "opacity": 0.6}
+    fig.add_trace(go.Scatter(x=panel.x[best, :, 0], y=panel.x[best, :, 1], mode="markers",
+                             marker={**marker, "color": _SAMPLE_COLOUR}, name="samples"), 1, 1)  # fmt: skip
+    fig.add_trace(go.Scatter(x=panel.held_out[:, 0], y=panel.held_out[:, 1], mode="markers",
+                             marker={**marker, "color": _DATA}, name="held-out data"), 1, 2)  # fmt: skip
+    buttons = [
+        {
+            "label": f"{label} (NFE {nfe})",
+            "method": "update",
+            "args": [
+                {"x": [_rounded(panel.x[i, :, 0])], "y": [_rounded(panel.x[i, :, 1])]},
+                {"title.text": summary(i)},
+                [0],
+            ],
+        }
+        for i, (label, nfe) in enumerate(zip(panel.labels, panel.nfe))
+    ]
+    square = {"range": [-data.extent, data.extent], **_PLANE}
+    fig.update_xaxes(square)
+    fig.update_yaxes(square)
+    fig.update_yaxes(scaleanchor="x", row=1, col=1)
+    fig.update_yaxes(scaleanchor="x2", row=1, col=2)
+    fig.update_layout(
+        title={"text": summary(best), "font": {"size": 13}, "x": 0.01, "y": 0.9},
+        height=600,
+        width=1100,
+        showlegend=False,
+        plot_bgcolor="white",
+        margin={"t": 140},
+        updatemenus=[{"type": "dropdown", "active": best, "x": 0.0, "y": 1.32, "xanchor": "left", "buttons": buttons}],
+    )
+    return fig
+
+
+def _likelihood_figure(data: ExplorerData):
+    """The likelihood figure: the model's density, the true one, and the log-ratio."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    grid = data.likelihood
+    model = grid.model_log_prob.numpy()
+    true = grid.true_log_prob.numpy() if grid.true_log_prob is not None else None
+    titles = [f"model density exp(−NLL) (PF-ODE, {grid.nfe} NFE)"]
+    panels = [(np.exp(model), "Viridis", None)]
+    if true is not None:
+        titles += ["true density", "log p_θ − log p (clipped to ±3)"]
+        panels += [(np.exp(true), "Viridis", None), (np.clip(model - true, -3, 3), "RdBu_r", (-3.0, 3.0))]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, horizontal_spacing=0.08)
+    vmax = float(np.exp(true if true is not None else model).max())
+    geometry = _heatmap_geometry(grid.extent, grid.grid)
+    for col, (values, scale, limits) in enumerate(panels, start=1):
+        low, high = limits or (0.0, vmax)
+        bar = {"x": fig.get_subplot(1, col).xaxis.domain[1] + 0.005, "len": 0.8, "thickness": 10}
+        fig.add_trace(go.Heatmap(z=values.astype(np.float32), colorscale=scale, zmin=low, zmax=high, colorbar=bar,
+                                 **geometry), 1, col)  # fmt: skip
+        fig.update_yaxes(scaleanchor=f"x{col if col > 1 else ''}", row=1, col=col)
+    fig.update_xaxes(_PLANE)
+    fig.update_yaxes(_PLANE)
+    fig.update_layout(height=430, width=420 * len(panels), margin={"t": 60})
+    return fig
+
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1400px;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; } .meta { color: #666; font-size: 0.9em; }
+table { border-collapse: collapse; font-size: 0.85em; } td, th { padding: 2px 8px; border-bottom: 1px solid #ddd; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+"""
+
+
+def _sampler_table(data: ExplorerData) -> str:
+    panel = data.samplers
+    head = "<tr><th>sampler</th><th>NFE</th><th>energy distance</th><th>/ floor</th>"
+    head += "<th>true NLL of samples (nats)</th></tr>" if panel.true_nll is not None else "</tr>"
+    rows = []
+    for i, label in enumerate(panel.labels):
+        cells = (
+            f"<td>{html.escape(label)}</td><td class=num>{panel.nfe[i]}</td>"
+            f"<td class=num>{panel.energy_distance[i]:.2e}</td>"
+            f"<td class=num>{panel.energy_distance[i] / panel.floor:.1f}</td>"
+        )
+        if panel.true_nll is not None:
+            cells += f"<td class=num>{panel.true_nll[i]:.3f} ± {panel.true_nll_standard_error[i]:.3f}</td>"
+        rows.append(f"<tr>{cells}</tr>")
+    note = f"Noise floor (two held-out sets): energy distance {panel.floor:.2e}."
+    if panel.entropy is not None:
+        note += f" A perfect sampler's mean true NLL (the data's entropy): {panel.entropy:.3f} nats."
+    return f"<table>{head}{''.join(rows)}</table><p class=meta>{html.escape(note)}</p>"
+
+
+def explorer_html(data: ExplorerData) -> str:
+    """The explorer page of ``data`` as one self-contained HTML document (plotly.js inlined)."""
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    config = {"displaylogo": False, "responsive": False}
+
+    def div(fig, name: str) -> str:
+        return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=name, auto_play=False, config=config)
+
+    sde_nfe = ", ".join(f"{name}: {nfe} NFE" for name, nfe in data.path_nfe.items())
+    body = [
+        f"<h1>{html.escape(data.title)}</h1>",
+        f"<p class=meta>SDE: {html.escape(data.sde)} · model: {html.escape(data.model)} · written by scoresde "
+        "explore; works offline.</p>",
+        "<h2>The forward process, the score and the reverse paths</h2>",
+        "<p>Drag the slider over <i>t</i> (or press ▶). Top: samples of the marginal p<sub>t</sub> over its density, "
+        "the noise schedule, and the score field drawn as σ(t)·s (the negative noise prediction, −ε̂, whose size "
+        "stays bounded as t → 0). Bottom: where the learned score is wrong, and the same prior draws carried to the "
+        f"data by the reverse SDE and by the probability-flow ODE ({html.escape(sde_nfe)}); pick a draw in the menu "
+        "to follow its whole path under both. The reverse process runs from the right end of the slider (t = T) to "
+        "the left.</p>",
+        div(_time_figure(data), FIGURE_IDS[0]),
+    ]
+    if data.samplers is not None:
+        body += [
+            "<h2>Samplers</h2>",
+            "<p>Pick a sampler and step count in the menu: its samples (from the same prior draw as every other) "
+            "beside held-out data. The energy distance is given as a multiple of the noise floor, the distance "
+            "between two held-out sets of the same size; where the data has a density, the samples' mean true "
+            "negative log-density sits beside the data's entropy, which a perfect sampler scores.</p>",
+            div(_samplers_figure(data), FIGURE_IDS[1]),
+            _sampler_table(data),
+        ]
+    if data.likelihood is not None:
+        body += [
+            "<h2>Likelihood</h2>",
+            "<p>The model's density exp(−NLL), the NLL exact through the probability-flow ODE, on a grid; beside it "
+            "the true density and the log-ratio (red: the model puts too much mass there, blue: too little).</p>",
+            div(_likelihood_figure(data), FIGURE_IDS[2]),
+        ]
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>scoresde explorer: {html.escape(data.title)}</title><style>{_STYLE}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head>\n<body>\n'
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def write_explorer(data: ExplorerData, path: str | Path) -> Path:
+    """Write the explorer page of ``data`` to ``path`` (one HTML file, atomically). Returns the path."""
+    return write_atomic(path, explorer_html(data).encode())
