@@ -108,19 +108,24 @@ def test_train_writes_a_run_folder_and_resumes(tmp_path, capsys):
     assert "holds no run yet: starting the --preset toy-vp run there at step 0" in capsys.readouterr().err
 
 
-def test_train_user_errors_are_one_line(tmp_path):
+def test_train_user_errors_are_one_line(tmp_path, capsys):
+    """One refusal as a real process (the entry point's own path), the others in-process (the same code, no
+    interpreter start-up per case)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoresde", "train", "--out", str(tmp_path / "o"), "--set", "train.lr=-1"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "invalid config field 'train.lr'" in proc.stderr, proc.stderr
     for extra, message in [
-        (["--set", "train.lr=-1"], "invalid config field 'train.lr'"),
         (["--preset", "mnist-ddpm"], "MNIST needs --data-dir"),
         (["--preset", "nope"], "unknown preset 'nope'; valid names are: cifar10-ddpm"),
     ]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "scoresde", "train", "--out", str(tmp_path / "o"), *extra],
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
+        capsys.readouterr()
+        assert main(["train", "--out", str(tmp_path / "o"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and "Traceback" not in err and message in err, err
 
 
 def test_train_then_sample_writes_npz_and_picture(tmp_path):

@@ -54,7 +54,7 @@ def run(tmp_path_factory):
     return folder
 
 
-def test_sample_likelihood_compare_on_a_trained_run(run, tmp_path):
+def test_sample_likelihood_compare_on_a_trained_run(run, tmp_path, capsys):
     import numpy as np
 
     out = tmp_path / "samples.npz"
@@ -125,8 +125,10 @@ def test_sample_likelihood_compare_on_a_trained_run(run, tmp_path):
         folder / "compare.md"
     ).read_text()
     before = (folder / "compare.json").read_bytes()
-    again = scoresde("compare", "--checkpoint", run, "--quick", "-n", 300, "--out", folder, check_rc=None)
-    one_line_error(again, "compare.json already exists; pass --force")
+    capsys.readouterr()  # (in-process: the refusal needs no interpreter of its own)
+    assert main(["compare", "--checkpoint", str(run), "--quick", "-n", "300", "--out", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "compare.json already exists; pass --force" in err, err
     assert (folder / "compare.json").read_bytes() == before
 
 

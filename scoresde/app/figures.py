@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # No backend is forced here: matplotlib picks Agg by itself where there is no display, and a notebook keeps its
 # inline backend (forcing Agg on import hid every figure of the teaching notebooks).
@@ -382,26 +383,15 @@ def model_density_grid(
 
 
 def plot_model_density(
-    sde: SDE,
-    score_fn: ScoreFn,
-    *,
-    extent: float = 4.5,
-    grid: int = 64,
-    true_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    rtol: float = 1e-4,
-    atol: float = 1e-4,
-    progress: bool = False,
-    density: DensityGrid | None = None,
+    sde: SDE, score_fn: ScoreFn, *, density: DensityGrid | None = None, **grid_options: Any
 ) -> Figure:
-    r"""The model's density $p_\theta(x) = \exp(-\mathrm{NLL}(x))$ from the exact likelihood
-    (`model_density_grid`) on a ``grid x grid`` grid, next to the true density and the pointwise log-ratio
-    $\log p_\theta - \log p$ where ``true_log_prob`` is given. Costs one ODE solve of ``grid**2`` points, unless
-    ``density`` (a `DensityGrid` computed before) is given, which is drawn instead."""
+    r"""The model's density $p_\theta(x) = \exp(-\mathrm{NLL}(x))$ from the exact likelihood on a grid
+    (`model_density_grid`, which takes ``grid_options``: ``extent``, ``grid``, ``true_log_prob``, ``rtol``, ``atol``,
+    ``progress``), next to the true density and the pointwise log-ratio $\log p_\theta - \log p$ where
+    ``true_log_prob`` is given. Costs one ODE solve of ``grid**2`` points, unless ``density`` (a `DensityGrid`
+    computed before) is given, which is drawn instead."""
     if density is None:
-        density = model_density_grid(
-            sde, score_fn, extent=extent, grid=grid, true_log_prob=true_log_prob, rtol=rtol, atol=atol,
-            progress=progress,
-        )  # fmt: skip
+        density = model_density_grid(sde, score_fn, **grid_options)
     extent, grid, model_logp, true_logp = density.extent, density.grid, density.model_log_prob, density.true_log_prob
     panels = [(f"model density (PF-ODE, {density.nfe} NFE)", model_logp.exp(), "viridis")]
     if true_logp is not None:
