@@ -119,7 +119,7 @@ def _time_figure(data: ExplorerData):
 
     def caption(j: int) -> str:
         text = (
-            f"t = {data.times[j]:.3f}:  α = {data.alpha[j]:.3f},  σ = {data.sigma[j]:.3f},  "
+            f"t = {data.times[j]:.3g}:  α = {data.alpha[j]:.3f},  σ = {data.sigma[j]:.3f},  "
             f"log-SNR = {data.log_snr[j]:.2f}"
         )
         if data.error_rms is not None:
@@ -185,7 +185,7 @@ def _time_figure(data: ExplorerData):
         "currentvalue": {"prefix": "t = "},
         "pad": {"t": 40},
         "steps": [
-            {"label": f"{t:.3f}", "method": "animate", "args": [[f"{j}"], animate]} for j, t in enumerate(data.times)
+            {"label": f"{t:.3g}", "method": "animate", "args": [[f"{j}"], animate]} for j, t in enumerate(data.times)
         ],
     }
     play = {"frame": {"duration": 90, "redraw": True}, "transition": {"duration": 0}, "fromcurrent": False}
@@ -425,6 +425,7 @@ def explorer_html(data: ExplorerData) -> str:
             div(_samplers_figure(data), FIGURE_IDS[1]),
             _sampler_table(data),
         ]
+    body += [f"<p class=meta>{html.escape(note)}</p>" for note in data.notes]
     if data.likelihood is not None:
         body += [
             "<h2>Likelihood</h2>",

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .._checks import check_positive_int
 from .._io import json_safe, write_atomic
+from ..likelihood.exponential_integrator import SolverError
 from ..processes.sde import SDE, ScoreFn
 from .figures import DensityGrid, _evaluate_score, _square_cells, model_density_grid, reverse_paths
 
@@ -103,6 +104,7 @@ class ExplorerData:
             the probability-flow ODE's paths (the same draws; ``path_nfe`` their NFE).
         samplers: the samplers' panel (None: not computed).
         likelihood: the model's log-density on a grid and the true one (None: not computed).
+        notes: what the page leaves out and why (e.g. a likelihood that cannot be computed), one line each.
     """
 
     title: str
@@ -131,6 +133,7 @@ class ExplorerData:
     path_nfe: dict[str, int] = field(default_factory=dict)
     samplers: SamplerPanel | None = None
     likelihood: DensityGrid | None = None
+    notes: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path) -> Path:
@@ -275,7 +278,8 @@ def explorer_data(
         comparison, held_out: a `scoresde.evaluation.comparison.Comparison` and its held-out data, for the
             samplers' panel (None: no panel).
         likelihood: a `scoresde.app.figures.DensityGrid` computed before (e.g. by the demo), or with
-            ``likelihood_grid > 0`` computed here (one PF-ODE solve of ``likelihood_grid**2`` points); else none.
+            ``likelihood_grid > 0`` computed here (one PF-ODE solve of ``likelihood_grid**2`` points; for the exact
+            score alone, only where the data has mass); else none.
         seed: seeds the data draws, the forward noise and the paths.
     """
     if score_fn is None and oracle is None:
@@ -319,9 +323,14 @@ def explorer_data(
 
     runs = reverse_paths(sde, model, paths, steps=path_steps, seed=seed)
     (sde_name, sde_run), (ode_name, ode_run) = runs.items()
+    notes = []
     if likelihood is None and likelihood_grid > 0:
         true = (lambda x: oracle.marginal_log_prob(sde, x, 0.0)) if oracle is not None else None
-        likelihood = model_density_grid(sde, model, extent=extent, grid=likelihood_grid, true_log_prob=true)
+        try:
+            likelihood = model_density_grid(sde, model, extent=extent, grid=likelihood_grid, true_log_prob=true,
+                                            support_only=score_fn is None)  # fmt: skip
+        except SolverError as exc:  # e.g. the exact score of data with edges, outside its support as t -> 0
+            notes.append(f"The likelihood panel is left out: {str(exc).split(';')[0]}.")
     panel = sampler_panel(comparison, held_out) if comparison is not None and held_out is not None else None
 
     def f32(x) -> np.ndarray | None:
@@ -356,4 +365,5 @@ def explorer_data(
         path_nfe={sde_name: int(sde_run.nfe), ode_name: int(ode_run.nfe)},
         samplers=panel,
         likelihood=likelihood,
+        notes=notes,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UserError, command, count, load_model, out_file, remove_if_empty, run_folder_of
+from .common import UserError, command, count, load_model, note, out_file, remove_if_empty, run_folder_of
 
 SDE_PRESETS = {"vp": "toy-vp", "ve": "toy-ve"}
 """``--sde`` of ``--toy``: the SDE of the toy presets."""
@@ -92,6 +92,8 @@ def cmd_explore(args: argparse.Namespace) -> dict:
             seed=args.seed,
         )
         write_explorer(page, out)
+        for line in page.notes:
+            note("explore", line)
     except BaseException:
         remove_if_empty(out.parent, created)
         raise
