@@ -16,8 +16,10 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -243,9 +245,9 @@ def _at_times(result, times: Tensor) -> np.ndarray:
 def explorer_data(
     sde: SDE,
     score_fn: ScoreFn | None,
-    data_sampler,
+    data_sampler: Callable[[int, torch.Generator], Tensor],
     *,
-    oracle=None,
+    oracle: Any = None,
     extent: float = 4.5,
     title: str = "",
     model_name: str = "",
@@ -256,7 +258,7 @@ def explorer_data(
     error_grid: int = 40,
     paths: int = 24,
     path_steps: int = 400,
-    comparison=None,
+    comparison: Any = None,
     held_out: Tensor | None = None,
     likelihood: DensityGrid | None = None,
     likelihood_grid: int = 0,
@@ -271,12 +273,17 @@ def explorer_data(
             `scoresde.GaussianMixture`, `scoresde.oracles.UniformBoxes`), or None: then $p_t$ is a kernel estimate
             and there is no exact score.
         extent: half-width of the data's square (score and likelihood panels).
-        frames, n, grid, arrows, error_grid: slider positions, forward samples, density cells a side, score arrows
-            a side, error cells a side.
-        paths, path_steps: prior draws followed, and the reverse SDE's steps (the ODE takes a quarter: the same
-            NFE with RK4).
-        comparison, held_out: a `scoresde.evaluation.comparison.Comparison` and its held-out data, for the
-            samplers' panel (None: no panel).
+        title: the page's title (default: the model and the SDE).
+        model_name: the model in words.
+        frames: slider positions.
+        n: forward samples.
+        grid: density cells a side.
+        arrows: score arrows a side.
+        error_grid: error cells a side.
+        paths: prior draws followed.
+        path_steps: the reverse SDE's steps (the ODE takes a quarter: the same NFE with RK4).
+        comparison: a `scoresde.evaluation.comparison.Comparison`, for the samplers' panel (None: no panel).
+        held_out: the comparison's held-out data.
         likelihood: a `scoresde.app.figures.DensityGrid` computed before (e.g. by the demo), or with
             ``likelihood_grid > 0`` computed here (one PF-ODE solve of ``likelihood_grid**2`` points; for the exact
             score alone, only where the data has mass); else none.
