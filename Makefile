@@ -36,4 +36,4 @@ docs: $(VENV)/.installed
 	$(PY) -m mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) $(OUT)
+	rm -rf $(VENV) $(OUT) node_modules
