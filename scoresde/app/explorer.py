@@ -179,9 +179,45 @@ def _time_figure(data: ExplorerData):
             layout.update({axis: {"range": [-float(data.half[j]), float(data.half[j])]} for axis in _PLANE_AXES})
         frames.append(go.Frame(name=f"{j}", data=moving(j), traces=moving_index, layout=layout))
     fig.frames = frames
+    slider, menus = _time_controls(data, followed, draw_colours)
+    last = frames_count - 1
+    plane_half = float(data.half[last] if follow else data.half.max())
+    plane = {"range": [-plane_half, plane_half]}
+    square = {"range": [-data.extent, data.extent]}
+    fig.update_layout(
+        title={"text": caption(last), "font": {"size": 13}, "x": 0.3, "y": 0.985},
+        height=920,
+        width=1350,
+        margin={"t": 110, "b": 90, "l": 50, "r": 30},
+        sliders=[slider],
+        updatemenus=menus,
+        showlegend=False,
+        plot_bgcolor="white",
+        **{axis: plane for axis in _PLANE_AXES},
+    )
+    for axis in _SQUARE_AXES:
+        fig.layout[axis].update(square)
+    for row, col in ((1, 1), (1, 3), (2, 1), (2, 2), (2, 3)):
+        x_name = fig.get_subplot(row, col).xaxis.plotly_name  # "xaxis5" is anchored as "x5"
+        fig.update_xaxes(_PLANE, row=row, col=col)
+        fig.update_yaxes(_PLANE, row=row, col=col, scaleanchor=x_name.replace("axis", ""))
+    fig.update_xaxes(title_text="t", row=1, col=2)
+    return fig
+
+
+FOLLOW_RATIO = 2.0
+r"""The plane panels keep one range (the widest $p_t$'s) unless $p_t$'s width varies by more than this factor over
+the slider (VE: from the data's square to $3\sigma_{max}$); then each slider step sets their range, which costs a
+third of a step's drawing time (measured in headless Chromium: 160 ms a step without, 290 ms with)."""
+
+
+def _time_controls(data: ExplorerData, followed: list[int], draw_colours: list[str]) -> tuple[dict, list]:
+    """The time figure's slider (one step a frame), its play buttons (T -> 0, 0 -> T) and the menu that follows one
+    draw: it restyles the ``followed`` traces (SDE, ODE) with that draw's whole paths, in its colour."""
+    k = data.sde_paths.shape[1]
     animate = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
     slider = {
-        "active": frames_count - 1,
+        "active": len(data.times) - 1,
         "currentvalue": {"prefix": "t = "},
         "pad": {"t": 40},
         "steps": [
@@ -189,7 +225,7 @@ def _time_figure(data: ExplorerData):
         ],
     }
     play = {"frame": {"duration": 90, "redraw": True}, "transition": {"duration": 0}, "fromcurrent": False}
-    order = [f"{j}" for j in range(frames_count)]
+    order = [f"{j}" for j in range(len(data.times))]
     menus = [
         {
             "type": "buttons",
@@ -231,35 +267,7 @@ def _time_figure(data: ExplorerData):
             ],
         },
     ]
-    last = frames_count - 1
-    plane_half = float(data.half[last] if follow else data.half.max())
-    plane = {"range": [-plane_half, plane_half]}
-    square = {"range": [-data.extent, data.extent]}
-    fig.update_layout(
-        title={"text": caption(last), "font": {"size": 13}, "x": 0.3, "y": 0.985},
-        height=920,
-        width=1350,
-        margin={"t": 110, "b": 90, "l": 50, "r": 30},
-        sliders=[slider],
-        updatemenus=menus,
-        showlegend=False,
-        plot_bgcolor="white",
-        **{axis: plane for axis in _PLANE_AXES},
-    )
-    for axis in _SQUARE_AXES:
-        fig.layout[axis].update(square)
-    for row, col in ((1, 1), (1, 3), (2, 1), (2, 2), (2, 3)):
-        x_name = fig.get_subplot(row, col).xaxis.plotly_name  # "xaxis5" is anchored as "x5"
-        fig.update_xaxes(_PLANE, row=row, col=col)
-        fig.update_yaxes(_PLANE, row=row, col=col, scaleanchor=x_name.replace("axis", ""))
-    fig.update_xaxes(title_text="t", row=1, col=2)
-    return fig
-
-
-FOLLOW_RATIO = 2.0
-r"""The plane panels keep one range (the widest $p_t$'s) unless $p_t$'s width varies by more than this factor over
-the slider (VE: from the data's square to $3\sigma_{max}$); then each slider step sets their range, which costs a
-third of a step's drawing time (measured in headless Chromium: 160 ms a step without, 290 ms with)."""
+    return slider, menus
 
 
 def _follows_p_t(half: np.ndarray) -> bool:
