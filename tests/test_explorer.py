@@ -147,7 +147,9 @@ def test_likelihood_panel_of_the_exact_score_matches_the_truth(exact_page):
     data, _ = exact_page
     grid = data.likelihood
     assert grid.true_log_prob is not None and grid.model_log_prob.shape == (10, 10)
-    assert float((grid.model_log_prob - grid.true_log_prob).abs().max()) < 0.02
+    solved = ~torch.isnan(grid.model_log_prob)  # the exact score alone: where the data has mass (corners left out)
+    assert 50 < int(solved.sum()) < 100
+    assert float((grid.model_log_prob - grid.true_log_prob)[solved].abs().max()) < 0.02
 
 
 def test_save_and_load_round_trip_in_half_precision(exact_page, tmp_path):
