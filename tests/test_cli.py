@@ -128,7 +128,7 @@ def test_train_user_errors_are_one_line(tmp_path, capsys):
         assert err.strip().count("\n") == 0 and "Traceback" not in err and message in err, err
 
 
-def test_train_then_sample_writes_npz_and_picture(tmp_path):
+def test_train_then_sample_writes_npz_and_picture(tmp_path, capsys):
     """As a user would: train a tiny run, sample it twice (the second refused without --force, nothing changed)."""
     import numpy as np
 
@@ -159,14 +159,13 @@ def test_train_then_sample_writes_npz_and_picture(tmp_path):
     assert data["x"].shape == (50, 2) and np.isfinite(data["x"]).all()
     assert out.with_suffix(".png").stat().st_size > 1000
     before = out.read_bytes()
-    again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode == 2 and "already exists; pass --force" in again.stderr and out.read_bytes() == before
-    bad = subprocess.run(cmd[:-1] + ["--force", "--sampler", "euler"], capture_output=True, text=True)
-    assert (
-        bad.returncode == 2
-        and "unknown sampler 'euler'; valid names are: consistency, ddim" in bad.stderr
-        and "Traceback" not in bad.stderr
-    )
+    # the refusals in-process (the same code as the process above, without an interpreter start-up each)
+    capsys.readouterr()
+    assert main(cmd[3:]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(cmd[3:-1] + ["--force", "--sampler", "euler"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown sampler 'euler'; valid names are: consistency, ddim" in err and "Traceback" not in err
 
 
 def test_likelihood_reports_nll_gap_and_elbo(tmp_path, capsys):
