@@ -98,25 +98,6 @@ def _time_figure(data: ExplorerData):
     error_max = float(np.nanquantile(data.error, 0.99)) if has_error else 1.0
     draw_colours = [f"hsl({int(360 * i / k)},70%,45%)" for i in range(k)]
 
-    def moving(j: int) -> list:
-        """The traces that change with the slider, at slider position ``j`` (the frames' data, in order)."""
-        half, t = float(data.half[j]), float(data.times[j])
-        traces = [
-            go.Heatmap(z=data.density[j], **_heatmap_geometry(half, data.density.shape[-1])),
-            go.Scatter(x=data.samples[j, :, 0], y=data.samples[j, :, 1]),
-            go.Scatter(x=[t, t], y=[float(data.alpha[j]), float(data.sigma[j])]),
-            go.Scatter(x=[t], y=[float(data.log_snr[j])]),
-        ]
-        for field in vectors:
-            traces.append(go.Scatter(marker=_arrow_markers(field[j], longest)))
-        if has_error:
-            traces.append(go.Heatmap(z=data.error[j], **_heatmap_geometry(data.extent, data.error.shape[-1])))
-        traces += [
-            go.Scatter(x=data.sde_paths[j, :, 0], y=data.sde_paths[j, :, 1]),
-            go.Scatter(x=data.ode_paths[j, :, 0], y=data.ode_paths[j, :, 1]),
-        ]
-        return traces
-
     def caption(j: int) -> str:
         text = (
             f"t = {data.times[j]:.3g}:  α = {data.alpha[j]:.3f},  σ = {data.sigma[j]:.3f},  "
@@ -126,32 +107,44 @@ def _time_figure(data: ExplorerData):
             text += f";  RMS of σ|s_θ − ∇log p_t| over p_t = {data.error_rms[j]:.3f}"
         return text
 
-    start = moving(frames_count - 1)
-    styles = [
-        ({"colorscale": "Blues", "showscale": False, "hoverinfo": "skip", "name": "p_t"}, 1, 1, False),
-        ({"mode": "markers", "marker": {"size": 3, "color": _SAMPLE_COLOUR, "opacity": 0.6}, "name": "x_t"}, 1, 1, 0),
-        ({"mode": "markers", "marker": {"size": 9, "color": ["#2ca02c", "#d62728"]}, "name": "α, σ at t"}, 1, 2, 0),
-        ({"mode": "markers", "marker": {"size": 9, "color": "#9467bd"}, "name": "λ at t"}, 1, 2, True),
-    ]
-    for field, colour, name in ((data.learned, _LEARNED, "learned"), (data.exact, _EXACT, "exact")):
+    def points(xy: np.ndarray) -> dict:
+        return {"x": xy[:, 0], "y": xy[:, 1]}
+
+    # the traces that move with the slider: (the trace at slider position j, its style, row, col, secondary y)
+    moving = [
+        (lambda j: go.Heatmap(z=data.density[j], **_heatmap_geometry(float(data.half[j]), data.density.shape[-1])),
+         {"colorscale": "Blues", "showscale": False, "hoverinfo": "skip", "name": "p_t"}, 1, 1, False),
+        (lambda j: go.Scatter(**points(data.samples[j])),
+         {"mode": "markers", "marker": {"size": 3, "color": _SAMPLE_COLOUR, "opacity": 0.6}, "name": "x_t"}, 1, 1,
+         False),
+        (lambda j: go.Scatter(x=[float(data.times[j])] * 2, y=[float(data.alpha[j]), float(data.sigma[j])]),
+         {"mode": "markers", "marker": {"size": 9, "color": ["#2ca02c", "#d62728"]}, "name": "α, σ at t"}, 1, 2,
+         False),
+        (lambda j: go.Scatter(x=[float(data.times[j])], y=[float(data.log_snr[j])]),
+         {"mode": "markers", "marker": {"size": 9, "color": "#9467bd"}, "name": "λ at t"}, 1, 2, True),
+    ]  # fmt: skip
+    # the exact field in outline over the learned one filled: where they agree the outline frames the fill
+    outline = {"symbol": "arrow-open", "color": _EXACT, "line": {"width": 1.3, "color": _EXACT}}
+    filled = {"symbol": "arrow", "color": _LEARNED, "opacity": 0.75, "line": {"width": 0}}
+    for field, arrow, name in ((data.learned, filled, "learned"), (data.exact, outline, "exact")):
         if field is not None:
-            # the exact field in outline over the learned one filled: where they agree the outline frames the fill
-            outline = {"symbol": "arrow-open", "color": colour, "line": {"width": 1.3, "color": colour}}
-            filled = {"symbol": "arrow", "color": colour, "opacity": 0.75, "line": {"width": 0}}
-            arrow = outline if name == "exact" else filled
-            styles.append(({"x": data.arrows[:, 0], "y": data.arrows[:, 1], "mode": "markers", "marker": arrow,
-                            "name": f"{name} score", "hoverinfo": "skip"}, 1, 3, 0))  # fmt: skip
+            moving.append((lambda j, field=field: go.Scatter(marker=_arrow_markers(field[j], longest)),
+                           {**points(data.arrows), "mode": "markers", "marker": arrow, "name": f"{name} score",
+                            "hoverinfo": "skip"}, 1, 3, False))  # fmt: skip
     if has_error:
         colourbar = {"len": 0.42, "y": 0.21, "x": fig.get_subplot(2, 1).xaxis.domain[1] + 0.005, "thickness": 8}
-        styles.append(({"colorscale": "Reds", "zmin": 0, "zmax": error_max, "colorbar": colourbar,
-                        "name": "σ|Δs|"}, 2, 1, 0))  # fmt: skip
-    for col in (2, 3):
-        styles.append(({"mode": "markers", "marker": {"size": 7, "color": draw_colours, "line": {"width": 0.5}},
-                        "name": "x_t on the paths"}, 2, col, 0))  # fmt: skip
+        moving.append((lambda j: go.Heatmap(z=data.error[j], **_heatmap_geometry(data.extent, data.error.shape[-1])),
+                       {"colorscale": "Reds", "zmin": 0, "zmax": error_max, "colorbar": colourbar, "name": "σ|Δs|"},
+                       2, 1, False))  # fmt: skip
+    for col, positions in ((2, data.sde_paths), (3, data.ode_paths)):
+        moving.append((lambda j, positions=positions: go.Scatter(**points(positions[j])),
+                       {"mode": "markers", "marker": {"size": 7, "color": draw_colours, "line": {"width": 0.5}},
+                        "name": "x_t on the paths"}, 2, col, False))  # fmt: skip
+    last = frames_count - 1
     moving_index = []
-    for trace, (style, row, col, secondary) in zip(start, styles):
-        trace.update(**style, showlegend=False)
-        fig.add_trace(trace, row=row, col=col, secondary_y=bool(secondary) if (row, col) == (1, 2) else None)
+    for build, style, row, col, secondary in moving:
+        trace = build(last).update(**style, showlegend=False)
+        fig.add_trace(trace, row=row, col=col, secondary_y=secondary if (row, col) == (1, 2) else None)
         moving_index.append(len(fig.data) - 1)
 
     # the static traces: schedule curves, the paths, the followed draw
@@ -177,10 +170,11 @@ def _time_figure(data: ExplorerData):
         layout = {"title": {"text": caption(j)}}
         if follow:
             layout.update({axis: {"range": [-float(data.half[j]), float(data.half[j])]} for axis in _PLANE_AXES})
-        frames.append(go.Frame(name=f"{j}", data=moving(j), traces=moving_index, layout=layout))
+        frames.append(
+            go.Frame(name=f"{j}", data=[build(j) for build, *_ in moving], traces=moving_index, layout=layout)
+        )
     fig.frames = frames
     slider, menus = _time_controls(data, followed, draw_colours)
-    last = frames_count - 1
     plane_half = float(data.half[last] if follow else data.half.max())
     plane = {"range": [-plane_half, plane_half]}
     square = {"range": [-data.extent, data.extent]}

@@ -29,7 +29,7 @@ from .._checks import check_positive_int
 from .._io import json_safe, write_atomic
 from ..likelihood.exponential_integrator import SolverError
 from ..processes.sde import SDE, ScoreFn
-from .figures import DensityGrid, _evaluate_score, _square_cells, model_density_grid, reverse_paths
+from .figures import DensityGrid, _as_image, _evaluate_score, _square_cells, model_density_grid, reverse_paths
 
 __all__ = ["ExplorerData", "SamplerPanel", "explorer_times", "explorer_data", "sampler_panel", "kernel_bandwidth"]
 
@@ -311,7 +311,7 @@ def explorer_data(
             logp = oracle.marginal_log_prob(sde, cells, t)
         else:
             logp = _kernel_log_density(kde_points, cells, float(alpha[j]), float(sigma[j]), h)
-        density[j] = logp.exp().reshape(grid, grid).T
+        density[j] = _as_image(logp.exp(), grid)
 
     where = _square_cells(extent, arrows)
     dense = _square_cells(extent, error_grid)
@@ -324,7 +324,7 @@ def explorer_data(
             exact.append(s * oracle.marginal_score(sde, where, t))
         if score_fn is not None and oracle is not None:
             gap = s * (_evaluate_score(score_fn, dense, t) - oracle.marginal_score(sde, dense, t))
-            error.append(gap.norm(dim=1).reshape(error_grid, error_grid).T)
+            error.append(_as_image(gap.norm(dim=1), error_grid))
             on_pt = s * (_evaluate_score(score_fn, samples[j], t) - oracle.marginal_score(sde, samples[j], t))
             error_rms.append(on_pt.pow(2).sum(dim=1).mean().sqrt())
 

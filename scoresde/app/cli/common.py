@@ -327,3 +327,33 @@ def checkpoint_option(parser: argparse.ArgumentParser) -> None:
         help="run folder (or checkpoint file) written by scoresde train, or a diffusers model folder (UNet2DModel with "
         "a DDPM / DDIM scheduler; pip install 'scoresde[diffusers]')",
     )
+
+
+def student_specs(folders: list[str], teacher, data_config, device: str) -> list:
+    """``--student RUN`` (repeatable): each distilled student at the step counts it samples with (consistency: 1, 2
+    and 4 steps; progressive: its own), next to the teacher's solvers; a student of another SDE or data is refused."""
+    from ...evaluation.comparison import student_lineup
+    from ...training.runs import load_score_model
+
+    specs = []
+    for folder in folders:
+        student, config, _ = load_score_model(folder, device=device)
+        if config.distill.method is None:
+            raise UserError(f"--student {folder} is not a distilled student (scoresde distill writes one)")
+        if repr(config.sde.build()) != repr(teacher.sde) or config.data != data_config:
+            raise UserError(
+                f"--student {folder} was distilled for {config.sde.build()!r} on {config.data.name}; the checkpoint is "
+                f"{teacher.sde!r} on {data_config.name}: compare a student with its own teacher"
+            )
+        specs += student_lineup(student, config, Path(folder).name)
+    return specs
+
+
+def solver_specs(files: list[str], model) -> list:
+    """``--solver FILE`` (repeatable): each fitted solver, checked to belong to the checkpoint's model."""
+    from ...evaluation.comparison import solver_lineup
+    from ...samplers.fitted_solver import FittedSolver
+
+    return [
+        spec for file in files for spec in solver_lineup(FittedSolver.load(file, model.sde, model), Path(file).stem)
+    ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .common import (
     UserError,
@@ -16,6 +15,8 @@ from .common import (
     prepare_out,
     run_folder_of,
     run_image_metric,
+    solver_specs,
+    student_specs,
 )
 
 
@@ -37,7 +38,9 @@ def cmd_compare(args: argparse.Namespace) -> dict:
         model.sde,
         model,
         data.x,
-        lineup=default_lineup(args.quick) + _student_lineup(args, model, data_config) + _solver_lineup(args, model),
+        lineup=default_lineup(args.quick)
+        + student_specs(args.student or [], model, data_config, args.device)
+        + solver_specs(args.solver or [], model),
         n=len(data.x),
         floor_reference=data.floor,
         true_log_prob=data.sample_log_prob,
@@ -61,38 +64,6 @@ def cmd_compare(args: argparse.Namespace) -> dict:
         "files": [str(p) for p in paths],
         **({"runs": comparison.to_dict()["runs"]} if args.json else {}),
     }
-
-
-def _student_lineup(args: argparse.Namespace, teacher, data_config) -> list:
-    """``--student RUN`` (repeatable): each distilled student at the step counts it samples with (consistency: 1, 2
-    and 4 steps; progressive: its own), next to the teacher's solvers; a student of another SDE or data is refused."""
-    from ...evaluation.comparison import student_lineup
-    from ...training.runs import load_score_model
-
-    specs = []
-    for folder in args.student or []:
-        student, config, _ = load_score_model(folder, device=args.device)
-        if config.distill.method is None:
-            raise UserError(f"--student {folder} is not a distilled student (scoresde distill writes one)")
-        if repr(config.sde.build()) != repr(teacher.sde) or config.data != data_config:
-            raise UserError(
-                f"--student {folder} was distilled for {config.sde.build()!r} on {config.data.name}; the checkpoint is "
-                f"{teacher.sde!r} on {data_config.name}: compare a student with its own teacher"
-            )
-        specs += student_lineup(student, config, Path(folder).name)
-    return specs
-
-
-def _solver_lineup(args: argparse.Namespace, model) -> list:
-    """``--solver FILE`` (repeatable): each fitted solver, checked to belong to the checkpoint's model."""
-    from ...evaluation.comparison import solver_lineup
-    from ...samplers.fitted_solver import FittedSolver
-
-    return [
-        spec
-        for file in args.solver or []
-        for spec in solver_lineup(FittedSolver.load(file, model.sde, model), Path(file).stem)
-    ]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UserError, command, count, load_model, note, out_file, remove_if_empty, run_folder_of
+from .common import (
+    UserError,
+    command,
+    count,
+    load_model,
+    note,
+    out_file,
+    remove_if_empty,
+    run_folder_of,
+    solver_specs,
+    student_specs,
+)
 
 SDE_PRESETS = {"vp": "toy-vp", "ve": "toy-ve"}
 """``--sde`` of ``--toy``: the SDE of the toy presets."""
@@ -27,13 +38,12 @@ def _lineup(args: argparse.Namespace, model, data_config) -> list:
     """The samplers of the samplers' panel: the comparison's default line-up, the fitted solvers in the run's
     ``solvers/`` folder and those given by ``--solver``, and ``--student`` runs."""
     from ...evaluation.comparison import default_lineup
-    from .compare import _solver_lineup, _student_lineup
 
     lineup = default_lineup(args.quick)
     if args.checkpoint is not None:
         found = sorted(str(p) for p in (run_folder_of(args.checkpoint) / "solvers").glob("*.json"))
-        args.solver = [*found, *[s for s in args.solver or [] if s not in found]]
-        lineup += _student_lineup(args, model, data_config) + _solver_lineup(args, model)
+        solvers = [*found, *[s for s in args.solver or [] if s not in found]]
+        lineup += student_specs(args.student or [], model, data_config, args.device) + solver_specs(solvers, model)
     return lineup
 
 
