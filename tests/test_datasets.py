@@ -72,7 +72,7 @@ def test_missing_and_corrupt_files_say_what_to_do(tmp_path):
         image_dataset("svhn")
     with pytest.raises(ValueError, match="unknown split 'val'"):
         image_dataset("digits", "val")
-    assert image_datasets() == ["cifar10", "digits", "mnist"]
+    assert image_datasets() == ["cifar10", "digits", "mnist", "mnist5k"]
 
 
 def test_transform_round_trips_levels_and_dequantises_inside_the_bins():

@@ -146,9 +146,10 @@ class _GaussianData:
         import scoresde.training as training
 
         self.saved = training.DataStream.batch
-        training.DataStream.batch = lambda stream, step, generator: (
-            GAUSS.sample(256, generator).float().to(stream.device),
-            None,
+        from scoresde.training.objectives import Batch
+
+        training.DataStream.batch = lambda stream, step, generator: Batch(
+            GAUSS.sample(256, generator).float().to(stream.device), None, step
         )
         return self.trainer
 

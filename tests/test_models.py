@@ -68,7 +68,7 @@ def test_parameterizations_recover_the_exact_score(sde, kind):
 
 
 def test_bad_input_and_unknown_names():
-    with pytest.raises(ValueError, match="unknown model 'resnet'; valid names are: ddpm_unet, mlp, ncsn"):
+    with pytest.raises(ValueError, match="unknown model 'resnet'; valid names are: ddpm_unet, kl_autoencoder, mlp, ncsn"):
         create_model("resnet")
     with pytest.raises(ValueError, match="unknown parameterization 'velocity'; valid names are: edm, eps, score, v"):
         ScoreModel(ScoreMLP(), VPSDE(), "velocity")
@@ -82,4 +82,4 @@ def test_bad_input_and_unknown_names():
         DDPMUNet(ch=16, groups=8)(torch.randn(2, 1, 16, 16), torch.rand(2))
     with pytest.raises(ValueError, match="width must be an integer >= 1, got 0"):
         ScoreMLP(width=0)
-    assert models() == ["ddpm_unet", "mlp", "ncsn"]
+    assert models() == ["ddpm_unet", "kl_autoencoder", "mlp", "ncsn"]

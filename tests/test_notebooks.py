@@ -12,13 +12,14 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.py"))
 
 
-def test_the_five_notebooks_are_there():
+def test_the_six_notebooks_are_there():
     assert [p.stem for p in NOTEBOOKS] == [
         "01_forward_sdes",
         "02_score_matching_2d",
         "03_pc_vs_ode",
         "04_likelihood_bits_per_dim",
         "05_images",
+        "06_latent_cascade",
     ]
 
 

@@ -23,9 +23,20 @@ SMALL = ("train.steps=6", "train.batch_size=32", "train.log_every=1", "train.che
 
 
 def test_the_config_names_its_objective():
-    assert objectives() == ["consistency", "consistency_training", "dsm", "hybrid", "progressive"]
+    assert objectives() == [
+        "autoencoder",
+        "consistency",
+        "consistency_training",
+        "dsm",
+        "hybrid",
+        "progressive",
+        "super_resolution",
+    ]
     sde = preset("toy-vp").sde.build()
     assert objective_name(preset("toy-vp")) == "dsm"
+    assert objective_name(preset("mnist-autoencoder")) == "autoencoder"
+    assert objective_name(preset("mnist-cascade")) == "super_resolution"
+    assert objective_name(preset("mnist-latent")) == objective_name(preset("mnist-cascade-base")) == "dsm"
     assert isinstance(build_objective(preset("toy-vp"), sde), DenoisingScoreMatching)
     assert isinstance(build_objective(preset("toy-vp-learned-var"), sde), HybridObjective)
     cd = override(preset("toy-vp"), "distill.method=consistency", "distill.teacher=oracle:8gaussians")

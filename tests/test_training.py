@@ -179,7 +179,7 @@ def test_configs_presets_and_errors(tmp_path):
     for bad, message in [
         ("train.lr=-1", "'train.lr': must be a positive number"),
         ("train.nope=1", "'train.nope': unknown field"),
-        ("model.name=resnet", "'model.name': 'resnet' is not one of ddpm_unet, mlp, ncsn"),
+        ("model.name=resnet", "'model.name': 'resnet' is not one of ddpm_unet, kl_autoencoder, mlp, ncsn"),
         ("train.lr", "must look like section.field=value"),
         ("data.name=mnist", "'data.name': 'mnist' is not a toy data set"),
     ]:

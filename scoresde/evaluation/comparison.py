@@ -20,6 +20,7 @@ from torch import Tensor
 from .._checks import check_finite, check_positive_int, progress_bar
 from .._stats import mean_and_standard_error
 from ..processes.sde import SDE, ScoreFn
+from ..processes.seam import spec_of
 from ..samplers import samplers
 from ..samplers.base import sampler_options
 from ..samplers.sampling import sample
@@ -320,7 +321,8 @@ def compare_samplers(
             )
     device = torch.device(device)
     reference = reference.to(device)
-    shape = (n, *reference.shape[1:])
+    latent = spec_of(score_fn).decoder  # a latent model: sampled in latent space, scored on its decoded images
+    shape = (n, *(tuple(score_fn.latent_shape) if latent else reference.shape[1:]))
     x_T = sde.prior_sampling(shape, torch.Generator(device=device).manual_seed(seed), device=device, dtype=dtype)
     floor = {}
     if floor_reference is not None:
@@ -338,7 +340,7 @@ def compare_samplers(
         result = sample(sde, fn, shape, spec.sampler, x_T=x_T.clone(), generator=generator, **spec.options)
         _sync(device)
         seconds = time.perf_counter() - start
-        x = result.x.detach()
+        x = result.images.detach()
         finite = torch.isfinite(x.reshape(n, -1)).all(dim=1)
         x = x[finite]
         if postprocess is not None:
@@ -380,6 +382,7 @@ def held_out(data, n: int, seed: int = 0) -> HeldOut:
     from two generators), or an image set's test split (``x``, first ``n``) with the first ``n`` training
     images as ``floor``, both at the centres of their quantisation bins in the model's range."""
     from ..datasets import image_dataset, toy_dataset
+    from ..datasets.images import downsample_levels
 
     n = check_positive_int("n", n)
     if data.kind == "toy":
@@ -389,6 +392,7 @@ def held_out(data, n: int, seed: int = 0) -> HeldOut:
             return HeldOut(draw(0), draw(1), toy.log_prob, toy.perfect_nll(), toy.nll_log_prob)
         return HeldOut(draw(0), draw(1))
     transform = data.transform()
-    test = image_dataset(data.name, "test", data.data_dir, data.split_seed).x[:n]
-    train = image_dataset(data.name, "train", data.data_dir, data.split_seed).x[:n]
+    test, train = (image_dataset(data.name, split, data.data_dir, data.split_seed).x[:n] for split in ("test", "train"))
+    if data.resolution is not None:
+        test, train = downsample_levels(test, data.resolution), downsample_levels(train, data.resolution)
     return HeldOut(transform.to_model(test.float() + 0.5), transform.to_model(train.float() + 0.5))

@@ -54,7 +54,7 @@ INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 """torch-fidelity's file name of the TensorFlow FID Inception weights, looked up in torch's hub cache."""
 
 _NETWORKS: dict[str, Callable[[torch.device], nn.Module]] = {}
-_DEFAULT_FOR_DATA = {"digits": "digits", "mnist": "mnist", "cifar10": "inception"}
+_DEFAULT_FOR_DATA = {"digits": "digits", "mnist": "mnist", "mnist5k": "mnist", "cifar10": "inception"}
 
 
 class FeatureNetworkUnavailable(RuntimeError):

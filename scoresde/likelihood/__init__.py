@@ -3,6 +3,7 @@ integrator), the variational bounds (continuous-time ELBO, the DDPM chain's boun
 
 from .bounds import TIME_SAMPLINGS, ELBOResult, ddpm_bound, elbo
 from .bpd import ESTIMATORS, BitsPerDimResult, bits_per_dim
+from .latent import LATENT_TERMS, LatentBoundResult, decoder_log_prob, latent_bits_per_dim
 from .pf_ode import (
     DIVERGENCES,
     LIKELIHOOD_T_MIN,
@@ -20,6 +21,10 @@ from .pf_ode import (
 )
 
 __all__ = [
+    "latent_bits_per_dim",
+    "LatentBoundResult",
+    "LATENT_TERMS",
+    "decoder_log_prob",
     "log_likelihood",
     "LikelihoodResult",
     "bits_per_dim",

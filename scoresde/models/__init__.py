@@ -2,6 +2,7 @@
 models, and the model seam's declaration (`ModelSpec`, defined beside the SDEs in `scoresde.processes.seam`)."""
 
 from ..processes.seam import ModelSpec, spec_of
+from .autoencoder import KLAutoencoder, LatentCodec, LatentModel
 from .classifier import NoiseConditionalClassifier
 from .consistency import ConsistencyModel
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding, sinusoidal_embedding
@@ -15,6 +16,9 @@ __all__ = [
     "ModelSpec",
     "spec_of",
     "ConsistencyModel",
+    "KLAutoencoder",
+    "LatentCodec",
+    "LatentModel",
     "NoiseConditionalClassifier",
     "ScoreMLP",
     "NCSN",

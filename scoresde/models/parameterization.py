@@ -48,6 +48,24 @@ __all__ = ["ScoreModel", "PARAMETERIZATIONS"]
 PARAMETERIZATIONS = ("eps", "score", "x0", "v", "edm")
 
 
+class _Conditioned(nn.Module):
+    """A super-resolution network with its condition bound: ``net(x, t[, y], cond=low, level=level)``."""
+
+    def __init__(self, net: nn.Module, low: Tensor, level: Tensor) -> None:
+        super().__init__()
+        self.net, self.low, self.level = net, low, level
+        inner = getattr(net, "module", net)
+        self.learn_variance = getattr(inner, "learn_variance", False)
+        self.num_classes = getattr(inner, "num_classes", 0)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        if x.shape[0] != self.low.shape[0]:
+            raise ValueError(
+                f"the model was given {self.low.shape[0]} low-resolution conditions and is called on {x.shape[0]} rows"
+            )
+        return self.net(x, t, y, cond=self.low, level=self.level)
+
+
 class ScoreModel(nn.Module):
     """``net(x, t)`` predicting ``eps``, ``score``, ``x0`` or ``v`` (or EDM-preconditioned, ``edm``, for data of
     standard deviation ``sigma_data``), seen as a score function ``score_fn(x, t)`` of ``sde``."""
@@ -67,7 +85,24 @@ class ScoreModel(nn.Module):
     def spec(self) -> ModelSpec:
         """The declaration (`scoresde.processes.seam`): a score, with ``scaled_score``, its variance channel and
         classes."""
-        return ModelSpec(output="score", variance=self.learns_variance, num_classes=self.num_classes, scaled=True)
+        return ModelSpec(
+            output="score",
+            variance=self.learns_variance,
+            num_classes=self.num_classes,
+            scaled=True,
+            condition=bool(getattr(getattr(self.net, "module", self.net), "cond_channels", 0)),
+        )
+
+    def given(self, low: Tensor, level: Tensor | float) -> ScoreModel:
+        r"""A super-resolution stage's score model for the low-resolution condition ``low [B, C, h, w]`` (already
+        augmented) at conditioning-augmentation noise level ``level`` (``[B]`` or one number): the same network
+        (gradients flow into it), with the condition bound."""
+        if not self.spec.condition:
+            raise ValueError("given(low, level) binds the condition of a super-resolution stage; this model has none")
+        if not isinstance(level, Tensor):
+            level = torch.tensor(float(level))
+        level = level.to(low.dtype).to(low.device).expand(low.shape[0]) if level.ndim == 0 else level
+        return ScoreModel(_Conditioned(self.net, low, level), self.sde, self.parameterization, self.sigma_data)
 
     @property
     def learns_variance(self) -> bool:

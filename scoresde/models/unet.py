@@ -18,7 +18,7 @@ from .._checks import check_positive_int
 from .embeddings import LabelEmbedding, SinusoidalEmbedding, TimeMLP, check_conditional, check_num_classes
 from .registry import register_model
 
-__all__ = ["DDPMUNet", "ResBlock", "AttnBlock"]
+__all__ = ["DDPMUNet", "ResBlock", "AttnBlock", "upsample"]
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -85,6 +85,10 @@ class DDPMUNet(nn.Module):
             label ``K``) is added to the time embedding (as in guided-diffusion and classifier-free guidance).
         learn_variance: output ``2 in_channels`` channels, the second half ``v`` the reverse chain's learned variance
             (Improved DDPM, Nichol & Dhariwal 2021; `scoresde.processes.reverse_variance`).
+        cond_channels: with ``C > 0``, a super-resolution stage ``(x, t, cond=low, level=s)`` (Cascaded Diffusion
+            Models, Ho et al. 2021): the low-resolution image ``low [B, C, h, w]`` is upsampled (nearest) to
+            ``image_size`` and concatenated to ``x``; its conditioning-augmentation noise level ``s [B]`` is embedded
+            like the time and added to the time embedding.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class DDPMUNet(nn.Module):
         groups: int = 32,
         num_classes: int = 0,
         learn_variance: bool = False,
+        cond_channels: int = 0,
     ) -> None:
         super().__init__()
         in_channels, image_size, ch = (
@@ -119,7 +124,11 @@ class DDPMUNet(nn.Module):
         self.time = TimeMLP(SinusoidalEmbedding(ch), ch, temb_dim)
         self.num_classes = check_num_classes(num_classes)
         self.label = LabelEmbedding(num_classes, temb_dim) if num_classes else None
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        if isinstance(cond_channels, bool) or not isinstance(cond_channels, int) or cond_channels < 0:
+            raise ValueError(f"cond_channels must be a non-negative integer, got {cond_channels!r}")
+        self.cond_channels = cond_channels
+        self.level = TimeMLP(SinusoidalEmbedding(ch), ch, temb_dim) if cond_channels else None
+        self.conv_in = nn.Conv2d(in_channels + cond_channels, ch, 3, padding=1)
         self.down, skips, res, cur = nn.ModuleList(), [ch], image_size, ch
         for level, mult in enumerate(ch_mult):
             for _ in range(num_res_blocks):
@@ -159,7 +168,9 @@ class DDPMUNet(nn.Module):
             zero_init(nn.Conv2d(cur, in_channels * (2 if learn_variance else 1), 3, padding=1)),
         )
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, *, cond: Tensor | None = None, level: Tensor | None = None
+    ) -> Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"DDPMUNet expects x of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
@@ -167,6 +178,13 @@ class DDPMUNet(nn.Module):
         temb = self.time(t)
         if self.label is not None:
             temb = temb + self.label(y, x.shape[0], x.device)
+        if self.cond_channels:
+            if cond is None or level is None:
+                raise ValueError(
+                    "this super-resolution U-Net needs its low-resolution condition: model.given(low, level)"
+                )
+            x = torch.cat([x, upsample(cond, self.image_size)], dim=1)
+            temb = temb + self.level(level)
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
@@ -178,6 +196,18 @@ class DDPMUNet(nn.Module):
                 h = torch.cat([h, hs.pop()], dim=1)
             h = _apply(block, h, temb)
         return self.out(h)
+
+
+def upsample(low: Tensor, size: int) -> Tensor:
+    """Low-resolution images ``[B, C, h, w]`` upsampled to ``size`` x ``size`` by repeating pixels (nearest
+    neighbour; ``h`` divides ``size``): the condition of a super-resolution stage."""
+    if low.ndim != 4 or low.shape[-1] != low.shape[-2] or size % low.shape[-1]:
+        raise ValueError(
+            f"the low-resolution condition must be square images [B, C, h, h] with h dividing {size}, got "
+            f"{tuple(low.shape)}"
+        )
+    factor = size // low.shape[-1]
+    return low.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1) if factor > 1 else low
 
 
 def _apply(layers: nn.ModuleList, h: Tensor, temb: Tensor) -> Tensor:

@@ -73,6 +73,22 @@ class LinearGaussianAutoencoder:
         noise = torch.randn(z.shape[0], self.D, generator=generator, dtype=torch.float64).to(z)
         return z @ self.W.T.to(z) + self.decoder_std * noise
 
+    @property
+    def latent_shape(self) -> tuple[int]:
+        """The shape of one latent, ``(k,)``."""
+        return (self.k,)
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        r"""$(W^\top x, s_e)$: the encoder's Gaussian, mean ``[B, k]`` and standard deviation broadcast to it (the
+        autoencoder interface of `scoresde.models.LatentCodec`)."""
+        mean = x @ self.W.to(x)
+        return mean, torch.full_like(mean, self.encoder_std)
+
+    def decoder_distribution(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        r"""$(W z, s_d)$: the decoder's Gaussian, mean ``[B, D]`` and standard deviation broadcast to it."""
+        mean = z @ self.W.T.to(z)
+        return mean, torch.full_like(mean, self.decoder_std)
+
     def encoder_log_prob(self, z: Tensor, x: Tensor) -> Tensor:
         r"""$\log q(z \mid x)$, ``[B]``."""
         return _isotropic_log_prob(z - x @ self.W.to(x), self.encoder_std)

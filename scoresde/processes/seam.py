@@ -11,6 +11,9 @@ declares nothing and is a score function, as the oracles' scores are):
 ``variance``        ``model.variance_fraction(x, t[, y])``: the learned reverse variance's fraction (Improved DDPM)
 ``num_classes``     ``model(x, t, y)`` with labels ``0 .. K-1`` and the null label ``K`` (classifier-free guidance)
 ``scaled``          ``model.scaled_score(x, t[, y])`` $= \sigma(t)\,s$ without dividing by a small $\sigma$
+``decoder``         ``model.decode(z)``: a latent model's decoder to images (its samples are latents)
+``condition``       a super-resolution stage that needs its low-resolution condition: ``model.given(low, level)``
+                    is the score model for that condition (only the bound model is sampled)
 ==================  ==========================================================================================
 
 The kinds are linked by $x_t = \alpha x_0 + \sigma\epsilon$ and Tweedie's formula
@@ -67,12 +70,15 @@ SCORE_OUTPUTS = ("score", "eps", "x0", "v")
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model predicts and carries (module docstring): ``output`` in `OUTPUTS`, ``variance`` (it has
-    ``variance_fraction``), ``num_classes`` (it takes labels), ``scaled`` (it has ``scaled_score``)."""
+    ``variance_fraction``), ``num_classes`` (it takes labels), ``scaled`` (it has ``scaled_score``), ``decoder`` (it
+    has ``decode``), ``condition`` (it needs ``given(low, level)`` before it is a score)."""
 
     output: str = "score"
     variance: bool = False
     num_classes: int = 0
     scaled: bool = False
+    decoder: bool = False
+    condition: bool = False
 
     def __post_init__(self) -> None:
         check_in_registry("model output", self.output, OUTPUTS)
@@ -138,6 +144,11 @@ def require(
             f"{where} needs a class-conditional model (num_classes > 0); this {name} is unconditional: train with "
             f"model.kwargs.num_classes and train.label_dropout > 0"
         )
+    if spec.condition:
+        raise ValueError(
+            f"{where} needs a score model; this {name} is a super-resolution stage: bind its low-resolution condition "
+            f"first (model.given(low, level)), or sample the whole cascade (scoresde.samplers.sample_cascade)"
+        )
     if unconditional and spec.num_classes:
         raise ValueError(f"{where} takes an unconditional model; this {name} is class-conditional (num_classes > 0)")
     return spec
@@ -201,6 +212,10 @@ class ModelWrapper:
     def variance_fraction(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The wrapped model's learned-variance fraction (declared by ``spec.variance``)."""
         return self.inner.variance_fraction(x, t) if y is None else self.inner.variance_fraction(x, t, y)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The wrapped latent model's decoder (declared by ``spec.decoder``)."""
+        return self.inner.decode(z)
 
 
 class CountingScore(ModelWrapper):

@@ -25,6 +25,7 @@ from ..processes.grids import GRIDS, time_grid
 from ..processes.sde import ProbabilityFlow
 from . import consistency, ddpm, fast, multistep, ode, pc, reverse_sde  # noqa: F401  (registration)
 from .base import SampleResult, Sampling, grid_defaults, register_sampler, sampler_options, samplers
+from .cascade import CascadeResult, augment, sample_cascade
 from .fitted_solver import FittedSolver
 from .grid_fit import GridFit, fit_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
@@ -36,6 +37,9 @@ from .thresholding import ThresholdedScore
 
 __all__ = [
     "sample",
+    "sample_cascade",
+    "CascadeResult",
+    "augment",
     "ThresholdedScore",
     "SampleResult",
     "Sampling",

@@ -51,6 +51,8 @@ class SampleResult:
         log_density: ``[B]`` each sample's model log-density $\log p_{t_{min}}(x)$ (nats, float64), accumulated
             along the same probability-flow solve, when the sampler was asked for it (``ode`` with
             ``log_density=True``); else ``None``.
+        decoded: a latent model's samples decoded to images (model range; ``x`` holds the latents), when the model
+            declares a decoder (``spec.decoder``); else ``None``.
     """
 
     x: Tensor
@@ -60,6 +62,12 @@ class SampleResult:
     sampler: str = ""
     settings: dict = field(default_factory=dict)
     log_density: Tensor | None = None
+    decoded: Tensor | None = None
+
+    @property
+    def images(self) -> Tensor:
+        """The samples in data space: ``decoded`` for a latent model, else ``x``."""
+        return self.x if self.decoded is None else self.decoded
 
     def to_dict(self) -> dict:
         """JSON-safe summary (no tensors): sampler, nfe, shape and settings."""

@@ -60,7 +60,7 @@ class ClassifierFreeGuidance(ModelWrapper):
         return self.inner
 
     def wrap_spec(self, spec: ModelSpec) -> ModelSpec:
-        return ModelSpec(output="score", variance=spec.variance)  # the labels are closed over
+        return ModelSpec(output="score", variance=spec.variance, decoder=spec.decoder)  # the labels are closed over
 
     def variance_fraction(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The conditional model's learned-variance fraction at this wrapper's labels."""

@@ -13,7 +13,7 @@ from .._checks import check_finite, renamed_t_min
 from .._io import json_safe
 from ..processes.grids import EDM_RHO, LOG_SNR_WARP, grid_settings, time_grid
 from ..processes.sde import SDE, ScoreFn, check_sde
-from ..processes.seam import CountingScore, as_score, require
+from ..processes.seam import CountingScore, as_score, require, spec_of
 from .base import (
     SampleResult,
     Sampling,
@@ -133,6 +133,7 @@ def sample(
         raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
     own = algorithm_options(sampler)
     needs = model_kind(sampler)
+    latent = spec_of(score_fn).decoder
     if needs == "score":
         score_fn = as_score(sde, score_fn, f"sampler {sampler!r}")
     else:
@@ -188,4 +189,5 @@ def sample(
         sampler=sampler,
         settings=settings,
         log_density=None if run.log_density is None else run.log_density.detach().to(torch.float64).cpu(),
+        decoded=score_fn.decode(x) if latent else None,
     )

@@ -1,24 +1,36 @@
-"""The training data of a run: batches in the model's range, a deterministic function of (seed, rank, step)."""
+"""The training data of a run: batches in the model's range, a deterministic function of (seed, rank, step): toy
+draws, images (at the run's resolution), an autoencoder's scaled latents (a latent model), or images with their
+low-resolution versions (a super-resolution stage)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..config.schema import RunConfig
 from ..datasets import DataTransform, image_dataset, toy_dataset
+from ..datasets.images import downsample_levels
+from .objectives import Batch
 
 __all__ = ["DataStream"]
 
 
 class DataStream:
-    """Batches of model-range data for step ``k``: a deterministic function of ``(seed, rank, k)``.
+    r"""Batches of model-range data for step ``k``: a deterministic function of ``(seed, rank, k)``.
 
     Toys are infinite streams; image sets are finite, split across processes by ``DistributedSampler``
     (reshuffled each epoch from the seed), dequantised uniformly and scaled by the `DataTransform`.
-    For a class-conditional model (``model.kwargs.num_classes > 0``) each batch comes with its labels."""
+    For a class-conditional model (``model.kwargs.num_classes > 0``) each batch comes with its labels. A latent model
+    (``stage.autoencoder``) sees $z_s = c(\mu + s\epsilon)$, a fresh draw of the frozen autoencoder's posterior for
+    every batch (the posteriors of the training images computed once); a super-resolution stage
+    (``stage.low_resolution``) gets each image's low-resolution version, dequantised on its own, in ``batch.low``.
+    ``folder``: the run folder that a relative autoencoder path is looked up in first."""
 
-    def __init__(self, config: RunConfig, rank: int, world: int, device: torch.device) -> None:
+    def __init__(
+        self, config: RunConfig, rank: int, world: int, device: torch.device, folder: str | Path | None = None
+    ) -> None:
         self.cfg, self.rank, self.world, self.device = config, rank, world, device
         batch = config.train.batch_size
         if batch % world:
@@ -34,7 +46,19 @@ class DataStream:
         else:
             images = image_dataset(data.name, "train", data.data_dir, data.split_seed)
             self.images, self.labels = images.x, images.labels.long()
-            self.shape = images.shape
+            if data.resolution is not None:
+                self.images = downsample_levels(self.images, data.resolution)
+            self.shape = tuple(self.images.shape[1:])
+            self.low = None
+            if config.stage.low_resolution:
+                self.low = downsample_levels(self.images, config.stage.low_resolution)
+            self.posterior = None
+            if config.stage.autoencoder:
+                from .runs import encode_images, load_autoencoder
+
+                codec, _ = load_autoencoder(config.stage.autoencoder, config.data, device, folder)
+                self.posterior = encode_images(codec, self.transform.to_model(self.images + 0.5), device)
+                self.shape = codec.latent_shape
             data_classes = int(self.labels.max()) + 1
             from torch.utils.data import DistributedSampler
 
@@ -58,18 +82,28 @@ class DataStream:
                 f"{fix}"
             )
 
-    def batch(self, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
-        """Data ``[b, ...]`` in the model's range and, for a class-conditional model, its labels ``[b]`` (else None)."""
+    def batch(self, step: int, generator: torch.Generator) -> Batch:
+        """The `Batch` of ``step``: data ``[b, ...]`` in the model's range, for a class-conditional model its labels
+        ``[b]``, for a super-resolution stage the low-resolution images."""
         if self.transform is None:
             if self.num_classes:
                 x, y = self.toy.sample_labelled(self.local_batch, generator)
-                return x.to(self.device), y.to(self.device)
-            return self.toy.sample(self.local_batch, generator).to(self.device), None
+                return Batch(x.to(self.device), y.to(self.device), step)
+            return Batch(self.toy.sample(self.local_batch, generator).to(self.device), None, step)
         epoch, k = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             self.sampler.set_epoch(epoch)
             self._epoch, self._order = epoch, torch.tensor(list(self.sampler))
         idx = self._order[k * self.local_batch : (k + 1) * self.local_batch]
-        x = self.images[idx]
-        x = self.transform.dequantize(x, generator) if self.cfg.data.dequantize else self.transform.to_model(x + 0.5)
-        return x.to(self.device), (self.labels[idx].to(self.device) if self.num_classes else None)
+        y = self.labels[idx].to(self.device) if self.num_classes else None
+        if self.posterior is not None:
+            mean, std = self.posterior[0][idx], self.posterior[1][idx]
+            z = mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+            return Batch(z, y, step)
+        x = self._model_range(self.images[idx], generator)
+        low = None if self.low is None else self._model_range(self.low[idx], generator).to(self.device)
+        return Batch(x.to(self.device), y, step, low)
+
+    def _model_range(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Integer images in the model's range: dequantised (``data.dequantize``) or at their levels' centres."""
+        return self.transform.dequantize(x, generator) if self.cfg.data.dequantize else self.transform.to_model(x + 0.5)

@@ -31,7 +31,17 @@ from ..config.schema import DataConfig
 from ..models import ScoreModel
 from ..processes.sde import DiscreteVPSDE
 
-__all__ = ["DiffusersNet", "ImportedModel", "SCHEDULERS", "PREDICTION_TYPES", "is_diffusers_folder", "load_diffusers"]
+__all__ = [
+    "DiffusersNet",
+    "ImportedModel",
+    "SCHEDULERS",
+    "PREDICTION_TYPES",
+    "is_diffusers_folder",
+    "load_diffusers",
+    "DiffusersAutoencoder",
+    "is_diffusers_autoencoder",
+    "load_diffusers_autoencoder",
+]
 
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 """Scheduler classes whose betas define the chain (their ``scheduler_config.json`` ``_class_name``)."""
@@ -160,3 +170,64 @@ def load_diffusers(
     name = _DATA_BY_SHAPE.get(shape)
     info = ImportedModel(str(path), kind, prediction, shape, DataConfig(kind="image", name=name) if name else None)
     return model, info
+
+
+def is_diffusers_autoencoder(path: str | Path) -> bool:
+    """Whether ``path`` is a diffusers ``AutoencoderKL`` folder (its ``config.json`` names that class)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("_class_name") == "AutoencoderKL"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class DiffusersAutoencoder(nn.Module):
+    r"""diffusers' ``AutoencoderKL`` as this toolkit's autoencoder: ``posterior(x)`` is ``encode(x).latent_dist``'s
+    $(\mu, s)$, ``decode(z)`` is ``decode(z).sample``. diffusers' decoder has no likelihood of its own: the bound's
+    Gaussian decoder takes the fixed scale ``decoder_scale`` $\tau$ (model range [-1, 1])."""
+
+    def __init__(self, vae: nn.Module, decoder_scale: float = 0.05) -> None:
+        super().__init__()
+        self.vae, self.decoder_scale = vae, float(decoder_scale)
+        config = vae.config
+        factor = 2 ** (len(config.block_out_channels) - 1)
+        self.latent_shape = (int(config.latent_channels), int(config.sample_size) // factor,
+                             int(config.sample_size) // factor)  # fmt: skip
+        self.image_shape = (int(config.in_channels), int(config.sample_size), int(config.sample_size))
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        dist = self.vae.encode(x).latent_dist
+        return dist.mean, dist.std
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.vae.decode(z).sample
+
+    def decoder_distribution(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        mean = self.decode(z)
+        return mean, torch.full_like(mean, self.decoder_scale)
+
+
+def load_diffusers_autoencoder(path: str | Path, device: torch.device | str = "cpu"):
+    """A diffusers ``AutoencoderKL`` folder as a `scoresde.models.LatentCodec` with the folder's
+    ``config.scaling_factor`` (read offline; a one-line `InteropError` when it cannot be)."""
+    from ..models import LatentCodec
+
+    try:
+        import diffusers
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        raise InteropError(
+            "diffusers autoencoders need the diffusers package: pip install 'scoresde[diffusers]'"
+        ) from None
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        vae = diffusers.AutoencoderKL.from_pretrained(Path(path), local_files_only=True, low_cpu_mem_usage=False)
+    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+        raise InteropError(f"{path}: not a loadable AutoencoderKL ({str(exc).splitlines()[0][:200]})") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    vae = vae.to(device).eval().requires_grad_(False)
+    return LatentCodec(DiffusersAutoencoder(vae), float(vae.config.scaling_factor))

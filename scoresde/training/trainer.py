@@ -145,6 +145,7 @@ class Trainer:
             (`build_objective`). The loop is the same for every objective.
         teacher: the score a distillation objective learns from; default: loaded from ``config.distill.teacher``
             (`scoresde.training.runs.load_teacher`).
+        features: an autoencoder's feature network for ``train.feature_weight`` (`build_objective`).
     """
 
     def __init__(
@@ -159,6 +160,7 @@ class Trainer:
         eval_fn: Callable[[Trainer, int], dict] | None = None,
         objective: Objective | None = None,
         teacher: ScoreFn | None = None,
+        features: nn.Module | None = None,
     ) -> None:
         self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
         import torch.distributed as dist
@@ -176,10 +178,10 @@ class Trainer:
         self._has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
         tc = config.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        self.data = DataStream(config, self.rank, self.world, self.device)
+        self.data = DataStream(config, self.rank, self.world, self.device, self.out_dir)
         if objective is None:
             teacher = teacher if teacher is not None or not needs_teacher(config) else load_teacher(config, self.device)
-            objective = build_objective(config, self.sde, teacher=teacher, world=self.world)
+            objective = build_objective(config, self.sde, teacher=teacher, world=self.world, features=features)
         self.objective = objective
         self.objective.init_model(self.model, self.ema.model)
         self.step = 0
@@ -190,7 +192,7 @@ class Trainer:
             self._restore(self.out_dir / CHECKPOINT)
             self._owns_folder = True
         self._train_model = self.model
-        if self.world > 1:
+        if self.world > 1 and not config.is_autoencoder:  # the autoencoder objective refuses torchrun
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(
@@ -358,11 +360,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(tc, self.step)
         self.model.train()
-        x0, y = self.data.batch(self.step, generator)
-        if y is not None and tc.label_dropout > 0:  # classifier-free guidance: some rows train the unconditional model
-            drop = torch.rand(y.shape, generator=generator) < tc.label_dropout
-            y = torch.where(drop.to(y.device), torch.full_like(y, self.data.num_classes), y)
-        loss = self.objective(self._train_model, Batch(x0, y, self.step), generator)
+        batch = self.data.batch(self.step, generator)
+        if batch.y is not None and tc.label_dropout > 0:  # classifier-free guidance: some rows train unconditionally
+            drop = torch.rand(batch.y.shape, generator=generator) < tc.label_dropout
+            y = torch.where(drop.to(batch.y.device), torch.full_like(batch.y, self.data.num_classes), batch.y)
+            batch = Batch(batch.x0, y, batch.step, batch.low)
+        loss = self.objective(self._train_model, batch, generator)
         if not torch.isfinite(loss):
             last = self.out_dir / CHECKPOINT
             kept = (
@@ -439,18 +442,16 @@ class Trainer:
     def _check_outputs(self, path: Path) -> None:
         """Refuse restored weights that are finite but overflow: the model's and the EMA's outputs on two rows of the
         data at two times must be finite (as `scoresde.sample` refuses such a model's samples)."""
-        x0, y = self.data.batch(0, torch.Generator().manual_seed(0))
-        x0, y = x0[:2], None if y is None else y[:2]
+        full = self.data.batch(0, torch.Generator().manual_seed(0))
+        two = Batch(full.x0[:2], None if full.y is None else full.y[:2], 0, None if full.low is None else full.low[:2])
         with torch.no_grad():
             for kind, model in (("model", self.model), ("ema", self.ema.model)):
                 model.eval()  # no dropout draw; the loop sets train mode at every step
-                for t in (0.5 * self.sde.T, self.sde.T):
-                    times = torch.full((x0.shape[0],), t, dtype=x0.dtype, device=x0.device)
-                    out = model(x0, times) if y is None else model(x0, times, y)
+                for where, out in self.objective.outputs(model, two, self.sde).items():
                     if not bool(torch.isfinite(out).all()):
                         raise CheckpointError(
                             f"{path} holds {kind} weights that are finite but overflow (the {kind} network's output "
-                            f"at t={t:g} is not finite); the file was edited or the run diverged: resume from an "
+                            f"at {where} is not finite); the file was edited or the run diverged: resume from an "
                             f"earlier copy or start afresh (--force)"
                         )
 

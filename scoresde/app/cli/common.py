@@ -143,6 +143,9 @@ def run_image_metric(command: str, args: argparse.Namespace, data, folder: Path)
 
     if data is None or data.kind != "image" or args.features == "none":
         return None
+    if data.resolution is not None:
+        note(command, f"no image metric at resolution {data.resolution} (the feature networks take full-size images)")
+        return None
     try:
         return image_metric(data, args.features, device=args.device, cache_dir=folder / "reference_features")
     except (FeatureNetworkUnavailable, FileNotFoundError) as exc:  # the network, or the reference images, missing
@@ -160,6 +163,9 @@ def origin(step: int | None) -> str:
 
 
 def sample_shape(model) -> tuple[int, ...]:
+    """The shape of one sample the samplers draw: a latent for a latent model, else the network's input."""
+    if spec_of(model).decoder:
+        return tuple(model.latent_shape)
     net = model.net
     return (net.dim,) if hasattr(net, "dim") else (net.in_channels, net.image_size, net.image_size)
 

@@ -65,6 +65,10 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         if clash:
             raise UserError(f"--solver sets the sampler, its grid and its coefficients; drop {', '.join(clash)}")
     model, data, step, config = load_model(args)
+    if config is not None and config.stage.low_resolution:
+        return _sample_cascade(args, model, config, step)
+    if args.base is not None or args.augmentation is not None:
+        raise UserError("--base and --augmentation are for a cascade's super-resolution run (stage.low_resolution)")
     solver = None if args.solver is None else FittedSolver.load(args.solver, model.sde, model)
     grid = None if args.grid is None else GridFit.load(args.grid, model.sde, model)
     if solver is None:
@@ -90,7 +94,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
             **({"solver": solver} if solver is not None else {}),
             **options,
         )
-    x = result.x.cpu()
+    x = result.images.cpu()  # a latent model's samples decoded to images
     transform = data_transform(data)
     levels = transform.levels if transform else None
     arrays = {"x_model": x.numpy(), "x": transform.from_model(x).numpy().astype(np.uint8) if transform else x.numpy()}
@@ -113,6 +117,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         "samples": str(out),
         "picture": str(picture),
         "image_quality": quality.to_dict() if quality is not None else None,
+        "latent": result.decoded is not None,
         "nfe": result.nfe,
         "sampler": sampler,
         "n": args.n,
@@ -121,6 +126,67 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         "guidance": args.guidance,
         "settings": result.settings,
     }
+
+
+def _sample_cascade(args: argparse.Namespace, model, config, step) -> dict:
+    """A cascade's super-resolution run: its base run (``stage.base`` or ``--base``) draws the low-resolution images
+    with ``--base-sampler`` / ``--base-steps``, augmented at ``--augmentation`` (default ``stage.augmentation``), and
+    this run draws the images given them; both stages' pictures side by side, each stage's NFE."""
+    import numpy as np
+    import torch
+
+    from ...samplers import sample_cascade
+    from ...training.runs import load_score_model, stage_path
+    from ..figures import plot_sample_grids
+
+    if args.label is not None or args.solver or args.grid:
+        raise UserError(
+            "a cascade is sampled with --sampler / --steps per stage; --label, --solver, --grid do not apply"
+        )
+    base_spec = args.base or config.stage.base
+    if base_spec is None:
+        raise UserError(f"{args.checkpoint} is a super-resolution stage that names no base run: pass --base RUN")
+    level = config.stage.augmentation if args.augmentation is None else args.augmentation
+    top = config.stage.max_augmentation
+    if not 0 <= level <= top:
+        raise UserError(f"--augmentation {level:g} lies outside the level range the run trained on, [0, {top:g}]")
+    base_path = stage_path(base_spec, run_folder_of(args.checkpoint))
+    if not base_path.exists():
+        raise UserError(f"the cascade's base run {base_spec} does not exist (looked at {base_path}); train it first")
+    base, base_config, _ = load_score_model(base_path, device=args.device)
+    low_size = base_config.data.resolution or base.net.image_size
+    if base_config.data.name != config.data.name or low_size != config.stage.low_resolution:
+        raise UserError(
+            f"the base run {base_spec} draws {base_config.data.name} at {low_size}x{low_size}, this stage is "
+            f"conditioned on {config.data.name} at {config.stage.low_resolution}x{config.stage.low_resolution}"
+        )
+    out = out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
+    shape, low_shape = sample_shape(model), sample_shape(base)
+    with torch.no_grad():
+        result = sample_cascade(
+            base.sde, base, model.sde, model, args.n, low_shape, shape,
+            level=level, max_level=top, base_sampler=args.base_sampler, sampler=args.sampler,
+            base_options={"steps": args.base_steps} if args.base_steps else {},
+            options={**parse_options(args.option), **({"steps": args.steps} if args.steps else {})},
+            generator=torch.Generator(device=args.device).manual_seed(args.seed), device=args.device,
+        )  # fmt: skip
+    transform = config.data.transform()
+    x, low = result.x.cpu(), result.low.cpu()
+    np.savez(out, x_model=x.numpy(), x=transform.from_model(x).numpy().astype(np.uint8), low_model=low.numpy(),
+             low=transform.from_model(low).numpy().astype(np.uint8))  # fmt: skip
+    picture = out.with_suffix(".png")
+    fig = plot_sample_grids(
+        {f"base {low_shape[-1]}x{low_shape[-1]} ({result.nfe['base']} NFE)": low.clamp(-1, 1),
+         f"super-resolution {shape[-1]}x{shape[-1]}, s = {level:g} ({result.nfe['super_resolution']} NFE)":
+         x.clamp(-1, 1)}, n=min(args.n, 40))  # fmt: skip
+    fig.savefig(picture, dpi=110)
+    from ...evaluation.comparison import measure_images
+
+    quality = measure_images(run_image_metric("sample", args, config.data, run_folder_of(args.checkpoint)), x)
+    if quality is not None and not args.json:
+        print(quality.summary())
+    return {"samples": str(out), "picture": str(picture), "cascade": result.to_dict(), "n": args.n,
+            "checkpoint_step": step, "image_quality": quality.to_dict() if quality is not None else None}  # fmt: skip
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -152,4 +218,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t, null); 0 = the conditional model",
     )
     smp.add_argument("--out", required=True, help="samples file (.npz); the picture goes next to it (.png)")
+    smp.add_argument("--base", help="a cascade's base run (default: the super-resolution run's stage.base)")
+    smp.add_argument("--base-sampler", help="a cascade's base stage's sampler (default dpm_solver)")
+    smp.add_argument("--base-steps", type=count, help="steps of the base stage's sampler")
+    smp.add_argument(
+        "--augmentation", type=float, help="a cascade's conditioning-augmentation level (default: stage.augmentation)"
+    )
     features_option(smp)

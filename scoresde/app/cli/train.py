@@ -81,6 +81,33 @@ def _resumed_config(out: Path):
     )
 
 
+def _train_stages(args: argparse.Namespace, config, out: Path) -> dict:
+    """The other stages a preset's run names (`scoresde.config.presets.preset_stages`: a latent model's autoencoder,
+    a super-resolution stage's base), each a run of its own trained first into the folder the run names (inside
+    ``--out``) with ``--steps``, ``--seed`` and ``--data-dir``; a stage already trained there is resumed (a finished
+    one is kept as it is). Returns ``{field: summary}``."""
+    from ...config.presets import preset, preset_stages
+    from ...config.schema import override
+    from ...training.runs import load_autoencoder
+    from ...training.trainer import Trainer
+
+    done = {}
+    for field, name in (preset_stages(args.preset) if args.preset else {}).items():
+        spec = Path(getattr(config.stage, field))
+        folder = spec if spec.is_absolute() else out / spec
+        sets = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+        sets += [f"train.steps={args.steps}"] if args.steps is not None else []
+        sets += [f"train.seed={args.seed}"] if args.seed is not None else []
+        stage = override(preset(name), *sets)
+        note("train", f"stage {field}: preset {name} into {folder}")
+        trainer = Trainer(stage, folder, device=args.device, progress=not args.json, resume=True)
+        result = trainer.train()
+        done[field] = {**result.to_dict(), "out": str(folder), "preset": name}
+        if stage.is_autoencoder:
+            done[field]["scaling_factor"] = load_autoencoder(folder, device=args.device)[0].scaling_factor
+    return done
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     """Train a preset or config file (with ``--set`` overrides) into ``--out``; ``--resume`` continues a run there.
     Nothing in ``--out`` is replaced without ``--force``, which replaces the run files only."""
@@ -98,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         )
     created = not out.exists()
     prepare_out(str(out), True, [])
+    stages = _train_stages(args, config, out)
     try:
         trainer = Trainer(
             config, out, device=args.device, progress=not args.json, resume=args.resume, overwrite=args.force
@@ -114,7 +142,11 @@ def cmd_train(args: argparse.Namespace) -> dict:
         raise
     if not trainer.is_main:
         return {}
-    summary = {**result.to_dict(), "out": str(out), "config": config.to_dict()}
+    summary = {**result.to_dict(), "out": str(out), "config": config.to_dict(), "stages": stages}
+    if config.is_autoencoder:  # the scaling factor, measured on the training latents and stored in the run
+        from ...training.runs import load_autoencoder
+
+        summary["scaling_factor"] = load_autoencoder(out, device=args.device)[0].scaling_factor
     if (out / "metrics.csv").is_file():
         fig = plot_training_curve(out / "metrics.csv")
         fig.savefig(out / "loss.png", dpi=100)
