@@ -12,11 +12,37 @@ from ._deprecated import ScoresdeDeprecationWarning, forward, install
 from .config import ConfigError, RunConfig, load_config, preset, presets
 from .datasets import DataTransform, image_dataset, toy_dataset
 from .evaluation import compare_samplers, energy_distance, energy_distance_floor, mmd
-from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, ddpm_bound, elbo, log_likelihood
-from .models import NCSN, ConsistencyModel, DDPMUNet, ModelSpec, ScoreMLP, ScoreModel, create_model
+from .likelihood import (
+    BitsPerDimResult,
+    LikelihoodResult,
+    bits_per_dim,
+    ddpm_bound,
+    elbo,
+    latent_bits_per_dim,
+    log_likelihood,
+)
+from .models import (
+    NCSN,
+    ConsistencyModel,
+    DDPMUNet,
+    KLAutoencoder,
+    LatentModel,
+    ModelSpec,
+    ScoreMLP,
+    ScoreModel,
+    create_model,
+)
 from .oracles import GaussianMixture, LabelledMixture, UniformBoxes
 from .processes import SDE, VESDE, VPSDE, SubVPSDE, create_sde
-from .samplers import ClassifierFreeGuidance, ClassifierGuidance, SampleResult, inpaint, sample, time_grid
+from .samplers import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    SampleResult,
+    inpaint,
+    sample,
+    sample_cascade,
+    time_grid,
+)
 from .training import Trainer, TrainResult, distill, dsm_loss, load_score_model
 
 __version__ = "0.1.0"
@@ -39,9 +65,12 @@ __all__ = [
     "NCSN",
     "DDPMUNet",
     "ConsistencyModel",
+    "KLAutoencoder",
+    "LatentModel",
     "create_model",
     # sampling
     "sample",
+    "sample_cascade",
     "SampleResult",
     "time_grid",
     "ClassifierFreeGuidance",
@@ -52,6 +81,7 @@ __all__ = [
     "LikelihoodResult",
     "bits_per_dim",
     "BitsPerDimResult",
+    "latent_bits_per_dim",
     "elbo",
     "ddpm_bound",
     # training

@@ -343,3 +343,52 @@ def test_a_diffusers_autoencoder_folder_is_accepted(tmp_path):
     model, _, _ = load_score_model(tmp_path / "latent")
     assert sample(model.sde, model, (2, 2, 4, 4), "ddim", steps=2, generator=torch.Generator()).decoded.shape == (
         2, 1, 8, 8)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_mnist_presets_train_both_stages_and_sample(tmp_path, capsys):
+    """`scoresde train --preset mnist-latent` trains its autoencoder run first (inside --out, its scaling factor
+    stored), `sample` decodes; `--preset mnist-cascade` trains its 14x14 base first and `sample` runs both stages."""
+    import json
+
+    import numpy as np
+
+    from scoresde.app.cli import main
+
+    latent, cascade = tmp_path / "latent", tmp_path / "cascade"
+    assert main(["train", "--preset", "mnist-latent", "--out", str(latent), "--steps", "3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["stages"]["autoencoder"]["scaling_factor"] > 0 and (latent / "autoencoder" / LATENTS_FILE).is_file()
+    out = tmp_path / "latent.npz"
+    assert main(["sample", "--checkpoint", str(latent), "-n", "4", "--steps", "2", "--out", str(out), "--json"]) == 0
+    assert np.load(out)["x"].shape == (4, 1, 28, 28)
+    assert main(["train", "--preset", "mnist-cascade", "--out", str(cascade), "--steps", "2", "--json"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "cascade.npz"
+    args = ["sample", "--checkpoint", str(cascade), "-n", "4", "--steps", "2", "--base-steps", "2", "--json"]
+    assert main([*args, "--out", str(out)]) == 0
+    saved = np.load(out)
+    assert saved["x"].shape == (4, 1, 28, 28) and saved["low"].shape == (4, 1, 14, 14)
+
+
+def test_feature_matching_term_uses_the_shipped_network(tmp_path):
+    """With train.feature_weight the objective adds the feature-matching term on the data set's shipped network
+    (gradients reach the decoder through it); without the network it is refused in one line; the CLI loads it."""
+    from scoresde.app.cli import main
+    from scoresde.config.io import save_config
+    from scoresde.evaluation.features import feature_network
+    from scoresde.training.objectives import AutoencoderObjective
+
+    transform = DataTransform(17)
+    with pytest.raises(ValueError, match="needs the data set's feature network"):
+        AutoencoderObjective(transform, 1e-3, 0.5)
+    ae = KLAutoencoder(in_channels=1, image_size=8, latent_channels=2, downsample=2, ch=8, groups=4)
+    objective = AutoencoderObjective(transform, 1e-3, 0.5, feature_network("digits"))
+    x = transform.dequantize(run_images(config_from_dict(_autoencoder_config()).data, "train")[:16])
+    terms = objective.terms(ae, x, torch.Generator().manual_seed(0))
+    assert terms["features"].shape == (16,) and bool((terms["features"] > 0).all())
+    terms["features"].sum().backward()
+    assert ae.decoder[-1].weight.grad.abs().sum() > 0
+    config = tmp_path / "ae.yaml"
+    save_config(config_from_dict(_autoencoder_config(2, feature_weight=0.5)), config)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--json"]) == 0

@@ -3,6 +3,7 @@ integrator), the variational bounds (continuous-time ELBO, the DDPM chain's boun
 
 from .bounds import TIME_SAMPLINGS, ELBOResult, ddpm_bound, elbo
 from .bpd import ESTIMATORS, BitsPerDimResult, bits_per_dim
+from .cascade import CASCADE_TERMS, CascadeBoundResult, cascade_bits_per_dim
 from .latent import LATENT_TERMS, LatentBoundResult, decoder_log_prob, latent_bits_per_dim
 from .pf_ode import (
     DIVERGENCES,
@@ -21,6 +22,9 @@ from .pf_ode import (
 )
 
 __all__ = [
+    "cascade_bits_per_dim",
+    "CascadeBoundResult",
+    "CASCADE_TERMS",
     "latent_bits_per_dim",
     "LatentBoundResult",
     "LATENT_TERMS",

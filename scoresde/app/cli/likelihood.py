@@ -25,13 +25,15 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
 
     if args.n < 2:
         raise UserError(f"-n must be >= 2 (a standard error needs two points), got {args.n}")
-    model, data, step, _ = load_model(args, "--data")
+    model, data, step, config = load_model(args, "--data")
     source = args.data or require_data(data, "--data").name
     x, true_nll = load_points(source, args.n, args.seed, data)
+    stage = spec_of(model).decoder or spec_of(model).condition
+    base = _cascade_base(args, config) if spec_of(model).condition else None
     out = out_file(args.out, ".json", args.force)
     summary = {"checkpoint_step": step, "data": source}
-    if spec_of(model).decoder:
-        summary.update(_latent_bound(args, model, x, data))
+    if stage:
+        summary.update(_stage_bound(args, model, x, data, config, base))
         out.write_text(json_text(summary))
         return {**summary, "out": str(out)}
     summary.update(
@@ -55,24 +57,46 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
     return {**summary, "out": str(out)}
 
 
-def _latent_bound(args: argparse.Namespace, model, x, data) -> dict:
-    """A latent run's bits/dim: the upper bound with its terms apart (`scoresde.likelihood.latent_bits_per_dim`)."""
+def _cascade_base(args: argparse.Namespace, config):
+    """A super-resolution run's base model (its ``stage.base``), refused in one line when missing."""
+    from ...training.runs import load_score_model, stage_path
+    from .common import run_folder_of
+
+    if config.stage.base is None:
+        raise UserError(f"{args.checkpoint} is a super-resolution stage that names no base run (stage.base)")
+    path = stage_path(config.stage.base, run_folder_of(args.checkpoint))
+    if not path.exists():
+        raise UserError(f"the cascade's base run {config.stage.base} does not exist (looked at {path}); train it first")
+    if not config.stage.augmentation > 0:
+        raise UserError("the cascade's bound integrates over the augmentation: set stage.augmentation > 0")
+    return load_score_model(path, device=args.device)[0]
+
+
+def _stage_bound(args: argparse.Namespace, model, x, data, config, base) -> dict:
+    """A latent run's or a cascade's bits/dim: the upper bound with its terms apart
+    (`scoresde.likelihood.latent_bits_per_dim`, `scoresde.likelihood.cascade_bits_per_dim`)."""
     import torch
 
-    from ...likelihood import latent_bits_per_dim
+    from ...likelihood import cascade_bits_per_dim, latent_bits_per_dim
 
     options = {k: getattr(args, k) for k in ("method", "rtol", "atol", "error_control") if getattr(args, k) is not None}
     options.setdefault("rtol", 1e-3)
     options.setdefault("atol", 1e-3)
-    result = latent_bits_per_dim(
-        model.sde, model, model.codec, x.to(args.device), data_transform(data), t_min=args.t_min,
-        divergence="hutchinson", n_probes=args.probes or 1, generator=torch.Generator().manual_seed(args.seed),
-        dtype=torch.float32, **options,
-    )  # fmt: skip
+    common = {"divergence": "hutchinson", "n_probes": args.probes or 1, "dtype": torch.float32,
+              "generator": torch.Generator().manual_seed(args.seed), **options}  # fmt: skip
+    x = x.to(args.device)
+    if base is None:
+        result = latent_bits_per_dim(model.sde, model, model.codec, x, data_transform(data), t_min=args.t_min, **common)
+        key = "latent_bound"
+    else:
+        low = config.stage.low_resolution
+        result = cascade_bits_per_dim(base.sde, base, model.sde, model, x, config.stage.augmentation, low,
+                                      data_transform(data), **common)  # fmt: skip
+        key = "cascade_bound"
     if not args.json:
         terms = ", ".join(f"{k} {v:.3f}" for k, v in result.terms.items())
-        print(f"latent bound: {result.bpd:.3f} ± {result.bpd_standard_error:.3f} bits/dim ({terms})")
-    return {"latent_bound": result.to_dict()}
+        print(f"{key.replace('_', ' ')}: {result.bpd:.3f} ± {result.bpd_standard_error:.3f} bits/dim ({terms})")
+    return {key: result.to_dict()}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

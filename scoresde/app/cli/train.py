@@ -81,6 +81,16 @@ def _resumed_config(out: Path):
     )
 
 
+def _features(config, device: str):
+    """The feature network of an autoencoder's feature-matching term (``train.feature_weight``; None when off): the
+    data set's shipped one (`scoresde.evaluation.features.default_feature_network`)."""
+    if not (config.is_autoencoder and config.train.feature_weight):
+        return None
+    from ...evaluation.features import default_feature_network, feature_network
+
+    return feature_network(default_feature_network(config.data.name), device)
+
+
 def _train_stages(args: argparse.Namespace, config, out: Path) -> dict:
     """The other stages a preset's run names (`scoresde.config.presets.preset_stages`: a latent model's autoencoder,
     a super-resolution stage's base), each a run of its own trained first into the folder the run names (inside
@@ -100,7 +110,14 @@ def _train_stages(args: argparse.Namespace, config, out: Path) -> dict:
         sets += [f"train.seed={args.seed}"] if args.seed is not None else []
         stage = override(preset(name), *sets)
         note("train", f"stage {field}: preset {name} into {folder}")
-        trainer = Trainer(stage, folder, device=args.device, progress=not args.json, resume=True)
+        trainer = Trainer(
+            stage,
+            folder,
+            device=args.device,
+            progress=not args.json,
+            resume=True,
+            features=_features(stage, args.device),
+        )
         result = trainer.train()
         done[field] = {**result.to_dict(), "out": str(folder), "preset": name}
         if stage.is_autoencoder:
@@ -128,7 +145,13 @@ def cmd_train(args: argparse.Namespace) -> dict:
     stages = _train_stages(args, config, out)
     try:
         trainer = Trainer(
-            config, out, device=args.device, progress=not args.json, resume=args.resume, overwrite=args.force
+            config,
+            out,
+            device=args.device,
+            progress=not args.json,
+            resume=args.resume,
+            overwrite=args.force,
+            features=_features(config, args.device),
         )
         try:
             result = trainer.train()
