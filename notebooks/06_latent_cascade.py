@@ -32,11 +32,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from scoresde import Trainer, image_dataset, preset, sample
-from scoresde.app.figures import plot_sample_grids
+from scoresde.app.figures import autoencoder_figures, plot_sample_grids
 from scoresde.config.schema import override
 from scoresde.likelihood import latent_bits_per_dim
 from scoresde.samplers import sample_cascade
-from scoresde.training.runs import encode_images, load_autoencoder, load_score_model
+from scoresde.training.runs import load_autoencoder, load_score_model
 
 QUICK = os.environ.get("SCORESDE_NOTEBOOK_QUICK") == "1"  # the test suite runs every notebook on small settings
 STEPS = 8 if QUICK else 1500  # each stage's training steps (the full setting: minutes per stage on a CPU)
@@ -54,32 +54,20 @@ ae_config = override(preset("mnist-autoencoder"), f"train.steps={STEPS}", "train
 Trainer(ae_config, runs / "autoencoder", progress=False).train()
 codec, _ = load_autoencoder(runs / "autoencoder")
 transform = ae_config.data.transform()
-test = image_dataset("mnist5k", "test").x[:10]
-x = transform.to_model(test + 0.5)
-with torch.no_grad():
-    reconstruction = codec.decode(codec.posterior(x)[0])
-fig = plot_sample_grids({"test images": x, "reconstructions": reconstruction.clamp(-1, 1)}, n=10, cols=10)
+test = image_dataset("mnist5k", "test")
+figures = autoencoder_figures(codec, test.x[:500], test.labels[:500], transform)
+plt.close("all")  # each picture is shown in its own cell
+figures["reconstructions"]
 
 # %% [markdown]
 # ## The latent space
 # The latents are rescaled by $c = 1/\mathrm{std}(z)$, measured on the training latents and stored with the run
 # (diffusers calls it `scaling_factor`), so that the score model sees data of unit variance like the prior's.
 # Below: the scaled latents' values, and the posterior means of the test images on their first two principal
-# directions, coloured by digit.
+# directions, coloured by digit. (`scoresde train` writes both pictures into an autoencoder's run folder.)
 
 # %%
-test_all = image_dataset("mnist5k", "test")
-mean, std = encode_images(codec, transform.to_model(test_all.x[:500] + 0.5), "cpu")
-flat = mean.flatten(1)
-_, _, V = torch.pca_lowrank(flat, q=2)
-projection = (flat - flat.mean(0)) @ V
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-axes[0].hist(flat.flatten().numpy(), bins=60, density=True)
-axes[0].set_title(f"scaled latents (c = {codec.scaling_factor:.3f}): std {float(flat.std()):.2f}")
-points = axes[1].scatter(*projection.T.numpy(), c=test_all.labels[:500].numpy(), cmap="tab10", s=8)
-axes[1].set_title("posterior means, first two principal directions")
-fig.colorbar(points, ax=axes[1])
-fig.tight_layout()
+figures["latent_space"]
 
 # %% [markdown]
 # ## A score model of the latents, decoded
@@ -103,7 +91,7 @@ fig = plot_sample_grids({"latent model, decoded": result.decoded.clamp(-1, 1)}, 
 # term is the discretised decoder's. Each is reported apart (bits per pixel).
 
 # %%
-bound = latent_bits_per_dim(latent_model.sde, latent_model, latent_model.codec, test_all.x[: 4 if QUICK else 64],
+bound = latent_bits_per_dim(latent_model.sde, latent_model, latent_model.codec, test.x[: 4 if QUICK else 64],
                             transform, divergence="hutchinson", dtype=torch.float32, method="ei_fixed", steps=SOLVER_STEPS,
                             generator=torch.Generator().manual_seed(0))  # fmt: skip
 for term, value in bound.terms.items():

@@ -88,6 +88,26 @@ def test_latent_bound_with_the_exact_latent_score_is_the_closed_form(oracle):
     assert result.integration_error is not None and result.integration_error < 1e-3
 
 
+def test_latent_bound_meets_the_exact_likelihood_in_the_ppca_limit():
+    """Discarded eigenvalues equal to the encoder and decoder noise s^2 (probabilistic PCA): the code's bound exceeds
+    the data's entropy by the closed-form 1/2 sum log(1 + s^2/lambda_i) (within 4 SE), which vanishes with s."""
+    torch.manual_seed(1)
+    U = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0]
+    sde = VPSDE()
+    gaps = []
+    for s in (0.3, 0.05):
+        top = torch.tensor([3.0, 2.0, 1.5], dtype=torch.float64)
+        eigenvalues = torch.cat([top, torch.full((3,), s**2, dtype=torch.float64)])
+        oracle = LinearGaussianAutoencoder(U @ torch.diag(eigenvalues) @ U.T, 3, s, s)
+        x = oracle.data.sample(1000, torch.Generator().manual_seed(2))
+        result = latent_bits_per_dim(sde, oracle.latent.score_fn(sde), oracle, x, generator=torch.Generator())
+        gap = 0.5 * float(torch.log1p(s**2 / top).sum()) / (6 * math.log(2))
+        entropy = oracle.bound_terms()["data_entropy"] / (6 * math.log(2))
+        assert abs(result.bpd - (entropy + gap)) < 4 * result.bpd_standard_error + 1e-4
+        gaps.append(gap)
+    assert gaps[1] < 0.03 * gaps[0]
+
+
 def test_latent_bound_pays_for_a_wrong_latent_prior(oracle):
     """A latent model with the wrong scale (the latents' law widened) costs its KL in the prior term: the code's
     figure moves by the closed form's difference, which a test of the code against itself could not see."""
@@ -103,6 +123,15 @@ def test_latent_bound_pays_for_a_wrong_latent_prior(oracle):
     assert expected > 0.05
     difference = wrong.terms["prior"] - right.terms["prior"]  # the same latent draws: the noise mostly cancels
     assert abs(difference - expected) < 0.1 * expected
+
+
+def test_inpainting_refuses_a_latent_model(oracle):
+    from scoresde import inpaint
+
+    sde = VPSDE()
+    model = LatentModel(oracle.latent.score_fn(sde), LatentCodec(oracle))
+    with pytest.raises(ValueError, match="this latent model samples latents"):
+        inpaint(sde, model, torch.zeros(2, 6), torch.ones(2, 6, dtype=torch.bool))
 
 
 def test_latent_model_samples_decode_to_the_closed_form_law(oracle):
@@ -392,3 +421,6 @@ def test_feature_matching_term_uses_the_shipped_network(tmp_path):
     config = tmp_path / "ae.yaml"
     save_config(config_from_dict(_autoencoder_config(2, feature_weight=0.5)), config)
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--json"]) == 0
+    # an autoencoder run also gets its scaling factor and its pictures (reconstructions, the latent space)
+    for name in ("latents.json", "reconstructions.png", "latent_space.png"):
+        assert (tmp_path / "run" / name).is_file(), name

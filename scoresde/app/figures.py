@@ -26,6 +26,8 @@ __all__ = [
     "plot_forward_process",
     "plot_samples",
     "plot_sample_grids",
+    "plot_latent_space",
+    "autoencoder_figures",
     "plot_score_field",
     "plot_trajectories",
     "reverse_paths",
@@ -175,6 +177,40 @@ def plot_sample_grids(
         _show_images(ax, x[:n], low, high, cols, label)
     fig.tight_layout()
     return fig
+
+
+def plot_latent_space(mean: torch.Tensor, labels: torch.Tensor | None, scaling_factor: float) -> Figure:
+    r"""An autoencoder's latent space: the histogram of the scaled latents' values (posterior means ``[N, ...]``,
+    already multiplied by the scaling factor $c$) and the means on their first two principal directions, coloured by
+    ``labels``."""
+    flat = mean.detach().double().flatten(1).cpu()
+    _, _, directions = torch.pca_lowrank(flat, q=2)
+    projection = (flat - flat.mean(0)) @ directions
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    axes[0].hist(flat.flatten().numpy(), bins=60, density=True)
+    axes[0].set_title(f"scaled latents (c = {scaling_factor:.3f}): std {float(flat.std()):.2f}")
+    colours = None if labels is None else labels.cpu().numpy()
+    points = axes[1].scatter(*projection.T.numpy(), c=colours, cmap="tab10", s=8)
+    axes[1].set_title("posterior means, first two principal directions")
+    if labels is not None:
+        fig.colorbar(points, ax=axes[1], label="class")
+    fig.tight_layout()
+    return fig
+
+
+def autoencoder_figures(codec, images: torch.Tensor, labels: torch.Tensor | None, transform) -> dict[str, Figure]:
+    """The pictures of an autoencoder (a `scoresde.models.LatentCodec`) on integer ``images``: ``reconstructions``
+    (the first 10 beside their reconstructions through the posterior mean) and ``latent_space``
+    (`plot_latent_space`)."""
+    x = transform.to_model(images.float() + 0.5)
+    with torch.no_grad():
+        mean, _ = codec.posterior(x)
+        reconstruction = codec.decode(mean[:10]).clamp(transform.low, transform.high)
+    shown = {"images": x[:10], "reconstructions": reconstruction}
+    return {
+        "reconstructions": plot_sample_grids(shown, n=10, cols=10, low=transform.low, high=transform.high),
+        "latent_space": plot_latent_space(mean, labels, codec.scaling_factor),
+    }
 
 
 def _square_cells(half: float, points: int) -> torch.Tensor:

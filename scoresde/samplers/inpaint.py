@@ -29,7 +29,7 @@ from torch import Tensor
 from .._checks import check_finite, check_in_registry, expand_to, progress_bar, renamed_t_min, standard_normal_like
 from ..processes.grids import time_grid
 from ..processes.sde import SDE, ScoreFn, check_sde
-from ..processes.seam import CountingScore
+from ..processes.seam import CountingScore, spec_of
 from .base import SampleResult
 
 __all__ = ["inpaint", "named_mask", "MASKS", "INPAINT_METHODS"]
@@ -107,6 +107,11 @@ def inpaint(
     t_min = renamed_t_min(t_min, eps, "inpaint")
     check_sde(sde)
     check_in_registry("inpainting method", method, INPAINT_METHODS)
+    if spec_of(score_fn).decoder:
+        raise ValueError(
+            "inpainting replaces known pixels during sampling, and this latent model samples latents: use a "
+            "pixel-space model (a latent model's pixels exist only after decoding)"
+        )
     check_finite("x_known", x_known)
     if x_known.ndim < 2:
         raise ValueError(f"x_known must be a batch [B, ...], got shape {tuple(x_known.shape)}")

@@ -19,7 +19,7 @@ from ..models.consistency import ConsistencyModel
 from ..processes.artefacts import belongs_to, mismatch
 from ..processes.reverse_variance import ScoreMoments, score_moments
 from ..processes.sde import SDE, ScoreFn
-from ..processes.seam import SCORE_OUTPUTS, require
+from ..processes.seam import SCORE_OUTPUTS, require, spec_of
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
 
 __all__ = [
@@ -241,6 +241,9 @@ def run_score_moments(
         x0 = toy_dataset(data.name).sample(2000, torch.Generator().manual_seed(seed))
     else:
         x0 = data.transform().to_model(run_images(data, "train")[:2000].float() + 0.5)
+        if spec_of(model).decoder:  # a latent model's data are its latents
+            with torch.no_grad():
+                x0 = model.codec.encode(x0.to(device), torch.Generator().manual_seed(seed))
     with torch.no_grad():
         moments = score_moments(sde, model, x0.to(device), grid, generator=torch.Generator().manual_seed(0))
     moments.belongs_to = record

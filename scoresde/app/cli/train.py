@@ -91,6 +91,24 @@ def _features(config, device: str):
     return feature_network(default_feature_network(config.data.name), device)
 
 
+def _autoencoder_outputs(folder: Path, device: str) -> dict:
+    """After an autoencoder run: its scaling factor (measured on the training latents and stored in the run) and its
+    pictures on 500 test images, ``reconstructions.png`` and ``latent_space.png`` in the run folder."""
+    from ...datasets import image_dataset
+    from ...training.runs import load_autoencoder, run_images
+    from ..figures import autoencoder_figures
+
+    codec, config = load_autoencoder(folder, device=device)
+    data = config.data
+    labels = image_dataset(data.name, "test", data.data_dir, data.split_seed).labels[:500]
+    figures = autoencoder_figures(codec, run_images(data, "test")[:500].to(device), labels, data.transform())
+    written = {}
+    for name, fig in figures.items():
+        fig.savefig(folder / f"{name}.png", dpi=100)
+        written[name] = str(folder / f"{name}.png")
+    return {"scaling_factor": codec.scaling_factor, "figures": written}
+
+
 def _train_stages(args: argparse.Namespace, config, out: Path) -> dict:
     """The other stages a preset's run names (`scoresde.config.presets.preset_stages`: a latent model's autoencoder,
     a super-resolution stage's base), each a run of its own trained first into the folder the run names (inside
@@ -98,7 +116,6 @@ def _train_stages(args: argparse.Namespace, config, out: Path) -> dict:
     one is kept as it is). Returns ``{field: summary}``."""
     from ...config.presets import preset, preset_stages
     from ...config.schema import override
-    from ...training.runs import load_autoencoder
     from ...training.trainer import Trainer
 
     done = {}
@@ -121,7 +138,7 @@ def _train_stages(args: argparse.Namespace, config, out: Path) -> dict:
         result = trainer.train()
         done[field] = {**result.to_dict(), "out": str(folder), "preset": name}
         if stage.is_autoencoder:
-            done[field]["scaling_factor"] = load_autoencoder(folder, device=args.device)[0].scaling_factor
+            done[field].update(_autoencoder_outputs(folder, args.device))
     return done
 
 
@@ -166,10 +183,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if not trainer.is_main:
         return {}
     summary = {**result.to_dict(), "out": str(out), "config": config.to_dict(), "stages": stages}
-    if config.is_autoencoder:  # the scaling factor, measured on the training latents and stored in the run
-        from ...training.runs import load_autoencoder
-
-        summary["scaling_factor"] = load_autoencoder(out, device=args.device)[0].scaling_factor
+    if config.is_autoencoder:
+        summary.update(_autoencoder_outputs(out, args.device))
     if (out / "metrics.csv").is_file():
         fig = plot_training_curve(out / "metrics.csv")
         fig.savefig(out / "loss.png", dpi=100)
