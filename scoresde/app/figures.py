@@ -198,7 +198,9 @@ def plot_latent_space(mean: torch.Tensor, labels: torch.Tensor | None, scaling_f
     return fig
 
 
-def autoencoder_figures(codec, images: torch.Tensor, labels: torch.Tensor | None, transform) -> dict[str, Figure]:
+def autoencoder_figures(
+    codec: Any, images: torch.Tensor, labels: torch.Tensor | None, transform: Any
+) -> dict[str, Figure]:
     """The pictures of an autoencoder (a `scoresde.models.LatentCodec`) on integer ``images``: ``reconstructions``
     (the first 10 beside their reconstructions through the posterior mean) and ``latent_space``
     (`plot_latent_space`)."""

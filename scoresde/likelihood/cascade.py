@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -72,9 +73,9 @@ class CascadeBoundResult:
 
 def cascade_bits_per_dim(
     base_sde: SDE,
-    base,
+    base: Any,
     sde: SDE,
-    super_resolution,
+    super_resolution: Any,
     x: Tensor,
     level: float,
     low_size: int,
@@ -82,14 +83,15 @@ def cascade_bits_per_dim(
     *,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
-    **likelihood_options,
+    **likelihood_options: Any,
 ) -> CascadeBoundResult:
     r"""The cascade's bound on bits/dim of images ``x`` (module docstring), each term apart.
 
     Args:
         base_sde: the base stage's process (variance preserving: $\alpha^2 + \sigma^2 = 1$).
         base: the base stage's score model (``low_size`` images).
-        sde: the super-resolution stage's process. super_resolution: a model declaring ``condition``.
+        sde: the super-resolution stage's process.
+        super_resolution: a model declaring ``condition``.
         x: integer levels ``[B, C, H, W]`` with ``transform`` (dequantised uniformly, one draw), else continuous.
         level: the augmentation level $s > 0$ the bound integrates over.
         low_size: the base stage's image size (divides ``H``).

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -110,14 +111,14 @@ class LatentBoundResult:
 def latent_bits_per_dim(
     sde: SDE,
     score_fn: ScoreFn,
-    codec,
+    codec: Any,
     x: Tensor,
     transform: DataTransform | None = None,
     *,
     n_latent_draws: int = 1,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
-    **likelihood_options,
+    **likelihood_options: Any,
 ) -> LatentBoundResult:
     r"""The latent model's bound on bits/dim of ``x`` (module docstring), each term apart.
 
@@ -195,7 +196,7 @@ def latent_bits_per_dim(
     )
 
 
-def _param_dtype(codec, dtype: torch.dtype) -> torch.dtype:
+def _param_dtype(codec: Any, dtype: torch.dtype) -> torch.dtype:
     """The dtype the autoencoder computes in: its parameters' (a network), else ``dtype`` (an oracle)."""
     module = getattr(codec, "autoencoder", codec)
     params = getattr(module, "parameters", None)

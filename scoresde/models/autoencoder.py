@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -156,7 +157,7 @@ class LatentCodec:
     ``latent_shape`` fits (a `KLAutoencoder`, diffusers' ``AutoencoderKL`` through
     `scoresde.training.interop.DiffusersAutoencoder`, the linear-Gaussian oracle)."""
 
-    def __init__(self, autoencoder, scaling_factor: float = 1.0) -> None:
+    def __init__(self, autoencoder: Any, scaling_factor: float = 1.0) -> None:
         for method in ("posterior", "decoder_distribution"):
             if not callable(getattr(autoencoder, method, None)):
                 raise TypeError(f"an autoencoder needs a {method} method, {type(autoencoder).__name__} has none")
@@ -192,7 +193,7 @@ class LatentModel(ModelWrapper):
     score, ``model.decode(z)`` the decoded images (`LatentCodec.decode`), ``model.codec`` the autoencoder (for the
     likelihood bound). Every sampler runs on it unchanged, in latent space."""
 
-    def __init__(self, inner, codec: LatentCodec) -> None:
+    def __init__(self, inner: Any, codec: LatentCodec) -> None:
         super().__init__(inner)
         if not isinstance(codec, LatentCodec):
             raise TypeError(f"codec must be a LatentCodec, got {type(codec).__name__}")
@@ -202,7 +203,7 @@ class LatentModel(ModelWrapper):
         return replace(spec, decoder=True)
 
     @property
-    def sde(self):
+    def sde(self) -> Any:
         """The latent score model's forward process."""
         return self.inner.sde
 

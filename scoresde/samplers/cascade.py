@@ -69,15 +69,22 @@ def sample_cascade(
     they are augmented at ``level`` (`augment`), and ``super_resolution`` (under ``sde``) draws the images given them.
 
     Args:
-        base_sde: the base stage's forward process. base: its score model.
-        sde: the super-resolution stage's process. super_resolution: a model declaring ``condition``.
-        n: number of images. low_shape: one low-resolution image ``(C, h, h)``. shape: one image ``(C, H, H)``;
-            ``h`` must divide ``H`` and the channels agree.
-        level: the conditioning-augmentation level $s \ge 0$ (at most ``max_level``, the training range's top).
-        base_sampler: the base stage's sampler; sampler: the super-resolution stage's (`scoresde.sample`'s names).
-        base_options: `scoresde.sample` keyword arguments for the base stage (``steps``, ``solver``, its options);
-            options: the same for the super-resolution stage.
-        generator: the only source of randomness. device, dtype: of the images.
+        base_sde: the base stage's forward process.
+        base: the base stage's score model.
+        sde: the super-resolution stage's forward process.
+        super_resolution: a model declaring ``condition`` (``given(low, level)`` binds it).
+        n: number of images.
+        low_shape: one low-resolution image ``(C, h, h)``.
+        shape: one image ``(C, H, H)``; ``h`` must divide ``H`` and the channels agree.
+        level: the conditioning-augmentation level $s \ge 0$.
+        max_level: the top of the level range the stage trained on (None: no top).
+        base_sampler: the base stage's sampler (`scoresde.sample`'s names; its default when None).
+        sampler: the super-resolution stage's sampler.
+        base_options: `scoresde.sample` keyword arguments for the base stage (``steps``, ``solver``, its options).
+        options: the same for the super-resolution stage.
+        generator: the only source of randomness.
+        device: of the images.
+        dtype: of the images.
     """
     if not spec_of(super_resolution).condition or not callable(getattr(super_resolution, "given", None)):
         raise ValueError(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -209,7 +210,7 @@ class DiffusersAutoencoder(nn.Module):
         return mean, torch.full_like(mean, self.decoder_scale)
 
 
-def load_diffusers_autoencoder(path: str | Path, device: torch.device | str = "cpu"):
+def load_diffusers_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> Any:
     """A diffusers ``AutoencoderKL`` folder as a `scoresde.models.LatentCodec` with the folder's
     ``config.scaling_factor`` (read offline; a one-line `InteropError` when it cannot be)."""
     from ..models import LatentCodec

@@ -126,7 +126,9 @@ def run_images(data: DataConfig, split: str) -> Tensor:
     return images if data.resolution is None else downsample_levels(images, data.resolution)
 
 
-def encode_images(codec: LatentCodec, x: Tensor, device, batch_size: int = 500) -> tuple[Tensor, Tensor]:
+def encode_images(
+    codec: LatentCodec, x: Tensor, device: torch.device | str, batch_size: int = 500
+) -> tuple[Tensor, Tensor]:
     """The posteriors ``(mean, std)`` over scaled latents of model-range images ``x``, in batches, without grad."""
     means, stds = [], []
     dtype = next(iter(codec.autoencoder.parameters())).dtype if isinstance(codec.autoencoder, nn.Module) else x.dtype
@@ -138,7 +140,9 @@ def encode_images(codec: LatentCodec, x: Tensor, device, batch_size: int = 500) 
     return torch.cat(means), torch.cat(stds)
 
 
-def scaling_factor(autoencoder, x: Tensor, device, generator: torch.Generator | None = None) -> float:
+def scaling_factor(
+    autoencoder: nn.Module, x: Tensor, device: torch.device | str, generator: torch.Generator | None = None
+) -> float:
     r"""$c = 1/\mathrm{std}(z)$ over one posterior draw of each model-range image of ``x`` (Latent Diffusion's
     ``scale_factor``): the scaled latents $c\,z$ have unit variance overall."""
     mean, std = encode_images(LatentCodec(autoencoder), x, device)

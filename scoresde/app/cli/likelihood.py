@@ -29,7 +29,7 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
     source = args.data or require_data(data, "--data").name
     x, true_nll = load_points(source, args.n, args.seed, data)
     stage = spec_of(model).decoder or spec_of(model).condition
-    base = _cascade_base(args, config) if spec_of(model).condition else None
+    base = _cascade_base(args, config) if spec_of(model).condition else None  # (model, level)
     out = out_file(args.out, ".json", args.force)
     summary = {"checkpoint_step": step, "data": source}
     if stage:
@@ -57,8 +57,9 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
     return {**summary, "out": str(out)}
 
 
-def _cascade_base(args: argparse.Namespace, config):
-    """A super-resolution run's base model (its ``stage.base``), refused in one line when missing."""
+def _cascade_base(args: argparse.Namespace, config) -> tuple:
+    """A super-resolution run's base model (its ``stage.base``) and the augmentation level its bound integrates over
+    (``--augmentation``, default ``stage.augmentation``); refused in one line when missing or out of range."""
     from ...training.runs import load_score_model, stage_path
     from .common import run_folder_of
 
@@ -67,9 +68,13 @@ def _cascade_base(args: argparse.Namespace, config):
     path = stage_path(config.stage.base, run_folder_of(args.checkpoint))
     if not path.exists():
         raise UserError(f"the cascade's base run {config.stage.base} does not exist (looked at {path}); train it first")
-    if not config.stage.augmentation > 0:
-        raise UserError("the cascade's bound integrates over the augmentation: set stage.augmentation > 0")
-    return load_score_model(path, device=args.device)[0]
+    level = config.stage.augmentation if args.augmentation is None else args.augmentation
+    if not 0 < level <= config.stage.max_augmentation:
+        raise UserError(
+            f"the cascade's bound integrates over a conditioning augmentation in (0, {config.stage.max_augmentation:g}]"
+            f" (the range the run trained on), got {level:g}: pass --augmentation (e.g. 0.1)"
+        )
+    return load_score_model(path, device=args.device)[0], level
 
 
 def _stage_bound(args: argparse.Namespace, model, x, data, config, base) -> dict:
@@ -90,7 +95,8 @@ def _stage_bound(args: argparse.Namespace, model, x, data, config, base) -> dict
         key = "latent_bound"
     else:
         low = config.stage.low_resolution
-        result = cascade_bits_per_dim(base.sde, base, model.sde, model, x, config.stage.augmentation, low,
+        base, level = base
+        result = cascade_bits_per_dim(base.sde, base, model.sde, model, x, level, low,
                                       data_transform(data), **common)  # fmt: skip
         key = "cascade_bound"
     if not args.json:
@@ -133,3 +139,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="images: skip the rigorous bound reported beside the conventional bits/dim (halves the cost)",
     )
     lik.add_argument("--out", required=True, help="result file (.json)")
+    lik.add_argument(
+        "--augmentation",
+        type=float,
+        help="a cascade's bound: the conditioning-augmentation level it integrates over (default stage.augmentation)",
+    )
