@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--data", default="mnist5k")
     parser.add_argument("--data-dir")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="rtol = atol of the three likelihood solves")
+    parser.add_argument("--max-steps", type=int, default=300, help="each likelihood solve's step budget")
     parser.add_argument("--reuse", action="store_true", help="keep the runs of an earlier call in --out (measure only)")
     args = parse(parser, minutes=0.15, n=64, n_bpd=4, steps=4, levels=[0.1])
     out = setup_run(args)
@@ -137,7 +138,8 @@ def main() -> None:
                                fd_by_level={str(k): v[0] for k, v in cascades.items()})  # fmt: skip
 
     test = image_dataset(args.data, "test", args.data_dir).x[: args.n_bpd]
-    solve = {"divergence": "hutchinson", "dtype": torch.float32, "rtol": args.tolerance, "atol": args.tolerance}
+    solve = {"divergence": "hutchinson", "dtype": torch.float32, "rtol": args.tolerance, "atol": args.tolerance,
+             "max_steps": args.max_steps}  # fmt: skip
     bound_level = best if best > 0 else min(level for level in args.levels if level > 0)
     likelihoods = {
         "pixel": lambda: bits_per_dim(models["pixel"].sde, models["pixel"], test, transform, generator=generator(),
@@ -159,7 +161,8 @@ def main() -> None:
         if hasattr(result, "terms"):
             rows[name]["bpd_terms"] = result.terms
     rows["cascade"]["bpd_level"] = bound_level
-    settings = {"tolerance": args.tolerance, "minutes": args.minutes, "n": args.n, "steps": args.steps}
+    settings = {"tolerance": args.tolerance, "max_steps": args.max_steps, "minutes": args.minutes, "n": args.n,
+                "steps": args.steps}  # fmt: skip
     report = {**settings, "data": args.data, "training": training, "rows": rows, "threads": args.threads}
     write_report(out, "latent_cascade", report, markdown(report), lambda r, p: plot(samples, r, p))
 
