@@ -148,7 +148,9 @@ def test_a_kill_during_a_checkpoint_write_resumes_bit_exactly(tmp_path):
                 pass
     proc.wait()
     assert seen == 2, "the run ended before its second checkpoint write was seen"
-    assert load_checkpoint(killed)["step"] == 4
+    # under load the watcher can miss a whole write (the step-4 one): the kill then lands in the step-12 write, with
+    # the step-8 checkpoint on disk; either way a write was cut short and the last whole checkpoint must load
+    assert load_checkpoint(killed)["step"] in (4, 8)
     subprocess.run([*command, "--out", str(killed), "--resume"], check=True, capture_output=True)
     whole, resumed = load_checkpoint(tmp_path / "whole"), load_checkpoint(killed)
     assert resumed["step"] == 12
