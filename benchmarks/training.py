@@ -35,7 +35,7 @@ from common import QUICK_TRAINING, benchmark_parser, setup_run  # noqa: E402
 
 from scoresde import bits_per_dim, image_dataset, log_likelihood, sample, toy_dataset  # noqa: E402
 from scoresde.app.report import IMAGE_LIKELIHOOD  # noqa: E402
-from scoresde.config.presets import preset, presets  # noqa: E402
+from scoresde.config.presets import preset, preset_stages, presets  # noqa: E402
 from scoresde.config.schema import override  # noqa: E402
 from scoresde.training.trainer import Trainer  # noqa: E402
 
@@ -188,6 +188,9 @@ def throughput(out: Path, steps: int, quick: bool = False) -> dict:
             cfg = override(preset(name), f"train.steps={steps + 2}", "train.checkpoint_every=0", "train.log_every=0")
             if cfg.data.kind == "image" and cfg.data.name != "digits":
                 cfg = override(cfg, f"data.data_dir={tmp}")
+            for field, stage in preset_stages(name).items():  # the run a stage names (an autoencoder, a base): 1 step
+                quick_stage = override(preset(stage), "train.steps=1", "train.checkpoint_every=0", "train.log_every=0")
+                Trainer(quick_stage, Path(tmp) / name / getattr(cfg.stage, field), progress=False).train()
             trainer = Trainer(cfg, Path(tmp) / name, progress=False, resume=False)
             params = sum(p.numel() for p in trainer.model.parameters())
             if quick and params >= 5e6:  # the CIFAR-10 models take tens of seconds a step on a CPU
