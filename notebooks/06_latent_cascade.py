@@ -36,7 +36,8 @@ from scoresde.app.figures import autoencoder_figures, plot_sample_grids
 from scoresde.config.schema import override
 from scoresde.likelihood import latent_bits_per_dim
 from scoresde.samplers import sample_cascade
-from scoresde.training.runs import load_autoencoder, load_score_model
+from scoresde.training.runs import load_score_model
+from scoresde.training.stages import load_autoencoder
 
 QUICK = os.environ.get("SCORESDE_NOTEBOOK_QUICK") == "1"  # the test suite runs every notebook on small settings
 STEPS = 8 if QUICK else 1500  # each stage's training steps (the full setting: minutes per stage on a CPU)

@@ -41,7 +41,9 @@ def test_the_sampling_plan_of_a_run_a_grid_and_a_student():
     assert sampling_plan(None).sampler == "dpm_solver"
     with pytest.raises(ValueError, match="the grid has 3 steps"):
         sampling_plan(None, grid=grid, steps=5)
-    student = override(preset("toy-vp"), "distill.method=consistency", "distill.teacher=oracle:8gaussians")
+    student = override(
+        preset("toy-vp"), "kind=consistency", "distill.method=consistency", "distill.teacher=oracle:8gaussians"
+    )
     assert sampling_plan(student, steps=2).sampler == "consistency"
     with pytest.raises(ValueError, match="samples with --sampler consistency, not ddim"):
         sampling_plan(student, sampler="ddim")

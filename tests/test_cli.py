@@ -60,6 +60,7 @@ def test_list_names_every_registry(capsys):
     assert "dpm_solver" in listing["samplers"] and "langevin" in listing["correctors"]
     assert "ancestral_sampling" in listing["predictors"] and "log_snr" in listing["time_grids"]
     assert "gmm" in listing["toy_datasets"] and "ve" in listing["sdes"]
+    assert "latent" in listing["run_kinds"] and "super_resolution" in listing["objectives"]
 
 
 def test_train_writes_a_run_folder_and_resumes(tmp_path, capsys):

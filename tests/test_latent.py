@@ -16,7 +16,9 @@ from scoresde.oracles import LinearGaussianAutoencoder
 from scoresde.processes.sde import VPSDE
 from scoresde.training import Trainer
 from scoresde.training.checkpoint import CheckpointError, load_checkpoint
-from scoresde.training.runs import LATENTS_FILE, encode_images, load_autoencoder, load_score_model, run_images
+from scoresde.training.kinds import run_kind
+from scoresde.training.runs import load_score_model
+from scoresde.training.stages import LATENTS_FILE, encode_images, load_autoencoder, run_images
 
 # ------------------------------------------------------------------ the discretised decoder
 
@@ -238,7 +240,7 @@ def test_scaling_factor_is_measured_and_stored_with_the_run(autoencoder_run):
     """c = 1/std of the training latents, written to latents.json; the scaled latents of the training images have
     unit standard deviation (the same draw)."""
     codec, config = load_autoencoder(autoencoder_run)
-    assert (autoencoder_run / LATENTS_FILE).is_file() and config.is_autoencoder
+    assert (autoencoder_run / LATENTS_FILE).is_file() and run_kind(config).name == "autoencoder"
     x = config.data.transform().to_model(run_images(config.data, "train") + 0.5)
     mean, std = encode_images(codec, x, "cpu")
     z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))

@@ -39,7 +39,9 @@ def test_the_config_names_its_objective():
     assert objective_name(preset("mnist-latent")) == objective_name(preset("mnist-cascade-base")) == "dsm"
     assert isinstance(build_objective(preset("toy-vp"), sde), DenoisingScoreMatching)
     assert isinstance(build_objective(preset("toy-vp-learned-var"), sde), HybridObjective)
-    cd = override(preset("toy-vp"), "distill.method=consistency", "distill.teacher=oracle:8gaussians")
+    cd = override(
+        preset("toy-vp"), "kind=consistency", "distill.method=consistency", "distill.teacher=oracle:8gaussians"
+    )
     with pytest.raises(ValueError, match="the consistency objective needs a teacher"):
         build_objective(cd, sde)
     assert isinstance(build_objective(cd, sde, teacher=lambda x, t: -x), ConsistencyDistillation)

@@ -12,6 +12,7 @@ from scoresde import VESDE, VPSDE, GaussianMixture, ddpm_bound, sample, toy_data
 from scoresde.models import ModelSpec
 from scoresde.oracles.gaussian_mixture import grid_cells
 from scoresde.processes.reverse_variance import VARIANCES, ScoreMoments, chain_step, reverse_variance, score_moments
+from scoresde.training.kinds import run_kind
 
 MIX = toy_dataset("gmm").mixture
 NOT_LEARNED = tuple(v for v in VARIANCES if v != "learned")  # what a score function without a variance channel has
@@ -376,7 +377,11 @@ def test_learned_variance_config_is_checked():
 
     with pytest.raises(ConfigError, match="train.n_steps"):
         config_from_dict({"model": {"name": "mlp", "kwargs": {"dim": 2, "learn_variance": True}}})
-    assert preset("toy-vp-learned-var").learns_variance and preset("digits-ddpm-learned-var").learns_variance
+    assert (
+        run_kind(preset("toy-vp-learned-var")).name
+        == run_kind(preset("digits-ddpm-learned-var")).name
+        == "learned_variance"
+    )
 
 
 def test_learned_variance_from_the_command_line(tmp_path, capsys):

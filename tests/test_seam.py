@@ -133,8 +133,16 @@ def test_a_consistency_run_is_refused_as_a_teacher_by_its_declaration(tmp_path):
     from scoresde.config import override, preset
     from scoresde.training import Trainer, load_teacher
 
-    student = override(preset("toy-vp"), "distill.method=consistency_training", "train.steps=2", "train.batch_size=8")
+    student = override(
+        preset("toy-vp"),
+        "kind=consistency_training",
+        "distill.method=consistency_training",
+        "train.steps=2",
+        "train.batch_size=8",
+    )
     Trainer(student, tmp_path / "ct", progress=False).train()
-    config = override(preset("toy-vp"), "distill.method=consistency", f"distill.teacher={tmp_path / 'ct'}")
+    config = override(
+        preset("toy-vp"), "kind=consistency", "distill.method=consistency", f"distill.teacher={tmp_path / 'ct'}"
+    )
     with pytest.raises(ValueError, match="needs a score model .*this ConsistencyModel declares output 'consistency'"):
         load_teacher(config)

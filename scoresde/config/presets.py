@@ -55,11 +55,18 @@ _TOY_TRAIN = {
 }
 register_preset(
     "toy-vp",
-    {"sde": {"name": "vp"}, "model": _TOY_MODEL, "data": {"kind": "toy", "name": "8gaussians"}, "train": _TOY_TRAIN},
+    {
+        "kind": "score",
+        "sde": {"name": "vp"},
+        "model": _TOY_MODEL,
+        "data": {"kind": "toy", "name": "8gaussians"},
+        "train": _TOY_TRAIN,
+    },  # fmt: skip
 )
 register_preset(
     "toy-ve",
     {
+        "kind": "score",
         "sde": {"name": "ve", "sigma_min": 0.01, "sigma_max": 10.0},
         "model": _TOY_MODEL,
         "data": {"kind": "toy", "name": "8gaussians"},
@@ -72,6 +79,7 @@ register_preset(
 register_preset(
     "toy-vp-learned-var",
     {
+        "kind": "learned_variance",
         "sde": {"name": "vp"},
         "model": {**_TOY_MODEL, "kwargs": {**_TOY_MODEL["kwargs"], "learn_variance": True}},
         "data": {"kind": "toy", "name": "8gaussians"},
@@ -123,6 +131,7 @@ _VP = {"name": "vp"}
 register_preset(
     "digits-ddpm",
     {
+        "kind": "score",
         "sde": _VP,
         "model": _unet(1, 8, 32, [1, 2], [4], 8),
         "data": {"kind": "image", "name": "digits"},
@@ -134,6 +143,7 @@ register_preset(
 register_preset(
     "digits-ddpm-learned-var",
     {
+        "kind": "learned_variance",
         "sde": _VP,
         "model": {
             **_unet(1, 8, 32, [1, 2], [4], 8),
@@ -151,6 +161,7 @@ register_preset(
 register_preset(
     "digits-ddpm-cond",
     {
+        "kind": "score",
         "sde": _VP,
         "model": {
             **_unet(1, 8, 32, [1, 2], [4], 8),
@@ -163,6 +174,7 @@ register_preset(
 register_preset(
     "digits-ncsn",
     {
+        "kind": "score",
         "sde": {"name": "ve", "sigma_min": 0.01, "sigma_max": 20.0},
         "model": {
             "name": "ncsn",
@@ -182,6 +194,7 @@ for _name, _data, _unet_args, _train_args in (
     register_preset(
         _name,
         {
+            "kind": "score",
             "sde": _VP,
             "model": _unet(*_unet_args),
             "data": {"kind": "image", "name": _data},
@@ -199,6 +212,7 @@ _MNIST5K = {"kind": "image", "name": "mnist5k"}
 register_preset(
     "mnist-autoencoder",
     {
+        "kind": "autoencoder",
         "sde": _VP,
         "model": {
             "name": "kl_autoencoder",
@@ -219,6 +233,7 @@ register_preset(
 register_preset(
     "mnist-latent",
     {
+        "kind": "latent",
         "sde": _VP,
         "model": {**_unet(4, 7, 64, [1], [7], 8), "kwargs": {**_unet(4, 7, 64, [1], [7], 8)["kwargs"], "dropout": 0.0}},
         "data": _MNIST5K,
@@ -229,6 +244,7 @@ register_preset(
 register_preset(
     "mnist-cascade-base",
     {
+        "kind": "score",
         "sde": _VP,
         "model": _unet(1, 14, 32, [1, 2], [7], 8),
         "data": {**_MNIST5K, "resolution": 14},
@@ -238,6 +254,7 @@ register_preset(
 register_preset(
     "mnist-cascade",
     {
+        "kind": "super_resolution",
         "sde": _VP,
         "model": {
             **_unet(1, 28, 16, [1, 2, 2], [7], 8),

@@ -358,8 +358,12 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One training run: SDE, model, data and optimisation (and, for a distilled student, its teacher)."""
+    """One training run: its kind, SDE, model, data and optimisation (and, for a distilled student, its teacher)."""
 
+    kind: str | None = None
+    """What the run is (`scoresde.training.kinds`: ``score``, ``learned_variance``, ``autoencoder``, ``latent``,
+    ``super_resolution``, ``progressive``, ``consistency``, ``consistency_training``): how its model is built, trained,
+    sampled and evaluated. ``null`` (configs written before kinds were declared): read from the other sections."""
     sde: SDEConfig = field(default_factory=SDEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -368,6 +372,11 @@ class RunConfig:
     stage: StageConfig = field(default_factory=StageConfig)
 
     def __post_init__(self) -> None:
+        _require(
+            self.kind is None or (isinstance(self.kind, str) and bool(self.kind)),
+            "kind",
+            f"must be a run kind's name (scoresde list shows them) or null, got {self.kind!r}",
+        )
         if self.stage.autoencoder or self.stage.low_resolution:
             _require(self.data.kind == "image", "data.kind", "latent and super-resolution stages model image sets")
         if self.stage.low_resolution:
@@ -385,21 +394,13 @@ class RunConfig:
                 f"train.n_steps (e.g. 1000), got weighting {self.train.weighting!r}, n_steps {self.train.n_steps!r}",
             )
 
-    @property
-    def is_autoencoder(self) -> bool:
-        """Whether the run trains an autoencoder (model ``kl_autoencoder``) rather than a score model."""
-        return self.model.name == "kl_autoencoder"
-
-    @property
-    def learns_variance(self) -> bool:
-        """Whether the run's network learns the reverse variance (trained with the hybrid loss)."""
-        return bool(self.model.kwargs.get("learn_variance"))
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name != "kind"}
+_SCALARS = ("kind",)
+"""Top-level fields that are values, not sections."""
 
 
 _RENAMED_FIELDS = {("train", "eps"): "t_min"}
@@ -412,7 +413,12 @@ def config_from_dict(data: dict) -> RunConfig:
         raise ConfigError(f"a config must be a mapping of sections ({', '.join(_SECTIONS)}), got {type(data).__name__}")
     parts = {}
     for section, values in data.items():
-        _require(section in _SECTIONS, section, f"unknown section; valid sections are {', '.join(_SECTIONS)}")
+        if section in _SCALARS:
+            parts[section] = values
+            continue
+        _require(
+            section in _SECTIONS, section, f"unknown section; valid sections are {', '.join((*_SCALARS, *_SECTIONS))}"
+        )
         cls = _SECTION_TYPES[section]
         names = {f.name for f in dataclasses.fields(cls)}
         _require(isinstance(values, dict), section, "must be a mapping of fields")
@@ -461,7 +467,7 @@ def override(config: RunConfig, *assignments: str) -> RunConfig:
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
         path = key.strip().split(".")
-        if not sep or len(path) < 2:
+        if not sep or (len(path) < 2 and path[0] not in _SCALARS):
             raise ConfigError(f"override {assignment!r} must look like section.field=value (e.g. train.lr=1e-3)")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None

@@ -126,20 +126,19 @@ def solver_lineup(solver, name: str) -> list[SamplerSpec]:
 
 
 def student_lineup(student: ScoreFn, config, name: str, counts: Sequence[int] = (1, 2, 4)) -> list[SamplerSpec]:
-    """A distilled student (``config.distill`` set: `scoresde.training.distillation`) as points of a comparison,
-    sampled the
-    way it was distilled (`scoresde.training.distillation.student_sampling`): a consistency model at each of ``counts``
-    steps
-    (NFE = steps), a progressive student at its own steps only. ``name`` labels its family."""
+    """A distilled student (a run whose kind is a student: `scoresde.training.kinds`) as points of a comparison,
+    sampled the way it was distilled (`scoresde.training.distill.student_sampling`): a consistency model at each of
+    ``counts`` steps (NFE = steps), a progressive student at its own steps only. ``name`` labels its family."""
     from ..training.distill import student_sampling
+    from ..training.kinds import run_kind
 
-    method = config.distill.method
-    if method is None:
+    kind = run_kind(config)
+    if not kind.student:
         raise ValueError(f"{name} is not a distilled student (scoresde distill writes one)")
     specs = []
-    for steps in (config.distill.steps,) if method == "progressive" else counts:
+    for steps in kind.student_steps(config, tuple(counts)):
         plan = student_sampling(config, steps)
-        specs.append(SamplerSpec(f"{method} student ({name})", plan.pop("sampler"), plan, model=student))
+        specs.append(SamplerSpec(f"{kind.name} student ({name})", plan.pop("sampler"), plan, model=student))
     return specs
 
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from ..config.schema import RunConfig
 from ..datasets import DataTransform, image_dataset, toy_dataset
 from ..datasets.images import downsample_levels
+from .kinds import run_kind
 from .objectives import Batch
 
 __all__ = ["DataStream"]
@@ -22,10 +23,11 @@ class DataStream:
 
     Toys are infinite streams; image sets are finite, split across processes by ``DistributedSampler``
     (reshuffled each epoch from the seed), dequantised uniformly and scaled by the `DataTransform`.
-    For a class-conditional model (``model.kwargs.num_classes > 0``) each batch comes with its labels. A latent model
-    (``stage.autoencoder``) sees $z_s = c(\mu + s\epsilon)$, a fresh draw of the frozen autoencoder's posterior for
-    every batch (the posteriors of the training images computed once); a super-resolution stage
-    (``stage.low_resolution``) gets each image's low-resolution version, dequantised on its own, in ``batch.low``.
+    For a class-conditional model (``model.kwargs.num_classes > 0``) each batch comes with its labels. The run's kind
+    adds what its objective needs (`scoresde.training.kinds.RunKind.prepare_data`): a latent model sees
+    $z_s = c(\mu + s\epsilon)$, a fresh draw of the frozen autoencoder's posterior for every batch (``posterior``, the
+    training images' posteriors computed once); a super-resolution stage gets each image's low-resolution version,
+    dequantised on its own, in ``batch.low`` (``low``).
     ``folder``: the run folder that a relative autoencoder path is looked up in first."""
 
     def __init__(
@@ -49,16 +51,8 @@ class DataStream:
             if data.resolution is not None:
                 self.images = downsample_levels(self.images, data.resolution)
             self.shape = tuple(self.images.shape[1:])
-            self.low = None
-            if config.stage.low_resolution:
-                self.low = downsample_levels(self.images, config.stage.low_resolution)
-            self.posterior = None
-            if config.stage.autoencoder:
-                from .runs import encode_images, load_autoencoder
-
-                codec, _ = load_autoencoder(config.stage.autoencoder, config.data, device, folder)
-                self.posterior = encode_images(codec, self.transform.to_model(self.images + 0.5), device)
-                self.shape = codec.latent_shape
+            self.low = self.posterior = None
+            run_kind(config).prepare_data(self, config, device, folder)  # a stage's latents or low-resolution images
             data_classes = int(self.labels.max()) + 1
             from torch.utils.data import DistributedSampler
 

@@ -14,6 +14,7 @@ from ..config.schema import DISTILLATION_METHODS, RunConfig, config_from_dict
 from ..datasets import toy_dataset
 from ..samplers.grid_fit import GridFit
 from .checkpoint import CheckpointError, load_checkpoint
+from .kinds import run_kind, student_network
 from .trainer import Trainer
 
 __all__ = ["distillation_config", "distill", "student_sampling", "SamplingPlan", "sampling_plan"]
@@ -58,7 +59,8 @@ def distillation_config(
         "ema_decay": 0.999,
         "checkpoint_every": 500,
     }
-    base["model"]["kwargs"] = {k: v for k, v in base["model"]["kwargs"].items() if k != "learn_variance"}
+    base["model"]["kwargs"] = student_network(base["model"]["kwargs"])
+    base["kind"] = method
     base["distill"] = {
         "method": method,
         "teacher": None if method == "consistency_training" else teacher,
@@ -85,7 +87,7 @@ def distill(
 
     out_dir = Path(out_dir)
     plan = [(config, out_dir)]
-    if config.distill.method == "progressive":
+    if run_kind(config).name == "progressive":
         final = config.distill.steps
         start = 4 * final if teacher_steps is None else check_positive_int("teacher_steps", teacher_steps)
         ratio = start // final
@@ -111,23 +113,14 @@ def distill(
 
 
 def student_sampling(config, steps: int | None = None) -> dict:
-    """How a distilled student samples: ``sampler``, ``steps`` and options for `scoresde.sample` (consistency: multistep
-    consistency sampling, at most ``n_times - 1`` steps; progressive: DDIM on its log-SNR grid, exactly its steps,
-    without the final denoising evaluation, so NFE = steps). Too many steps: a one-line ``ValueError``."""
-    distill = config.distill
-    if distill.method == "progressive":
-        if steps is not None and steps != distill.steps:
-            raise ValueError(
-                f"this progressive student was distilled for {distill.steps} DDIM steps, not {steps}: sample it with "
-                f"--steps {distill.steps} (or distil another round)"
-            )
-        return {"sampler": "ddim", "steps": distill.steps, "schedule": "log_snr", "denoise": False}
-    limit = distill.n_times - 1
-    if steps is not None and steps > limit:
-        raise ValueError(
-            f"this consistency model was distilled on {distill.n_times} times: at most {limit} steps, got {steps}"
-        )
-    return {"sampler": "consistency", "steps": steps or distill.steps}
+    """How a distilled student samples: ``sampler``, ``steps`` and options for `scoresde.sample`, as its kind declares
+    (`scoresde.training.kinds.RunKind.student_sampling`; consistency: multistep consistency sampling, at most
+    ``n_times - 1`` steps; progressive: DDIM on its log-SNR grid, exactly its steps, without the final denoising
+    evaluation, so NFE = steps). Too many steps, or a run that is no student: a one-line ``ValueError``."""
+    own = run_kind(config).student_sampling(config, steps)
+    if own is None:
+        raise ValueError(f"a {run_kind(config).name} run is not a distilled student (scoresde distill writes one)")
+    return {"sampler": own.sampler, "steps": own.steps, **own.options}
 
 
 @dataclass(frozen=True)
@@ -168,12 +161,10 @@ def sampling_plan(
         if steps not in (None, grid.steps):
             raise ValueError(f"the grid has {grid.steps} steps; drop --steps or pass --steps {grid.steps}")
         steps, schedule = grid.steps, grid.times.tolist()
-    if config is None or config.distill.method is None:
+    own = None if config is None else run_kind(config).student_sampling(config, steps)
+    if own is None:
         return SamplingPlan(sampler or "dpm_solver", steps, schedule, options)
-    plan = student_sampling(config, steps)
-    own = plan.pop("sampler")
-    if sampler not in (None, own):
-        raise ValueError(f"this {config.distill.method} student samples with --sampler {own}, not {sampler}")
-    steps = plan.pop("steps")
-    options.update({k: v for k, v in plan.items() if k not in options})
-    return SamplingPlan(own, steps, schedule, options)
+    if sampler not in (None, own.sampler):
+        raise ValueError(f"this {run_kind(config).name} student samples with --sampler {own.sampler}, not {sampler}")
+    options.update({k: v for k, v in own.options.items() if k not in options})
+    return SamplingPlan(own.sampler, own.steps, schedule, options)

@@ -44,6 +44,7 @@ from .distillation import (
     progressive_loss,
 )
 from .ema import EMA
+from .kinds import run_kind
 from .losses import VLBTimeSampler, dsm_loss, hybrid_loss
 
 __all__ = [
@@ -401,20 +402,13 @@ def _teacher(sde: SDE, teacher: ScoreFn | None, name: str) -> ScoreFn:
 
 
 def objective_name(config: RunConfig) -> str:
-    """The objective of a run: ``autoencoder`` for an autoencoder, its distillation method, ``super_resolution`` for
-    a cascade's super-resolution stage, ``hybrid`` for a learned variance, else ``dsm``."""
-    if config.is_autoencoder:
-        return "autoencoder"
-    if config.stage.low_resolution:
-        return "super_resolution"
-    if config.distill.method is not None:
-        return config.distill.method
-    return "hybrid" if config.learns_variance else "dsm"
+    """The objective of a run: the one its kind declares (`scoresde.training.kinds.RunKind.objective`)."""
+    return run_kind(config).objective
 
 
 def needs_teacher(config: RunConfig) -> bool:
-    """Whether the run's objective distils a teacher (progressive and consistency distillation)."""
-    return objective_name(config) in ("progressive", "consistency")
+    """Whether the run's objective distils a teacher (its kind declares it: progressive and consistency)."""
+    return run_kind(config).teacher
 
 
 def build_objective(

@@ -49,7 +49,8 @@ from .checkpoint import (
 )
 from .data import DataStream
 from .ema import EMA
-from .objectives import Batch, Objective, build_objective, needs_teacher
+from .kinds import run_kind
+from .objectives import Batch, Objective, build_objective
 from .run_folder import RunFolderError, RunLock, remove_run_files, remove_stale_temporaries, run_files, truncate_log
 from .runs import build_model, load_teacher, wrap_network
 
@@ -73,9 +74,18 @@ LOGS = ("metrics.csv", "evals.csv")
 
 
 def config_changes(ours: RunConfig, theirs: RunConfig) -> list[str]:
-    """The fields (``section.field``) in which two run configs differ, other than the `RESUMABLE_CHANGES`."""
+    """The fields (``section.field``, or ``kind``) in which two run configs differ, other than the
+    `RESUMABLE_CHANGES`; a config that declares its kind and one written before kinds were declared (``kind: null``)
+    that describes the same kind do not differ."""
     a, b = ours.to_dict(), theirs.to_dict()
-    return [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES]
+    kinds = [] if run_kind(ours).name == run_kind(theirs).name else ["kind"]
+    return kinds + [
+        f"{s}.{k}"
+        for s in a
+        if isinstance(a[s], dict)
+        for k in a[s]
+        if a[s][k] != b[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES
+    ]
 
 
 class TrainingDiverged(RuntimeError):
@@ -172,6 +182,7 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))  # one GPU per process
             torch.cuda.set_device(self.device)
         self.progress, self.eval_fn = progress, eval_fn
+        self.kind = run_kind(config)
         self.sde = config.sde.build()
         self.model = build_model(config, self.sde, self.device)
         self.ema = EMA(self.model, config.train.ema_decay)
@@ -180,7 +191,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.data = DataStream(config, self.rank, self.world, self.device, self.out_dir)
         if objective is None:
-            teacher = teacher if teacher is not None or not needs_teacher(config) else load_teacher(config, self.device)
+            teacher = teacher if teacher is not None or not self.kind.teacher else load_teacher(config, self.device)
             objective = build_objective(config, self.sde, teacher=teacher, world=self.world, features=features)
         self.objective = objective
         self.objective.init_model(self.model, self.ema.model)
@@ -192,7 +203,7 @@ class Trainer:
             self._restore(self.out_dir / CHECKPOINT)
             self._owns_folder = True
         self._train_model = self.model
-        if self.world > 1 and not config.is_autoencoder:  # the autoencoder objective refuses torchrun
+        if self.world > 1 and self.kind.distributed:  # an autoencoder's objective refuses torchrun
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(

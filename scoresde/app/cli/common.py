@@ -339,12 +339,13 @@ def student_specs(folders: list[str], teacher, data_config, device: str) -> list
     """``--student RUN`` (repeatable): each distilled student at the step counts it samples with (consistency: 1, 2
     and 4 steps; progressive: its own), next to the teacher's solvers; a student of another SDE or data is refused."""
     from ...evaluation.comparison import student_lineup
+    from ...training.kinds import run_kind
     from ...training.runs import load_score_model
 
     specs = []
     for folder in folders:
         student, config, _ = load_score_model(folder, device=device)
-        if config.distill.method is None:
+        if not run_kind(config).student:
             raise UserError(f"--student {folder} is not a distilled student (scoresde distill writes one)")
         if repr(config.sde.build()) != repr(teacher.sde) or config.data != data_config:
             raise UserError(

@@ -29,11 +29,10 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
     source = args.data or require_data(data, "--data").name
     x, true_nll = load_points(source, args.n, args.seed, data)
     stage = spec_of(model).decoder or spec_of(model).condition
-    base = _cascade_base(args, config) if spec_of(model).condition else None  # (model, level)
     out = out_file(args.out, ".json", args.force)
     summary = {"checkpoint_step": step, "data": source}
     if stage:
-        summary.update(_stage_bound(args, model, x, data, config, base))
+        summary.update(_stage_bound(args, model, x, config))
         out.write_text(json_text(summary))
         return {**summary, "out": str(out)}
     summary.update(
@@ -57,48 +56,28 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
     return {**summary, "out": str(out)}
 
 
-def _cascade_base(args: argparse.Namespace, config) -> tuple:
-    """A super-resolution run's base model (its ``stage.base``) and the augmentation level its bound integrates over
-    (``--augmentation``, default ``stage.augmentation``); refused in one line when missing or out of range."""
-    from ...training.runs import load_score_model, stage_path
-    from .common import run_folder_of
-
-    if config.stage.base is None:
-        raise UserError(f"{args.checkpoint} is a super-resolution stage that names no base run (stage.base)")
-    path = stage_path(config.stage.base, run_folder_of(args.checkpoint))
-    if not path.exists():
-        raise UserError(f"the cascade's base run {config.stage.base} does not exist (looked at {path}); train it first")
-    level = config.stage.augmentation if args.augmentation is None else args.augmentation
-    if not 0 < level <= config.stage.max_augmentation:
-        raise UserError(
-            f"the cascade's bound integrates over a conditioning augmentation in (0, {config.stage.max_augmentation:g}]"
-            f" (the range the run trained on), got {level:g}: pass --augmentation (e.g. 0.1)"
-        )
-    return load_score_model(path, device=args.device)[0], level
-
-
-def _stage_bound(args: argparse.Namespace, model, x, data, config, base) -> dict:
-    """A latent run's or a cascade's bits/dim: the upper bound with its terms apart
-    (`scoresde.likelihood.latent_bits_per_dim`, `scoresde.likelihood.cascade_bits_per_dim`)."""
+def _stage_bound(args: argparse.Namespace, model, x, config) -> dict:
+    """A latent run's or a cascade's bits/dim: the upper bound with its terms apart (`scoresde.training.workflows.
+    run_bound`: `scoresde.likelihood.latent_bits_per_dim`, `scoresde.likelihood.cascade_bits_per_dim`)."""
     import torch
 
-    from ...likelihood import cascade_bits_per_dim, latent_bits_per_dim
+    from ...training.workflows import cascade_base, run_bound
+    from .common import run_folder_of
 
+    folder = run_folder_of(args.checkpoint)
     options = {k: getattr(args, k) for k in ("method", "rtol", "atol", "error_control") if getattr(args, k) is not None}
     options.setdefault("rtol", 1e-3)
     options.setdefault("atol", 1e-3)
     common = {"divergence": "hutchinson", "n_probes": args.probes or 1, "dtype": torch.float32,
               "generator": torch.Generator().manual_seed(args.seed), **options}  # fmt: skip
-    x = x.to(args.device)
-    if base is None:
-        result = latent_bits_per_dim(model.sde, model, model.codec, x, data_transform(data), t_min=args.t_min, **common)
-        key = "latent_bound"
-    else:
-        low = config.stage.low_resolution
-        base, level = base
-        result = cascade_bits_per_dim(base.sde, base, model.sde, model, x, level, low,
-                                      data_transform(data), **common)  # fmt: skip
-        key = "cascade_bound"
+    try:
+        base = None
+        if spec_of(model).condition:
+            base = cascade_base(config, folder, level=args.augmentation, device=args.device, positive=True)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    result = run_bound(model, config, folder, x.to(args.device), base=base, t_min=args.t_min, **common)
+    key = "cascade_bound" if base is not None else "latent_bound"
     if not args.json:
         terms = ", ".join(f"{k} {v:.3f}" for k, v in result.terms.items())
         print(f"{key.replace('_', ' ')}: {result.bpd:.3f} ± {result.bpd_standard_error:.3f} bits/dim ({terms})")

@@ -45,6 +45,8 @@ def cmd_list(args: argparse.Namespace) -> dict:
     from ...datasets import image_datasets
     from ...models import models
     from ...samplers import GRIDS, correctors, predictors, samplers
+    from ...training.kinds import run_kinds
+    from ...training.objectives import objectives
 
     return {
         "sdes": sde_names(),
@@ -56,6 +58,8 @@ def cmd_list(args: argparse.Namespace) -> dict:
         "image_datasets": image_datasets(),
         "models": models(),
         "presets": presets(),
+        "run_kinds": run_kinds(),
+        "objectives": objectives(),
     }
 
 

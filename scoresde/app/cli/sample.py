@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..._checks import check_in_registry
+from ...processes.seam import spec_of
 from .common import (
     UserError,
     checkpoint_option,
@@ -65,7 +66,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         if clash:
             raise UserError(f"--solver sets the sampler, its grid and its coefficients; drop {', '.join(clash)}")
     model, data, step, config = load_model(args)
-    if config is not None and config.stage.low_resolution:
+    if spec_of(model).condition:  # a cascade's super-resolution stage: its base draws the condition
         return _sample_cascade(args, model, config, step)
     if args.base is not None or args.augmentation is not None:
         raise UserError("--base and --augmentation are for a cascade's super-resolution run (stage.low_resolution)")
@@ -136,30 +137,19 @@ def _sample_cascade(args: argparse.Namespace, model, config, step) -> dict:
     import torch
 
     from ...samplers import sample_cascade
-    from ...training.runs import load_score_model, stage_path
+    from ...training.workflows import cascade_base
     from ..figures import plot_sample_grids
 
     if args.label is not None or args.solver or args.grid:
         raise UserError(
             "a cascade is sampled with --sampler / --steps per stage; --label, --solver, --grid do not apply"
         )
-    base_spec = args.base or config.stage.base
-    if base_spec is None:
-        raise UserError(f"{args.checkpoint} is a super-resolution stage that names no base run: pass --base RUN")
-    level = config.stage.augmentation if args.augmentation is None else args.augmentation
-    top = config.stage.max_augmentation
-    if not 0 <= level <= top:
-        raise UserError(f"--augmentation {level:g} lies outside the level range the run trained on, [0, {top:g}]")
-    base_path = stage_path(base_spec, run_folder_of(args.checkpoint))
-    if not base_path.exists():
-        raise UserError(f"the cascade's base run {base_spec} does not exist (looked at {base_path}); train it first")
-    base, base_config, _ = load_score_model(base_path, device=args.device)
-    low_size = base_config.data.resolution or base.net.image_size
-    if base_config.data.name != config.data.name or low_size != config.stage.low_resolution:
-        raise UserError(
-            f"the base run {base_spec} draws {base_config.data.name} at {low_size}x{low_size}, this stage is "
-            f"conditioned on {config.data.name} at {config.stage.low_resolution}x{config.stage.low_resolution}"
-        )
+    try:
+        found = cascade_base(config, run_folder_of(args.checkpoint), base=args.base, level=args.augmentation,
+                             device=args.device)  # fmt: skip
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    base, level, top = found.model, found.level, config.stage.max_augmentation
     out = out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     shape, low_shape = sample_shape(model), sample_shape(base)
     with torch.no_grad():

@@ -81,21 +81,23 @@ def _resumed_config(out: Path):
     )
 
 
-def _features(config, device: str):
-    """The feature network of an autoencoder's feature-matching term (``train.feature_weight``; None when off): the
-    data set's shipped one (`scoresde.evaluation.features.default_feature_network`)."""
-    if not (config.is_autoencoder and config.train.feature_weight):
-        return None
+def _features(device: str):
+    """The feature network of a config's feature-matching term (``train.feature_weight``; None when off): the data
+    set's shipped one (`scoresde.evaluation.features.default_feature_network`)."""
     from ...evaluation.features import default_feature_network, feature_network
 
-    return feature_network(default_feature_network(config.data.name), device)
+    return lambda config: (
+        feature_network(default_feature_network(config.data.name), device) if config.train.feature_weight else None
+    )
 
 
-def _autoencoder_outputs(folder: Path, device: str) -> dict:
-    """After an autoencoder run: its scaling factor (measured on the training latents and stored in the run) and its
-    pictures on 500 test images, ``reconstructions.png`` and ``latent_space.png`` in the run folder."""
+def _pictures(summary: dict, folder: Path, device: str) -> dict:
+    """After an autoencoder run (its kind measured a scaling factor): its pictures on 500 test images,
+    ``reconstructions.png`` and ``latent_space.png`` in the run folder (`scoresde.app.figures.autoencoder_figures`)."""
+    if "scaling_factor" not in summary:
+        return summary
     from ...datasets import image_dataset
-    from ...training.runs import load_autoencoder, run_images
+    from ...training.stages import load_autoencoder, run_images
     from ..figures import autoencoder_figures
 
     codec, config = load_autoencoder(folder, device=device)
@@ -106,47 +108,30 @@ def _autoencoder_outputs(folder: Path, device: str) -> dict:
     for name, fig in figures.items():
         fig.savefig(folder / f"{name}.png", dpi=100)
         written[name] = str(folder / f"{name}.png")
-    return {"scaling_factor": codec.scaling_factor, "figures": written}
+    return {**summary, "figures": written}
 
 
-def _train_stages(args: argparse.Namespace, config, out: Path) -> dict:
+def _stage_configs(args: argparse.Namespace) -> dict:
     """The other stages a preset's run names (`scoresde.config.presets.preset_stages`: a latent model's autoencoder,
-    a super-resolution stage's base), each a run of its own trained first into the folder the run names (inside
-    ``--out``) with ``--steps``, ``--seed`` and ``--data-dir``; a stage already trained there is resumed (a finished
-    one is kept as it is). Returns ``{field: summary}``."""
+    a super-resolution stage's base) as ``{field: config}``, with ``--steps``, ``--seed`` and ``--data-dir``."""
     from ...config.presets import preset, preset_stages
     from ...config.schema import override
-    from ...training.trainer import Trainer
 
-    done = {}
-    for field, name in (preset_stages(args.preset) if args.preset else {}).items():
-        spec = Path(getattr(config.stage, field))
-        folder = spec if spec.is_absolute() else out / spec
-        sets = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
-        sets += [f"train.steps={args.steps}"] if args.steps is not None else []
-        sets += [f"train.seed={args.seed}"] if args.seed is not None else []
-        stage = override(preset(name), *sets)
-        note("train", f"stage {field}: preset {name} into {folder}")
-        trainer = Trainer(
-            stage,
-            folder,
-            device=args.device,
-            progress=not args.json,
-            resume=True,
-            features=_features(stage, args.device),
-        )
-        result = trainer.train()
-        done[field] = {**result.to_dict(), "out": str(folder), "preset": name}
-        if stage.is_autoencoder:
-            done[field].update(_autoencoder_outputs(folder, args.device))
-    return done
+    sets = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    sets += [f"train.steps={args.steps}"] if args.steps is not None else []
+    sets += [f"train.seed={args.seed}"] if args.seed is not None else []
+    stages = preset_stages(args.preset) if args.preset else {}
+    for field, name in stages.items():
+        note("train", f"stage {field}: preset {name} (trained first, inside --out)")
+    return {field: override(preset(name), *sets) for field, name in stages.items()}
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
     """Train a preset or config file (with ``--set`` overrides) into ``--out``; ``--resume`` continues a run there.
     Nothing in ``--out`` is replaced without ``--force``, which replaces the run files only."""
     from ...training.run_folder import RUN_FILES, run_files
-    from ...training.trainer import Trainer, TrainingDiverged
+    from ...training.trainer import TrainingDiverged
+    from ...training.workflows import train_run
     from ..figures import plot_training_curve
 
     out = Path(args.out)
@@ -159,37 +144,30 @@ def cmd_train(args: argparse.Namespace) -> dict:
         )
     created = not out.exists()
     prepare_out(str(out), True, [])
-    stages = _train_stages(args, config, out)
     try:
-        trainer = Trainer(
-            config,
-            out,
-            device=args.device,
-            progress=not args.json,
-            resume=args.resume,
-            overwrite=args.force,
-            features=_features(config, args.device),
-        )
-        try:
-            result = trainer.train()
-        finally:
-            trainer.close()  # under torchrun: leave the process group before exit
+        run = train_run(config, out, stages=_stage_configs(args), features=_features(args.device), device=args.device,
+                        progress=not args.json, resume=args.resume, overwrite=args.force)  # fmt: skip
     except (FileNotFoundError, TrainingDiverged) as exc:
         remove_if_empty(out, created)
         raise UserError(str(exc)) from None
     except BaseException:
         remove_if_empty(out, created)
         raise
-    if not trainer.is_main:
+    if not run.is_main:
         return {}
-    summary = {**result.to_dict(), "out": str(out), "config": config.to_dict(), "stages": stages}
-    if config.is_autoencoder:
-        summary.update(_autoencoder_outputs(out, args.device))
+    from ...config.presets import preset_stages
+
+    named = preset_stages(args.preset) if args.preset else {}
+    stages = {
+        f: {**_pictures(done, Path(done["out"]), args.device), "preset": named[f]} for f, done in run.stages.items()
+    }
+    summary = {**run.result.to_dict(), "out": str(out), "config": config.to_dict(), "stages": stages}
+    summary.update(_pictures(run.after, out, args.device))
     if (out / "metrics.csv").is_file():
         fig = plot_training_curve(out / "metrics.csv")
         fig.savefig(out / "loss.png", dpi=100)
         summary["loss_plot"] = str(out / "loss.png")
-    return Outcome(summary, 130) if result.interrupted else summary
+    return Outcome(summary, 130) if run.result.interrupted else summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

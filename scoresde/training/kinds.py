@@ -1,0 +1,275 @@
+"""Run kinds: what a run is, declared once.
+
+A run's kind (``config.kind``) says how its model is built and wrapped, which objective trains it, what its data
+stream adds (an autoencoder's latents, low-resolution conditions), how it samples by default, which likelihood or
+bound applies, whether it trains under torchrun / DDP, whether it learns from a teacher, and what follows training
+(a measured scaling factor). The Trainer, the run loaders and the commands ask the kind and never a config field
+(like EDM's training loop, which is handed a network and a loss and never asks what they are).
+
+A config written before kinds were declared (``kind: null``) is read as the kind its other sections describe
+(`infer_kind`); a declared kind that contradicts them is a one-line ``ValueError``. This module is the one place
+that decides on ``model.name``, ``stage.autoencoder``, ``stage.low_resolution``, ``distill.method`` and
+``learn_variance``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._checks import check_in_registry
+from ..config.schema import RunConfig
+from ..models import LatentModel, ScoreModel
+from ..models.consistency import ConsistencyModel
+from ..processes.sde import SDE
+
+__all__ = [
+    "RunKind",
+    "register_run_kind",
+    "run_kinds",
+    "get_run_kind",
+    "run_kind",
+    "infer_kind",
+    "StudentSampling",
+    "student_network",
+]
+
+_RUN_KINDS: dict[str, RunKind] = {}
+
+
+def register_run_kind(cls: type[RunKind]) -> type[RunKind]:
+    """Class decorator: register one instance of the `RunKind` subclass ``cls`` under ``cls.name``."""
+    if not cls.name or cls.name in _RUN_KINDS:
+        raise ValueError(f"run kind {cls.name!r} is empty or registered twice")
+    _RUN_KINDS[cls.name] = cls()
+    return cls
+
+
+def run_kinds() -> list[str]:
+    """The registered run kinds' names."""
+    return sorted(_RUN_KINDS)
+
+
+def get_run_kind(name: str) -> RunKind:
+    """The run kind called ``name``; an unknown name is a ``ValueError`` listing the valid ones."""
+    return _RUN_KINDS[check_in_registry("run kind", name, run_kinds())]
+
+
+def infer_kind(config: RunConfig) -> str:
+    """The kind a config's sections describe (what a config written before ``kind`` existed means): an autoencoder
+    network, a latent or super-resolution stage, a distillation method, a learned variance, else a score model."""
+    if config.model.name == "kl_autoencoder":
+        return "autoencoder"
+    if config.stage.autoencoder:
+        return "latent"
+    if config.stage.low_resolution:
+        return "super_resolution"
+    if config.distill.method is not None:
+        return config.distill.method
+    return "learned_variance" if config.model.kwargs.get("learn_variance") else "score"
+
+
+def run_kind(config: RunConfig) -> RunKind:
+    """The `RunKind` of ``config``: its declared ``kind``, checked against what its sections describe, or (``kind:
+    null``) the kind they describe."""
+    described = infer_kind(config)
+    if config.kind is None:
+        return _RUN_KINDS[described]
+    kind = get_run_kind(config.kind)
+    if described != kind.name:
+        raise ValueError(
+            f"kind: {kind.name} {kind.requires}, but this config's other sections describe a {described} run: set "
+            f"kind: {described} (--set kind={described}) or change those sections"
+        )
+    return kind
+
+
+def student_network(kwargs: dict) -> dict:
+    """A teacher's network arguments as its distilled student's: without a learned-variance channel."""
+    return {k: v for k, v in kwargs.items() if k != "learn_variance"}
+
+
+@dataclass(frozen=True)
+class StudentSampling:
+    """How a distilled student samples: its own ``sampler``, ``steps`` and options (`RunKind.student_sampling`)."""
+
+    sampler: str
+    steps: int
+    options: dict
+
+
+class RunKind:
+    """One kind of run. Subclasses set the class attributes and override the hooks they need; the defaults are a
+    score model trained by denoising score matching on the run's data, sampled by DPM-Solver, evaluated by the
+    PF-ODE likelihood."""
+
+    name: str = ""
+    objective: str = "dsm"
+    """The registered objective that trains it (`scoresde.training.objectives`)."""
+    requires: str = "is a score model: no stage, distillation or learned variance"
+    """What a config of this kind sets (the one-line error when a declared kind contradicts its sections)."""
+    distributed: bool = True
+    """Whether it trains under torchrun (DDP)."""
+    teacher: bool = False
+    """Whether its objective learns from a teacher (``distill.teacher``)."""
+    student: bool = False
+    """Whether it is a distilled student that samples its own way (`student_sampling`)."""
+    score: bool = True
+    """Whether its model is a score model (an autoencoder's and a consistency model's are not)."""
+    bound: str | None = None
+    """The bits/dim bound its likelihood is (``latent``, ``cascade``), or None: the exact PF-ODE likelihood."""
+
+    def wrap(self, config: RunConfig, sde: SDE, net: nn.Module) -> Any:
+        """``net`` as the run's model (what the objective trains and the samplers call)."""
+        return ScoreModel(net, sde, config.model.parameterization, config.model.sigma_data)
+
+    def loaded(self, model: Any, config: RunConfig, folder: Path, device: torch.device | str) -> Any:
+        """The loaded run's model, with what it carries from other runs (a latent model's decoder)."""
+        return model
+
+    def prepare_data(self, stream: Any, config: RunConfig, device: torch.device | str, folder: Path | None) -> None:
+        """What the data stream adds to an image run's batches (latents, low-resolution images); nothing by default."""
+
+    def student_sampling(self, config: RunConfig, steps: int | None = None) -> StudentSampling | None:
+        """How a distilled student samples (None: any sampler, the user's choice)."""
+        return None
+
+    def student_steps(self, config: RunConfig, counts: tuple[int, ...]) -> tuple[int, ...]:
+        """The step counts a comparison samples a student at."""
+        return counts
+
+    def after_training(self, folder: Path, device: torch.device | str) -> dict:
+        """What follows training, written into the run folder; returns its summary."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"RunKind({self.name!r})"
+
+
+@register_run_kind
+class Score(RunKind):
+    name = "score"
+
+
+@register_run_kind
+class LearnedVariance(RunKind):
+    name = "learned_variance"
+    objective = "hybrid"
+    requires = "learns the reverse variance: set model.kwargs.learn_variance: true"
+
+
+@register_run_kind
+class Autoencoder(RunKind):
+    name = "autoencoder"
+    objective = "autoencoder"
+    requires = "trains a KL autoencoder: set model.name: kl_autoencoder"
+    distributed = False
+    score = False
+
+    def wrap(self, config: RunConfig, sde: SDE, net: nn.Module) -> Any:
+        return net
+
+    def after_training(self, folder: Path, device: torch.device | str) -> dict:
+        """The scaling factor, measured on the training latents and stored in the run (`load_autoencoder`)."""
+        from .stages import load_autoencoder
+
+        codec, _ = load_autoencoder(folder, device=device)
+        return {"scaling_factor": codec.scaling_factor}
+
+
+@register_run_kind
+class Latent(RunKind):
+    name = "latent"
+    requires = "models an autoencoder's latents: set stage.autoencoder"
+    bound = "latent"
+
+    def loaded(self, model: Any, config: RunConfig, folder: Path, device: torch.device | str) -> Any:
+        from .checkpoint import CheckpointError
+        from .stages import load_autoencoder
+
+        try:
+            codec, _ = load_autoencoder(config.stage.autoencoder, config.data, device, folder)
+        except ValueError as exc:
+            raise CheckpointError(f"{folder} is a latent model that decodes with its autoencoder, and {exc}") from None
+        return LatentModel(model, codec)
+
+    def prepare_data(self, stream: Any, config: RunConfig, device: torch.device | str, folder: Path | None) -> None:
+        """Posteriors of the training images, computed once: every batch draws fresh latents from them."""
+        from .stages import encode_images, load_autoencoder
+
+        codec, _ = load_autoencoder(config.stage.autoencoder, config.data, device, folder)
+        stream.posterior = encode_images(codec, stream.transform.to_model(stream.images + 0.5), device)
+        stream.shape = codec.latent_shape
+
+
+@register_run_kind
+class SuperResolution(RunKind):
+    name = "super_resolution"
+    objective = "super_resolution"
+    requires = "is a cascade's super-resolution stage: set stage.low_resolution"
+    bound = "cascade"
+
+    def prepare_data(self, stream: Any, config: RunConfig, device: torch.device | str, folder: Path | None) -> None:
+        """Each image's low-resolution version, dequantised on its own, in ``batch.low``."""
+        from ..datasets.images import downsample_levels
+
+        stream.low = downsample_levels(stream.images, config.stage.low_resolution)
+
+
+class _Distilled(RunKind):
+    student = True
+
+    @property
+    def requires(self) -> str:  # type: ignore[override]
+        return f"is a distilled student: set distill.method: {self.name}"
+
+
+@register_run_kind
+class Progressive(_Distilled):
+    name = objective = "progressive"
+    teacher = True
+
+    def student_sampling(self, config: RunConfig, steps: int | None = None) -> StudentSampling:
+        """DDIM on its log-SNR grid, exactly its steps, without the final denoising evaluation (NFE = steps)."""
+        own = config.distill.steps
+        if steps is not None and steps != own:
+            raise ValueError(
+                f"this progressive student was distilled for {own} DDIM steps, not {steps}: sample it with "
+                f"--steps {own} (or distil another round)"
+            )
+        return StudentSampling("ddim", own, {"schedule": "log_snr", "denoise": False})
+
+    def student_steps(self, config: RunConfig, counts: tuple[int, ...]) -> tuple[int, ...]:
+        return (config.distill.steps,)
+
+
+class _Consistency(_Distilled):
+    score = False
+
+    def wrap(self, config: RunConfig, sde: SDE, net: nn.Module) -> Any:
+        return ConsistencyModel(net, sde, sde.sampling_t_min, config.model.sigma_data)
+
+    def student_sampling(self, config: RunConfig, steps: int | None = None) -> StudentSampling:
+        """Multistep consistency sampling, at most ``n_times - 1`` steps."""
+        limit = config.distill.n_times - 1
+        if steps is not None and steps > limit:
+            raise ValueError(
+                f"this consistency model was distilled on {config.distill.n_times} times: at most {limit} steps, got "
+                f"{steps}"
+            )
+        return StudentSampling("consistency", steps or config.distill.steps, {})
+
+
+@register_run_kind
+class Consistency(_Consistency):
+    name = objective = "consistency"
+    teacher = True
+
+
+@register_run_kind
+class ConsistencyTraining(_Consistency):
+    name = objective = "consistency_training"

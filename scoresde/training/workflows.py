@@ -1,0 +1,154 @@
+"""What the commands do to a run folder, as library calls: train a run and the stages it names, with what its kind
+does after training (`train_run`), sample it the way its kind samples (`sample_run`), and compute its bits/dim bound
+when its kind has one (`run_bound`). ``scoresde train``, ``sample`` and ``likelihood`` parse their options, call
+these and write files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config.schema import RunConfig
+from .kinds import run_kind
+from .stages import stage_path
+from .trainer import Trainer, TrainResult
+
+__all__ = ["RunTraining", "train_run", "CascadeBase", "cascade_base", "run_bound"]
+
+FeatureNetwork = Callable[[RunConfig], "nn.Module | None"]
+"""The feature network of a config's feature-matching term, or None (the caller's: they live above training)."""
+
+
+@dataclass
+class RunTraining:
+    """What `train_run` did: the run's `TrainResult`, each stage's summary, what its kind did after training, and
+    whether this process is the one that writes (rank 0 under torchrun)."""
+
+    result: TrainResult
+    stages: dict[str, dict] = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    is_main: bool = True
+
+
+def _train_one(
+    config: RunConfig, out: Path, features: FeatureNetwork | None, **options: Any
+) -> tuple[TrainResult, dict, bool]:
+    trainer = Trainer(config, out, features=None if features is None else features(config), **options)
+    try:
+        result = trainer.train()
+    finally:
+        trainer.close()  # under torchrun: leave the process group before exit
+    after = run_kind(config).after_training(out, trainer.device) if trainer.is_main else {}
+    return result, after, trainer.is_main
+
+
+def train_run(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    stages: dict[str, RunConfig] | None = None,
+    features: FeatureNetwork | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> RunTraining:
+    """Train the run of ``config`` into ``out`` (`scoresde.training.Trainer`), first the ``stages`` it names
+    (``{stage field: its config}``, e.g. ``{"autoencoder": ...}`` for a latent run: each trained into the folder
+    ``config.stage.<field>`` names, relative to ``out``, and resumed when already there), each followed by what its
+    kind does after training (`scoresde.training.kinds.RunKind.after_training`: an autoencoder's scaling factor).
+    ``features``: the feature network of a config's feature-matching term (``train.feature_weight``)."""
+    out = Path(out)
+    done = {}
+    for name, stage in (stages or {}).items():
+        spec = Path(getattr(config.stage, name))
+        folder = spec if spec.is_absolute() else out / spec
+        result, after, _ = _train_one(stage, folder, features, device=device, progress=progress, resume=True)
+        done[name] = {**result.to_dict(), **after, "out": str(folder)}
+    result, after, is_main = _train_one(
+        config, out, features, device=device, progress=progress, resume=resume, overwrite=overwrite
+    )
+    return RunTraining(result, done, after, is_main)
+
+
+@dataclass(frozen=True)
+class CascadeBase:
+    """A super-resolution stage's base run (its model and config) and the conditioning-augmentation level."""
+
+    model: Any
+    config: RunConfig
+    level: float
+
+
+def cascade_base(
+    config: RunConfig,
+    folder: str | Path,
+    *,
+    base: str | Path | None = None,
+    level: float | None = None,
+    device: torch.device | str = "cpu",
+    positive: bool = False,
+) -> CascadeBase:
+    """The base run of the super-resolution run in ``folder`` (``base``, default its ``stage.base``), checked to draw
+    the run's data at its low resolution, and the augmentation ``level`` (default ``stage.augmentation``), checked to
+    lie in the range the run trained on (``positive``: in (0, max] as a bound needs). One-line ``ValueError`` s."""
+    from .runs import load_score_model
+
+    stage = config.stage
+    spec = base or stage.base
+    if spec is None:
+        raise ValueError(f"{folder} is a super-resolution stage that names no base run (stage.base): pass --base RUN")
+    level = stage.augmentation if level is None else float(level)
+    top = stage.max_augmentation
+    if positive and not 0 < level <= top:
+        raise ValueError(
+            f"the cascade's bound integrates over a conditioning augmentation in (0, {top:g}] (the range the run "
+            f"trained on), got {level:g}: pass --augmentation (e.g. 0.1)"
+        )
+    if not 0 <= level <= top:
+        raise ValueError(f"--augmentation {level:g} lies outside the level range the run trained on, [0, {top:g}]")
+    path = stage_path(spec, folder)
+    if not path.exists():
+        raise ValueError(f"the cascade's base run {spec} does not exist (looked at {path}); train it first")
+    model, base_config, _ = load_score_model(path, device=device)
+    size = base_config.data.resolution or model.net.image_size
+    if base_config.data.name != config.data.name or size != stage.low_resolution:
+        raise ValueError(
+            f"the base run {spec} draws {base_config.data.name} at {size}x{size}, this stage is conditioned on "
+            f"{config.data.name} at {stage.low_resolution}x{stage.low_resolution}"
+        )
+    return CascadeBase(model, base_config, level)
+
+
+def run_bound(
+    model: Any,
+    config: RunConfig,
+    folder: str | Path,
+    x: Tensor,
+    *,
+    base: CascadeBase | None = None,
+    t_min: float = 1e-5,
+    **options: Any,
+) -> Any:
+    """The bits/dim bound of the run's kind on integer images ``x``, or None when the kind's
+    likelihood is the exact PF-ODE one (`scoresde.likelihood.bits_per_dim`): a latent run's
+    (`scoresde.likelihood.latent_bits_per_dim`), a super-resolution stage's with its base
+    (`scoresde.likelihood.cascade_bits_per_dim`; ``base`` default `cascade_base` at the run's level). ``options``:
+    the solver's (``method``, ``rtol``, ``atol``, ``divergence``, ``n_probes``, ``generator``, ``dtype`` ...)."""
+    from ..likelihood import cascade_bits_per_dim, latent_bits_per_dim
+
+    kind = run_kind(config)
+    transform = config.data.transform()
+    if kind.bound == "latent":
+        return latent_bits_per_dim(model.sde, model, model.codec, x, transform, t_min=t_min, **options)
+    if kind.bound == "cascade":
+        base = base or cascade_base(config, folder, positive=True, device=x.device)
+        low = config.stage.low_resolution
+        return cascade_bits_per_dim(base.model.sde, base.model, model.sde, model, x, base.level, low, transform,
+                                    **options)  # fmt: skip
+    return None
