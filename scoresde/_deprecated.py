@@ -23,8 +23,14 @@ class ScoresdeDeprecationWarning(DeprecationWarning):
     """A name or import path of scoresde that moved; the message names the new one."""
 
 
+REMOVAL = "release 0.3 (2027-06-01)"
+"""When the forwards below go: every warning names it."""
+
+_SDE_HOMES = ("scoresde.processes.base", "scoresde.processes.vp", "scoresde.processes.ve")
+
 OLD_PATHS: dict[str, tuple[str, ...]] = {
-    "scoresde.sde": ("scoresde.processes.sde",),
+    "scoresde.sde": _SDE_HOMES,
+    "scoresde.processes.sde": _SDE_HOMES,
     "scoresde.samplers.grids": ("scoresde.processes.grids",),
     "scoresde.reverse_variance": ("scoresde.processes.reverse_variance",),
     "scoresde.analytic": ("scoresde.oracles.gaussian_mixture",),
@@ -53,7 +59,7 @@ OLD_PATHS: dict[str, tuple[str, ...]] = {
 
 def _warn(old: str, new: str) -> None:
     warnings.warn(
-        f"{old} is deprecated: use {new} (the old name goes in the next release)",
+        f"{old} is deprecated: use {new} (the old name goes in {REMOVAL})",
         ScoresdeDeprecationWarning,
         stacklevel=3,
     )

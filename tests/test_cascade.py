@@ -13,7 +13,7 @@ from scoresde.app.cli import main
 from scoresde.config.schema import ConfigError, config_from_dict
 from scoresde.models import spec_of
 from scoresde.oracles import GaussianCascade, average_pool_matrix
-from scoresde.processes.sde import VPSDE
+from scoresde.processes.vp import VPSDE
 from scoresde.samplers import sample_cascade
 from scoresde.training import Trainer
 from scoresde.training.runs import load_score_model

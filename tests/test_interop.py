@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from scoresde.app.cli import main
-from scoresde.processes.sde import VPSDE, DiscreteVPSDE
+from scoresde.processes.vp import VPSDE, DiscreteVPSDE
 from scoresde.samplers.pc import ancestral_sampling
 from scoresde.samplers.thresholding import ThresholdedScore
 from scoresde.training.interop import InteropError, load_diffusers

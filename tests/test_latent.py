@@ -13,7 +13,7 @@ from scoresde.datasets import DataTransform
 from scoresde.likelihood import decoder_log_prob, latent_bits_per_dim
 from scoresde.models import KLAutoencoder, LatentCodec, LatentModel, spec_of
 from scoresde.oracles import LinearGaussianAutoencoder
-from scoresde.processes.sde import VPSDE
+from scoresde.processes.vp import VPSDE
 from scoresde.training import Trainer
 from scoresde.training.checkpoint import CheckpointError, load_checkpoint
 from scoresde.training.kinds import run_kind

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from ..datasets import toy_dataset, toy_datasets
 from ..oracles.gaussian_mixture import GaussianMixture, grid_cells
-from ..processes.sde import SDE, ScoreFn
+from ..processes.base import SDE, ScoreFn
 
 __all__ = [
     "plot_toy_datasets",

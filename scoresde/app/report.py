@@ -30,7 +30,7 @@ from ..evaluation.comparison import (
     solver_lineup,
     student_lineup,
 )
-from ..processes.sde import SDE, ScoreFn
+from ..processes.base import SDE, ScoreFn
 
 __all__ = ["likelihood_summary", "write_comparison", "run_demo", "DEMO_FILES"]
 

@@ -15,7 +15,8 @@ import yaml
 
 from ..models.parameterization import PARAMETERIZATIONS
 from ..models.registry import models
-from ..processes.sde import SDE, VPSDE, create_sde, sde_names
+from ..processes.base import SDE, create_sde, sde_names
+from ..processes.vp import VPSDE
 
 __all__ = [
     "SDEConfig",

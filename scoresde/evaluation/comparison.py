@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .._checks import check_finite, check_positive_int, progress_bar
 from .._stats import mean_and_standard_error
-from ..processes.sde import SDE, ScoreFn
+from ..processes.base import SDE, ScoreFn
 from ..processes.seam import spec_of
 from ..samplers import samplers
 from ..samplers.base import sampler_options

@@ -31,7 +31,7 @@ from .._checks import check_finite
 from .._io import json_safe
 from .._stats import mean_and_standard_error
 from ..datasets.scalers import DataTransform
-from ..processes.sde import SDE
+from ..processes.base import SDE
 from ..processes.seam import spec_of
 from .pf_ode import log_likelihood
 

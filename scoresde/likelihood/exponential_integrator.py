@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..processes.base import SDE
 from ..processes.quadrature import lagrange_integrals
-from ..processes.sde import SDE
 
 __all__ = [
     "ExponentialSolution",

@@ -32,9 +32,9 @@ from torch import Tensor
 
 from .._checks import check_finite, check_in_registry, check_positive, check_positive_int, progress_bar, renamed_t_min
 from .._stats import mean_and_standard_error
+from ..processes.base import SDE, VARIABLES, ProbabilityFlow, ScoreFn, check_sde
 from ..processes.divergence import DIVERGENCES, PROBES, divergence_fn, draw_probes, exact_divergence, probe_divergences
 from ..processes.grids import custom_grid, time_grid
-from ..processes.sde import SDE, VARIABLES, ProbabilityFlow, ScoreFn, check_sde
 from ..processes.seam import CountingScore, as_score
 from ..samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
 from .exponential_integrator import (

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive, expand_to
-from ..processes.sde import SDE, check_sde
+from ..processes.base import SDE, check_sde
 from ..processes.seam import ModelSpec
 
 __all__ = ["ConsistencyModel", "noise_to_signal"]

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_in_registry, check_positive, expand_to
-from ..processes.sde import SDE, check_sde
+from ..processes.base import SDE, check_sde
 from ..processes.seam import ModelSpec, to_sigma_score
 
 __all__ = ["ScoreModel", "PARAMETERIZATIONS"]

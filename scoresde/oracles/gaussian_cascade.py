@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._checks import expand_to
-from ..processes.sde import SDE
+from ..processes.base import SDE
 from ..processes.seam import ModelSpec
 from .gaussian_mixture import GaussianMixture
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_labels, check_positive_int, check_probability_vector
-from ..processes.sde import SDE, check_sde
+from ..processes.base import SDE, check_sde
 from ..processes.seam import ModelSpec
 
 __all__ = ["random_mixture", "LabelledMixture", "GaussianMixture", "MixtureScore", "entropy_by_quadrature"]

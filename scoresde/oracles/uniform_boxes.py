@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_positive, check_positive_int, check_probability_vector
-from ..processes.sde import SDE, check_sde
+from ..processes.base import SDE, check_sde
 from .gaussian_mixture import MixtureScore
 
 __all__ = ["UniformBoxes"]

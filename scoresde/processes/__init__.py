@@ -3,19 +3,13 @@ time grids, the discrete chain and its reverse variances, divergences, and the m
 
 Imports only the private helpers: everything above builds on it."""
 
-from .divergence import DIVERGENCES, PROBES, divergence_fn, draw_probes, exact_divergence, probe_divergences
-from .grids import GRIDS, time_grid
-from .reverse_variance import VARIANCES, ScoreMoments, reverse_variance, score_moments
-from .sde import (
+from . import vp  # noqa: F401  (registered first: the registry lists vp, vp-cosine, subvp, then ve)
+from .base import (
     SDE,
     VARIABLES,
-    VESDE,
-    VPSDE,
-    DiscreteVPSDE,
     ProbabilityFlow,
     ReverseSDE,
     ScoreFn,
-    SubVPSDE,
     check_sde,
     create_sde,
     evaluate_score,
@@ -23,7 +17,12 @@ from .sde import (
     register_sde,
     sde_names,
 )
+from .divergence import DIVERGENCES, PROBES, divergence_fn, draw_probes, exact_divergence, probe_divergences
+from .grids import GRIDS, time_grid
+from .reverse_variance import VARIANCES, ScoreMoments, reverse_variance, score_moments
 from .seam import CountingScore
+from .ve import VESDE
+from .vp import VPSDE, DiscreteVPSDE, SubVPSDE
 
 __all__ = [
     "SDE",

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, check_positive, check_positive_int, renamed_t_min
-from .sde import SDE
+from .base import SDE
 
 __all__ = ["time_grid", "grid_options", "GRIDS", "LOG_SNR_WARP"]
 

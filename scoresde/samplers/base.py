@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, progress_bar, registering, standard_normal_like
+from ..processes.base import SDE
 from ..processes.grids import grid_options
-from ..processes.sde import SDE
 from ..processes.seam import CountingScore, x0_from_score
 
 __all__ = [

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._io import json_safe
-from ..processes.sde import SDE
+from ..processes.base import SDE
 from ..processes.seam import spec_of
 from .sampling import sample
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .._io import json_text, write_atomic
 from ..processes.artefacts import belongs_to, check_belongs
-from ..processes.sde import SDE, ScoreFn
+from ..processes.base import SDE, ScoreFn
 
 __all__ = ["FittedSolver", "FORMAT"]
 

@@ -38,8 +38,8 @@ from torch import Tensor
 from .._checks import check_in_registry, check_positive_int
 from .._io import json_text, write_atomic
 from ..processes.artefacts import belongs_to, check_belongs
+from ..processes.base import SDE, ScoreFn
 from ..processes.grids import time_grid
-from ..processes.sde import SDE, ScoreFn
 from .base import sampler_options, samplers
 
 __all__ = ["GridFit", "fit_grid", "check_grid_sampler", "REFERENCE", "GRID_SAMPLERS"]

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry
+from ..processes.base import SDE
 from ..processes.quadrature import lagrange_integrals
-from ..processes.sde import SDE
 from .base import Sampling, register_sampler
 from .fast import _coefficients, _multistep_coefficients, _multistep_order, dpmpp_step, expm1
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, check_positive
-from ..processes.sde import VARIABLES, ProbabilityFlow
+from ..processes.base import VARIABLES, ProbabilityFlow
 from .base import Sampling, register_sampler
 
 __all__ = ["ProbabilityFlow", "ode_sampler", "ADAPTIVE_METHODS", "FIXED_GRID_METHODS", "VARIABLES"]

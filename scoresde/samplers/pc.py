@@ -25,7 +25,7 @@ from .._checks import (
     registering,
     standard_normal_like,
 )
-from ..processes.sde import SDE, ReverseSDE, ScoreFn
+from ..processes.base import SDE, ReverseSDE, ScoreFn
 from .base import Sampling, register_sampler
 
 __all__ = [

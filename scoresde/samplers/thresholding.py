@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._checks import expand_to
-from ..processes.sde import SDE, ScoreFn
+from ..processes.base import SDE, ScoreFn
 from ..processes.seam import ModelWrapper, spec_of, x0_from_score
 
 __all__ = ["ThresholdedScore"]

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from .._checks import check_positive_int, progress_bar
 from ..datasets import DataTransform
-from ..processes.sde import SDE
+from ..processes.base import SDE
 from .losses import classifier_loss
 
 __all__ = ["train_classifier"]

@@ -41,7 +41,7 @@ from ..config.schema import (  # one list of the methods: the config validates i
     TEACHER_SOLVERS,
 )
 from ..models.consistency import ConsistencyModel, noise_to_signal
-from ..processes.sde import SDE, ScoreFn
+from ..processes.base import SDE, ScoreFn
 from ..processes.seam import sigma_score, x0_from_sigma_score
 from ..samplers.fast import ddim_update, heun_update
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..config.schema import DataConfig
 from ..models import ScoreModel
-from ..processes.sde import DiscreteVPSDE
+from ..processes.vp import DiscreteVPSDE
 
 __all__ = [
     "DiffusersNet",

@@ -25,7 +25,7 @@ from .._checks import check_in_registry
 from ..config.schema import RunConfig
 from ..models import LatentModel, ScoreModel
 from ..models.consistency import ConsistencyModel
-from ..processes.sde import SDE
+from ..processes.base import SDE
 
 __all__ = [
     "RunKind",

@@ -47,8 +47,8 @@ from .._checks import (
     standard_normal_like,
 )
 from ..config.schema import WEIGHTINGS
+from ..processes.base import SDE, ScoreFn, check_sde, log_snr_times
 from ..processes.reverse_variance import chain_step, reverse_variance
-from ..processes.sde import SDE, ScoreFn, check_sde, log_snr_times
 from ..processes.seam import require, sigma_score, x0_from_sigma_score
 
 __all__ = [

@@ -33,7 +33,7 @@ from .._checks import check_in_registry, registering
 from ..config.schema import RunConfig
 from ..datasets.scalers import DataTransform
 from ..likelihood.latent import decoder_log_prob
-from ..processes.sde import SDE, ScoreFn
+from ..processes.base import SDE, ScoreFn
 from ..processes.seam import as_score
 from .checkpoint import CheckpointError, load_weights
 from .distillation import (

@@ -6,7 +6,7 @@ import argparse
 
 from ..._io import json_text
 from ...datasets import toy_dataset, toy_datasets
-from ...processes.sde import create_sde, sde_names
+from ...processes.base import create_sde, sde_names
 from .common import (
     UserError,
     command,
