@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from scoresde import VPSDE, preset, sample, toy_dataset
+from scoresde import VPSDE, create_sde, preset, sample, toy_dataset
 from scoresde._io import json_safe, json_text
 from scoresde.config import override
-from scoresde.samplers import GridFit
-from scoresde.training.distill import sampling_plan
+from scoresde.samplers import FittedSolver, GridFit, Recipe, choose_recipe
+from scoresde.training.kinds import run_kind
 from scoresde.training.runs import run_score_moments
 
 
@@ -33,20 +33,40 @@ def test_a_fitted_grid_round_trips_and_a_bad_file_is_refused_in_one_line(tmp_pat
         GridFit.load(tmp_path / "junk.json")
 
 
-def test_the_sampling_plan_of_a_run_a_grid_and_a_student():
+def test_the_recipe_of_a_run_a_grid_and_a_student():
     grid = GridFit(torch.tensor([1.0, 0.5, 0.1, 1e-3], dtype=torch.float64), 1, 1, 1, {"sampler": "unipc", "order": 2})
-    plan = sampling_plan(preset("toy-vp"), grid=grid, options={"order": 1})
-    assert (plan.sampler, plan.steps, plan.options) == ("unipc", 3, {"order": 1})  # the user's option is kept
-    assert plan.schedule == grid.times.tolist()
-    assert sampling_plan(None).sampler == "dpm_solver"
+    recipe = choose_recipe(run_kind(preset("toy-vp")).recipe(preset("toy-vp")), artefact=grid.recipe(),
+                           options={"order": 1})  # fmt: skip
+    assert (recipe.sampler, recipe.steps, recipe.options) == ("unipc", 3, {"order": 1})  # the user's option is kept
+    assert list(recipe.times) == grid.times.tolist() and recipe.fitted == grid.settings
+    assert choose_recipe().sampler == "dpm_solver"
     with pytest.raises(ValueError, match="the grid has 3 steps"):
-        sampling_plan(None, grid=grid, steps=5)
-    student = override(
-        preset("toy-vp"), "kind=consistency", "distill.method=consistency", "distill.teacher=oracle:8gaussians"
-    )
-    assert sampling_plan(student, steps=2).sampler == "consistency"
+        choose_recipe(artefact=grid.recipe(), steps=5)
+    student = override(preset("toy-vp"), "kind=consistency", "distill.method=consistency",
+                       "distill.teacher=oracle:8gaussians")  # fmt: skip
+    own = run_kind(student).recipe(student, 2)
+    assert own.fixed and choose_recipe(own, steps=2).sampler == "consistency"
     with pytest.raises(ValueError, match="samples with --sampler consistency, not ddim"):
-        sampling_plan(student, sampler="ddim")
+        choose_recipe(own, sampler="ddim")
+    solver = FittedSolver(grid.times, 2, [[0.0], [0.0], [0.0]], 1.0, 1.0).recipe()
+    assert choose_recipe(own, artefact=solver) is solver  # a fitted solver is its own recipe
+    with pytest.raises(ValueError, match="a fitted solver sets its own sampler, grid and coefficients; drop steps"):
+        choose_recipe(artefact=solver, steps=3)
+
+
+def test_a_recipe_samples_what_its_keyword_form_samples():
+    """`sample(sde, model, shape, recipe)` draws exactly what the keywords it stands for draw; a keyword that
+    clashes with the recipe is one line."""
+    sde, oracle = create_sde("vp"), toy_dataset("gmm").oracle
+    score = oracle.score_fn(sde)
+    recipe = Recipe("dpm_solver", 6, "log_snr", options={"order": 2})
+    a = sample(sde, score, (8, 2), recipe, generator=torch.Generator().manual_seed(0)).x
+    b = sample(sde, score, (8, 2), "dpm_solver", steps=6, schedule="log_snr", order=2,
+               generator=torch.Generator().manual_seed(0)).x  # fmt: skip
+    assert torch.equal(a, b) and recipe.sample_kwargs() == {"sampler": "dpm_solver", "steps": 6,
+                                                            "schedule": "log_snr", "order": 2}  # fmt: skip
+    with pytest.raises(ValueError, match="the recipe sets its own sampler, grid and coefficients; drop order"):
+        sample(sde, score, (8, 2), recipe, order=3)
 
 
 def test_score_moments_are_computed_once_and_cached_in_the_run(tmp_path):

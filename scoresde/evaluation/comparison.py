@@ -21,7 +21,7 @@ from .._checks import check_finite, check_positive_int, progress_bar
 from .._stats import mean_and_standard_error
 from ..processes.base import SDE, ScoreFn
 from ..processes.seam import spec_of
-from ..samplers import samplers
+from ..samplers import Recipe, samplers
 from ..samplers.base import sampler_options
 from ..samplers.sampling import sample
 from .features import ImageQuality
@@ -51,6 +51,17 @@ class SamplerSpec:
     sampler: str
     options: dict = field(default_factory=dict)
     model: ScoreFn | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, family: str, recipe: Recipe, model: ScoreFn | None = None) -> SamplerSpec:
+        """The point of a comparison that samples ``recipe`` (a fitted solver's, a student's)."""
+        options = recipe.sample_kwargs()
+        return cls(family, options.pop("sampler"), options, model)
+
+    @property
+    def recipe(self) -> Recipe:
+        """How this point samples (`scoresde.samplers.Recipe`)."""
+        return Recipe.of(self.sampler, **self.options)
 
     @property
     def label(self) -> str:
@@ -119,17 +130,15 @@ def default_lineup(quick: bool = False) -> list[SamplerSpec]:
 
 
 def solver_lineup(solver, name: str) -> list[SamplerSpec]:
-    """A fitted solver (`scoresde.samplers.FittedSolver`) as a point of a comparison, on its own times with its own
-    coefficients (NFE = its steps); ``name`` labels its family."""
-    options = {**solver.options(), "schedule": solver.times.tolist(), "steps": solver.steps}
-    return [SamplerSpec(f"fitted solver ({name})", "fitted", options)]
+    """A fitted solver (`scoresde.samplers.FittedSolver`) as a point of a comparison, its recipe: on its own times
+    with its own coefficients (NFE = its steps); ``name`` labels its family."""
+    return [SamplerSpec.of(f"fitted solver ({name})", solver.recipe())]
 
 
 def student_lineup(student: ScoreFn, config, name: str, counts: Sequence[int] = (1, 2, 4)) -> list[SamplerSpec]:
     """A distilled student (a run whose kind is a student: `scoresde.training.kinds`) as points of a comparison,
-    sampled the way it was distilled (`scoresde.training.distill.student_sampling`): a consistency model at each of
+    sampled the way it was distilled (its kind's `scoresde.samplers.Recipe`): a consistency model at each of
     ``counts`` steps (NFE = steps), a progressive student at its own steps only. ``name`` labels its family."""
-    from ..training.distill import student_sampling
     from ..training.kinds import run_kind
 
     kind = run_kind(config)
@@ -137,8 +146,7 @@ def student_lineup(student: ScoreFn, config, name: str, counts: Sequence[int] = 
         raise ValueError(f"{name} is not a distilled student (scoresde distill writes one)")
     specs = []
     for steps in kind.student_steps(config, tuple(counts)):
-        plan = student_sampling(config, steps)
-        specs.append(SamplerSpec(f"{kind.name} student ({name})", plan.pop("sampler"), plan, model=student))
+        specs.append(SamplerSpec.of(f"{kind.name} student ({name})", kind.recipe(config, steps), student))
     return specs
 
 
@@ -336,7 +344,7 @@ def compare_samplers(
         _sync(device)
         start = time.perf_counter()
         fn = score_fn if spec.model is None else spec.model
-        result = sample(sde, fn, shape, spec.sampler, x_T=x_T.clone(), generator=generator, **spec.options)
+        result = sample(sde, fn, shape, spec.recipe, x_T=x_T.clone(), generator=generator)
         _sync(device)
         seconds = time.perf_counter() - start
         x = result.images.detach()

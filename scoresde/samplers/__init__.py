@@ -31,12 +31,15 @@ from .grid_fit import GridFit, fit_grid
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .inpaint import INPAINT_METHODS, MASKS, inpaint, named_mask
 from .pc import correctors, predictors, register_corrector, register_predictor
+from .recipe import Recipe, choose_recipe
 from .sampling import sample
 from .solver_fit import fit_solver
 from .thresholding import ThresholdedScore
 
 __all__ = [
     "sample",
+    "Recipe",
+    "choose_recipe",
     "sample_cascade",
     "CascadeResult",
     "augment",

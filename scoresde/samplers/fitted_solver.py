@@ -1,6 +1,6 @@
 """The fitted solver as a run artefact: its times, its base's order and its per-step corrections, with what it was
 fitted for (`scoresde.processes.artefacts`), saved as plain JSON and loaded with checks (`FittedSolver.load`).
-`scoresde.samplers.solver_fit.fit_solver` fits one; ``sample(..., solver=fit)`` samples it."""
+`scoresde.samplers.solver_fit.fit_solver` fits one; ``sample(sde, model, shape, fit.recipe())`` samples it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from torch import Tensor
 from .._io import json_text, write_atomic
 from ..processes.artefacts import belongs_to, check_belongs
 from ..processes.base import SDE, ScoreFn
+from .recipe import Recipe
 
 __all__ = ["FittedSolver", "FORMAT"]
 
@@ -42,6 +43,10 @@ class FittedSolver:
     def options(self) -> dict:
         """The options of the ``fitted`` sampler that sample this solver (with ``schedule=self.times``)."""
         return {"order": self.order, "corrections": self.corrections, "lower_order_final": True, "denoise": False}
+
+    def recipe(self) -> Recipe:
+        """This solver as a `scoresde.samplers.Recipe`: the ``fitted`` sampler on its times with its coefficients."""
+        return Recipe("fitted", times=self.times.tolist(), options=self.options(), fitted=dict(self.settings))
 
     def to_dict(self) -> dict:
         """JSON-safe: the format, times, order, corrections, the objective at the start and the end, the settings."""

@@ -41,6 +41,7 @@ from ..processes.artefacts import belongs_to, check_belongs
 from ..processes.base import SDE, ScoreFn
 from ..processes.grids import time_grid
 from .base import sampler_options, samplers
+from .recipe import Recipe
 
 __all__ = ["GridFit", "fit_grid", "check_grid_sampler", "REFERENCE", "GRID_SAMPLERS"]
 
@@ -78,6 +79,11 @@ class GridFit:
             "evaluations": self.evaluations,
             **self.settings,
         }
+
+    def recipe(self) -> Recipe:
+        """This grid as a `scoresde.samplers.Recipe`: its sampler on its times, with its ``order`` / ``denoise``."""
+        options = {k: self.settings[k] for k in ("order", "denoise") if k in self.settings}
+        return Recipe(self.sampler, times=self.times.tolist(), options=options, fitted=dict(self.settings))
 
     def save(self, path: str | Path) -> Path:
         """Write `to_dict` as JSON to ``path``, atomically (a kill leaves the old file or the new one)."""

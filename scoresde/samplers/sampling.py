@@ -4,6 +4,7 @@ declaration checked once at the boundary, every score evaluation counted)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from .base import (
     samplers,
 )
 from .fitted_solver import FittedSolver
+from .recipe import Recipe
 from .thresholding import ThresholdedScore
 
 __all__ = ["sample"]
@@ -44,33 +46,110 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return dims
 
 
-def _solver_settings(solver, sampler, schedule, steps, t_min, options) -> tuple:
-    """The sampler, grid and options of a fitted ``solver``; a one-line ``ValueError`` for a clash with them."""
-    if not isinstance(solver, FittedSolver):
-        raise TypeError(f"solver must be a FittedSolver (FittedSolver.load(path)), got {type(solver).__name__}")
-    clashes = [name for name, value in (("sampler", sampler if sampler != "fitted" else None), ("schedule", schedule),
-               ("steps", steps if steps != solver.steps else None), ("t_min", t_min)) if value is not None]  # fmt: skip
-    clashes += sorted(set(options) & set(solver.options()))
+_GRID_KEYS = ("steps", "schedule", "t_min", "rho", "warp")
+_SAMPLE_KEYS = (*_GRID_KEYS, "solver", "x0_range", "threshold_percentile")
+
+
+def _recipe_of(sampler: str | Recipe | None, options: dict) -> tuple[Recipe, dict]:
+    """The recipe that ``sampler`` (a name or a `Recipe`) and the keyword options (``steps``, a fitted ``solver``,
+    the sampler's own) make, and the options that are not the recipe's (the grid's ``schedule`` / ``t_min`` /
+    ``rho`` / ``warp``, ``x0_range``, ``threshold_percentile``). A keyword that clashes with a recipe is one line."""
+    solver = options.pop("solver", None)
+    if solver is not None:
+        if not isinstance(solver, FittedSolver):
+            raise TypeError(f"solver must be a FittedSolver (FittedSolver.load(path)), got {type(solver).__name__}")
+        options.setdefault("sampler", sampler if sampler != "fitted" else None)
+        sampler = solver.recipe()
+    if not isinstance(sampler, Recipe):
+        return Recipe(
+            "pc" if sampler is None else sampler, options.pop("steps", None), options=pop_own(options)
+        ), options
+    recipe, named, steps = sampler, options.pop("sampler", None), options.pop("steps", None)
+    fixed_grid = recipe.times is not None or recipe.schedule is not None
+    given = {"sampler": named is not None, "schedule": options.get("schedule") is not None and fixed_grid,
+             "t_min": options.get("t_min") is not None and recipe.times is not None,
+             "steps": steps is not None and recipe.steps not in (None, steps)}  # fmt: skip
+    clashes = [k for k, v in given.items() if v] + sorted(set(options) & set(recipe.options))
     if clashes:
+        owner = "a fitted solver" if recipe.sampler == "fitted" else "the recipe"
         raise ValueError(
-            f"a fitted solver sets its own sampler, grid and coefficients; drop {', '.join(clashes)} "
-            f"(it has {solver.steps} steps)"
+            f"{owner} sets its own sampler, grid and coefficients; drop {', '.join(clashes)} (it has {recipe.steps} "
+            "steps)"
         )
-    return "fitted", solver.times, None, None, {**options, **solver.options()}
+    if recipe.steps is None and steps is not None:
+        recipe = replace(recipe, steps=steps)
+    return recipe, {**options, **{k: v for k, v in recipe.options.items() if k in _GRID_KEYS}}
+
+
+def pop_own(options: dict) -> dict:
+    """The options that are the sampler's own (everything but `sample`'s grid and thresholding keywords), removed
+    from ``options``."""
+    return {k: options.pop(k) for k in list(options) if k not in _SAMPLE_KEYS}
+
+
+def _model_for(sde: SDE, score_fn: ScoreFn, sampler: str, x0_range, threshold_percentile) -> ScoreFn:
+    """``score_fn`` as the sampler needs it, its declaration checked once: a score (converted from eps / x0 / v),
+    or the output kind the sampler declares; thresholded to ``x0_range`` when asked."""
+    needs = model_kind(sampler)
+    if needs == "score":
+        score_fn = as_score(sde, score_fn, f"sampler {sampler!r}")
+    else:
+        require(score_fn, f"sampler {sampler!r}", output=needs)
+    if x0_range is not None:
+        if not isinstance(x0_range, (tuple, list)) or len(x0_range) != 2:
+            raise ValueError(f"x0_range must be two finite numbers low < high, got {x0_range!r}")
+        return ThresholdedScore(sde, score_fn, *x0_range, percentile=threshold_percentile)
+    if threshold_percentile is not None:
+        raise ValueError("threshold_percentile needs x0_range (the data's range it thresholds to)")
+    return score_fn
+
+
+def _check_options(recipe: Recipe, constraint) -> dict:
+    """The sampler's own options with their defaults filled in; unknown options and a constraint the sampler does
+    not apply are one line each."""
+    own = algorithm_options(recipe.sampler)
+    unknown = sorted(set(recipe.options) - set(own) - set(_GRID_KEYS))
+    if unknown:
+        valid = ", ".join(sampler_options(recipe.sampler))
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for sampler {recipe.sampler!r}; valid options are: {valid}"
+        )
+    if constraint is not None and not honours_constraint(recipe.sampler):
+        accepting = ", ".join(name for name in samplers() if honours_constraint(name))
+        raise ValueError(
+            f"sampler {recipe.sampler!r} does not apply a constraint after its steps; samplers that do: {accepting}"
+        )
+    return {**own, **{k: v for k, v in recipe.options.items() if k not in _GRID_KEYS}}
+
+
+def _prior(sde: SDE, shape, x_T: Tensor | None, generator, device, dtype) -> Tensor:
+    """The prior draw ``x_T`` (checked when given), or one drawn from ``generator`` on ``device`` in ``dtype``."""
+    if x_T is not None:
+        check_finite("x_T", x_T)
+        if tuple(x_T.shape) != _check_shape(shape):
+            raise ValueError(f"x_T must have the requested shape {tuple(shape)}, got {tuple(x_T.shape)}")
+        return x_T
+    shape = _check_shape(shape)
+    if device is None and generator is not None:
+        device = generator.device
+    return sde.prior_sampling(shape, generator, device=device, dtype=dtype or torch.get_default_dtype())
+
+
+def _check_types(generator, dtype) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got {generator!r}"
+        )
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
 
 
 def sample(
     sde: SDE,
     score_fn: ScoreFn,
     shape: Sequence[int],
-    sampler: str | None = None,
+    sampler: str | Recipe | None = None,
     *,
-    solver: Any = None,
-    steps: int | None = None,
-    schedule: str | Sequence[float] | Tensor | None = None,
-    t_min: float | None = None,
-    rho: float = EDM_RHO,
-    warp: float = LOG_SNR_WARP,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -78,8 +157,6 @@ def sample(
     return_trajectory: bool = False,
     x_T: Tensor | None = None,
     constraint: Callable[[Tensor, float], Tensor] | None = None,
-    x0_range: tuple[float, float] | None = None,
-    threshold_percentile: float | None = None,
     **options: Any,
 ) -> SampleResult:
     r"""Draw samples ``[B, ...]`` of the data distribution by reversing ``sde`` with ``score_fn``.
@@ -95,17 +172,9 @@ def sample(
             (`scoresde.processes.seam.ModelSpec`): a score (``eps`` / ``x0`` / ``v`` outputs are converted), or a
             consistency model for the ``consistency`` sampler; checked once here.
         shape: ``[B, ...]`` of the samples.
-        sampler: a name from `samplers` (an unknown name raises, listing the valid ones); default ``pc``, or
-            ``fitted`` with a ``solver``.
-        solver: a `scoresde.samplers.solver_fit.FittedSolver` (`FittedSolver.load` checks a file against the
-            model): the ``fitted`` sampler on its times with its coefficients (``steps``, ``schedule`` and
-            ``t_min`` come from it).
-        steps: number of steps of the time grid (each sampler declares its default).
-        schedule: the grid's spacing (a name from ``GRIDS``; each sampler declares its default), or a strictly
-            decreasing sequence of times in ``(0, T]`` (then ``steps`` and ``t_min`` are not used).
-        t_min: the grid's last time (default ``sde.sampling_t_min``); ``eps=`` is its deprecated name.
-        rho: the exponent of the ``edm`` schedule.
-        warp: the exponent of the ``log_snr_warped`` schedule.
+        sampler: a `scoresde.samplers.Recipe` (how to sample, said once: a fitted grid's or solver's ``.recipe()``,
+            a student's), or a sampler's name from `samplers` with the recipe's parts as keywords (an unknown name
+            raises, listing the valid ones); default ``pc``.
         generator: the only source of randomness (prior draw and every noise), for reproducibility.
         device: of the samples (default: the generator's device).
         dtype: of the samples (default: torch's default dtype).
@@ -114,80 +183,45 @@ def sample(
         x_T: start from this prior draw instead of sampling one (e.g. to compare samplers on the same noise).
         constraint: ``constraint(x, t) -> x`` applied after every step (e.g. inpainting's replacement of the
             known part); only samplers that step state by state accept one (``pc``, ``ddim``).
-        x0_range: ``(low, high)``, the data's range in the model's space: every score evaluation's denoised
-            estimate is clipped to it (`ThresholdedScore`; off by default, recorded in ``settings``).
-        threshold_percentile: with ``x0_range``, dynamic thresholding at this percentile (Imagen: 99.5) instead of
-            static clipping.
-        **options: the sampler's own options (see `sampler_options`); unknown ones raise.
+        **options: the grid's, with a sampler's name: ``steps`` (each sampler declares its default), ``schedule``
+            (a name from ``GRIDS``, or a strictly decreasing sequence of times in ``(0, T]``: then ``steps`` and
+            ``t_min`` are not used), ``t_min`` (default ``sde.sampling_t_min``; ``eps=`` is its deprecated name),
+            ``rho`` (the ``edm`` schedule's exponent), ``warp`` (the ``log_snr_warped`` schedule's); ``solver``, a
+            `scoresde.samplers.FittedSolver` (the same as ``sampler=solver.recipe()``); ``x0_range = (low, high)``,
+            the data's range in the model's space, to which every score evaluation's denoised estimate is clipped
+            (`ThresholdedScore`), and ``threshold_percentile`` (dynamic thresholding at that percentile, Imagen:
+            99.5); and the sampler's own options (see `sampler_options`). Unknown ones raise.
     """
-    t_min = renamed_t_min(t_min, options.pop("eps", None), "sample")
+    if "eps" in options or "t_min" in options:
+        options["t_min"] = renamed_t_min(options.pop("t_min", None), options.pop("eps", None), "sample")
     check_sde(sde)
-    if solver is not None:
-        sampler, schedule, steps, t_min, options = _solver_settings(solver, sampler, schedule, steps, t_min, options)
-    sampler = "pc" if sampler is None else sampler
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got {generator!r}"
-        )
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
-    own = algorithm_options(sampler)
-    needs = model_kind(sampler)
+    _check_types(generator, dtype)
+    recipe, extra = _recipe_of(sampler, options)
+    x0_range, percentile = extra.pop("x0_range", None), extra.pop("threshold_percentile", None)
+    resolved = _check_options(recipe, constraint)
     latent = spec_of(score_fn).decoder
-    if needs == "score":
-        score_fn = as_score(sde, score_fn, f"sampler {sampler!r}")
-    else:
-        require(score_fn, f"sampler {sampler!r}", output=needs)
-    unknown = sorted(set(options) - set(own))
-    if unknown:
-        valid = ", ".join(sampler_options(sampler))
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {sampler!r}; valid options are: {valid}")
-    if constraint is not None and not honours_constraint(sampler):
-        accepting = ", ".join(name for name in samplers() if honours_constraint(name))
-        raise ValueError(
-            f"sampler {sampler!r} does not apply a constraint after its steps; samplers that do: {accepting}"
-        )
-    if x0_range is not None:
-        if not isinstance(x0_range, (tuple, list)) or len(x0_range) != 2:
-            raise ValueError(f"x0_range must be two finite numbers low < high, got {x0_range!r}")
-        score_fn = ThresholdedScore(sde, score_fn, *x0_range, percentile=threshold_percentile)
-    elif threshold_percentile is not None:
-        raise ValueError("threshold_percentile needs x0_range (the data's range it thresholds to)")
-    resolved = {**own, **options}
-    defaults = grid_defaults(sampler)
-    schedule = defaults.schedule if schedule is None else schedule
-    steps = defaults.resolve_steps(resolved) if steps is None else steps
-    grid = time_grid(sde, steps, schedule, t_min, rho, warp)
-    if x_T is None:
-        shape = _check_shape(shape)
-        if device is None and generator is not None:
-            device = generator.device
-        x_T = sde.prior_sampling(shape, generator, device=device, dtype=dtype or torch.get_default_dtype())
-    else:
-        check_finite("x_T", x_T)
-        if tuple(x_T.shape) != _check_shape(shape):
-            raise ValueError(f"x_T must have the requested shape {tuple(shape)}, got {tuple(x_T.shape)}")
+    score_fn = _model_for(sde, score_fn, recipe.sampler, x0_range, percentile)
+    defaults = grid_defaults(recipe.sampler)
+    schedule = next(s for s in (recipe.times and list(recipe.times), recipe.schedule, extra.get("schedule"),
+                                defaults.schedule) if s is not None)  # fmt: skip
+    steps = defaults.resolve_steps(resolved) if recipe.steps is None else recipe.steps
+    rho, warp = extra.get("rho", EDM_RHO), extra.get("warp", LOG_SNR_WARP)
+    grid = time_grid(sde, steps, schedule, extra.get("t_min"), rho, warp)
+    x_T = _prior(sde, shape, x_T, generator, device, dtype)
     score = CountingScore(score_fn)
     run = Sampling(sde, score, generator, progress, return_trajectory, constraint)
     with torch.no_grad():
-        x = get_sampler(sampler)(run, x_T, grid, **options)
+        x = get_sampler(recipe.sampler)(run, x_T, grid, **{k: resolved[k] for k in recipe.options if k in resolved})
     if not bool(torch.isfinite(x).all()):
         raise ValueError(
-            f"sampler {sampler!r} produced non-finite samples: the score or the sampler diverged on this grid "
+            f"sampler {recipe.sampler!r} produced non-finite samples: the score or the sampler diverged on this grid "
             f"({len(grid) - 1} steps); check the model's score, or take more steps"
         )
     trajectory, times = run.trajectory()
     settings = {**resolved, **grid_settings(grid, schedule, rho, warp)}
     settings.update(x0_range=None if x0_range is None else repr(tuple(float(v) for v in x0_range)))
-    settings.update(threshold_percentile=threshold_percentile)
-    settings = json_safe(settings)
-    return SampleResult(
-        x=x,
-        nfe=score.calls,
-        trajectory=trajectory,
-        times=times,
-        sampler=sampler,
-        settings=settings,
-        log_density=None if run.log_density is None else run.log_density.detach().to(torch.float64).cpu(),
-        decoded=score_fn.decode(x) if latent else None,
-    )
+    settings.update(threshold_percentile=percentile)
+    log_density = None if run.log_density is None else run.log_density.detach().to(torch.float64).cpu()
+    return SampleResult(x=x, nfe=score.calls, trajectory=trajectory, times=times, sampler=recipe.sampler,
+                        settings=json_safe(settings), log_density=log_density,
+                        decoded=score_fn.decode(x) if latent else None)  # fmt: skip

@@ -1,23 +1,22 @@
-"""Distillation recipes above the trainer: a student's config from its teacher, the rounds of progressive
-distillation run through `scoresde.training.Trainer`, and how a distilled student samples."""
+"""Distillation above the trainer: a student's config from its teacher, the rounds of progressive distillation run
+through `scoresde.training.Trainer`, and how a distilled student samples (its kind's recipe)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .._checks import check_in_registry, check_positive_int
 from ..config.presets import preset
-from ..config.schema import DISTILLATION_METHODS, RunConfig, config_from_dict
+from ..config.schema import DISTILLATION_METHODS, config_from_dict
 from ..datasets import toy_dataset
-from ..samplers.grid_fit import GridFit
 from .checkpoint import CheckpointError, load_checkpoint
 from .kinds import run_kind, student_network
 from .trainer import Trainer
 
-__all__ = ["distillation_config", "distill", "student_sampling", "SamplingPlan", "sampling_plan"]
+__all__ = ["distillation_config", "distill", "student_sampling"]
 
 
 def distillation_config(
@@ -113,58 +112,11 @@ def distill(
 
 
 def student_sampling(config, steps: int | None = None) -> dict:
-    """How a distilled student samples: ``sampler``, ``steps`` and options for `scoresde.sample`, as its kind declares
-    (`scoresde.training.kinds.RunKind.student_sampling`; consistency: multistep consistency sampling, at most
-    ``n_times - 1`` steps; progressive: DDIM on its log-SNR grid, exactly its steps, without the final denoising
+    """How a distilled student samples, as the keyword form of `scoresde.sample` (``sampler``, ``steps`` and
+    options; its kind's fixed `scoresde.samplers.Recipe`: consistency, multistep consistency sampling, at most
+    ``n_times - 1`` steps; progressive, DDIM on its log-SNR grid, exactly its steps, without the final denoising
     evaluation, so NFE = steps). Too many steps, or a run that is no student: a one-line ``ValueError``."""
-    own = run_kind(config).student_sampling(config, steps)
-    if own is None:
+    recipe = run_kind(config).recipe(config, steps)
+    if recipe is None or not recipe.fixed:
         raise ValueError(f"a {run_kind(config).name} run is not a distilled student (scoresde distill writes one)")
-    return {"sampler": own.sampler, "steps": own.steps, **own.options}
-
-
-@dataclass(frozen=True)
-class SamplingPlan:
-    """How to sample a run: ``sampler``, ``steps`` (None: the sampler's default), ``schedule`` (None: the sampler's
-    default, or a fitted grid's times) and the sampler's ``options``; `scoresde.sample` takes them as they are."""
-
-    sampler: str
-    steps: int | None
-    schedule: list[float] | None
-    options: dict
-
-
-def sampling_plan(
-    config: RunConfig | None,
-    *,
-    sampler: str | None = None,
-    steps: int | None = None,
-    options: dict | None = None,
-    grid: GridFit | None = None,
-) -> SamplingPlan:
-    """What ``scoresde sample`` runs for a run of ``config`` (None: an imported model) given the user's choices:
-
-    - a fitted ``grid`` (`scoresde.samplers.GridFit.load`) gives the times, and its sampler and its ``order`` /
-      ``denoise`` unless the user chose otherwise; ``steps`` must then be the grid's;
-    - a distilled student samples the way it was distilled (`student_sampling`): another sampler is refused;
-    - any other run takes ``sampler`` (default ``dpm_solver``).
-
-    Conflicts are one-line ``ValueError`` s; the user's options are never overwritten."""
-    options = dict(options or {})
-    schedule = None
-    if grid is not None:
-        sampler = sampler or grid.sampler
-        if sampler == grid.sampler:
-            options.update(
-                {k: grid.settings[k] for k in ("order", "denoise") if k in grid.settings and k not in options}
-            )
-        if steps not in (None, grid.steps):
-            raise ValueError(f"the grid has {grid.steps} steps; drop --steps or pass --steps {grid.steps}")
-        steps, schedule = grid.steps, grid.times.tolist()
-    own = None if config is None else run_kind(config).student_sampling(config, steps)
-    if own is None:
-        return SamplingPlan(sampler or "dpm_solver", steps, schedule, options)
-    if sampler not in (None, own.sampler):
-        raise ValueError(f"this {run_kind(config).name} student samples with --sampler {own.sampler}, not {sampler}")
-    options.update({k: v for k, v in own.options.items() if k not in options})
-    return SamplingPlan(own.sampler, own.steps, schedule, options)
+    return recipe.sample_kwargs()

@@ -1,10 +1,11 @@
 """Run kinds: what a run is, declared once.
 
 A run's kind (``config.kind``) says how its model is built and wrapped, which objective trains it, what its data
-stream adds (an autoencoder's latents, low-resolution conditions), how it samples by default, which likelihood or
-bound applies, whether it trains under torchrun / DDP, whether it learns from a teacher, and what follows training
-(a measured scaling factor). The Trainer, the run loaders and the commands ask the kind and never a config field
-(like EDM's training loop, which is handed a network and a loss and never asks what they are).
+stream adds (an autoencoder's latents, low-resolution conditions), how it samples by default (its
+`scoresde.samplers.Recipe`), which likelihood or bound applies, whether it trains under torchrun / DDP, whether it
+learns from a teacher, and what follows training (a measured scaling factor). The Trainer, the run loaders and the
+commands ask the kind and never a config field (like EDM's training loop, which is handed a network and a loss and
+never asks what they are).
 
 A config written before kinds were declared (``kind: null``) is read as the kind its other sections describe
 (`infer_kind`); a declared kind that contradicts them is a one-line ``ValueError``. This module is the one place
@@ -14,7 +15,6 @@ that decides on ``model.name``, ``stage.autoencoder``, ``stage.low_resolution``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..config.schema import RunConfig
 from ..models import LatentModel, ScoreModel
 from ..models.consistency import ConsistencyModel
 from ..processes.base import SDE
+from ..samplers.recipe import Recipe
 
 __all__ = [
     "RunKind",
@@ -34,7 +35,6 @@ __all__ = [
     "get_run_kind",
     "run_kind",
     "infer_kind",
-    "StudentSampling",
     "student_network",
 ]
 
@@ -93,15 +93,6 @@ def student_network(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k != "learn_variance"}
 
 
-@dataclass(frozen=True)
-class StudentSampling:
-    """How a distilled student samples: its own ``sampler``, ``steps`` and options (`RunKind.student_sampling`)."""
-
-    sampler: str
-    steps: int
-    options: dict
-
-
 class RunKind:
     """One kind of run. Subclasses set the class attributes and override the hooks they need; the defaults are a
     score model trained by denoising score matching on the run's data, sampled by DPM-Solver, evaluated by the
@@ -117,7 +108,7 @@ class RunKind:
     teacher: bool = False
     """Whether its objective learns from a teacher (``distill.teacher``)."""
     student: bool = False
-    """Whether it is a distilled student that samples its own way (`student_sampling`)."""
+    """Whether it is a distilled student that samples its own way (its `recipe` is fixed)."""
     score: bool = True
     """Whether its model is a score model (an autoencoder's and a consistency model's are not)."""
     bound: str | None = None
@@ -134,8 +125,9 @@ class RunKind:
     def prepare_data(self, stream: Any, config: RunConfig, device: torch.device | str, folder: Path | None) -> None:
         """What the data stream adds to an image run's batches (latents, low-resolution images); nothing by default."""
 
-    def student_sampling(self, config: RunConfig, steps: int | None = None) -> StudentSampling | None:
-        """How a distilled student samples (None: any sampler, the user's choice)."""
+    def recipe(self, config: RunConfig, steps: int | None = None) -> Recipe | None:
+        """How the run samples by default (`scoresde.samplers.Recipe`; a student's is ``fixed``), given the user's
+        ``steps``; None: any sampler, the user's choice (`scoresde.samplers.choose_recipe` picks DPM-Solver)."""
         return None
 
     def student_steps(self, config: RunConfig, counts: tuple[int, ...]) -> tuple[int, ...]:
@@ -233,7 +225,7 @@ class Progressive(_Distilled):
     name = objective = "progressive"
     teacher = True
 
-    def student_sampling(self, config: RunConfig, steps: int | None = None) -> StudentSampling:
+    def recipe(self, config: RunConfig, steps: int | None = None) -> Recipe:
         """DDIM on its log-SNR grid, exactly its steps, without the final denoising evaluation (NFE = steps)."""
         own = config.distill.steps
         if steps is not None and steps != own:
@@ -241,7 +233,7 @@ class Progressive(_Distilled):
                 f"this progressive student was distilled for {own} DDIM steps, not {steps}: sample it with "
                 f"--steps {own} (or distil another round)"
             )
-        return StudentSampling("ddim", own, {"schedule": "log_snr", "denoise": False})
+        return Recipe("ddim", own, "log_snr", options={"denoise": False}, fixed=True)
 
     def student_steps(self, config: RunConfig, counts: tuple[int, ...]) -> tuple[int, ...]:
         return (config.distill.steps,)
@@ -253,7 +245,7 @@ class _Consistency(_Distilled):
     def wrap(self, config: RunConfig, sde: SDE, net: nn.Module) -> Any:
         return ConsistencyModel(net, sde, sde.sampling_t_min, config.model.sigma_data)
 
-    def student_sampling(self, config: RunConfig, steps: int | None = None) -> StudentSampling:
+    def recipe(self, config: RunConfig, steps: int | None = None) -> Recipe:
         """Multistep consistency sampling, at most ``n_times - 1`` steps."""
         limit = config.distill.n_times - 1
         if steps is not None and steps > limit:
@@ -261,7 +253,7 @@ class _Consistency(_Distilled):
                 f"this consistency model was distilled on {config.distill.n_times} times: at most {limit} steps, got "
                 f"{steps}"
             )
-        return StudentSampling("consistency", steps or config.distill.steps, {})
+        return Recipe("consistency", steps or config.distill.steps, fixed=True)
 
 
 @register_run_kind

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ..._checks import check_in_registry
@@ -26,16 +27,16 @@ from .common import (
 )
 
 
-def _analytic_moments(args: argparse.Namespace, model, data, plan):
-    """The run's cached table of score moments at the plan's grid (`scoresde.training.runs.run_score_moments`)."""
+def _analytic_moments(args: argparse.Namespace, model, data, recipe):
+    """The run's cached table of score moments at the recipe's grid (`scoresde.training.runs.run_score_moments`)."""
     from ...samplers import time_grid
     from ...samplers.base import sampler_options
     from ...training.runs import run_score_moments
 
-    defaults = sampler_options(plan.sampler)
-    steps = plan.steps or defaults["steps"]
-    schedule, t_min = plan.options.get("schedule", defaults["schedule"]), plan.options.get("t_min")
-    grid = time_grid(model.sde, steps, schedule, t_min)
+    defaults = sampler_options(recipe.sampler)
+    steps = recipe.steps or defaults["steps"]
+    schedule = recipe.options.get("schedule", recipe.schedule or defaults["schedule"])
+    grid = time_grid(model.sde, steps, schedule, recipe.options.get("t_min"))
     key = f"{schedule}-{steps}-{float(grid[-1]):.3g}"
     data = require_data(data, "a run of its own (the analytic variance needs the model's training data)")
     return run_score_moments(
@@ -48,11 +49,11 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from ...samplers import ClassifierFreeGuidance, samplers
+    from ...samplers import ClassifierFreeGuidance, choose_recipe, samplers
     from ...samplers.fitted_solver import FittedSolver
     from ...samplers.grid_fit import GridFit
     from ...samplers.sampling import sample
-    from ...training.distill import SamplingPlan, sampling_plan
+    from ...training.kinds import run_kind
     from ..figures import plot_samples
 
     if args.sampler is not None:
@@ -70,15 +71,14 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         return _sample_cascade(args, model, config, step)
     if args.base is not None or args.augmentation is not None:
         raise UserError("--base and --augmentation are for a cascade's super-resolution run (stage.low_resolution)")
-    solver = None if args.solver is None else FittedSolver.load(args.solver, model.sde, model)
-    grid = None if args.grid is None else GridFit.load(args.grid, model.sde, model)
-    if solver is None:
-        plan = sampling_plan(config, sampler=args.sampler, steps=args.steps, options=options, grid=grid)
-    else:
-        plan = SamplingPlan("fitted", None, None, {})
-    sampler, options = plan.sampler, plan.options
-    if sampler in ("ddpm", "ddim") and options.get("variance") == "analytic":
-        options["moments"] = _analytic_moments(args, model, data, plan)
+    artefact = None if args.solver is None else FittedSolver.load(args.solver, model.sde, model).recipe()
+    if args.grid is not None:
+        artefact = GridFit.load(args.grid, model.sde, model).recipe()
+    own = None if config is None else run_kind(config).recipe(config, args.steps)
+    recipe = choose_recipe(own, sampler=args.sampler, steps=args.steps, options=options, artefact=artefact)
+    sampler = recipe.sampler
+    if sampler in ("ddpm", "ddim") and recipe.options.get("variance") == "analytic":
+        recipe = replace(recipe, options={**recipe.options, "moments": _analytic_moments(args, model, data, recipe)})
     score = model if args.label is None else ClassifierFreeGuidance(model, args.label, args.guidance or 0.0)
     out = out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     picture = out.with_suffix(".png")
@@ -87,13 +87,9 @@ def cmd_sample(args: argparse.Namespace) -> dict:
             model.sde,
             score,
             (args.n, *sample_shape(model)),
-            sampler,
-            steps=plan.steps,
+            recipe,
             device=args.device,
             generator=torch.Generator(device=args.device).manual_seed(args.seed),
-            **({"schedule": plan.schedule} if plan.schedule is not None else {}),
-            **({"solver": solver} if solver is not None else {}),
-            **options,
         )
     x = result.images.cpu()  # a latent model's samples decoded to images
     transform = data_transform(data)
