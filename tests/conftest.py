@@ -7,8 +7,11 @@ import pytest
 import torch
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one intra-op thread per xdist worker: the tests' small tensors run faster without oversubscription
+    # one intra-op thread per xdist worker: the tests' small tensors run faster without oversubscription; the
+    # processes a test starts (the CLI, the demo, torchrun) inherit it: two OpenMP threads beside a busy worker
+    # spin-wait, which made the quick demo 204 s instead of 18 s
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 from pathlib import Path
 
