@@ -23,7 +23,7 @@ algorithm's. `sample` also validates once (the grid, ``x_T`` and the first score
 
 from ..processes.base import ProbabilityFlow
 from ..processes.grids import GRIDS, time_grid
-from . import consistency, ddpm, fast, multistep, ode, pc, reverse_sde  # noqa: F401  (registration)
+from . import consistency, ddim, ddpm, dpm_solver, heun, multistep, ode, pc, reverse_sde, unipc  # noqa: F401
 from .base import SampleResult, Sampling, grid_defaults, register_sampler, sampler_options, samplers
 from .cascade import CascadeResult, augment, sample_cascade
 from .fitted_solver import FittedSolver

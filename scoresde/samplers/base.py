@@ -31,6 +31,7 @@ __all__ = [
     "sampler_options",
     "grid_defaults",
     "honours_constraint",
+    "check_order",
     "standard_normal_like",
 ]
 
@@ -134,6 +135,28 @@ class Sampling:
             self._times.append(float(t))
             self._states.append(x.detach().clone())
 
+    def integrate(
+        self,
+        x: Tensor,
+        grid: Tensor,
+        step: Callable[[int, Tensor, Tensor, Tensor], Tensor],
+        desc: str,
+        denoise: bool = True,
+    ) -> Tensor:
+        r"""The loop every grid sampler shares, written once (like torchdiffeq's ``FixedGridODESolver.integrate``):
+        from the prior draw ``x`` at ``grid[0]``, ``x = step(i, x, t_i, t_{i+1})`` for each interval (``t`` as
+        ``[B]`` tensors in ``x``'s dtype and device), the run's constraint applied and the state recorded after
+        each, then `finish` (Tweedie's $\hat x_0$ with ``denoise``). A sampler is its ``step``."""
+        times, t_values = self.times(grid, x), grid.tolist()
+        x = self.constrain(x, t_values[0])
+        self.record(t_values[0], x)
+        batch = x.shape[0]
+        for i in self.steps(len(t_values) - 1, desc):
+            x = step(i, x, times[i].expand(batch), times[i + 1].expand(batch))
+            x = self.constrain(x, t_values[i + 1])
+            self.record(t_values[i + 1], x)
+        return self.finish(x, t_values[-1], denoise)
+
     def finish(self, x: Tensor, t_end: float, denoise: bool) -> Tensor:
         r"""The last step: with ``denoise``, Tweedie's $\hat x_0$ at ``t_end`` (one NFE), recorded at t = 0."""
         if denoise:
@@ -166,6 +189,7 @@ class _Entry:
     grid: GridDefaults
     constraint: bool
     model: str
+    orders: tuple[int, ...] = ()
 
 
 _SAMPLERS: dict[str, _Entry] = {}
@@ -178,6 +202,7 @@ def register_sampler(
     schedule: str = "uniform",
     constraint: bool = False,
     model: str = "score",
+    orders: tuple[int, ...] = (),
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator adding a sampler ``fn(run: Sampling, x, grid, *, ...options) -> Tensor`` to the registry.
 
@@ -185,10 +210,12 @@ def register_sampler(
     ``schedule`` are the defaults of the grid `scoresde.sample` builds for it; ``constraint`` says that the
     sampler applies `Sampling.constrain` after every step (only those accept a constraint); ``model`` is the output
     kind it needs (`scoresde.processes.seam.OUTPUTS`: ``score``, or ``consistency`` for a consistency model), checked
-    once by `scoresde.sample`."""
+    once by `scoresde.sample`; ``orders``: the values its ``order`` option takes (checked as numbers by
+    `check_order`)."""
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        registering("sampler", _SAMPLERS, name)(_Entry(fn, GridDefaults(steps, schedule), constraint, model))
+        entry = _Entry(fn, GridDefaults(steps, schedule), constraint, model, tuple(orders))
+        registering("sampler", _SAMPLERS, name)(entry)
         return fn
 
     return register
@@ -221,6 +248,14 @@ def honours_constraint(name: str) -> bool:
 def model_kind(name: str) -> str:
     """The output kind the sampler needs from its model (``score`` or ``consistency``)."""
     return _entry(name).model
+
+
+def check_order(name: str, order: Any) -> None:
+    """A one-line ``ValueError`` when ``order`` is not one of the orders the sampler declared at registration (an
+    integer; ``True`` is not an order)."""
+    orders = _entry(name).orders
+    if orders and (isinstance(order, bool) or not isinstance(order, int) or order not in orders):
+        raise ValueError(f"{name} order must be one of {', '.join(map(str, orders))}, got {order!r}")
 
 
 def algorithm_options(name: str) -> dict[str, Any]:

@@ -39,18 +39,14 @@ def ddpm(
     needs ``moments``, the run's table of $\Gamma_t$; ``data_range`` tightens its bound). NFE = ``K + denoise``."""
     check_variance(variance, moments)
     fraction_fn = learned_variance_fraction(run.score) if variance == "learned" else None
-    times, t_values = run.times(grid, x), grid.tolist()
-    x = run.constrain(x, t_values[0])
-    run.record(t_values[0], x)
-    for i in run.steps(len(t_values) - 1, "ddpm"):
-        t, s = times[i].expand(x.shape[0]), times[i + 1].expand(x.shape[0])
-        step = chain_step(run.sde, t, s)
+
+    def step(i: int, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        chain = chain_step(run.sde, t, s)
         x0 = run.x0_hat(x, t)
         gamma = moments.at(run.sde, t) if moments is not None and variance == "analytic" else None
         fraction = fraction_fn(x, t) if fraction_fn is not None else None
-        var = reverse_variance(variance, step, gamma=gamma, fraction=fraction, data_range=data_range)
-        mean = expand_to(step.a, x) * x0 + expand_to(step.b, x) * x
-        x = mean + expand_to(torch.sqrt(var), x) * run.noise_like(x)
-        x = run.constrain(x, t_values[i + 1])
-        run.record(t_values[i + 1], x)
-    return run.finish(x, t_values[-1], denoise)
+        var = reverse_variance(variance, chain, gamma=gamma, fraction=fraction, data_range=data_range)
+        mean = expand_to(chain.a, x) * x0 + expand_to(chain.b, x) * x
+        return mean + expand_to(torch.sqrt(var), x) * run.noise_like(x)
+
+    return run.integrate(x, grid, step, "ddpm", denoise)

@@ -198,15 +198,13 @@ def pc_sampler(
     if predictor == "ancestral_sampling" and probability_flow:
         raise ValueError(_NO_ANCESTRAL_FLOW)
     reverse = run.sde.reverse(run.score, probability_flow)
-    times, t_values = run.times(grid, x), grid.tolist()
-    x = run.constrain(x, t_values[0])
-    run.record(t_values[0], x)
-    for i in run.steps(len(t_values) - 1, f"pc {predictor}+{corrector}"):
-        t, t_next = times[i].expand(x.shape[0]), times[i + 1].expand(x.shape[0])
+    t_values = grid.tolist()
+
+    def step(i: int, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
         x, _ = predict(reverse, x, t, t_next, generator=run.generator)
-        x = run.constrain(x, t_values[i + 1])
-        if corrector != "none":
-            x, _ = correct(run.sde, run.score, x, t_next, snr=snr, n_steps=corrector_steps, generator=run.generator)
+        if corrector != "none":  # constrained after the predictor too (the loop constrains after the step)
             x = run.constrain(x, t_values[i + 1])
-        run.record(t_values[i + 1], x)
-    return run.finish(x, t_values[-1], denoise)
+            x, _ = correct(run.sde, run.score, x, t_next, snr=snr, n_steps=corrector_steps, generator=run.generator)
+        return x
+
+    return run.integrate(x, grid, step, f"pc {predictor}+{corrector}", denoise)

@@ -19,6 +19,7 @@ from .base import (
     SampleResult,
     Sampling,
     algorithm_options,
+    check_order,
     get_sampler,
     grid_defaults,
     honours_constraint,
@@ -119,7 +120,10 @@ def _check_options(recipe: Recipe, constraint) -> dict:
         raise ValueError(
             f"sampler {recipe.sampler!r} does not apply a constraint after its steps; samplers that do: {accepting}"
         )
-    return {**own, **{k: v for k, v in recipe.options.items() if k not in _GRID_KEYS}}
+    resolved = {**own, **{k: v for k, v in recipe.options.items() if k not in _GRID_KEYS}}
+    if "order" in resolved:
+        check_order(recipe.sampler, resolved["order"])
+    return resolved
 
 
 def _prior(sde: SDE, shape, x_T: Tensor | None, generator, device, dtype) -> Tensor:

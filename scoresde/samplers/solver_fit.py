@@ -1,7 +1,7 @@
 r"""A multistep solver whose coefficients and times are fitted to a model: five NFE without a student network.
 
 The solver is DPM-Solver++ ``order``M (data prediction, in $\lambda = \log(\alpha/\sigma)$) plus a correction at
-every step $i$ (`scoresde.samplers.multistep.fitted_steps`):
+every step $i$ (`scoresde.samplers.dpm_solver.fitted_steps`):
 
 $$x_{i+1} = \mathrm{DPM}^{++}_i(x_i) + \alpha_{i+1}(1 - e^{-h_i})\sum_{j=1}^{\min(i, m)} c_{ij}\,
 \big(\hat x_0^{(i-j)} - \hat x_0^{(i)}\big).$$
@@ -40,9 +40,9 @@ from ..processes.artefacts import belongs_to
 from ..processes.base import SDE, ScoreFn
 from ..processes.grids import custom_grid, time_grid
 from ..processes.seam import as_score, x0_from_score
+from .dpm_solver import fitted_steps
 from .fitted_solver import FittedSolver
 from .grid_fit import REFERENCE, fit_grid
-from .multistep import fitted_steps
 from .sampling import sample
 
 __all__ = ["FittedSolver", "fit_solver", "OBJECTIVES"]

@@ -43,7 +43,8 @@ from ..config.schema import (  # one list of the methods: the config validates i
 from ..models.consistency import ConsistencyModel, noise_to_signal
 from ..processes.base import SDE, ScoreFn
 from ..processes.seam import sigma_score, x0_from_sigma_score
-from ..samplers.fast import ddim_update, heun_update
+from ..samplers.ddim import ddim_update
+from ..samplers.heun import heun_update
 
 __all__ = [
     "denoiser",
@@ -68,7 +69,7 @@ def denoiser(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
 
 def teacher_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, solver: str = "heun") -> Tensor:
     r"""One probability-flow ODE step of the teacher from ``t`` to ``s`` (``[B]`` each), the samplers' own steps
-    (`scoresde.samplers.fast.ddim_update`, `heun_update`): ``ddim`` (first order, one evaluation)
+    (`scoresde.samplers.ddim.ddim_update`, `scoresde.samplers.heun.heun_update`): ``ddim`` (first order, one evaluation)
     $x_s = \alpha_s D + \sigma_s (x - \alpha_t D)/\sigma_t$, or ``heun`` (EDM's second-order step in
     $(y, \tilde\sigma)$, two evaluations)."""
     check_in_registry("teacher solver", solver, TEACHER_SOLVERS)
