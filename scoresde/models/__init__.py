@@ -8,6 +8,7 @@ from .consistency import ConsistencyModel
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding, sinusoidal_embedding
 from .mlp import ScoreMLP
 from .ncsn import NCSN
+from .network import ScoreNetwork
 from .parameterization import PARAMETERIZATIONS, ScoreModel
 from .registry import create_model, models, register_model
 from .unet import DDPMUNet
@@ -24,6 +25,7 @@ __all__ = [
     "NCSN",
     "DDPMUNet",
     "ScoreModel",
+    "ScoreNetwork",
     "PARAMETERIZATIONS",
     "create_model",
     "models",

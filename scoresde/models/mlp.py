@@ -19,6 +19,7 @@ from .embeddings import (
     check_conditional,
     check_num_classes,
 )
+from .network import ScoreNetwork
 from .registry import register_model
 
 __all__ = ["ScoreMLP", "EMBEDDINGS"]
@@ -48,7 +49,7 @@ class _ResidualBlock(nn.Module):
 
 
 @register_model("mlp")
-class ScoreMLP(nn.Module):
+class ScoreMLP(ScoreNetwork):
     """Residual MLP ``(x [B, dim], t [B]) -> [B, dim]`` (``[B, 2 dim]`` with ``learn_variance``).
 
     Args:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .._checks import check_positive_int
 from .embeddings import SinusoidalEmbedding, TimeMLP
+from .network import ScoreNetwork
 from .registry import register_model
 from .unet import group_norm
 
@@ -80,7 +81,7 @@ class _RefineBlock(nn.Module):
 
 
 @register_model("ncsn")
-class NCSN(nn.Module):
+class NCSN(ScoreNetwork):
     """Noise-conditional RefineNet ``(x [B, C, H, W], t [B]) -> [B, C, H, W]`` (sigma times the score).
 
     Args:

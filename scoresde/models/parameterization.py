@@ -42,21 +42,22 @@ from torch import Tensor, nn
 from .._checks import check_in_registry, check_positive, expand_to
 from ..processes.base import SDE, check_sde
 from ..processes.seam import ModelSpec, to_sigma_score
+from .network import ScoreNetwork, network_spec
 
 __all__ = ["ScoreModel", "PARAMETERIZATIONS"]
 
 PARAMETERIZATIONS = ("eps", "score", "x0", "v", "edm")
 
 
-class _Conditioned(nn.Module):
-    """A super-resolution network with its condition bound: ``net(x, t[, y], cond=low, level=level)``."""
+class _Conditioned(ScoreNetwork):
+    """A super-resolution network with its condition bound: ``net(x, t[, y], cond=low, level=level)``; it declares
+    the network's variance channel and classes, and no condition."""
 
     def __init__(self, net: nn.Module, low: Tensor, level: Tensor) -> None:
         super().__init__()
         self.net, self.low, self.level = net, low, level
-        inner = getattr(net, "module", net)
-        self.learn_variance = getattr(inner, "learn_variance", False)
-        self.num_classes = getattr(inner, "num_classes", 0)
+        spec = network_spec(net)
+        self.learn_variance, self.num_classes = spec.variance, spec.num_classes
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         if x.shape[0] != self.low.shape[0]:
@@ -80,18 +81,9 @@ class ScoreModel(nn.Module):
             t = torch.tensor([0.5 * sde.T], dtype=torch.float64)
             if abs(float(sde.alpha(t) ** 2 + sde.sigma(t) ** 2) - 1) > 1e-9:
                 raise ValueError(f"the 'v' parameterisation needs a variance-preserving SDE (VP), got {sde!r}")
-
-    @property
-    def spec(self) -> ModelSpec:
-        """The declaration (`scoresde.processes.seam`): a score, with ``scaled_score``, its variance channel and
-        classes."""
-        return ModelSpec(
-            output="score",
-            variance=self.learns_variance,
-            num_classes=self.num_classes,
-            scaled=True,
-            condition=bool(getattr(getattr(self.net, "module", self.net), "cond_channels", 0)),
-        )
+        self.spec: ModelSpec = network_spec(net)
+        """The declaration (`scoresde.processes.seam`), set once from the network's (`network_spec`): a score with
+        ``scaled_score``, its variance channel, classes and condition."""
 
     def given(self, low: Tensor, level: Tensor | float) -> ScoreModel:
         r"""A super-resolution stage's score model for the low-resolution condition ``low [B, C, h, w]`` (already
@@ -107,12 +99,12 @@ class ScoreModel(nn.Module):
     @property
     def learns_variance(self) -> bool:
         """Whether the network outputs the reverse chain's learned variance (a second half of channels)."""
-        return bool(getattr(getattr(self.net, "module", self.net), "learn_variance", False))
+        return self.spec.variance
 
     @property
     def num_classes(self) -> int:
         """Classes of a class-conditional network (0: unconditional); its null label is ``num_classes``."""
-        return getattr(self.net, "num_classes", 0)
+        return self.spec.num_classes
 
     def scaled_score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         r"""$\sigma(t)\,s_\theta(x, t[, y])$, i.e. $-\hat\epsilon$ (``y``: class labels of a conditional network)."""

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .._checks import check_positive_int
 from .embeddings import LabelEmbedding, SinusoidalEmbedding, TimeMLP, check_conditional, check_num_classes
+from .network import ScoreNetwork
 from .registry import register_model
 
 __all__ = ["DDPMUNet", "ResBlock", "AttnBlock", "upsample"]
@@ -69,7 +70,7 @@ class AttnBlock(nn.Module):
 
 
 @register_model("ddpm_unet")
-class DDPMUNet(nn.Module):
+class DDPMUNet(ScoreNetwork):
     """DDPM U-Net ``(x [B, C, H, W], t [B]) -> [B, C, H, W]``.
 
     Args:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..config.schema import DataConfig
 from ..models import ScoreModel
+from ..models.network import ScoreNetwork
 from ..processes.vp import DiscreteVPSDE
 
 __all__ = [
@@ -71,7 +72,7 @@ def is_diffusers_folder(path: str | Path) -> bool:
     return path.is_dir() and _folders(path) is not None
 
 
-class DiffusersNet(nn.Module):
+class DiffusersNet(ScoreNetwork):
     r"""``net(x, t[, y])``: a diffusers ``UNet2DModel`` at the fractional timestep $\tau = N t - 1$ of ``sde``,
     returning its prediction (the first ``in_channels`` channels when it also predicts a variance)."""
 

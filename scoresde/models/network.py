@@ -1,0 +1,38 @@
+"""What a score network carries, declared as fields at construction: a learned-variance channel, classes, a
+low-resolution condition's channels. `ScoreNetwork` is the base of the package's networks; `network_spec` reads the
+declaration once, for `scoresde.models.ScoreModel`, through a DDP wrapper."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..processes.seam import ModelSpec
+
+__all__ = ["ScoreNetwork", "network_spec", "unwrapped"]
+
+
+class ScoreNetwork(nn.Module):
+    """A network ``net(x, t[, y][, cond=, level=])`` that declares what it carries: ``learn_variance`` (a second
+    half of output channels, the reverse variance's fraction), ``num_classes`` (labels ``0 .. K-1``, the null label
+    ``K``) and ``cond_channels`` (a super-resolution stage's low-resolution condition). A plain ``nn.Module``
+    declares none of them."""
+
+    learn_variance: bool = False
+    num_classes: int = 0
+    cond_channels: int = 0
+
+
+def unwrapped(net: nn.Module) -> nn.Module:
+    """The network inside a `DistributedDataParallel` wrapper (the network itself otherwise)."""
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
+def network_spec(net: nn.Module) -> ModelSpec:
+    """The declaration of the score model around ``net``: a scaled score (`ScoreModel.scaled_score`) with the
+    network's variance channel, classes and condition."""
+    inner = unwrapped(net)
+    if not isinstance(inner, ScoreNetwork):
+        return ModelSpec(output="score", scaled=True)
+    return ModelSpec(output="score", variance=bool(inner.learn_variance), num_classes=int(inner.num_classes),
+                     scaled=True, condition=bool(inner.cond_channels))  # fmt: skip
