@@ -92,6 +92,11 @@ class ScoreMLP(ScoreNetwork):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one input: ``(dim,)``."""
+        return (self.dim,)
+
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"ScoreMLP expects x of shape [B, {self.dim}], got {tuple(x.shape)}")

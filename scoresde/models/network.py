@@ -15,12 +15,20 @@ __all__ = ["ScoreNetwork", "network_spec", "unwrapped"]
 class ScoreNetwork(nn.Module):
     """A network ``net(x, t[, y][, cond=, level=])`` that declares what it carries: ``learn_variance`` (a second
     half of output channels, the reverse variance's fraction), ``num_classes`` (labels ``0 .. K-1``, the null label
-    ``K``) and ``cond_channels`` (a super-resolution stage's low-resolution condition). A plain ``nn.Module``
+    ``K``), ``cond_channels`` (a super-resolution stage's low-resolution condition) and the shape of its input
+    (`sample_shape`). A plain ``nn.Module``
     declares none of them."""
 
     learn_variance: bool = False
     num_classes: int = 0
     cond_channels: int = 0
+    in_channels: int = 0
+    image_size: int = 0
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one input (what a sampler draws): ``(C, H, W)`` of an image network."""
+        return (self.in_channels, self.image_size, self.image_size)
 
 
 def unwrapped(net: nn.Module) -> nn.Module:

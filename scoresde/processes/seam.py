@@ -26,7 +26,9 @@ $$\sigma s = -\hat\epsilon\ (\texttt{eps}),\qquad \sigma s = \frac{\alpha\hat x_
 and `x0_from_score` is Tweedie's $\hat x_0 = (x + \sigma^2 s)/\alpha$.
 
 Wrappers (`ModelWrapper`: the counted score, thresholding, guidance, the conversion `AsScore`) are themselves models
-and pass the declaration on, like k-diffusion's ``external.py``. A boundary (`scoresde.sample`,
+and pass the declaration on, like k-diffusion's ``external.py``: a wrapper that does not change the score keeps
+``scaled`` and forwards ``scaled_score``, so Tweedie's $\hat x_0 = (x + \sigma\,[\sigma s])/\alpha$ never divides
+by $\sigma$ to multiply by $\sigma^2$ again. A boundary (`scoresde.sample`,
 `scoresde.log_likelihood`, a bound, an objective) calls `require` once: a missing capability is a one-line
 ``ValueError`` naming it and how to get it. A new model kind (a latent model with a decoder, a super-resolution
 model with a low-resolution condition) adds a field here and a `require` where it is needed.
@@ -206,8 +208,13 @@ class ModelWrapper:
         self.spec = self.wrap_spec(spec_of(inner))
 
     def wrap_spec(self, spec: ModelSpec) -> ModelSpec:
-        """The wrapper's declaration from its model's (default: the same, less ``scaled``, which it does not offer)."""
-        return replace(spec, scaled=False)
+        """The wrapper's declaration from its model's (default: the same, ``scaled`` included, which `scaled_score`
+        forwards; a wrapper that changes the score overrides both or drops ``scaled``)."""
+        return spec
+
+    def scaled_score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        r"""The wrapped model's scaled score $\sigma s$ (declared by ``spec.scaled``)."""
+        return self.inner.scaled_score(x, t) if y is None else self.inner.scaled_score(x, t, y)
 
     def variance_fraction(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The wrapped model's learned-variance fraction (declared by ``spec.variance``)."""
@@ -239,6 +246,13 @@ class CountingScore(ModelWrapper):
         if self.calls == 1:
             return evaluate_score(self.inner, x, t)
         return self.inner(x, t)
+
+    def scaled_score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The wrapped model's scaled score, counted (and its first output checked) like a score evaluation."""
+        self.calls += 1
+        if self.calls == 1 and y is None:
+            return evaluate_score(self.inner.scaled_score, x, t)
+        return super().scaled_score(x, t, y)
 
 
 class AsScore(ModelWrapper):

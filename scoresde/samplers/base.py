@@ -19,7 +19,7 @@ from torch import Tensor
 from .._checks import check_in_registry, progress_bar, registering, standard_normal_like
 from ..processes.base import SDE
 from ..processes.grids import grid_options
-from ..processes.seam import CountingScore, x0_from_score
+from ..processes.seam import CountingScore, spec_of, x0_from_score, x0_from_sigma_score
 
 __all__ = [
     "SampleResult",
@@ -97,6 +97,7 @@ class Sampling:
         self.sde = sde
         self.constraint = constraint
         self.score = score
+        self.scaled = spec_of(score).scaled
         self.generator = generator
         self.progress = progress
         self._times: list[float] | None = [] if record else None
@@ -117,7 +118,10 @@ class Sampling:
         return standard_normal_like(x, self.generator)
 
     def x0_hat(self, x: Tensor, t: Tensor) -> Tensor:
-        r"""Tweedie's denoised estimate $\hat x_0 = (x + \sigma(t)^2\,s_\theta(x, t)) / \alpha(t)$ (one NFE)."""
+        r"""Tweedie's denoised estimate $\hat x_0 = (x + \sigma(t)^2\,s_\theta(x, t)) / \alpha(t)$ (one NFE), from
+        the model's scaled score $\sigma s$ when it declares one ($\hat x_0 = (x + \sigma\,[\sigma s])/\alpha$)."""
+        if self.scaled:
+            return x0_from_sigma_score(self.sde, x, t, self.score.scaled_score(x, t))
         return x0_from_score(self.sde, x, t, self.score(x, t))
 
     def steps(self, n: int, desc: str) -> Iterable[int]:

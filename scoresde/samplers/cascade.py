@@ -86,7 +86,7 @@ def sample_cascade(
         device: of the images.
         dtype: of the images.
     """
-    if not spec_of(super_resolution).condition or not callable(getattr(super_resolution, "given", None)):
+    if not spec_of(super_resolution).condition:  # the declaration promises given(low, level)
         raise ValueError(
             f"the super-resolution stage must be a model conditioned on a low-resolution image (a run trained with "
             f"stage.low_resolution); this {type(super_resolution).__name__} declares no condition"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -99,6 +100,9 @@ class ClassifierGuidance(ModelWrapper):
         )
         super().__init__(score_fn)
         self.classifier, self.y, self.w = classifier, torch.as_tensor(y), _check_weight(w)
+
+    def wrap_spec(self, spec: ModelSpec) -> ModelSpec:
+        return replace(spec, scaled=False)  # it changes the score: no scaled score of its own
 
     @property
     def score_fn(self) -> ScoreFn:

@@ -16,13 +16,14 @@ classes are forwarded (`scoresde.processes.seam.ModelWrapper`).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from .._checks import expand_to
 from ..processes.base import SDE, ScoreFn
-from ..processes.seam import ModelWrapper, spec_of, x0_from_score
+from ..processes.seam import ModelSpec, ModelWrapper, spec_of, x0_from_score
 
 __all__ = ["ThresholdedScore"]
 
@@ -50,6 +51,9 @@ class ThresholdedScore(ModelWrapper):
         self.clips_output = spec_of(score_fn).output == "consistency"
         self.centre, self.radius = (low + high) / 2, (high - low) / 2
         self.percentile = None if percentile is None else float(percentile)
+
+    def wrap_spec(self, spec: ModelSpec) -> ModelSpec:
+        return replace(spec, scaled=False)  # it changes the score: no scaled score of its own
 
     @property
     def score_fn(self) -> ScoreFn:

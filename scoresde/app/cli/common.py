@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ...datasets import toy_dataset
+from ...models.network import unwrapped
 from ...processes.seam import spec_of
 
 
@@ -166,8 +167,7 @@ def sample_shape(model) -> tuple[int, ...]:
     """The shape of one sample the samplers draw: a latent for a latent model, else the network's input."""
     if spec_of(model).decoder:
         return tuple(model.latent_shape)
-    net = model.net
-    return (net.dim,) if hasattr(net, "dim") else (net.in_channels, net.image_size, net.image_size)
+    return tuple(unwrapped(model.net).sample_shape)
 
 
 def load_mask(spec: str, shape: tuple[int, ...]):

@@ -21,6 +21,7 @@ from .common import (
 def cmd_fit_solver(args: argparse.Namespace) -> dict:
     """Fit the solver (`scoresde.samplers.solver_fit.fit_solver`) and store it with its picture in the run."""
     import torch
+    from torch import nn
 
     from ...samplers.solver_fit import fit_solver
     from ..figures import plot_solver
@@ -34,7 +35,7 @@ def cmd_fit_solver(args: argparse.Namespace) -> dict:
     model, _, step, _ = load_model(args)
     out = Path(args.out) if args.out else run_folder_of(args.checkpoint) / "solvers" / f"fitted-{args.steps}.json"
     out = out_file(str(out), ".json", args.force, out.with_suffix(".png").name)
-    dtype = next((p.dtype for p in model.parameters()), torch.float32) if hasattr(model, "parameters") else None
+    dtype = next((p.dtype for p in model.parameters()), torch.float32) if isinstance(model, nn.Module) else None
     fit = fit_solver(model.sde, model, args.steps, (1, *sample_shape(model)), order=args.order, n=args.n,
                      iterations=args.iterations, objective=args.objective, batch_size=args.batch_size,
                      generator=torch.Generator().manual_seed(args.seed), dtype=dtype or torch.float32,
