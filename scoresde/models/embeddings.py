@@ -97,7 +97,7 @@ def check_num_classes(num_classes: int) -> int:
 
 def check_conditional(net: nn.Module, y) -> None:
     """Refuse labels for a network without a label embedding (an unconditional model)."""
-    if y is not None and getattr(net, "label", None) is None:
+    if y is not None and not net.num_classes:
         raise ValueError(
             f"{type(net).__name__} was built without classes (num_classes=0): it takes no labels; "
             f"train a class-conditional model (model.kwargs.num_classes) for guidance"

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .seam import ModelWrapper
+
 __all__ = ["belongs_to", "model_fingerprint", "mismatch", "check_belongs"]
 
 FIELDS = ("sde", "data", "model")
@@ -28,7 +30,7 @@ def model_fingerprint(model: Any) -> str | None:
     """The first 16 hex digits of the SHA-256 of ``model``'s tensors (names, dtypes, shapes and bytes, in name
     order), through wrappers (`scoresde.processes.seam.ModelWrapper.inner`) to the module that holds the weights;
     None for a model without weights (a plain function, an oracle's exact score)."""
-    while not isinstance(model, nn.Module) and getattr(model, "inner", None) is not None:
+    while isinstance(model, ModelWrapper):
         model = model.inner
     if not isinstance(model, nn.Module):
         return None
