@@ -336,11 +336,40 @@ def log_likelihood(
     t_min = renamed_t_min(t_min, eps, "log_likelihood")
     check_sde(sde)
     check_data(x)
+    options = _checked_options(sde, divergence, probe, n_probes, method, rtol, atol, t_min, variable, max_steps,
+                               steps, error_control, order, error_estimate, grid)  # fmt: skip
+    batch_size = check_positive_int("batch_size", batch_size) if batch_size is not None else x.shape[0]
+    score = CountingScore(as_score(sde, score_fn, "log_likelihood"))
+    shard = _distributed_shard(x.shape[0])
+    full_batch = x.shape[0]
+    local = _solve_batches(sde, score, x if shard is None else x[shard], options, prior_logp or sde.prior_logp,
+                           batch_size, probe, n_probes, generator, progress, shard)  # fmt: skip
+    settings = _settings(options, probe, n_probes, prior_logp is not None)
+    nfe = score.calls
+    if shard is not None:
+        local, nfe = _gather(shard, local, nfe, full_batch)
+        settings["processes"] = torch.distributed.get_world_size()
+    prior_lp, delta, z, error, probe_nll = local  # probe_nll [B, P]
+    bad = ~torch.isfinite(probe_nll).all(1)
+    if bool(bad.any()):
+        worst = float(x.abs().max())
+        raise ValueError(
+            f"the log-likelihood of {int(bad.sum())} of {len(bad)} samples is not finite (x reaches |x| = "
+            f"{worst:.3g}): the density underflows or the ODE diverged; are the data in the model's range?"
+        )
+    return LikelihoodResult(nll=probe_nll.mean(1), prior_logp=prior_lp, delta_logp=delta, z=z, nfe=nfe,
+                            settings=settings, integration_error=error,
+                            probe_nll=probe_nll.T if divergence == "hutchinson" else None)  # fmt: skip
+
+
+def _checked_options(sde, divergence, probe, n_probes, method, rtol, atol, t_min, variable, max_steps, steps,
+                     error_control, order, error_estimate, grid) -> dict:  # fmt: skip
+    """`log_likelihood`'s solver options, each checked once (a one-line ``ValueError`` naming the bad one)."""
     check_in_registry("divergence", divergence, DIVERGENCES)
     check_in_registry("probe", probe, PROBES)
     check_in_registry("ODE time variable", variable, VARIABLES)
     check_in_registry("likelihood solver (method)", method, SOLVERS)
-    n_probes = check_positive_int("n_probes", n_probes)
+    check_positive_int("n_probes", n_probes)
     max_steps = None if max_steps is None else check_positive_int("max_steps", max_steps)
     steps = check_positive_int("steps", steps)
     order = check_positive_int("order", order)
@@ -351,32 +380,20 @@ def log_likelihood(
     if grid is not None:
         grid, t_min = _likelihood_grid(sde, grid, method, t_min)
     t_min = likelihood_t_min(sde, t_min)
-    batch_size = check_positive_int("batch_size", batch_size) if batch_size is not None else x.shape[0]
-    score = CountingScore(as_score(sde, score_fn, "log_likelihood"))
-    prior = prior_logp or sde.prior_logp
-    shard = _distributed_shard(x.shape[0])
-    full_batch = x.shape[0]
-    if shard is not None:
-        x = x[shard]
-    options = {
-        "divergence": divergence,
-        "method": method,
-        "t_min": t_min,
-        "steps": steps,
-        "order": order,
-        "rtol": rtol,
-        "atol": atol,
-        "max_steps": max_steps,
-        "error_control": error_control,
-        "variable": variable,
-        "error_estimate": error_estimate,
-        "grid": grid,
-    }
+    return {"divergence": divergence, "method": method, "t_min": t_min, "steps": steps, "order": order, "rtol": rtol,
+            "atol": atol, "max_steps": max_steps, "error_control": error_control, "variable": variable,
+            "error_estimate": error_estimate, "grid": grid}  # fmt: skip
+
+
+def _solve_batches(sde, score, x, options, prior, batch_size, probe, n_probes, generator, progress, shard) -> tuple:
+    """The solve of every batch of ``x``: ``(log p_T(z), delta log p, z, integration error or None, per-probe NLL
+    [B, P])`` concatenated on the CPU (float64 densities)."""
+    hutchinson = options["divergence"] == "hutchinson"
     parts = list(x.split(batch_size)) if x.shape[0] else []
     priors, deltas, zs, errors, probe_nlls = [], [], [], [], []
     offset = 0
     for part in progress_bar(parts, "log-likelihood", progress):
-        probes = draw_probes(probe, n_probes, part, generator) if divergence == "hutchinson" else None
+        probes = draw_probes(probe, n_probes, part, generator) if hutchinson else None
         try:
             z, delta, z_low, delta_low = _solve(sde, score, part, probes, options)
         except SolverError as exc:
@@ -391,56 +408,40 @@ def log_likelihood(
         if z_low is not None:
             low = -(_prior(prior, z_low, part.shape[0]) + delta_low.to(torch.float64).mean(0))
             errors.append((low - per_probe.mean(0)).abs().cpu())
-    exponential = method in EXPONENTIAL_SOLVERS
-    fixed = method in FIXED_GRID_METHODS + ("ei_fixed",)
-    estimated = error_estimate or exponential
-    settings = {
-        "divergence": divergence,
-        "probe": probe if divergence == "hutchinson" else None,
-        "n_probes": n_probes if divergence == "hutchinson" else None,
-        "method": method,
-        "rtol": None if fixed else rtol,
-        "atol": None if fixed else atol,
-        "t_min": t_min,
-        "variable": "log_snr (half: log(alpha/sigma))" if exponential else variable,
-        "order": order if exponential else None,
-        "prior": "custom" if prior_logp else "sde",
-        "steps": steps if fixed and grid is None else None,
-        "grid": "custom" if grid is not None else None,
-        "error_control": None if fixed else error_control,
-        "error_estimate": _ERROR_ESTIMATES[exponential] if estimated else None,
-    }
     empty = torch.zeros(0, dtype=torch.float64)
-    P = n_probes if divergence == "hutchinson" else 1
-    local = (
+    estimated = options["error_estimate"] or options["method"] in EXPONENTIAL_SOLVERS
+    return (
         torch.cat(priors) if priors else empty,
         torch.cat(deltas) if deltas else empty,
         torch.cat(zs).cpu() if zs else x.new_zeros((0,) + x.shape[1:]).cpu(),
         torch.cat(errors) if errors else (empty if estimated else None),
-        torch.cat(probe_nlls, 1).T if probe_nlls else torch.zeros(0, P, dtype=torch.float64),
-    )
-    nfe = score.calls
-    if shard is not None:
-        local, nfe = _gather(shard, local, nfe, full_batch)
-        settings["processes"] = torch.distributed.get_world_size()
-    prior_lp, delta, z, error, probe_nll = local  # probe_nll [B, P]
-    bad = ~torch.isfinite(probe_nll).all(1)
-    if bool(bad.any()):
-        worst = float(x.abs().max())
-        raise ValueError(
-            f"the log-likelihood of {int(bad.sum())} of {len(bad)} samples is not finite (x reaches |x| = "
-            f"{worst:.3g}): the density underflows or the ODE diverged; are the data in the model's range?"
-        )
-    return LikelihoodResult(
-        nll=probe_nll.mean(1),
-        prior_logp=prior_lp,
-        delta_logp=delta,
-        z=z,
-        nfe=nfe,
-        settings=settings,
-        integration_error=error,
-        probe_nll=probe_nll.T if divergence == "hutchinson" else None,
-    )
+        torch.cat(probe_nlls, 1).T if probe_nlls else torch.zeros(0, n_probes if hutchinson else 1,
+                                                                   dtype=torch.float64),
+    )  # fmt: skip
+
+
+def _settings(options: dict, probe: str, n_probes: int, custom_prior: bool) -> dict:
+    """What a `LikelihoodResult` records of the settings that produced it (those that apply to its method)."""
+    method, hutchinson = options["method"], options["divergence"] == "hutchinson"
+    exponential = method in EXPONENTIAL_SOLVERS
+    fixed = method in FIXED_GRID_METHODS + ("ei_fixed",)
+    estimated = options["error_estimate"] or exponential
+    return {
+        "divergence": options["divergence"],
+        "probe": probe if hutchinson else None,
+        "n_probes": n_probes if hutchinson else None,
+        "method": method,
+        "rtol": None if fixed else options["rtol"],
+        "atol": None if fixed else options["atol"],
+        "t_min": options["t_min"],
+        "variable": "log_snr (half: log(alpha/sigma))" if exponential else options["variable"],
+        "order": options["order"] if exponential else None,
+        "prior": "custom" if custom_prior else "sde",
+        "steps": options["steps"] if fixed and options["grid"] is None else None,
+        "grid": "custom" if options["grid"] is not None else None,
+        "error_control": None if fixed else options["error_control"],
+        "error_estimate": _ERROR_ESTIMATES[exponential] if estimated else None,
+    }
 
 
 _ERROR_ESTIMATES = {
