@@ -224,9 +224,8 @@ def ddpm_bound(
     estimates the sum from that many stratified indices (unbiased, with its standard error).
 
     ``variance`` chooses the reverse chain's variance $\Sigma$ (`scoresde.processes.reverse_variance`: ``beta_tilde``,
-    the
-    posterior's and the default, as above; ``beta``; ``learned``, the network's own per-dimension variance, for a
-    model trained with ``learn_variance``; ``analytic``, which needs ``moments``, the table of
+    the posterior's and the default, as above; ``beta``; ``learned``, the network's own per-dimension variance, for
+    a model trained with ``learn_variance``; ``analytic``, which needs ``moments``, the table of
     $\Gamma_t = \mathbb E\|s\|^2/d$, and takes ``data_range``).
     With $\Sigma \ne \tilde\beta$ each KL term gains $\tfrac d2(\log(\Sigma/\tilde\beta) + \tilde\beta/\Sigma - 1)$ and
     divides the mean's error by $2\Sigma$; the decoder's variance is $\Sigma$ of the last step. ``schedule`` spaces the
@@ -236,15 +235,7 @@ def ddpm_bound(
     t_min = renamed_t_min(t_min, eps, "ddpm_bound")
     check_sde(sde)
     check_data(x)
-    n_steps = check_positive_int("n_steps", n_steps)
-    if n_steps < 2:
-        raise ValueError(f"n_steps must be at least 2 (one decoder step and one KL term), got {n_steps}")
-    if n_terms is not None:
-        n_terms = check_positive_int("n_terms", n_terms)
-        if n_terms > n_steps - 1:
-            raise ValueError(
-                f"n_terms must be at most n_steps - 1 = {n_steps - 1}, got {n_terms}; pass None to sum all terms"
-            )
+    n_steps, n_terms = _checked_steps(n_steps, n_terms)
     t_min = likelihood_t_min(sde, t_min)
     check_variance(variance, moments)
     score = CountingScore(as_score(sde, score_fn, "ddpm_bound"))
@@ -265,50 +256,58 @@ def ddpm_bound(
         var = reverse_variance(variance, step, gamma=gamma, fraction=fraction, data_range=data_range)
         return step, var.reshape(B, -1)
 
-    def x0_hat(i: Tensor, x_i: Tensor, alpha_i0: Tensor, sigma_i0: Tensor) -> Tensor:
-        return tweedie(x_i, score(x_i, times[i]), alpha_i0, sigma_i0)
-
     def draw(i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         alpha_i0, sigma_i0 = sde.transition(times[i], t0)
         return _noised(x, alpha_i0, sigma_i0, generator), alpha_i0, sigma_i0
 
-    # L_T: cross-entropy of the prior minus the entropy of q(x_T | x_0)
-    sigma_T0 = sde.transition(times[-1].expand(B), t0)[1]
-    prior_term = _prior_term(sde, x, t_min, prior_logp, n_prior_draws, generator) - 0.5 * dim * (
-        1 + torch.log(2 * math.pi * sigma_T0**2)
-    )
-    # decoder term L_0
-    one = torch.ones(B, dtype=torch.long, device=x.device)
+    sigma_T0 = sde.transition(times[-1].expand(B), t0)[1]  # L_T: the prior's cross-entropy less q(x_T|x_0)'s entropy
+    entropy = 0.5 * dim * (1 + torch.log(2 * math.pi * sigma_T0**2))
+    prior_term = _prior_term(sde, x, t_min, prior_logp, n_prior_draws, generator) - entropy
+    one = torch.ones(B, dtype=torch.long, device=x.device)  # the decoder term L_0
     x_1, alpha_10, sigma_10 = draw(one)
-    residual = (x - x0_hat(one, x_1, alpha_10, sigma_10)).reshape(B, -1).pow(2)
-    decoder_var = reverse_step(one, x_1, decoder=True)[1]
+    residual, decoder_var = (
+        (x - tweedie(x_1, score(x_1, times[one]), alpha_10, sigma_10)).reshape(B, -1).pow(2),
+        reverse_step(one, x_1, True)[1],
+    )
     decoder = (0.5 * torch.log(2 * math.pi * decoder_var) + 0.5 * residual / decoder_var).sum(1)
     # KL terms L_{i-1}, i = 2..N (per-sample indices when sampled)
     terms = []
     for i in _term_indices(n_steps, n_terms, generator, B, x.device):
         x_i, alpha_i0, sigma_i0 = draw(i)
-        err = (x - x0_hat(i, x_i, alpha_i0, sigma_i0)).reshape(B, -1).pow(2)
+        err = (x - tweedie(x_i, score(x_i, times[i]), alpha_i0, sigma_i0)).reshape(B, -1).pow(2)
         step, var = reverse_step(i, x_i)
         coef, post_var = step.a[:, None], step.beta_tilde[:, None]  # the posterior's x0 coefficient and variance
         terms.append((0.5 * (torch.log(var / post_var) + post_var / var - 1) + coef**2 * err / (2 * var)).sum(1))
-    terms = torch.stack(terms)  # [n, B]
+    total, se = _kl_sum(torch.stack(terms), n_steps, n_terms)
+    settings = {"n_steps": n_steps, "n_terms": n_terms, "t_min": t_min, "prior": "custom" if prior_logp else "sde",
+                "grid": schedule, "variance": variance,
+                "data_range": list(data_range) if data_range is not None else None}  # fmt: skip
+    return _elbo_result(prior_term + decoder + total, se, prior_term, score.calls, settings)
+
+
+def _checked_steps(n_steps: int, n_terms: int | None) -> tuple[int, int | None]:
+    """`ddpm_bound`'s chain length (at least 2: one decoder step and one KL term) and number of sampled KL terms
+    (at most ``n_steps - 1``; None: all), checked in one line each."""
+    n_steps = check_positive_int("n_steps", n_steps)
+    if n_steps < 2:
+        raise ValueError(f"n_steps must be at least 2 (one decoder step and one KL term), got {n_steps}")
+    if n_terms is not None:
+        n_terms = check_positive_int("n_terms", n_terms)
+        if n_terms > n_steps - 1:
+            raise ValueError(
+                f"n_terms must be at most n_steps - 1 = {n_steps - 1}, got {n_terms}; pass None to sum all terms"
+            )
+    return n_steps, n_terms
+
+
+def _kl_sum(terms: Tensor, n_steps: int, n_terms: int | None) -> tuple[Tensor, Tensor]:
+    """The KL terms ``[n, B]`` summed over the chain (their exact sum, or ``n_steps - 1`` times the mean of the
+    ``n_terms`` sampled ones) and its Monte-Carlo standard error (NaN when it cannot be estimated)."""
     scale = n_steps - 1
     total = terms.sum(0) if n_terms is None else scale * terms.mean(0)
     if n_terms is None or n_terms < 2:
-        se = torch.full((B,), float("nan"), **opts)
-    else:
-        se = scale * terms.std(0) / math.sqrt(n_terms)
-    bound = prior_term + decoder + total
-    settings = {
-        "n_steps": n_steps,
-        "n_terms": n_terms,
-        "t_min": t_min,
-        "prior": "custom" if prior_logp else "sde",
-        "grid": schedule,
-        "variance": variance,
-        "data_range": list(data_range) if data_range is not None else None,
-    }
-    return _elbo_result(bound, se, prior_term, score.calls, settings)
+        return total, torch.full_like(total, float("nan"))
+    return total, scale * terms.std(0) / math.sqrt(n_terms)
 
 
 def _term_indices(n_steps: int, n_terms: int | None, generator, batch: int, device) -> list[Tensor]:

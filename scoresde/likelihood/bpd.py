@@ -114,13 +114,7 @@ def bits_per_dim(
         raise ValueError(
             f"x must be a tensor of integer levels with shape [B, ...], got {getattr(x, 'shape', type(x).__name__)}"
         )
-    check_finite("x", x.to(torch.float64))
-    levels = x.to(torch.float64)
-    if bool((levels != levels.round()).any()) or float(levels.min()) < 0 or float(levels.max()) > transform.levels - 1:
-        raise ValueError(
-            f"x must hold integers in [0, {transform.levels - 1}] (the transform's levels); got values in "
-            f"[{float(levels.min()):g}, {float(levels.max()):g}]; pass the raw discrete data, not scaled data"
-        )
+    levels = _checked_levels(x, transform)
     if rigorous and estimator != "ode":
         raise ValueError(f"rigorous=True needs estimator='ode' (the bounds carry their own terms), got {estimator!r}")
     n_dequantizations = check_positive_int("n_dequantizations", n_dequantizations)
@@ -144,15 +138,9 @@ def bits_per_dim(
     bpd, se = mean_and_standard_error(per_sample)
     errors = [d.error for d in draws]
     integration_error = float(torch.stack(errors).mean()) * to_bits if all(e is not None for e in errors) else None
-    settings = {
-        "levels": transform.levels,
-        "range": [transform.low, transform.high],
-        "n_dequantizations": n_dequantizations,
-        "dequantization": "uniform",
-        "estimator": estimator,
-        "t_min": t_min,
-        **json_safe(likelihood_options),
-    }
+    settings = {"levels": transform.levels, "range": [transform.low, transform.high],
+                "n_dequantizations": n_dequantizations, "dequantization": "uniform", "estimator": estimator,
+                "t_min": t_min, **json_safe(likelihood_options)}  # fmt: skip
     result = BitsPerDimResult(
         bpd=bpd,
         bpd_standard_error=se,
@@ -171,6 +159,18 @@ def bits_per_dim(
         )
         settings["rigorous"] = "E[-log p_tmin(alpha c + sigma z) - log P(x | x_tmin)] - D/2 log(2 pi e sigma^2)"
     return result
+
+
+def _checked_levels(x: Tensor, transform) -> Tensor:
+    """``x`` as float64 levels, refused in one line unless it holds finite integers in ``[0, levels - 1]``."""
+    check_finite("x", x.to(torch.float64))
+    levels = x.to(torch.float64)
+    if bool((levels != levels.round()).any()) or float(levels.min()) < 0 or float(levels.max()) > transform.levels - 1:
+        raise ValueError(
+            f"x must hold integers in [0, {transform.levels - 1}] (the transform's levels); got values in "
+            f"[{float(levels.min()):g}, {float(levels.max()):g}]; pass the raw discrete data, not scaled data"
+        )
+    return levels
 
 
 def _standard_errors(per_draw: Tensor, probe_variances: list, to_bits: float, total: float) -> dict:
