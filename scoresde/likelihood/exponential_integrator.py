@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -173,19 +174,10 @@ def solve_exponential(
     evaluation), a step below `MIN_STEP_FRACTION` of the span, or more than ``max_steps`` steps (default
     `step_budget`)."""
     schedule = _Schedule(sde, t_min)
-    B, dim = x.shape[0], x[0].numel()
+    dim = x[0].numel()
     error_norm = per_sample_norm if error_norm is None else error_norm
 
-    def evaluate(state: Tensor, t: float, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
-        """$\\epsilon = -\\sigma s$ and its divergence in $y = x/\\alpha$, $\\alpha\\nabla_x\\cdot\\epsilon$
-        (``[P, B]``), at ``state``."""
-        with torch.enable_grad():
-            y = state.detach().requires_grad_(True)
-            score = score_fn(y, torch.full((B,), t, dtype=x.dtype, device=x.device))
-            check_output(score, t)
-            div = divergence(score, y)
-        check_output(div.reshape(-1, B).T, t, "divergence")
-        return -sigma * score.detach(), -alpha * sigma * div.detach()
+    evaluate = partial(_evaluate, score_fn, divergence)
 
     lam = schedule.lam0
     t = t_min
@@ -204,20 +196,7 @@ def solve_exponential(
         max_steps = step_budget(span, rtol, atol, order)
     while lam > schedule.lamN:
         if adaptive:
-            if accepted + rejected >= max_steps:
-                raise SolverError(
-                    f"the exponential-integrator solver spent its {max_steps} steps and reached t={t:.6g} "
-                    f"({_size(outputs[-1])})",
-                    t,
-                    worst,
-                )
-            if abs(h) < MIN_STEP_FRACTION * span:
-                raise SolverError(
-                    f"the exponential-integrator solver's step size collapsed to {abs(h):.3g} in log-SNR at "
-                    f"t={t:.6g} ({_size(outputs[-1])})",
-                    t,
-                    worst,
-                )
+            _check_progress(accepted + rejected, max_steps, h, span, t, worst, outputs[-1])
             lam_next = lam + h
             if lam_next - schedule.lamN < 0.1 * abs(h):  # end exactly at T, leaving no sliver before it
                 lam_next = schedule.lamN
@@ -238,24 +217,14 @@ def solve_exponential(
         x_next = alpha_next * y_corr
         if adaptive:
             dx = alpha_next * (y_corr - y_pred) / (atol + rtol * torch.maximum(x_next.abs(), state.abs()))
-            err = float(error_norm(dx, (int_corr - int_pred) / atol))
-            worst = int(dx.reshape(B, -1).pow(2).mean(1).argmax())  # the sample a give-up names
-            if not math.isfinite(err):  # finite outputs whose differences overflow: no step size helps
-                raise SolverError(f"the solver's error estimate is not finite at t={t_next:.6g}", t_next)
+            err, worst = _step_error(error_norm, dx, (int_corr - int_pred) / atol, t_next)
             factor = 0.9 * (max(err, 1e-10) ** (-1.0 / (k + 1)))
             if err > 1.0:
                 rejected += 1
                 h = h * max(0.2, min(factor, 0.9))
                 continue
             h = (lam_next - lam) * min(2.0, max(0.2, factor))
-        # the embedded solution: an explicit predictor of the corrector's order on the same evaluations
-        # (same order, different error constant: their difference measures the corrector's own error)
-        if len(nodes) > k:
-            w_check = lagrange_integrals(nodes[-(k + 1) :][::-1], lam, lam_next, _weight)
-            y_check = y + _combine(w_check, outputs)
-            int_check = _combine(w_check, divs)
-        else:  # warm-up: no history for it yet, the lower-order predictor stands in
-            y_check, int_check = y_pred, int_pred
+        y_check, int_check = _embedded(nodes, outputs, divs, k, lam, lam_next, y, (y_pred, int_pred))
         drift_low = drift_low + (y_check - y_corr)
         integral_low = integral_low + int_check
         integral = integral + int_corr
@@ -277,6 +246,58 @@ def solve_exponential(
         steps=accepted,
         rejected=rejected,
     )
+
+
+def _evaluate(score_fn, divergence, state: Tensor, t: float, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
+    r"""$\epsilon = -\sigma s$ and its divergence in $y = x/\alpha$, $\alpha\nabla_x\cdot\epsilon$ (``[P, B]``), at
+    ``state`` (every output checked finite)."""
+    B = state.shape[0]
+    with torch.enable_grad():
+        y = state.detach().requires_grad_(True)
+        score = score_fn(y, torch.full((B,), t, dtype=state.dtype, device=state.device))
+        check_output(score, t)
+        div = divergence(score, y)
+    check_output(div.reshape(-1, B).T, t, "divergence")
+    return -sigma * score.detach(), -alpha * sigma * div.detach()
+
+
+def _step_error(error_norm, dx: Tensor, dlogp: Tensor, t_next: float) -> tuple[float, int]:
+    """The step's error norm and the sample it is worst for (the one a give-up names); a non-finite estimate (finite
+    outputs whose differences overflow: no step size helps) is a `SolverError`."""
+    err = float(error_norm(dx, dlogp))
+    worst = int(dx.reshape(dx.shape[0], -1).pow(2).mean(1).argmax())
+    if not math.isfinite(err):
+        raise SolverError(f"the solver's error estimate is not finite at t={t_next:.6g}", t_next)
+    return err, worst
+
+
+def _check_progress(taken: int, max_steps: int, h: float, span: float, t: float, worst, output: Tensor) -> None:
+    """A `SolverError` naming the time (and the worst sample) when the adaptive solve has spent its step budget or
+    its step size has collapsed."""
+    if taken >= max_steps:
+        raise SolverError(
+            f"the exponential-integrator solver spent its {max_steps} steps and reached t={t:.6g} ({_size(output)})",
+            t,
+            worst,
+        )
+    if abs(h) < MIN_STEP_FRACTION * span:
+        raise SolverError(
+            f"the exponential-integrator solver's step size collapsed to {abs(h):.3g} in log-SNR at t={t:.6g} "
+            f"({_size(output)})",
+            t,
+            worst,
+        )
+
+
+def _embedded(nodes: list, outputs: list, divs: list, k: int, lam: float, lam_next: float, y: Tensor,
+              predicted: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The embedded solution of a step: an explicit predictor of the corrector's order on the same evaluations
+    (same order, different error constant: their difference measures the corrector's own error); in the warm-up,
+    with no history for it yet, the lower-order ``predicted`` (state, integral) stands in."""
+    if len(nodes) <= k:
+        return predicted
+    w_check = lagrange_integrals(nodes[-(k + 1) :][::-1], lam, lam_next, _weight)
+    return y + _combine(w_check, outputs), _combine(w_check, divs)
 
 
 def per_sample_norm(dx: Tensor, dlogp: Tensor) -> Tensor:
