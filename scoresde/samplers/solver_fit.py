@@ -27,9 +27,9 @@ on the start grid). `FittedSolver` is the artefact: saved as JSON in the run wit
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -42,7 +42,7 @@ from ..processes.grids import custom_grid, time_grid
 from ..processes.seam import as_score, x0_from_score
 from .dpm_solver import fitted_steps
 from .fitted_solver import FittedSolver
-from .grid_fit import REFERENCE, fit_grid
+from .grid_fit import REFERENCE, GridFit, fit_grid
 from .sampling import sample
 
 __all__ = ["FittedSolver", "fit_solver", "OBJECTIVES"]
@@ -80,6 +80,53 @@ def _solve(sde: SDE, score: ScoreFn, x_T: Tensor, grid: Tensor, corrections, ord
     return fitted_steps(x_T, x0_fn, lam, alphas, sigmas, corrections, order)
 
 
+def _checked(steps, order, history, iterations, n, lr, objective, batch_size) -> tuple:
+    """`fit_solver`'s settings, each checked in one line: ``(steps, order, history, iterations, n, lr,
+    batch_size)``."""
+    steps = check_positive_int("steps", steps)
+    order = check_positive_int("order", order)
+    check_in_registry("fitted order", str(order), ["1", "2", "3"])
+    if steps < order:
+        raise ValueError(f"a {steps}-step solver cannot reach its base's order {order}; steps must be >= {order}")
+    n = check_positive_int("n", n)
+    check_in_registry("objective", objective, OBJECTIVES)
+    batch_size = n if batch_size is None else min(check_positive_int("batch_size", batch_size), n)
+    history, iterations = check_positive_int("history", history), check_positive_int("iterations", iterations)
+    return steps, order, history, iterations, n, check_positive("lr", lr), batch_size
+
+
+def _energy_scale(x: Tensor, reference: Tensor) -> float:
+    """The ``mix`` objective's weight: the trajectory error over the sliced energy distance, at the start."""
+    energy = float(sliced_energy(x, reference, 64))
+    return float((x - reference).pow(2).sum(1).mean()) / max(energy, 1e-12)
+
+
+def _start_grid(sde: SDE, steps: int, t_min: float, grid_fit: Callable[[], GridFit], item) -> Tensor:
+    """A start's grid: the base's grid fitted on the calibration draws (``"fit_grid"``: ``grid_fit()``), a named
+    grid, or times (checked to have ``steps`` steps ending at ``t_min``)."""
+    if isinstance(item, str) and item == "fit_grid":
+        return grid_fit().times
+    if isinstance(item, str):
+        return time_grid(sde, steps, item, t_min)
+    grid = custom_grid(sde, item)
+    if len(grid) != steps + 1 or abs(float(grid[-1]) - t_min) > 1e-9 * max(1.0, t_min):
+        raise ValueError(
+            f"a start grid must have {steps} steps ending at t_min = {t_min:g}; got {len(grid) - 1} steps ending "
+            f"at {float(grid[-1]):g}"
+        )
+    return grid
+
+
+def _fit_loss(objective: str, scale: list[float], x: Tensor, target: Tensor) -> Tensor:
+    """The fit's objective between solved ``x`` and the reference ``target``: the trajectory error (mean squared
+    distance), the sliced energy distance times ``scale[0]`` (``distribution``), or their sum (``mix``)."""
+    trajectory = (x - target).reshape(len(x), -1).pow(2).sum(1).mean().to(torch.float64)
+    if objective == "trajectory":
+        return trajectory
+    energy = sliced_energy(x.reshape(len(x), -1), target.reshape(len(target), -1), 64)
+    return energy * scale[0] if objective == "distribution" else trajectory + energy * scale[0]
+
+
 def fit_solver(
     sde: SDE,
     score_fn: ScoreFn,
@@ -110,18 +157,9 @@ def fit_solver(
     other somewhere (the checkerboard, VE, 5 NFE: 1.29x the floor from the warped grid, 0.82x from the fitted one;
     gmm, VP, 3 NFE: 4.5x from the warped grid, 30x from the fitted one). Returns the best
     `FittedSolver` on the whole calibration set, never worse than the base on the best start; sample it with
-    ``sample(sde, score_fn, shape, solver=fit)``."""
-    steps = check_positive_int("steps", steps)
-    order = check_positive_int("order", order)
-    check_in_registry("fitted order", str(order), ["1", "2", "3"])
-    if steps < order:
-        raise ValueError(f"a {steps}-step solver cannot reach its base's order {order}; steps must be >= {order}")
-    history = check_positive_int("history", history)
-    iterations = check_positive_int("iterations", iterations)
-    n = check_positive_int("n", n)
-    lr = check_positive("lr", lr)
-    check_in_registry("objective", objective, OBJECTIVES)
-    batch_size = n if batch_size is None else min(check_positive_int("batch_size", batch_size), n)
+    ``sample(sde, score_fn, shape, fit.recipe())``."""
+    steps, order, history, iterations, n, lr, batch_size = _checked(steps, order, history, iterations, n, lr,
+                                                                    objective, batch_size)  # fmt: skip
     t_min = sde.check_t_min(t_min)
     score = as_score(sde, score_fn, "fit_solver")
     began = time.perf_counter()
@@ -131,29 +169,11 @@ def fit_solver(
     with torch.no_grad():
         reference = sample(sde, score, x_T.shape, x_T=x_T, t_min=t_min, denoise=False, dtype=dtype, **REFERENCE).x
 
-    def grid_of(item) -> Tensor:
-        """A start's grid: the base's grid fitted on these calibration draws, a named grid, or times."""
-        if isinstance(item, str) and item == "fit_grid":
-            return fit_grid(sde, score, "dpm_solver", steps, shape, order=order, n=n, t_min=t_min, dtype=dtype,
-                            iterations=iterations, generator=torch.Generator().manual_seed(seed)).times  # fmt: skip
-        if isinstance(item, str):
-            return time_grid(sde, steps, item, t_min)
-        grid = custom_grid(sde, item)
-        if len(grid) != steps + 1 or abs(float(grid[-1]) - t_min) > 1e-9 * max(1.0, t_min):
-            raise ValueError(
-                f"a start grid must have {steps} steps ending at t_min = {t_min:g}; got {len(grid) - 1} steps ending "
-                f"at {float(grid[-1]):g}"
-            )
-        return grid
-
+    grid_fit = partial(fit_grid, sde, score, "dpm_solver", steps, shape, order=order, n=n, t_min=t_min, dtype=dtype,
+                       iterations=iterations, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    grid_of = partial(_start_grid, sde, steps, t_min, grid_fit)
     scale = [1.0]
-
-    def loss_of(x: Tensor, target: Tensor) -> Tensor:
-        trajectory = (x - target).reshape(len(x), -1).pow(2).sum(1).mean().to(torch.float64)
-        if objective == "trajectory":
-            return trajectory
-        energy = sliced_energy(x.reshape(len(x), -1), target.reshape(len(target), -1), 64)
-        return energy * scale[0] if objective == "distribution" else trajectory + energy * scale[0]
+    loss_of = partial(_fit_loss, objective, scale)
 
     def full_loss(theta: Tensor, corrections: Tensor) -> float:
         with torch.no_grad():
@@ -168,8 +188,7 @@ def fit_solver(
         if objective == "mix":  # the energy distance weighted to the trajectory error's size at the start
             with torch.no_grad():
                 x = _solve(sde, score, x_T, _grid_from(theta, sde, t_min), corrections.to(dtype), order)
-                energy = float(sliced_energy(x.reshape(n, -1), reference.reshape(n, -1), 64))
-                scale[0] = float((x - reference).reshape(n, -1).pow(2).sum(1).mean()) / max(energy, 1e-12)
+                scale[0] = _energy_scale(x.reshape(n, -1), reference.reshape(n, -1))
         start_error = full_loss(theta, corrections)
         best = (start_error, theta.detach().clone(), corrections.detach().clone())
         optimiser = torch.optim.Adam([corrections, theta] if fit_times else [corrections], lr=lr)
@@ -193,33 +212,15 @@ def fit_solver(
     starts = [start] if isinstance(start, str) or isinstance(start, Tensor) else list(start)
     if starts and not all(isinstance(item, (str, Tensor)) for item in starts):  # one sequence of times
         starts = [start]
-    start_error, best = math.inf, None
-    for item in starts:  # each descent ends no worse than its start; the best end wins (a local optimum of the
-        error0, found = descend(grid_of(item))  # times from one start was 37x worse than from another at 3 NFE)
-        start_error = min(start_error, error0)
-        if best is None or found[0] < best[0]:
-            best = found
-    error, theta_best, corrections_best = best
-    settings = {
-        "base": f"dpm_solver++ {order}M",
-        "steps": steps,
-        "history": history,
-        "objective": objective,
-        "n": n,
-        "iterations": iterations,
-        "lr": lr,
-        "fit_times": fit_times,
-        "start": [item if isinstance(item, str) else "custom" for item in starts],
-        "t_min": t_min,
-        "reference": REFERENCE,
-        "seconds": time.perf_counter() - began,  # the reference solve, the grid fits and every descent
-        "belongs_to": belongs_to(sde, score_fn),
-    }
-    return FittedSolver(
-        times=_grid_from(theta_best, sde, t_min).detach(),
-        order=order,
-        corrections=corrections_best.tolist(),
-        start_error=start_error,
-        error=error,
-        settings=settings,
-    )
+    # each descent ends no worse than its start; the best end wins (a local optimum of the times from one start was
+    # 37x worse than from another at 3 NFE): min keeps the first of equal ends
+    ends = [descend(grid_of(item)) for item in starts]
+    start_error = min(error0 for error0, _ in ends)
+    error, theta_best, corrections_best = min((found for _, found in ends), key=lambda found: found[0])
+    settings = {"base": f"dpm_solver++ {order}M", "steps": steps, "history": history, "objective": objective, "n": n,
+                "iterations": iterations, "lr": lr, "fit_times": fit_times, "t_min": t_min, "reference": REFERENCE,
+                "start": [item if isinstance(item, str) else "custom" for item in starts],
+                "seconds": time.perf_counter() - began,  # the reference solve, the grid fits and every descent
+                "belongs_to": belongs_to(sde, score_fn)}  # fmt: skip
+    times = _grid_from(theta_best, sde, t_min).detach()
+    return FittedSolver(times, order, corrections_best.tolist(), start_error, error, settings)
