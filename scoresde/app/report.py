@@ -16,6 +16,7 @@ import copy
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -255,6 +256,39 @@ def _timed(timings: dict[str, float], name: str):
     timings[name] = time.perf_counter() - clock
 
 
+def _demo_likelihood(out: Path, sde, model, data, toy, quick: bool, seed: int, progress: bool) -> tuple[dict, Any]:
+    """The demo's likelihood against the truth on held-out points (``likelihood.json``) and its density grid."""
+    from .figures import model_density_grid
+
+    points = data.x[: 200 if quick else 1000]
+    likelihood = likelihood_summary(
+        sde, model, points, true_nll=-data.log_prob(points.double()), seed=seed, progress=progress
+    )
+    (out / "likelihood.json").write_text(json_text(likelihood))
+    density = model_density_grid(
+        sde, model, extent=toy.extent, grid=24 if quick else 64, true_log_prob=toy.log_prob, progress=progress
+    )
+    return likelihood, density
+
+
+def _demo_animation(out: Path, sde, model, extent, quick: bool, seed: int, device) -> str:
+    """The reverse SDE's walk (Euler–Maruyama, 100 steps) as ``reverse.gif``."""
+    import matplotlib.pyplot as plt
+
+    from ..samplers.sampling import sample
+    from .figures import animate_reverse_process
+
+    walk = sample(sde, model, (300 if quick else 1000, 2), "pc", steps=100, predictor="euler_maruyama",
+                  corrector="none", generator=torch.Generator(device=device).manual_seed(seed), device=device,
+                  return_trajectory=True)  # fmt: skip
+    animation = animate_reverse_process(
+        walk.trajectory, walk.times, extent=extent, frames=15 if quick else 40, title="reverse SDE"
+    )
+    animation.save(out / "reverse.gif", writer="pillow", dpi=60 if quick else 80)
+    plt.close(animation.figure)
+    return "reverse.gif"
+
+
 def run_demo(
     out: str | Path, *, quick: bool = False, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True
 ) -> dict:
@@ -262,19 +296,16 @@ def run_demo(
     samplers, measure the likelihood against the truth, draw the teaching figures, and write
     ``out/report.md``, ``out/metrics.json`` and the figures (`DEMO_FILES`). Returns the metrics.
 
-    ``quick``: small model, short training, few points (under 30 s; for tests). The full demo takes about
-    2.5 minutes on 2 CPU cores.
+    ``quick``: small model, short training, few points (18 s on 2 CPU cores, measured; for tests). The full demo
+    takes about 2.5 minutes on 2 CPU cores.
     """
     import matplotlib.pyplot as plt
 
     from ..datasets import toy_dataset
-    from ..samplers.sampling import sample
     from ..training.trainer import Trainer
     from .explorer import write_explorer
     from .explorer_data import explorer_data
     from .figures import (
-        animate_reverse_process,
-        model_density_grid,
         plot_forward_process,
         plot_model_density,
         plot_score_field,
@@ -282,12 +313,10 @@ def run_demo(
         plot_trajectories,
     )
 
-    start = time.perf_counter()
-    out = Path(out)
+    start, out, timings = time.perf_counter(), Path(out), {}
     out.mkdir(parents=True, exist_ok=True)
     config = _demo_config(quick, seed)
     toy = toy_dataset(config.data.name)
-    timings: dict[str, float] = {}
 
     def save(fig, name: str) -> str:
         fig.savefig(out / name, dpi=100)
@@ -333,14 +362,7 @@ def run_demo(
         figures += [p.name for p in write_comparison(comparison, data.x, out, extent=toy.extent)]
 
     with _timed(timings, "likelihood"):
-        points = data.x[: 200 if quick else 1000]
-        likelihood = likelihood_summary(
-            sde, model, points, true_nll=-data.log_prob(points.double()), seed=seed, progress=progress
-        )
-        (out / "likelihood.json").write_text(json_text(likelihood))
-        density = model_density_grid(
-            sde, model, extent=toy.extent, grid=24 if quick else 64, true_log_prob=toy.log_prob, progress=progress
-        )
+        likelihood, density = _demo_likelihood(out, sde, model, data, toy, quick, seed, progress)
         figures.append(save(plot_model_density(sde, model, density=density), "density.png"))
 
     with _timed(timings, "explorer"):
@@ -349,52 +371,20 @@ def run_demo(
             model_name=f"the demo's model (step {trained.step})", frames=21 if quick else 41,
             n=300 if quick else 500, comparison=comparison, held_out=data.x, likelihood=density, seed=seed,
         )  # fmt: skip
-        write_explorer(page, out / "explorer.html")
-        figures.append("explorer.html")
+        figures.append(write_explorer(page, out / "explorer.html").name)
 
     with _timed(timings, "animation"):
-        walk = sample(
-            sde,
-            model,
-            (300 if quick else 1000, 2),
-            "pc",
-            steps=100,
-            predictor="euler_maruyama",
-            corrector="none",
-            generator=torch.Generator(device=device).manual_seed(seed),
-            device=device,
-            return_trajectory=True,
-        )
-        animation = animate_reverse_process(
-            walk.trajectory, walk.times, extent=toy.extent, frames=15 if quick else 40, title="reverse SDE"
-        )
-        animation.save(out / "reverse.gif", writer="pillow", dpi=60 if quick else 80)
-        plt.close(animation.figure)
-        figures.append("reverse.gif")
+        figures.append(_demo_animation(out, sde, model, toy.extent, quick, seed, device))
     timings["total"] = time.perf_counter() - start
 
-    best = comparison.best()
-    metrics = {
-        "data": config.data.name,
-        "sde": repr(sde),
-        "quick": quick,
-        "seed": seed,
-        "device": str(device),
-        "train": {
-            "steps": trained.step,
-            "seconds": trained.seconds,
-            "final_loss": trained.loss,
-            "parameters": sum(p.numel() for p in model.parameters()),
-        },
-        "student": {"method": "consistency", "steps": distilled.step, "seconds": distilled.seconds},
-        "fitted_solvers": fitted,
-        "likelihood": likelihood,
-        "compare": comparison.to_dict(),
-        "best_sampler": best.spec.label,
-        "entropy_nats": toy.entropy(),
-        "timings_seconds": timings,
-        "files": figures + ["report.md", "metrics.json", "likelihood.json"],
-    }
+    metrics = {"data": config.data.name, "sde": repr(sde), "quick": quick, "seed": seed, "device": str(device),
+               "train": {"steps": trained.step, "seconds": trained.seconds, "final_loss": trained.loss,
+                         "parameters": sum(p.numel() for p in model.parameters())},
+               "student": {"method": "consistency", "steps": distilled.step, "seconds": distilled.seconds},
+               "fitted_solvers": fitted, "likelihood": likelihood, "compare": comparison.to_dict(),
+               "best_sampler": comparison.best().spec.label, "entropy_nats": toy.entropy(),
+               "timings_seconds": timings,
+               "files": figures + ["report.md", "metrics.json", "likelihood.json"]}  # fmt: skip
     (out / "metrics.json").write_text(json_text(metrics))
     (out / "report.md").write_text(_demo_report(metrics, comparison))
     return metrics
