@@ -242,6 +242,47 @@ def _at_times(result, times: Tensor) -> np.ndarray:
     return result.trajectory[index].detach().cpu().float().numpy()
 
 
+def _f32(x) -> np.ndarray | None:
+    """A tensor (or a list of them, stacked) as a float32 array; None for None or an empty list."""
+    if x is None or (isinstance(x, list) and not x):
+        return None
+    return (torch.stack(x) if isinstance(x, list) else x).detach().cpu().float().numpy()
+
+
+def _marginal_densities(sde, oracle, kde_points, times, alpha, sigma, half, grid: int) -> Tensor:
+    """The marginal densities $p_t$ at each time on a ``grid`` x ``grid`` square of half-width ``half[j]``: the
+    oracle's closed form, or a kernel estimate from ``kde_points`` noised to t."""
+    h = kernel_bandwidth(kde_points[:1000]) if kde_points is not None else 0.0
+    density = torch.empty(len(times), grid, grid, dtype=torch.float64)
+    for j, t in enumerate(times.tolist()):
+        cells = _square_cells(float(half[j]), grid)
+        if oracle is not None:
+            logp = oracle.marginal_log_prob(sde, cells, t)
+        else:
+            logp = _kernel_log_density(kde_points, cells, float(alpha[j]), float(sigma[j]), h)
+        density[j] = _as_image(logp.exp(), grid)
+    return density
+
+
+def _score_fields(sde, score_fn, oracle, times, sigma, where, samples, error_grid: int, extent: float) -> tuple:
+    r"""At each time, $\sigma s$ of the model and of the oracle at the arrows ``where``, and where both exist the
+    model's error $\sigma\|s_\theta - s\|$ on an ``error_grid`` square and its RMS on the forward ``samples``."""
+    dense = _square_cells(extent, error_grid)
+    learned, exact, error, error_rms = [], [], [], []
+    for j, t in enumerate(times.tolist()):
+        s = float(sigma[j])
+        if score_fn is not None:
+            learned.append(s * _evaluate_score(score_fn, where, t))
+        if oracle is not None:
+            exact.append(s * oracle.marginal_score(sde, where, t))
+        if score_fn is not None and oracle is not None:
+            gap = s * (_evaluate_score(score_fn, dense, t) - oracle.marginal_score(sde, dense, t))
+            error.append(_as_image(gap.norm(dim=1), error_grid))
+            on_pt = s * (_evaluate_score(score_fn, samples[j], t) - oracle.marginal_score(sde, samples[j], t))
+            error_rms.append(on_pt.pow(2).sum(dim=1).mean().sqrt())
+    return learned, exact, error, error_rms
+
+
 def explorer_data(
     sde: SDE,
     score_fn: ScoreFn | None,
@@ -303,30 +344,10 @@ def explorer_data(
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
     samples = alpha[:, None, None] * x0 + sigma[:, None, None] * noise
     kde_points = data_sampler(2000, generator).double() if oracle is None else None
-    h = kernel_bandwidth(kde_points[:1000]) if kde_points is not None else 0.0
-    density = torch.empty(len(times), grid, grid, dtype=torch.float64)
-    for j, t in enumerate(times.tolist()):
-        cells = _square_cells(float(half[j]), grid)
-        if oracle is not None:
-            logp = oracle.marginal_log_prob(sde, cells, t)
-        else:
-            logp = _kernel_log_density(kde_points, cells, float(alpha[j]), float(sigma[j]), h)
-        density[j] = _as_image(logp.exp(), grid)
-
+    density = _marginal_densities(sde, oracle, kde_points, times, alpha, sigma, half, grid)
     where = _square_cells(extent, arrows)
-    dense = _square_cells(extent, error_grid)
-    learned, exact, error, error_rms = [], [], [], []
-    for j, t in enumerate(times.tolist()):
-        s = float(sigma[j])
-        if score_fn is not None:
-            learned.append(s * _evaluate_score(score_fn, where, t))
-        if oracle is not None:
-            exact.append(s * oracle.marginal_score(sde, where, t))
-        if score_fn is not None and oracle is not None:
-            gap = s * (_evaluate_score(score_fn, dense, t) - oracle.marginal_score(sde, dense, t))
-            error.append(_as_image(gap.norm(dim=1), error_grid))
-            on_pt = s * (_evaluate_score(score_fn, samples[j], t) - oracle.marginal_score(sde, samples[j], t))
-            error_rms.append(on_pt.pow(2).sum(dim=1).mean().sqrt())
+    learned, exact, error, error_rms = _score_fields(sde, score_fn, oracle, times, sigma, where, samples, error_grid,
+                                                     extent)  # fmt: skip
 
     runs = reverse_paths(sde, model, paths, steps=path_steps, seed=seed)
     (sde_name, sde_run), (ode_name, ode_run) = runs.items()
@@ -340,37 +361,15 @@ def explorer_data(
             notes.append(f"The likelihood panel is left out: {str(exc).split(';')[0]}.")
     panel = sampler_panel(comparison, held_out) if comparison is not None and held_out is not None else None
 
-    def f32(x) -> np.ndarray | None:
-        if x is None or (isinstance(x, list) and not x):
-            return None
-        return (torch.stack(x) if isinstance(x, list) else x).detach().cpu().float().numpy()
-
+    f32 = _f32
+    curves = {f"curve_{k}": f32(getattr(sde, k)(curve_t)) for k in ("alpha", "sigma", "log_snr")}
     return ExplorerData(
-        title=title or f"{model_name or 'exact score'} under {sde!r}",
-        sde=repr(sde),
-        model=model_name or "the exact score (oracle)",
-        extent=float(extent),
+        title=title or f"{model_name or 'exact score'} under {sde!r}", sde=repr(sde),
+        model=model_name or "the exact score (oracle)", extent=float(extent),
         density_kind="closed form" if oracle is not None else "kernel estimate",
-        times=f32(times),
-        alpha=f32(alpha),
-        sigma=f32(sigma),
-        log_snr=f32(log_snr),
-        curve_t=f32(curve_t),
-        curve_alpha=f32(sde.alpha(curve_t)),
-        curve_sigma=f32(sde.sigma(curve_t)),
-        curve_log_snr=f32(sde.log_snr(curve_t)),
-        half=f32(half),
-        samples=f32(samples),
-        density=f32(density),
-        arrows=f32(where),
-        learned=f32(learned),
-        exact=f32(exact),
-        error=f32(error),
-        error_rms=f32(error_rms),
-        sde_paths=_at_times(sde_run, times),
-        ode_paths=_at_times(ode_run, times),
-        path_nfe={sde_name: int(sde_run.nfe), ode_name: int(ode_run.nfe)},
-        samplers=panel,
-        likelihood=likelihood,
-        notes=notes,
-    )
+        times=f32(times), alpha=f32(alpha), sigma=f32(sigma), log_snr=f32(log_snr), curve_t=f32(curve_t), **curves,
+        half=f32(half), samples=f32(samples), density=f32(density), arrows=f32(where), learned=f32(learned),
+        exact=f32(exact), error=f32(error), error_rms=f32(error_rms), sde_paths=_at_times(sde_run, times),
+        ode_paths=_at_times(ode_run, times), path_nfe={sde_name: int(sde_run.nfe), ode_name: int(ode_run.nfe)},
+        samplers=panel, likelihood=likelihood, notes=notes,
+    )  # fmt: skip
