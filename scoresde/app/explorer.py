@@ -147,7 +147,28 @@ def _time_figure(data: ExplorerData):
         fig.add_trace(trace, row=row, col=col, secondary_y=secondary if (row, col) == (1, 2) else None)
         moving_index.append(len(fig.data) - 1)
 
-    # the static traces: schedule curves, the paths, the followed draw
+    followed = _static_traces(fig, data)
+
+    follow = _follows_p_t(data.half)
+    frames = []
+    for j in range(frames_count):
+        layout = {"title": {"text": caption(j)}}
+        if follow:
+            layout.update({axis: {"range": [-float(data.half[j]), float(data.half[j])]} for axis in _PLANE_AXES})
+        frames.append(
+            go.Frame(name=f"{j}", data=[build(j) for build, *_ in moving], traces=moving_index, layout=layout)
+        )
+    fig.frames = frames
+    slider, menus = _time_controls(data, followed, draw_colours)
+    _lay_out(fig, data, caption(last), float(data.half[last] if follow else data.half.max()), slider, menus)
+    return fig
+
+
+def _static_traces(fig, data: ExplorerData) -> list[int]:
+    """The traces that stay: the schedule's curves, the SDE's and ODE's paths, and the (empty) followed draw's line in
+    each path panel, whose indices it returns (the follow menu fills them)."""
+    import plotly.graph_objects as go
+
     for y, colour, name, secondary in (
         (data.curve_alpha, "#2ca02c", "α(t)", False),
         (data.curve_sigma, "#d62728", "σ(t)", False),
@@ -163,23 +184,16 @@ def _time_figure(data: ExplorerData):
         fig.add_trace(go.Scatter(x=[], y=[], mode="lines", line={"color": "black", "width": 2.5}, showlegend=False,
                                  hoverinfo="skip", name="followed draw"), 2, col)  # fmt: skip
         followed.append(len(fig.data) - 1)
+    return followed
 
-    follow = _follows_p_t(data.half)
-    frames = []
-    for j in range(frames_count):
-        layout = {"title": {"text": caption(j)}}
-        if follow:
-            layout.update({axis: {"range": [-float(data.half[j]), float(data.half[j])]} for axis in _PLANE_AXES})
-        frames.append(
-            go.Frame(name=f"{j}", data=[build(j) for build, *_ in moving], traces=moving_index, layout=layout)
-        )
-    fig.frames = frames
-    slider, menus = _time_controls(data, followed, draw_colours)
-    plane_half = float(data.half[last] if follow else data.half.max())
+
+def _lay_out(fig, data: ExplorerData, title: str, plane_half: float, slider: dict, menus: list) -> None:
+    """The figure's layout: size, title, slider and menus, the plane panels' range (``plane_half``) and square
+    aspect, the schedule's t axis."""
     plane = {"range": [-plane_half, plane_half]}
     square = {"range": [-data.extent, data.extent]}
     fig.update_layout(
-        title={"text": caption(last), "font": {"size": 13}, "x": 0.3, "y": 0.985},
+        title={"text": title, "font": {"size": 13}, "x": 0.3, "y": 0.985},
         height=920,
         width=1350,
         margin={"t": 110, "b": 90, "l": 50, "r": 30},
@@ -196,7 +210,6 @@ def _time_figure(data: ExplorerData):
         fig.update_xaxes(_PLANE, row=row, col=col)
         fig.update_yaxes(_PLANE, row=row, col=col, scaleanchor=x_name.replace("axis", ""))
     fig.update_xaxes(title_text="t", row=1, col=2)
-    return fig
 
 
 FOLLOW_RATIO = 2.0
