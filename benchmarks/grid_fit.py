@@ -31,28 +31,29 @@ N, SEEDS = 10_000, 3
 SDES = {"vp": VPSDE, "ve": lambda: VESDE(sigma_min=0.01, sigma_max=10.0)}
 
 
-def ratio(sde, score, toy, schedule, steps: int, order: int, floor: float) -> list[float]:
+def ratio(sde, score, toy, schedule, steps: int, order: int, floor: float, n: int = N, seeds: int = SEEDS) -> list:
     out = []
-    for seed in range(SEEDS):
-        truth = toy.sample(N, torch.Generator().manual_seed(1000 + seed)).double()
-        x = sample(sde, score, (N, 2), "dpm_solver", steps=steps, schedule=schedule, order=order, denoise=False,
+    for seed in range(seeds):
+        truth = toy.sample(n, torch.Generator().manual_seed(1000 + seed)).double()
+        x = sample(sde, score, (n, 2), "dpm_solver", steps=steps, schedule=schedule, order=order, denoise=False,
                    dtype=torch.float64, generator=torch.Generator().manual_seed(2000 + seed)).x  # fmt: skip
         out.append(energy_distance(x, truth) / floor)
     return out
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, quick="gmm, VP, NFE 6 only")
+    parser = benchmark_parser(__doc__, quick="gmm, VP, NFE 6 only, 2,000 samples, 2 seeds")
     args = parser.parse_args()
     out = setup_run(args)
+    n, seeds = (2000, 2) if args.quick else (N, SEEDS)
     rows, floors = [], {}
     for toy_name in ("gmm",) if args.quick else ("gmm", "8gaussians"):
         toy = toy_dataset(toy_name)
-        closed = energy_distance_floor(toy.sample, N, generator=torch.Generator().manual_seed(0))[0]
+        closed = energy_distance_floor(toy.sample, n, generator=torch.Generator().manual_seed(0))[0]
         measured = statistics.mean(
-            energy_distance(toy.sample(N, torch.Generator().manual_seed(3000 + 2 * k)).double(),
-                            toy.sample(N, torch.Generator().manual_seed(3001 + 2 * k)).double())
-            for k in range(SEEDS)
+            energy_distance(toy.sample(n, torch.Generator().manual_seed(3000 + 2 * k)).double(),
+                            toy.sample(n, torch.Generator().manual_seed(3001 + 2 * k)).double())
+            for k in range(seeds)
         )  # fmt: skip
         floors[toy_name] = {"closed_form": closed, "measured": measured}
         for sde_name in ("vp",) if args.quick else SDES:
@@ -65,8 +66,8 @@ def main() -> None:
                                    iterations=20 if args.quick else 400,
                                    generator=torch.Generator().manual_seed(7))  # fmt: skip
                     seconds = time.perf_counter() - start
-                    warped = ratio(sde, score, toy, "log_snr_warped", steps, order, closed)
-                    fitted = ratio(sde, score, toy, fit.times, steps, order, closed)
+                    warped = ratio(sde, score, toy, "log_snr_warped", steps, order, closed, n, seeds)
+                    fitted = ratio(sde, score, toy, fit.times, steps, order, closed, n, seeds)
                     rows.append({
                         "toy": toy_name, "sde": sde_name, "order": order, "nfe": steps,
                         "warped": statistics.mean(warped), "fitted": statistics.mean(fitted),
@@ -75,7 +76,7 @@ def main() -> None:
                         "fit_seconds": seconds, "fit": fit.to_dict(),
                     })  # fmt: skip
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "fit"}), flush=True)
-    report = {"floors": floors, "rows": rows, "samples": N, "seeds": SEEDS}
+    report = {"floors": floors, "rows": rows, "samples": n, "seeds": seeds}
     write_report(out, "grid_fit", report, markdown(report), plot)
 
 

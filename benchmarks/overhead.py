@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--label", default="after", help="name of this measurement (before / after a change)")
     args = parse(parser, steps=20, repeats=1)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)  # --threads (a smoke run beside a busy core: 1)
     sde = VPSDE()
     torch.manual_seed(0)
     net = DDPMUNet(in_channels=1, image_size=8, ch=32, ch_mult=(1, 2), attn_resolutions=(4,), groups=8)

@@ -5,13 +5,13 @@ nowhere."""
 from __future__ import annotations
 
 import ast
-import os
+import runpy
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
@@ -29,18 +29,22 @@ def test_scripts_import_the_library_and_the_shared_helper_never_each_other():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
-def test_every_benchmark_runs_quick(script, tmp_path):
+def test_every_benchmark_runs_quick(script, tmp_path, monkeypatch):
+    """In this process (``runpy``: no interpreter and torch import of its own, the shared fixtures of the worker),
+    as ``python SCRIPT --quick --threads 1 --out TMP`` from TMP."""
     if script.stem == "explorer" and shutil.which("chromium") is None:
         pytest.skip("no Chromium here (Debian: apt-get install chromium; .ci/run installs it)")
-    env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent), "MPLBACKEND": "Agg"}
-    proc = subprocess.run(
-        [sys.executable, str(script), "--quick", "--threads", "1", "--out", str(tmp_path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--threads", "1", "--out", str(tmp_path)])
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts' shared helper (benchmarks/common.py)
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        assert exc.code in (None, 0), f"{script.name} --quick exited {exc.code}"
+    finally:
+        torch.set_num_threads(threads)
+        sys.modules.pop("common", None)
     written = [p for p in tmp_path.iterdir() if p.suffix in (".json", ".md", ".png")]
     assert written, f"{script.name} --quick wrote no results into --out"
