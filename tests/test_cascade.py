@@ -194,3 +194,29 @@ def test_cascade_bound_with_exact_stages_meets_the_exact_likelihood(cascade):
     assert wrong - mean > 10 * se
     with pytest.raises(ValueError, match="level must be > 0"):
         cascade_bits_per_dim(sde, cascade.low.score_fn(sde), sde, stage, x, 0.0, 4)
+
+
+def test_sampling_and_bounding_a_cascade_are_library_calls(runs):
+    """`sample_cascade_run` draws what `sample_cascade` draws with the base `cascade_base` finds; `run_bound` is the
+    cascade's bound with it (what `scoresde sample` / `likelihood` do)."""
+    from scoresde.likelihood import cascade_bits_per_dim
+    from scoresde.training import cascade_base, run_bound, sample_cascade_run
+    from scoresde.training.stages import run_images
+
+    model, config, _ = load_score_model(runs / "sr")
+    base = cascade_base(config, runs / "sr", level=0.1)
+    assert (base.level, base.max_level, base.config.data.resolution) == (0.1, 0.4, 4)
+    steps = {"steps": 2}
+    got = sample_cascade_run(model, base, 3, ((1, 4, 4), (1, 8, 8)), options=steps, base_options=steps, seed=5)
+    want = sample_cascade(base.model.sde, base.model, model.sde, model, 3, (1, 4, 4), (1, 8, 8), level=0.1,
+                          max_level=0.4, options=steps, base_options=steps,
+                          generator=torch.Generator().manual_seed(5))  # fmt: skip
+    assert torch.equal(got.x, want.x) and torch.equal(got.low, want.low) and got.nfe == want.nfe
+    x = run_images(config.data, "test")[:2]
+    options = {"method": "ei_fixed", "steps": 3, "dtype": torch.float32, "divergence": "hutchinson"}
+    bound = run_bound(model, config, runs / "sr", x, base=base, generator=torch.Generator().manual_seed(0), **options)
+    direct = cascade_bits_per_dim(base.model.sde, base.model, model.sde, model, x, 0.1, 4, config.data.transform(),
+                                  generator=torch.Generator().manual_seed(0), **options)  # fmt: skip
+    assert bound.bpd == direct.bpd and set(bound.terms) == set(direct.terms)
+    with pytest.raises(ValueError, match="integrates over a conditioning augmentation in"):
+        cascade_base(config, runs / "sr", level=0.0, positive=True)

@@ -132,7 +132,8 @@ def test_a_commands_work_is_a_library_call(tmp_path):
 
     from scoresde.likelihood import latent_bits_per_dim
     from scoresde.models import LatentModel
-    from scoresde.training import load_score_model, run_bound, train_run
+    from scoresde.samplers import Recipe, sample
+    from scoresde.training import load_score_model, run_bound, sample_run, train_run
     from scoresde.training.stages import LATENTS_FILE, run_images
 
     train = {"steps": 2, "batch_size": 32, "warmup": 1, "log_every": 1, "checkpoint_every": 0}
@@ -158,3 +159,8 @@ def test_a_commands_work_is_a_library_call(tmp_path):
                                generator=torch.Generator().manual_seed(0), **options)  # fmt: skip
     assert math.isfinite(got.bpd) and got.bpd == want.bpd and got.terms == want.terms
     assert run_bound(*load_score_model(tmp_path / "run" / "ae")[:2], tmp_path / "run" / "ae", x) is None
+    drawn = sample_run(model, config.data, tmp_path / "run", (4, *model.latent_shape), Recipe("ddim", 3), seed=1)
+    direct = sample(
+        model.sde, model, (4, *model.latent_shape), "ddim", steps=3, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(drawn.x, direct.x) and drawn.decoded.shape == (4, 1, 8, 8) and drawn.nfe == direct.nfe == 4

@@ -259,7 +259,7 @@ def check_order(name: str, order: Any) -> None:
     integer; ``True`` is not an order)."""
     orders = _entry(name).orders
     if orders and (isinstance(order, bool) or not isinstance(order, int) or order not in orders):
-        raise ValueError(f"{name} order must be one of {', '.join(map(str, orders))}, got {order!r}")
+        raise ValueError(f"unknown {name} order {str(order)!r}; valid orders are: {', '.join(map(str, orders))}")
 
 
 def algorithm_options(name: str) -> dict[str, Any]:

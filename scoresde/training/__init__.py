@@ -11,7 +11,7 @@ from .losses import VLBTimeSampler, classifier_loss, ddpm_loss, dsm_loss, hybrid
 from .run_folder import RunFolderError
 from .runs import build_model, load_score_model, load_teacher, wrap_network
 from .trainer import EMA, Trainer, TrainingDiverged, TrainResult, init_distributed, learning_rate
-from .workflows import RunTraining, cascade_base, run_bound, train_run
+from .workflows import RunTraining, cascade_base, run_bound, sample_cascade_run, sample_run, train_run
 
 __all__ = [
     "RunKind",
@@ -22,6 +22,8 @@ __all__ = [
     "train_run",
     "RunTraining",
     "cascade_base",
+    "sample_run",
+    "sample_cascade_run",
     "run_bound",
     "Trainer",
     "TrainResult",

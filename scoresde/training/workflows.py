@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config.schema import RunConfig
+from ..config.schema import DataConfig, RunConfig
+from ..samplers.recipe import Recipe
 from .kinds import run_kind
 from .stages import stage_path
 from .trainer import Trainer, TrainResult
 
-__all__ = ["RunTraining", "train_run", "CascadeBase", "cascade_base", "run_bound"]
+__all__ = ["RunTraining", "train_run", "CascadeBase", "cascade_base", "run_bound", "sample_run", "sample_cascade_run"]
 
 FeatureNetwork = Callable[[RunConfig], "nn.Module | None"]
 """The feature network of a config's feature-matching term, or None (the caller's: they live above training)."""
@@ -78,11 +79,13 @@ def train_run(
 
 @dataclass(frozen=True)
 class CascadeBase:
-    """A super-resolution stage's base run (its model and config) and the conditioning-augmentation level."""
+    """A super-resolution stage's base run (its model and config), the conditioning-augmentation level and the
+    highest level the stage trained on."""
 
     model: Any
     config: RunConfig
     level: float
+    max_level: float
 
 
 def cascade_base(
@@ -122,7 +125,7 @@ def cascade_base(
             f"the base run {spec} draws {base_config.data.name} at {size}x{size}, this stage is conditioned on "
             f"{config.data.name} at {stage.low_resolution}x{stage.low_resolution}"
         )
-    return CascadeBase(model, base_config, level)
+    return CascadeBase(model, base_config, level, top)
 
 
 def run_bound(
@@ -152,3 +155,79 @@ def run_bound(
         return cascade_bits_per_dim(base.model.sde, base.model, model.sde, model, x, base.level, low, transform,
                                     **options)  # fmt: skip
     return None
+
+
+def _analytic_moments(model: Any, data: DataConfig | None, folder: Path, recipe: Recipe, seed: int, device) -> Any:
+    """The run's cached table of score moments at the recipe's grid (`scoresde.training.runs.run_score_moments`)."""
+    from ..processes.grids import time_grid
+    from ..samplers.base import sampler_options
+    from .runs import run_score_moments
+
+    defaults = sampler_options(recipe.sampler)
+    steps = recipe.steps or defaults["steps"]
+    schedule = recipe.options.get("schedule", recipe.schedule or defaults["schedule"])
+    grid = time_grid(model.sde, steps, schedule, recipe.options.get("t_min"))
+    key = f"{schedule}-{steps}-{float(grid[-1]):.3g}"
+    return run_score_moments(folder, model, model.sde, data, grid, key, seed=seed, device=device)
+
+
+def sample_run(
+    model: Any,
+    data: DataConfig | None,
+    folder: str | Path,
+    shape: tuple[int, ...],
+    recipe: Recipe,
+    *,
+    label: int | None = None,
+    guidance: float = 0.0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> Any:
+    """What ``scoresde sample`` draws from a loaded run: ``shape`` samples by ``recipe`` (`scoresde.samplers.
+    choose_recipe`; DDPM's or DDIM's analytic variance gets the run's score moments, measured on its training
+    ``data`` and cached in ``folder``), guided to class ``label`` with weight ``guidance`` (classifier-free), from a
+    generator seeded with ``seed`` on ``device``. Returns the `scoresde.samplers.SampleResult` (a latent run's images
+    in ``decoded``)."""
+    from dataclasses import replace
+
+    from ..samplers import ClassifierFreeGuidance
+    from ..samplers.sampling import sample
+
+    if recipe.sampler in ("ddpm", "ddim") and recipe.options.get("variance") == "analytic":
+        if data is None:
+            raise ValueError("the analytic variance needs the model's training data, and this model's is unknown")
+        moments = _analytic_moments(model, data, Path(folder), recipe, seed, device)
+        recipe = replace(recipe, options={**recipe.options, "moments": moments})
+    score = model if label is None else ClassifierFreeGuidance(model, label, guidance)
+    with torch.no_grad():
+        return sample(model.sde, score, shape, recipe, device=device,
+                      generator=torch.Generator(device=device).manual_seed(seed))  # fmt: skip
+
+
+def sample_cascade_run(
+    model: Any,
+    base: CascadeBase,
+    n: int,
+    shapes: tuple[tuple[int, ...], tuple[int, ...]],
+    *,
+    sampler: str | None = None,
+    options: dict | None = None,
+    base_sampler: str | None = None,
+    base_options: dict | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> Any:
+    """What ``scoresde sample`` draws from a cascade's super-resolution run: ``n`` low-resolution images from its
+    ``base`` (`cascade_base`) by ``base_sampler``, augmented at the base's level, then the images given them by
+    ``sampler``; ``shapes``: one low-resolution and one full image's shape. Returns the
+    `scoresde.samplers.CascadeResult` (each stage's NFE)."""
+    from ..samplers import sample_cascade
+
+    low_shape, shape = shapes
+    with torch.no_grad():
+        return sample_cascade(
+            base.model.sde, base.model, model.sde, model, n, low_shape, shape, level=base.level,
+            max_level=base.max_level, base_sampler=base_sampler,
+            sampler=sampler, base_options=base_options or {}, options=options or {},
+            generator=torch.Generator(device=device).manual_seed(seed), device=device,
+        )  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from ..._checks import check_in_registry
@@ -27,33 +26,16 @@ from .common import (
 )
 
 
-def _analytic_moments(args: argparse.Namespace, model, data, recipe):
-    """The run's cached table of score moments at the recipe's grid (`scoresde.training.runs.run_score_moments`)."""
-    from ...samplers import time_grid
-    from ...samplers.base import sampler_options
-    from ...training.runs import run_score_moments
-
-    defaults = sampler_options(recipe.sampler)
-    steps = recipe.steps or defaults["steps"]
-    schedule = recipe.options.get("schedule", recipe.schedule or defaults["schedule"])
-    grid = time_grid(model.sde, steps, schedule, recipe.options.get("t_min"))
-    key = f"{schedule}-{steps}-{float(grid[-1]):.3g}"
-    data = require_data(data, "a run of its own (the analytic variance needs the model's training data)")
-    return run_score_moments(
-        run_folder_of(args.checkpoint), model, model.sde, data, grid, key, seed=args.seed, device=args.device
-    )
-
-
 def cmd_sample(args: argparse.Namespace) -> dict:
     """Sample a trained checkpoint; write the samples (.npz) and a picture next to them (.png)."""
     import numpy as np
     import torch
 
-    from ...samplers import ClassifierFreeGuidance, choose_recipe, samplers
+    from ...samplers import choose_recipe, samplers
     from ...samplers.fitted_solver import FittedSolver
     from ...samplers.grid_fit import GridFit
-    from ...samplers.sampling import sample
     from ...training.kinds import run_kind
+    from ...training.workflows import sample_run
     from ..figures import plot_samples
 
     if args.sampler is not None:
@@ -78,19 +60,13 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     recipe = choose_recipe(own, sampler=args.sampler, steps=args.steps, options=options, artefact=artefact)
     sampler = recipe.sampler
     if sampler in ("ddpm", "ddim") and recipe.options.get("variance") == "analytic":
-        recipe = replace(recipe, options={**recipe.options, "moments": _analytic_moments(args, model, data, recipe)})
-    score = model if args.label is None else ClassifierFreeGuidance(model, args.label, args.guidance or 0.0)
+        require_data(data, "a run of its own (the analytic variance needs the model's training data)")
     out = out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     picture = out.with_suffix(".png")
-    with torch.no_grad():
-        result = sample(
-            model.sde,
-            score,
-            (args.n, *sample_shape(model)),
-            recipe,
-            device=args.device,
-            generator=torch.Generator(device=args.device).manual_seed(args.seed),
-        )
+    result = sample_run(
+        model, data, run_folder_of(args.checkpoint), (args.n, *sample_shape(model)), recipe, label=args.label,
+        guidance=args.guidance or 0.0, seed=args.seed, device=args.device,
+    )  # fmt: skip
     x = result.images.cpu()  # a latent model's samples decoded to images
     transform = data_transform(data)
     levels = transform.levels if transform else None
@@ -130,10 +106,8 @@ def _sample_cascade(args: argparse.Namespace, model, config, step) -> dict:
     with ``--base-sampler`` / ``--base-steps``, augmented at ``--augmentation`` (default ``stage.augmentation``), and
     this run draws the images given them; both stages' pictures side by side, each stage's NFE."""
     import numpy as np
-    import torch
 
-    from ...samplers import sample_cascade
-    from ...training.workflows import cascade_base
+    from ...training.workflows import cascade_base, sample_cascade_run
     from ..figures import plot_sample_grids
 
     if args.label is not None or args.solver or args.grid:
@@ -145,17 +119,14 @@ def _sample_cascade(args: argparse.Namespace, model, config, step) -> dict:
                              device=args.device)  # fmt: skip
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    base, level, top = found.model, found.level, config.stage.max_augmentation
+    base, level = found.model, found.level
     out = out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     shape, low_shape = sample_shape(model), sample_shape(base)
-    with torch.no_grad():
-        result = sample_cascade(
-            base.sde, base, model.sde, model, args.n, low_shape, shape,
-            level=level, max_level=top, base_sampler=args.base_sampler, sampler=args.sampler,
-            base_options={"steps": args.base_steps} if args.base_steps else {},
-            options={**parse_options(args.option), **({"steps": args.steps} if args.steps else {})},
-            generator=torch.Generator(device=args.device).manual_seed(args.seed), device=args.device,
-        )  # fmt: skip
+    result = sample_cascade_run(model, found, args.n, (low_shape, shape), sampler=args.sampler,
+                                options={**parse_options(args.option), **({"steps": args.steps} if args.steps else {})},
+                                base_sampler=args.base_sampler,
+                                base_options={"steps": args.base_steps} if args.base_steps else {}, seed=args.seed,
+                                device=args.device)  # fmt: skip
     transform = config.data.transform()
     x, low = result.x.cpu(), result.low.cpu()
     np.savez(out, x_model=x.numpy(), x=transform.from_model(x).numpy().astype(np.uint8), low_model=low.numpy(),
