@@ -36,7 +36,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from scoresde import Trainer, compare_samplers, preset, toy_dataset
-from scoresde.evaluation.comparison import default_lineup, held_out
+from scoresde.evaluation.comparison import default_lineup
+from scoresde.evaluation.held_out import held_out
 from scoresde.config.schema import override
 from scoresde.app.figures import plot_comparison, plot_trajectories
 

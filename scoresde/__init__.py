@@ -140,7 +140,7 @@ _DROPPED = {
     "model_names": "scoresde.models:models",
     "likelihood_summary": "scoresde.app.report",
     "write_comparison": "scoresde.app.report",
-    "run_demo": "scoresde.app.report",
+    "run_demo": "scoresde.app.demo",
     "RunFolderError": "scoresde.training",
     "correctors": "scoresde.samplers",
     "fit_grid": "scoresde.samplers",

@@ -26,7 +26,13 @@ class ScoresdeDeprecationWarning(DeprecationWarning):
 REMOVAL = "release 0.3 (2027-06-01)"
 """When the forwards below go: every warning names it."""
 
-_SDE_HOMES = ("scoresde.processes.base", "scoresde.processes.vp", "scoresde.processes.ve")
+_SDE_HOMES = (
+    "scoresde.processes.score",
+    "scoresde.processes.reverse",
+    "scoresde.processes.base",
+    "scoresde.processes.vp",
+    "scoresde.processes.ve",
+)
 
 OLD_PATHS: dict[str, tuple[str, ...]] = {
     "scoresde.sde": _SDE_HOMES,
@@ -51,7 +57,7 @@ OLD_PATHS: dict[str, tuple[str, ...]] = {
     "scoresde.metrics": ("scoresde.evaluation.metrics",),
     "scoresde.features": ("scoresde.evaluation.features",),
     "scoresde.cli": ("scoresde.app.cli",),
-    "scoresde.report": ("scoresde.app.report",),
+    "scoresde.report": ("scoresde.app.report", "scoresde.app.demo"),
     "scoresde.viz": ("scoresde.app.figures",),
 }
 """Old module path -> the modules its public names live in now (searched in order)."""

@@ -16,7 +16,8 @@ from scoresde.app.explorer_data import explorer_data
 from scoresde.config.presets import preset
 from scoresde.config.schema import override
 from scoresde.datasets import toy_dataset
-from scoresde.evaluation.comparison import compare_samplers, default_lineup, held_out
+from scoresde.evaluation.comparison import compare_samplers, default_lineup
+from scoresde.evaluation.held_out import held_out
 from scoresde.training.trainer import Trainer
 
 ROOT = Path(__file__).parents[1]

@@ -10,7 +10,7 @@ from conftest import assert_true_nll_matches_the_entropy
 
 from scoresde.app.cli import build_parser, main
 from scoresde.app.cli.demo import _demo_summary
-from scoresde.app.report import DEMO_FILES
+from scoresde.app.demo import DEMO_FILES
 
 COMMANDS = ["demo", "toys", "train", "sample", "likelihood", "compare", "inpaint", "list"]
 

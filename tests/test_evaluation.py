@@ -8,7 +8,8 @@ import torch
 
 from scoresde import VPSDE, toy_dataset
 from scoresde.config.schema import DataConfig
-from scoresde.evaluation.comparison import SamplerSpec, compare_samplers, default_lineup, held_out
+from scoresde.evaluation.comparison import SamplerSpec, compare_samplers, default_lineup
+from scoresde.evaluation.held_out import held_out
 
 TOY = toy_dataset("8gaussians")
 SDE = VPSDE()

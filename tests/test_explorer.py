@@ -14,7 +14,8 @@ from scoresde.app.explorer import FIGURE_IDS, write_explorer
 from scoresde.app.explorer_data import ExplorerData, explorer_data, explorer_times, sampler_panel
 from scoresde.config.presets import preset
 from scoresde.config.schema import DataConfig
-from scoresde.evaluation.comparison import SamplerSpec, compare_samplers, held_out
+from scoresde.evaluation.comparison import SamplerSpec, compare_samplers
+from scoresde.evaluation.held_out import held_out
 from scoresde.processes.seam import ModelSpec
 
 TOY = "8gaussians"

@@ -335,7 +335,8 @@ def test_latent_run_on_the_cli_samples_decoded_images_and_its_bound(autoencoder_
 def test_guidance_and_compare_run_in_latent_space(autoencoder_run, tmp_path):
     """A class-conditional latent model under classifier-free guidance keeps its decoder through the wrapper;
     `compare_samplers` samples latents and scores their decoded images against held-out images."""
-    from scoresde.evaluation.comparison import SamplerSpec, compare_samplers, held_out
+    from scoresde.evaluation.comparison import SamplerSpec, compare_samplers
+    from scoresde.evaluation.held_out import held_out
     from scoresde.samplers import ClassifierFreeGuidance
 
     config = _latent_config(str(autoencoder_run), 2)
@@ -408,7 +409,7 @@ def test_feature_matching_term_uses_the_shipped_network(tmp_path):
     from scoresde.app.cli import main
     from scoresde.config.io import save_config
     from scoresde.evaluation.features import feature_network
-    from scoresde.training.objectives import AutoencoderObjective
+    from scoresde.training.stage_objectives import AutoencoderObjective
 
     transform = DataTransform(17)
     with pytest.raises(ValueError, match="needs the data set's feature network"):

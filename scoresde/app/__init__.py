@@ -1,2 +1,2 @@
-"""The application layer: the command line (`scoresde.app.cli`), reports and the demo (`scoresde.app.report`) and
-the figures (`scoresde.app.figures`). Nothing in the library imports it."""
+"""The application layer: the command line (`scoresde.app.cli`), reports (`scoresde.app.report`), the demo
+(`scoresde.app.demo`) and the figures (`scoresde.app.figures`). Nothing in the library imports it."""

@@ -23,20 +23,23 @@ import numpy as np
 
 from .._io import write_atomic
 from .explorer_data import ExplorerData
+from .explorer_panels import (
+    EXACT_COLOUR,
+    LEARNED_COLOUR,
+    PLANE,
+    SAMPLE_COLOUR,
+    STYLE,
+    heatmap_geometry,
+    likelihood_figure,
+    rounded,
+    sampler_table,
+    samplers_figure,
+)
 
 __all__ = ["explorer_html", "write_explorer", "FIGURE_IDS"]
 
 FIGURE_IDS = ("explorer-time", "explorer-samplers", "explorer-likelihood")
 """The ``id`` of each figure's ``div`` (what a test or a page's own script finds)."""
-
-_PLANE = {"showgrid": False, "zeroline": False}
-_SAMPLE_COLOUR, _LEARNED, _EXACT, _DATA = "#1f77b4", "#ff7f0e", "#444444", "#9a9a9a"
-
-
-def _heatmap_geometry(half: float, cells: int) -> dict:
-    """``x0, dx, y0, dy`` placing ``cells x cells`` midpoints on ``[-half, half]^2``."""
-    d = 2.0 * half / cells
-    return {"x0": -half + d / 2, "dx": d, "y0": -half + d / 2, "dy": d}
 
 
 ARROW_PIXELS = (4.0, 22.0)
@@ -112,10 +115,10 @@ def _time_figure(data: ExplorerData):
 
     # the traces that move with the slider: (the trace at slider position j, its style, row, col, secondary y)
     moving = [
-        (lambda j: go.Heatmap(z=data.density[j], **_heatmap_geometry(float(data.half[j]), data.density.shape[-1])),
+        (lambda j: go.Heatmap(z=data.density[j], **heatmap_geometry(float(data.half[j]), data.density.shape[-1])),
          {"colorscale": "Blues", "showscale": False, "hoverinfo": "skip", "name": "p_t"}, 1, 1, False),
         (lambda j: go.Scatter(**points(data.samples[j])),
-         {"mode": "markers", "marker": {"size": 3, "color": _SAMPLE_COLOUR, "opacity": 0.6}, "name": "x_t"}, 1, 1,
+         {"mode": "markers", "marker": {"size": 3, "color": SAMPLE_COLOUR, "opacity": 0.6}, "name": "x_t"}, 1, 1,
          False),
         (lambda j: go.Scatter(x=[float(data.times[j])] * 2, y=[float(data.alpha[j]), float(data.sigma[j])]),
          {"mode": "markers", "marker": {"size": 9, "color": ["#2ca02c", "#d62728"]}, "name": "α, σ at t"}, 1, 2,
@@ -124,8 +127,8 @@ def _time_figure(data: ExplorerData):
          {"mode": "markers", "marker": {"size": 9, "color": "#9467bd"}, "name": "λ at t"}, 1, 2, True),
     ]  # fmt: skip
     # the exact field in outline over the learned one filled: where they agree the outline frames the fill
-    outline = {"symbol": "arrow-open", "color": _EXACT, "line": {"width": 1.3, "color": _EXACT}}
-    filled = {"symbol": "arrow", "color": _LEARNED, "opacity": 0.75, "line": {"width": 0}}
+    outline = {"symbol": "arrow-open", "color": EXACT_COLOUR, "line": {"width": 1.3, "color": EXACT_COLOUR}}
+    filled = {"symbol": "arrow", "color": LEARNED_COLOUR, "opacity": 0.75, "line": {"width": 0}}
     for field, arrow, name in ((data.learned, filled, "learned"), (data.exact, outline, "exact")):
         if field is not None:
             moving.append((lambda j, field=field: go.Scatter(marker=_arrow_markers(field[j], longest)),
@@ -133,7 +136,7 @@ def _time_figure(data: ExplorerData):
                             "hoverinfo": "skip"}, 1, 3, False))  # fmt: skip
     if has_error:
         colourbar = {"len": 0.42, "y": 0.21, "x": fig.get_subplot(2, 1).xaxis.domain[1] + 0.005, "thickness": 8}
-        moving.append((lambda j: go.Heatmap(z=data.error[j], **_heatmap_geometry(data.extent, data.error.shape[-1])),
+        moving.append((lambda j: go.Heatmap(z=data.error[j], **heatmap_geometry(data.extent, data.error.shape[-1])),
                        {"colorscale": "Reds", "zmin": 0, "zmax": error_max, "colorbar": colourbar, "name": "σ|Δs|"},
                        2, 1, False))  # fmt: skip
     for col, positions in ((2, data.sde_paths), (3, data.ode_paths)):
@@ -207,8 +210,8 @@ def _lay_out(fig, data: ExplorerData, title: str, plane_half: float, slider: dic
         fig.layout[axis].update(square)
     for row, col in ((1, 1), (1, 3), (2, 1), (2, 2), (2, 3)):
         x_name = fig.get_subplot(row, col).xaxis.plotly_name  # "xaxis5" is anchored as "x5"
-        fig.update_xaxes(_PLANE, row=row, col=col)
-        fig.update_yaxes(_PLANE, row=row, col=col, scaleanchor=x_name.replace("axis", ""))
+        fig.update_xaxes(PLANE, row=row, col=col)
+        fig.update_yaxes(PLANE, row=row, col=col, scaleanchor=x_name.replace("axis", ""))
     fig.update_xaxes(title_text="t", row=1, col=2)
 
 
@@ -263,8 +266,8 @@ def _time_controls(data: ExplorerData, followed: list[int], draw_colours: list[s
                     "method": "restyle",
                     "args": [
                         {
-                            "x": [_rounded(data.sde_paths[:, i, 0]), _rounded(data.ode_paths[:, i, 0])],
-                            "y": [_rounded(data.sde_paths[:, i, 1]), _rounded(data.ode_paths[:, i, 1])],
+                            "x": [rounded(data.sde_paths[:, i, 0]), rounded(data.ode_paths[:, i, 0])],
+                            "y": [rounded(data.sde_paths[:, i, 1]), rounded(data.ode_paths[:, i, 1])],
                             "line.color": [draw_colours[i]] * 2,
                         },
                         followed,
@@ -287,123 +290,6 @@ _PLANE_AXES = ("xaxis", "yaxis", "xaxis5", "yaxis6", "xaxis6", "yaxis7")
 the schedule panel takes ``yaxis3``, which shifts the y axes after it by one."""
 _SQUARE_AXES = ("xaxis3", "yaxis4", "xaxis4", "yaxis5")
 """The axes of the score and error panels: the data's square."""
-
-
-def _rounded(values: np.ndarray, digits: int = 4) -> list:
-    """A short JSON list (menus carry plain lists, not typed arrays)."""
-    return [None if not np.isfinite(v) else round(float(v), digits) for v in values]
-
-
-def _samplers_figure(data: ExplorerData):
-    """The samplers' figure: a menu over the runs, the chosen run's samples beside held-out data."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    panel = data.samplers
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("samples of the chosen sampler", "held-out data"))
-    best = int(np.nanargmin(panel.energy_distance))
-
-    def summary(i: int) -> str:
-        text = (
-            f"{panel.labels[i]}: NFE {panel.nfe[i]}, energy distance {panel.energy_distance[i]:.2e} "
-            f"= {panel.energy_distance[i] / panel.floor:.1f} × the noise floor"
-        )
-        if panel.true_nll is not None:
-            text += (
-                f"; true NLL of the samples {panel.true_nll[i]:.3f} ± {panel.true_nll_standard_error[i]:.3f} "
-                f"nats (entropy {panel.entropy:.3f})"
-            )
-        return text
-
-    marker = {"size": 3, "opacity": 0.6}
-    fig.add_trace(go.Scatter(x=panel.x[best, :, 0], y=panel.x[best, :, 1], mode="markers",
-                             marker={**marker, "color": _SAMPLE_COLOUR}, name="samples"), 1, 1)  # fmt: skip
-    fig.add_trace(go.Scatter(x=panel.held_out[:, 0], y=panel.held_out[:, 1], mode="markers",
-                             marker={**marker, "color": _DATA}, name="held-out data"), 1, 2)  # fmt: skip
-    buttons = [
-        {
-            "label": f"{label} (NFE {nfe})",
-            "method": "update",
-            "args": [
-                {"x": [_rounded(panel.x[i, :, 0])], "y": [_rounded(panel.x[i, :, 1])]},
-                {"title.text": summary(i)},
-                [0],
-            ],
-        }
-        for i, (label, nfe) in enumerate(zip(panel.labels, panel.nfe))
-    ]
-    square = {"range": [-data.extent, data.extent], **_PLANE}
-    fig.update_xaxes(square)
-    fig.update_yaxes(square)
-    fig.update_yaxes(scaleanchor="x", row=1, col=1)
-    fig.update_yaxes(scaleanchor="x2", row=1, col=2)
-    fig.update_layout(
-        title={"text": summary(best), "font": {"size": 13}, "x": 0.01, "y": 0.9},
-        height=600,
-        width=1100,
-        showlegend=False,
-        plot_bgcolor="white",
-        margin={"t": 140},
-        updatemenus=[{"type": "dropdown", "active": best, "x": 0.0, "y": 1.32, "xanchor": "left", "buttons": buttons}],
-    )
-    return fig
-
-
-def _likelihood_figure(data: ExplorerData):
-    """The likelihood figure: the model's density, the true one, and the log-ratio."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    grid = data.likelihood
-    model = grid.model_log_prob.numpy()
-    true = grid.true_log_prob.numpy() if grid.true_log_prob is not None else None
-    titles = [f"model density exp(−NLL) (PF-ODE, {grid.nfe} NFE)"]
-    panels = [(np.exp(model), "Viridis", None)]
-    if true is not None:
-        titles += ["true density", "log p_θ − log p (clipped to ±3)"]
-        panels += [(np.exp(true), "Viridis", None), (np.clip(model - true, -3, 3), "RdBu_r", (-3.0, 3.0))]
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, horizontal_spacing=0.08)
-    vmax = float(np.exp(true if true is not None else model).max())
-    geometry = _heatmap_geometry(grid.extent, grid.grid)
-    for col, (values, scale, limits) in enumerate(panels, start=1):
-        low, high = limits or (0.0, vmax)
-        bar = {"x": fig.get_subplot(1, col).xaxis.domain[1] + 0.005, "len": 0.8, "thickness": 10}
-        fig.add_trace(go.Heatmap(z=values.astype(np.float32), colorscale=scale, zmin=low, zmax=high, colorbar=bar,
-                                 **geometry), 1, col)  # fmt: skip
-        fig.update_yaxes(scaleanchor=f"x{col if col > 1 else ''}", row=1, col=col)
-    fig.update_xaxes(_PLANE)
-    fig.update_yaxes(_PLANE)
-    fig.update_layout(height=430, width=420 * len(panels), margin={"t": 60})
-    return fig
-
-
-_STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1400px;
-       padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; } .meta { color: #666; font-size: 0.9em; }
-table { border-collapse: collapse; font-size: 0.85em; } td, th { padding: 2px 8px; border-bottom: 1px solid #ddd; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-"""
-
-
-def _sampler_table(data: ExplorerData) -> str:
-    panel = data.samplers
-    head = "<tr><th>sampler</th><th>NFE</th><th>energy distance</th><th>/ floor</th>"
-    head += "<th>true NLL of samples (nats)</th></tr>" if panel.true_nll is not None else "</tr>"
-    rows = []
-    for i, label in enumerate(panel.labels):
-        cells = (
-            f"<td>{html.escape(label)}</td><td class=num>{panel.nfe[i]}</td>"
-            f"<td class=num>{panel.energy_distance[i]:.2e}</td>"
-            f"<td class=num>{panel.energy_distance[i] / panel.floor:.1f}</td>"
-        )
-        if panel.true_nll is not None:
-            cells += f"<td class=num>{panel.true_nll[i]:.3f} ± {panel.true_nll_standard_error[i]:.3f}</td>"
-        rows.append(f"<tr>{cells}</tr>")
-    note = f"Noise floor (two held-out sets): energy distance {panel.floor:.2e}."
-    if panel.entropy is not None:
-        note += f" A perfect sampler's mean true NLL (the data's entropy): {panel.entropy:.3f} nats."
-    return f"<table>{head}{''.join(rows)}</table><p class=meta>{html.escape(note)}</p>"
 
 
 def explorer_html(data: ExplorerData) -> str:
@@ -437,8 +323,8 @@ def explorer_html(data: ExplorerData) -> str:
             "beside held-out data. The energy distance is given as a multiple of the noise floor, the distance "
             "between two held-out sets of the same size; where the data has a density, the samples' mean true "
             "negative log-density sits beside the data's entropy, which a perfect sampler scores.</p>",
-            div(_samplers_figure(data), FIGURE_IDS[1]),
-            _sampler_table(data),
+            div(samplers_figure(data), FIGURE_IDS[1]),
+            sampler_table(data),
         ]
     body += [f"<p class=meta>{html.escape(note)}</p>" for note in data.notes]
     if data.likelihood is not None:
@@ -446,11 +332,11 @@ def explorer_html(data: ExplorerData) -> str:
             "<h2>Likelihood</h2>",
             "<p>The model's density exp(−NLL), the NLL exact through the probability-flow ODE, on a grid; beside it "
             "the true density and the log-ratio (red: the model puts too much mass there, blue: too little).</p>",
-            div(_likelihood_figure(data), FIGURE_IDS[2]),
+            div(likelihood_figure(data), FIGURE_IDS[2]),
         ]
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        f"<title>scoresde explorer: {html.escape(data.title)}</title><style>{_STYLE}</style>"
+        f"<title>scoresde explorer: {html.escape(data.title)}</title><style>{STYLE}</style>"
         f'<script type="text/javascript">{get_plotlyjs()}</script></head>\n<body>\n'
         + "\n".join(body)
         + "\n</body></html>\n"

@@ -28,7 +28,8 @@ from torch import Tensor
 from .._checks import check_positive_int
 from .._io import json_safe, write_atomic
 from ..likelihood.exponential_integrator import SolverError
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
+from ..processes.score import ScoreFn
 from .figures import DensityGrid, _as_image, _evaluate_score, _square_cells, model_density_grid, reverse_paths
 
 __all__ = ["ExplorerData", "SamplerPanel", "explorer_times", "explorer_data", "sampler_panel", "kernel_bandwidth"]

@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 
 from ..datasets import toy_dataset, toy_datasets
 from ..oracles.gaussian_mixture import GaussianMixture, grid_cells
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
+from ..processes.score import ScoreFn
 
 __all__ = [
     "plot_toy_datasets",

@@ -3,15 +3,14 @@ feature networks, and sampler comparisons on held-out data."""
 
 from .comparison import (
     Comparison,
-    HeldOut,
     SamplerRun,
     SamplerSpec,
     compare_samplers,
     default_lineup,
-    held_out,
     measure_images,
     student_lineup,
 )
+from .held_out import HeldOut, held_out
 from .metrics import (
     GaussianStatistics,
     energy_distance,

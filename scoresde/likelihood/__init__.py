@@ -1,25 +1,13 @@
 """Likelihoods: the exact log-likelihood through the probability-flow ODE (torchdiffeq or the exponential
 integrator), the variational bounds (continuous-time ELBO, the DDPM chain's bound) and bits/dim."""
 
+from ..processes.divergence import DIVERGENCES, PROBES, divergence_fn, draw_probes, exact_divergence, probe_divergences
 from .bounds import TIME_SAMPLINGS, ELBOResult, ddpm_bound, elbo
 from .bpd import ESTIMATORS, BitsPerDimResult, bits_per_dim
 from .cascade import CASCADE_TERMS, CascadeBoundResult, cascade_bits_per_dim
 from .latent import LATENT_TERMS, LatentBoundResult, decoder_log_prob, latent_bits_per_dim
-from .pf_ode import (
-    DIVERGENCES,
-    LIKELIHOOD_T_MIN,
-    PROBES,
-    SOLVERS,
-    LikelihoodResult,
-    check_data,
-    divergence_fn,
-    draw_probes,
-    error_budget,
-    exact_divergence,
-    likelihood_t_min,
-    log_likelihood,
-    probe_divergences,
-)
+from .pf_ode import LIKELIHOOD_T_MIN, SOLVERS, check_data, likelihood_t_min, log_likelihood
+from .result import LikelihoodResult, error_budget
 
 __all__ = [
     "cascade_bits_per_dim",

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._checks import check_in_registry, check_positive_int, expand_to, renamed_t_min, standard_normal_like
 from .._deprecated import ScoresdeDeprecationWarning
-from ..processes.base import SDE, ScoreFn, check_sde, log_snr_times
+from ..processes.base import SDE, check_sde, log_snr_times
 from ..processes.divergence import DIVERGENCES, divergence_fn, draw_probes
 from ..processes.grids import time_grid
 from ..processes.reverse_variance import (
@@ -29,6 +29,7 @@ from ..processes.reverse_variance import (
     learned_variance_fraction,
     reverse_variance,
 )
+from ..processes.score import ScoreFn
 from ..processes.seam import CountingScore, as_score, tweedie
 from .pf_ode import check_data, likelihood_t_min
 

@@ -15,7 +15,8 @@ from .._checks import check_finite, check_in_registry, check_positive_int
 from .._io import json_safe
 from .._stats import mean_and_standard_error
 from ..datasets.scalers import DataTransform
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
+from ..processes.score import ScoreFn
 from .bounds import ddpm_bound, elbo
 from .pf_ode import log_likelihood
 

@@ -27,7 +27,8 @@ from .._checks import check_finite, check_positive_int
 from .._io import json_safe
 from .._stats import mean_and_standard_error
 from ..datasets.scalers import DataTransform
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
+from ..processes.score import ScoreFn
 from .pf_ode import log_likelihood
 
 __all__ = ["decoder_log_prob", "latent_bits_per_dim", "LatentBoundResult", "gaussian_entropy", "LATENT_TERMS"]

@@ -9,7 +9,7 @@ $$\log p_{t_{min}}(x) = \log p_T(z) + \int_{t_{min}}^{T} \nabla_x\!\cdot v(x(t),
 We integrate the state and the divergence together, by default with the exponential integrator in the
 log-SNR of `scoresde.likelihood.exponential_integrator` (``method="ei"``), or with torchdiffeq in ``t`` or in the
 log-SNR
-$\lambda$ (`scoresde.processes.base.ProbabilityFlow`; the divergence of $dx/d\lambda$
+$\lambda$ (`scoresde.processes.reverse.ProbabilityFlow`; the divergence of $dx/d\lambda$
 integrated in $\lambda$ gives the same integral). The divergence is exact (``D`` vector–Jacobian
 products, for small ``D``) or Skilling–Hutchinson's $\mathbb E_\epsilon[\epsilon^\top (\partial v/\partial x)\epsilon]$
 with probes drawn once and kept for the whole solve.
@@ -23,50 +23,31 @@ The variational bounds live in `scoresde.likelihood.bounds`, bits per dimension 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_in_registry, check_positive, check_positive_int, progress_bar, renamed_t_min
-from .._stats import mean_and_standard_error
-from ..processes.base import SDE, VARIABLES, ProbabilityFlow, ScoreFn, check_sde
-from ..processes.divergence import DIVERGENCES, PROBES, divergence_fn, draw_probes, exact_divergence, probe_divergences
+from ..processes.base import SDE, check_sde
+from ..processes.divergence import DIVERGENCES, PROBES, draw_probes, probe_divergences
 from ..processes.grids import custom_grid, time_grid
+from ..processes.reverse import VARIABLES, ProbabilityFlow
+from ..processes.score import ScoreFn
 from ..processes.seam import CountingScore, as_score
 from ..samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
 from .exponential_integrator import (
     MAX_ORDER,
     SolverError,
     batch_norm,
-    check_output,
     per_sample_norm,
     solve_exponential,
     step_budget,
 )
+from .result import LikelihoodResult
+from .torchdiffeq_solve import solve_torchdiffeq
 
-__all__ = [
-    "log_likelihood",
-    "LikelihoodResult",
-    "exact_divergence",
-    "divergence_fn",
-    "draw_probes",
-    "check_data",
-    "probe_divergences",
-    "error_budget",
-    "likelihood_t_min",
-    "LIKELIHOOD_T_MIN",
-    "SOLVERS",
-    "DIVERGENCES",
-    "PROBES",
-]
-
-LOGP_ATOL_FACTOR = 1.0
-"""The log-density integral is held to ``atol`` absolute, with no relative part (a relative tolerance
-would scale with |delta| ~ D nats). A tighter factor (0.1) was tried: more NFE and, on the 10D VP oracle,
-no smaller error, so the error there is not set by this budget."""
+__all__ = ["log_likelihood", "check_data", "likelihood_t_min", "LIKELIHOOD_T_MIN", "SOLVERS"]
 
 LIKELIHOOD_T_MIN = 1e-5
 r"""Default data end of every likelihood (`log_likelihood`, `bits_per_dim`, `elbo`, `ddpm_bound`, the
@@ -82,67 +63,6 @@ fewer NFE than log-SNR for the same error (10D VP at 1e-5: 98 NFE and 4.6e-5 nat
 in log-SNR), so t is the default; log-SNR stays available."""
 
 
-@dataclass
-class LikelihoodResult:
-    """Output of `log_likelihood`, per sample (``[B]`` tensors, float64 on the CPU).
-
-    Attributes:
-        nll: $-\\log p_{t_{min}}(x)$ in nats (the mean over the Hutchinson probes).
-        prior_logp: $\\log p_T(z)$ of the latent.
-        delta_logp: $\\int_{t_{min}}^T \\nabla\\cdot v\\,dt$, so that ``-nll = prior_logp + delta_logp``.
-        z: the latent $x(T)$ ``[B, ...]``.
-        nfe: score evaluations over the whole data set (all batches; all processes under torchrun), including
-            those of the error estimate.
-        integration_error: per-sample estimate of $|\\text{nll} - \\text{nll}_{exact\\ ODE}|$ (see
-            `log_likelihood`'s ``error_estimate``), or None when not estimated.
-        probe_nll: ``[P, B]`` the NLL of each Hutchinson probe along the same trajectory (None for the exact
-            divergence): their spread is the probes' share of the standard error.
-        settings: every argument that moves the number (``t_min`` included).
-    """
-
-    nll: Tensor
-    prior_logp: Tensor
-    delta_logp: Tensor
-    z: Tensor
-    nfe: int
-    settings: dict = field(default_factory=dict)
-    integration_error: Tensor | None = None
-    probe_nll: Tensor | None = None
-
-    def probe_variance(self) -> Tensor | None:
-        """Per sample, the variance of ``nll`` that the probes cause, $\\mathrm{Var}_p/P$ (None with fewer than
-        two probes: one probe's spread cannot be told from the data's)."""
-        if self.probe_nll is None or self.probe_nll.shape[0] < 2:
-            return None
-        return self.probe_nll.var(0) / self.probe_nll.shape[0]
-
-    def to_dict(self) -> dict:
-        mean, se = mean_and_standard_error(self.nll)
-        out = {"nll_mean": mean, "nll_standard_error": se, "n": self.nll.numel(), "nfe": self.nfe}
-        out.update(error_budget(self.nll, self.integration_error, self.probe_variance()))
-        out["settings"] = self.settings
-        return out
-
-
-def error_budget(values: Tensor, integration_error: Tensor | None, probe_variance: Tensor | None) -> dict:
-    r"""The error bar of a mean over samples, by source: the standard error over samples (which contains the
-    probes' noise), the probes' part of it $\sqrt{\overline{\mathrm{Var}_p}/n}$ and its share of the variance,
-    and the integration error estimate (mean and worst per-sample), kept apart from the Monte-Carlo terms."""
-    n = values.numel()
-    _, se = mean_and_standard_error(values)
-    out = {
-        "integration_error": float(integration_error.mean()) if integration_error is not None else None,
-        "integration_error_max": float(integration_error.max()) if integration_error is not None and n else None,
-        "probe_standard_error": None,
-        "probe_share_of_variance": None,
-    }
-    if probe_variance is not None and n > 1:
-        probe_se = math.sqrt(float(probe_variance.mean()) / n)
-        out["probe_standard_error"] = probe_se
-        out["probe_share_of_variance"] = min(1.0, probe_se**2 / se**2) if se > 0 else None
-    return out
-
-
 def check_data(x: Tensor) -> Tensor:
     """Data for a likelihood: a finite floating-point tensor ``[B, ...]``, ``B >= 1``, with at least 2 dimensions."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or x.shape[0] == 0:
@@ -151,61 +71,6 @@ def check_data(x: Tensor) -> Tensor:
             f"{type(x).__name__ if not isinstance(x, Tensor) else f'{tuple(x.shape)} {x.dtype}'}"
         )
     return check_finite("x", x)
-
-
-def _per_sample_norm(state: tuple[Tensor, Tensor]) -> Tensor:
-    """Error norm for the adaptive solver: the worst sample's RMS over its state, or its log-density error.
-
-    torchdiffeq's default RMS over the whole batch lets single samples drift while the average is small;
-    a likelihood is reported per sample, so every sample must meet the tolerance."""
-    return per_sample_norm(*state)
-
-
-def _solve_torchdiffeq(
-    flow: ProbabilityFlow, x: Tensor, divergence, span, method, rtol, atol, max_steps, steps, error_control
-) -> tuple[Tensor, Tensor]:
-    """Integrate ``(x, delta [P, B])`` from the data end to ``T`` with torchdiffeq; errors name the last time
-    reached."""
-    from torchdiffeq import odeint
-
-    reached = {"u": span[0]}
-
-    def augmented(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        reached["u"] = float(u)
-        velocity, div = flow.velocity_and_divergence(u, state[0], divergence)
-        t = float(flow.time(u.detach().to(torch.float64)))
-        check_output(velocity, t, "probability-flow velocity")
-        check_output(div.reshape(-1, x.shape[0]).T, t, "divergence")
-        return velocity, div
-
-    if method in ADAPTIVE_METHODS:
-        us = torch.tensor(span, dtype=x.dtype, device=x.device)
-        # the last step must end exactly at T: a step past it would integrate the field's clamped
-        # (kinked) extension and interpolate back, an error the step's estimate does not see
-        options = {"max_num_steps": max_steps, "step_t": us[-1:]}
-        if error_control == "per_sample":
-            options["norm"] = _per_sample_norm
-    else:  # fixed grid: `steps` equal steps in the chosen time variable
-        us = torch.linspace(span[0], span[1], steps + 1, dtype=x.dtype, device=x.device)
-        options = None
-    delta0 = torch.zeros(divergence.n_probes, x.shape[0], dtype=x.dtype, device=x.device)
-    try:
-        # the log-density integral is controlled absolutely (its rtol would scale with |delta| ~ D nats)
-        if error_control == "per_sample":
-            rtols, atols = [rtol, 0.0], [atol, LOGP_ATOL_FACTOR * atol]
-        else:  # torchdiffeq's default: one RMS over the whole batch, rtol on the log-density too
-            rtols, atols = rtol, atol
-        xs, deltas = odeint(augmented, (x, delta0), us, method=method, rtol=rtols, atol=atols, options=options)
-    except SolverError:
-        raise
-    except (AssertionError, RuntimeError) as exc:
-        t = float(flow.time(torch.tensor(reached["u"], dtype=torch.float64)))
-        raise SolverError(
-            f"the probability-flow ODE did not converge ({exc}); it reached t={t:.6g} "
-            f"(in {flow.variable}: {reached['u']:.6g})",
-            t,
-        ) from None
-    return xs[-1], deltas[-1]
 
 
 EXPONENTIAL_SOLVERS = ("ei", "ei_fixed")
@@ -254,13 +119,13 @@ def _solve(
         lam = 0.5 * sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64))
         max_steps = step_budget(float(lam[0] - lam[1]), options["rtol"], options["atol"], 4)
     args = (options["rtol"], options["atol"], max_steps, options["steps"], options["error_control"])
-    z, delta = _solve_torchdiffeq(flow, part, per_probe, span, method, *args)
+    z, delta = solve_torchdiffeq(flow, part, per_probe, span, method, *args)
     if not options["error_estimate"]:
         return z, delta, None, None
     rtol, atol, max_steps, steps, control = args
     k = ERROR_ESTIMATE_LOOSENING
     loose = (rtol * k, atol * k, max_steps, max(1, steps // 2), control)
-    z_low, delta_low = _solve_torchdiffeq(flow, part, per_probe, span, method, *loose)
+    z_low, delta_low = solve_torchdiffeq(flow, part, per_probe, span, method, *loose)
     return z, delta, z_low, delta_low
 
 

@@ -42,7 +42,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_in_registry, expand_to, standard_normal_like
-from .base import SDE, ScoreFn
+from .base import SDE
+from .score import ScoreFn
 from .seam import require
 
 __all__ = [

@@ -43,7 +43,8 @@ from typing import Any
 from torch import Tensor
 
 from .._checks import check_in_registry, expand_to
-from .base import SDE, ScoreFn, evaluate_score
+from .base import SDE
+from .score import ScoreFn, evaluate_score
 
 __all__ = [
     "OUTPUTS",

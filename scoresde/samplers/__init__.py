@@ -21,8 +21,8 @@ a sequence of times) and hands it in: any grid works with any sampler, and each 
 algorithm's. `sample` also validates once (the grid, ``x_T`` and the first score output); the loops do not.
 """
 
-from ..processes.base import ProbabilityFlow
 from ..processes.grids import GRIDS, time_grid
+from ..processes.reverse import ProbabilityFlow
 from . import consistency, ddim, ddpm, dpm_solver, heun, multistep, ode, pc, reverse_sde, unipc  # noqa: F401
 from .base import SampleResult, Sampling, grid_defaults, register_sampler, sampler_options, samplers
 from .cascade import CascadeResult, augment, sample_cascade

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from .._io import json_text, write_atomic
 from ..processes.artefacts import belongs_to, check_belongs
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
+from ..processes.score import ScoreFn
 from .recipe import Recipe
 
 __all__ = ["FittedSolver", "FORMAT"]

@@ -38,8 +38,9 @@ from torch import Tensor
 from .._checks import check_in_registry, check_positive_int
 from .._io import json_text, write_atomic
 from ..processes.artefacts import belongs_to, check_belongs
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
 from ..processes.grids import time_grid
+from ..processes.score import ScoreFn
 from .base import sampler_options, samplers
 from .recipe import Recipe
 

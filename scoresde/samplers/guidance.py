@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_labels
-from ..processes.base import ScoreFn
+from ..processes.score import ScoreFn
 from ..processes.seam import ModelSpec, ModelWrapper, require
 
 __all__ = ["ClassifierFreeGuidance", "ClassifierGuidance"]

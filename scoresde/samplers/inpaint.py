@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_in_registry, expand_to, progress_bar, renamed_t_min, standard_normal_like
-from ..processes.base import SDE, ScoreFn, check_sde
+from ..processes.base import SDE, check_sde
 from ..processes.grids import time_grid
+from ..processes.score import ScoreFn
 from ..processes.seam import CountingScore, spec_of
 from .base import SampleResult
 

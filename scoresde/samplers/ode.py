@@ -8,7 +8,7 @@ In the log-SNR $\lambda(t) = \log(\alpha^2/\sigma^2)$, with $d\lambda/dt = -g^2/
 $$\frac{dx}{d\lambda} = -\frac{\sigma^2}{g^2}\, f\, x + \tfrac12 \sigma^2\, s_\theta(x, t(\lambda)),$$
 
 a far less stiff field near the data end for VP and sub-VP (the sampler offers both; the likelihood
-module measures both). The field is `scoresde.processes.base.ProbabilityFlow`, the reverse SDE's ODE form.
+module measures both). The field is `scoresde.processes.reverse.ProbabilityFlow`, the reverse SDE's ODE form.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, check_positive
-from ..processes.base import VARIABLES, ProbabilityFlow
+from ..processes.reverse import VARIABLES, ProbabilityFlow
 from .base import Sampling, register_sampler
 
 __all__ = ["ProbabilityFlow", "ode_sampler", "ADAPTIVE_METHODS", "FIXED_GRID_METHODS", "VARIABLES"]

@@ -25,7 +25,9 @@ from .._checks import (
     registering,
     standard_normal_like,
 )
-from ..processes.base import SDE, ReverseSDE, ScoreFn
+from ..processes.base import SDE
+from ..processes.reverse import ReverseSDE
+from ..processes.score import ScoreFn
 from .base import Sampling, register_sampler
 
 __all__ = [

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_in_registry, expand_to
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
+from ..processes.score import ScoreFn
 from .base import Sampling, register_sampler
 
 __all__ = ["sde_sampler", "SDE_METHODS"]

@@ -12,8 +12,9 @@ from torch import Tensor
 
 from .._checks import check_finite, renamed_t_min
 from .._io import json_safe
-from ..processes.base import SDE, ScoreFn, check_sde
+from ..processes.base import SDE, check_sde
 from ..processes.grids import EDM_RHO, LOG_SNR_WARP, grid_settings, time_grid
+from ..processes.score import ScoreFn
 from ..processes.seam import CountingScore, as_score, require, spec_of
 from .base import (
     SampleResult,

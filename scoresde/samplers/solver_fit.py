@@ -37,8 +37,9 @@ from torch import Tensor
 from .._checks import check_in_registry, check_positive, check_positive_int, progress_bar
 from .._stats import sliced_energy
 from ..processes.artefacts import belongs_to
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
 from ..processes.grids import custom_grid, time_grid
+from ..processes.score import ScoreFn
 from ..processes.seam import as_score, x0_from_score
 from .dpm_solver import fitted_steps
 from .fitted_solver import FittedSolver

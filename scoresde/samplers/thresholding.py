@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from .._checks import expand_to
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
+from ..processes.score import ScoreFn
 from ..processes.seam import ModelSpec, ModelWrapper, spec_of, x0_from_score
 
 __all__ = ["ThresholdedScore"]

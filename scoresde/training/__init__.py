@@ -10,6 +10,7 @@ from .kinds import RunKind, get_run_kind, register_run_kind, run_kind, run_kinds
 from .losses import VLBTimeSampler, classifier_loss, ddpm_loss, dsm_loss, hybrid_loss, smld_loss
 from .run_folder import RunFolderError
 from .runs import build_model, load_score_model, load_teacher, wrap_network
+from .stage_objectives import AutoencoderObjective, SuperResolutionDSM  # noqa: F401  (registration)
 from .trainer import EMA, Trainer, TrainingDiverged, TrainResult, init_distributed, learning_rate
 from .workflows import RunTraining, cascade_base, run_bound, sample_cascade_run, sample_run, train_run
 

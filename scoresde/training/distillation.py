@@ -41,7 +41,8 @@ from ..config.schema import (  # one list of the methods: the config validates i
     TEACHER_SOLVERS,
 )
 from ..models.consistency import ConsistencyModel, noise_to_signal
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
+from ..processes.score import ScoreFn
 from ..processes.seam import sigma_score, x0_from_sigma_score
 from ..samplers.ddim import ddim_update
 from ..samplers.heun import heun_update

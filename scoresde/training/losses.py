@@ -47,8 +47,9 @@ from .._checks import (
     standard_normal_like,
 )
 from ..config.schema import WEIGHTINGS
-from ..processes.base import SDE, ScoreFn, check_sde, log_snr_times
+from ..processes.base import SDE, check_sde, log_snr_times
 from ..processes.reverse_variance import chain_step, reverse_variance
+from ..processes.score import ScoreFn
 from ..processes.seam import require, sigma_score, x0_from_sigma_score
 
 __all__ = [

@@ -13,8 +13,9 @@ from ..datasets import toy_dataset, toy_datasets
 from ..models import ScoreModel, create_model
 from ..models.consistency import ConsistencyModel
 from ..processes.artefacts import belongs_to, mismatch
-from ..processes.base import SDE, ScoreFn
+from ..processes.base import SDE
 from ..processes.reverse_variance import ScoreMoments, score_moments
+from ..processes.score import ScoreFn
 from ..processes.seam import SCORE_OUTPUTS, require, spec_of
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
 from .kinds import run_kind

@@ -36,7 +36,7 @@ from .._checks import check_positive_int, progress_bar
 from ..config.io import load_config, save_config
 from ..config.schema import ConfigError, RunConfig
 from ..models import ScoreModel
-from ..processes.base import ScoreFn
+from ..processes.score import ScoreFn
 from .checkpoint import (
     CHECKPOINT,
     CheckpointError,

@@ -230,7 +230,7 @@ def load_points(source: str, n: int, seed: int, data, option: str = "--data") ->
 
     from ...config.schema import DataConfig
     from ...datasets import image_dataset
-    from ...evaluation.comparison import held_out
+    from ...evaluation.held_out import held_out
 
     if source.endswith(".npz"):
         return torch.as_tensor(read_npz(source, "x", option))[:n], None

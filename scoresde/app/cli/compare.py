@@ -22,7 +22,8 @@ from .common import (
 
 def cmd_compare(args: argparse.Namespace) -> dict:
     """PC against ODE against the few-step solvers on one checkpoint: a table, a JSON and one figure."""
-    from ...evaluation.comparison import compare_samplers, default_lineup, held_out
+    from ...evaluation.comparison import compare_samplers, default_lineup
+    from ...evaluation.held_out import held_out
     from ..report import COMPARE_FILES, write_comparison
 
     if args.n < 2:

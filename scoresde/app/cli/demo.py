@@ -13,7 +13,7 @@ from .common import (
 
 def cmd_demo(args: argparse.Namespace) -> dict:
     """Train on a 2D toy with a known density, compare samplers, measure the likelihood, write a report."""
-    from ..report import DEMO_FILES, run_demo
+    from ..demo import DEMO_FILES, run_demo
 
     folder = prepare_out(args.out, args.force, list(DEMO_FILES))
     metrics = run_demo(folder, quick=args.quick, device=args.device, seed=args.seed, progress=not args.json)

@@ -52,7 +52,8 @@ def cmd_explore(args: argparse.Namespace) -> dict:
     from ...config.presets import preset
     from ...config.schema import DataConfig
     from ...datasets import toy_dataset
-    from ...evaluation.comparison import compare_samplers, held_out
+    from ...evaluation.comparison import compare_samplers
+    from ...evaluation.held_out import held_out
     from ..explorer import write_explorer
     from ..explorer_data import explorer_data
 

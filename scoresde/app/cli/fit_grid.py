@@ -24,7 +24,7 @@ def cmd_fit_grid(args: argparse.Namespace) -> dict:
 
     import torch
 
-    from ...evaluation.comparison import held_out
+    from ...evaluation.held_out import held_out
     from ...samplers import fit_grid, time_grid
     from ...samplers.grid_fit import check_grid_sampler
     from ..figures import plot_grid

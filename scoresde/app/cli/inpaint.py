@@ -27,7 +27,7 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from ...evaluation.comparison import held_out
+    from ...evaluation.held_out import held_out
     from ...samplers import inpaint
     from ..figures import plot_inpainting
 
