@@ -33,7 +33,7 @@ from common import (  # noqa: E402
     write_report,
 )
 
-from scoresde.app.figures import plot_sample_grids  # noqa: E402
+from scoresde.app.image_figures import plot_sample_grids  # noqa: E402
 from scoresde.config import override  # noqa: E402
 from scoresde.config.presets import preset  # noqa: E402
 from scoresde.evaluation.comparison import SamplerSpec, student_lineup  # noqa: E402

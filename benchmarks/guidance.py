@@ -34,7 +34,8 @@ from common import benchmark_parser, setup_run  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
 from scoresde import image_dataset, sample  # noqa: E402
-from scoresde.app.figures import plot_accuracy_vs_guidance, plot_inpainting, plot_samples  # noqa: E402
+from scoresde.app.image_figures import plot_inpainting, plot_samples  # noqa: E402
+from scoresde.app.result_figures import plot_accuracy_vs_guidance  # noqa: E402
 from scoresde.config.presets import preset  # noqa: E402
 from scoresde.config.schema import override  # noqa: E402
 from scoresde.evaluation.features import feature_network, image_features, image_quality, reference_features  # noqa: E402

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -39,7 +39,8 @@ from scoresde import Trainer, compare_samplers, preset, toy_dataset
 from scoresde.evaluation.comparison import default_lineup
 from scoresde.evaluation.held_out import held_out
 from scoresde.config.schema import override
-from scoresde.app.figures import plot_comparison, plot_trajectories
+from scoresde.app.figures import plot_trajectories
+from scoresde.app.result_figures import plot_comparison
 
 QUICK = os.environ.get("SCORESDE_NOTEBOOK_QUICK") == "1"  # the test suite runs every notebook on small settings
 N = 400 if QUICK else 2000

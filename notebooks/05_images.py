@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -30,7 +30,8 @@ import torch
 
 from scoresde import Trainer, bits_per_dim, image_dataset, preset, sample
 from scoresde.config.schema import override
-from scoresde.app.figures import plot_samples, plot_training_curve
+from scoresde.app.image_figures import plot_samples
+from scoresde.app.result_figures import plot_training_curve
 
 QUICK = os.environ.get("SCORESDE_NOTEBOOK_QUICK") == "1"  # the test suite runs every notebook on small settings
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from scoresde import Trainer, image_dataset, preset, sample
-from scoresde.app.figures import autoencoder_figures, plot_sample_grids
+from scoresde.app.image_figures import autoencoder_figures, plot_sample_grids
 from scoresde.config.schema import override
 from scoresde.likelihood import latent_bits_per_dim
 from scoresde.samplers import sample_cascade

@@ -58,7 +58,7 @@ OLD_PATHS: dict[str, tuple[str, ...]] = {
     "scoresde.features": ("scoresde.evaluation.features",),
     "scoresde.cli": ("scoresde.app.cli",),
     "scoresde.report": ("scoresde.app.report", "scoresde.app.demo"),
-    "scoresde.viz": ("scoresde.app.figures",),
+    "scoresde.viz": ("scoresde.app.figures", "scoresde.app.image_figures", "scoresde.app.result_figures"),
 }
 """Old module path -> the modules its public names live in now (searched in order)."""
 

@@ -8,6 +8,7 @@ from matplotlib.figure import Figure
 
 from scoresde import VPSDE, sample, toy_dataset
 from scoresde.app import figures as viz
+from scoresde.app import image_figures, result_figures
 from scoresde.evaluation.comparison import SamplerSpec, compare_samplers
 
 TOY = toy_dataset("8gaussians")
@@ -65,39 +66,39 @@ def test_comparison_and_quality_against_nfe():
     comparison = compare_samplers(
         SDE, EXACT, reference, lineup=specs, n=300, floor_reference=TOY.sample(300), dtype=torch.float64
     )
-    fig = viz.plot_comparison(comparison, reference, extent=TOY.extent)
+    fig = result_figures.plot_comparison(comparison, reference, extent=TOY.extent)
     _labelled(fig)
     assert len(fig.axes) == 4  # data, ddim (its largest NFE), dpm, quality against NFE
     quality = fig.axes[-1]
     assert [line.get_label() for line in quality.lines] == ["ddim", "dpm", "noise floor (n = 300)"]
     np.testing.assert_array_equal(quality.lines[0].get_xdata(), [6, 11])
     with pytest.raises(ValueError, match="metric must be"):
-        viz.plot_quality_vs_nfe(comparison, metric="fid")
+        result_figures.plot_quality_vs_nfe(comparison, metric="fid")
 
 
 def test_image_grids_and_bad_shapes():
     images = torch.randint(0, 17, (12, 1, 8, 8)).float()
-    fig = viz.plot_samples(images, "digits", levels=17)
+    fig = image_figures.plot_samples(images, "digits", levels=17)
     assert fig.axes[0].images[0].get_array().shape == (2 * 9 - 1, 10 * 9 - 1)
     with pytest.raises(ValueError, match=r"expected 2D points \[N, 2\] or images"):
-        viz.plot_samples(torch.zeros(4, 3))
-    fig = viz.plot_sample_grids({"teacher": images / 8 - 1, "student": -images / 8 + 1}, n=12, cols=6)
+        image_figures.plot_samples(torch.zeros(4, 3))
+    fig = image_figures.plot_sample_grids({"teacher": images / 8 - 1, "student": -images / 8 + 1}, n=12, cols=6)
     assert [ax.get_title() for ax in fig.axes] == ["teacher", "student"]
     first, second = (ax.images[0].get_array() for ax in fig.axes)
     assert first.shape == (2 * 9 - 1, 6 * 9 - 1) and np.allclose(first[:8, :8] + second[:8, :8], 1.0)
     for bad in (torch.zeros(4, 1, 8), torch.zeros(4, 2)):  # not images; 2D points have plot_samples
         with pytest.raises(ValueError, match=r"samples\['bad'\]: expected images \[N, 1\|3, H, W\]"):
-            viz.plot_sample_grids({"bad": bad})
+            image_figures.plot_sample_grids({"bad": bad})
 
 
 def test_training_curve_from_a_metrics_file(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("step,loss,lr,seconds\n10,5.0,0.001,1\n20,3.0,0.002,2\n")
-    fig = viz.plot_training_curve(path)
+    fig = result_figures.plot_training_curve(path)
     _labelled(fig, twins=1)
     np.testing.assert_array_equal(fig.axes[0].lines[0].get_ydata(), [5.0, 3.0])
     with pytest.raises(ValueError, match="no rows with step and loss"):
-        viz.plot_training_curve([])
+        result_figures.plot_training_curve([])
 
 
 def test_reverse_process_animation_saves_a_gif(tmp_path):

@@ -91,7 +91,7 @@ def _demo_solvers(out: Path, model, quick: bool, seed: int) -> tuple[list, dict]
     import matplotlib.pyplot as plt
 
     from ..samplers.solver_fit import fit_solver
-    from .figures import plot_solver
+    from .result_figures import plot_solver
 
     specs, fits = [], {}
     for steps in (4,) if quick else DEMO_SOLVER_STEPS:
@@ -164,13 +164,8 @@ def run_demo(
     from ..training.trainer import Trainer
     from .explorer import write_explorer
     from .explorer_data import explorer_data
-    from .figures import (
-        plot_forward_process,
-        plot_model_density,
-        plot_score_field,
-        plot_training_curve,
-        plot_trajectories,
-    )
+    from .figures import plot_forward_process, plot_model_density, plot_score_field, plot_trajectories
+    from .result_figures import plot_training_curve
 
     start, out, timings = time.perf_counter(), Path(out), {}
     out.mkdir(parents=True, exist_ok=True)

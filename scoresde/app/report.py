@@ -145,7 +145,7 @@ def write_comparison(
     (`plot_comparison`) into ``folder``; returns the paths."""
     import matplotlib.pyplot as plt
 
-    from .figures import plot_comparison
+    from .result_figures import plot_comparison
 
     folder = Path(folder)
     paths = [folder / name for name in COMPARE_FILES]

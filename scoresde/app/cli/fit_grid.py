@@ -27,7 +27,7 @@ def cmd_fit_grid(args: argparse.Namespace) -> dict:
     from ...evaluation.held_out import held_out
     from ...samplers import fit_grid, time_grid
     from ...samplers.grid_fit import check_grid_sampler
-    from ..figures import plot_grid
+    from ..result_figures import plot_grid
 
     options = parse_options(args.option)
     model, data_config, step, _ = load_model(args)

@@ -24,7 +24,7 @@ def cmd_fit_solver(args: argparse.Namespace) -> dict:
     from torch import nn
 
     from ...samplers.solver_fit import fit_solver
-    from ..figures import plot_solver
+    from ..result_figures import plot_solver
 
     if args.steps < args.order:
         raise UserError(

@@ -29,7 +29,7 @@ def cmd_inpaint(args: argparse.Namespace) -> dict:
 
     from ...evaluation.held_out import held_out
     from ...samplers import inpaint
-    from ..figures import plot_inpainting
+    from ..image_figures import plot_inpainting
 
     model, data, step, _ = load_model(args, "--image")
     shape = sample_shape(model)

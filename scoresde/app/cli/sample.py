@@ -36,7 +36,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     from ...samplers.grid_fit import GridFit
     from ...training.kinds import run_kind
     from ...training.workflows import sample_run
-    from ..figures import plot_samples
+    from ..image_figures import plot_samples
 
     if args.sampler is not None:
         check_in_registry("sampler", args.sampler, samplers())  # before anything is written
@@ -108,7 +108,7 @@ def _sample_cascade(args: argparse.Namespace, model, config, step) -> dict:
     import numpy as np
 
     from ...training.workflows import cascade_base, sample_cascade_run
-    from ..figures import plot_sample_grids
+    from ..image_figures import plot_sample_grids
 
     if args.label is not None or args.solver or args.grid:
         raise UserError(

@@ -93,12 +93,13 @@ def _features(device: str):
 
 def _pictures(summary: dict, folder: Path, device: str) -> dict:
     """After an autoencoder run (its kind measured a scaling factor): its pictures on 500 test images,
-    ``reconstructions.png`` and ``latent_space.png`` in the run folder (`scoresde.app.figures.autoencoder_figures`)."""
+    ``reconstructions.png`` and ``latent_space.png`` in the run folder
+    (`scoresde.app.image_figures.autoencoder_figures`)."""
     if "scaling_factor" not in summary:
         return summary
     from ...datasets import image_dataset
     from ...training.stages import load_autoencoder, run_images
-    from ..figures import autoencoder_figures
+    from ..image_figures import autoencoder_figures
 
     codec, config = load_autoencoder(folder, device=device)
     data = config.data
@@ -132,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     from ...training.run_folder import RUN_FILES, run_files
     from ...training.trainer import TrainingDiverged
     from ...training.workflows import train_run
-    from ..figures import plot_training_curve
+    from ..result_figures import plot_training_curve
 
     out = Path(args.out)
     config = _train_config(args, out)
