@@ -120,8 +120,10 @@ def test_ode_sde_and_few_step_solvers_sample_the_mixture(sde_name, key, floor_to
     _check_cross_entropy(result.x)
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("sampler, options", [("pc", {"steps": 400}), ("ode", {}), ("dpm_solver", {"steps": 30})])
+@pytest.mark.parametrize(
+    "sde_name, sampler, options",
+    sde_matrix([("pc", {"steps": 400}), ("ode", {}), ("dpm_solver", {"steps": 30})], tuple(SDES)),
+)
 def test_a_wrong_score_fails_the_same_check(sde_name, sampler, options, floor_tolerance):
     result = _run(sde_name, sampler, score_scale=0.5, **options)
     assert _distance_to_truth(result.x, 0) > floor_tolerance

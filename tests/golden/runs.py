@@ -1,5 +1,6 @@
-"""The golden runs: one tiny run of every run kind trained a few steps, sampled and evaluated through the commands,
-and every registered sampler on the gmm oracle, each reduced to a SHA-256 of its bytes.
+"""The golden runs: one tiny run of every run kind trained a few steps (the library call ``scoresde train`` makes),
+sampled and evaluated through the commands, and every registered sampler on the gmm oracle, each reduced to a
+SHA-256 of its bytes.
 
 ``python tests/golden/runs.py`` wrote ``golden.json`` from the main before run kinds were declared (issue 39);
 ``tests/test_golden.py`` computes the same figures and asserts they are reproduced bit for bit, so the restructuring
@@ -20,10 +21,10 @@ import torch
 
 from scoresde import create_sde, toy_dataset
 from scoresde.app.cli import main
-from scoresde.config.io import save_config
 from scoresde.config.schema import config_from_dict
 from scoresde.samplers import samplers
 from scoresde.samplers.sampling import sample
+from scoresde.training.workflows import train_run
 
 GOLDEN = Path(__file__).parent / "golden.json"
 
@@ -122,12 +123,12 @@ def figures(root: Path) -> dict:
     for name, config in configs().items():
         folder = root / name
         folder.mkdir()
-        save_config(config_from_dict(config), folder / "run.yaml")
-        _cli("train", "--config", str(folder / "run.yaml"), "--out", str(folder))
+        train_run(config_from_dict(config), folder, progress=False)  # what `scoresde train --config` runs
         out["weights"][name] = _weights(folder)
     for name in ("score", "learned_variance", "progressive", "consistency", "latent", "super_resolution"):
         npz = root / f"{name}-samples.npz"
-        _cli("sample", "--checkpoint", str(root / name), "-n", "6", "--out", str(npz), "--features", "none")
+        steps = ["--steps", "3", "--base-steps", "3"] if name == "super_resolution" else []  # its default: 1000 PC
+        _cli("sample", "--checkpoint", str(root / name), "-n", "6", *steps, "--out", str(npz), "--features", "none")
         out["samples"][name] = _samples(npz)
     lik = root / "likelihood.json"
     _cli("likelihood", "--checkpoint", str(root / "score"), "-n", "4", "--method", "ei_fixed", "--out", str(lik))
