@@ -127,7 +127,8 @@ def latent_bits_per_dim(
         sde: the latent score model's forward process.
         score_fn: the latent score model (scaled latents).
         codec: the autoencoder in the scaled latent space (`scoresde.models.LatentCodec`, or any object with
-            ``posterior(x) -> (mean, std)`` and ``decoder_distribution(z) -> (mean, scale)``).
+            ``posterior(x) -> (mean, std)``, ``decoder_distribution(z) -> (mean, scale)``, ``dtype`` (what it
+            computes in; None: any) and ``scaling_factor`` (None: none), as the linear-Gaussian oracle).
         x: integer levels ``[B, C, H, W]`` with ``transform`` (the encoder sees the levels' centres in the model
             range and the decoder term is discrete), or continuous data without (a density bound).
         transform: the data's `DataTransform`; None for continuous data.
@@ -180,7 +181,7 @@ def latent_bits_per_dim(
         "n_latent_draws": n_latent_draws,
         "decoder": "discretised Gaussian" if transform is not None else "Gaussian density",
         "levels": None if transform is None else transform.levels,
-        "scaling_factor": getattr(codec, "scaling_factor", None),
+        "scaling_factor": codec.scaling_factor,
         **json_safe(likelihood_options),
     }
     return LatentBoundResult(
@@ -198,11 +199,5 @@ def latent_bits_per_dim(
 
 
 def _param_dtype(codec: Any, dtype: torch.dtype) -> torch.dtype:
-    """The dtype the autoencoder computes in: its parameters' (a network), else ``dtype`` (an oracle)."""
-    module = getattr(codec, "autoencoder", codec)
-    params = getattr(module, "parameters", None)
-    if callable(params):
-        first = next(iter(params()), None)
-        if first is not None:
-            return first.dtype
-    return dtype
+    """The dtype the codec computes in (its declared ``dtype``: a network's parameters'), else ``dtype`` (an oracle)."""
+    return codec.dtype or dtype

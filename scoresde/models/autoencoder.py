@@ -169,6 +169,14 @@ class LatentCodec:
         """The shape of one latent."""
         return tuple(self.autoencoder.latent_shape)
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype the autoencoder computes in: its parameters' (a network), None for one without (any dtype)."""
+        if not isinstance(self.autoencoder, nn.Module):
+            return None
+        first = next(iter(self.autoencoder.parameters()), None)
+        return None if first is None else first.dtype
+
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         r"""$(c\mu(x), c\,s(x))$: the posterior over scaled latents."""
         mean, std = self.autoencoder.posterior(x)

@@ -32,7 +32,11 @@ __all__ = ["LinearGaussianAutoencoder"]
 
 class LinearGaussianAutoencoder:
     r"""The linear-Gaussian autoencoder of $\mathcal N(0, \Sigma)$ data (module docstring): ``k`` latent dimensions,
-    encoder noise ``encoder_std`` $= s_e$, decoder noise ``decoder_std`` $= s_d$. Parameters in float64."""
+    encoder noise ``encoder_std`` $= s_e$, decoder noise ``decoder_std`` $= s_d$. Parameters in float64. As a codec
+    (`scoresde.likelihood.latent_bits_per_dim`) it computes in any dtype and has no scaling factor."""
+
+    dtype: torch.dtype | None = None
+    scaling_factor: float | None = None
 
     def __init__(self, covariance: Tensor, k: int, encoder_std: float, decoder_std: float) -> None:
         covariance = torch.as_tensor(covariance, dtype=torch.float64)
