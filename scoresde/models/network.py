@@ -16,8 +16,7 @@ class ScoreNetwork(nn.Module):
     """A network ``net(x, t[, y][, cond=, level=])`` that declares what it carries: ``learn_variance`` (a second
     half of output channels, the reverse variance's fraction), ``num_classes`` (labels ``0 .. K-1``, the null label
     ``K``), ``cond_channels`` (a super-resolution stage's low-resolution condition) and the shape of its input
-    (`sample_shape`). A plain ``nn.Module``
-    declares none of them."""
+    (`sample_shape`). A plain ``nn.Module`` declares none of them."""
 
     learn_variance: bool = False
     num_classes: int = 0

@@ -56,17 +56,17 @@ def _recipe_of(sampler: str | Recipe | None, options: dict) -> tuple[Recipe, dic
     """The recipe that ``sampler`` (a name or a `Recipe`) and the keyword options (``steps``, a fitted ``solver``,
     the sampler's own) make, and the options that are not the recipe's (the grid's ``schedule`` / ``t_min`` /
     ``rho`` / ``warp``, ``x0_range``, ``threshold_percentile``). A keyword that clashes with a recipe is one line."""
-    solver = options.pop("solver", None)
+    solver, named = options.pop("solver", None), None
     if solver is not None:
         if not isinstance(solver, FittedSolver):
             raise TypeError(f"solver must be a FittedSolver (FittedSolver.load(path)), got {type(solver).__name__}")
-        options.setdefault("sampler", sampler if sampler != "fitted" else None)
+        named = None if sampler in (None, "fitted") else sampler  # a sampler named beside the solver clashes
         sampler = solver.recipe()
     if not isinstance(sampler, Recipe):
         return Recipe(
-            "pc" if sampler is None else sampler, options.pop("steps", None), options=pop_own(options)
+            "pc" if sampler is None else sampler, options.pop("steps", None), options=_pop_own(options)
         ), options
-    recipe, named, steps = sampler, options.pop("sampler", None), options.pop("steps", None)
+    recipe, steps = sampler, options.pop("steps", None)
     fixed_grid = recipe.times is not None or recipe.schedule is not None
     given = {"sampler": named is not None, "schedule": options.get("schedule") is not None and fixed_grid,
              "t_min": options.get("t_min") is not None and recipe.times is not None,
@@ -83,7 +83,7 @@ def _recipe_of(sampler: str | Recipe | None, options: dict) -> tuple[Recipe, dic
     return recipe, {**options, **{k: v for k, v in recipe.options.items() if k in _GRID_KEYS}}
 
 
-def pop_own(options: dict) -> dict:
+def _pop_own(options: dict) -> dict:
     """The options that are the sampler's own (everything but `sample`'s grid and thresholding keywords), removed
     from ``options``."""
     return {k: options.pop(k) for k in list(options) if k not in _SAMPLE_KEYS}

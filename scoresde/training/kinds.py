@@ -109,8 +109,6 @@ class RunKind:
     """Whether its objective learns from a teacher (``distill.teacher``)."""
     student: bool = False
     """Whether it is a distilled student that samples its own way (its `recipe` is fixed)."""
-    score: bool = True
-    """Whether its model is a score model (an autoencoder's and a consistency model's are not)."""
     bound: str | None = None
     """The bits/dim bound its likelihood is (``latent``, ``cascade``), or None: the exact PF-ODE likelihood."""
 
@@ -160,7 +158,6 @@ class Autoencoder(RunKind):
     objective = "autoencoder"
     requires = "trains a KL autoencoder: set model.name: kl_autoencoder"
     distributed = False
-    score = False
 
     def wrap(self, config: RunConfig, sde: SDE, net: nn.Module) -> Any:
         return net
@@ -240,8 +237,6 @@ class Progressive(_Distilled):
 
 
 class _Consistency(_Distilled):
-    score = False
-
     def wrap(self, config: RunConfig, sde: SDE, net: nn.Module) -> Any:
         return ConsistencyModel(net, sde, sde.sampling_t_min, config.model.sigma_data)
 

@@ -195,7 +195,10 @@ def sample_run(
 
     if recipe.sampler in ("ddpm", "ddim") and recipe.options.get("variance") == "analytic":
         if data is None:
-            raise ValueError("the analytic variance needs the model's training data, and this model's is unknown")
+            raise ValueError(
+                "the analytic variance needs the model's training data, and this model's data set is unknown (an "
+                "imported model): sample a run of its own, or choose variance beta, beta_tilde or learned"
+            )
         moments = _analytic_moments(model, data, Path(folder), recipe, seed, device)
         recipe = replace(recipe, options={**recipe.options, "moments": moments})
     score = model if label is None else ClassifierFreeGuidance(model, label, guidance)

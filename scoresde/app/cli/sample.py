@@ -19,7 +19,6 @@ from .common import (
     out_file,
     parse_options,
     plot_extent,
-    require_data,
     run_folder_of,
     run_image_metric,
     sample_shape,
@@ -59,8 +58,6 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     own = None if config is None else run_kind(config).recipe(config, args.steps)
     recipe = choose_recipe(own, sampler=args.sampler, steps=args.steps, options=options, artefact=artefact)
     sampler = recipe.sampler
-    if sampler in ("ddpm", "ddim") and recipe.options.get("variance") == "analytic":
-        require_data(data, "a run of its own (the analytic variance needs the model's training data)")
     out = out_file(args.out, ".npz", args.force, Path(args.out).with_suffix(".png").name)
     picture = out.with_suffix(".png")
     result = sample_run(
