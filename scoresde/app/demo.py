@@ -156,7 +156,7 @@ def run_demo(
     ``out/report.md``, ``out/metrics.json`` and the figures (`DEMO_FILES`). Returns the metrics.
 
     ``quick``: small model, short training, few points (18 s on 2 CPU cores, measured; for tests). The full demo
-    takes about 2.5 minutes on 2 CPU cores.
+    takes about 5 minutes on 2 CPU cores (305-314 s measured from a fresh clone, as the README says).
     """
     import matplotlib.pyplot as plt
 
