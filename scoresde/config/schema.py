@@ -7,9 +7,7 @@ and save to YAML or TOML, and ``override(config, "train.lr=1e-3", ...)`` changes
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import yaml
 
@@ -17,6 +15,10 @@ from ..models.parameterization import PARAMETERIZATIONS
 from ..models.registry import models
 from ..processes.base import SDE, create_sde, sde_names
 from ..processes.vp import VPSDE
+from .fields import ConfigError
+from .fields import check_types as _check_types
+from .fields import require as _require
+from .train import TrainConfig
 
 __all__ = [
     "SDEConfig",
@@ -32,39 +34,11 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """An invalid config field or value; the message names the field."""
-
-
-def _require(ok: bool, name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"invalid config field {name!r}: {message}")
-
-
-def _check_types(section: Any, prefix: str) -> None:
-    """Every ``int`` field an integer (not a boolean, which Python counts as one) and every ``float`` field a finite
-    real number, whatever the field's own checks say."""
-    for f in dataclasses.fields(section):
-        value, kind, name = getattr(section, f.name), str(f.type), f"{prefix}.{f.name}"
-        if value is None and "None" in kind:
-            continue
-        if kind.startswith("int"):
-            _require(isinstance(value, int) and not isinstance(value, bool), name, f"must be an integer, got {value!r}")
-        elif kind.startswith("float"):
-            real = isinstance(value, (int, float)) and not isinstance(value, bool)
-            _require(real and math.isfinite(value), name, f"must be a finite number, got {value!r}")
-        elif kind == "bool":
-            _require(isinstance(value, bool), name, f"must be true or false, got {value!r}")
-
-
 def yaml_error_line(exc: yaml.YAMLError) -> str:
     """A YAML syntax error in one line: the problem and where it is (PyYAML's own message spans several)."""
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
-
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -171,89 +145,6 @@ class DataConfig:
         from ..datasets.images import LEVELS
 
         return DataTransform(LEVELS[self.name], self.low, self.high) if self.kind == "image" else None
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation: AdamW with linear warm-up then a constant or cosine (to 0 at ``steps``) learning rate,
-    gradient clipping, EMA; DSM loss settings; logging cadence."""
-
-    steps: int = 10_000
-    batch_size: int = 512
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup: int = 200
-    lr_schedule: str = "constant"
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    weighting: str = "sigma2"
-    importance_sampling: bool = False
-    n_steps: int | None = None
-    t_min: float | None = None
-    """Smallest time of the DSM loss (default: the SDE's ``sampling_t_min``); ``eps`` in configs before 0.2."""
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    eval_every: int = 0
-    label_dropout: float = 0.0
-    """Class-conditional models: probability of training a sample with the null label (classifier-free guidance)."""
-    vlb_weight: float = 0.001
-    """Models with a learned variance: lambda of the hybrid loss L_simple + lambda L_vlb (Improved DDPM's 0.001)."""
-    vlb_importance_sampling: bool = False
-    """Models with a learned variance: draw the chain's steps by importance
-    (`scoresde.training.losses.VLBTimeSampler`)."""
-    kl_weight: float = 0.001
-    """Autoencoders: beta of the objective's [-log p(x|z) + beta KL(q(z|x) || N(0, I))] (1: the ELBO)."""
-    feature_weight: float = 0.0
-    """Autoencoders: weight of the feature-matching term with the data set's shipped feature network (0: off)."""
-
-    def __post_init__(self) -> None:
-        _check_types(self, "train")
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            _require(
-                isinstance(value, int) and value > 0, f"train.{name}", f"must be a positive integer, got {value!r}"
-            )
-        for name in ("warmup", "log_every", "checkpoint_every", "eval_every", "seed"):
-            value = getattr(self, name)
-            _require(
-                isinstance(value, int) and value >= 0, f"train.{name}", f"must be a non-negative integer, got {value!r}"
-            )
-        _require(
-            isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
-            "train.lr",
-            f"must be a positive number, got {self.lr!r}",
-        )
-        _require(
-            self.lr_schedule in LR_SCHEDULES,
-            "train.lr_schedule",
-            f"{self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}",
-        )
-        _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
-        _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
-        _require(0 <= self.ema_decay < 1, "train.ema_decay", f"must lie in [0, 1), got {self.ema_decay!r}")
-        _require(
-            self.weighting in WEIGHTINGS, "train.weighting", f"{self.weighting!r} is not one of {', '.join(WEIGHTINGS)}"
-        )
-        _require(
-            self.n_steps is None or (isinstance(self.n_steps, int) and self.n_steps > 1),
-            "train.n_steps",
-            f"must be null (continuous time) or an integer > 1, got {self.n_steps!r}",
-        )
-        _require(self.t_min is None or self.t_min > 0, "train.t_min", f"must be null or positive, got {self.t_min!r}")
-        _require(
-            not self.importance_sampling or self.weighting == "likelihood",
-            "train.importance_sampling",
-            "applies to weighting 'likelihood' only",
-        )
-        _require(
-            isinstance(self.label_dropout, (int, float)) and 0 <= self.label_dropout < 1,
-            "train.label_dropout",
-            f"must lie in [0, 1), got {self.label_dropout!r}",
-        )
-        _require(self.vlb_weight >= 0, "train.vlb_weight", f"must be >= 0, got {self.vlb_weight!r}")
-        _require(self.kl_weight >= 0, "train.kl_weight", f"must be >= 0, got {self.kl_weight!r}")
-        _require(self.feature_weight >= 0, "train.feature_weight", f"must be >= 0, got {self.feature_weight!r}")
 
 
 TEACHER_SOLVERS = ("heun", "ddim")
@@ -483,6 +374,3 @@ def override(config: RunConfig, *assignments: str) -> RunConfig:
         _require(path[0] == "model" and path[1] == "kwargs" or path[-1] in target, key, "unknown field")
         target[path[-1]] = value
     return config_from_dict(data)
-
-
-WEIGHTINGS = ("sigma2", "likelihood", "eps")

@@ -73,6 +73,11 @@ def check_data(x: Tensor) -> Tensor:
     return check_finite("x", x)
 
 
+REDUCED_PRECISIONS = (torch.float16, torch.bfloat16)
+"""Input dtypes `log_likelihood` promotes to float32: the integral accumulates in the state's dtype, and in fp16
+a step's change of log-density (about 1e-3 of its value) rounds away (the change-of-variables term came out exactly
+0). A network that should run in reduced precision says so itself (`scoresde.models.ScoreModel.network_dtype`)."""
+
 EXPONENTIAL_SOLVERS = ("ei", "ei_fixed")
 SOLVERS = EXPONENTIAL_SOLVERS + ADAPTIVE_METHODS + FIXED_GRID_METHODS
 """Names `log_likelihood` accepts as ``method``: the exponential integrator in log-SNR (``"ei"`` adaptive,
@@ -161,7 +166,8 @@ def log_likelihood(
     Args:
         sde: the forward process of the model.
         score_fn: the model's score ``score_fn(x, t)``.
-        x: data ``[B, ...]`` (float32 or float64), at time ``t_min``.
+        x: data ``[B, ...]`` at time ``t_min``: float32 or float64; float16 / bfloat16 data are promoted to float32
+            (`REDUCED_PRECISIONS`; ``settings["promoted_from"]`` says so).
         divergence: ``"exact"`` (full Jacobian trace, ``D`` backward passes per step: small ``D``) or
             ``"hutchinson"`` (``n_probes`` probes of kind ``probe``, fixed for the whole solve; each probe's
             log-density is integrated along the same trajectory, so ``n_probes >= 2`` also measures the probes'
@@ -201,6 +207,9 @@ def log_likelihood(
     t_min = renamed_t_min(t_min, eps, "log_likelihood")
     check_sde(sde)
     check_data(x)
+    promoted = x.dtype if x.dtype in REDUCED_PRECISIONS else None
+    if promoted is not None:  # the ODE state and its divergence need float32 at least (fp16 rounds Δt·div to 0)
+        x = x.float()
     options = _checked_options(sde, divergence, probe, n_probes, method, rtol, atol, t_min, variable, max_steps,
                                steps, error_control, order, error_estimate, grid)  # fmt: skip
     batch_size = check_positive_int("batch_size", batch_size) if batch_size is not None else x.shape[0]
@@ -210,6 +219,8 @@ def log_likelihood(
     local = _solve_batches(sde, score, x if shard is None else x[shard], options, prior_logp or sde.prior_logp,
                            batch_size, probe, n_probes, generator, progress, shard)  # fmt: skip
     settings = _settings(options, probe, n_probes, prior_logp is not None)
+    if promoted is not None:
+        settings["promoted_from"] = str(promoted).removeprefix("torch.")
     nfe = score.calls
     if shard is not None:
         local, nfe = _gather(shard, local, nfe, full_batch)

@@ -81,6 +81,10 @@ class ScoreModel(nn.Module):
             t = torch.tensor([0.5 * sde.T], dtype=torch.float64)
             if abs(float(sde.alpha(t) ** 2 + sde.sigma(t) ** 2) - 1) > 1e-9:
                 raise ValueError(f"the 'v' parameterisation needs a variance-preserving SDE (VP), got {sde!r}")
+        self.network_dtype: torch.dtype | None = None
+        """Run the network under autocast at this dtype (``torch.bfloat16`` / ``torch.float16``; ``None``: the
+        weights' own) in sampling and likelihood: its output is returned in the input's dtype, so ODE states,
+        divergences and log-densities stay in float32 / float64 (`scoresde.training.speed.autocast_dtype`)."""
         self.spec: ModelSpec = network_spec(net)
         """The declaration (`scoresde.processes.seam`), set once from the network's (`network_spec`): a score with
         ``scaled_score``, its variance channel, classes and condition."""
@@ -94,7 +98,9 @@ class ScoreModel(nn.Module):
         if not isinstance(level, Tensor):
             level = torch.tensor(float(level))
         level = level.to(low.dtype).to(low.device).expand(low.shape[0]) if level.ndim == 0 else level
-        return ScoreModel(_Conditioned(self.net, low, level), self.sde, self.parameterization, self.sigma_data)
+        model = ScoreModel(_Conditioned(self.net, low, level), self.sde, self.parameterization, self.sigma_data)
+        model.network_dtype = self.network_dtype
+        return model
 
     @property
     def learns_variance(self) -> bool:
@@ -139,8 +145,14 @@ class ScoreModel(nn.Module):
         return fraction.detach()
 
     def _network(self, x: Tensor, t: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """The network's output split into (mean output, variance fraction or ``None``)."""
-        out = self.net(x, t) if y is None else self.net(x, t, y)
+        """The network's output, in ``x``'s dtype (under autocast it may come in bf16 / fp16), split into (mean
+        output, variance fraction or ``None``)."""
+        if self.network_dtype is None:
+            out = self.net(x, t) if y is None else self.net(x, t, y)
+        else:
+            with torch.autocast(x.device.type, dtype=self.network_dtype):
+                out = self.net(x, t) if y is None else self.net(x, t, y)
+        out = out.to(x.dtype)
         if not self.learns_variance:
             return out, None
         out, v = out.chunk(2, dim=1)

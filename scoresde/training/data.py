@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.utils.data
 from torch import Tensor
 
 from ..config.schema import RunConfig
@@ -31,9 +32,16 @@ class DataStream:
     ``folder``: the run folder that a relative autoencoder path is looked up in first."""
 
     def __init__(
-        self, config: RunConfig, rank: int, world: int, device: torch.device, folder: str | Path | None = None
+        self,
+        config: RunConfig,
+        rank: int,
+        world: int,
+        device: torch.device,
+        folder: str | Path | None = None,
+        pin_memory: bool = False,
     ) -> None:
         self.cfg, self.rank, self.world, self.device = config, rank, world, device
+        self.pin_memory, self.num_workers, self._loader = pin_memory, config.train.num_workers, None
         batch = config.train.batch_size
         if batch % world:
             raise ValueError(f"train.batch_size {batch} must be divisible by the number of processes {world}")
@@ -84,20 +92,63 @@ class DataStream:
                 x, y = self.toy.sample_labelled(self.local_batch, generator)
                 return Batch(x.to(self.device), y.to(self.device), step)
             return Batch(self.toy.sample(self.local_batch, generator).to(self.device), None, step)
+        if self.posterior is not None:
+            idx = self.indices(step)
+            y = self.labels[idx].to(self.device) if self.num_classes else None
+            mean, std = self.posterior[0][idx], self.posterior[1][idx]
+            z = mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+            return Batch(z, y, step)
+        images, labels, low = self._loaded(step)
+        y = labels.to(self.device, non_blocking=True) if self.num_classes else None
+        x = self._model_range(images.to(self.device, non_blocking=True), generator)
+        low = None if low is None else self._model_range(low.to(self.device, non_blocking=True), generator)
+        return Batch(x, y, step, low)
+
+    def indices(self, step: int) -> Tensor:
+        """The rows of this process's batch of ``step``: the ``DistributedSampler`` order of its epoch."""
         epoch, k = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             self.sampler.set_epoch(epoch)
             self._epoch, self._order = epoch, torch.tensor(list(self.sampler))
-        idx = self._order[k * self.local_batch : (k + 1) * self.local_batch]
-        y = self.labels[idx].to(self.device) if self.num_classes else None
-        if self.posterior is not None:
-            mean, std = self.posterior[0][idx], self.posterior[1][idx]
-            z = mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
-            return Batch(z, y, step)
-        x = self._model_range(self.images[idx], generator)
-        low = None if self.low is None else self._model_range(self.low[idx], generator).to(self.device)
-        return Batch(x.to(self.device), y, step, low)
+        return self._order[k * self.local_batch : (k + 1) * self.local_batch]
+
+    def gather(self, step: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The integer images, labels and low-resolution images of ``step``'s batch (no randomness: the
+        dequantisation draws come from the step's generator in the training process)."""
+        idx = self.indices(step)
+        return self.images[idx], self.labels[idx], None if self.low is None else self.low[idx]
+
+    def _loaded(self, step: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """`gather` of ``step``: in this process, or with ``train.num_workers`` / pinned memory from a DataLoader
+        whose workers gather the next batches ahead (restarted at ``step`` when the steps jump, e.g. on resume)."""
+        if not (self.num_workers or self.pin_memory):
+            return self.gather(step)
+        if self._loader is None or self._loader[0] != step:
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(_StepBatches(self, step), batch_size=None, num_workers=self.num_workers,
+                                pin_memory=self.pin_memory, persistent_workers=False)  # fmt: skip
+            self._loader = [step, iter(loader)]
+        self._loader[0] += 1
+        return next(self._loader[1])
 
     def _model_range(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Integer images in the model's range: dequantised (``data.dequantize``) or at their levels' centres."""
         return self.transform.dequantize(x, generator) if self.cfg.data.dequantize else self.transform.to_model(x + 0.5)
+
+
+class _StepBatches(torch.utils.data.IterableDataset):
+    """The gathered batches of steps ``start, start + 1, ...`` (`DataStream.gather`), for a DataLoader: with
+    workers, worker ``w`` of ``W`` gathers the steps ``start + w, start + w + W, ...`` and the loader interleaves
+    them back in order."""
+
+    def __init__(self, stream: DataStream, start: int) -> None:
+        self.stream, self.start = stream, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        offset, stride = (0, 1) if info is None else (info.id, info.num_workers)
+        step = self.start + offset
+        while True:
+            yield self.stream.gather(step)
+            step += stride

@@ -120,6 +120,10 @@ class RunKind:
         """The loaded run's model, with what it carries from other runs (a latent model's decoder)."""
         return model
 
+    def network(self, model: Any) -> nn.Module:
+        """The network inside the run's model (`wrap` inverted): what DDP and compilation wrap."""
+        return model.net
+
     def prepare_data(self, stream: Any, config: RunConfig, device: torch.device | str, folder: Path | None) -> None:
         """What the data stream adds to an image run's batches (latents, low-resolution images); nothing by default."""
 
@@ -161,6 +165,9 @@ class Autoencoder(RunKind):
 
     def wrap(self, config: RunConfig, sde: SDE, net: nn.Module) -> Any:
         return net
+
+    def network(self, model: Any) -> nn.Module:
+        return model
 
     def after_training(self, folder: Path, device: torch.device | str) -> dict:
         """The scaling factor, measured on the training latents and stored in the run (`load_autoencoder`)."""

@@ -46,7 +46,7 @@ from .._checks import (
     renamed_t_min,
     standard_normal_like,
 )
-from ..config.schema import WEIGHTINGS
+from ..config.train import WEIGHTINGS
 from ..processes.base import SDE, check_sde, log_snr_times
 from ..processes.reverse_variance import chain_step, reverse_variance
 from ..processes.score import ScoreFn

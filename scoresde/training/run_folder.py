@@ -35,7 +35,7 @@ __all__ = [
     "truncate_log",
 ]
 
-RUN_FILES = ("checkpoint.safetensors", "config.yaml", "metrics.csv", "evals.csv", "loss.png", "tensorboard")
+RUN_FILES = ("checkpoint.safetensors", "config.yaml", "metrics.csv", "evals.csv", "loss.png", "tensorboard", "ema")
 """Everything a training run writes into its folder (``--force`` removes these and nothing else)."""
 
 LOCK_FILE = ".scoresde.lock"

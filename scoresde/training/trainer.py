@@ -51,8 +51,10 @@ from .data import DataStream
 from .ema import EMA
 from .kinds import run_kind
 from .objectives import Batch, Objective, build_objective
+from .posthoc_ema import PowerEMA
 from .run_folder import RunFolderError, RunLock, remove_run_files, remove_stale_temporaries, run_files, truncate_log
 from .runs import build_model, load_teacher, wrap_network
+from .speed import build_optimizer, check_precision, compile_network, network_autocast, speed_settings
 
 __all__ = [
     "Trainer",
@@ -67,8 +69,21 @@ __all__ = [
     "learning_rate",
 ]
 
-RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every", "data.data_dir")
-"""Fields a resumed run may change (train longer, log differently, data moved); any other change is refused."""
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.eval_every",
+    "train.eval_batch",
+    "train.eval_samples",
+    "train.eval_nfe",
+    "train.num_workers",
+    "train.pin_memory",
+    "train.compile",
+    "data.data_dir",
+)
+"""Fields a resumed run may change (train longer, log or evaluate differently, data moved, load or compile
+differently); any other change is refused."""
 
 LOGS = ("metrics.csv", "evals.csv")
 
@@ -188,8 +203,16 @@ class Trainer:
         self.ema = EMA(self.model, config.train.ema_decay)
         self._has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
         tc = config.train
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        self.data = DataStream(config, self.rank, self.world, self.device, self.out_dir)
+        self.speed = speed_settings(tc, self.device)
+        self.autocast = check_precision(tc.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
+        if self.speed["channels_last"]:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(
+            self.model.parameters(), tc.lr, tc.weight_decay, self.speed["optimizer_impl"], self.device
+        )
+        self.posthoc = PowerEMA(self.model, tc.ema_profiles) if tc.ema_profiles else None
+        self.data = DataStream(config, self.rank, self.world, self.device, self.out_dir, self.speed["pin_memory"])
         if objective is None:
             teacher = teacher if teacher is not None or not self.kind.teacher else load_teacher(config, self.device)
             objective = build_objective(config, self.sde, teacher=teacher, world=self.world, features=features)
@@ -202,14 +225,16 @@ class Trainer:
         if resume and (self.out_dir / CHECKPOINT).is_file():
             self._restore(self.out_dir / CHECKPOINT)
             self._owns_folder = True
-        self._train_model = self.model
+        self._train_model, self._ddp = self.model, None
+        net = self.kind.network(self.model)
         if self.world > 1 and self.kind.distributed:  # an autoencoder's objective refuses torchrun
             from torch.nn.parallel import DistributedDataParallel
 
-            net = DistributedDataParallel(
-                self.model.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            net = self._ddp = DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-            self._train_model = wrap_network(config, self.sde, net)
+        if self._ddp is not None or tc.compile:
+            self._train_model = wrap_network(config, self.sde, compile_network(net, tc.compile))
 
     # ------------------------------------------------------------------ public
     @property
@@ -349,7 +374,7 @@ class Trainer:
         """Write the checkpoint (rank 0 only; atomic)."""
         if not self.is_main:
             return None
-        extra = self.objective.state_dict()
+        extra = {**self.objective.state_dict(), **self._state_dict()}
         return save_checkpoint(
             self.out_dir / CHECKPOINT, self.model, self.ema.model, self.optimizer, self.step, self.config, extra
         )
@@ -366,7 +391,12 @@ class Trainer:
             return self._optimise(generator)
 
     def _optimise(self, generator: torch.Generator) -> float:
-        """One optimiser step on the batch of ``self.step``, every draw from ``generator``; returns the loss."""
+        """One optimiser step on the batch of ``self.step``, every draw from ``generator``; returns the loss.
+
+        With ``train.accumulate = k`` the batch is split into ``k`` micro-batches whose losses, each divided by
+        ``k``, are backpropagated in turn (under DDP the gradients are all-reduced once, with the last): the
+        summed gradient is that of the whole batch's mean loss. The network runs under autocast at
+        ``train.precision``; fp16 scales the loss (`torch.amp.GradScaler`) and unscales before clipping."""
         tc = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(tc, self.step)
@@ -376,26 +406,74 @@ class Trainer:
             drop = torch.rand(batch.y.shape, generator=generator) < tc.label_dropout
             y = torch.where(drop.to(batch.y.device), torch.full_like(batch.y, self.data.num_classes), batch.y)
             batch = Batch(batch.x0, y, batch.step, batch.low)
-        loss = self.objective(self._train_model, batch, generator)
-        if not torch.isfinite(loss):
-            last = self.out_dir / CHECKPOINT
-            kept = (
-                f"the last good checkpoint {last} (step {checkpoint_step(last)}) is kept"
-                if last.is_file()
-                else "no checkpoint was written"
-            )
-            raise TrainingDiverged(
-                f"the loss became {float(loss.detach())} at step {self.step}; {kept}; lower train.lr, "
-                f"raise train.warmup or set train.grad_clip"
-            )
+        if self.speed["channels_last"] and batch.x0.ndim == 4:
+            batch = Batch(batch.x0.contiguous(memory_format=torch.channels_last), batch.y, batch.step, batch.low)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = micro_batches(batch, tc.accumulate)
+        total = torch.zeros((), device=self.device)
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            sync = contextlib.nullcontext() if last or self._ddp is None else self._ddp.no_sync()
+            with sync:
+                with network_autocast(self.autocast, self.device):
+                    loss = self.objective(self._train_model, part, generator)
+                self.scaler.scale(loss.float() / len(parts)).backward()
+            total = total + loss.detach().float()
+        loss = float(total) / len(parts)  # one host sync a step: the divergence check needs it
+        if not math.isfinite(loss):
+            raise self._diverged(loss)
         if tc.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.ema.update(self.model, self.step)
+        if self.posthoc is not None:
+            self.posthoc.update(self.model)
         self.objective.after_step(self.model, self.step)
-        return float(loss.detach())
+        return loss
+
+    def _diverged(self, loss: float) -> TrainingDiverged:
+        """The error of a non-finite loss at this step, naming the checkpoint kept (the weights are unchanged)."""
+        last = self.out_dir / CHECKPOINT
+        kept = (
+            f"the last good checkpoint {last} (step {checkpoint_step(last)}) is kept"
+            if last.is_file()
+            else "no checkpoint was written"
+        )
+        return TrainingDiverged(
+            f"the loss became {loss} at step {self.step}; {kept}; lower train.lr, raise train.warmup or set "
+            f"train.grad_clip"
+            + ("; with train.precision fp16, try bf16 or fp32" if self.config.train.precision == "fp16" else "")
+        )
+
+    def _state_dict(self) -> dict[str, torch.Tensor]:
+        """The loop's own state for the checkpoint: the fp16 gradient scaler's and the post-hoc EMA profiles'."""
+        out = {}
+        if self.scaler.is_enabled():
+            state = self.scaler.state_dict()
+            out["trainer.scaler.scale"] = torch.tensor(float(state["scale"]), dtype=torch.float64)
+            out["trainer.scaler.growth_tracker"] = torch.tensor(int(state["_growth_tracker"]), dtype=torch.int64)
+        if self.posthoc is not None:
+            out.update({f"trainer.posthoc.{k}": v for k, v in self.posthoc.state_dict().items()})
+        return out
+
+    def _load_state_dict(self, extra: dict[str, torch.Tensor], path: Path) -> None:
+        """Restore `_state_dict` from the checkpoint at ``path``; missing state refuses the resume in one line."""
+        try:
+            if self.scaler.is_enabled():
+                state = self.scaler.state_dict()
+                state["scale"] = float(extra["trainer.scaler.scale"])
+                state["_growth_tracker"] = int(extra["trainer.scaler.growth_tracker"])
+                self.scaler.load_state_dict(state)
+            if self.posthoc is not None:
+                prefix = "trainer.posthoc."
+                self.posthoc.load_state_dict({k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)})
+        except KeyError as exc:
+            raise CheckpointError(
+                f"{path} lacks the training loop's state {exc} (the fp16 gradient scaler or the post-hoc EMA "
+                f"profiles), so a resume would not be exact; start afresh (scoresde train --force)"
+            ) from None
 
     def _evaluate(self) -> None:
         figures = {"step": self.step, **self.eval_fn(self, self.step)}
@@ -448,6 +526,7 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path} holds an optimizer state that does not fit the model ({exc})") from None
         self.objective.load_state_dict(state["extra"], path)
+        self._load_state_dict(state["extra"], path)
         self.step = state["step"]
 
     def _check_outputs(self, path: Path) -> None:
@@ -490,3 +569,16 @@ def _append_csv(path: Path, row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def micro_batches(batch: Batch, k: int) -> list[Batch]:
+    """``batch`` split into ``k`` equal micro-batches (rows in order; labels and conditions split alike)."""
+    if k == 1:
+        return [batch]
+    if batch.x0.shape[0] % k:
+        raise ValueError(f"train.accumulate {k} does not divide the batch of {batch.x0.shape[0]} rows of this process")
+
+    def split(t):
+        return [None] * k if t is None else list(t.chunk(k))
+
+    return [Batch(x, y, batch.step, low) for x, y, low in zip(split(batch.x0), split(batch.y), split(batch.low))]
