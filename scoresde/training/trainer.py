@@ -259,9 +259,10 @@ class Trainer:
         target = tc.steps if steps is None else min(int(steps), tc.steps)
         start, start_step, history = time.perf_counter(), self.step, []
         restore = self._install_signal_handlers()
+        tf32 = _tf32(self.speed["tf32"]) if self.device.type == "cuda" else contextlib.nullcontext()
         lock = RunLock(self.out_dir) if self.is_main else None
         try:
-            with lock or contextlib.nullcontext():
+            with lock or contextlib.nullcontext(), tf32:
                 self._prepare_folder()
                 last_loss = self._loop(target, start, history)
                 path = self.save()
@@ -317,11 +318,21 @@ class Trainer:
                     self._log(row)
                 if tc.eval_every and self.step % tc.eval_every == 0 and self.eval_fn is not None and self.is_main:
                     self._evaluate()
+                if self._snapshot_due(target):
+                    self.posthoc.save_snapshot(self.out_dir, self.step)
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                     self.save()
         finally:
             bar.close()
         return sum(running) / len(running) if running else last_loss
+
+    def _snapshot_due(self, target: int) -> bool:
+        """Whether this step stores the post-hoc EMA profiles (rank 0): every ``train.ema_snapshot_every`` steps
+        (0: with the checkpoints) and at the last step."""
+        if self.posthoc is None or not self.is_main:
+            return False
+        every = self.config.train.ema_snapshot_every or self.config.train.checkpoint_every
+        return self.step == target or bool(every and self.step % every == 0)
 
     def _prepare_folder(self) -> None:
         """Rank 0, holding the folder: remove a killed writer's partial checkpoints, then either continue this
@@ -560,6 +571,18 @@ class Trainer:
                 signal.signal(sig, old)
 
         return restore
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    """CUDA's TF32 switches for float32 matmuls and cuDNN convolutions set to ``enabled`` for the duration of
+    training (they are process-wide: the caller's settings are restored after)."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def _append_csv(path: Path, row: dict) -> None:
