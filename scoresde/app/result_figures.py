@@ -130,9 +130,21 @@ def plot_solver(sde, solver) -> Figure:
     return fig
 
 
+EVAL_LABELS = {
+    "eval_nll": "held-out NLL (nats)",
+    "eval_nll_gap": "NLL gap to the true density (nats)",
+    "eval_bpd": "held-out bits/dim",
+    "eval_energy": "energy distance of samples",
+    "eval_fd": "Fréchet distance of samples (shipped features)",
+}
+"""The evaluation figures drawn beside the loss (`scoresde.evaluation.during_training`), with their axis labels."""
+
+
 def plot_training_curve(history: str | Path | Sequence[dict]) -> Figure:
     """Loss (log scale) and learning rate against the step, from a run's ``metrics.csv`` or rows of
-    ``{"step", "loss", "lr"}`` (e.g. `TrainResult.history`)."""
+    ``{"step", "loss", "lr"}`` (e.g. `TrainResult.history`); beside it, one panel per figure of evaluation while
+    training that the rows hold (`EVAL_LABELS`: held-out likelihood, sample quality), its integration error as
+    error bars where logged."""
     if isinstance(history, (str, Path)):
         with open(history, newline="") as fh:
             history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
@@ -141,7 +153,9 @@ def plot_training_curve(history: str | Path | Sequence[dict]) -> Figure:
         raise ValueError(
             "the training history holds no rows with step and loss; train for at least train.log_every steps"
         )
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    evals = [name for name in EVAL_LABELS if any(r.get(name) is not None for r in rows)]
+    fig, axes = plt.subplots(1, 1 + len(evals), figsize=(6 + 4 * len(evals), 3.8), squeeze=False)
+    ax = axes[0, 0]
     steps = [r["step"] for r in rows]
     loss = [r["loss"] for r in rows]
     ax.plot(steps, loss, color="C0", label="training loss (mean over the logging interval)")
@@ -159,6 +173,39 @@ def plot_training_curve(history: str | Path | Sequence[dict]) -> Figure:
     else:
         ax.legend(fontsize=8)
     ax.set_title("Training curve")
+    for panel, name in zip(axes[0, 1:], evals):
+        points = [r for r in rows if r.get(name) is not None]
+        error_name = "eval_nll_error" if name == "eval_nll_gap" else f"{name}_error"
+        error = [r.get(error_name) or 0.0 for r in points]
+        label = "EMA model" + (" (± integration error)" if any(error) else "")
+        panel.errorbar([r["step"] for r in points], [r[name] for r in points], yerr=error, marker="o", ms=3,
+                       color="C2", capsize=2, label=label)  # fmt: skip
+        panel.set_xlabel("step")
+        panel.set_ylabel(EVAL_LABELS[name])
+        panel.set_title(EVAL_LABELS[name].split(" (")[0])
+        panel.grid(True, alpha=0.3)
+        panel.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ema_sweep(rows: Sequence[dict], tracked: Sequence[float]) -> Figure:
+    """Quality against EMA length (`scoresde.evaluation.ema_sweep`): each measured figure (`EVAL_LABELS`) against
+    sigma_rel, the tracked profiles marked."""
+    names = [n for n in EVAL_LABELS if any(r.get(n) is not None for r in rows)]
+    if not names:
+        raise ValueError("the sweep's rows hold no figure to draw (eval_energy, eval_fd, eval_bpd, eval_nll)")
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        points = [r for r in rows if r.get(name) is not None]
+        ax.plot([r["sigma_rel"] for r in points], [r[name] for r in points], "o-", color="C0", label="reconstructed")
+        for k, s in enumerate(tracked):
+            ax.axvline(s, color="C1", ls=":", lw=1, label="tracked profile" if k == 0 else None)
+        ax.set_xlabel("EMA length sigma_rel (EDM2)")
+        ax.set_ylabel(EVAL_LABELS[name])
+        ax.set_title(f"{EVAL_LABELS[name].split(' (')[0]} against EMA length")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

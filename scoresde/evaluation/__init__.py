@@ -10,6 +10,7 @@ from .comparison import (
     measure_images,
     student_lineup,
 )
+from .during_training import TrainingEvaluator, ema_sweep, evaluation_names
 from .held_out import HeldOut, held_out
 from .metrics import (
     GaussianStatistics,
@@ -27,6 +28,9 @@ from .metrics import (
 __all__ = [
     "Comparison",
     "HeldOut",
+    "TrainingEvaluator",
+    "evaluation_names",
+    "ema_sweep",
     "SamplerRun",
     "SamplerSpec",
     "compare_samplers",

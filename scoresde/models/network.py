@@ -7,9 +7,9 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..processes.seam import ModelSpec
+from ..processes.seam import ModelSpec, spec_of
 
-__all__ = ["ScoreNetwork", "network_spec", "unwrapped"]
+__all__ = ["ScoreNetwork", "network_spec", "unwrapped", "sample_shape"]
 
 
 class ScoreNetwork(nn.Module):
@@ -43,3 +43,11 @@ def network_spec(net: nn.Module) -> ModelSpec:
         return ModelSpec(output="score", scaled=True)
     return ModelSpec(output="score", variance=bool(inner.learn_variance), num_classes=int(inner.num_classes),
                      scaled=True, condition=bool(inner.cond_channels))  # fmt: skip
+
+
+def sample_shape(model) -> tuple[int, ...]:
+    """The shape of one sample the samplers draw from a loaded run's ``model``: a latent for a latent model (its
+    declared decoder), else its network's input."""
+    if spec_of(model).decoder:
+        return tuple(model.latent_shape)
+    return tuple(unwrapped(model.net).sample_shape)

@@ -110,6 +110,9 @@ class RunKind:
     student: bool = False
     """Whether it is a distilled student that samples its own way (its `recipe` is fixed)."""
     bound: str | None = None
+    evaluates: tuple[str, ...] = ("likelihood", "samples")
+    """What evaluation while training measures on its EMA model (`scoresde.evaluation.during_training`): its
+    ``likelihood`` (bits/dim, or the toy's NLL) and the quality of its ``samples``."""
     """The bits/dim bound its likelihood is (``latent``, ``cascade``), or None: the exact PF-ODE likelihood."""
 
     def wrap(self, config: RunConfig, sde: SDE, net: nn.Module) -> Any:
@@ -160,6 +163,7 @@ class LearnedVariance(RunKind):
 class Autoencoder(RunKind):
     name = "autoencoder"
     objective = "autoencoder"
+    evaluates = ()
     requires = "trains a KL autoencoder: set model.name: kl_autoencoder"
     distributed = False
 
@@ -206,6 +210,7 @@ class Latent(RunKind):
 class SuperResolution(RunKind):
     name = "super_resolution"
     objective = "super_resolution"
+    evaluates = ("likelihood",)
     requires = "is a cascade's super-resolution stage: set stage.low_resolution"
     bound = "cascade"
 
@@ -218,6 +223,7 @@ class SuperResolution(RunKind):
 
 class _Distilled(RunKind):
     student = True
+    evaluates = ("samples",)
 
     @property
     def requires(self) -> str:  # type: ignore[override]

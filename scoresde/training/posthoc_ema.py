@@ -24,10 +24,12 @@ residual $\|Wx - w_r\| / \|w_r\|$ is reported with every reconstruction.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +47,9 @@ __all__ = [
     "read_snapshots",
     "reconstruct_ema",
     "SNAPSHOTS",
+    "reconstructed_model",
+    "check_ema_target",
+    "save_reconstruction",
 ]
 
 SNAPSHOTS = "ema"
@@ -220,16 +225,14 @@ class EMAReconstruction:
         }
 
 
-def reconstruct_ema(folder: str | Path, sigma_rel: float, t: int | None = None) -> EMAReconstruction:
-    r"""The EMA of relative standard deviation ``sigma_rel`` at step ``t`` (default: the last snapshot's) of the run
-    in ``folder``, reconstructed from its snapshots (`posthoc_coefficients`). A length outside the tracked
-    profiles' range or a step after the last snapshot raises one ``ValueError`` naming what was tracked."""
-    from safetensors import safe_open
-
-    snapshots = read_snapshots(folder)
+def check_ema_target(snapshots: list[Snapshot], sigma_rel: float, t: int | None, folder: str | Path) -> int:
+    """The step of a reconstruction target (``t``, default the last snapshot's), checked against the ``snapshots``
+    of the run in ``folder``: a length outside the tracked profiles' range or a step outside the snapshots' raises
+    one ``ValueError`` naming what was tracked."""
     tracked = sorted({s.sigma_rel for s in snapshots})
     last = max(s.t for s in snapshots)
-    if not (isinstance(sigma_rel, (int, float)) and tracked[0] - 1e-12 <= sigma_rel <= tracked[-1] + 1e-12):
+    real = isinstance(sigma_rel, (int, float)) and not isinstance(sigma_rel, bool)
+    if not (real and tracked[0] - 1e-12 <= sigma_rel <= tracked[-1] + 1e-12):
         raise ValueError(
             f"sigma_rel {sigma_rel!r} lies outside the tracked EMA lengths [{tracked[0]:g}, {tracked[-1]:g}] of "
             f"{folder}; choose one between them (or train with a wider train.ema_profiles)"
@@ -237,7 +240,18 @@ def reconstruct_ema(folder: str | Path, sigma_rel: float, t: int | None = None) 
     t = last if t is None else int(t)
     if not 1 <= t <= last:
         raise ValueError(f"step {t} is not in the snapshots' range [1, {last}] of {folder}; choose one within it")
-    used = [s for s in snapshots if s.t <= t] if t < last else snapshots
+    return t
+
+
+def reconstruct_ema(folder: str | Path, sigma_rel: float, t: int | None = None) -> EMAReconstruction:
+    r"""The EMA of relative standard deviation ``sigma_rel`` at step ``t`` (default: the last snapshot's) of the run
+    in ``folder``, reconstructed from its snapshots (`posthoc_coefficients`). A length outside the tracked
+    profiles' range or a step after the last snapshot raises one ``ValueError`` naming what was tracked."""
+    from safetensors import safe_open
+
+    snapshots = read_snapshots(folder)
+    t = check_ema_target(snapshots, sigma_rel, t, folder)
+    used = [s for s in snapshots if s.t <= t]
     x, residual = posthoc_coefficients([(s.t, s.gamma) for s in used], t, sigma_rel_to_gamma(sigma_rel))
     state: dict[str, Tensor] = {}
     for snap, coef in zip(used, x):
@@ -251,3 +265,35 @@ def reconstruct_ema(folder: str | Path, sigma_rel: float, t: int | None = None) 
     return EMAReconstruction(
         {k: v.float() for k, v in state.items()}, float(sigma_rel), t, [float(c) for c in x], used, residual
     )
+
+
+def reconstructed_model(folder: str | Path, rec: EMAReconstruction, device: torch.device | str = "cpu") -> Any:
+    """The run's model (as `scoresde.training.runs.load_score_model` loads it: the kind's wrapper, eval mode) with
+    the reconstructed EMA weights ``rec.state``."""
+    from .checkpoint import load_checkpoint, load_weights
+    from .kinds import run_kind
+    from .runs import build_model
+
+    config = load_checkpoint(folder, device)["config"]
+    model = build_model(config, config.sde.build(), device)
+    state = {k: v.to(device) for k, v in rec.state.items()}
+    full = model.state_dict()
+    full.update(state)  # integer buffers (if any) keep the run's values
+    load_weights(model, full, folder, f"post-hoc EMA (sigma_rel {rec.sigma_rel:g})")
+    return run_kind(config).loaded(model.eval(), config, Path(folder), device)
+
+
+def save_reconstruction(folder: str | Path, rec: EMAReconstruction, path: str | Path) -> Path:
+    """Write the reconstructed EMA as a checkpoint file at ``path`` (model and EMA weights both the reconstruction,
+    no optimiser state: it samples and evaluates like the run, ``scoresde sample --checkpoint PATH``, and cannot be
+    resumed), atomically."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .runs import build_model
+
+    config = load_checkpoint(folder)["config"]
+    model = build_model(config, config.sde.build(), "cpu")
+    full = model.state_dict()
+    full.update(rec.state)
+    model.load_state_dict(full)
+    optimizer = torch.optim.AdamW(model.parameters())
+    return save_checkpoint(path, model, copy.deepcopy(model), optimizer, rec.t, config)

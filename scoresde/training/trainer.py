@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 import os
 import signal
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int, progress_bar
+from .._io import write_atomic
 from ..config.io import load_config, save_config
 from ..config.schema import ConfigError, RunConfig
 from ..models import ScoreModel
@@ -164,8 +166,10 @@ class Trainer:
             ``config``: it starts again at step 0). Files of any other run are left alone: `train` refuses them unless
             ``overwrite``, which removes the run files (`scoresde.training.run_folder.RUN_FILES`) and nothing else.
         device: where to train. progress: show a progress bar (rank 0).
-        eval_fn: ``eval_fn(trainer, step) -> dict`` called every ``train.eval_every`` steps (rank 0, EMA model);
-            its figures go to ``evals.csv`` and `evals`.
+        eval_fn: ``eval_fn(trainer, step) -> dict`` called every ``train.eval_every`` steps (rank 0, EMA model;
+            e.g. `scoresde.evaluation.TrainingEvaluator`); its figures go to `evals`, those in ``eval_names`` to
+            ``metrics.csv`` (a row at every evaluation), TensorBoard and the progress bar, any others to
+            ``evals.csv``.
         objective: what the loop minimises (`scoresde.training.objectives`); default: the config's
             (`build_objective`). The loop is the same for every objective.
         teacher: the score a distillation objective learns from; default: loaded from ``config.distill.teacher``
@@ -183,6 +187,7 @@ class Trainer:
         resume: bool = True,
         overwrite: bool = False,
         eval_fn: Callable[[Trainer, int], dict] | None = None,
+        eval_names: tuple[str, ...] = (),
         objective: Objective | None = None,
         teacher: ScoreFn | None = None,
         features: nn.Module | None = None,
@@ -196,7 +201,8 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))  # one GPU per process
             torch.cuda.set_device(self.device)
-        self.progress, self.eval_fn = progress, eval_fn
+        self.progress, self.eval_fn, self.eval_names = progress, eval_fn, tuple(eval_names)
+        self._postfix: dict[str, str] = {}
         self.kind = run_kind(config)
         self.sde = config.sde.build()
         self.model = build_model(config, self.sde, self.device)
@@ -304,20 +310,24 @@ class Trainer:
                 running.append(loss)
                 self.step += 1
                 bar.update(1)
-                if tc.log_every and (self.step % tc.log_every == 0 or self.step == target):
+                evaluating = bool(tc.eval_every and self.step % tc.eval_every == 0 and self.eval_fn is not None)
+                figures = self._evaluate() if evaluating and self.is_main else {}
+                if evaluating or (tc.log_every and (self.step % tc.log_every == 0 or self.step == target)):
                     last_loss = sum(running) / len(running)
                     row = {
                         "step": self.step,
                         "loss": last_loss,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "seconds": time.perf_counter() - start,
+                        **{name: figures.get(name) for name in self.eval_names},
                     }
                     history.append(row)
                     running = []
-                    bar.set_postfix(loss=f"{last_loss:.4g}")
+                    shown = {k.removeprefix("eval_"): f"{v:.4g}" for k, v in figures.items() if k in self.eval_names
+                             and v is not None and k != "eval_seconds"}  # fmt: skip
+                    self._postfix.update(shown)
+                    bar.set_postfix(loss=f"{last_loss:.4g}", **self._postfix)
                     self._log(row)
-                if tc.eval_every and self.step % tc.eval_every == 0 and self.eval_fn is not None and self.is_main:
-                    self._evaluate()
                 if self._snapshot_due(target):
                     self.posthoc.save_snapshot(self.out_dir, self.step)
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
@@ -486,10 +496,14 @@ class Trainer:
                 f"profiles), so a resume would not be exact; start afresh (scoresde train --force)"
             ) from None
 
-    def _evaluate(self) -> None:
-        figures = {"step": self.step, **self.eval_fn(self, self.step)}
-        self.evals.append(figures)
-        _append_csv(self.out_dir / "evals.csv", figures)
+    def _evaluate(self) -> dict:
+        """Run ``eval_fn`` on this step (rank 0); its figures go to ``evals.csv`` (and, those named in
+        ``eval_names``, to this step's row of ``metrics.csv``)."""
+        figures = self.eval_fn(self, self.step)
+        self.evals.append({"step": self.step, **figures})
+        if set(figures) - set(self.eval_names):
+            _append_csv(self.out_dir / "evals.csv", {"step": self.step, **figures})
+        return figures
 
     def _log(self, row: dict) -> None:
         if not self.is_main:
@@ -498,7 +512,7 @@ class Trainer:
         writer = self._tensorboard()
         if writer is not None:
             for k, v in row.items():
-                if k != "step":
+                if k != "step" and v is not None:
                     writer.add_scalar(k, v, row["step"])
 
     def _tensorboard(self):
@@ -586,9 +600,25 @@ def _tf32(enabled: bool):
 
 
 def _append_csv(path: Path, row: dict) -> None:
+    """Append ``row`` to the CSV at ``path`` (a header first when new). A row with columns the file lacks (a resumed
+    run that now evaluates) rewrites the file, atomically, with the wider header, earlier rows blank there."""
+    header: list[str] = []
+    if path.is_file():
+        with path.open(newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header and set(row) - set(header):
+            with path.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            fields = header + [k for k in row if k not in header]
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+            write_atomic(path, text.getvalue().encode())
+            header = fields
     new = not path.is_file()
     with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
+        writer = csv.DictWriter(fh, fieldnames=header or list(row), restval="")
         if new:
             writer.writeheader()
         writer.writerow(row)

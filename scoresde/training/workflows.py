@@ -23,6 +23,9 @@ __all__ = ["RunTraining", "train_run", "CascadeBase", "cascade_base", "run_bound
 
 FeatureNetwork = Callable[[RunConfig], "nn.Module | None"]
 """The feature network of a config's feature-matching term, or None (the caller's: they live above training)."""
+Evaluator = Callable[[RunConfig, Path, "torch.device | str"], Callable]
+"""Builds a run's evaluation while training, ``evaluator(config, folder, device) -> eval_fn`` with ``eval_fn.names``
+(the caller's: `scoresde.evaluation.TrainingEvaluator` lives above training)."""
 
 
 @dataclass
@@ -37,8 +40,11 @@ class RunTraining:
 
 
 def _train_one(
-    config: RunConfig, out: Path, features: FeatureNetwork | None, **options: Any
+    config: RunConfig, out: Path, features: FeatureNetwork | None, evaluator: Evaluator | None, **options: Any
 ) -> tuple[TrainResult, dict, bool]:
+    if evaluator is not None and config.train.eval_every:
+        evaluate = evaluator(config, out, options.get("device", "cpu"))
+        options.update(eval_fn=evaluate, eval_names=evaluate.names)
     trainer = Trainer(config, out, features=None if features is None else features(config), **options)
     try:
         result = trainer.train()
@@ -54,6 +60,7 @@ def train_run(
     *,
     stages: dict[str, RunConfig] | None = None,
     features: FeatureNetwork | None = None,
+    evaluator: Evaluator | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
     resume: bool = False,
@@ -63,16 +70,19 @@ def train_run(
     (``{stage field: its config}``, e.g. ``{"autoencoder": ...}`` for a latent run: each trained into the folder
     ``config.stage.<field>`` names, relative to ``out``, and resumed when already there), each followed by what its
     kind does after training (`scoresde.training.kinds.RunKind.after_training`: an autoencoder's scaling factor).
-    ``features``: the feature network of a config's feature-matching term (``train.feature_weight``)."""
+    ``features``: the feature network of a config's feature-matching term (``train.feature_weight``);
+    ``evaluator``: ``evaluator(config, folder, device)`` builds the evaluation while training of a run with
+    ``train.eval_every`` (`scoresde.evaluation.TrainingEvaluator`, which declares its figures' ``names``)."""
     out = Path(out)
     done = {}
     for name, stage in (stages or {}).items():
         spec = Path(getattr(config.stage, name))
         folder = spec if spec.is_absolute() else out / spec
-        result, after, _ = _train_one(stage, folder, features, device=device, progress=progress, resume=True)
+        result, after, _ = _train_one(stage, folder, features, evaluator, device=device, progress=progress,
+                                      resume=True)  # fmt: skip
         done[name] = {**result.to_dict(), **after, "out": str(folder)}
     result, after, is_main = _train_one(
-        config, out, features, device=device, progress=progress, resume=resume, overwrite=overwrite
+        config, out, features, evaluator, device=device, progress=progress, resume=resume, overwrite=overwrite
     )
     return RunTraining(result, done, after, is_main)
 

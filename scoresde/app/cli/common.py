@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ...datasets import toy_dataset
-from ...models.network import unwrapped
 from ...processes.seam import spec_of
 
 
@@ -161,13 +160,6 @@ def plot_extent(data) -> float | None:
 
 def origin(step: int | None) -> str:
     return "imported model" if step is None else f"step {step}"
-
-
-def sample_shape(model) -> tuple[int, ...]:
-    """The shape of one sample the samplers draw: a latent for a latent model, else the network's input."""
-    if spec_of(model).decoder:
-        return tuple(model.latent_shape)
-    return tuple(unwrapped(model.net).sample_shape)
 
 
 def load_mask(spec: str, shape: tuple[int, ...]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...models.network import sample_shape
 from ...processes.seam import spec_of
 from .common import (
     UserError,
@@ -15,7 +16,6 @@ from .common import (
     out_file,
     parse_options,
     run_folder_of,
-    sample_shape,
 )
 
 

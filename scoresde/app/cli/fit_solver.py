@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...models.network import sample_shape
 from ...samplers.solver_fit import OBJECTIVES
 from .common import (
     UserError,
@@ -14,7 +15,6 @@ from .common import (
     load_model,
     out_file,
     run_folder_of,
-    sample_shape,
 )
 
 

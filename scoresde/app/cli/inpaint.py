@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...models.network import sample_shape
 from .common import (
     UserError,
     checkpoint_option,
@@ -18,7 +19,6 @@ from .common import (
     out_file,
     plot_extent,
     require_data,
-    sample_shape,
 )
 
 

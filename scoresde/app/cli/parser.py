@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import compare, demo, distill, explore, fit_grid, fit_solver, inpaint, likelihood, listing, sample, train
+from . import compare, demo, distill, ema, explore, fit_grid, fit_solver, inpaint, likelihood, listing, sample, train
 from .common import HelpFormatter
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_toys_parser(sub)
     train.add_parser(sub)
     distill.add_parser(sub)
+    ema.add_parser(sub)
     fit_grid.add_parser(sub)
     fit_solver.add_parser(sub)
     sample.add_parser(sub)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..._checks import check_in_registry
+from ...models.network import sample_shape
 from ...processes.seam import spec_of
 from .common import (
     UserError,
@@ -21,7 +22,6 @@ from .common import (
     plot_extent,
     run_folder_of,
     run_image_metric,
-    sample_shape,
 )
 
 

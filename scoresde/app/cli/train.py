@@ -130,6 +130,7 @@ def _stage_configs(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> dict:
     """Train a preset or config file (with ``--set`` overrides) into ``--out``; ``--resume`` continues a run there.
     Nothing in ``--out`` is replaced without ``--force``, which replaces the run files only."""
+    from ...evaluation.during_training import TrainingEvaluator
     from ...training.run_folder import RUN_FILES, run_files
     from ...training.trainer import TrainingDiverged
     from ...training.workflows import train_run
@@ -146,8 +147,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
     created = not out.exists()
     prepare_out(str(out), True, [])
     try:
-        run = train_run(config, out, stages=_stage_configs(args), features=_features(args.device), device=args.device,
-                        progress=not args.json, resume=args.resume, overwrite=args.force)  # fmt: skip
+        run = train_run(config, out, stages=_stage_configs(args), features=_features(args.device),
+                        evaluator=TrainingEvaluator, device=args.device, progress=not args.json, resume=args.resume,
+                        overwrite=args.force)  # fmt: skip
     except (FileNotFoundError, TrainingDiverged) as exc:
         remove_if_empty(out, created)
         raise UserError(str(exc)) from None
