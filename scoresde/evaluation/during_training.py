@@ -27,6 +27,7 @@ import torch
 from ..config.schema import RunConfig
 from ..likelihood import bits_per_dim, log_likelihood
 from ..models.network import sample_shape
+from ..processes.seam import spec_of
 from ..samplers import Recipe
 from ..samplers.sampling import sample
 from ..training.kinds import run_kind
@@ -112,7 +113,8 @@ class TrainingEvaluator:
     def samples(self, model: Any) -> dict[str, float | None]:
         """Energy distance (toys) or the shipped features' Fréchet distance (images) of ``eval_samples`` draws."""
         recipe = self.kind.recipe(self.config, self.nfe) or Recipe.of("dpm_solver", steps=self.nfe)
-        shape = (self.n_samples, *sample_shape(model))
+        data_shape = tuple(self.held.x.shape[1:])  # a latent model draws latents of its own shape
+        shape = (self.n_samples, *(sample_shape(model) if spec_of(model).decoder else data_shape))
         generator = torch.Generator(device=self.device).manual_seed(1)
         with torch.no_grad():
             result = sample(model.sde, model, shape, recipe, generator=generator, device=self.device, progress=False)
