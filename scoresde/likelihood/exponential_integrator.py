@@ -32,6 +32,7 @@ error constant), accumulated over the steps as an embedded solution.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -103,6 +104,17 @@ class SolverError(RuntimeError):
         self.t, self.sample = t, sample
 
 
+SOUND_OUTPUT = 1e6
+r"""A model whose $|\sigma s|$ (its predicted noise) exceeds this where the step size collapses is overflowing, not
+stiff: a trained model's is of order 1, so no fixed-step fallback is tried (`SolverBudgetSpent`)."""
+
+
+class SolverBudgetSpent(SolverError):
+    """An adaptive solve that could not meet its tolerance within its budget (steps, or seconds) or whose step size
+    collapsed: the model's flow is stiff there (an undertrained model's is) but finite, so a fixed-step method can
+    still finish it (`scoresde.likelihood.log_likelihood`'s ``fallback``)."""
+
+
 STEP_BUDGET_FACTOR = 30.0
 r"""`step_budget`'s multiple of $\Delta\lambda \cdot tol^{-1/(k+1)}$. Measured: a trained toy model takes
 $1.4$–$1.5\,\Delta\lambda\, tol^{-1/4}$ steps at order 3 (300 steps at 1e-5, 853 at 1e-7), so the budget is
@@ -162,6 +174,7 @@ def solve_exponential(
     error_norm: Callable[[Tensor, Tensor], Tensor] | None = None,
     max_steps: int | None = None,
     first_step: float = 0.02,
+    deadline: float | None = None,
 ) -> ExponentialSolution:
     r"""Integrate ``(x, log-density)`` from the data end ``t_min`` to ``T`` (see the module docstring).
 
@@ -171,8 +184,8 @@ def solve_exponential(
     (default `per_sample_norm`: the worst sample's).
     ``first_step`` is the first step in $\lambda$ (the order ramps up from 1 with the history). A solve that cannot
     finish raises `SolverError` as soon as that is known: a model output that is not finite (checked at every
-    evaluation), a step below `MIN_STEP_FRACTION` of the span, or more than ``max_steps`` steps (default
-    `step_budget`)."""
+    evaluation), a step below `MIN_STEP_FRACTION` of the span, more than ``max_steps`` steps (default
+    `step_budget`) or a ``time.monotonic()`` past ``deadline`` (the last three: `SolverBudgetSpent`)."""
     schedule = _Schedule(sde, t_min)
     dim = x[0].numel()
     error_norm = per_sample_norm if error_norm is None else error_norm
@@ -196,7 +209,7 @@ def solve_exponential(
         max_steps = step_budget(span, rtol, atol, order)
     while lam > schedule.lamN:
         if adaptive:
-            _check_progress(accepted + rejected, max_steps, h, span, t, worst, outputs[-1])
+            _check_progress(accepted + rejected, max_steps, h, span, t, worst, outputs[-1], deadline)
             lam_next = lam + h
             if lam_next - schedule.lamN < 0.1 * abs(h):  # end exactly at T, leaving no sliver before it
                 lam_next = schedule.lamN
@@ -271,17 +284,24 @@ def _step_error(error_norm, dx: Tensor, dlogp: Tensor, t_next: float) -> tuple[f
     return err, worst
 
 
-def _check_progress(taken: int, max_steps: int, h: float, span: float, t: float, worst, output: Tensor) -> None:
-    """A `SolverError` naming the time (and the worst sample) when the adaptive solve has spent its step budget or
-    its step size has collapsed."""
+def _check_progress(
+    taken: int, max_steps: int, h: float, span: float, t: float, worst, output: Tensor, deadline: float | None = None
+) -> None:
+    """A `SolverBudgetSpent` naming the time (and the worst sample) when the adaptive solve has spent its step or
+    time budget or its step size has collapsed."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise SolverBudgetSpent(
+            f"the exponential-integrator solver ran out of time after {taken} steps at t={t:.6g}", t, worst
+        )
     if taken >= max_steps:
-        raise SolverError(
+        raise SolverBudgetSpent(
             f"the exponential-integrator solver spent its {max_steps} steps and reached t={t:.6g} ({_size(output)})",
             t,
             worst,
         )
     if abs(h) < MIN_STEP_FRACTION * span:
-        raise SolverError(
+        error = SolverBudgetSpent if float(output.abs().max()) < SOUND_OUTPUT else SolverError
+        raise error(
             f"the exponential-integrator solver's step size collapsed to {abs(h):.3g} in log-SNR at t={t:.6g} "
             f"({_size(output)})",
             t,

@@ -23,6 +23,7 @@ The variational bounds live in `scoresde.likelihood.bounds`, bits per dimension 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -38,6 +39,7 @@ from ..processes.seam import CountingScore, as_score
 from ..samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
 from .exponential_integrator import (
     MAX_ORDER,
+    SolverBudgetSpent,
     SolverError,
     batch_norm,
     per_sample_norm,
@@ -115,6 +117,7 @@ def _solve(
             atol=options["atol"],
             error_norm=norm,
             max_steps=options["max_steps"],
+            deadline=_deadline(options),
         )
         return sol.z, sol.delta, sol.z_low, sol.delta_low
     flow = ProbabilityFlow(sde, score, options["variable"])
@@ -124,14 +127,26 @@ def _solve(
         lam = 0.5 * sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64))
         max_steps = step_budget(float(lam[0] - lam[1]), options["rtol"], options["atol"], 4)
     args = (options["rtol"], options["atol"], max_steps, options["steps"], options["error_control"])
-    z, delta = solve_torchdiffeq(flow, part, per_probe, span, method, *args)
+    z, delta = solve_torchdiffeq(flow, part, per_probe, span, method, *args, deadline=_deadline(options))
     if not options["error_estimate"]:
         return z, delta, None, None
     rtol, atol, max_steps, steps, control = args
     k = ERROR_ESTIMATE_LOOSENING
     loose = (rtol * k, atol * k, max_steps, max(1, steps // 2), control)
-    z_low, delta_low = solve_torchdiffeq(flow, part, per_probe, span, method, *loose)
+    z_low, delta_low = solve_torchdiffeq(flow, part, per_probe, span, method, *loose, deadline=_deadline(options))
     return z, delta, z_low, delta_low
+
+
+def _deadline(options: dict) -> float | None:
+    """The ``time.monotonic()`` by which a batch's adaptive solve must finish (``max_seconds`` from its start)."""
+    return None if options["max_seconds"] is None else time.monotonic() + options["max_seconds"]
+
+
+def _fallback_options(options: dict, halved: bool = False) -> dict:
+    """The options of the fallback solve: ``ei_fixed`` on ``fallback_steps`` equal log-SNR steps (``halved``: half
+    as many, the solve whose difference is its error estimate), the other settings kept."""
+    steps = options["fallback_steps"] // 2 if halved else options["fallback_steps"]
+    return {**options, "method": "ei_fixed", "steps": max(1, steps), "grid": None}
 
 
 def log_likelihood(
@@ -158,6 +173,9 @@ def log_likelihood(
     error_estimate: bool = True,
     grid: Sequence[float] | Tensor | None = None,
     eps: float | None = None,
+    max_seconds: float | None = None,
+    fallback: str | None = "ei_fixed",
+    fallback_steps: int = 256,
 ) -> LikelihoodResult:
     r"""Per-sample negative log-likelihood $-\log p_{t_{min}}(x)$ (nats) through the probability-flow ODE.
 
@@ -203,6 +221,14 @@ def log_likelihood(
         error_estimate: estimate each sample's integration error, reported as ``integration_error``:
             free for ``ei`` (the embedded lower-order solution on the same evaluations); for torchdiffeq methods
             a second solve at 10x looser tolerances (or half the steps), its NFE counted.
+        max_seconds: wall-clock budget of each batch's adaptive solve (default: none beyond ``max_steps``).
+        fallback: ``"ei_fixed"`` (default) or ``None``. An adaptive solve that cannot meet the tolerance within its
+            budget (``max_steps``, ``max_seconds``) or whose step size collapses (a stiff flow: an undertrained
+            model's) is finished instead by the exponential integrator on ``fallback_steps`` equal log-SNR steps
+            (a fixed cost), and again on half as many: their difference, an upper estimate of the finer solve's error
+            (the method converges at order 3 and more), is reported in ``integration_error``; the result's
+            ``settings["fallback"]`` says which batches, why, and that the tolerance was not met. ``None``: raise
+            `SolverError` as before. A model output that is not finite is never finished this way.
     """
     t_min = renamed_t_min(t_min, eps, "log_likelihood")
     check_sde(sde)
@@ -212,13 +238,19 @@ def log_likelihood(
         x = x.float()
     options = _checked_options(sde, divergence, probe, n_probes, method, rtol, atol, t_min, variable, max_steps,
                                steps, error_control, order, error_estimate, grid)  # fmt: skip
+    options.update(_checked_fallback(max_seconds, fallback, fallback_steps))
     batch_size = check_positive_int("batch_size", batch_size) if batch_size is not None else x.shape[0]
     score = CountingScore(as_score(sde, score_fn, "log_likelihood"))
     shard = _distributed_shard(x.shape[0])
     full_batch = x.shape[0]
     local = _solve_batches(sde, score, x if shard is None else x[shard], options, prior_logp or sde.prior_logp,
                            batch_size, probe, n_probes, generator, progress, shard)  # fmt: skip
+    local, fell_back = local[:-1], local[-1]
     settings = _settings(options, probe, n_probes, prior_logp is not None)
+    if fell_back:
+        settings["fallback"] = {"method": "ei_fixed", "steps": options["fallback_steps"], "batches": fell_back,
+                                "tolerance_met": False,
+                                "error_estimate": "|nll - nll on half the steps| (these batches)"}  # fmt: skip
     if promoted is not None:
         settings["promoted_from"] = str(promoted).removeprefix("torch.")
     nfe = score.calls
@@ -236,6 +268,16 @@ def log_likelihood(
     return LikelihoodResult(nll=probe_nll.mean(1), prior_logp=prior_lp, delta_logp=delta, z=z, nfe=nfe,
                             settings=settings, integration_error=error,
                             probe_nll=probe_nll.T if divergence == "hutchinson" else None)  # fmt: skip
+
+
+def _checked_fallback(max_seconds: float | None, fallback: str | None, fallback_steps: int) -> dict:
+    """`log_likelihood`'s budget and fallback options, checked once."""
+    if max_seconds is not None:
+        check_positive("max_seconds", max_seconds)
+    if fallback is not None:
+        check_in_registry("likelihood fallback", fallback, ("ei_fixed",))
+    return {"max_seconds": max_seconds, "fallback": fallback,
+            "fallback_steps": check_positive_int("fallback_steps", fallback_steps)}  # fmt: skip
 
 
 def _checked_options(sde, divergence, probe, n_probes, method, rtol, atol, t_min, variable, max_steps, steps,
@@ -263,15 +305,22 @@ def _checked_options(sde, divergence, probe, n_probes, method, rtol, atol, t_min
 
 def _solve_batches(sde, score, x, options, prior, batch_size, probe, n_probes, generator, progress, shard) -> tuple:
     """The solve of every batch of ``x``: ``(log p_T(z), delta log p, z, integration error or None, per-probe NLL
-    [B, P])`` concatenated on the CPU (float64 densities)."""
+    [B, P])`` concatenated on the CPU (float64 densities), and the batches finished by the fallback."""
     hutchinson = options["divergence"] == "hutchinson"
     parts = list(x.split(batch_size)) if x.shape[0] else []
-    priors, deltas, zs, errors, probe_nlls = [], [], [], [], []
+    priors, deltas, zs, errors, probe_nlls, fell_back = [], [], [], [], [], []
     offset = 0
     for part in progress_bar(parts, "log-likelihood", progress):
         probes = draw_probes(probe, n_probes, part, generator) if hutchinson else None
         try:
-            z, delta, z_low, delta_low = _solve(sde, score, part, probes, options)
+            try:
+                z, delta, z_low, delta_low = _solve(sde, score, part, probes, options)
+            except SolverBudgetSpent as exc:
+                if options["fallback"] is None:
+                    raise
+                fell_back.append({"rows": [offset, offset + part.shape[0]], "reason": str(exc)})
+                z, delta, _, _ = _solve(sde, score, part, probes, _fallback_options(options))
+                z_low, delta_low, _, _ = _solve(sde, score, part, probes, _fallback_options(options, halved=True))
         except SolverError as exc:
             raise _cannot_finish(exc, offset, shard) from None
         offset += part.shape[0]
@@ -284,15 +333,18 @@ def _solve_batches(sde, score, x, options, prior, batch_size, probe, n_probes, g
         if z_low is not None:
             low = -(_prior(prior, z_low, part.shape[0]) + delta_low.to(torch.float64).mean(0))
             errors.append((low - per_probe.mean(0)).abs().cpu())
+        else:  # no estimate for this batch (another batch's fallback has one)
+            errors.append(torch.full((part.shape[0],), float("nan"), dtype=torch.float64))
     empty = torch.zeros(0, dtype=torch.float64)
-    estimated = options["error_estimate"] or options["method"] in EXPONENTIAL_SOLVERS
+    estimated = options["error_estimate"] or options["method"] in EXPONENTIAL_SOLVERS or bool(fell_back)
     return (
         torch.cat(priors) if priors else empty,
         torch.cat(deltas) if deltas else empty,
         torch.cat(zs).cpu() if zs else x.new_zeros((0,) + x.shape[1:]).cpu(),
-        torch.cat(errors) if errors else (empty if estimated else None),
+        (torch.cat(errors) if errors else empty) if estimated else None,
         torch.cat(probe_nlls, 1).T if probe_nlls else torch.zeros(0, n_probes if hutchinson else 1,
                                                                    dtype=torch.float64),
+        fell_back,
     )  # fmt: skip
 
 

@@ -3,12 +3,14 @@ the log-density integrated together, the log-density's tolerance absolute, every
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import Tensor
 
 from ..processes.reverse import ProbabilityFlow
 from ..samplers.ode import ADAPTIVE_METHODS
-from .exponential_integrator import SolverError, check_output, per_sample_norm
+from .exponential_integrator import SolverBudgetSpent, SolverError, check_output, per_sample_norm
 
 __all__ = ["solve_torchdiffeq", "LOGP_ATOL_FACTOR"]
 
@@ -27,16 +29,21 @@ def _per_sample_norm(state: tuple[Tensor, Tensor]) -> Tensor:
 
 
 def solve_torchdiffeq(
-    flow: ProbabilityFlow, x: Tensor, divergence, span, method, rtol, atol, max_steps, steps, error_control
-) -> tuple[Tensor, Tensor]:
+    flow: ProbabilityFlow, x: Tensor, divergence, span, method, rtol, atol, max_steps, steps, error_control,
+    deadline: float | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Integrate ``(x, delta [P, B])`` from the data end to ``T`` with torchdiffeq; errors name the last time
-    reached."""
+    reached. An adaptive solve that does not converge (its step budget, a collapsed step, past ``deadline`` in
+    ``time.monotonic()``) raises `SolverBudgetSpent`."""
     from torchdiffeq import odeint
 
     reached = {"u": span[0]}
 
     def augmented(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         reached["u"] = float(u)
+        if deadline is not None and time.monotonic() > deadline:
+            t = float(flow.time(u.detach().to(torch.float64)))
+            raise SolverBudgetSpent(f"the probability-flow ODE solve ran out of time at t={t:.6g}", t)
         velocity, div = flow.velocity_and_divergence(u, state[0], divergence)
         t = float(flow.time(u.detach().to(torch.float64)))
         check_output(velocity, t, "probability-flow velocity")
@@ -65,7 +72,7 @@ def solve_torchdiffeq(
         raise
     except (AssertionError, RuntimeError) as exc:
         t = float(flow.time(torch.tensor(reached["u"], dtype=torch.float64)))
-        raise SolverError(
+        raise SolverBudgetSpent(
             f"the probability-flow ODE did not converge ({exc}); it reached t={t:.6g} "
             f"(in {flow.variable}: {reached['u']:.6g})",
             t,
