@@ -85,10 +85,24 @@ def build(library: str, net_name: str) -> nn.Module:
 
 
 def peak_memory(device: torch.device) -> float:
-    """MiB: the CUDA allocator's peak, or the process's peak resident set on the CPU."""
+    """MiB: the CUDA allocator's peak, or the process's peak resident set on the CPU (each measurement runs in a
+    fresh process, so the growth over its start is the network's, its optimiser's and its activations')."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_apart(*args) -> dict:
+    """`measure` in a fresh process (spawned): its own peak memory and compilation caches, one thread setting."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_child, args)
+
+
+def _child(threads: int, *args) -> dict:
+    torch.set_num_threads(threads)
+    return measure(*args)
 
 
 def timed(fn, reps: int, device: torch.device) -> float:
@@ -170,7 +184,7 @@ def main() -> None:
         for batch in map(int, args.batches.split(",")):
             for name in args.settings.split(","):
                 for library in ("ours", "diffusers"):
-                    figures = measure(library, net_name, SETTINGS[name], batch, args.reps, device)
+                    figures = measure_apart(args.threads, library, net_name, SETTINGS[name], batch, args.reps, device)
                     row = {"net": net_name, "batch": batch, "setting": name, "library": library, **figures}
                     rows.append(row)
                     print(

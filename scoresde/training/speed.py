@@ -29,6 +29,8 @@ __all__ = [
     "compile_network",
     "CompiledOrEager",
     "speed_settings",
+    "scaler_state",
+    "load_scaler_state",
 ]
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -155,3 +157,23 @@ def compile_network(net: nn.Module, enabled: bool) -> nn.Module:
     """``net`` compiled by ``torch.compile`` when ``enabled`` (`CompiledOrEager`: eager, with a one-line warning,
     where compilation is unavailable), else ``net``."""
     return CompiledOrEager(net) if enabled else net
+
+
+def scaler_state(scaler: torch.amp.GradScaler) -> dict[str, torch.Tensor]:
+    """An enabled gradient scaler's state as tensors for the checkpoint (``scale``, ``growth_tracker``); nothing
+    for a disabled one (fp32, bf16)."""
+    if not scaler.is_enabled():
+        return {}
+    state = scaler.state_dict()
+    return {
+        "scale": torch.tensor(float(state["scale"]), dtype=torch.float64),
+        "growth_tracker": torch.tensor(int(state["_growth_tracker"]), dtype=torch.int64),
+    }
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, saved: dict[str, torch.Tensor]) -> None:
+    """Restore `scaler_state` into an enabled scaler (a missing tensor raises ``KeyError``)."""
+    if scaler.is_enabled():
+        state = scaler.state_dict()
+        state["scale"], state["_growth_tracker"] = float(saved["scale"]), int(saved["growth_tracker"])
+        scaler.load_state_dict(state)

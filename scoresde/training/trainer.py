@@ -1,40 +1,31 @@
-"""Training: a trainer that never loses work, on one process or many (torchrun / DDP).
+"""Training: a trainer that never loses work, at the field's speed, on one process or many (torchrun / DDP).
 
-- AdamW with linear learning-rate warm-up, gradient-norm clipping, an EMA of the weights (the EMA model
-  is the one evaluated, sampled and returned), periodic evaluation hooks, a progress bar with the running
-  loss, CSV logging (and TensorBoard when it is installed).
-- Deterministic: every step's randomness (data draws, dequantisation, t, noise, dropout) comes from an
-  explicit generator seeded by ``(seed, rank, step)``, so a run is a function of its config and nothing else.
-  ``nn.Dropout`` takes no generator: for a network with active dropout, torch's global RNG is seeded from
-  that generator inside ``fork_rng`` for the step and restored after it; the caller's RNG state is untouched.
-- Checkpoints (`scoresde.training.checkpoint`) hold model, EMA, optimiser state, step, torch's RNG state and the full
-  config, written atomically and read without running code. Resume is exact: 100 + 100 steps with a
-  restart give the same weights as 200 in one run.
-- SIGINT / SIGTERM finish the current step, save a checkpoint and return (``interrupted=True``). A
-  non-finite loss stops training with `TrainingDiverged`, keeping the last good checkpoint.
-- Under torchrun (``torchrun --nproc_per_node=K``) the network is wrapped in DDP (gloo on CPU, NCCL on
-  GPU), finite data sets are split with ``DistributedSampler``, and only rank 0 writes checkpoints and logs.
+- AdamW (fused / foreach) with warm-up, clipping, an EMA of the weights (the model evaluated, sampled and returned)
+  and the post-hoc EMA's power-function profiles (`scoresde.training.posthoc_ema`); mixed precision, compilation,
+  channels-last, gradient accumulation (`scoresde.training.speed`); evaluation hooks, a progress bar, CSV logs.
+- Deterministic: every step's randomness comes from a generator seeded by ``(seed, rank, step)`` (dropout: torch's
+  global RNG seeded from it inside ``fork_rng``), so a run is a function of its config and nothing else.
+- Checkpoints (`scoresde.training.checkpoint`) hold model, EMA, optimiser, step, config and the loop's state (the
+  fp16 scaler, the EMA profiles), written atomically, read without running code: resume is exact.
+- SIGINT / SIGTERM finish the step, save and return (``interrupted=True``); a non-finite loss raises
+  `TrainingDiverged`, keeping the last good checkpoint. Under torchrun the network is wrapped in DDP (gloo on CPU,
+  NCCL on GPU; all-reduced once per step under accumulation), finite data sets are split with
+  ``DistributedSampler``, and only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .._checks import check_positive_int, progress_bar
-from .._io import write_atomic
 from ..config.io import load_config, save_config
 from ..config.schema import ConfigError, RunConfig
 from ..models import ScoreModel
@@ -56,7 +47,28 @@ from .objectives import Batch, Objective, build_objective
 from .posthoc_ema import PowerEMA
 from .run_folder import RunFolderError, RunLock, remove_run_files, remove_stale_temporaries, run_files, truncate_log
 from .runs import build_model, load_teacher, wrap_network
-from .speed import build_optimizer, check_precision, compile_network, network_autocast, speed_settings
+from .speed import (
+    build_optimizer,
+    check_precision,
+    compile_network,
+    load_scaler_state,
+    network_autocast,
+    scaler_state,
+    speed_settings,
+)
+from .steps import (
+    LOGS,
+    TrainingDiverged,
+    TrainResult,
+    append_csv,
+    config_changes,
+    init_distributed,
+    learning_rate,
+    micro_batches,
+    step_generator,
+    stop_on_signals,
+    tf32_scope,
+)
 
 __all__ = [
     "Trainer",
@@ -70,90 +82,6 @@ __all__ = [
     "init_distributed",
     "learning_rate",
 ]
-
-RESUMABLE_CHANGES = (
-    "train.steps",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.eval_every",
-    "train.eval_batch",
-    "train.eval_samples",
-    "train.eval_nfe",
-    "train.num_workers",
-    "train.pin_memory",
-    "train.compile",
-    "data.data_dir",
-)
-"""Fields a resumed run may change (train longer, log or evaluate differently, data moved, load or compile
-differently); any other change is refused."""
-
-LOGS = ("metrics.csv", "evals.csv")
-
-
-def config_changes(ours: RunConfig, theirs: RunConfig) -> list[str]:
-    """The fields (``section.field``, or ``kind``) in which two run configs differ, other than the
-    `RESUMABLE_CHANGES`; a config that declares its kind and one written before kinds were declared (``kind: null``)
-    that describes the same kind do not differ."""
-    a, b = ours.to_dict(), theirs.to_dict()
-    kinds = [] if run_kind(ours).name == run_kind(theirs).name else ["kind"]
-    return kinds + [
-        f"{s}.{k}"
-        for s in a
-        if isinstance(a[s], dict)
-        for k in a[s]
-        if a[s][k] != b[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES
-    ]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became non-finite; the last good checkpoint is kept."""
-
-
-def init_distributed(device: torch.device | str) -> tuple[int, int]:
-    """``(rank, world_size)``: joins the torchrun process group (gloo on CPU, NCCL on CUDA) when launched by
-    torchrun."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend)
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def learning_rate(tc, step: int) -> float:
-    r"""Linear warm-up over ``warmup`` steps, then constant or cosine $\tfrac12(1 + \cos(\pi k/K))$ to 0 at
-    ``steps``."""
-    warm = min(1.0, (step + 1) / tc.warmup) if tc.warmup else 1.0
-    if tc.lr_schedule == "cosine" and step >= tc.warmup:
-        progress = (step - tc.warmup) / max(tc.steps - tc.warmup, 1)
-        return tc.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return tc.lr * warm
-
-
-def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """The generator of one step on one process: a function of ``(seed, rank, step)`` only."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1))
-
-
-@dataclass
-class TrainResult:
-    """What a call to `Trainer.train` did: steps reached, last logged loss, wall time, throughput."""
-
-    step: int
-    loss: float
-    seconds: float
-    steps_per_second: float
-    interrupted: bool = False
-    checkpoint: str | None = None
-    history: list[dict] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            k: getattr(self, k) for k in ("step", "loss", "seconds", "steps_per_second", "interrupted", "checkpoint")
-        }
 
 
 class Trainer:
@@ -265,7 +193,7 @@ class Trainer:
         target = tc.steps if steps is None else min(int(steps), tc.steps)
         start, start_step, history = time.perf_counter(), self.step, []
         restore = self._install_signal_handlers()
-        tf32 = _tf32(self.speed["tf32"]) if self.device.type == "cuda" else contextlib.nullcontext()
+        tf32 = tf32_scope(self.speed["tf32"]) if self.device.type == "cuda" else contextlib.nullcontext()
         lock = RunLock(self.out_dir) if self.is_main else None
         try:
             with lock or contextlib.nullcontext(), tf32:
@@ -402,7 +330,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ internals
     def _train_step(self) -> float:
-        generator = _step_generator(self.config.train.seed, self.rank, self.step)
+        generator = step_generator(self.config.train.seed, self.rank, self.step)
         dropout_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         if not self._has_dropout:  # every draw comes from the step's generator
             return self._optimise(generator)
@@ -470,11 +398,7 @@ class Trainer:
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
         """The loop's own state for the checkpoint: the fp16 gradient scaler's and the post-hoc EMA profiles'."""
-        out = {}
-        if self.scaler.is_enabled():
-            state = self.scaler.state_dict()
-            out["trainer.scaler.scale"] = torch.tensor(float(state["scale"]), dtype=torch.float64)
-            out["trainer.scaler.growth_tracker"] = torch.tensor(int(state["_growth_tracker"]), dtype=torch.int64)
+        out = {f"trainer.scaler.{k}": v for k, v in scaler_state(self.scaler).items()}
         if self.posthoc is not None:
             out.update({f"trainer.posthoc.{k}": v for k, v in self.posthoc.state_dict().items()})
         return out
@@ -482,11 +406,7 @@ class Trainer:
     def _load_state_dict(self, extra: dict[str, torch.Tensor], path: Path) -> None:
         """Restore `_state_dict` from the checkpoint at ``path``; missing state refuses the resume in one line."""
         try:
-            if self.scaler.is_enabled():
-                state = self.scaler.state_dict()
-                state["scale"] = float(extra["trainer.scaler.scale"])
-                state["_growth_tracker"] = int(extra["trainer.scaler.growth_tracker"])
-                self.scaler.load_state_dict(state)
+            load_scaler_state(self.scaler, {k[15:]: v for k, v in extra.items() if k.startswith("trainer.scaler.")})
             if self.posthoc is not None:
                 prefix = "trainer.posthoc."
                 self.posthoc.load_state_dict({k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)})
@@ -502,13 +422,13 @@ class Trainer:
         figures = self.eval_fn(self, self.step)
         self.evals.append({"step": self.step, **figures})
         if set(figures) - set(self.eval_names):
-            _append_csv(self.out_dir / "evals.csv", {"step": self.step, **figures})
+            append_csv(self.out_dir / "evals.csv", {"step": self.step, **figures})
         return figures
 
     def _log(self, row: dict) -> None:
         if not self.is_main:
             return
-        _append_csv(self.out_dir / "metrics.csv", row)  # an OSError here is turned into one line by train()
+        append_csv(self.out_dir / "metrics.csv", row)  # an OSError here is turned into one line by train()
         writer = self._tensorboard()
         if writer is not None:
             for k, v in row.items():
@@ -571,67 +491,9 @@ class Trainer:
                         )
 
     def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum, frame):
-            self._stop = True
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        """SIGINT / SIGTERM ask the loop to stop after this step (`stop_on_signals`); returns the restorer."""
         self._stop = False
+        return stop_on_signals(self._request_stop)
 
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore
-
-
-@contextlib.contextmanager
-def _tf32(enabled: bool):
-    """CUDA's TF32 switches for float32 matmuls and cuDNN convolutions set to ``enabled`` for the duration of
-    training (they are process-wide: the caller's settings are restored after)."""
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
-def _append_csv(path: Path, row: dict) -> None:
-    """Append ``row`` to the CSV at ``path`` (a header first when new). A row with columns the file lacks (a resumed
-    run that now evaluates) rewrites the file, atomically, with the wider header, earlier rows blank there."""
-    header: list[str] = []
-    if path.is_file():
-        with path.open(newline="") as fh:
-            header = next(csv.reader(fh), [])
-        if header and set(row) - set(header):
-            with path.open(newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            fields = header + [k for k in row if k not in header]
-            text = io.StringIO()
-            writer = csv.DictWriter(text, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-            write_atomic(path, text.getvalue().encode())
-            header = fields
-    new = not path.is_file()
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header or list(row), restval="")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def micro_batches(batch: Batch, k: int) -> list[Batch]:
-    """``batch`` split into ``k`` equal micro-batches (rows in order; labels and conditions split alike)."""
-    if k == 1:
-        return [batch]
-    if batch.x0.shape[0] % k:
-        raise ValueError(f"train.accumulate {k} does not divide the batch of {batch.x0.shape[0]} rows of this process")
-
-    def split(t):
-        return [None] * k if t is None else list(t.chunk(k))
-
-    return [Batch(x, y, batch.step, low) for x, y, low in zip(split(batch.x0), split(batch.y), split(batch.low))]
+    def _request_stop(self) -> None:
+        self._stop = True
