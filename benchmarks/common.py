@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from scoresde import energy_distance, image_dataset, sample  # noqa: E402
@@ -220,3 +222,18 @@ def train_student(
         seconds[round_steps] = total
     seconds[steps] = total + training_seconds(folder)
     return config, seconds
+
+
+def fake_image_files(folder: Path, n_cifar: int = 128) -> None:
+    """Random pixels in MNIST's IDX and CIFAR-10's binary format (``n_cifar`` records a file): a throughput run
+    only needs the shapes, and a GPU machine has no network to fetch the real files."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 512), ("t10k", 64)):
+        for kind, shape in (("images-idx3", (n, 28, 28)), ("labels-idx1", (n,))):
+            arr = rng.integers(0, 256 if kind.startswith("images") else 10, shape).astype(np.uint8)
+            header = b"\x00\x00\x08" + bytes([arr.ndim]) + struct.pack(f">{arr.ndim}i", *arr.shape)
+            (folder / f"{prefix}-{kind}-ubyte").write_bytes(header + arr.tobytes())
+    cifar = folder / "cifar-10-batches-bin"
+    cifar.mkdir(exist_ok=True)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        (cifar / name).write_bytes(rng.integers(0, 256, (n_cifar, 3073)).astype(np.uint8).tobytes())

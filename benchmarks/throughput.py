@@ -128,7 +128,7 @@ def measure(library: str, net_name: str, setting: dict, batch: int, reps: int, d
     fmt = torch.channels_last if setting.get("channels_last") else torch.contiguous_format
     net = net.to(memory_format=fmt)
     dtype = check_precision(setting.get("precision", "fp32"), device)
-    default_impl = "fused" if device.type == "cuda" else "foreach"
+    default_impl = "fused" if device.type == "cuda" else "foreach"  # the row "loop" measures the other
     optimizer = build_optimizer(net.parameters(), 2e-4, 0.0, setting.get("optimizer_impl", default_impl), device)
     ema = [p.detach().clone() for p in net.parameters()]
     run = compile_network(net, setting.get("compile", False))
@@ -184,7 +184,8 @@ def main() -> None:
         for batch in map(int, args.batches.split(",")):
             for name in args.settings.split(","):
                 for library in ("ours", "diffusers"):
-                    figures = measure_apart(args.threads, library, net_name, SETTINGS[name], batch, args.reps, device)
+                    run = (lambda threads, *a: measure(*a)) if args.quick else measure_apart  # quick: in-process
+                    figures = run(args.threads, library, net_name, SETTINGS[name], batch, args.reps, device)
                     row = {"net": net_name, "batch": batch, "setting": name, "library": library, **figures}
                     rows.append(row)
                     print(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import QUICK_TRAINING, benchmark_parser, setup_run  # noqa: E402
+from common import QUICK_TRAINING, benchmark_parser, fake_image_files, setup_run  # noqa: E402
 
 from scoresde import bits_per_dim, image_dataset, log_likelihood, sample, toy_dataset  # noqa: E402
 from scoresde.app.report import IMAGE_LIKELIHOOD  # noqa: E402
@@ -166,24 +165,10 @@ def digits_run(out: Path, quick: bool) -> dict:
     }
 
 
-def _fake_image_files(folder: Path) -> None:
-    """Random pixels in MNIST's IDX and CIFAR-10's binary format (a throughput run only needs the shapes)."""
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 512), ("t10k", 64)):
-        for kind, shape in (("images-idx3", (n, 28, 28)), ("labels-idx1", (n,))):
-            arr = rng.integers(0, 256 if kind.startswith("images") else 10, shape).astype(np.uint8)
-            header = b"\x00\x00\x08" + bytes([arr.ndim]) + struct.pack(f">{arr.ndim}i", *arr.shape)
-            (folder / f"{prefix}-{kind}-ubyte").write_bytes(header + arr.tobytes())
-    cifar = folder / "cifar-10-batches-bin"
-    cifar.mkdir(exist_ok=True)
-    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
-        (cifar / name).write_bytes(rng.integers(0, 256, (128, 3073)).astype(np.uint8).tobytes())
-
-
 def throughput(out: Path, steps: int, quick: bool = False) -> dict:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        _fake_image_files(Path(tmp))
+        fake_image_files(Path(tmp))
         for name in presets():
             cfg = override(preset(name), f"train.steps={steps + 2}", "train.checkpoint_every=0", "train.log_every=0")
             if cfg.data.kind == "image" and cfg.data.name != "digits":

@@ -267,6 +267,24 @@ def test_latent_run_trains_on_latents_and_decodes(autoencoder_run, tmp_path):
     assert bound.terms["reconstruction"] > 0 and bound.data_dim == 64 and bound.latent_dim == 32
 
 
+def test_latent_run_is_evaluated_while_training_by_its_bound_and_decoded_samples(autoencoder_run, tmp_path):
+    """Evaluation while training of a latent run: its kind's bound (bits/dim, finite, with an integration error) and
+    FD-digits of decoded samples, every 2 steps, in metrics.csv."""
+    import csv
+
+    from scoresde.evaluation import TrainingEvaluator
+
+    data = _latent_config(str(autoencoder_run))
+    data["train"].update(eval_every=2, eval_samples=32, eval_batch=8, eval_nfe=4)
+    config = config_from_dict(data)
+    evaluator = TrainingEvaluator(config, tmp_path / "latent")
+    assert evaluator.names == ("eval_bpd", "eval_bpd_error", "eval_fd", "eval_seconds")
+    Trainer(config, tmp_path / "latent", progress=False, eval_fn=evaluator, eval_names=evaluator.names).train()
+    rows = list(csv.DictReader((tmp_path / "latent" / "metrics.csv").open()))
+    assert [r["step"] for r in rows] == ["2", "4"]
+    assert all(math.isfinite(float(r["eval_bpd"])) and float(r["eval_fd"]) > 0 for r in rows)
+
+
 def test_latent_run_refusals(autoencoder_run, tmp_path):
     """A missing autoencoder, one trained on other data, a run that is not an autoencoder: one line each; a latent run
     whose autoencoder has gone cannot be loaded to decode."""

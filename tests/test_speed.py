@@ -122,6 +122,14 @@ def test_compile_falls_back_to_eager_in_one_warning(monkeypatch):
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         CompiledOrEager(net)(torch.randn(3, 5))
 
+    def unavailable(module, **kwargs):
+        raise RuntimeError("torch.compile is not supported on Python 3.14+")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    with pytest.warns(UserWarning, match=r"torch.compile is unavailable \(torch.compile is not supported"):
+        eager = CompiledOrEager(net)
+    assert eager.failed and torch.equal(eager(x), net(x))
+
 
 def test_image_batches_through_data_loader_workers_equal_the_in_process_ones(tmp_path):
     """Digits with two DataLoader workers (and pinned memory where there is a GPU): the same batches, step for step,
@@ -266,3 +274,65 @@ def test_a_likelihood_that_cannot_meet_its_tolerance_still_answers_with_its_erro
         assert bool((gap <= bound).all()), (gap.max(), result.integration_error.max())
     with pytest.raises(SolverError, match="did not converge"):
         log_likelihood(sde, score, x, method="dopri5", max_steps=5, fallback=None)
+
+
+DDP_EQUIVALENCE = """
+import os, sys, torch
+from scoresde.config import override, preset
+from scoresde.training import Trainer
+from scoresde.training.objectives import DenoisingScoreMatching
+torch.set_num_threads(1)
+
+class RowKeyed(DenoisingScoreMatching):
+    def __call__(self, model, batch, generator):
+        x0 = batch.x0
+        key = (x0.flatten(1) * 12.9898).sum(1)
+        t = 1e-3 + (1 - 1e-3) * torch.frac(torch.sin(key) * 43758.5453).abs()
+        noise = torch.sin(1e3 * x0 + 3.0 * key[:, None, None, None])
+        xt = self.sde.perturb(x0, t, noise)
+        return 0.5 * (model.scaled_score(xt, t) + noise).pow(2).flatten(1).sum(1).mean()
+
+def run(folder, *sets):
+    cfg = override(preset("digits-ddpm"), "train.steps=3", "train.batch_size=64", "model.kwargs.ch=8",
+                   "model.kwargs.groups=4", "model.kwargs.num_res_blocks=1", "model.kwargs.dropout=0.0",
+                   "train.checkpoint_every=0", "data.dequantize=false", "train.lr=1e-3", "train.warmup=0", *sets)
+    sde = cfg.sde.build()
+    trainer = Trainer(cfg, folder, progress=False, objective=RowKeyed(sde, "sigma2", False, 1e-3, None))
+    trainer.train()
+    flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    trainer.close()
+    return flat
+
+out = sys.argv[1]
+fp32 = run(out + "/fp32", *sys.argv[3:])
+bf16 = run(out + "/bf16", "train.precision=bf16", *sys.argv[3:])
+if os.environ.get("RANK", "0") == "0":
+    torch.save({"fp32": fp32, "bf16": bf16}, out + "/weights.pt")
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_with_bf16_and_accumulation_equals_one_process(tmp_path):
+    """torchrun --nproc_per_node=2 with accumulate=2 (each process: 2 micro-batches of 16 of its 32 rows) against one
+    process on the whole batch of 64, the draws keyed by row (data at the levels' centres, so both see the same 64
+    rows a step): fp32 to 1e-5 (float32 reductions in another order, through three AdamW steps of lr 1e-3), bf16
+    within 2 lr a step (Adam's step is at most about lr a parameter; bf16's rounding of per-row activations depends
+    on the batch's size, so single gradient entries near zero may differ in sign)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_EQUIVALENCE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "save"], capture_output=True, text=True,
+                         env=env, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path / "two"), "save", "train.accumulate=2"],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = torch.load(tmp_path / "one" / "weights.pt")
+    b = torch.load(tmp_path / "two" / "weights.pt")
+    assert float((a["fp32"] - b["fp32"]).abs().max()) < 1e-5
+    assert float((a["bf16"] - b["bf16"]).abs().max()) < 2 * 1e-3 * 3

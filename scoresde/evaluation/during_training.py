@@ -41,11 +41,11 @@ __all__ = ["TrainingEvaluator", "evaluation_names", "ema_sweep"]
 
 def evaluation_names(config: RunConfig) -> tuple[str, ...]:
     """The figures evaluation while training logs for ``config`` (the columns it adds to ``metrics.csv``)."""
-    kind, toy = run_kind(config), config.data.kind == "toy"
+    measures, toy = run_kind(config).evaluates(config), config.data.kind == "toy"
     names: list[str] = []
-    if "likelihood" in kind.evaluates:
+    if "likelihood" in measures:
         names += ["eval_nll", "eval_nll_error", "eval_nll_gap"] if toy else ["eval_bpd", "eval_bpd_error"]
-    if "samples" in kind.evaluates:
+    if "samples" in measures:
         names += ["eval_energy"] if toy else ["eval_fd"]
     return (*names, "eval_seconds") if names else ()
 
@@ -60,6 +60,7 @@ class TrainingEvaluator:
         tc = config.train
         self.config, self.folder, self.device = config, Path(folder), torch.device(device)
         self.kind, self.names = run_kind(config), evaluation_names(config)
+        self.measures = self.kind.evaluates(config)
         self.nfe, self.n_samples = tc.eval_nfe, tc.eval_samples
         self.held = held_out(config.data, max(tc.eval_batch, tc.eval_samples), seed=tc.seed)
         self.x = self.held.x[: tc.eval_batch]
@@ -81,9 +82,9 @@ class TrainingEvaluator:
         start, model = time.perf_counter(), self.model(trainer)
         figures: dict[str, float | None] = {}
         with torch.random.fork_rng(devices=[]):  # nothing here may move the caller's RNG
-            if "likelihood" in self.kind.evaluates:
+            if "likelihood" in self.measures:
                 figures.update(self.likelihood(model))
-            if "samples" in self.kind.evaluates:
+            if "samples" in self.measures:
                 figures.update(self.samples(model))
         figures["eval_seconds"] = time.perf_counter() - start
         return figures
@@ -166,9 +167,9 @@ def ema_sweep(
         rec = reconstruct_ema(folder, sigma_rel, t)
         model = reconstructed_model(folder, rec, device)
         row = {"sigma_rel": rec.sigma_rel, "step": rec.t, "residual": rec.residual}
-        if "samples" in evaluator.kind.evaluates:
+        if "samples" in evaluator.measures:
             row.update(evaluator.samples(model))
-        if likelihood and "likelihood" in evaluator.kind.evaluates:
+        if likelihood and "likelihood" in evaluator.measures:
             row.update(evaluator.likelihood(model))
         rows.append(row)
     return rows

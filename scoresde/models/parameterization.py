@@ -36,15 +36,17 @@ evaluation (the samplers' NFE stays honest).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from .._checks import check_in_registry, check_positive, expand_to
 from ..processes.base import SDE, check_sde
-from ..processes.seam import ModelSpec, to_sigma_score
+from ..processes.seam import ModelSpec, ModelWrapper, to_sigma_score
 from .network import ScoreNetwork, network_spec
 
-__all__ = ["ScoreModel", "PARAMETERIZATIONS"]
+__all__ = ["ScoreModel", "PARAMETERIZATIONS", "set_network_dtype"]
 
 PARAMETERIZATIONS = ("eps", "score", "x0", "v", "edm")
 
@@ -166,3 +168,15 @@ class ScoreModel(nn.Module):
         """The score $s_\\theta(x, t)$, or the class-conditional $s_\\theta(x, t, y)$ (``y = num_classes``:
         unconditional)."""
         return self.scaled_score(x, t, y) / expand_to(self.sde.sigma(t), x)
+
+
+def set_network_dtype(model: Any, dtype: torch.dtype | None) -> None:
+    """Run the network of ``model`` (a `ScoreModel`, or one inside wrappers such as a latent model) under autocast at
+    ``dtype`` in sampling and likelihood (`ScoreModel.network_dtype`; ``None``: its weights' precision). Another model
+    (a consistency model, an imported one) raises one ``ValueError``."""
+    inner = model
+    while isinstance(inner, ModelWrapper):
+        inner = inner.inner
+    if not isinstance(inner, ScoreModel):
+        raise ValueError(f"a reduced network precision applies to score models, not to {type(inner).__name__}")
+    inner.network_dtype = dtype

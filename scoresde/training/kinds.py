@@ -110,10 +110,17 @@ class RunKind:
     student: bool = False
     """Whether it is a distilled student that samples its own way (its `recipe` is fixed)."""
     bound: str | None = None
-    evaluates: tuple[str, ...] = ("likelihood", "samples")
-    """What evaluation while training measures on its EMA model (`scoresde.evaluation.during_training`): its
-    ``likelihood`` (bits/dim, or the toy's NLL) and the quality of its ``samples``."""
     """The bits/dim bound its likelihood is (``latent``, ``cascade``), or None: the exact PF-ODE likelihood."""
+    measures: tuple[str, ...] = ("likelihood", "samples")
+    """What evaluation while training measures on its EMA model (`evaluates`)."""
+
+    def evaluates(self, config: RunConfig) -> tuple[str, ...]:
+        """What evaluation while training measures on this run's EMA model (`scoresde.evaluation.during_training`):
+        its ``likelihood`` (bits/dim, or the toy's NLL) and the quality of its ``samples`` (images at a reduced
+        ``data.resolution``, a cascade's base, have no shipped feature network: their samples are not measured)."""
+        if config.data.resolution is not None:
+            return tuple(m for m in self.measures if m != "samples")
+        return self.measures
 
     def wrap(self, config: RunConfig, sde: SDE, net: nn.Module) -> Any:
         """``net`` as the run's model (what the objective trains and the samplers call)."""
@@ -163,7 +170,7 @@ class LearnedVariance(RunKind):
 class Autoencoder(RunKind):
     name = "autoencoder"
     objective = "autoencoder"
-    evaluates = ()
+    measures = ()
     requires = "trains a KL autoencoder: set model.name: kl_autoencoder"
     distributed = False
 
@@ -210,7 +217,12 @@ class Latent(RunKind):
 class SuperResolution(RunKind):
     name = "super_resolution"
     objective = "super_resolution"
-    evaluates = ("likelihood",)
+    measures = ("likelihood",)
+
+    def evaluates(self, config: RunConfig) -> tuple[str, ...]:
+        """Its bits/dim bound, which needs the base run (``stage.base``) that draws its condition."""
+        return self.measures if config.stage.base else ()
+
     requires = "is a cascade's super-resolution stage: set stage.low_resolution"
     bound = "cascade"
 
@@ -223,7 +235,7 @@ class SuperResolution(RunKind):
 
 class _Distilled(RunKind):
     student = True
-    evaluates = ("samples",)
+    measures = ("samples",)
 
     @property
     def requires(self) -> str:  # type: ignore[override]

@@ -37,9 +37,11 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bf
 """``train.precision`` -> the dtype the network runs in under autocast (``None``: no autocast)."""
 
 DEVICE_DEFAULTS: dict[str, dict[str, object]] = {
-    # benchmarks/throughput.py, 2 CPU threads, the CIFAR-10 U-Net (35.7M parameters) at batch 8 and the MNIST
-    # preset's at batch 32: channels-last was slower in training on the CPU; foreach AdamW was faster than the loop
-    "cpu": {"channels_last": False, "optimizer_impl": "foreach"},
+    # benchmarks/throughput.py, 2 CPU threads (benchmarks/results/throughput-cpu-*.md), training images/s: AdamW as a
+    # loop over parameters beat foreach (CIFAR-10 U-Net at batch 8: 4.23 vs 4.08; the MNIST preset's at batch 32:
+    # 68.3 vs 57.3); channels-last was slower for the CIFAR-10 U-Net (3.37 vs 4.08) and faster for MNIST's
+    # (63.4 vs 57.3): off, as the larger model decides
+    "cpu": {"channels_last": False, "optimizer_impl": "loop"},
     # the field's GPU settings (EDM2, diffusers, k-diffusion): channels-last convolutions for tensor cores and the
     # fused AdamW kernel; benchmarks/gpu_check.sh measures them whenever a GPU is at hand
     "cuda": {"channels_last": True, "optimizer_impl": "fused"},
@@ -130,7 +132,13 @@ class CompiledOrEager(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net, self.failed = net, False
-        object.__setattr__(self, "_compiled", torch.compile(net))  # not a submodule: no second copy of the names
+        try:
+            compiled = torch.compile(net)
+        except Exception as exc:  # torch.compile unavailable here (a Python or platform it does not support)
+            compiled, self.failed = None, True
+            warnings.warn(f"train.compile: torch.compile is unavailable ({str(exc).splitlines()[0]}); running the "
+                          f"network eagerly", stacklevel=2)  # fmt: skip
+        object.__setattr__(self, "_compiled", compiled)  # not a submodule: no second copy of the names
 
     def forward(self, *args, **kwargs):
         if not self.failed:

@@ -117,6 +117,15 @@ def load_model(args: argparse.Namespace, data_option: str | None = None) -> Load
             f"{args.checkpoint} is a consistency model, which has no score for {args.command}; sample it with "
             f"scoresde sample --checkpoint {args.checkpoint}, or use its teacher"
         )
+    precision = getattr(args, "precision", "fp32")  # commands without --precision run the weights' own
+    if precision != "fp32":
+        from ...models.parameterization import set_network_dtype
+        from ...training.speed import check_precision
+
+        try:
+            set_network_dtype(model, check_precision(precision, args.device))
+        except ValueError as exc:
+            raise UserError(f"--precision {precision}: {exc}") from None
     return Loaded(model, config.data, step, config)
 
 
@@ -318,12 +327,21 @@ def features_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def checkpoint_option(parser: argparse.ArgumentParser) -> None:
+def checkpoint_option(parser: argparse.ArgumentParser, precision: bool = True) -> None:
+    """``--checkpoint`` and (for commands that evaluate the network) ``--precision``."""
     parser.add_argument(
         "--checkpoint",
         required=True,
         help="run folder (or checkpoint file) written by scoresde train, or a diffusers model folder (UNet2DModel with "
         "a DDPM / DDIM scheduler; pip install 'scoresde[diffusers]')",
+    )
+    if not precision:
+        return
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="the network's arithmetic (autocast); states, divergences and densities stay float32 / float64",
     )
 
 

@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  scoresde sample --checkpoint runs/digits/ema-0.0700.safetensors --out s.npz\n"
         "  scoresde ema --checkpoint runs/digits --sweep 6   # quality against EMA length, a figure",
     )
-    checkpoint_option(ema)
+    checkpoint_option(ema, precision=False)
     ema.add_argument(
         "--sigma-rel",
         type=float,
