@@ -182,20 +182,18 @@ def posthoc_coefficients(
     a relative cutoff of 1e-12 (near-duplicate snapshots make it singular)."""
     import scipy.linalg
 
-    points = [*snapshots, (target_t, target_gamma)]
-    n_max = max(t for t, _ in points)
-    exps = {a + b for _, a in points for _, b in points} | {g for _, g in points}
-    sums = _log_power_sums(exps, n_max)
-    log_norm = np.array([sums[g][t - 1] for t, g in points])  # log S_gamma(t)
-
-    def log_inner(i: int, j: int) -> float:
-        (ti, gi), (tj, gj) = points[i], points[j]
-        return sums[gi + gj][min(ti, tj) - 1] - log_norm[i] - log_norm[j]
-
+    t = np.array([p[0] for p in snapshots] + [target_t], dtype=np.int64)
+    g = np.array([p[1] for p in snapshots] + [target_gamma], dtype=np.float64)
+    pair_exp, pair_end = g[:, None] + g[None, :], np.minimum(t[:, None], t[None, :])
+    sums = _log_power_sums(set(pair_exp.ravel().tolist()) | set(g.tolist()), int(t.max()))
+    log_norm = np.array([sums[gi][ti - 1] for ti, gi in zip(t.tolist(), g.tolist())])  # log S_gamma(t)
+    log_inner = np.empty_like(pair_exp)
+    for exponent, cumulative in sums.items():  # a few distinct exponents: one gather each
+        mask = pair_exp == exponent
+        log_inner[mask] = cumulative[pair_end[mask] - 1]
+    inner = np.exp(log_inner - log_norm[:, None] - log_norm[None, :])
     n = len(snapshots)
-    gram = np.exp([[log_inner(i, j) for j in range(n)] for i in range(n)])
-    rhs = np.exp([log_inner(i, n) for i in range(n)])
-    target_sq = math.exp(log_inner(n, n))
+    gram, rhs, target_sq = inner[:n, :n], inner[:n, n], float(inner[n, n])
     x = scipy.linalg.lstsq(gram, rhs, cond=1e-12)[0]
     residual_sq = max(target_sq - 2 * float(x @ rhs) + float(x @ gram @ x), 0.0)
     return x, math.sqrt(residual_sq / target_sq)
