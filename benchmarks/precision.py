@@ -62,7 +62,7 @@ def main() -> None:
     x = toy.sample(args.n_toy, torch.Generator().manual_seed(12345))
     true_nll = -toy.log_prob(x.double())
     report = {"settings": {"steps": args.steps, "seeds": args.seeds, "digits_steps": args.digits_steps,
-                           "n_bpd": args.n_bpd, "threads": args.threads}, "toy": []}  # fmt: skip
+                           "n_bpd": args.n_bpd, "n_toy": args.n_toy, "threads": args.threads}, "toy": []}  # fmt: skip
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
         for precision in ("fp32", "bf16"):
@@ -120,8 +120,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Reduced precision ({s['threads']} CPU threads)",
         "",
-        f"1. toy-vp on 8gaussians, {s['steps']} steps, {s['seeds']} seeds: NLL gap to the true density (nats, 2,000 "
-        "held-out points)",
+        f"1. toy-vp on 8gaussians, {s['steps']} steps, {s['seeds']} seeds: NLL gap to the true density (nats, "
+        f"{s['n_toy']} held-out points)",
         "",
         "| precision | mean gap | std over seeds | seeds' gaps |",
         "|---|---|---|---|",
