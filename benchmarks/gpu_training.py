@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--set", action="append", default=[], help="further config overrides")
     tiny = ["model.kwargs.ch=8", "model.kwargs.groups=4", "model.kwargs.num_res_blocks=1", "train.batch_size=16"]
-    args = parse(parser, preset="mnist-ddpm", steps=14, eval_every=2, set=tiny)
+    args = parse(parser, preset="mnist-ddpm", steps=12, eval_every=12, set=tiny)
     out = setup_run(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
