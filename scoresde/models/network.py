@@ -4,12 +4,16 @@ declaration once, for `scoresde.models.ScoreModel`, through a DDP wrapper."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..processes.seam import ModelSpec, spec_of
 
-__all__ = ["ScoreNetwork", "network_spec", "unwrapped", "sample_shape"]
+__all__ = ["ScoreNetwork", "network_spec", "unwrapped", "sample_shape", "network_autocast"]
 
 
 class ScoreNetwork(nn.Module):
@@ -51,3 +55,13 @@ def sample_shape(model) -> tuple[int, ...]:
     if spec_of(model).decoder:
         return tuple(model.latent_shape)
     return tuple(unwrapped(model.net).sample_shape)
+
+
+@contextlib.contextmanager
+def network_autocast(dtype: torch.dtype | None, device: torch.device | str) -> Iterator[None]:
+    """``torch.autocast(device, dtype)`` around a network call; nothing when ``dtype`` is ``None`` (fp32)."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        yield

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from .._checks import check_in_registry, check_positive, expand_to
 from ..processes.base import SDE, check_sde
 from ..processes.seam import ModelSpec, ModelWrapper, to_sigma_score
-from .network import ScoreNetwork, network_spec
+from .network import ScoreNetwork, network_autocast, network_spec
 
 __all__ = ["ScoreModel", "PARAMETERIZATIONS", "set_network_dtype"]
 
@@ -149,11 +149,8 @@ class ScoreModel(nn.Module):
     def _network(self, x: Tensor, t: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """The network's output, in ``x``'s dtype (under autocast it may come in bf16 / fp16), split into (mean
         output, variance fraction or ``None``)."""
-        if self.network_dtype is None:
+        with network_autocast(self.network_dtype, x.device):
             out = self.net(x, t) if y is None else self.net(x, t, y)
-        else:
-            with torch.autocast(x.device.type, dtype=self.network_dtype):
-                out = self.net(x, t) if y is None else self.net(x, t, y)
         out = out.to(x.dtype)
         if not self.learns_variance:
             return out, None

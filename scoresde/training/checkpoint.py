@@ -28,6 +28,7 @@ __all__ = [
     "check_optimizer_state",
     "checkpoint_step",
     "kept_checkpoint",
+    "state_under",
 ]
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -85,6 +86,12 @@ def _canonical(data: bytes) -> bytes:
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text + data[8 + length :]
+
+
+def state_under(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's ``extra`` state saved under ``prefix`` (e.g. ``"target."``), the prefix removed:
+    how each holder of extra state (an objective, the training loop) reads back its own."""
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
 
 def kept_checkpoint(path: Path) -> str:

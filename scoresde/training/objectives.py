@@ -35,7 +35,7 @@ from ..config.schema import RunConfig
 from ..processes.base import SDE
 from ..processes.score import ScoreFn
 from ..processes.seam import as_score
-from .checkpoint import CheckpointError, load_weights
+from .checkpoint import CheckpointError, load_weights, state_under
 from .distillation import (
     consistency_curriculum,
     consistency_loss,
@@ -177,7 +177,7 @@ class HybridObjective(Objective):
     def load_state_dict(self, state: dict[str, Tensor], path: Path) -> None:
         if self.time_sampler is None:
             return
-        saved = {k.removeprefix("time_sampler."): v for k, v in state.items() if k.startswith("time_sampler.")}
+        saved = state_under(state, "time_sampler.")
         try:
             self.time_sampler.load_state_dict(saved)
         except (KeyError, ValueError) as exc:
@@ -258,7 +258,7 @@ class ConsistencyDistillation(ConsistencyTraining):
 
     def load_state_dict(self, state: dict[str, Tensor], path: Path) -> None:
         if self.ema is not None:
-            target = {k.removeprefix("target."): v for k, v in state.items() if k.startswith("target.")}
+            target = state_under(state, "target.")
             load_weights(self.ema.model, target, path, "consistency target")
 
 

@@ -265,19 +265,26 @@ def reconstruct_ema(folder: str | Path, sigma_rel: float, t: int | None = None) 
     )
 
 
-def reconstructed_model(folder: str | Path, rec: EMAReconstruction, device: torch.device | str = "cpu") -> Any:
-    """The run's model (as `scoresde.training.runs.load_score_model` loads it: the kind's wrapper, eval mode) with
-    the reconstructed EMA weights ``rec.state``."""
+def _network_with(folder: str | Path, rec: EMAReconstruction, device: torch.device | str) -> tuple[nn.Module, Any]:
+    """The run's model built from its checkpoint's config, holding the reconstructed weights ``rec.state`` (the
+    floating-point tensors the profiles track; any other buffer keeps the built network's value), and the config."""
     from .checkpoint import load_checkpoint, load_weights
-    from .kinds import run_kind
     from .runs import build_model
 
     config = load_checkpoint(folder, device)["config"]
     model = build_model(config, config.sde.build(), device)
-    state = {k: v.to(device) for k, v in rec.state.items()}
     full = model.state_dict()
-    full.update(state)  # integer buffers (if any) keep the run's values
+    full.update({k: v.to(device) for k, v in rec.state.items()})
     load_weights(model, full, folder, f"post-hoc EMA (sigma_rel {rec.sigma_rel:g})")
+    return model, config
+
+
+def reconstructed_model(folder: str | Path, rec: EMAReconstruction, device: torch.device | str = "cpu") -> Any:
+    """The run's model (as `scoresde.training.runs.load_score_model` loads it: the kind's wrapper, eval mode) with
+    the reconstructed EMA weights ``rec.state``."""
+    from .kinds import run_kind
+
+    model, config = _network_with(folder, rec, device)
     return run_kind(config).loaded(model.eval(), config, Path(folder), device)
 
 
@@ -285,13 +292,8 @@ def save_reconstruction(folder: str | Path, rec: EMAReconstruction, path: str | 
     """Write the reconstructed EMA as a checkpoint file at ``path`` (model and EMA weights both the reconstruction,
     no optimiser state: it samples and evaluates like the run, ``scoresde sample --checkpoint PATH``, and cannot be
     resumed), atomically."""
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .runs import build_model
+    from .checkpoint import save_checkpoint
 
-    config = load_checkpoint(folder)["config"]
-    model = build_model(config, config.sde.build(), "cpu")
-    full = model.state_dict()
-    full.update(rec.state)
-    model.load_state_dict(full)
+    model, config = _network_with(folder, rec, "cpu")
     optimizer = torch.optim.AdamW(model.parameters())
     return save_checkpoint(path, model, copy.deepcopy(model), optimizer, rec.t, config)

@@ -12,12 +12,13 @@ checkpoint, so resume stays exact.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from ..models.network import network_autocast
 
 __all__ = [
     "AUTOCAST_DTYPES",
@@ -81,16 +82,6 @@ def check_precision(precision: str, device: torch.device | str) -> torch.dtype |
             f"train.precision {precision} cannot run on {device} ({reason}); choose fp32 or {other}, or another device"
         )
     return dtype
-
-
-@contextlib.contextmanager
-def network_autocast(dtype: torch.dtype | None, device: torch.device | str) -> Iterator[None]:
-    """``torch.autocast(device, dtype)`` around a network call; nothing when ``dtype`` is ``None`` (fp32)."""
-    if dtype is None:
-        yield
-        return
-    with torch.autocast(torch.device(device).type, dtype=dtype):
-        yield
 
 
 def speed_settings(tc, device: torch.device | str) -> dict[str, object]:

@@ -39,6 +39,7 @@ from .checkpoint import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    state_under,
 )
 from .data import DataStream
 from .ema import EMA
@@ -406,10 +407,9 @@ class Trainer:
     def _load_state_dict(self, extra: dict[str, torch.Tensor], path: Path) -> None:
         """Restore `_state_dict` from the checkpoint at ``path``; missing state refuses the resume in one line."""
         try:
-            load_scaler_state(self.scaler, {k[15:]: v for k, v in extra.items() if k.startswith("trainer.scaler.")})
+            load_scaler_state(self.scaler, state_under(extra, "trainer.scaler."))
             if self.posthoc is not None:
-                prefix = "trainer.posthoc."
-                self.posthoc.load_state_dict({k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)})
+                self.posthoc.load_state_dict(state_under(extra, "trainer.posthoc."))
         except KeyError as exc:
             raise CheckpointError(
                 f"{path} lacks the training loop's state {exc} (the fp16 gradient scaler or the post-hoc EMA "
