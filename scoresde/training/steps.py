@@ -4,6 +4,7 @@ and what a call to train returns."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import io
@@ -78,7 +79,9 @@ class TrainingDiverged(RuntimeError):
 
 def init_distributed(device: torch.device | str) -> tuple[int, int]:
     """``(rank, world_size)``: joins the torchrun process group (gloo on CPU, NCCL on CUDA) when launched by
-    torchrun."""
+    torchrun. The group belongs to the process, not to one trainer: it is joined once and left when the process
+    exits, so that the trainers of one process (a cascade's stages, a script's runs) share it (a second
+    ``init_process_group`` on torchrun's store after a ``destroy_process_group`` waits forever)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -86,8 +89,17 @@ def init_distributed(device: torch.device | str) -> tuple[int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend)
+        atexit.register(_leave_group)
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _leave_group() -> None:
+    """At exit: leave the process group ``init_distributed`` joined (if the program did not)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def learning_rate(tc, step: int) -> float:

@@ -122,11 +122,7 @@ class Trainer:
         features: nn.Module | None = None,
     ) -> None:
         self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
-        import torch.distributed as dist
-
-        self._owns_group = not (dist.is_available() and dist.is_initialized())
         self.rank, self.world = init_distributed(self.device)
-        self._owns_group = self._owns_group and self.world > 1
         if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))  # one GPU per process
             torch.cuda.set_device(self.device)
@@ -160,7 +156,7 @@ class Trainer:
         if resume and (self.out_dir / CHECKPOINT).is_file():
             self._restore(self.out_dir / CHECKPOINT)
             self._owns_folder = True
-        self._train_model, self._ddp = self.model, None
+        self._train_model, self._ddp, self._closed = self.model, None, False
         net = self.kind.network(self.model)
         if self.world > 1 and self.kind.distributed:  # an autoencoder's objective refuses torchrun
             from torch.nn.parallel import DistributedDataParallel
@@ -305,20 +301,19 @@ class Trainer:
             return False
 
     def close(self) -> None:
-        """Leave the process group this trainer joined under torchrun (a no-op on one process): the DDP wrapper,
-        whose reducer holds the group, is released first and the ranks meet at a barrier, so that no gloo / NCCL
-        thread outlives its group when the process exits. A group the caller created is left to the caller."""
-        if not self._owns_group:
+        """Release the DDP wrapper (whose reducer holds the process group) and meet the other ranks at a barrier (a
+        no-op on one process), so that no rank's gloo / NCCL work outlives another's run. The group itself stays:
+        it belongs to the process (`init_distributed` leaves it at exit), and the next trainer of this process
+        shares it."""
+        if self.world == 1 or self._closed:
             return
         import gc
 
         import torch.distributed as dist
 
-        self._train_model = self.model
+        self._train_model, self._ddp, self._closed = self.model, None, True
         gc.collect()
         dist.barrier()
-        dist.destroy_process_group()
-        self._owns_group = False
 
     def save(self) -> Path | None:
         """Write the checkpoint (rank 0 only; atomic)."""

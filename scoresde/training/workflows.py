@@ -49,7 +49,7 @@ def _train_one(
     try:
         result = trainer.train()
     finally:
-        trainer.close()  # under torchrun: leave the process group before exit
+        trainer.close()  # under torchrun: the ranks meet before the next stage or the exit
     after = run_kind(config).after_training(out, trainer.device) if trainer.is_main else {}
     return result, after, trainer.is_main
 
