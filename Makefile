@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 OUT ?= scoresde-out
 
-.PHONY: demo test test-fast docs install clean
+.PHONY: demo test test-fast test-bench docs install clean
 
 $(VENV)/.installed: pyproject.toml package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,13 @@ demo: $(VENV)/.installed
 	$(PY) -m scoresde demo --out $(OUT) --force
 
 # the default tier (a fast version of every check), then the slow tier (full matrices, order studies, all notebooks,
-# the demo), so that nothing rots; `make test-fast` runs the default tier alone
+# the demo, the benchmarks' smoke runs), so that nothing rots; `make test-fast` runs the default tier alone, `make
+# test-bench` the heaviest benchmark smoke runs (20-30 s each), which CI leaves out to stay within 10 minutes
 test: test-fast
-	$(PY) -m pytest -q -n 2 -m slow --durations=15
+	$(PY) -m pytest -q -n 2 -m "slow and not bench" --durations=15
+
+test-bench: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 -m bench
 
 test-fast: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -70,7 +70,7 @@ def fitted_rows(report: dict, name: str, model, toy, floors: dict, measure=toy_q
 def main() -> None:
     parser = benchmark_parser(
         __doc__,
-        quick="60 training steps per student, 1,000 samples, one seed, the solvers at 2 and 4 NFE (a smoke run)",
+        quick="30 training steps per student, 400 samples, one seed, the solvers at 2 and 4 NFE (a smoke run)",
     )
     parser.add_argument("--sde", default="vp", choices=("vp", "ve"))
     parser.add_argument("--train-steps", type=int, default=6000, help="consistency students' steps (progressive: / 6)")
@@ -80,8 +80,8 @@ def main() -> None:
     out = setup_run(args)
     runs = out / "training_runs" / f"distill-gmm-{args.sde}"
     toy = toy_dataset("gmm")
-    train_steps = 60 if args.quick else args.train_steps
-    n = 1000 if args.quick else N_SAMPLES
+    train_steps = 30 if args.quick else args.train_steps
+    n = 400 if args.quick else N_SAMPLES
     measure = partial(toy_quality, n=n, seeds=1) if args.quick else toy_quality
     floors = toy_floors(toy, n, 2 if args.quick else 10)
     print(json.dumps({"floors": floors}), flush=True)

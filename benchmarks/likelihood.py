@@ -106,11 +106,11 @@ def variational_bounds(mix, sde, x, truth, prior) -> dict[str, dict]:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, quick="30 points, the loosest tolerance and two step counts a family")
+    parser = benchmark_parser(__doc__, quick="12 points, the loosest tolerance and two step counts a family")
     parser.add_argument("--n", type=int, default=1000)
     args = parser.parse_args()
     out = setup_run(args)
-    n = 30 if args.quick else args.n
+    n = 12 if args.quick else args.n
     report, lines = {"n": n, "threads": torch.get_num_threads(), "cases": {}}, []
     fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     cases = [

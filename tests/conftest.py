@@ -25,17 +25,14 @@ from scoresde.config.schema import override
 from scoresde.processes import sde_names
 
 
-def sde_matrix(rows: list, sdes: tuple[str, ...], full: str = "vp") -> list:
-    """``pytest.param(sde, *row)`` for every row on every SDE: the whole matrix on ``full`` and a diagonal on the others
-    (row k on ``sdes[1 + k % (len - 1)]``, so every row runs on two SDEs and every SDE sees its share) in the default
-    tier; the rest of the matrix in ``slow``."""
-    others = [s for s in sdes if s != full]
+def sde_matrix(rows: list, sdes: tuple[str, ...]) -> list:
+    """``pytest.param(sde, *row)`` for every row on every SDE: a diagonal in the default tier (row k on
+    ``sdes[k % len]``, so every row runs once and every SDE sees its share), the rest of the matrix in ``slow``."""
     params = []
     for k, row in enumerate(rows):
         row = row if isinstance(row, tuple) else (row,)
-        diagonal = others[k % len(others)]
         for sde in sdes:
-            marks = () if sde in (full, diagonal) else (pytest.mark.slow,)
+            marks = () if sde == sdes[k % len(sdes)] else (pytest.mark.slow,)
             params.append(pytest.param(sde, *row, marks=marks, id="-".join([*map(str, row), sde])))
     return params
 

@@ -15,6 +15,9 @@ import torch
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
+HEAVY = {"distillation", "reliability", "latent_cascade", "training", "likelihood", "sample_tails", "guidance"}
+"""Smoke runs of 20-30 s each on 2 CPU cores: ``bench`` (``make test-bench``), not the CI's slow tier, which must fit
+the whole ``.ci/run`` in 10 minutes; each of these scripts' library code is under the default and slow tiers."""
 
 
 def test_scripts_import_the_library_and_the_shared_helper_never_each_other():
@@ -28,7 +31,11 @@ def test_scripts_import_the_library_and_the_shared_helper_never_each_other():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "script",
+    [pytest.param(p, marks=(pytest.mark.bench,) if p.stem in HEAVY else ()) for p in SCRIPTS],
+    ids=lambda p: p.stem,
+)
 def test_every_benchmark_runs_quick(script, tmp_path, monkeypatch):
     """In this process (``runpy``: no interpreter and torch import of its own, the shared fixtures of the worker),
     as ``python SCRIPT --quick --threads 1 --out TMP`` from TMP."""

@@ -34,6 +34,7 @@ def site(tmp_path_factory) -> Path:
     return site
 
 
+@pytest.mark.slow  # the full site (mkdocstrings over the package): the default tier builds a one-page site below
 def test_site_builds_strict_with_the_api_reference(site):
     reference = (site / "reference" / "samplers" / "index.html").read_text()
     assert "scoresde.samplers.sample" in reference and "Tweedie" in reference  # rendered from the docstring
@@ -58,6 +59,7 @@ def served(site):
     server.shutdown()
 
 
+@pytest.mark.slow
 def test_concept_page_shows_typeset_math_with_the_network_off(browser, served):
     """MathJax comes from the site itself: with every request off the machine refused, the likelihood page's
     equations are typeset (MathJax's containers, no raw TeX left in the text) and nothing was asked of the network."""
@@ -71,6 +73,7 @@ def test_concept_page_shows_typeset_math_with_the_network_off(browser, served):
         page.close()
 
 
+@pytest.mark.slow
 def test_the_sites_explorer_opens_offline(browser, served):
     page = open_page(browser, f"{served}/explorer/explorer.html", offline=True)
     try:

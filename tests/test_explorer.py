@@ -274,6 +274,7 @@ def _points(page, figure: str, subplot: str) -> list[str]:
     )
 
 
+@pytest.mark.slow  # a headless browser: the default tier checks the page's data and markup above
 def test_page_renders_offline_and_its_slider_and_menus_change_what_is_drawn(browser, page_file):
     page = open_page(browser, page_file.as_uri(), offline=True)
     try:

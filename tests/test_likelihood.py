@@ -169,8 +169,11 @@ def test_unknown_solver_and_order_get_one_line_errors_listing_the_valid_ones():
     assert custom.settings["t_min"] == pytest.approx(1e-4) and custom.nfe == 61
 
 
-@pytest.mark.parametrize("sde_cls", [VPSDE, SubVPSDE, VESDE])
-@pytest.mark.parametrize("dim", list(MIXTURES))
+@pytest.mark.parametrize(
+    "sde_cls, dim",
+    [(VPSDE, "2d"), (SubVPSDE, "2d"), (VESDE, "2d"), (VPSDE, "10d")]
+    + [pytest.param(sde_cls, "10d", marks=pytest.mark.slow) for sde_cls in (SubVPSDE, VESDE)],
+)
 def test_exponential_integrator_converges_at_its_order_and_its_error_estimate_bounds_the_error(sde_cls, dim):
     """The fixed-grid exponential integrator (order 3 predictor, order 4 corrector and quadrature) against
     -log p_eps of the oracle: doubling the log-SNR steps from 200 to 400 divides the mean error by more than 8

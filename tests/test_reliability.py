@@ -129,6 +129,7 @@ def test_resume_without_config_yaml_uses_the_checkpoints_config(tmp_path, capsys
     assert config["train"]["steps"] == 5 and config["train"]["seed"] == 5 and config["model"]["kwargs"]["width"] == 16
 
 
+@pytest.mark.slow  # three training processes and a watcher spinning on the file system: 12 s of the default tier
 def test_a_kill_during_a_checkpoint_write_resumes_bit_exactly(tmp_path):
     """SIGKILL while the second checkpoint is being written (its temporary file seen on disk): the first checkpoint
     loads, the resumed run ends with the weights of an uninterrupted run, no temporary is left, no log row repeats."""

@@ -313,6 +313,7 @@ def test_learned_variance_run_resumes_exactly(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_learned_variance_approaches_the_kl_optimal_variance():
     """A toy model trained 1,000 steps with the hybrid loss on a 20-step chain of gmm data: at every step the mean of
     its learned Sigma(x_i) over x_i ~ q is within a factor e^0.2 of the KL-optimal variance for its own mean,

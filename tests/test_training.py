@@ -212,7 +212,7 @@ DDP_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize(
     "preset_name, extra",
     [
-        ("toy-vp", ("train.steps=12",) + SMALL),
+        pytest.param("toy-vp", ("train.steps=12",) + SMALL, marks=pytest.mark.slow),
         pytest.param(
             "digits-ddpm",
             (
