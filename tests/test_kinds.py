@@ -37,6 +37,8 @@ def test_every_preset_declares_the_kind_its_sections_describe():
         ({"distill": {"method": "progressive", "teacher": "oracle:gmm"}}, "progressive", "progressive"),
         ({"distill": {"method": "consistency", "teacher": "oracle:gmm"}}, "consistency", "consistency"),
         ({"distill": {"method": "consistency_training"}}, "consistency_training", "consistency_training"),
+        ({"distill": {"method": "flow_map", "teacher": "oracle:gmm"}}, "flow_map", "flow_map"),
+        ({"distill": {"method": "flow_map_training"}}, "flow_map_training", "flow_map_training"),
     ],
 )  # fmt: skip
 def test_a_config_without_a_kind_is_read_as_the_kind_its_sections_describe(sections, kind, objective):
@@ -49,8 +51,9 @@ def test_a_config_without_a_kind_is_read_as_the_kind_its_sections_describe(secti
 
 def test_declared_kinds_say_what_differs_between_them():
     assert get_run_kind("autoencoder").distributed is False and get_run_kind("score").distributed
-    assert [k for k in run_kinds() if get_run_kind(k).teacher] == ["consistency", "progressive"]
-    assert {k for k in run_kinds() if get_run_kind(k).student} == {"consistency", "consistency_training", "progressive"}
+    assert [k for k in run_kinds() if get_run_kind(k).teacher] == ["consistency", "flow_map", "progressive"]
+    students = {"consistency", "consistency_training", "progressive", "flow_map", "flow_map_training"}
+    assert {k for k in run_kinds() if get_run_kind(k).student} == students
     assert get_run_kind("latent").bound == "latent" and get_run_kind("super_resolution").bound == "cascade"
     assert get_run_kind("score").bound is None
 

@@ -28,6 +28,8 @@ def test_the_config_names_its_objective():
         "consistency",
         "consistency_training",
         "dsm",
+        "flow_map",
+        "flow_map_training",
         "hybrid",
         "progressive",
         "super_resolution",

@@ -83,13 +83,16 @@ def _run(sde_name, sampler, seed=0, score_scale=1.0, **options):
     return sample(sde, score_fn, (N_SAMPLES, 2), sampler, generator=g, dtype=torch.float64, **options)
 
 
+DEFAULT_PC = {("euler_maruyama", "none"), ("reverse_diffusion", "none"), ("ancestral_sampling", "none"),
+              ("euler_maruyama", "langevin"), ("reverse_diffusion", "annealed_langevin")}  # fmt: skip
+
+
 def _pc_matrix() -> list:
-    """`sde_matrix` of the PC pairs, less the Langevin pairs on VP in the default tier: each still runs on its diagonal
-    SDE there (and everywhere in ``slow``), while VP keeps its predictor-only rows (about 3 s a Langevin pair)."""
+    """`sde_matrix` of the PC pairs, its default tier cut to the predictors alone and one pair with each corrector
+    (about 3 s a Langevin pair: the other pairs, corrector-only sampling included, run in ``slow``)."""
     params = []
     for param in sde_matrix(PC_PAIRS, SDES):
-        sde_name, _, corrector = param.values
-        if sde_name == "vp" and corrector != "none":
+        if tuple(param.values[1:]) not in DEFAULT_PC:
             param = pytest.param(*param.values, marks=(pytest.mark.slow,), id=param.id)
         params.append(param)
     return params
@@ -285,6 +288,7 @@ def test_registries_list_their_names():
         "deis",
         "dpm_solver",
         "fitted",
+        "flow_map",
         "heun",
         "ipndm",
         "ode",
@@ -305,8 +309,8 @@ def _bad(message, sde=None, score=None, shape=(4, 2), sampler="pc", **options):
 
 def test_bad_input_gets_clear_errors():
     _bad(
-        "unknown sampler .euler.; valid names are: consistency, ddim, ddpm, deis, dpm_solver, fitted, heun, ipndm, "
-        "ode, pc, sde, unipc",
+        "unknown sampler .euler.; valid names are: consistency, ddim, ddpm, deis, dpm_solver, fitted, flow_map, heun, "
+        "ipndm, ode, pc, sde, unipc",
         sampler="euler",
     )
     _bad("unknown predictor 'em'; valid names are: ancestral_sampling, euler_maruyama", predictor="em")

@@ -151,7 +151,14 @@ TEACHER_SOLVERS = ("heun", "ddim")
 """Consistency distillation's teacher ODE steps (`scoresde.training.distillation.teacher_step`)."""
 CONSISTENCY_DISTANCES = ("l2", "pseudo_huber")
 """Consistency losses' distances (`scoresde.training.distillation.consistency_loss`)."""
-DISTILLATION_METHODS = ("progressive", "consistency", "consistency_training")  # scoresde.training.distillation's
+FLOW_TIMES = ("logit_normal", "uniform")  # scoresde.training.flow_map.TIME_SAMPLINGS
+DISTILLATION_METHODS = (  # scoresde.training.distillation's and .flow_map's
+    "progressive",
+    "consistency",
+    "consistency_training",
+    "flow_map",
+    "flow_map_training",
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,8 @@ class DistillConfig:
     ``method: null`` (the default) is ordinary training."""
 
     method: str | None = None
-    """``progressive``, ``consistency`` (distillation) or ``consistency_training`` (no teacher)."""
+    """``progressive``, ``consistency``, ``flow_map`` (distillation) or ``consistency_training``,
+    ``flow_map_training`` (no teacher)."""
     teacher: str | None = None
     """The teacher: a run folder, or ``oracle:<toy>`` (that toy's exact score under this run's SDE)."""
     steps: int = 1
@@ -175,6 +183,16 @@ class DistillConfig:
     """Consistency: ``l2`` or ``pseudo_huber``."""
     target_ema: float = 0.95
     """Consistency distillation: decay of the target network's EMA (0: the student itself, stop-gradient)."""
+    flow_ratio: float = 0.25
+    """Flow maps: the fraction of draws with r < t (the others train the diagonal, r = t; MeanFlow's 25 %)."""
+    flow_times: str = "logit_normal"
+    """Flow maps: how (t, r) are drawn in rectified-flow time: MeanFlow's ``logit_normal`` or ``uniform``."""
+    flow_time_mean: float = -0.4
+    """Flow maps, ``logit_normal``: the mean of logit(tau) = log(sigma/alpha)."""
+    flow_time_std: float = 1.0
+    """Flow maps, ``logit_normal``: the standard deviation of logit(tau)."""
+    flow_adaptive_p: float = 1.0
+    """Flow maps: the adaptive loss weight's power p, (|delta|^2 + 1e-3)^-p (0: the plain squared error)."""
 
     def __post_init__(self) -> None:
         _check_types(self, "distill")
@@ -184,7 +202,7 @@ class DistillConfig:
             f"{self.method!r} is not one of {', '.join(DISTILLATION_METHODS)} (or null: no distillation)",
         )
         _require(
-            self.method in (None, "consistency_training") or bool(self.teacher),
+            self.method in (None, "consistency_training", "flow_map_training") or bool(self.teacher),
             "distill.teacher",
             f"method {self.method!r} needs a teacher: a run folder or oracle:<toy>",
         )
@@ -201,6 +219,14 @@ class DistillConfig:
             f"{self.distance!r} is not one of {', '.join(CONSISTENCY_DISTANCES)}",
         )
         _require(0 <= self.target_ema < 1, "distill.target_ema", f"must lie in [0, 1), got {self.target_ema!r}")
+        _require(0 <= self.flow_ratio <= 1, "distill.flow_ratio", f"must lie in [0, 1], got {self.flow_ratio!r}")
+        _require(
+            self.flow_times in FLOW_TIMES,
+            "distill.flow_times",
+            f"{self.flow_times!r} is not one of {', '.join(FLOW_TIMES)}",
+        )
+        _require(self.flow_time_std > 0, "distill.flow_time_std", f"must be positive, got {self.flow_time_std!r}")
+        _require(self.flow_adaptive_p >= 0, "distill.flow_adaptive_p", f"must be >= 0, got {self.flow_adaptive_p!r}")
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ data, at a bounded cost, so that a run says whether it is getting better without
   log-SNR steps (``ei_fixed``): a fixed cost whatever the model, with its embedded error estimate logged beside it
   (``*_error``), so that an undertrained, stiff model never stalls the run.
 - **samples**: ``train.eval_samples`` draws by the kind's recipe (DPM-Solver, ``eval_nfe`` steps, for score models;
-  a student's own) from a fixed seed; toys, the energy distance to held-out draws; images, the Fréchet distance on
-  the data set's shipped feature network (FD-digits, FD-mnist; a set measured with Inception is skipped, since its
-  weights are not shipped).
+  a student's own, at its own steps) from a fixed seed; toys, the energy distance to held-out draws; images, the
+  Fréchet distance on the data set's shipped feature network (FD-digits, FD-mnist; a set measured with Inception is
+  skipped, since its weights are not shipped).
 
 The figures go to ``metrics.csv`` (and TensorBoard) through the Trainer, and `plot_training_curve` draws them
 beside the loss.
@@ -113,7 +113,8 @@ class TrainingEvaluator:
 
     def samples(self, model: Any) -> dict[str, float | None]:
         """Energy distance (toys) or the shipped features' Fréchet distance (images) of ``eval_samples`` draws."""
-        recipe = self.kind.recipe(self.config, self.nfe) or Recipe.of("dpm_solver", steps=self.nfe)
+        own_steps = None if self.kind.student else self.nfe  # a student at its own steps (a flow map: distill.steps)
+        recipe = self.kind.recipe(self.config, own_steps) or Recipe.of("dpm_solver", steps=self.nfe)
         data_shape = tuple(self.held.x.shape[1:])  # a latent model draws latents of its own shape
         shape = (self.n_samples, *(sample_shape(model) if spec_of(model).decoder else data_shape))
         generator = torch.Generator(device=self.device).manual_seed(1)

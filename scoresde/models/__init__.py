@@ -1,11 +1,13 @@
 """Score networks (``ScoreMLP``, ``NCSN``, ``DDPMUNet``), their registry, the output parameterisations, consistency
-models, and the model seam's declaration (`ModelSpec`, defined beside the SDEs in `scoresde.processes.seam`)."""
+models, flow maps, and the model seam's declaration (`ModelSpec`, defined beside the SDEs in
+`scoresde.processes.seam`)."""
 
 from ..processes.seam import ModelSpec, spec_of
 from .autoencoder import KLAutoencoder, LatentCodec, LatentModel
 from .classifier import NoiseConditionalClassifier
 from .consistency import ConsistencyModel
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding, sinusoidal_embedding
+from .flow_map import FlowMapModel
 from .mlp import ScoreMLP
 from .ncsn import NCSN
 from .network import ScoreNetwork
@@ -17,6 +19,7 @@ __all__ = [
     "ModelSpec",
     "spec_of",
     "ConsistencyModel",
+    "FlowMapModel",
     "KLAutoencoder",
     "LatentCodec",
     "LatentModel",

@@ -102,3 +102,19 @@ def check_conditional(net: nn.Module, y) -> None:
             f"{type(net).__name__} was built without classes (num_classes=0): it takes no labels; "
             f"train a class-conditional model (model.kwargs.num_classes) for guidance"
         )
+
+
+def second_time(net: nn.Module, t: Tensor, s: Tensor | None) -> Tensor | float:
+    """A flow map's second time: the embedding of the gap ``t - s`` (``net.gap``) to add to the time embedding of a
+    network built with ``two_times``; ``0`` for one without (which refuses an ``s``), and a one-line error when a
+    two-time network is called without its ``s``."""
+    if net.gap is None:
+        if s is not None:
+            raise ValueError(
+                f"{type(net).__name__} was built with one time input: a flow map's network needs "
+                f"model.kwargs.two_times: true"
+            )
+        return 0.0
+    if s is None:
+        raise ValueError(f"this {type(net).__name__} is a flow map's network (two_times): call it as net(x, t, s=s)")
+    return net.gap(t - s)

@@ -18,6 +18,7 @@ from .embeddings import (
     TimeMLP,
     check_conditional,
     check_num_classes,
+    second_time,
 )
 from .network import ScoreNetwork
 from .registry import register_model
@@ -59,6 +60,8 @@ class ScoreMLP(ScoreNetwork):
             and the null label ``K``) is added to the time embedding.
         learn_variance: output a second ``dim`` channels ``v``, the reverse chain's learned variance
             (Improved DDPM; `scoresde.processes.reverse_variance`): the network then maps to ``[B, 2 dim]``.
+        two_times: a flow map's network ``(x, t, s=s)``: the gap ``t - s`` gets a time embedding of its own, added
+            to the time's (MeanFlow's ``(t, t - r)`` conditioning; `scoresde.models.FlowMapModel`).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class ScoreMLP(ScoreNetwork):
         emb_scale: float | None = None,
         num_classes: int = 0,
         learn_variance: bool = False,
+        two_times: bool = False,
     ) -> None:
         super().__init__()
         dim, width, depth = (
@@ -83,6 +87,8 @@ class ScoreMLP(ScoreNetwork):
             check_positive("emb_scale", emb_scale)
         self.dim, self.learn_variance = dim, bool(learn_variance)
         self.time = TimeMLP(time_embedding(embedding, emb_dim, emb_scale), emb_dim, width)
+        self.two_times = bool(two_times)
+        self.gap = TimeMLP(time_embedding(embedding, emb_dim, emb_scale), emb_dim, width) if two_times else None
         self.num_classes = check_num_classes(num_classes)
         self.label = LabelEmbedding(num_classes, width) if num_classes else None
         self.inp = nn.Linear(dim, width)
@@ -97,11 +103,11 @@ class ScoreMLP(ScoreNetwork):
         """The shape of one input: ``(dim,)``."""
         return (self.dim,)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, *, s: Tensor | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"ScoreMLP expects x of shape [B, {self.dim}], got {tuple(x.shape)}")
         check_conditional(self, y)
-        temb = self.time(t)
+        temb = self.time(t) + second_time(self, t, s)
         if self.label is not None:
             temb = temb + self.label(y, x.shape[0], x.device)
         h = self.inp(x)

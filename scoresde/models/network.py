@@ -17,14 +17,16 @@ __all__ = ["ScoreNetwork", "network_spec", "unwrapped", "sample_shape", "network
 
 
 class ScoreNetwork(nn.Module):
-    """A network ``net(x, t[, y][, cond=, level=])`` that declares what it carries: ``learn_variance`` (a second
-    half of output channels, the reverse variance's fraction), ``num_classes`` (labels ``0 .. K-1``, the null label
-    ``K``), ``cond_channels`` (a super-resolution stage's low-resolution condition) and the shape of its input
+    """A network ``net(x, t[, y][, cond=, level=][, s=])`` that declares what it carries: ``learn_variance`` (a
+    second half of output channels, the reverse variance's fraction), ``num_classes`` (labels ``0 .. K-1``, the null
+    label ``K``), ``cond_channels`` (a super-resolution stage's low-resolution condition), ``two_times`` (a flow
+    map's second time ``s``, embedded as ``t - s`` and added to the time embedding) and the shape of its input
     (`sample_shape`). A plain ``nn.Module`` declares none of them."""
 
     learn_variance: bool = False
     num_classes: int = 0
     cond_channels: int = 0
+    two_times: bool = False
     in_channels: int = 0
     image_size: int = 0
 

@@ -15,7 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive_int
-from .embeddings import LabelEmbedding, SinusoidalEmbedding, TimeMLP, check_conditional, check_num_classes
+from .embeddings import (
+    LabelEmbedding,
+    SinusoidalEmbedding,
+    TimeMLP,
+    check_conditional,
+    check_num_classes,
+    second_time,
+)
 from .network import ScoreNetwork
 from .registry import register_model
 
@@ -90,6 +97,8 @@ class DDPMUNet(ScoreNetwork):
             Models, Ho et al. 2021): the low-resolution image ``low [B, C, h, w]`` is upsampled (nearest) to
             ``image_size`` and concatenated to ``x``; its conditioning-augmentation noise level ``s [B]`` is embedded
             like the time and added to the time embedding.
+        two_times: a flow map's network ``(x, t, s=s)``: the gap ``t - s`` embedded like the time and added to the
+            time embedding (`scoresde.models.FlowMapModel`).
     """
 
     def __init__(
@@ -105,6 +114,7 @@ class DDPMUNet(ScoreNetwork):
         num_classes: int = 0,
         learn_variance: bool = False,
         cond_channels: int = 0,
+        two_times: bool = False,
     ) -> None:
         super().__init__()
         in_channels, image_size, ch = (
@@ -129,6 +139,8 @@ class DDPMUNet(ScoreNetwork):
             raise ValueError(f"cond_channels must be a non-negative integer, got {cond_channels!r}")
         self.cond_channels = cond_channels
         self.level = TimeMLP(SinusoidalEmbedding(ch), ch, temb_dim) if cond_channels else None
+        self.two_times = bool(two_times)
+        self.gap = TimeMLP(SinusoidalEmbedding(ch), ch, temb_dim) if two_times else None
         self.conv_in = nn.Conv2d(in_channels + cond_channels, ch, 3, padding=1)
         self.down, skips, res, cur = nn.ModuleList(), [ch], image_size, ch
         for level, mult in enumerate(ch_mult):
@@ -170,13 +182,20 @@ class DDPMUNet(ScoreNetwork):
         )
 
     def forward(
-        self, x: Tensor, t: Tensor, y: Tensor | None = None, *, cond: Tensor | None = None, level: Tensor | None = None
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor | None = None,
+        *,
+        cond: Tensor | None = None,
+        level: Tensor | None = None,
+        s: Tensor | None = None,
     ) -> Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"DDPMUNet expects x of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
         check_conditional(self, y)
-        temb = self.time(t)
+        temb = self.time(t) + second_time(self, t, s)
         if self.label is not None:
             temb = temb + self.label(y, x.shape[0], x.device)
         if self.cond_channels:

@@ -209,6 +209,29 @@ class GaussianMixture:
         alpha, sigma = self._alpha_sigma(sde, x, t)
         return self._log_prob_and_score(flat, alpha, sigma, with_score=True)[1].reshape(x.shape)
 
+    def flow_map(self, sde: SDE, x: Tensor, t: Tensor | float, s: Tensor | float) -> Tensor:
+        r"""The exact probability-flow map from ``t`` to ``s`` (``[B]`` each, or one number) of one Gaussian
+        $\mathcal N(\mu, \Sigma = U\Lambda U^\top)$: in $y = x/\alpha$ with $\tilde\sigma = \sigma/\alpha$ the
+        marginal is $\mathcal N(\mu, \Sigma + \tilde\sigma^2 I)$ and the ODE $dy/d\tilde\sigma = \tilde\sigma(\Sigma +
+        \tilde\sigma^2 I)^{-1}(y - \mu)$ is solved per eigen-direction,
+        $$\Phi(x, t, s) = \alpha_s\big[\mu + U\,\mathrm{diag}\big(\sqrt{(\lambda_i + \tilde\sigma_s^2)/(\lambda_i +
+        \tilde\sigma_t^2)}\big)\,U^\top(x/\alpha_t - \mu)\big]$$
+        (affine in ``x``; float64). A mixture of several components has no closed-form map: solve its
+        probability-flow ODE with `marginal_score` (`scoresde.sample` with ``x_T``)."""
+        if self.K != 1:
+            raise ValueError(
+                f"the closed-form flow map is that of one Gaussian; this mixture has {self.K} components: solve its "
+                f"probability-flow ODE (scoresde.sample(sde, mixture.score_fn(sde), ..., x_T=x, sampler='ode'))"
+            )
+        flat = self._flat(x).to(torch.float64)
+        t, s = (sde.check_time(torch.as_tensor(v, dtype=torch.float64), flat) for v in (t, s))
+        alpha_t, alpha_s = sde.alpha(t).expand(flat.shape[0]), sde.alpha(s).expand(flat.shape[0])
+        level_t, level_s = sde.sigma(t) / sde.alpha(t), sde.sigma(s) / sde.alpha(s)
+        eigenvalues, U = torch.linalg.eigh(self.covs[0])
+        ratio = torch.sqrt((eigenvalues + level_s.reshape(-1, 1) ** 2) / (eigenvalues + level_t.reshape(-1, 1) ** 2))
+        z = ((flat / alpha_t[:, None] - self.means[0]) @ U) * ratio
+        return (alpha_s[:, None] * (self.means[0] + z @ U.T)).reshape(x.shape)
+
     def class_log_probs(self, sde: SDE, x: Tensor, t: Tensor | float, labels: Sequence[int]) -> Tensor:
         r"""Exact class posteriors $\log p(y = c \mid x_t)$ ``[B, C]`` when component ``k`` has class ``labels[k]``:
         $\operatorname{logsumexp}_{k: y_k = c}(\log w_k + \log\mathcal N_k(x_t)) - \log p_t(x_t)$ (a noise-conditional

@@ -14,6 +14,8 @@ declares nothing and is a score function, as the oracles' scores are):
 ``decoder``         ``model.decode(z)``: a latent model's decoder to images (its samples are latents)
 ``condition``       a super-resolution stage that needs its low-resolution condition: ``model.given(low, level)``
                     is the score model for that condition (only the bound model is sampled)
+``flow_map``        ``model.map(x, t, s)``: the probability-flow map from ``t`` to ``s <= t`` (a flow map, whose
+                    ``model(x, t)`` is its diagonal, a score model of output ``eps``)
 ==================  ==========================================================================================
 
 The kinds are linked by $x_t = \alpha x_0 + \sigma\epsilon$ and Tweedie's formula
@@ -74,7 +76,8 @@ SCORE_OUTPUTS = ("score", "eps", "x0", "v")
 class ModelSpec:
     """What a model predicts and carries (module docstring): ``output`` in `OUTPUTS`, ``variance`` (it has
     ``variance_fraction``), ``num_classes`` (it takes labels), ``scaled`` (it has ``scaled_score``), ``decoder`` (it
-    has ``decode``), ``condition`` (it needs ``given(low, level)`` before it is a score)."""
+    has ``decode``), ``condition`` (it needs ``given(low, level)`` before it is a score), ``flow_map`` (it has
+    ``map(x, t, s)``)."""
 
     output: str = "score"
     variance: bool = False
@@ -82,6 +85,7 @@ class ModelSpec:
     scaled: bool = False
     decoder: bool = False
     condition: bool = False
+    flow_map: bool = False
 
     def __post_init__(self) -> None:
         check_in_registry("model output", self.output, OUTPUTS)
@@ -106,6 +110,7 @@ def spec_of(model: Any) -> ModelSpec:
 _HOW = {
     "score": "a score model (output score, eps, x0 or v: a ScoreModel, an oracle's score)",
     "consistency": "a consistency model (scoresde distill --method consistency)",
+    "flow_map": "a flow map (scoresde distill --method flow_map, or a flow_map_training run)",
 }
 
 
@@ -124,10 +129,11 @@ def require(
     variance: bool = False,
     classes: bool = False,
     unconditional: bool = False,
+    flow_map: bool = False,
 ) -> ModelSpec:
     """Check once, at a boundary named ``where``, that ``model`` declares what it needs: one of the ``output`` kinds,
-    a learned ``variance``, ``classes`` (class-conditional), or ``unconditional`` (no classes); a one-line
-    ``ValueError`` names the missing capability and how to get it. Returns the declaration."""
+    a learned ``variance``, ``classes`` (class-conditional), ``unconditional`` (no classes), or a ``flow_map`` (its
+    ``map``); a one-line ``ValueError`` names the missing capability and how to get it. Returns the declaration."""
     if not callable(model):
         raise TypeError(f"{where}: the model must be callable as model(x, t), got {type(model).__name__}")
     spec = spec_of(model)
@@ -137,6 +143,8 @@ def require(
         hint = _HOW.get(wanted[0], "a model with output " + " or ".join(repr(w) for w in wanted))
         other = " (sample it with sampler 'consistency')" if spec.output == "consistency" else ""
         raise ValueError(f"{where} needs {hint}; this {name} declares output {spec.output!r}{other}")
+    if flow_map and not spec.flow_map:
+        raise ValueError(f"{where} needs {_HOW['flow_map']}; this {name} has no flow map (output {spec.output!r})")
     if variance and not spec.variance:
         raise ValueError(
             f"{where} needs a learned variance (model.kwargs.learn_variance: true, e.g. preset toy-vp-learned-var); "
@@ -225,6 +233,10 @@ class ModelWrapper:
         """The wrapped latent model's decoder (declared by ``spec.decoder``)."""
         return self.inner.decode(z)
 
+    def map(self, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """The wrapped flow map from ``t`` to ``s`` (declared by ``spec.flow_map``)."""
+        return self.inner.map(x, t, s)
+
 
 class CountingScore(ModelWrapper):
     """Wraps a model: counts every call and checks the first output (type, shape, finiteness, with the time).
@@ -254,6 +266,13 @@ class CountingScore(ModelWrapper):
         if self.calls == 1 and y is None:
             return evaluate_score(self.inner.scaled_score, x, t)
         return super().scaled_score(x, t, y)
+
+    def map(self, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """The wrapped flow map, counted (and its first output checked) like a score evaluation."""
+        self.calls += 1
+        if self.calls == 1:
+            return evaluate_score(lambda x, t: self.inner.map(x, t, s), x, t)
+        return super().map(x, t, s)
 
 
 class AsScore(ModelWrapper):

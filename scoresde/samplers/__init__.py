@@ -13,6 +13,7 @@ r"""Sampling from a score-based model: one entry point, `sample`, over a registr
 ``fitted``                DPM-Solver++ with per-step corrections and times fitted to the model (`fit_solver`)
 ``ddpm``                  DDPM's ancestral chain with a choice of reverse variance
 ``consistency``           multistep consistency sampling of a consistency model (Song et al. 2023)
+``flow_map``              K jumps of a flow map along the probability-flow ODE (MeanFlow, Geng et al. 2025)
 ========================  =====================================================================
 
 As in k-diffusion, where every sampler takes its ``sigmas``, `sample` builds the time grid once (from the
@@ -23,7 +24,7 @@ algorithm's. `sample` also validates once (the grid, ``x_T`` and the first score
 
 from ..processes.grids import GRIDS, time_grid
 from ..processes.reverse import ProbabilityFlow
-from . import consistency, ddim, ddpm, dpm_solver, heun, multistep, ode, pc, reverse_sde, unipc  # noqa: F401
+from . import consistency, ddim, ddpm, dpm_solver, flow_map, heun, multistep, ode, pc, reverse_sde, unipc  # noqa: F401
 from .base import SampleResult, Sampling, grid_defaults, register_sampler, sampler_options, samplers
 from .cascade import CascadeResult, augment, sample_cascade
 from .fitted_solver import FittedSolver

@@ -213,9 +213,9 @@ def register_sampler(
     Its keyword-only parameters (with defaults) are the options `scoresde.sample` accepts for it; ``steps`` and
     ``schedule`` are the defaults of the grid `scoresde.sample` builds for it; ``constraint`` says that the
     sampler applies `Sampling.constrain` after every step (only those accept a constraint); ``model`` is the output
-    kind it needs (`scoresde.processes.seam.OUTPUTS`: ``score``, or ``consistency`` for a consistency model), checked
-    once by `scoresde.sample`; ``orders``: the values its ``order`` option takes (checked as numbers by
-    `check_order`)."""
+    kind it needs (`scoresde.processes.seam.OUTPUTS`: ``score``, or ``consistency`` for a consistency model; or
+    ``flow_map``: a model declaring a flow map), checked once by `scoresde.sample`; ``orders``: the values its
+    ``order`` option takes (checked as numbers by `check_order`)."""
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         entry = _Entry(fn, GridDefaults(steps, schedule), constraint, model, tuple(orders))
@@ -250,7 +250,7 @@ def honours_constraint(name: str) -> bool:
 
 
 def model_kind(name: str) -> str:
-    """The output kind the sampler needs from its model (``score`` or ``consistency``)."""
+    """The output kind the sampler needs from its model (``score`` or ``consistency``), or ``flow_map``."""
     return _entry(name).model
 
 

@@ -75,6 +75,7 @@ def choose_recipe(
     - a fitted grid gives the times, and its sampler and settings unless the user chose another; ``steps`` must
       then be the grid's; a fitted solver is its own recipe, and any other choice clashes with it;
     - a ``fixed`` recipe (a student) refuses another sampler and takes its own steps and options;
+    - an ``own`` recipe that is not fixed (a flow map's jumps) is the default when the user names no other sampler;
     - otherwise the user's ``sampler`` (default ``dpm_solver``).
 
     Conflicts are one-line ``ValueError`` s."""
@@ -92,6 +93,8 @@ def choose_recipe(
         if steps not in (None, artefact.steps):
             raise ValueError(f"the grid has {artefact.steps} steps; drop --steps or pass --steps {artefact.steps}")
         steps, times, fitted = artefact.steps, artefact.times, artefact.fitted
+    if own is not None and not own.fixed and sampler in (None, own.sampler) and times is None:
+        return Recipe(own.sampler, steps or own.steps, own.schedule, None, {**own.options, **options})
     if own is None or not own.fixed:
         return Recipe(sampler or "dpm_solver", steps, None, times, options, fitted)
     if sampler not in (None, own.sampler):

@@ -95,6 +95,8 @@ def _model_for(sde: SDE, score_fn: ScoreFn, sampler: str, x0_range, threshold_pe
     needs = model_kind(sampler)
     if needs == "score":
         score_fn = as_score(sde, score_fn, f"sampler {sampler!r}")
+    elif needs == "flow_map":
+        require(score_fn, f"sampler {sampler!r}", flow_map=True)
     else:
         require(score_fn, f"sampler {sampler!r}", output=needs)
     if x0_range is not None:

@@ -29,8 +29,9 @@ def distillation_config(
 ):
     """The student's `RunConfig` for ``teacher`` (a run folder: its SDE, data and network; ``oracle:<toy>``: the toy
     presets' network, ``sde`` and the toy's measured standard deviation as ``sigma_data``), ``method`` and the
-    student's ``steps``; training: AdamW 1e-3 with a cosine decay, EMA 0.999, ``train_steps`` (default 2,000 per
-    round). Change any field with `scoresde.config.override`."""
+    student's ``steps`` (a flow map's network gets its second time input, ``two_times``); training: AdamW 1e-3 with
+    a cosine decay, EMA 0.999, ``train_steps`` (default 2,000 per round). Change any field with
+    `scoresde.config.override`."""
 
     check_in_registry("distillation method", method, DISTILLATION_METHODS)
     check_positive_int("steps", steps)
@@ -59,10 +60,14 @@ def distillation_config(
         "checkpoint_every": 500,
     }
     base["model"]["kwargs"] = student_network(base["model"]["kwargs"])
+    if method in ("flow_map", "flow_map_training"):  # the network's second time input (the map's target time)
+        base["model"]["kwargs"]["two_times"] = True
+        if base["model"]["name"] == "mlp":  # low-frequency time features: the JVP differentiates them (measured)
+            base["model"]["kwargs"]["emb_scale"] = 1.0
     base["kind"] = method
     base["distill"] = {
         "method": method,
-        "teacher": None if method == "consistency_training" else teacher,
+        "teacher": None if method in ("consistency_training", "flow_map_training") else teacher,
         "steps": steps,
     }
     return config_from_dict(base)
@@ -115,8 +120,9 @@ def student_sampling(config, steps: int | None = None) -> dict:
     """How a distilled student samples, as the keyword form of `scoresde.sample` (``sampler``, ``steps`` and
     options; its kind's fixed `scoresde.samplers.Recipe`: consistency, multistep consistency sampling, at most
     ``n_times - 1`` steps; progressive, DDIM on its log-SNR grid, exactly its steps, without the final denoising
-    evaluation, so NFE = steps). Too many steps, or a run that is no student: a one-line ``ValueError``."""
+    evaluation, so NFE = steps; a flow map, K jumps of its map). Too many steps, or a run that is no student: a
+    one-line ``ValueError``."""
     recipe = run_kind(config).recipe(config, steps)
-    if recipe is None or not recipe.fixed:
+    if recipe is None or not run_kind(config).student:
         raise ValueError(f"a {run_kind(config).name} run is not a distilled student (scoresde distill writes one)")
     return recipe.sample_kwargs()

@@ -25,6 +25,7 @@ from .._checks import check_in_registry
 from ..config.schema import RunConfig
 from ..models import LatentModel, ScoreModel
 from ..models.consistency import ConsistencyModel
+from ..models.flow_map import FlowMapModel
 from ..processes.base import SDE
 from ..samplers.recipe import Recipe
 
@@ -108,7 +109,8 @@ class RunKind:
     teacher: bool = False
     """Whether its objective learns from a teacher (``distill.teacher``)."""
     student: bool = False
-    """Whether it is a distilled student that samples its own way (its `recipe` is fixed)."""
+    """Whether it is a few-step student that samples its own way (its `recipe`: fixed for a distilled consistency or
+    progressive student; a flow map's other samplers take its diagonal)."""
     bound: str | None = None
     """The bits/dim bound its likelihood is (``latent``, ``cascade``), or None: the exact PF-ODE likelihood."""
     measures: tuple[str, ...] = ("likelihood", "samples")
@@ -285,3 +287,35 @@ class Consistency(_Consistency):
 @register_run_kind
 class ConsistencyTraining(_Consistency):
     name = objective = "consistency_training"
+
+
+class _FlowMap(RunKind):
+    """A flow map (`scoresde.models.FlowMapModel`): sampled by its own map in K jumps by default, and, through its
+    diagonal (a score), by every other sampler and the exact likelihood."""
+
+    measures = ("likelihood", "samples")
+    student = True
+
+    @property
+    def requires(self) -> str:  # type: ignore[override]
+        return f"is a flow map: set distill.method: {self.name} and model.kwargs.two_times: true"
+
+    def wrap(self, config: RunConfig, sde: SDE, net: nn.Module) -> Any:
+        return FlowMapModel(net, sde, config.model.sigma_data)
+
+    def recipe(self, config: RunConfig, steps: int | None = None) -> Recipe:
+        """``steps`` jumps of the map (the run's ``distill.steps`` by default) on EDM's grid."""
+        if steps is not None and steps < 1:
+            raise ValueError(f"a flow map samples in K >= 1 steps, got {steps}")
+        return Recipe("flow_map", steps or config.distill.steps)
+
+
+@register_run_kind
+class FlowMap(_FlowMap):
+    name = objective = "flow_map"
+    teacher = True
+
+
+@register_run_kind
+class FlowMapTraining(_FlowMap):
+    name = objective = "flow_map_training"

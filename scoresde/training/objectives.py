@@ -9,6 +9,8 @@ parameterisation inside (like EDM's ``training/loss.py``), so that the Trainer's
 ``progressive``            progressive distillation: two teacher DDIM steps in one
 ``consistency``            consistency distillation against an EMA target network
 ``consistency_training``   consistency training (no teacher), its discretisation on a curriculum
+``flow_map``               a flow map distilled by the MeanFlow identity with a teacher's probability-flow velocity
+``flow_map_training``      a flow map from data alone: the MeanFlow identity with the Gaussian path's velocity
 ``autoencoder``            a KL-regularised autoencoder: $[-\log p(x\mid z) + \beta\,\mathrm{KL}(q(z\mid x)\,\|\,
                            \mathcal N(0, I))]/D$ with the discretised decoder, optionally feature matching
 ``super_resolution``       DSM of a cascade's super-resolution stage given its low-resolution condition, with
@@ -44,6 +46,7 @@ from .distillation import (
     progressive_loss,
 )
 from .ema import EMA
+from .flow_map import flow_map_loss
 from .kinds import run_kind
 from .losses import VLBTimeSampler, dsm_loss, hybrid_loss
 
@@ -55,6 +58,7 @@ __all__ = [
     "ProgressiveDistillation",
     "ConsistencyDistillation",
     "ConsistencyTraining",
+    "FlowMapObjective",
     "register_objective",
     "objectives",
     "objective_name",
@@ -262,6 +266,29 @@ class ConsistencyDistillation(ConsistencyTraining):
             load_weights(self.ema.model, target, path, "consistency target")
 
 
+class FlowMapObjective(Objective):
+    """The MeanFlow identity (`scoresde.training.flow_map`): from data (``teacher=None``) or from a teacher's
+    probability-flow velocity. It keeps no state between steps: every draw comes from the step's generator, so
+    resume is exact."""
+
+    def __init__(self, sde: SDE, teacher: ScoreFn | None, t_min: float, distill) -> None:
+        self.sde, self.teacher, self.t_min = sde, teacher, t_min
+        self.options = {"ratio": distill.flow_ratio, "sampling": distill.flow_times, "mean": distill.flow_time_mean,
+                        "std": distill.flow_time_std, "adaptive_p": distill.flow_adaptive_p}  # fmt: skip
+
+    def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
+        return flow_map_loss(
+            model, self.sde, batch.x0, generator, teacher=self.teacher, t_min=self.t_min, **self.options
+        ).mean()
+
+    def outputs(self, model: nn.Module, batch: Batch, sde: SDE) -> dict[str, Tensor]:
+        """The diagonal (its eps) at half the horizon and at ``T``, and the map from ``T`` to ``t_min``."""
+        out = super().outputs(model, batch, sde)
+        times = torch.full((batch.x0.shape[0],), sde.T, dtype=batch.x0.dtype, device=batch.x0.device)
+        out["map"] = model.map(batch.x0, times, torch.full_like(times, self.t_min))
+        return out
+
+
 @register_objective("dsm")
 def _dsm(config: RunConfig, sde: SDE, *, teacher: ScoreFn | None, world: int) -> Objective:
     tc = config.train
@@ -292,6 +319,18 @@ def _consistency_training(config: RunConfig, sde: SDE, *, teacher: ScoreFn | Non
     return ConsistencyTraining(sde, config.train.steps, config.distill.distance)
 
 
+@register_objective("flow_map")
+def _flow_map(config: RunConfig, sde: SDE, *, teacher: ScoreFn | None, world: int) -> Objective:
+    return FlowMapObjective(
+        sde, _teacher(sde, teacher, "flow_map"), sde.check_t_min(config.train.t_min), config.distill
+    )
+
+
+@register_objective("flow_map_training")
+def _flow_map_training(config: RunConfig, sde: SDE, *, teacher: ScoreFn | None, world: int) -> Objective:
+    return FlowMapObjective(sde, None, sde.check_t_min(config.train.t_min), config.distill)
+
+
 def _teacher(sde: SDE, teacher: ScoreFn | None, name: str) -> ScoreFn:
     """The teacher as a score function: an eps / x0 / v model converted here, a consistency model refused."""
     if teacher is None:
@@ -305,7 +344,7 @@ def objective_name(config: RunConfig) -> str:
 
 
 def needs_teacher(config: RunConfig) -> bool:
-    """Whether the run's objective distils a teacher (its kind declares it: progressive and consistency)."""
+    """Whether the run's objective distils a teacher (its kind declares it: progressive, consistency, flow_map)."""
     return run_kind(config).teacher
 
 

@@ -54,8 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         sub,
         "distill",
         cmd_distill,
-        "distil a teacher into a 1-4 step student: progressive distillation or a consistency model",
+        "distil a teacher into a 1-4 step student: progressive distillation, a consistency model or a flow map",
         "scoresde distill --teacher runs/toy --method consistency --out runs/toy-cd\n"
+        "  scoresde distill --teacher oracle:gmm --method flow_map --out runs/gmm-fm\n"
         "  scoresde distill --teacher oracle:gmm --method progressive --student-steps 2 --out runs/gmm-pd\n"
         "  scoresde sample --checkpoint runs/toy-cd --steps 2 --out runs/toy-cd/samples.npz",
     )
