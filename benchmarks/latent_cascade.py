@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the runs of an earlier call in --out (measure only)")
     parser.add_argument("--precision", default="fp32", help="train.precision of every stage (bf16: about 2x on a CPU)")
     parser.add_argument("--eval-every", type=int, default=0, help="evaluation while training every this many steps")
-    args = parse(parser, minutes=0.15, n=64, n_bpd=4, steps=4, levels=[0.1])
+    args = parse(parser, minutes=0.05, n=32, n_bpd=2, steps=4, levels=[0.1])
     out = setup_run(args)
     work = out / "latent_cascade_runs"
     budget = 60 * args.minutes
@@ -177,6 +177,7 @@ def main() -> None:
             continue
         rows[name]["bpd"], rows[name]["bpd_standard_error"] = result.bpd, result.bpd_standard_error
         rows[name]["bpd_settings"] = result.settings
+        rows[name]["bpd_integration_error"] = getattr(result, "integration_error", None)
         if hasattr(result, "terms"):
             rows[name]["bpd_terms"] = result.terms
     rows["cascade"]["bpd_level"] = bound_level
