@@ -273,8 +273,9 @@ class FlowMapObjective(Objective):
 
     def __init__(self, sde: SDE, teacher: ScoreFn | None, t_min: float, distill) -> None:
         self.sde, self.teacher, self.t_min = sde, teacher, t_min
+        p = distill.flow_adaptive_p if distill.flow_adaptive_p is not None else (0.0 if teacher is None else 1.0)
         self.options = {"ratio": distill.flow_ratio, "sampling": distill.flow_times, "mean": distill.flow_time_mean,
-                        "std": distill.flow_time_std, "adaptive_p": distill.flow_adaptive_p}  # fmt: skip
+                        "std": distill.flow_time_std, "adaptive_p": p}  # fmt: skip
 
     def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
         return flow_map_loss(
