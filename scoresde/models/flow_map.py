@@ -41,8 +41,15 @@ __all__ = ["FlowMapModel", "rectified_time", "time_of_rectified"]
 def rectified_time(sde: SDE, t: Tensor) -> Tensor:
     r"""$\tau(t) = \sigma_t/(\alpha_t + \sigma_t)$: the time of the rectified-flow path $z_\tau = (1 - \tau)x_0 +
     \tau\epsilon$ that $z = x/(\alpha_t + \sigma_t)$ follows."""
+    return _rectified(sde, t)[1]
+
+
+def _rectified(sde: SDE, t: Tensor) -> tuple[Tensor, Tensor]:
+    r"""$(\alpha_t + \sigma_t,\ \tau(t))$ from one evaluation of the schedule: the scale $x = (\alpha + \sigma)z$
+    and the rectified-flow time."""
     sigma = sde.sigma(t)
-    return sigma / (sde.alpha(t) + sigma)
+    scale = sde.alpha(t) + sigma
+    return scale, sigma / scale
 
 
 def time_of_rectified(sde: SDE, tau: Tensor) -> Tensor:
@@ -77,8 +84,8 @@ class FlowMapModel(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         r"""The diagonal as $\hat\epsilon(x, t) = z + (1 - \tau)\,u_\theta(z, \tau, \tau)$ (declared output
         ``eps``)."""
-        tau = rectified_time(self.sde, t)
-        z = x / expand_to(self.sde.alpha(t) + self.sde.sigma(t), x)
+        scale, tau = _rectified(self.sde, t)
+        z = x / expand_to(scale, x)
         return z + expand_to(1 - tau, x) * self.average_velocity(z, tau, tau)
 
     def map(self, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
@@ -88,7 +95,6 @@ class FlowMapModel(nn.Module):
         if bool((s > t).any()):
             raise ValueError("a flow map carries x from t to an earlier time s <= t (the probability-flow ODE's "
                              "direction of sampling); got s > t")  # fmt: skip
-        scale_t, scale_s = self.sde.alpha(t) + self.sde.sigma(t), self.sde.alpha(s) + self.sde.sigma(s)
-        tau_t, tau_s = rectified_time(self.sde, t), rectified_time(self.sde, s)
+        (scale_t, tau_t), (scale_s, tau_s) = _rectified(self.sde, t), _rectified(self.sde, s)
         u = self.average_velocity(x / expand_to(scale_t, x), tau_t, tau_s)
         return expand_to(scale_s / scale_t, x) * x + expand_to(scale_s * (tau_s - tau_t), x) * u  # x at s = t

@@ -254,25 +254,21 @@ class CountingScore(ModelWrapper):
         """The counted model."""
         return self.inner
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def _counted(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, check: bool = True) -> Tensor:
+        """``fn(x, t)``, one evaluation counted; the first one's output checked (`evaluate_score`) when ``check``."""
         self.calls += 1
-        if self.calls == 1:
-            return evaluate_score(self.inner, x, t)
-        return self.inner(x, t)
+        return evaluate_score(fn, x, t) if check and self.calls == 1 else fn(x, t)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self._counted(self.inner, x, t)
 
     def scaled_score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The wrapped model's scaled score, counted (and its first output checked) like a score evaluation."""
-        self.calls += 1
-        if self.calls == 1 and y is None:
-            return evaluate_score(self.inner.scaled_score, x, t)
-        return super().scaled_score(x, t, y)
+        return self._counted(lambda x, t: super(CountingScore, self).scaled_score(x, t, y), x, t, check=y is None)
 
     def map(self, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
         """The wrapped flow map, counted (and its first output checked) like a score evaluation."""
-        self.calls += 1
-        if self.calls == 1:
-            return evaluate_score(lambda x, t: self.inner.map(x, t, s), x, t)
-        return super().map(x, t, s)
+        return self._counted(lambda x, t: super(CountingScore, self).map(x, t, s), x, t)
 
 
 class AsScore(ModelWrapper):

@@ -13,7 +13,7 @@ from ..config.presets import preset
 from ..config.schema import DISTILLATION_METHODS, config_from_dict
 from ..datasets import toy_dataset
 from .checkpoint import CheckpointError, load_checkpoint
-from .kinds import run_kind, student_network
+from .kinds import get_run_kind, run_kind
 from .trainer import Trainer
 
 __all__ = ["distillation_config", "distill", "student_sampling"]
@@ -29,9 +29,9 @@ def distillation_config(
 ):
     """The student's `RunConfig` for ``teacher`` (a run folder: its SDE, data and network; ``oracle:<toy>``: the toy
     presets' network, ``sde`` and the toy's measured standard deviation as ``sigma_data``), ``method`` and the
-    student's ``steps`` (a flow map's network gets its second time input, ``two_times``); training: AdamW 1e-3 with
-    a cosine decay, EMA 0.999, ``train_steps`` (default 2,000 per round). Change any field with
-    `scoresde.config.override`."""
+    student's ``steps`` (the network as its kind's `student_network`: a flow map's gets its second time input);
+    training: AdamW 1e-3 with a cosine decay, EMA 0.999, ``train_steps`` (default 2,000 per round). Change any field
+    with `scoresde.config.override`."""
 
     check_in_registry("distillation method", method, DISTILLATION_METHODS)
     check_positive_int("steps", steps)
@@ -59,15 +59,12 @@ def distillation_config(
         "ema_decay": 0.999,
         "checkpoint_every": 500,
     }
-    base["model"]["kwargs"] = student_network(base["model"]["kwargs"])
-    if method in ("flow_map", "flow_map_training"):  # the network's second time input (the map's target time)
-        base["model"]["kwargs"]["two_times"] = True
-        if base["model"]["name"] == "mlp":  # low-frequency time features: the JVP differentiates them (measured)
-            base["model"]["kwargs"]["emb_scale"] = 1.0
+    kind = get_run_kind(method)
+    base["model"]["kwargs"] = kind.student_network(base["model"])
     base["kind"] = method
     base["distill"] = {
         "method": method,
-        "teacher": None if method in ("consistency_training", "flow_map_training") else teacher,
+        "teacher": teacher if kind.teacher else None,
         "steps": steps,
     }
     return config_from_dict(base)
