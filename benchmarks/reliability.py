@@ -16,9 +16,11 @@ state that differs between identical runs).
 A battery of user errors follows (bad values, bad files, wrong devices, a folder with a user's files, a folder
 another trainer holds; and the third pass's: ``--resume`` with nothing to resume, zero counts, a model whose weights
 overflow, untrustworthy optimizer state, artefacts of another model or edited by hand, an empty config, a checkpoint
-that is a folder, a complex ``.npz``, a diffusers config that does not fit its weights): for each, the exit status,
-whether a traceback was printed, the last line, and whether any file the user wrote changed. Last, two Ctrl-C 50 ms
-apart at random moments of a training command. Prints a table and writes ``reliability.json`` and
+that is a folder, a complex ``.npz``, a diffusers config that does not fit its weights; and the fourth pass's:
+``sample`` / ``likelihood`` on a checkpoint with a wrong-shape model or optimizer tensor, a missing model key or
+float64 EMA weights, a diffusers folder without its weights file): for each, the exit status, whether a traceback was
+printed, the last line, and whether any file the user wrote changed. Last, two Ctrl-C 50 ms apart, and one SIGTERM
+(exit 143), at random moments of a training command. Prints a table and writes ``reliability.json`` and
 ``reliability.md``.
 
     python benchmarks/reliability.py --n 20
@@ -161,6 +163,11 @@ def _artefacts(tmp: Path, run: Path) -> Path:
     edited("overflowing-ema", lambda t: t.update({k: v * 1e18 for k, v in t.items() if k.startswith("ema.")}))
     edited("optim-shape", lambda t: t.update({"optim.0.exp_avg": t["optim.0.exp_avg"][:1]}))
     edited("optim-nan", lambda t: t.update({"optim.1.exp_avg_sq": t["optim.1.exp_avg_sq"] * float("nan")}))
+    # the fourth pass (issue 43): a checkpoint is checked whole by every reader, its dtypes included
+    first = "model.net.time.mlp.0.weight"
+    edited("model-shape", lambda t: t.update({first: t[first][:1]}))
+    edited("model-key", lambda t: t.pop(first))
+    edited("float64-ema", lambda t: t.update({k: v.double() for k, v in t.items() if k.startswith("ema.")}))
     (made / "checkpoint-folder" / CHECKPOINT).mkdir(parents=True)
     ve = override(preset("toy-ve"), "train.steps=2", "model.kwargs.width=16", "model.kwargs.depth=1")
     Trainer(ve, made / "ve", progress=False).train()
@@ -180,6 +187,10 @@ def _artefacts(tmp: Path, run: Path) -> Path:
                                  block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
                                  up_block_types=("UpBlock2D",) * 2, norm_num_groups=4)  # fmt: skip
     diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(made / "diffusers")
+    (made / "diffusers-no-weights" / "unet").mkdir(parents=True)
+    for file in ("model_index.json", "scheduler/scheduler_config.json", "unet/config.json"):
+        (made / "diffusers-no-weights" / file).parent.mkdir(parents=True, exist_ok=True)
+        (made / "diffusers-no-weights" / file).write_bytes((made / "diffusers" / file).read_bytes())
     config = json.loads((made / "diffusers" / "unet" / "config.json").read_text())
     (made / "diffusers" / "unet" / "config.json").write_text(json.dumps({**config, "block_out_channels": [8, 32]}))
     return made
@@ -295,11 +306,52 @@ def _cases(tmp: Path, run: Path, user: Path, bad: Path, made: Path) -> list[tupl
             ["likelihood", "--checkpoint", run, "--data", made / "complex.npz", "--out", out / "l3.json"],
         ),
     ]
+    # the fourth pass (issue 43): readers of the EMA weights alone check the whole file, as a resume does
+    for folder, what in (
+        ("model-shape", "a wrong-shape model tensor"),
+        ("optim-shape", "a wrong-shape optimizer tensor"),
+        ("model-key", "a missing model key"),
+        ("float64-ema", "float64 EMA weights"),
+    ):
+        cases.append(
+            (
+                "whole checkpoint",
+                f"sample with {what}",
+                ["sample", "--checkpoint", made / folder, "--steps", 2, "--out", out / f"{folder}.npz"],
+            )
+        )
+        cases.append(
+            (
+                "whole checkpoint",
+                f"likelihood with {what}",
+                ["likelihood", "--checkpoint", made / folder, "-n", 4, "--out", out / f"{folder}.json"],
+            )
+        )
+    cases.append(
+        (
+            "whole checkpoint",
+            "train --resume with float64 EMA weights",
+            ["train", "--out", made / "float64-ema", "--resume", "--steps", 70],
+        )
+    )
     (made / "empty-folder").mkdir(exist_ok=True)
     if (made / "diffusers").is_dir():
-        cases.append(("diffusers", "sample a diffusers folder whose config.json does not fit its weights",
-                      ["sample", "--checkpoint", made / "diffusers", "--out", out / "s5.npz"]))  # fmt: skip
-    return cases
+        cases.append(
+            (
+                "diffusers",
+                "sample a diffusers folder whose config.json does not fit its weights",
+                ["sample", "--checkpoint", made / "diffusers", "--out", out / "s5.npz"],
+            )
+        )
+        for command in ("sample", "likelihood"):
+            cases.append(
+                (
+                    "diffusers",
+                    f"{command} a diffusers folder without its weights file",
+                    [command, "--checkpoint", made / "diffusers-no-weights", "--out", out / f"{command}6"],
+                )
+            )
+    return cases  # fmt: skip
 
 
 def user_error_battery(tmp: Path, run: Path, quick: bool = False) -> list[dict]:
@@ -355,20 +407,23 @@ def user_error_battery(tmp: Path, run: Path, quick: bool = False) -> list[dict]:
     return rows
 
 
-def double_interrupts(tmp: Path, trials: int, rng: random.Random) -> list[dict]:
-    """Two SIGINTs 50 ms apart at a random moment of a training command run as users run it (the console script):
-    the exit status, whether a traceback was printed, and whether the stop's checkpoint loads."""
+def double_interrupts(
+    tmp: Path, trials: int, rng: random.Random, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGINT)
+) -> list[dict]:
+    """``signals`` 50 ms apart (two SIGINTs; or one SIGTERM, a scheduler's stop) at a random moment of a training
+    command run as users run it (the console script): the exit status, whether a traceback was printed, and whether
+    the stop's checkpoint loads."""
     script = [sys.executable, "-c", "import sys, scoresde_cli; sys.exit(scoresde_cli.main())"]
     rows = []
     for i in range(trials):
-        folder = tmp / f"interrupted{i}"
+        folder = tmp / f"interrupted{i}-{signals[0]}"
         proc = subprocess.Popen([*script, *TRAIN[3:], "--steps", "100000", "--out", str(folder)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         delay = rng.uniform(0.5, 6.0)
         time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        for signum in signals:
+            proc.send_signal(signum)
+            time.sleep(0.05)
         try:
             _, err = proc.communicate(timeout=120)
         finally:
@@ -378,7 +433,8 @@ def double_interrupts(tmp: Path, trials: int, rng: random.Random) -> list[dict]:
         except CheckpointError:
             step = None
         rows.append({"delay": round(delay, 2), "exit": proc.returncode, "traceback": "Traceback" in err, "step": step})
-        print(f"double Ctrl-C {i}: at {delay:.2f} s exit {proc.returncode} checkpoint step {step}", flush=True)
+        name = "+".join(signal.Signals(s).name for s in signals)
+        print(f"{name} {i}: at {delay:.2f} s exit {proc.returncode} checkpoint step {step}", flush=True)
     return rows
 
 
@@ -407,6 +463,7 @@ def main() -> None:
             print(f"trial {i:2d} kill at {row['moment']:<24} {flags} resumed from {row['checkpoint_step']}", flush=True)
         battery = user_error_battery(tmp, tmp / "whole", quick=args.quick)
         interrupts = double_interrupts(tmp, args.interrupts, rng)
+        terms = double_interrupts(tmp, max(1, args.interrupts // 2), rng, (signal.SIGTERM,))
     totals = {line: sum(row[line] is True for row in trials) for line in LINES}
     errors = {
         "cases": len(battery),
@@ -438,10 +495,18 @@ def main() -> None:
         f"exit 130 without a traceback; {saved} stopped while training, each with its checkpoint on disk, the others "
         f"during start-up (nothing to save yet)",
     ]
+    clean = sum(row["exit"] in (143, -signal.SIGTERM) and not row["traceback"] for row in terms)
+    saved = sum(row["step"] is not None for row in terms)
+    table += [
+        "",
+        f"one SIGTERM at a random moment of a training command: {clean}/{len(terms)} exit 143 = 128 + 15 without a "
+        f"traceback ({saved} stopped while training, with the checkpoint on disk; during start-up the default SIGTERM "
+        f"ends the process, which shells also report as 143)",
+    ]
     print("\n" + "\n".join(table))
     report = {"n": args.n, "steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "run_seconds": run_seconds}
     report.update({"totals": totals, "trials": trials, "user_errors": errors, "battery": battery})
-    report.update({"double_interrupts": interrupts})
+    report.update({"double_interrupts": interrupts, "sigterm": terms})
     (out / "reliability.json").write_text(json.dumps(report, indent=2))
     (out / "reliability.md").write_text("\n".join(table) + "\n")
     print(f"\nwrote {out / 'reliability.json'} and reliability.md")

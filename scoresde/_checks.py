@@ -16,6 +16,7 @@ from torch import Tensor
 from ._deprecated import ScoresdeDeprecationWarning
 
 __all__ = [
+    "check_callable",
     "check_finite",
     "check_positive",
     "check_positive_int",
@@ -27,6 +28,14 @@ __all__ = [
     "progress_bar",
     "renamed_t_min",
 ]
+
+
+def check_callable(name: str, fn: object, where: str | None = None) -> None:
+    """Refuse a model argument ``name`` that cannot be called as ``name(x, t)`` (``TypeError``, the argument named as
+    the caller's signature spells it; ``where`` the boundary, when it is not the caller itself)."""
+    if not callable(fn):
+        prefix = f"{where}: " if where else ""
+        raise TypeError(f"{prefix}{name} must be callable as {name}(x, t), got {type(fn).__name__}")
 
 
 def check_positive(name: str, value: float, *, strict: bool = True) -> float:
@@ -74,11 +83,13 @@ def check_probability_vector(name: str, w: Tensor, *, atol: float = 1e-6) -> Ten
     return w
 
 
-def check_in_registry(kind: str, name: str, valid: Sequence[str]) -> str:
-    """Raise ``ValueError`` listing the valid names if ``name`` is not one of them."""
+def check_in_registry(kind: str, name: str, valid: Sequence[str], argument: str | None = None) -> str:
+    """Raise ``ValueError`` listing the valid names if ``name`` is not one of them (naming the caller's ``argument``
+    when its name is not the ``kind`` itself)."""
     if name not in valid:
         listing = ", ".join(sorted(valid))
-        raise ValueError(f"unknown {kind} {name!r}; valid names are: {listing}")
+        given = f" for {argument}" if argument else ""
+        raise ValueError(f"unknown {kind} {name!r}{given}; valid names are: {listing}")
     return name
 
 

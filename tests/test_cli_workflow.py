@@ -312,7 +312,7 @@ def test_guided_sampling_and_inpainting(run, tmp_path, capsys):
         ),
         (
             ["inpaint", "--checkpoint", str(run), "--mask", str(bad_mask), "--out", str(tmp_path / "b.npz")],
-            "the mask of shape (3,) does not match the data's shape (2,)",
+            "known (the mask) of shape (3,) does not match x_known's shape (2,)",
         ),
         (
             ["inpaint", "--checkpoint", str(run), "--mask", "nope", "--out", str(tmp_path / "b.npz")],

@@ -169,9 +169,9 @@ def test_replacement_is_biased_and_pc_corrects_part_of_it():
 
 def test_inpainting_bad_input():
     score = GMM.score_fn(SDE)
-    with pytest.raises(ValueError, match=r"the mask of shape \(3,\) does not match the data's shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"known \(the mask\) of shape \(3,\) does not match x_known's shape \(2,\)"):
         inpaint(SDE, score, torch.zeros(4, 2, dtype=torch.float64), torch.ones(3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="must be boolean"):
+    with pytest.raises(ValueError, match="known must be a boolean mask"):
         inpaint(SDE, score, torch.zeros(4, 2, dtype=torch.float64), torch.ones(2))
     with pytest.raises(ValueError, match="unknown mask 'left'; valid names are"):
         named_mask("left", (1, 8, 8))

@@ -152,3 +152,18 @@ def test_a_config_that_does_not_fit_the_weights_is_one_line_and_loading_is_quiet
     assert main(["sample", "--checkpoint", str(bad), "-n", "2", "--out", str(tmp_path / "y.npz")]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "the weights do not fit its config.json" in err and "Traceback" not in err
+
+
+def test_a_folder_without_its_weights_file_names_the_missing_file(tmp_path, capsys):
+    """The config is fine, the weights file is gone: one line naming it (it was diffusers' line, then ours blaming the
+    config), for `sample` and `likelihood`, nothing written."""
+    folder = _save(tmp_path / "model", diffusers.DDPMScheduler())
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(InteropError, match="diffusion_pytorch_model.safetensors is missing"):
+        load_diffusers(folder)
+    for command in ("sample", "likelihood"):
+        out = tmp_path / f"{command}.out"
+        assert main([command, "--checkpoint", str(folder), "-n", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and "unet/diffusion_pytorch_model.safetensors is missing" in err, err
+        assert "config.json (" not in err and not out.exists()

@@ -160,6 +160,41 @@ def test_resume_checks_the_optimizer_state_tensor_by_tensor(run, tmp_path, capsy
     assert (folder / CHECKPOINT).read_bytes() == before
 
 
+# 4b. a checkpoint is one artefact: every reader checks it whole -----------------------------------------------------
+def _drop_model_key(tensors: dict, metadata: dict) -> None:
+    del tensors["model.net.time.mlp.0.weight"]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t, m: t.update({"model.net.time.mlp.0.weight": t["model.net.time.mlp.0.weight"][:1]}),
+         "the model weights do not fit the network its config builds (wrong shape: net.time.mlp.0.weight (1, "),
+        (lambda t, m: t.update({"optim.0.exp_avg": t["optim.0.exp_avg"][:1]}),
+         "optim.0.exp_avg (of net.time.mlp.0.weight) has shape (1, 64)"),
+        (_drop_model_key, "the model weights do not fit the network its config builds (missing net.time.mlp.0.weight)"),
+        (lambda t, m: t.update({k: v.double() for k, v in t.items() if k.startswith("ema.")}),
+         "the ema weights do not fit the network its config builds (wrong dtype: "),
+    ],
+    ids=["model-shape", "optimizer-shape", "model-key", "float64-ema"],
+)  # fmt: skip
+def test_sample_likelihood_and_resume_check_the_whole_checkpoint(run, tmp_path, capsys, edit, message):
+    """`sample` and `likelihood` read only the EMA weights, yet refuse a file that `train --resume` refuses (they
+    exited 0 on all four): one line naming the tensor, exit 2, nothing written."""
+    folder = _copy(run, tmp_path / "run")
+    rewrite_checkpoint(folder / CHECKPOINT, edit)
+    before = (folder / CHECKPOINT).read_bytes()
+    out = tmp_path / "out.npz"
+    for args in (
+        ["sample", "--checkpoint", str(folder), "-n", "4", "--steps", "2", "--out", str(out)],
+        ["likelihood", "--checkpoint", str(folder), "-n", "4", "--out", str(tmp_path / "nll")],
+        ["train", "--out", str(folder), "--resume", "--steps", "8"],
+    ):
+        assert main([*args, "--json"]) == 2, args
+        one_line(capsys, message)
+    assert (folder / CHECKPOINT).read_bytes() == before and not out.exists() and not (tmp_path / "nll").exists()
+
+
 def test_resume_refuses_finite_but_overflowing_ema_weights(run, tmp_path, capsys):
     big = _overflowing(run, tmp_path / "big", 1e18)
     assert main(["train", "--out", str(big), "--resume", "--steps", "8", "--json"]) == 2
@@ -248,9 +283,15 @@ def test_a_second_interrupt_during_the_first_ones_clean_up_is_ignored(monkeypatc
     assert signal.getsignal(signal.SIGINT) is previous  # the caller's handler is back
 
 
-def test_two_ctrl_c_50_ms_apart_exit_130_in_one_line(tmp_path):
+@pytest.mark.parametrize(
+    ("signals", "status"),
+    [((signal.SIGINT, signal.SIGINT), 130), ((signal.SIGTERM,), 143)],
+    ids=["two-ctrl-c-130", "sigterm-143"],
+)
+def test_a_signal_during_training_exits_128_plus_its_number_without_a_traceback(tmp_path, signals, status):
     """The console script during training: the first SIGINT saves and stops, the second arrives 50 ms later (during
-    the save, the report or the interpreter's shutdown): exit 130, no traceback, the checkpoint of the stop kept."""
+    the save, the report or the interpreter's shutdown): exit 130, no traceback, the checkpoint of the stop kept.
+    SIGTERM (a scheduler's stop) saves and stops alike and exits 143 = 128 + 15, which Slurm and shells read."""
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys, scoresde_cli; sys.exit(scoresde_cli.main())", "train", "--out", str(out)]
@@ -263,13 +304,13 @@ def test_two_ctrl_c_50_ms_apart_exit_130_in_one_line(tmp_path):
         deadline = time.time() + 60
         while not (out / CHECKPOINT).exists() and time.time() < deadline:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        for signum in signals:
+            proc.send_signal(signum)
+            time.sleep(0.05)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert proc.returncode == status and "Traceback" not in err, err
     assert load_checkpoint(out)["step"] > 0
 
 

@@ -339,7 +339,7 @@ def test_bad_input_gets_clear_errors():
     _bad("a custom time grid must be a strictly decreasing", schedule=[0.5, 0.9])
     _bad("unknown torchdiffeq method 'rk45'", sampler="ode", method="rk45")
     _bad(
-        "unknown time grid .cosine.; valid names are: edm, log_snr, log_snr_warped, uniform",
+        "unknown time grid .cosine. for schedule; valid names are: edm, log_snr, log_snr_warped, uniform",
         sampler="ddim",
         schedule="cosine",
     )

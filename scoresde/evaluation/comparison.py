@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_positive_int, progress_bar
+from .._checks import check_callable, check_finite, check_positive_int, progress_bar
 from .._stats import mean_and_standard_error
 from ..processes.base import SDE
 from ..processes.score import ScoreFn
@@ -315,6 +315,7 @@ def compare_samplers(
         dtype: of the prior draw and the samples.
         progress: one progress bar over the line-up.
     """
+    check_callable("score_fn", score_fn)
     check_finite("reference", reference)
     n = check_positive_int("n", n)
     lineup = list(lineup) if lineup is not None else default_lineup()

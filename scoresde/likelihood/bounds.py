@@ -147,7 +147,7 @@ def elbo(
     check_data(x)
     n_times = check_positive_int("n_times", n_times)
     t_min = likelihood_t_min(sde, t_min)
-    check_in_registry("time sampling", time_sampling, TIME_SAMPLINGS)
+    check_in_registry("time sampling", time_sampling, TIME_SAMPLINGS, "time_sampling")
     check_in_registry("divergence", divergence, DIVERGENCES)
     score = CountingScore(as_score(sde, score_fn, "elbo"))
     B, dim = x.shape[0], x[0].numel()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_in_registry, check_positive_int
+from .._checks import check_callable, check_finite, check_in_registry, check_positive_int
 from .._io import json_safe
 from .._stats import mean_and_standard_error
 from ..datasets.scalers import DataTransform
@@ -111,6 +111,7 @@ def bits_per_dim(
     apart, about 0.92 for VP at $t_{min}$ = 1e-5 on 8-bit data in [-1, 1].
     """
     check_in_registry("bits/dim estimator", estimator, ESTIMATORS)
+    check_callable("score_fn", score_fn)
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError(
             f"x must be a tensor of integer levels with shape [B, ...], got {getattr(x, 'shape', type(x).__name__)}"

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_positive_int
+from .._checks import check_callable, check_finite, check_positive_int
 from .._io import json_safe
 from .._stats import mean_and_standard_error
 from ..datasets.scalers import DataTransform
@@ -138,6 +138,7 @@ def latent_bits_per_dim(
         **likelihood_options: for `scoresde.likelihood.log_likelihood` (``t_min``, tolerances, ``divergence`` ...).
     """
     n_latent_draws = check_positive_int("n_latent_draws", n_latent_draws)
+    check_callable("score_fn", score_fn)
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError(f"x must be a tensor [B, ...], got {getattr(x, 'shape', type(x).__name__)}")
     check_finite("x", x.to(torch.float64))

@@ -293,7 +293,7 @@ def _checked_options(sde, divergence, probe, n_probes, method, rtol, atol, t_min
     order = check_positive_int("order", order)
     if order > MAX_ORDER:
         raise ValueError(f"order must be at most {MAX_ORDER} (the corrector is one higher), got {order}")
-    check_in_registry("error control", error_control, ("per_sample", "batch"))
+    check_in_registry("error control", error_control, ("per_sample", "batch"), "error_control")
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     if grid is not None:
         grid, t_min = _likelihood_grid(sde, grid, method, t_min)

@@ -81,7 +81,7 @@ def time_grid(
     if not isinstance(schedule, str):
         return custom_grid(sde, schedule)
     steps = check_positive_int("steps", steps)
-    check_in_registry("time grid", schedule, GRIDS)
+    check_in_registry("time grid", schedule, GRIDS, "schedule")
     t_min = sde.check_t_min(t_min)
     ends = torch.tensor([sde.T, t_min], dtype=torch.float64)
     if schedule == "uniform":

@@ -44,7 +44,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .._checks import check_in_registry, expand_to
+from .._checks import check_callable, check_in_registry, expand_to
 from .base import SDE
 from .score import ScoreFn, evaluate_score
 
@@ -130,12 +130,13 @@ def require(
     classes: bool = False,
     unconditional: bool = False,
     flow_map: bool = False,
+    argument: str = "model",
 ) -> ModelSpec:
     """Check once, at a boundary named ``where``, that ``model`` declares what it needs: one of the ``output`` kinds,
     a learned ``variance``, ``classes`` (class-conditional), ``unconditional`` (no classes), or a ``flow_map`` (its
-    ``map``); a one-line ``ValueError`` names the missing capability and how to get it. Returns the declaration."""
-    if not callable(model):
-        raise TypeError(f"{where}: the model must be callable as model(x, t), got {type(model).__name__}")
+    ``map``); a one-line ``ValueError`` names the missing capability and how to get it, a ``TypeError`` a model that
+    is not callable, naming it as the caller's signature spells it (``argument``). Returns the declaration."""
+    check_callable(argument, model, where)
     spec = spec_of(model)
     name = _name(model)
     wanted = (output,) if isinstance(output, str) else output
@@ -289,8 +290,9 @@ class AsScore(ModelWrapper):
         return self.scaled_score(x, t, y) / expand_to(self.sde.sigma(t), x)
 
 
-def as_score(sde: SDE, model: Any, where: str) -> Any:
+def as_score(sde: SDE, model: Any, where: str, argument: str = "score_fn") -> Any:
     """``model`` as a score function at the boundary ``where``: itself when it declares output ``score``, converted
-    (`AsScore`) for ``eps`` / ``x0`` / ``v``, refused in one line for a consistency model."""
-    spec = require(model, where, output=SCORE_OUTPUTS)
+    (`AsScore`) for ``eps`` / ``x0`` / ``v``, refused in one line for a consistency model (or, not callable, in one
+    line naming it as the caller's ``argument``)."""
+    spec = require(model, where, output=SCORE_OUTPUTS, argument=argument)
     return model if spec.output == "score" else AsScore(sde, model)

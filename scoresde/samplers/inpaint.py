@@ -26,7 +26,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_in_registry, expand_to, progress_bar, renamed_t_min, standard_normal_like
+from .._checks import (
+    check_callable,
+    check_finite,
+    check_in_registry,
+    expand_to,
+    progress_bar,
+    renamed_t_min,
+    standard_normal_like,
+)
 from ..processes.base import SDE, check_sde
 from ..processes.grids import time_grid
 from ..processes.score import ScoreFn
@@ -108,6 +116,7 @@ def inpaint(
     t_min = renamed_t_min(t_min, eps, "inpaint")
     check_sde(sde)
     check_in_registry("inpainting method", method, INPAINT_METHODS)
+    check_callable("score_fn", score_fn)
     if spec_of(score_fn).decoder:
         raise ValueError(
             "inpainting replaces known pixels during sampling, and this latent model samples latents: use a "
@@ -118,11 +127,11 @@ def inpaint(
         raise ValueError(f"x_known must be a batch [B, ...], got shape {tuple(x_known.shape)}")
     known = torch.as_tensor(known, device=x_known.device)
     if known.dtype != torch.bool:
-        raise ValueError(f"the mask must be boolean (True = known), got dtype {known.dtype}")
+        raise ValueError(f"known must be a boolean mask (True = known), got dtype {known.dtype}")
     if tuple(known.shape) not in (tuple(x_known.shape), tuple(x_known.shape[1:])):
         raise ValueError(
-            f"the mask of shape {tuple(known.shape)} does not match the data's shape {tuple(x_known.shape[1:])} "
-            f"(one sample) or {tuple(x_known.shape)} (the batch)"
+            f"known (the mask) of shape {tuple(known.shape)} does not match x_known's shape "
+            f"{tuple(x_known.shape[1:])} (one sample) or {tuple(x_known.shape)} (the batch)"
         )
     known = known.expand(x_known.shape)
 

@@ -96,9 +96,9 @@ def _model_for(sde: SDE, score_fn: ScoreFn, sampler: str, x0_range, threshold_pe
     if needs == "score":
         score_fn = as_score(sde, score_fn, f"sampler {sampler!r}")
     elif needs == "flow_map":
-        require(score_fn, f"sampler {sampler!r}", flow_map=True)
+        require(score_fn, f"sampler {sampler!r}", flow_map=True, argument="score_fn")
     else:
-        require(score_fn, f"sampler {sampler!r}", output=needs)
+        require(score_fn, f"sampler {sampler!r}", output=needs, argument="score_fn")
     if x0_range is not None:
         if not isinstance(x0_range, (tuple, list)) or len(x0_range) != 2:
             raise ValueError(f"x0_range must be two finite numbers low < high, got {x0_range!r}")

@@ -25,7 +25,9 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_weights",
+    "check_checkpoint",
     "check_optimizer_state",
+    "check_weights",
     "checkpoint_step",
     "kept_checkpoint",
     "state_under",
@@ -168,9 +170,20 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     return out
 
 
-def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, kind: str = "model") -> None:
-    """``module.load_state_dict(state)`` with a one-line `CheckpointError` naming what does not fit (missing,
-    unexpected or wrong-shape tensors) instead of torch's multi-line report."""
+def check_checkpoint(state: dict, module: nn.Module, path: str | Path) -> None:
+    """Check a loaded checkpoint (`load_checkpoint`) whole against the network its config builds (``module``): its
+    model weights, its EMA weights and its optimiser state, each for keys, shapes and dtypes (`check_weights`,
+    `check_optimizer_state`). A checkpoint is one artefact: a reader of its EMA weights alone (``scoresde sample``,
+    ``likelihood``) refuses a file that ``train --resume`` would refuse, in the same one line."""
+    check_weights(module, state["model"], path, "model")
+    check_weights(module, state["ema"], path, "ema")
+    check_optimizer_state(state["optimizer"], module, path)
+
+
+def check_weights(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, kind: str = "model") -> None:
+    """Refuse, in one `CheckpointError` line naming the tensors, a state dict that does not fit ``module``: missing,
+    unexpected or wrong-shape tensors, or floating-point tensors of another dtype (torch would convert float64
+    weights silently: a file edited or written by another tool)."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -179,9 +192,20 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: str | 
         for name, value in expected.items()
         if name in state and state[name].shape != value.shape
     ]
+    dtypes = [
+        f"{name} {str(state[name].dtype).removeprefix('torch.')} (the network has "
+        f"{str(value.dtype).removeprefix('torch.')})"
+        for name, value in expected.items()
+        if name in state and value.is_floating_point() and state[name].dtype != value.dtype
+    ]
     problems = [
         f"{label} {_some(names)}"
-        for label, names in (("missing", missing), ("unexpected", extra), ("wrong shape:", shapes))
+        for label, names in (
+            ("missing", missing),
+            ("unexpected", extra),
+            ("wrong shape:", shapes),
+            ("wrong dtype:", dtypes),
+        )  # fmt: skip
         if names
     ]
     if problems:
@@ -189,6 +213,12 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: str | 
             f"{path}: the {kind} weights do not fit the network its config builds ({'; '.join(problems)}); "
             f"the file was edited or written by another version"
         )
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, kind: str = "model") -> None:
+    """``module.load_state_dict(state)`` after `check_weights`: a one-line `CheckpointError` naming what does not fit
+    (missing, unexpected, wrong-shape or wrong-dtype tensors) instead of torch's multi-line report."""
+    check_weights(module, state, path, kind)
     module.load_state_dict(state)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "ImportedModel",
     "SCHEDULERS",
     "PREDICTION_TYPES",
+    "WEIGHTS_FILES",
     "is_diffusers_folder",
     "load_diffusers",
     "DiffusersAutoencoder",
@@ -109,12 +110,32 @@ def _read_json(path: Path, what: str) -> dict:
         raise InteropError(f"cannot read the {what} {path}: {exc}") from None
 
 
+WEIGHTS_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin.index.json",
+)
+"""The weights files diffusers' ``from_pretrained`` reads from a model folder (one file, or a sharded index)."""
+
+
+def _check_weights_file(folder: Path) -> None:
+    """Refuse, in one line naming the missing file, a diffusers model folder with a config but no weights (diffusers
+    would print its own line and fail in another, which blamed the config)."""
+    if not any((folder / name).is_file() for name in WEIGHTS_FILES):
+        raise InteropError(
+            f"{folder / WEIGHTS_FILES[0]} is missing (nor is there a .bin or sharded weights file): the folder has a "
+            f"config.json but no weights; copy the weights file beside it (save_pretrained writes both)"
+        )
+
+
 def _load_unet(diffusers, unet_dir: Path, dtype: torch.dtype):
     """``UNet2DModel.from_pretrained`` offline and quietly (diffusers' warnings, e.g. that ``accelerate`` is not
     installed, are about loading speed, not the model); weights that do not fit the folder's ``config.json`` are
     a one-line `InteropError` naming the first tensor that does not fit."""
     from diffusers.utils import logging as diffusers_logging
 
+    _check_weights_file(unet_dir)
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:
@@ -223,6 +244,7 @@ def load_diffusers_autoencoder(path: str | Path, device: torch.device | str = "c
         raise InteropError(
             "diffusers autoencoders need the diffusers package: pip install 'scoresde[diffusers]'"
         ) from None
+    _check_weights_file(Path(path))
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:

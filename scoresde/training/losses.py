@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .._checks import (
+    check_callable,
     check_finite,
     check_in_registry,
     check_positive_int,
@@ -113,9 +114,10 @@ def dsm_loss(
             "x0 must be a floating-point tensor [B, ...] with at least 2 dimensions, got "
             f"{getattr(x0, 'shape', type(x0).__name__)}"
         )
+    check_callable("model", model)
     check_finite("x0", x0)
     check_in_registry("weighting", weighting, WEIGHTINGS)
-    reduce = check_in_registry("reduction", reduce or ("mean" if weighting == "eps" else "sum"), REDUCTIONS)
+    reduce = check_in_registry("reduction", reduce or ("mean" if weighting == "eps" else "sum"), REDUCTIONS, "reduce")
     if importance_sampling and (weighting != "likelihood" or n_steps is not None):
         raise ValueError("importance_sampling applies to the continuous 'likelihood' weighting only")
     if n_steps is not None:

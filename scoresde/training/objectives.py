@@ -336,7 +336,7 @@ def _teacher(sde: SDE, teacher: ScoreFn | None, name: str) -> ScoreFn:
     """The teacher as a score function: an eps / x0 / v model converted here, a consistency model refused."""
     if teacher is None:
         raise ValueError(f"the {name} objective needs a teacher (a run folder or oracle:<toy>: distill.teacher)")
-    return as_score(sde, teacher, f"the {name} objective's teacher")
+    return as_score(sde, teacher, f"the {name} objective's teacher", argument="teacher")
 
 
 def objective_name(config: RunConfig) -> str:

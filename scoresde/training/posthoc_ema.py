@@ -274,7 +274,7 @@ def _network_with(folder: str | Path, rec: EMAReconstruction, device: torch.devi
     config = load_checkpoint(folder, device)["config"]
     model = build_model(config, config.sde.build(), device)
     full = model.state_dict()
-    full.update({k: v.to(device) for k, v in rec.state.items()})
+    full.update({k: v.to(device=device, dtype=full[k].dtype) for k, v in rec.state.items()})  # summed in float64
     load_weights(model, full, folder, f"post-hoc EMA (sigma_rel {rec.sigma_rel:g})")
     return model, config
 

@@ -17,7 +17,7 @@ from ..processes.base import SDE
 from ..processes.reverse_variance import ScoreMoments, score_moments
 from ..processes.score import ScoreFn
 from ..processes.seam import SCORE_OUTPUTS, require, spec_of
-from .checkpoint import CheckpointError, load_checkpoint, load_weights
+from .checkpoint import CheckpointError, check_checkpoint, load_checkpoint
 from .kinds import run_kind
 from .stages import run_images
 
@@ -79,7 +79,8 @@ def load_score_model(path: str | Path, device: torch.device | str = "cpu") -> tu
     state = load_checkpoint(path, device)
     config = state["config"]
     model = build_model(config, config.sde.build(), device)
-    load_weights(model, state["ema"], path, "ema")
+    check_checkpoint(state, model, path)  # the whole file, as a resume checks it, though only the EMA is read
+    model.load_state_dict(state["ema"])
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     return run_kind(config).loaded(model.eval(), config, folder, device), config, state["step"]
 

@@ -14,7 +14,7 @@ from ..config.schema import DataConfig, RunConfig
 from ..datasets import image_dataset
 from ..datasets.images import downsample_levels
 from ..models import KLAutoencoder, LatentCodec, create_model
-from .checkpoint import CheckpointError, load_checkpoint, load_weights
+from .checkpoint import CheckpointError, check_checkpoint, load_checkpoint
 
 __all__ = ["load_autoencoder", "encode_images", "scaling_factor", "stage_path", "run_images", "LATENTS_FILE"]
 
@@ -96,7 +96,8 @@ def load_autoencoder(
                 f"split seed {config.data.split_seed}), this run's data is {data.name} (resolution {data.resolution}, "
                 f"split seed {data.split_seed}): train an autoencoder on this data"
             )
-    load_weights(net, state["ema"], path, "ema")
+    check_checkpoint(state, net, path)
+    net.load_state_dict(state["ema"])
     net = net.eval().requires_grad_(False)
     run = path if path.is_dir() else path.parent
     factor = _stored_scaling_factor(run / LATENTS_FILE, state["step"])

@@ -128,6 +128,15 @@ class TrainResult:
     interrupted: bool = False
     checkpoint: str | None = None
     history: list[dict] = field(default_factory=list)
+    stop_signal: int | None = None
+
+    @property
+    def exit_status(self) -> int:
+        """The process exit status a command reports for this result: 0, or $128 + n$ after signal $n$ stopped it
+        (130 for SIGINT, 143 for SIGTERM, what shells and schedulers such as Slurm read)."""
+        if not self.interrupted:
+            return 0
+        return 128 + (self.stop_signal or signal.SIGINT)
 
     def to_dict(self) -> dict:
         return {
@@ -185,12 +194,12 @@ def micro_batches(batch: Batch, k: int) -> list[Batch]:
     return [Batch(x, y, batch.step, low) for x, y, low in zip(split(batch.x0), split(batch.y), split(batch.low))]
 
 
-def stop_on_signals(stop: Callable[[], None]) -> Callable[[], None]:
-    """Call ``stop()`` on SIGINT / SIGTERM instead of dying (the loop finishes its step and checkpoints); returns the
-    function that restores the previous handlers. Off the main thread, where signals cannot be caught, nothing."""
+def stop_on_signals(stop: Callable[[int], None]) -> Callable[[], None]:
+    """Call ``stop(signum)`` on SIGINT / SIGTERM instead of dying (the loop finishes its step and checkpoints); returns
+    the function that restores the previous handlers. Off the main thread, where signals cannot be caught, nothing."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    previous = {sig: signal.signal(sig, lambda signum, frame: stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def restore() -> None:
         for sig, old in previous.items():

@@ -33,11 +33,10 @@ from ..processes.score import ScoreFn
 from .checkpoint import (
     CHECKPOINT,
     CheckpointError,
-    check_optimizer_state,
+    check_checkpoint,
     checkpoint_step,
     kept_checkpoint,
     load_checkpoint,
-    load_weights,
     save_checkpoint,
     state_under,
 )
@@ -151,7 +150,7 @@ class Trainer:
         self.objective.init_model(self.model, self.ema.model)
         self.step = 0
         self.evals: list[dict] = []
-        self._stop = False
+        self._stop, self._stop_signal = False, None
         self._resume, self._overwrite, self._owns_folder = resume, overwrite, False
         if resume and (self.out_dir / CHECKPOINT).is_file():
             self._restore(self.out_dir / CHECKPOINT)
@@ -218,6 +217,7 @@ class Trainer:
             interrupted=self._stop,
             checkpoint=str(path) if path else None,
             history=history,
+            stop_signal=self._stop_signal,
         )
 
     def _loop(self, target: int, start: float, history: list[dict]) -> float:
@@ -457,10 +457,10 @@ class Trainer:
                 f"{path} holds no optimizer state (step {state['step']}, {n_params} parameters), so a resume would "
                 f"not be exact; start afresh (scoresde train --force)"
             )
-        load_weights(self.model, state["model"], path, "model")
-        load_weights(self.ema.model, state["ema"], path, "ema")
+        check_checkpoint(state, self.model, path)
+        self.model.load_state_dict(state["model"])
+        self.ema.model.load_state_dict(state["ema"])
         self._check_outputs(path)
-        check_optimizer_state(optim, self.model, path)
         try:
             self.optimizer.load_state_dict(optim)
         except (KeyError, ValueError, RuntimeError) as exc:
@@ -487,8 +487,10 @@ class Trainer:
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         """SIGINT / SIGTERM ask the loop to stop after this step (`stop_on_signals`); returns the restorer."""
-        self._stop = False
+        self._stop, self._stop_signal = False, None
         return stop_on_signals(self._request_stop)
 
-    def _request_stop(self) -> None:
+    def _request_stop(self, signum: int) -> None:
         self._stop = True
+        if self._stop_signal is None:  # the first signal is the one the exit status reports
+            self._stop_signal = int(signum)

@@ -90,7 +90,8 @@ class Loaded(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """What a command returns when its exit status is not 0: its summary and the status (130: interrupted)."""
+    """What a command returns when its exit status is not 0: its summary and the status (130 / 143: stopped by
+    SIGINT / SIGTERM)."""
 
     summary: dict
     status: int

@@ -45,7 +45,7 @@ def cmd_distill(args: argparse.Namespace) -> dict:
         "sampling": student_sampling(config),
         "config": config.to_dict(),
     }
-    return Outcome(summary, 130) if results and results[-1].interrupted else summary
+    return Outcome(summary, results[-1].exit_status) if results and results[-1].interrupted else summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

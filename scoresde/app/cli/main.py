@@ -47,7 +47,8 @@ def exiting(status: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``scoresde`` command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status
-    (0; 2 for a user error, with its one-line message on stderr; 130 for an interrupted command)."""
+    (0; 2 for a user error, with its one-line message on stderr; 130 for an interrupted command, 143 for training
+    stopped by SIGTERM)."""
     with _interrupt_once():
         try:
             return _run(build_parser().parse_args(argv))

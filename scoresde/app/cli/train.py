@@ -170,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         fig = plot_training_curve(out / "metrics.csv")
         fig.savefig(out / "loss.png", dpi=100)
         summary["loss_plot"] = str(out / "loss.png")
-    return Outcome(summary, 130) if run.result.interrupted else summary
+    return Outcome(summary, run.result.exit_status) if run.result.interrupted else summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
