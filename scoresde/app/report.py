@@ -45,6 +45,7 @@ def likelihood_summary(
     progress: bool = False,
     t_min: float | None = None,
     rigorous: bool = True,
+    dequantization: dict | None = None,
     **solver,
 ) -> dict:
     r"""NLL and bits/dim of held-out ``x`` with standard errors over points, NFE and the ELBO on the same points.
@@ -54,7 +55,9 @@ def likelihood_summary(
     ``true_nll`` the paired gap $\overline{\mathrm{NLL}_\theta - \mathrm{NLL}}$ and its standard error.
     Discrete images (a `DataTransform`): `bits_per_dim` (uniform dequantisation, Hutchinson divergence,
     float32 as the reference code), its error budget (integration error, the standard error by source), the
-    rigorous bound beside it (``rigorous``) and the ELBO counterpart. ``t_min`` defaults to 1e-5; ``solver``
+    rigorous bound beside it (``rigorous``) and the ELBO counterpart; ``dequantization`` (`bits_per_dim`'s
+    ``dequantization``, ``n_dequantizations``, ``importance_weighted``) applies to both, and the offset it adds is
+    reported (``offset_bits_per_dim``, derived from the levels and range). ``t_min`` defaults to 1e-5; ``solver``
     (method, rtol, atol, error_control, n_probes, probe) overrides `IMAGE_LIKELIHOOD` for images and
     `log_likelihood`'s defaults for continuous data.
     """
@@ -65,6 +68,7 @@ def likelihood_summary(
     generator = torch.Generator().manual_seed(seed)
     if transform is not None:
         options = {"divergence": "hutchinson", **IMAGE_LIKELIHOOD, **solver}
+        dequantization = dequantization or {}
         exact = bits_per_dim(
             sde,
             score_fn,
@@ -76,6 +80,7 @@ def likelihood_summary(
             progress=progress,
             t_min=t_min,
             rigorous=rigorous,
+            **dequantization,
             **options,
         )
         bound = bits_per_dim(
@@ -89,12 +94,17 @@ def likelihood_summary(
             generator=generator,
             dtype=torch.float32,
             t_min=t_min,
+            **dequantization,
         )
         return {
             "n": int(x.shape[0]),
             "bits_per_dim": exact.bpd,
             "bits_per_dim_standard_error": exact.bpd_standard_error,
             "bits_per_dim_integration_error": exact.integration_error,
+            "dequantization": exact.settings["dequantization"],
+            "importance_weighted": exact.settings["importance_weighted"],
+            "importance_bias_bits_per_dim": exact.importance_bias,
+            "offset_bits_per_dim": exact.offset,
             "standard_errors": exact.standard_errors,
             "rigorous_bits_per_dim": exact.rigorous_bpd,
             "rigorous_bits_per_dim_standard_error": exact.rigorous_bpd_standard_error,

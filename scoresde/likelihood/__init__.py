@@ -5,6 +5,15 @@ from ..processes.divergence import DIVERGENCES, PROBES, divergence_fn, draw_prob
 from .bounds import TIME_SAMPLINGS, ELBOResult, ddpm_bound, elbo
 from .bpd import ESTIMATORS, BitsPerDimResult, bits_per_dim
 from .cascade import CASCADE_TERMS, CascadeBoundResult, cascade_bits_per_dim
+from .dequantization import (
+    DEQUANTIZERS,
+    Dequantized,
+    Dequantizer,
+    TruncatedNormalDequantizer,
+    UniformDequantizer,
+    dequantizer,
+    register_dequantizer,
+)
 from .latent import LATENT_TERMS, LatentBoundResult, decoder_log_prob, latent_bits_per_dim
 from .pf_ode import LIKELIHOOD_T_MIN, SOLVERS, check_data, likelihood_t_min, log_likelihood
 from .result import LikelihoodResult, error_budget
@@ -21,6 +30,13 @@ __all__ = [
     "LikelihoodResult",
     "bits_per_dim",
     "BitsPerDimResult",
+    "DEQUANTIZERS",
+    "Dequantized",
+    "Dequantizer",
+    "TruncatedNormalDequantizer",
+    "UniformDequantizer",
+    "dequantizer",
+    "register_dequantizer",
     "elbo",
     "ddpm_bound",
     "ELBOResult",

@@ -1,5 +1,6 @@
-r"""Bits per dimension of discrete data: uniform dequantisation, the data transform's log-determinant, and
-each sample's $-\log p_{model}$ from the exact likelihood (`scoresde.likelihood`) or one of the bounds
+r"""Bits per dimension of discrete data: a dequantisation (`scoresde.likelihood.dequantization`: uniform,
+truncated-normal, or any proposal, averaged or importance-weighted over its draws) and each sample's
+$-\log p_{model}$ from the exact likelihood (`scoresde.likelihood`) or one of the bounds
 (`scoresde.likelihood.bounds`), so that NLL and bounds are reported on the same footing.
 """
 
@@ -18,7 +19,8 @@ from ..datasets.scalers import DataTransform
 from ..processes.base import SDE
 from ..processes.score import ScoreFn
 from .bounds import ddpm_bound, elbo
-from .pf_ode import log_likelihood
+from .dequantization import Dequantizer, dequantizer
+from .pf_ode import likelihood_t_min, log_likelihood
 
 __all__ = ["bits_per_dim", "BitsPerDimResult", "ESTIMATORS"]
 
@@ -32,7 +34,9 @@ class BitsPerDimResult:
             log-determinant (the figure the literature reports), mean over samples and draws.
         bpd_standard_error: its standard error over samples (after averaging the draws of each sample).
         bpd_raw: $-\\log_2 p_{model}(x_{model})/D$ in the model's range, without the offset.
-        offset: ``bpd - bpd_raw`` = $-\\log_2((b - a)/K)$ (e.g. 7 for 256 levels on [-1, 1]).
+        offset: the dequantisation's mean $\\log_2 q/D$, ``bpd - bpd_raw`` when the draws are averaged: for uniform
+            dequantisation $-\\log_2((b - a)/K)$, derived from the levels and range (7 for 256 levels on [-1, 1],
+            about 4.09 for digits' 17 levels on [-1, 1]).
         nats_per_sample: mean $-\\log p(y)$ in nats.
         per_sample: per-sample bits/dim ``[B]`` (mean over draws).
         nfe: score evaluations over all draws (and the rigorous bound's solves).
@@ -42,6 +46,9 @@ class BitsPerDimResult:
         standard_errors: the parts of ``bpd_standard_error`` (bits/dim): ``"dequantization"`` (needs two or more
             draws), ``"probes"`` (needs two or more Hutchinson probes), ``"data"`` (the rest); None where a part
             cannot be told apart.
+        importance_bias: with ``importance_weighted=True``, the delta-method estimate of how far the
+            importance-weighted figure still sits above its limit $-\\log_2 P(x)/D$ (bits/dim,
+            $\\mathrm{Var}(w)/(2K\\,\\mathbb E[w]^2)$ per sample, $w = p/q$, averaged); None otherwise.
         rigorous_bpd: with ``rigorous=True``, a bound on the discrete data's $-\\log_2 P(x)/D$ that also pays
             for the perturbation from $x_0$ to $x_{t_{min}}$ (see `bits_per_dim`), and its standard error
             ``rigorous_bpd_standard_error``.
@@ -59,9 +66,11 @@ class BitsPerDimResult:
     standard_errors: dict = field(default_factory=dict)
     rigorous_bpd: float | None = None
     rigorous_bpd_standard_error: float | None = None
+    importance_bias: float | None = None
 
     def to_dict(self) -> dict:
-        keys = ("bpd", "bpd_standard_error", "bpd_raw", "offset", "nats_per_sample", "nfe", "integration_error")
+        keys = ("bpd", "bpd_standard_error", "bpd_raw", "offset", "nats_per_sample", "nfe", "integration_error",
+                "importance_bias")  # fmt: skip
         out = {k: getattr(self, k) for k in keys}
         out["standard_errors"] = self.standard_errors
         out["rigorous_bpd"] = self.rigorous_bpd
@@ -77,6 +86,8 @@ def bits_per_dim(
     transform: DataTransform,
     *,
     n_dequantizations: int = 1,
+    dequantization: str | Dequantizer = "uniform",
+    importance_weighted: bool = False,
     estimator: str = "ode",
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
@@ -85,14 +96,19 @@ def bits_per_dim(
 ) -> BitsPerDimResult:
     r"""Bits per dimension of integer data ``x [B, ...]`` (values ``0 .. levels-1``) under the model.
 
-    With uniform dequantisation $y = x + u$ and the affine map to the model's range
-    (`DataTransform`),
+    With a dequantisation $q(\tilde x \mid x)$ inside each datum's cell (`scoresde.likelihood.dequantization`),
 
-    $$\mathrm{bpd}(x) = \frac{-\log p_{model}(x_{model}) - D\log\frac{b - a}{K}}{D \ln 2},$$
+    $$\mathrm{bpd}(x) = \frac{-\log p_{model}(\tilde x) + \log q(\tilde x \mid x)}{D \ln 2}
+    \ \ge\ \frac{-\log P(x)}{D\ln 2}\ \text{(in expectation)},$$
 
-    averaged over ``n_dequantizations`` draws of ``u``. This is the field's convention (Song et al. 2021): the
-    model density $p_{t_{min}}$ of the probability-flow ODE is evaluated at the dequantised data as if it were
-    $x_{t_{min}}$; ``t_min`` defaults to 1e-5. ``bpd_raw`` drops the log-determinant term. ``estimator`` picks
+    averaged over ``n_dequantizations`` draws, or with ``importance_weighted`` combined as
+    $-\log\frac1K\sum_k p_{model}(\tilde x_k)/q(\tilde x_k \mid x)$, which falls toward $-\log P(x)$ as the
+    number of draws $K$ grows (``importance_bias`` estimates what is left). ``dequantization``: ``"uniform"``
+    ($\tilde x = a + (b-a)(x+u)/K$, $\log q = -D\log\frac{b-a}{K}$: the field's convention, Song et al. 2021),
+    ``"truncated_normal"`` (i-DODE: the forward process's noise at ``t_min``, truncated to the cell), or any
+    `Dequantizer`. The model density $p_{t_{min}}$ of the probability-flow ODE is evaluated at the dequantised
+    data as if it were $x_{t_{min}}$; ``t_min`` defaults to 1e-5. ``bpd_raw`` drops the $\log q$ term, ``offset``
+    is its mean per dimension in bits. ``estimator`` picks
     the per-sample $-\log p_{model}$: ``"ode"`` (exact, `log_likelihood`), ``"elbo"`` (the continuous bound,
     `elbo`) or ``"ddpm"`` (the discrete chain's bound, `ddpm_bound`), so that NLL and bounds are reported on
     the same footing; ``likelihood_options`` go to that function (divergence, tolerances, t_min, prior_logp,
@@ -120,40 +136,67 @@ def bits_per_dim(
     if rigorous and estimator != "ode":
         raise ValueError(f"rigorous=True needs estimator='ode' (the bounds carry their own terms), got {estimator!r}")
     n_dequantizations = check_positive_int("n_dequantizations", n_dequantizations)
+    if importance_weighted and n_dequantizations < 2:
+        raise ValueError("importance_weighted needs n_dequantizations >= 2 draws to weigh (K = 1 is the plain bound)")
+    proposal = dequantizer(dequantization)
     dim = x[0].numel()
-    log_det = transform.log_det_per_dim()
     to_bits = 1.0 / (dim * math.log(2))
-    draws, rigorous_draws, nfe, t_min = [], [], 0, None
+    points, log_qs, rigorous_draws = [], [], []
+    q_t_min = likelihood_t_min(sde, likelihood_options.get("t_min", likelihood_options.get("eps")))
     for _ in range(n_dequantizations):
-        u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
-        x_model = transform.to_model(levels + u).to(dtype)
-        draw = _per_sample_nll(estimator, sde, score_fn, x_model, generator=generator, **likelihood_options)
-        nfe += draw.nfe
-        t_min = draw.t_min
-        draws.append(draw)
-        if rigorous:
+        dequantized = proposal.draw(levels, transform, sde, q_t_min, generator)
+        if tuple(dequantized.x.shape) != tuple(x.shape) or tuple(dequantized.log_q.shape) != (x.shape[0],):
+            raise ValueError(
+                f"the dequantizer {proposal.name!r} returned points of shape {tuple(dequantized.x.shape)} and log q of "
+                f"shape {tuple(dequantized.log_q.shape)}; the data need {tuple(x.shape)} and ({x.shape[0]},)"
+            )
+        points.append(dequantized.x.to(dtype))
+        log_qs.append(dequantized.log_q.to(torch.float64).cpu())
+    # all draws in one solve (``batch_size`` in the options bounds the memory): K draws cost one call, not K
+    joint = _per_sample_nll(estimator, sde, score_fn, torch.cat(points), generator=generator, **likelihood_options)
+    nfe, t_min, B = joint.nfe, joint.t_min, x.shape[0]
+    if rigorous:
+        for _ in range(n_dequantizations):
             bound, calls = _rigorous_draw(sde, score_fn, levels, transform, t_min, dtype, generator, likelihood_options)
             nfe += calls
             rigorous_draws.append(bound * to_bits)
-    nll = torch.stack([d.nll for d in draws])  # [draws, B]
-    per_sample = ((nll - dim * log_det) * to_bits).mean(0)
+    nll = joint.nll.to(torch.float64).cpu().reshape(n_dequantizations, B)  # [draws, B]
+    log_q = torch.stack(log_qs)  # [draws, B]
+    per_draw = (nll + log_q) * to_bits  # each draw's bound, bits/dim
+    bias = None
+    if importance_weighted:
+        log_w = -(nll + log_q)
+        per_sample = -(torch.logsumexp(log_w, 0) - math.log(n_dequantizations)) * to_bits
+        w = torch.exp(log_w - log_w.amax(0))
+        bias = float((w.var(0) / (2 * n_dequantizations * w.mean(0) ** 2)).mean()) * to_bits
+    else:
+        per_sample = per_draw.mean(0)
     bpd, se = mean_and_standard_error(per_sample)
-    errors = [d.error for d in draws]
-    integration_error = float(torch.stack(errors).mean()) * to_bits if all(e is not None for e in errors) else None
+    integration_error = None if joint.error is None else float(joint.error.mean()) * to_bits
     settings = {"levels": transform.levels, "range": [transform.low, transform.high],
-                "n_dequantizations": n_dequantizations, "dequantization": "uniform", "estimator": estimator,
-                "t_min": t_min, **json_safe(likelihood_options)}  # fmt: skip
+                "n_dequantizations": n_dequantizations, "dequantization": proposal.name,
+                "importance_weighted": importance_weighted, "estimator": estimator, "t_min": t_min,
+                **json_safe(likelihood_options)}  # fmt: skip
+    if getattr(proposal, "tau", None) is not None:
+        settings["tau"] = proposal.tau
+    probe_variances = [None] * n_dequantizations
+    if joint.probe_variance is not None:
+        probe_variances = list(joint.probe_variance.to(torch.float64).cpu().reshape(n_dequantizations, B))
+    parts = _standard_errors(per_draw, probe_variances, to_bits, se)
+    if importance_weighted:  # the draws are combined, not averaged: their spread does not split the error
+        parts = {"total": se, "data": None, "dequantization": None, "probes": None}
     result = BitsPerDimResult(
         bpd=bpd,
         bpd_standard_error=se,
         bpd_raw=float(nll.mean()) * to_bits,
-        offset=-log_det / math.log(2),
+        offset=float(log_q.mean()) * to_bits,
         nats_per_sample=bpd * dim * math.log(2),
         per_sample=per_sample,
         nfe=nfe,
         settings=settings,
         integration_error=integration_error,
-        standard_errors=_standard_errors(nll * to_bits, [d.probe_variance for d in draws], to_bits, se),
+        standard_errors=parts,
+        importance_bias=bias,
     )
     if rigorous:
         result.rigorous_bpd, result.rigorous_bpd_standard_error = mean_and_standard_error(
