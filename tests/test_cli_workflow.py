@@ -452,3 +452,29 @@ def test_likelihood_of_images_under_each_dequantization_reports_its_offset(digit
         except SystemExit as stop:  # refused while parsing
             status = stop.code
         assert status == 2 and message in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
+
+
+@pytest.mark.slow
+def test_likelihood_under_torchrun_equals_one_process(digits_run, tmp_path, capsys):
+    """`torchrun --nproc_per_node 2 -m scoresde likelihood` shares the chunks between two gloo processes; rank 0
+    writes the figure one process writes (same images, seed, chunk size), Hutchinson probes included."""
+    import subprocess
+    import sys
+
+    args = ["likelihood", "--checkpoint", str(digits_run), "-n", "8", "--chunk-size", "2", "--no-rigorous",
+            "--method", "ei_fixed", "--dequantizations", "2", "--json"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
+    capsys.readouterr()
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "scoresde", *args, "--out", str(tmp_path / "two.json")],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
+    assert abs(one["bits_per_dim"] - two["bits_per_dim"]) < 1e-6
+    assert abs(one["bits_per_dim_standard_error"] - two["bits_per_dim_standard_error"]) < 1e-6
+    assert one["settings"]["processes"] == 1 and two["settings"]["processes"] == 2
+    uneven = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "scoresde", *args[:3], "-n", "6", *args[5:], "--out", str(tmp_path / "x.json")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert uneven.returncode != 0 and "does not split evenly over 2 processes" in uneven.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -46,6 +46,7 @@ def likelihood_summary(
     t_min: float | None = None,
     rigorous: bool = True,
     dequantization: dict | None = None,
+    chunk_size: int = 512,
     **solver,
 ) -> dict:
     r"""NLL and bits/dim of held-out ``x`` with standard errors over points, NFE and the ELBO on the same points.
@@ -54,36 +55,38 @@ def likelihood_summary(
     (exact divergence, float64), bits/dim $= \mathrm{NLL}/(D\ln 2)$, the continuous ELBO, and with
     ``true_nll`` the paired gap $\overline{\mathrm{NLL}_\theta - \mathrm{NLL}}$ and its standard error.
     Discrete images (a `DataTransform`): `bits_per_dim` (uniform dequantisation, Hutchinson divergence,
-    float32 as the reference code), its error budget (integration error, the standard error by source), the
-    rigorous bound beside it (``rigorous``) and the ELBO counterpart; ``dequantization`` (`bits_per_dim`'s
+    float32 as the reference code) in chunks of ``chunk_size`` images (`sharded_bits_per_dim`: under torchrun the
+    processes share the chunks and every one returns the result one process would), its error budget
+    (integration error, the standard error by source), the rigorous bound beside it (``rigorous``) and the ELBO
+    counterpart; ``dequantization`` (`bits_per_dim`'s
     ``dequantization``, ``n_dequantizations``, ``importance_weighted``) applies to both, and the offset it adds is
     reported (``offset_bits_per_dim``, derived from the levels and range). ``t_min`` defaults to 1e-5; ``solver``
     (method, rtol, atol, error_control, n_probes, probe) overrides `IMAGE_LIKELIHOOD` for images and
     `log_likelihood`'s defaults for continuous data.
     """
     from ..likelihood.bounds import elbo
-    from ..likelihood.bpd import bits_per_dim
     from ..likelihood.pf_ode import log_likelihood
+    from ..likelihood.sharded import sharded_bits_per_dim
 
     generator = torch.Generator().manual_seed(seed)
     if transform is not None:
         options = {"divergence": "hutchinson", **IMAGE_LIKELIHOOD, **solver}
         dequantization = dequantization or {}
-        exact = bits_per_dim(
+        chunks = {"chunk_size": chunk_size, "seed": seed}
+        exact = sharded_bits_per_dim(
             sde,
             score_fn,
             x.float(),
             transform,
-            generator=generator,
             dtype=torch.float32,
-            batch_size=512,
             progress=progress,
             t_min=t_min,
             rigorous=rigorous,
+            **chunks,
             **dequantization,
             **options,
         )
-        bound = bits_per_dim(
+        bound = sharded_bits_per_dim(
             sde,
             score_fn,
             x.float(),
@@ -91,9 +94,9 @@ def likelihood_summary(
             estimator="elbo",
             divergence="hutchinson",
             n_times=16,
-            generator=generator,
             dtype=torch.float32,
             t_min=t_min,
+            **chunks,
             **dequantization,
         )
         return {

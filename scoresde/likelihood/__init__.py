@@ -17,6 +17,7 @@ from .dequantization import (
 from .latent import LATENT_TERMS, LatentBoundResult, decoder_log_prob, latent_bits_per_dim
 from .pf_ode import LIKELIHOOD_T_MIN, SOLVERS, check_data, likelihood_t_min, log_likelihood
 from .result import LikelihoodResult, error_budget
+from .sharded import chunk_generator, merge_bits_per_dim, sharded_bits_per_dim
 
 __all__ = [
     "cascade_bits_per_dim",
@@ -37,6 +38,9 @@ __all__ = [
     "UniformDequantizer",
     "dequantizer",
     "register_dequantizer",
+    "sharded_bits_per_dim",
+    "merge_bits_per_dim",
+    "chunk_generator",
     "elbo",
     "ddpm_bound",
     "ELBOResult",

@@ -176,6 +176,7 @@ def log_likelihood(
     max_seconds: float | None = None,
     fallback: str | None = "ei_fixed",
     fallback_steps: int = 256,
+    shared: bool = True,
 ) -> LikelihoodResult:
     r"""Per-sample negative log-likelihood $-\log p_{t_{min}}(x)$ (nats) through the probability-flow ODE.
 
@@ -206,7 +207,9 @@ def log_likelihood(
             ``marginal(sde, T).log_prob`` of an oracle, to measure the integrator alone).
         batch_size: evaluate in batches of this size (default: all at once).
             Under torchrun (an initialised process group), each process evaluates every world-size-th point
-            and the results are all-gathered in data order; every process returns the whole result.
+            and the results are all-gathered in data order; every process returns the whole result (``shared``;
+            ``shared=False`` solves every point here, for a caller that splits the data itself, as
+            `scoresde.likelihood.sharded_bits_per_dim` does).
         max_steps: bound on an adaptive solver's steps (default: `step_budget`, about 20 times what a smooth
             solve at these tolerances takes). A solve that cannot finish raises `SolverError` as soon as that is
             known, naming the sample and the time: a model output that is not finite (checked at every
@@ -241,7 +244,7 @@ def log_likelihood(
     options.update(_checked_fallback(max_seconds, fallback, fallback_steps))
     batch_size = check_positive_int("batch_size", batch_size) if batch_size is not None else x.shape[0]
     score = CountingScore(as_score(sde, score_fn, "log_likelihood"))
-    shard = _distributed_shard(x.shape[0])
+    shard = _distributed_shard(x.shape[0]) if shared else None
     full_batch = x.shape[0]
     local = _solve_batches(sde, score, x if shard is None else x[shard], options, prior_logp or sde.prior_logp,
                            batch_size, probe, n_probes, generator, progress, shard)  # fmt: skip

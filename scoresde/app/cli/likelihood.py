@@ -20,11 +20,20 @@ from .common import (
 
 
 def cmd_likelihood(args: argparse.Namespace) -> dict:
-    """Exact NLL (PF-ODE) and bits/dim of held-out data under a checkpoint, with the ELBO beside it; JSON to --out."""
+    """Exact NLL (PF-ODE) and bits/dim of held-out data under a checkpoint, with the ELBO beside it; JSON to --out.
+    Under torchrun the processes share the images (chunks of --chunk-size, `sharded_bits_per_dim`) and rank 0
+    writes the result, equal to one process's."""
+    from ...training.steps import init_distributed
     from ..report import likelihood_summary
 
     if args.n < 2:
         raise UserError(f"-n must be >= 2 (a standard error needs two points), got {args.n}")
+    rank, world = init_distributed(args.device)
+    if -(-args.n // args.chunk_size) % world:  # the number of chunks, ceil(n / chunk size), per process
+        raise UserError(
+            f"-n {args.n} in chunks of --chunk-size {args.chunk_size} does not split evenly over {world} processes; "
+            f"pass -n a multiple of {world * args.chunk_size} or a --chunk-size that splits it"
+        )
     model, data, step, config = load_model(args, "--data")
     source = args.data or require_data(data, "--data").name
     x, true_nll = load_points(source, args.n, args.seed, data)
@@ -47,12 +56,15 @@ def cmd_likelihood(args: argparse.Namespace) -> dict:
             t_min=args.t_min,
             rigorous=args.rigorous,
             dequantization=_dequantization(args, data),
+            chunk_size=args.chunk_size,
             **{
                 k: getattr(args, k) for k in ("method", "rtol", "atol", "error_control") if getattr(args, k) is not None
             },
             **({"n_probes": args.probes} if args.probes is not None else {}),
         )
     )
+    if rank:
+        return {}  # rank 0 writes and reports the result every rank holds
     out.write_text(json_text(summary))
     return {**summary, "out": str(out)}
 
@@ -142,6 +154,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--importance-weighted",
         action="store_true",
         help="images: combine the K draws as -log mean p/q (tighter, toward -log P(x)) instead of averaging bounds",
+    )
+    lik.add_argument(
+        "--chunk-size",
+        type=count,
+        default=512,
+        help="images: solved together, each chunk with its own seed (under torchrun the processes share the chunks; "
+        "the figure does not depend on how many processes)",
     )
     lik.add_argument("--out", required=True, help="result file (.json)")
     lik.add_argument(
