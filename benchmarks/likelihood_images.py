@@ -17,7 +17,13 @@ the integrators' own:
    divergence of the 784-D model is timed on one evaluation and multiplied by the Hutchinson run's NFE (a full
    exact solve there takes hours on a CPU), which the table marks.
 
-Usage: python benchmarks/likelihood_images.py [--out benchmarks/results] [--quick]
+With ``--section dequantization`` (issue 42) instead: the same model's bits/dim under each dequantisation (uniform,
+truncated-normal; averaged and importance-weighted over K draws), each with its offset, NFE and wall time, beside
+the reference implementation's setting (score_sde's ``likelihood_fn``: RK45 in t, rtol = atol = 1e-5, one error norm
+over the batch, uniform dequantisation), and cheaper solves against the tight solve's figure (the issue's goal: the
+reference's accuracy at a tenth of its NFE). Writes likelihood_dequantization.json, .md and .png.
+
+Usage: python benchmarks/likelihood_images.py [--out benchmarks/results] [--quick] [--section dequantization]
 Writes likelihood_images.json, likelihood_images.md and likelihood_cost.png.
 """
 
@@ -216,10 +222,123 @@ def table(title: str, rows: dict, keys: tuple[str, ...]) -> list[str]:
     return lines
 
 
+def dequantization_rows(sde, model, x, transform, draws: int) -> dict:
+    """Bits/dim of one model under each dequantisation (ei, batch control, 1e-2: the command's solver), and the
+    reference implementation's setting on uniform dequantisation."""
+    configs = {
+        "uniform, K = 1 (the command's default)": {},
+        f"uniform, K = {draws}, averaged": {"n_dequantizations": draws},
+        f"uniform, K = {draws}, importance-weighted": {"n_dequantizations": draws, "importance_weighted": True},
+        "truncated normal, K = 1": {"dequantization": "truncated_normal"},
+        f"truncated normal, K = {draws}, importance-weighted": {
+            "dequantization": "truncated_normal", "n_dequantizations": draws, "importance_weighted": True},
+    }  # fmt: skip
+    rows = {}
+    for label, options in configs.items():
+        print(label, flush=True)
+        rows[label] = timed_bpd(sde, model, x, transform, **IMAGE_LIKELIHOOD, **options)
+    print("reference setting", flush=True)
+    rows["score_sde's setting: dopri5 in t, batch, 1e-5, uniform K = 1"] = timed_bpd(
+        sde, model, x, transform, method="dopri5", rtol=1e-5, atol=1e-5, error_control="batch", error_estimate=False
+    )
+    return rows
+
+
+def cheap_solve_rows(sde, model, x, transform, quick: bool) -> dict:
+    """Solves with fewer network evaluations than the command's default, against the tight solve: fixed log-SNR
+    and EDM-spaced grids, higher and lower predictor orders, looser batch tolerances."""
+    from scoresde import time_grid
+
+    def edm(steps: int) -> list[float]:
+        grid = time_grid(sde, steps, "edm", t_min=1e-5).tolist()
+        return sorted(set(grid + [sde.T]), reverse=True)
+
+    configs = {
+        TIGHT: {"method": "ei", "rtol": 1e-4, "atol": 1e-4, "error_control": "batch"},
+        "ei, batch, 1e-2, order 4": {**IMAGE_LIKELIHOOD, "order": 4},
+        "ei, batch, 3e-2, order 4": {**IMAGE_LIKELIHOOD, "rtol": 3e-2, "atol": 3e-2, "order": 4},
+        "ei, batch, 1e-1": {**IMAGE_LIKELIHOOD, "rtol": 1e-1, "atol": 1e-1},
+        "ei_fixed, 30 log-SNR steps, order 4": {"method": "ei_fixed", "steps": 30, "order": 4},
+        "ei_fixed, 30 EDM steps": {"method": "ei_fixed", "grid": edm(30)},
+        "ei_fixed, 34 EDM steps, order 4": {"method": "ei_fixed", "grid": edm(34), "order": 4},
+    }
+    if quick:
+        configs = dict(list(configs.items())[:2])
+    rows = {}
+    for label, options in configs.items():
+        print(label, flush=True)
+        rows[label] = timed_bpd(sde, model, x, transform, **options)
+    tight = rows[TIGHT]["bpd"]
+    for row in rows.values():
+        row["distance_to_tight"] = abs(row["bpd"] - tight)
+    return rows
+
+
+def plot_dequantization(report: dict, path: Path) -> None:
+    """Bits/dim of each dequantisation (error bars: standard errors) and the cheap solves' distance against NFE."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    rows = report["dequantization"]
+    labels = list(rows)
+    left.barh(range(len(labels)), [rows[k]["bpd"] for k in labels],
+              xerr=[rows[k]["bpd_standard_error"] for k in labels], color="tab:blue")  # fmt: skip
+    left.set_yticks(range(len(labels)), labels, fontsize=7)
+    left.set_xlabel("bits/dim (digits test set)")
+    left.invert_yaxis()
+    cheap = report["cheap_solves"]
+    reference = rows["score_sde's setting: dopri5 in t, batch, 1e-5, uniform K = 1"]
+    for label, row in cheap.items():
+        right.scatter(row["nfe"], max(row["distance_to_tight"], 1e-6), label=label, s=20)
+    right.axvline(reference["nfe"] / 10, color="k", ls=":", label="a tenth of the reference's NFE")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("NFE")
+    right.set_ylabel("|bpd - tight solve's| (bits/dim)")
+    right.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def dequantization_section(out: Path, args) -> None:
+    sde, model, x, transform = digits_model(out, args.quick)
+    x = x[:6] if args.quick else x
+    report = {"n_images": x.shape[0], "threads": torch.get_num_threads(), "draws": 2 if args.quick else 8}
+    print(f"digits test set: {x.shape[0]} images, {report['threads']} threads", flush=True)
+    report["dequantization"] = dequantization_rows(sde, model, x, transform, report["draws"])
+    reference = report["dequantization"]["score_sde's setting: dopri5 in t, batch, 1e-5, uniform K = 1"]
+    report["cheap_solves"] = cheap_solve_rows(sde, model, x, transform, args.quick)
+    tight = report["cheap_solves"][TIGHT]["bpd"]
+    reference["distance_to_tight"] = abs(reference["bpd"] - tight)
+    for row in report["cheap_solves"].values():
+        row["nfe_over_reference"] = row["nfe"] / reference["nfe"]
+    lines = [f"# Bits/dim under each dequantisation: digits-ddpm, {x.shape[0]} test images, {report['threads']} "
+             f"threads, Hutchinson (1 Rademacher probe), float32, t_min = 1e-5"]  # fmt: skip
+    lines += table(
+        "Dequantisations (ei, batch control, 1e-2) and the reference implementation's setting",
+        report["dequantization"],
+        ("bpd", "bpd_standard_error", "offset", "importance_bias", "nfe", "seconds", "integration_error"),
+    )
+    lines += table(
+        f"Cheaper solves (reference: {reference['nfe']} NFE, {reference['distance_to_tight']:.2g} bits/dim from the "
+        f"tight solve; goal: its accuracy at {reference['nfe'] / 10:.0f} NFE)",
+        report["cheap_solves"],
+        ("nfe", "nfe_over_reference", "seconds", "bpd", "integration_error", "distance_to_tight"),
+    )
+    (out / "likelihood_dequantization.md").write_text("\n".join(lines) + "\n")
+    (out / "likelihood_dequantization.json").write_text(json.dumps(report, indent=2))
+    plot_dequantization(report, out / "likelihood_dequantization.png")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__, quick="a 20-step small model, 6 test images")
+    parser.add_argument("--section", choices=("all", "dequantization"), default="all",
+                        help="dequantization: the dequantisation table and the cheaper solves alone")  # fmt: skip
     args = parser.parse_args()
     out = setup_run(args)
+    if args.section == "dequantization":
+        dequantization_section(out, args)
+        return
     digits = digits_model(out, args.quick)
     sde, model, x, transform = digits
     x = x[:6] if args.quick else x
