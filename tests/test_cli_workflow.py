@@ -423,6 +423,7 @@ def test_ddpm_sampler_with_the_analytic_variance_from_the_cli(run, tmp_path, cap
     assert err.strip().count("\n") == 0 and "analytic, beta, beta_tilde" in err, err
 
 
+@pytest.mark.slow
 def test_likelihood_of_images_under_each_dequantization_reports_its_offset(digits_run, tmp_path, capsys):
     """`likelihood --dequantization D --dequantizations K [--importance-weighted]` on digits (17 levels on [-1, 1]):
     the offset is derived (log2(17 / 2) = 3.09 bits/dim for uniform), the settings are recorded, importance weighting

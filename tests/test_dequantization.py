@@ -195,6 +195,7 @@ def _sharded_worker(rank, world, init_file, out_file):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_bits_per_dim_on_two_processes_equals_one_process(tmp_path):
     """Two gloo processes (as torchrun starts them) split the chunks, solve them with no collective inside a solve
     (their adaptive steps differ) and gather once: per-image figures, the mean, its standard error and the NFE equal
