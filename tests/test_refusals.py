@@ -264,6 +264,28 @@ def test_a_cached_moments_table_is_recomputed_for_another_model(run, tmp_path, c
 
 
 # 7. two Ctrl-C -------------------------------------------------------------------------------------------------------
+def test_a_ctrl_c_inside_an_extension_modules_initialisation_is_an_interrupt(monkeypatch, capsys):
+    """A SIGINT while a C extension initialises (matplotlib's ft2font, met in CI during `train`'s start-up) reaches
+    Python as "ImportError: initialization failed" caused by the KeyboardInterrupt: one line, exit 130."""
+
+    def import_interrupted(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise ImportError("initialization failed") from interrupt
+
+    monkeypatch.setattr("scoresde.app.cli.listing.cmd_list", import_interrupted)
+    assert main(["list"]) == 130
+    one_line(capsys, "scoresde list: interrupted")
+
+    def import_failed(args):
+        raise ImportError("no module named nothing")
+
+    monkeypatch.setattr("scoresde.app.cli.listing.cmd_list", import_failed)
+    with pytest.raises(ImportError, match="no module named nothing"):  # a real import error is not hidden
+        main(["list"])
+
+
 def test_a_second_interrupt_during_the_first_ones_clean_up_is_ignored(monkeypatch, capsys):
     """The second SIGINT lands while the first one's KeyboardInterrupt unwinds (a clean-up that takes time)."""
 

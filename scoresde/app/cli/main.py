@@ -57,6 +57,17 @@ def main(argv: list[str] | None = None) -> int:
             return 130
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised because of a `KeyboardInterrupt` (its cause or context, at any depth)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _run(args) -> int:
     try:
         if getattr(args, "out", None) is not None and not args.out.strip():  # Path("") would be the current folder
@@ -73,6 +84,11 @@ def _run(args) -> int:
         print(f"scoresde {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print(f"scoresde {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except ImportError as exc:  # a Ctrl-C inside a C extension's initialisation arrives as "initialization failed"
+        if not _caused_by_interrupt(exc):
+            raise
         print(f"scoresde {args.command}: interrupted", file=sys.stderr)
         return 130
     if args.json and result:
