@@ -24,7 +24,8 @@ demo: $(VENV)/.installed
 
 # the default tier (a fast version of every check), then the slow tier (full matrices, order studies, all notebooks,
 # the demo, the benchmarks' smoke runs), so that nothing rots; `make test-fast` runs the default tier alone, `make
-# test-bench` the heaviest benchmark smoke runs (20-30 s each), which CI leaves out to stay within 10 minutes
+# test-bench` the heaviest benchmark smoke runs (20-30 s each) and the CLI under torchrun, which CI leaves out to stay
+# within 10 minutes
 test: test-fast
 	$(PY) -m pytest -q -n 2 -m "slow and not bench" --durations=15
 

@@ -15,7 +15,8 @@ import torch
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
-HEAVY = {"distillation", "reliability", "latent_cascade", "training", "likelihood", "sample_tails", "guidance"}
+HEAVY = {"distillation", "reliability", "latent_cascade", "training", "likelihood", "sample_tails", "guidance",
+         "fitted_solver", "likelihood_images"}  # fmt: skip
 """Smoke runs of 20-30 s each on 2 CPU cores: ``bench`` (``make test-bench``), not the CI's slow tier, which must fit
 the whole ``.ci/run`` in 10 minutes; each of these scripts' library code is under the default and slow tiers."""
 

@@ -456,6 +456,7 @@ def test_likelihood_of_images_under_each_dequantization_reports_its_offset(digit
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # 28 s: two torchrun starts; the two-process equality itself is in the slow tier (spawned gloo)
 def test_likelihood_under_torchrun_equals_one_process(digits_run, tmp_path, capsys):
     """`torchrun --nproc_per_node 2 -m scoresde likelihood` shares the chunks between two gloo processes; rank 0
     writes the figure one process writes (same images, seed, chunk size), Hutchinson probes included."""
