@@ -97,6 +97,7 @@ def test_the_discrete_sde_matches_the_chain_and_the_continuous_vp():
         DiscreteVPSDE([0.5, 0.9])
 
 
+@pytest.mark.slow  # 8 s: four commands on an imported model (the default tier keeps its score and DDPM step tests)
 def test_cli_samples_measures_inpaints_and_compares_a_diffusers_model(eps_folder, tmp_path, capsys):
     args = ["--checkpoint", str(eps_folder), "--json"]
     assert (
@@ -135,6 +136,7 @@ def test_folders_that_are_not_supported_diffusers_models_are_one_line_errors(eps
     assert err.strip().count("\n") == 0 and "DDPMScheduler" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # 7 s: a process of its own
 def test_a_config_that_does_not_fit_the_weights_is_one_line_and_loading_is_quiet(eps_folder, tmp_path, capsys):
     """diffusers' own warnings (accelerate missing, a dtype cast) are not the user's business; a config.json edited
     away from its weights is one line naming the first tensor that does not fit (it was a 147-line traceback)."""
