@@ -89,6 +89,18 @@ def timed_bpd(sde, model, x, transform, **options) -> dict:
     return row
 
 
+def rows_against_tight(sde, model, x, transform, configs: dict) -> dict:
+    """`timed_bpd` of each configuration (one of them `TIGHT`), each row with its distance to the tight solve."""
+    rows = {}
+    for label, options in configs.items():
+        print(label, flush=True)
+        rows[label] = timed_bpd(sde, model, x, transform, **options)
+    tight = rows[TIGHT]["bpd"]
+    for row in rows.values():
+        row["distance_to_tight"] = abs(row["bpd"] - tight)
+    return rows
+
+
 def solver_rows(sde, model, x, transform, quick: bool) -> dict:
     configs = {
         TIGHT: {"method": "ei", "rtol": 1e-4, "atol": 1e-4, "error_control": "batch"},
@@ -111,14 +123,7 @@ def solver_rows(sde, model, x, transform, quick: bool) -> dict:
     }
     if quick:
         configs = {k: v for k, v in configs.items() if k == TIGHT or "default" in k or "20 steps" in k}
-    rows = {}
-    for label, options in configs.items():
-        print(label, flush=True)
-        rows[label] = timed_bpd(sde, model, x, transform, **options)
-    tight = rows[TIGHT]["bpd"]
-    for row in rows.values():
-        row["distance_to_tight"] = abs(row["bpd"] - tight)
-    return rows
+    return rows_against_tight(sde, model, x, transform, configs)
 
 
 def probe_rows(sde, model, x, transform, solver: dict, quick: bool) -> dict:
@@ -264,14 +269,7 @@ def cheap_solve_rows(sde, model, x, transform, quick: bool) -> dict:
     }
     if quick:
         configs = dict(list(configs.items())[:2])
-    rows = {}
-    for label, options in configs.items():
-        print(label, flush=True)
-        rows[label] = timed_bpd(sde, model, x, transform, **options)
-    tight = rows[TIGHT]["bpd"]
-    for row in rows.values():
-        row["distance_to_tight"] = abs(row["bpd"] - tight)
-    return rows
+    return rows_against_tight(sde, model, x, transform, configs)
 
 
 def plot_dequantization(report: dict, path: Path) -> None:

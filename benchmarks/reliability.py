@@ -438,6 +438,12 @@ def double_interrupts(
     return rows
 
 
+def _stopped(rows: list[dict], statuses: tuple[int, ...]) -> tuple[int, int]:
+    """How many signal trials exited with one of ``statuses`` without a traceback, and how many left a checkpoint."""
+    clean = sum(row["exit"] in statuses and not row["traceback"] for row in rows)
+    return clean, sum(row["step"] is not None for row in rows)
+
+
 def main() -> None:
     parser = benchmark_parser(
         __doc__, quick="one kill-and-resume trial, one user error of each of five kinds, one double Ctrl-C"
@@ -487,16 +493,14 @@ def main() -> None:
         f"{'**yes**' if row['user_files_changed'] else 'no'} |"
         for row in battery
     ]
-    clean = sum(row["exit"] == 130 and not row["traceback"] for row in interrupts)
-    saved = sum(row["step"] is not None for row in interrupts)
+    clean, saved = _stopped(interrupts, (130,))
     table += [
         "",
         f"two Ctrl-C 50 ms apart at a random moment of a training command (console script): {clean}/{len(interrupts)} "
         f"exit 130 without a traceback; {saved} stopped while training, each with its checkpoint on disk, the others "
         f"during start-up (nothing to save yet)",
     ]
-    clean = sum(row["exit"] in (143, -signal.SIGTERM) and not row["traceback"] for row in terms)
-    saved = sum(row["step"] is not None for row in terms)
+    clean, saved = _stopped(terms, (143, -signal.SIGTERM))
     table += [
         "",
         f"one SIGTERM at a random moment of a training command: {clean}/{len(terms)} exit 143 = 128 + 15 without a "
