@@ -125,6 +125,7 @@ def test_truncated_normal_bound_sits_at_its_closed_form_gap(quantized):
     assert abs(gap) < 4 * se + 1e-3, (gap, se)
     assert float((result.per_sample - truth).mean()) > 3  # on smooth data: log2(cell width / (sigma sqrt(2 pi e)))
     assert abs(result.offset - expected_log_q * TO_BITS) < 0.05
+    assert abs(result.settings["tau"] - alpha * (1 / 16) / sigma) < 1e-9  # the whole cell: half-width 1/16, recorded
 
 
 @pytest.mark.parametrize(("levels", "low", "high"), [(2, 0.0, 1.0), (17, -1.0, 1.0), (256, -1.0, 1.0), (1024, -2, 2)])

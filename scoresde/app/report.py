@@ -58,9 +58,9 @@ def likelihood_summary(
     float32 as the reference code) in chunks of ``chunk_size`` images (`sharded_bits_per_dim`: under torchrun the
     processes share the chunks and every one returns the result one process would), its error budget
     (integration error, the standard error by source), the rigorous bound beside it (``rigorous``) and the ELBO
-    counterpart; ``dequantization`` (`bits_per_dim`'s
-    ``dequantization``, ``n_dequantizations``, ``importance_weighted``) applies to both, and the offset it adds is
-    reported (``offset_bits_per_dim``, derived from the levels and range). ``t_min`` defaults to 1e-5; ``solver``
+    counterpart; ``dequantization`` (`bits_per_dim`'s ``dequantization``, ``n_dequantizations``,
+    ``importance_weighted``) applies to both, and the offset it adds is reported (``offset_bits_per_dim``, derived
+    from the levels and range). ``t_min`` defaults to 1e-5; ``solver``
     (method, rtol, atol, error_control, n_probes, probe) overrides `IMAGE_LIKELIHOOD` for images and
     `log_likelihood`'s defaults for continuous data.
     """

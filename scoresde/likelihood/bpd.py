@@ -141,7 +141,7 @@ def bits_per_dim(
     proposal = dequantizer(dequantization)
     dim = x[0].numel()
     to_bits = 1.0 / (dim * math.log(2))
-    points, log_qs, rigorous_draws = [], [], []
+    points, log_qs, rigorous_draws, proposal_settings = [], [], [], {}
     q_t_min = likelihood_t_min(sde, likelihood_options.get("t_min", likelihood_options.get("eps")))
     for _ in range(n_dequantizations):
         dequantized = proposal.draw(levels, transform, sde, q_t_min, generator)
@@ -152,6 +152,7 @@ def bits_per_dim(
             )
         points.append(dequantized.x.to(dtype))
         log_qs.append(dequantized.log_q.to(torch.float64).cpu())
+        proposal_settings = dequantized.settings
     # all draws in one solve (``batch_size`` in the options bounds the memory): K draws cost one call, not K
     joint = _per_sample_nll(estimator, sde, score_fn, torch.cat(points), generator=generator, **likelihood_options)
     nfe, t_min, B = joint.nfe, joint.t_min, x.shape[0]
@@ -177,14 +178,14 @@ def bits_per_dim(
                 "n_dequantizations": n_dequantizations, "dequantization": proposal.name,
                 "importance_weighted": importance_weighted, "estimator": estimator, "t_min": t_min,
                 **json_safe(likelihood_options)}  # fmt: skip
-    if getattr(proposal, "tau", None) is not None:
-        settings["tau"] = proposal.tau
-    probe_variances = [None] * n_dequantizations
-    if joint.probe_variance is not None:
-        probe_variances = list(joint.probe_variance.to(torch.float64).cpu().reshape(n_dequantizations, B))
-    parts = _standard_errors(per_draw, probe_variances, to_bits, se)
+    settings.update(proposal_settings)
     if importance_weighted:  # the draws are combined, not averaged: their spread does not split the error
         parts = {"total": se, "data": None, "dequantization": None, "probes": None}
+    else:
+        probe_variances = [None] * n_dequantizations
+        if joint.probe_variance is not None:
+            probe_variances = list(joint.probe_variance.to(torch.float64).cpu().reshape(n_dequantizations, B))
+        parts = _standard_errors(per_draw, probe_variances, to_bits, se)
     result = BitsPerDimResult(
         bpd=bpd,
         bpd_standard_error=se,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -50,11 +50,13 @@ def register_dequantizer(name: str) -> Callable:
 
 @dataclass(frozen=True)
 class Dequantized:
-    """One draw of a dequantiser: the points ``x [B, ...]`` in the model's range and $\\log q(x \\mid
-    \\mathrm{levels})$ per sample ``log_q [B]`` (nats, a density in the model's range)."""
+    """One draw of a dequantiser: the points ``x [B, ...]`` in the model's range, $\\log q(x \\mid
+    \\mathrm{levels})$ per sample ``log_q [B]`` (nats, a density in the model's range), and the settings the draw
+    used (recorded in the result's settings, e.g. a truncation)."""
 
     x: Tensor
     log_q: Tensor
+    settings: dict = field(default_factory=dict)
 
 
 class Dequantizer(Protocol):
@@ -123,7 +125,7 @@ class TruncatedNormalDequantizer:
         dim = levels[0].numel()
         log_phi = (-0.5 * eps**2 - 0.5 * math.log(2 * math.pi)).reshape(levels.shape[0], -1).sum(1)
         log_q = log_phi - dim * math.log(sigma) - dim * float(torch.log(mass))
-        return Dequantized(alpha * centres + sigma * eps, log_q)
+        return Dequantized(alpha * centres + sigma * eps, log_q, {"tau": tau})
 
 
 def dequantizer(spec: str | Dequantizer) -> Dequantizer:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_in_registry, check_positive, check_positive_int, progress_bar, renamed_t_min
+from .._distributed import process_world
 from ..processes.base import SDE, check_sde
 from ..processes.divergence import DIVERGENCES, PROBES, draw_probes, probe_divergences
 from ..processes.grids import custom_grid, time_grid
@@ -428,11 +429,8 @@ def likelihood_t_min(sde: SDE, t_min: float | None) -> float:
 
 def _distributed_shard(batch: int) -> Tensor | None:
     """Under torchrun (an initialised process group of several processes): the indices this rank evaluates."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return None
-    return torch.arange(batch)[dist.get_rank() :: dist.get_world_size()]
+    rank, world = process_world()
+    return None if world == 1 else torch.arange(batch)[rank::world]
 
 
 def _gather(shard: Tensor, local: tuple[Tensor, ...], nfe: int, batch: int) -> tuple[tuple[Tensor, ...], int]:

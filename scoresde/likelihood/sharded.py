@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_positive_int
+from .._distributed import derived_generator, process_world
 from .._stats import mean_and_standard_error
 from ..datasets.scalers import DataTransform
 from ..processes.base import SDE
@@ -28,16 +29,7 @@ __all__ = ["sharded_bits_per_dim", "merge_bits_per_dim", "chunk_generator"]
 
 def chunk_generator(seed: int, chunk: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of one chunk: a function of ``(seed, chunk)`` only, never of the process that solves it."""
-    return torch.Generator(device).manual_seed((seed * 1_000_003 + chunk * 7_919) % (2**63 - 1))
-
-
-def _world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the process group this process belongs to, ``(0, 1)`` without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return derived_generator(seed, chunk, device=device)
 
 
 def sharded_bits_per_dim(
@@ -59,7 +51,7 @@ def sharded_bits_per_dim(
     chunk_size = check_positive_int("chunk_size", chunk_size)
     if "generator" in options:
         raise ValueError("sharded_bits_per_dim draws from (seed, chunk) generators: pass seed, not generator")
-    rank, world = _world()
+    rank, world = process_world()
     n_chunks = math.ceil(x.shape[0] / chunk_size) if isinstance(x, Tensor) and x.ndim >= 1 else 0
     if n_chunks == 0 or n_chunks % world:
         raise ValueError(
@@ -112,7 +104,6 @@ def merge_bits_per_dim(parts: list[BitsPerDimResult]) -> BitsPerDimResult:
         return math.sqrt(float((sizes**2 * torch.tensor(values, dtype=torch.float64) ** 2).sum())) / total
 
     first = parts[0]
-    dim_nats = first.nats_per_sample / first.bpd if first.bpd else 0.0
     dequantization = combined([p.standard_errors.get("dequantization") for p in parts])
     probes = combined([p.standard_errors.get("probes") for p in parts])
     data = None
@@ -123,7 +114,7 @@ def merge_bits_per_dim(parts: list[BitsPerDimResult]) -> BitsPerDimResult:
         bpd_standard_error=se,
         bpd_raw=weighted([p.bpd_raw for p in parts]),
         offset=weighted([p.offset for p in parts]),
-        nats_per_sample=bpd * dim_nats,
+        nats_per_sample=weighted([p.nats_per_sample for p in parts]),
         per_sample=per_sample,
         nfe=sum(p.nfe for p in parts),
         settings=dict(first.settings),

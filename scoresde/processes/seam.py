@@ -212,8 +212,7 @@ class ModelWrapper:
     and forwards ``variance_fraction`` to it, so that a capability is never dropped by wrapping."""
 
     def __init__(self, inner: Any) -> None:
-        if not callable(inner):
-            raise TypeError(f"the model must be callable as model(x, t), got {type(inner).__name__}")
+        check_callable("model", inner)
         self.inner = inner
         self.spec = self.wrap_spec(spec_of(inner))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .._distributed import derived_generator
 from .._io import write_atomic
 from ..config.schema import RunConfig
 from .kinds import run_kind
@@ -114,7 +115,7 @@ def learning_rate(tc, step: int) -> float:
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """The generator of one step on one process: a function of ``(seed, rank, step)`` only."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1))
+    return derived_generator(seed, rank, step)
 
 
 @dataclass
