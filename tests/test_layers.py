@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "scoresde"
 
 LAYERS = [
-    ("_checks", "_io", "_stats", "_deprecated"),
+    ("_checks", "_io", "_stats", "_deprecated", "_distributed"),
     ("processes",),
     ("oracles",),
     ("datasets",),
