@@ -90,34 +90,47 @@ def test_the_closed_form_map_is_the_ode_solution_and_the_exact_model_is_it(sde_n
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
-def test_the_teacher_objective_vanishes_at_the_exact_map_and_rises_for_a_perturbed_one(sde_name):
-    """From the exact score as teacher, the MeanFlow residual of the exact map is zero to float64 rounding (r < t
-    on every draw, so the JVP term is exercised), and a map shifted by 0.05 has a loss of 0.05^2 (its shift is
-    constant, so the JVP term does not change: the residual is the shift)."""
+@pytest.mark.parametrize("identity", ["eulerian", "lagrangian"])
+def test_the_teacher_objective_vanishes_at_the_exact_map_and_rises_for_a_perturbed_one(sde_name, identity):
+    """From the exact score as teacher, the residual of the exact map is zero to float64 rounding (r < t on every
+    draw, so the JVP term is exercised). A map whose average velocity is shifted by c = 0.05: in MeanFlow's Eulerian
+    identity the residual is the shift (a constant shift leaves the JVP term alone), a loss of c^2 exactly; in the
+    Lagrangian one the shifted end point meets another velocity, v(end + (r - t) c) - v(end) = (r - t) J c for the
+    Gaussian's affine velocity, so the residual is (I - (r - t) J) c, of order c: the mean loss above c^2 / 4."""
     sde = SDES[sde_name]()
     x0 = GAUSS.sample(512, torch.Generator().manual_seed(1), dtype=torch.float64)
     teacher = GAUSS.score_fn(sde)
-    common = {"teacher": teacher, "ratio": 1.0, "adaptive_p": 0.0}
+    common = {"teacher": teacher, "ratio": 1.0, "adaptive_p": 0.0, "identity": identity}
     exact = flow_map_loss(exact_model(sde), sde, x0, torch.Generator().manual_seed(2), **common)
     assert float(exact.max()) < 1e-20, float(exact.max())
     shifted = flow_map_loss(exact_model(sde, 0.05), sde, x0, torch.Generator().manual_seed(2), **common)
-    assert float((shifted - 0.05**2).abs().max()) < 1e-12
+    if identity == "eulerian":
+        assert float((shifted - 0.05**2).abs().max()) < 1e-12
+    else:
+        assert float(shifted.mean()) > 0.05**2 / 4, float(shifted.mean())
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
-def test_the_data_objective_is_stationary_at_the_exact_map(sde_name):
-    """From data (the conditional velocity eps), the exact map's residual is not zero draw by draw but averages to
-    zero: a constant shift c adds |c|^2 to the loss, and 2 c . E[residual] = 0 within 4 standard errors (the
-    same draws for both)."""
+@pytest.mark.parametrize("identity", ["eulerian", "lagrangian"])
+def test_the_data_objective_is_stationary_at_the_exact_map(sde_name, identity):
+    """From data (the conditional velocity eps - x0), the exact map's residual is not zero draw by draw but averages
+    to zero: a constant shift c adds |c|^2 to the loss, and 2 c . E[residual] = 0 within 4 standard errors (the
+    same draws for both; the Eulerian identity on half the draws off the diagonal, the Lagrangian one on the
+    diagonal, where its target is the path's velocity). Off the diagonal the Lagrangian identity's teacher is the
+    map's own diagonal: at the exact map its residual is zero draw by draw."""
     sde = SDES[sde_name]()
     x0 = GAUSS.sample(20_000, torch.Generator().manual_seed(3), dtype=torch.float64)
-    common = {"ratio": 0.5, "adaptive_p": 0.0}
+    common = {"ratio": 0.5 if identity == "eulerian" else 0.0, "adaptive_p": 0.0, "identity": identity}
     exact = flow_map_loss(exact_model(sde), sde, x0, torch.Generator().manual_seed(4), **common)
     shifted = flow_map_loss(exact_model(sde, 0.1), sde, x0, torch.Generator().manual_seed(4), **common)
     extra = shifted - exact  # = 0.1^2 + 0.1 * mean_d(residual_d) * 2 per draw
     standard_error = float(extra.std()) / math.sqrt(len(extra))
     assert abs(float(extra.mean()) - 0.1**2) < 4 * standard_error, (float(extra.mean()), standard_error)
     assert float(exact.mean()) > 0.01  # the conditional target's variance: the residual is not zero draw by draw
+    if identity == "lagrangian":
+        off = flow_map_loss(exact_model(sde), sde, x0[:512], torch.Generator().manual_seed(4), ratio=1.0,
+                            adaptive_p=0.0, identity=identity)  # fmt: skip
+        assert float(off.max()) < 1e-20, float(off.max())
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
@@ -267,4 +280,7 @@ def test_bad_input_is_one_line():
     net = ScoreMLP(two_times=True, width=16, depth=1)
     net.inp = torch.nn.Sequential(net.inp, Odd())
     with pytest.raises(ValueError, match=r"layer 'net.inp.1' \(Odd\) has no forward-mode derivative"):
-        flow_map_loss(FlowMapModel(net, sde), sde, torch.zeros(8, 2), torch.Generator().manual_seed(0))
+        flow_map_loss(FlowMapModel(net, sde), sde, torch.zeros(8, 2), torch.Generator().manual_seed(0),
+                      identity="eulerian")  # fmt: skip
+    with pytest.raises(ValueError, match="unknown flow-map identity 'euler' for identity; valid names are"):
+        flow_map_loss(model, sde, x, torch.Generator().manual_seed(0), identity="euler")

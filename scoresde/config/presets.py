@@ -93,7 +93,7 @@ register_preset(
     },
 )
 
-# flow maps (MeanFlow's identity; `scoresde.training.flow_map`): the toy network with a second time input, from data
+# flow maps (the Lagrangian identity; `scoresde.training.flow_map`): the toy network with a second time input, from data
 # alone, or distilled from the gmm oracle's exact score (a run folder as teacher: scoresde distill --method flow_map)
 # (time features of scale 1, not 16: the objective's JVP differentiates them in t, and at 16 a 2D Gaussian's map to
 # t_min stayed 3-10x further from the closed form after 600 steps; tests/test_flow_map.py)

@@ -9,8 +9,8 @@ parameterisation inside (like EDM's ``training/loss.py``), so that the Trainer's
 ``progressive``            progressive distillation: two teacher DDIM steps in one
 ``consistency``            consistency distillation against an EMA target network
 ``consistency_training``   consistency training (no teacher), its discretisation on a curriculum
-``flow_map``               a flow map distilled by the MeanFlow identity with a teacher's probability-flow velocity
-``flow_map_training``      a flow map from data alone: the MeanFlow identity with the Gaussian path's velocity
+``flow_map``               a flow map distilled from a teacher's probability-flow velocity (Lagrangian or MeanFlow identity)
+``flow_map_training``      a flow map from data alone: the Gaussian path's velocity on the diagonal, self-distilled off it
 ``autoencoder``            a KL-regularised autoencoder: $[-\log p(x\mid z) + \beta\,\mathrm{KL}(q(z\mid x)\,\|\,
                            \mathcal N(0, I))]/D$ with the discretised decoder, optionally feature matching
 ``super_resolution``       DSM of a cascade's super-resolution stage given its low-resolution condition, with
@@ -267,15 +267,15 @@ class ConsistencyDistillation(ConsistencyTraining):
 
 
 class FlowMapObjective(Objective):
-    """The MeanFlow identity (`scoresde.training.flow_map`): from data (``teacher=None``) or from a teacher's
-    probability-flow velocity. It keeps no state between steps: every draw comes from the step's generator, so
+    """A flow-map identity (`scoresde.training.flow_map`: Lagrangian or MeanFlow's Eulerian): from data
+    (``teacher=None``) or from a teacher's probability-flow velocity. It keeps no state between steps: every draw comes from the step's generator, so
     resume is exact."""
 
     def __init__(self, sde: SDE, teacher: ScoreFn | None, t_min: float, distill) -> None:
         self.sde, self.teacher, self.t_min = sde, teacher, t_min
         p = distill.flow_adaptive_p if distill.flow_adaptive_p is not None else (0.0 if teacher is None else 1.0)
         self.options = {"ratio": distill.flow_ratio, "sampling": distill.flow_times, "mean": distill.flow_time_mean,
-                        "std": distill.flow_time_std, "adaptive_p": p}  # fmt: skip
+                        "std": distill.flow_time_std, "adaptive_p": p, "identity": distill.flow_identity}  # fmt: skip
 
     def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
         return flow_map_loss(
