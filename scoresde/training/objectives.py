@@ -9,8 +9,8 @@ parameterisation inside (like EDM's ``training/loss.py``), so that the Trainer's
 ``progressive``            progressive distillation: two teacher DDIM steps in one
 ``consistency``            consistency distillation against an EMA target network
 ``consistency_training``   consistency training (no teacher), its discretisation on a curriculum
-``flow_map``               a flow map distilled from a teacher's probability-flow velocity (Lagrangian or MeanFlow identity)
-``flow_map_training``      a flow map from data alone: the Gaussian path's velocity on the diagonal, self-distilled off it
+``flow_map``               a flow map distilled from a teacher's probability-flow velocity (Lagrangian or Eulerian)
+``flow_map_training``      a flow map from data alone: the path's velocity on the diagonal, self-distilled off it
 ``autoencoder``            a KL-regularised autoencoder: $[-\log p(x\mid z) + \beta\,\mathrm{KL}(q(z\mid x)\,\|\,
                            \mathcal N(0, I))]/D$ with the discretised decoder, optionally feature matching
 ``super_resolution``       DSM of a cascade's super-resolution stage given its low-resolution condition, with
@@ -268,8 +268,8 @@ class ConsistencyDistillation(ConsistencyTraining):
 
 class FlowMapObjective(Objective):
     """A flow-map identity (`scoresde.training.flow_map`: Lagrangian or MeanFlow's Eulerian): from data
-    (``teacher=None``) or from a teacher's probability-flow velocity. It keeps no state between steps: every draw comes from the step's generator, so
-    resume is exact."""
+    (``teacher=None``) or from a teacher's probability-flow velocity. It keeps no state between steps: every draw
+    comes from the step's generator, so resume is exact."""
 
     def __init__(self, sde: SDE, teacher: ScoreFn | None, t_min: float, distill) -> None:
         self.sde, self.teacher, self.t_min = sde, teacher, t_min
