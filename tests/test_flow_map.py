@@ -212,10 +212,12 @@ def _map_errors(model, sde) -> list[float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["flow_map_training", "flow_map"])
 def test_a_trained_flow_map_approaches_the_closed_form(tmp_path, method):
-    """600 steps on Gaussian data (from data, or distilled from the exact score; time features of scale 1, times
-    uniform): over a held-out grid of (t, s) the map's mean relative error falls 2.5x from the untrained network's
-    (measured 0.40 -> 0.13 from data, 0.11 distilled), the half-way jumps within 5 % (measured 0.006-0.03); the
-    jumps to t_min are the slow part (measured 0.17-0.29 from data, 0.05-0.52 distilled, the largest from T)."""
+    """600 steps on Gaussian data with the default Lagrangian identity (from data: self-distilled from the map's own
+    diagonal; or distilled from the exact score; time features of scale 1, times uniform): over a held-out grid of
+    (t, s) the map's summed relative error falls 2x from the untrained network's (measured 2.35x from data, more
+    distilled), the half-way jumps within 20 % from data (measured 0.05-0.15: the self-teacher's diagonal is still
+    learning; MeanFlow's Eulerian identity, whose data target needs no diagonal, measured 0.006-0.03) and 5 %
+    distilled."""
     config = _config(method, "vp", 600)
     sde = config.sde.build()
     teacher = GAUSS.score_fn(sde) if method == "flow_map" else None
@@ -224,8 +226,8 @@ def test_a_trained_flow_map_approaches_the_closed_form(tmp_path, method):
     with _GaussianData():
         trainer.train()
     after = _map_errors(trainer.score_fn, sde)
-    assert sum(after) < sum(before) / 2.5, (before, after)
-    assert max(after[1::2]) < 0.05, after
+    assert sum(after) < sum(before) / 2, (before, after)
+    assert max(after[1::2]) < (0.2 if method == "flow_map_training" else 0.05), after
 
 
 @pytest.mark.parametrize("method", ["flow_map_training", "flow_map"])

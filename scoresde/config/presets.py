@@ -204,6 +204,20 @@ register_preset(
         "distill": {"method": "flow_map_training", "steps": 1},
     },
 )
+# the same map distilled from a trained digits-ddpm run's probability-flow velocity (train the teacher first:
+# scoresde train --preset digits-ddpm --out runs/digits-ddpm; another folder: --set distill.teacher=RUN);
+# benchmarks/distillation_digits.py --students flow_map measures it
+register_preset(
+    "digits-flow-map-distill",
+    {
+        "kind": "flow_map",
+        "sde": _VP,
+        "model": {**_DIGITS_UNET, "kwargs": {**_DIGITS_UNET["kwargs"], "two_times": True}},
+        "data": {"kind": "image", "name": "digits"},
+        "train": {**_train(1500, 4e-4, 100, 0.995, "eps", 500, "cosine"), "log_every": 100},
+        "distill": {"method": "flow_map", "teacher": "runs/digits-ddpm", "steps": 1},
+    },
+)
 register_preset(
     "digits-ncsn",
     {
