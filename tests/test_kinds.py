@@ -167,3 +167,17 @@ def test_a_commands_work_is_a_library_call(tmp_path):
         model.sde, model, (4, *model.latent_shape), "ddim", steps=3, generator=torch.Generator().manual_seed(1)
     )
     assert torch.equal(drawn.x, direct.x) and drawn.decoded.shape == (4, 1, 8, 8) and drawn.nfe == direct.nfe == 4
+
+
+def test_a_run_that_distils_nothing_resumes_across_a_changed_distill_default():
+    """A score run never reads its ``distill`` section: a default changed there since its checkpoint was written
+    (flow maps' times and weight did) does not stop its resume; a flow-map run, whose objective reads them, is
+    refused, naming the field."""
+    from scoresde.config import override
+    from scoresde.training.steps import config_changes
+
+    score = preset("digits-ddpm")
+    assert config_changes(score, override(score, "distill.flow_times=logit_normal", "distill.flow_adaptive_p=1")) == []
+    assert config_changes(score, override(score, "train.lr=0.5")) == ["train.lr"]
+    flow = preset("toy-vp-flow-map")
+    assert config_changes(flow, override(flow, "distill.flow_times=logit_normal")) == ["distill.flow_times"]

@@ -20,7 +20,7 @@ import torch
 
 from .._distributed import derived_generator
 from .._io import write_atomic
-from ..config.schema import RunConfig
+from ..config.schema import DISTILLATION_METHODS, RunConfig
 from .kinds import run_kind
 from .objectives import Batch
 
@@ -61,14 +61,18 @@ LOGS = ("metrics.csv", "evals.csv")
 
 def config_changes(ours: RunConfig, theirs: RunConfig) -> list[str]:
     """The fields (``section.field``, or ``kind``) in which two run configs differ, other than the
-    `RESUMABLE_CHANGES`; a config that declares its kind and one written before kinds were declared (``kind: null``)
-    that describes the same kind do not differ."""
+    `RESUMABLE_CHANGES` and, for a run that distils nothing, its unread ``distill`` section; a config that declares
+    its kind and one written before kinds were declared (``kind: null``) that describes the same kind do not
+    differ."""
     a, b = ours.to_dict(), theirs.to_dict()
     kinds = [] if run_kind(ours).name == run_kind(theirs).name else ["kind"]
+    # a run that distils nothing never reads its distill section: a default changed there since it was written
+    # (flow maps' times and weight) must not stop it from resuming
+    unread = () if run_kind(ours).name in DISTILLATION_METHODS else ("distill",)
     return kinds + [
         f"{s}.{k}"
         for s in a
-        if isinstance(a[s], dict)
+        if isinstance(a[s], dict) and s not in unread
         for k in a[s]
         if a[s][k] != b[s].get(k) and f"{s}.{k}" not in RESUMABLE_CHANGES
     ]
