@@ -25,6 +25,7 @@ from data, MeanFlow's Eulerian identity. Writes flow_map-choices.*.
 from __future__ import annotations
 
 import json
+import re
 from functools import partial
 
 import matplotlib
@@ -99,7 +100,7 @@ def train_and_measure(name, toy, floors, runs, entry, args, measure, nfes, label
                       extra: dict) -> None:  # fmt: skip
     """Distil ``method`` from the toy's oracle for ``steps`` steps into ``runs`` and add its training time and its
     rows at every NFE to ``entry``."""
-    folder = label.split(" (")[0].replace(" ", "-").replace(",", "")
+    folder = re.sub(r"[^0-9A-Za-z]+", "-", label).strip("-")  # one folder a student: "flow-map-distilled"
     config, seconds = train_student(f"oracle:{name}", folder, method, runs, args.reuse, train_steps=steps,
                                     sde=args.sde, **extra)  # fmt: skip
     entry["students"][label] = {"steps": steps, "seconds": seconds["any"], "seconds_per_step": seconds["any"] / steps}
