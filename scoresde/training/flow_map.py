@@ -33,7 +33,8 @@ $\mathrm{sg}\big((\Delta^2 + c)^{-p}\big)\,\Delta^2$ (its $p = 1$, $c = 10^{-3}$
   off it, the Lagrangian identity takes the map's own diagonal (no gradient) as the teacher at the end point,
   the Eulerian one the conditional velocity at the start (MeanFlow).
 
-Measured on the gmm oracle (VP, 2,000 steps, `benchmarks/flow_map.py`): from the exact score, the Lagrangian
+Measured on the gmm oracle (VP, 2,000 steps; scratch runs at 4,000 samples, 2 seeds, tabled in
+docs/concepts/distillation.md): from the exact score, the Lagrangian
 identity with uniform times and $p = 0$ reaches 1.5x / 1.3x the energy distance's floor at 1 / 2 NFE, the Eulerian
 one 3.5x / 2.9x, and with MeanFlow's own choices (logit-normal times, $p = 1$) 340x / 54x: with an exact
 (noise-free) velocity the adaptive weight only slows the far pairs' bootstrapping, and logit-normal draws rarely
